@@ -1,0 +1,65 @@
+"""Translate azure-core exceptions into the controller's hierarchy, once, at the adapter boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+
+from controller.errors import Conflict, Forbidden, NotFound, PermanentError, TransientError
+
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def retry_after_seconds(err: HttpResponseError) -> float | None:
+    """Retry-After (seconds) or x-ms-retry-after-ms from the failed response, if the service sent one."""
+    response = err.response
+    if response is None:
+        return None
+    headers = getattr(response, "headers", None) or {}
+    for header, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001), ("Retry-After", 1.0)):
+        value = headers.get(header)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            continue
+    return None
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Run an SDK call; re-raise its failure as a controller error whose message names ``what``."""
+    try:
+        yield
+    except (ResourceModifiedError, ResourceExistsError) as err:
+        raise Conflict(f"{what}: {err.reason or 'conflict'}") from err
+    except ResourceNotFoundError as err:
+        raise NotFound(f"{what}: not found") from err
+    except ClientAuthenticationError as err:
+        raise Forbidden(f"{what}: authentication failed ({err.status_code})") from err
+    except (ServiceRequestError, ServiceResponseError) as err:
+        raise TransientError(f"{what}: {type(err).__name__}") from err
+    except HttpResponseError as err:
+        status = err.status_code or 0
+        code = getattr(err, "error_code", None) or ""
+        if status in _TRANSIENT_STATUS:
+            message = f"{what}: HTTP {status} {code}".rstrip()
+            raise TransientError(message, retry_after=retry_after_seconds(err)) from err
+        if status == 403:
+            raise Forbidden(f"{what}: HTTP 403 {code}".rstrip()) from err
+        if status == 404:
+            raise NotFound(f"{what}: HTTP 404 {code}".rstrip()) from err
+        if status in (409, 412):
+            raise Conflict(f"{what}: HTTP {status} {code}".rstrip()) from err
+        raise PermanentError(f"{what}: HTTP {status} {code}".rstrip()) from err

@@ -1,0 +1,21 @@
+"""Timer trigger: the periodic sweep (level-based safety net behind the events)."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from controller import bootstrap, service
+from controller.logs import log_record
+
+blueprint = func.Blueprint()  # type: ignore[no-untyped-call]  # azure.functions leaves __init__ unannotated
+log = logging.getLogger("controller.functions.sweep")
+
+
+@blueprint.function_name("compliance_sweep")
+@blueprint.timer_trigger(arg_name="timer", schedule="%CMK_SWEEP_SCHEDULE%", run_on_startup=False, use_monitor=True)
+def compliance_sweep(timer: func.TimerRequest) -> None:
+    if timer.past_due:
+        log_record(log, logging.WARNING, "sweep is running late", {"past_due": True})
+    service.run_sweep(bootstrap.dependencies())

@@ -1,0 +1,1 @@
+"""Local Azure for development, tests and the demo. Never deployed (.funcignore)."""

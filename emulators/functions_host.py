@@ -1,0 +1,559 @@
+"""A local Azure Functions host for function_app.py (Azure Functions Core Tools cannot be installed here).
+
+It does what the real host does for the triggers this app uses, with the host's semantics:
+
+* loads ``function_app.py`` from the app directory and indexes it with azure.functions
+  (``app.get_functions()``), after putting local.settings.json ``Values`` into the environment;
+* resolves ``%SETTING%`` references in binding properties from those settings;
+* HTTP triggers on ``/api/<route>``, with function / admin authorization levels checked against keys
+  (``?code=`` or ``x-functions-key``) that it generates and writes to a keys file;
+* Event Grid triggers on ``/runtime/webhooks/eventgrid?functionName=<name>&code=<eventgrid_extension key>``:
+  answers the SubscriptionValidation handshake, then invokes the function once per event of a
+  delivery (200 when all succeeded; 500 otherwise, so Event Grid retries);
+* timer triggers fired on their NCRONTAB schedules;
+* queue triggers polling Azurite: base64 message encoding, batchSize, visibilityTimeout between
+  attempts, maxDequeueCount (host.json, default 5) and then ``<queue>-poison``; queue output bindings;
+* ``POST /admin/functions/<name>`` (master key) runs a non-HTTP function now, as the real host does.
+
+Run: ``python -m emulators.functions_host --app-dir . --settings local.settings.json --port 7071``.
+Tests use LocalFunctionsHost, which runs it as a child process like the real host's worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import importlib
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("emulators.functions_host")
+
+_SETTING_REFERENCE = re.compile(r"%([A-Za-z0-9_]+)%")
+_TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d+))?$")
+
+
+def parse_timespan(text: str) -> timedelta:
+    """host.json timespans: [d.]hh:mm:ss[.fff]."""
+    match = _TIMESPAN.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a timespan")
+    days, hours, minutes, seconds, fraction = match.groups()
+    return timedelta(
+        days=int(days or 0), hours=int(hours), minutes=int(minutes), seconds=int(seconds),
+        microseconds=int((fraction or "0").ljust(6, "0")[:6]),
+    )
+
+
+def resolve_settings(value: str, environ: Mapping[str, str]) -> str:
+    """Replace every %NAME% with the app setting NAME; a missing setting is an indexing error, as in the host."""
+
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise LookupError(f"binding expression %{name}% refers to an app setting that is not defined")
+        return environ[name]
+
+    return _SETTING_REFERENCE.sub(lookup, value)
+
+
+class _Out:
+    """An output binding value holder (azure.functions.Out)."""
+
+    def __init__(self) -> None:
+        self._value: Any = None
+
+    def set(self, value: Any) -> None:
+        self._value = value
+
+    def get(self) -> Any:
+        return self._value
+
+
+class _Function:
+    def __init__(self, indexed: Any, environ: Mapping[str, str]) -> None:
+        self.name: str = indexed.get_function_name()
+        self.user_function: Callable[..., Any] = indexed.get_user_function()
+        self.trigger: dict[str, Any] = {}
+        self.outputs: list[dict[str, Any]] = []
+        for binding in indexed.get_bindings():
+            spec = {
+                key: resolve_settings(value, environ) if isinstance(value, str) else value
+                for key, value in binding.get_dict_repr().items()
+            }
+            spec["direction"] = str(getattr(spec["direction"], "name", spec["direction"])).upper()
+            if spec["type"].endswith("Trigger"):
+                self.trigger = spec
+            elif spec["direction"] == "OUT" and spec["name"] != "$return":
+                self.outputs.append(spec)
+
+    @property
+    def trigger_type(self) -> str:
+        return str(self.trigger.get("type", ""))
+
+
+class FunctionsHost:
+    """The host proper; runs in the process that loaded the app."""
+
+    def __init__(self, app_dir: Path, environ: Mapping[str, str], *, keys: dict[str, str],
+                 max_polling_interval: timedelta | None = None) -> None:
+        self.app_dir = app_dir
+        self.environ = environ
+        self.keys = keys
+        host_json = json.loads((app_dir / "host.json").read_text(encoding="utf-8"))
+        queues = host_json.get("extensions", {}).get("queues", {})
+        self.max_dequeue_count = int(queues.get("maxDequeueCount", 5))
+        self.visibility_timeout = parse_timespan(queues.get("visibilityTimeout", "00:00:00"))
+        self.batch_size = int(queues.get("batchSize", 16))
+        self.message_encoding = str(queues.get("messageEncoding", "base64")).lower()
+        self.max_polling_interval = max_polling_interval or parse_timespan(
+            queues.get("maxPollingInterval", "00:01:00"))
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="function")
+        sys.path.insert(0, str(app_dir))
+        module = importlib.import_module("function_app")
+        self.functions = {function.name: function for function in
+                          (_Function(indexed, environ) for indexed in module.app.get_functions())}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.invocations: dict[str, int] = dict.fromkeys(self.functions, 0)
+
+    # -- invocation -------------------------------------------------------------------------------
+
+    async def invoke(self, function: _Function, trigger_value: Any) -> tuple[Any, dict[str, _Out]]:
+        outputs = {spec["name"]: _Out() for spec in function.outputs}
+        arguments = {function.trigger["name"]: trigger_value, **outputs}
+        loop = asyncio.get_running_loop()
+        self.invocations[function.name] += 1
+        started = time.perf_counter()
+        try:
+            result = await loop.run_in_executor(self.executor, lambda: function.user_function(**arguments))
+        except Exception:
+            log.exception("Executed 'Functions.%s' (Failed, %.0f ms)", function.name,
+                          (time.perf_counter() - started) * 1000)
+            raise
+        log.info("Executed 'Functions.%s' (Succeeded, %.0f ms)", function.name, (time.perf_counter() - started) * 1000)
+        return result, outputs
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    def web_app(self) -> Any:
+        from aiohttp import web
+
+        app = web.Application(client_max_size=100 * 1024 * 1024)
+        app.router.add_get("/admin/host/status", self._status)
+        app.router.add_post("/admin/functions/{name}", self._admin_invoke)
+        app.router.add_route("*", "/runtime/webhooks/eventgrid", self._eventgrid)
+        app.router.add_route("*", "/api/{route:.*}", self._http_trigger)
+        return app
+
+    def _authorized(self, request: Any, level: str) -> bool:
+        supplied = request.headers.get("x-functions-key") or request.query.get("code") or ""
+        level = level.lower()
+        if level == "anonymous":
+            return True
+        allowed = [self.keys["master"]]
+        if level == "function":
+            allowed += [self.keys["function"]]
+        return any(secrets.compare_digest(supplied, key) for key in allowed)
+
+    async def _status(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response({"state": "Running", "functions": sorted(self.functions),
+                                  "invocations": self.invocations})
+
+    async def _http_trigger(self, request: Any) -> Any:
+        import azure.functions as func
+        from aiohttp import web
+
+        route = request.match_info["route"]
+        for function in self.functions.values():
+            if function.trigger_type != "httpTrigger":
+                continue
+            route_params = _match_route(str(function.trigger.get("route") or function.name), route)
+            if route_params is None:
+                continue
+            methods = {str(getattr(method, "value", method)).upper()
+                       for method in function.trigger.get("methods") or []}
+            if methods and request.method.upper() not in methods:
+                return web.Response(status=405)
+            level = str(getattr(function.trigger.get("authLevel"), "value", function.trigger.get("authLevel")))
+            if not self._authorized(request, level):
+                return web.Response(status=401)
+            body = await request.read()
+            http_request = func.HttpRequest(
+                method=request.method, url=str(request.url), headers=dict(request.headers),
+                params=dict(request.query), route_params=route_params, body=body,
+            )
+            try:
+                response, _ = await self.invoke(function, http_request)
+            except Exception:
+                return web.Response(status=500)
+            return web.Response(
+                body=response.get_body(), status=response.status_code,
+                headers={key: value for key, value in response.headers.items() if key.lower() != "content-length"},
+            )
+        return web.Response(status=404)
+
+    async def _eventgrid(self, request: Any) -> Any:
+        from aiohttp import web
+
+        function = self.functions.get(request.query.get("functionName", ""))
+        if function is None or function.trigger_type != "eventGridTrigger":
+            return web.Response(status=404, text="no Event Grid function of that name")
+        supplied = request.query.get("code", "")
+        accepted = (self.keys["eventgrid_extension"], self.keys["master"])
+        if not any(secrets.compare_digest(supplied, key) for key in accepted):
+            return web.Response(status=401)
+        if request.method == "OPTIONS":  # CloudEvents abuse protection
+            origin = request.headers.get("WebHook-Request-Origin", "")
+            return web.Response(status=200, headers={"WebHook-Allowed-Origin": origin} if origin else {})
+        if request.method != "POST":
+            return web.Response(status=405)
+        try:
+            payload = json.loads(await request.read())
+        except ValueError:
+            return web.Response(status=400, text="body is not JSON")
+        events = payload if isinstance(payload, list) else [payload]
+        kind = request.headers.get("aeg-event-type", "")
+        if kind == "SubscriptionValidation":
+            first = events[0] if events and isinstance(events[0], dict) else {}
+            code = (first.get("data") or {}).get("validationCode") if isinstance(first.get("data"), dict) else None
+            if not code:
+                return web.Response(status=400, text="no validationCode")
+            return web.json_response({"validationResponse": code})
+        failed = 0
+        for item in events:
+            try:
+                await self.invoke(function, _event_grid_event(item))
+            except Exception:
+                failed += 1
+        return web.Response(status=500 if failed else 200)
+
+    async def _admin_invoke(self, request: Any) -> Any:
+        from aiohttp import web
+
+        if not self._authorized(request, "admin"):
+            return web.Response(status=401)
+        function = self.functions.get(request.match_info["name"])
+        if function is None:
+            return web.Response(status=404)
+        body = await request.json() if request.can_read_body else {}
+        text = str(body.get("input", ""))
+        value: Any
+        if function.trigger_type == "timerTrigger":
+            from azure.functions.timer import TimerRequest
+
+            value = TimerRequest(past_due=False)
+        elif function.trigger_type == "queueTrigger":
+            value = _queue_message(id="admin", body=text.encode(), dequeue_count=1)
+        elif function.trigger_type == "eventGridTrigger":
+            value = _event_grid_event(json.loads(text))
+        else:
+            return web.Response(status=400, text="only non-HTTP functions can be run this way")
+        try:
+            _, outputs = await self.invoke(function, value)
+        except Exception:
+            return web.Response(status=500)
+        await self._send_outputs(function, outputs)
+        return web.Response(status=202)
+
+    # -- timers -----------------------------------------------------------------------------------
+
+    async def _run_timer(self, function: _Function) -> None:
+        from azure.functions.timer import TimerRequest
+
+        from controller import ncrontab
+
+        schedule = ncrontab.parse(str(function.trigger["schedule"]))
+        if function.trigger.get("runOnStartup"):
+            await self._invoke_quietly(function, TimerRequest(past_due=False))
+        while True:
+            now = datetime.now(UTC)
+            due = schedule.next_after(now)
+            await asyncio.sleep((due - now).total_seconds())
+            late = datetime.now(UTC) - due > timedelta(seconds=30)
+            await self._invoke_quietly(function, TimerRequest(past_due=late))
+
+    async def _invoke_quietly(self, function: _Function, value: Any) -> None:
+        with contextlib.suppress(Exception):  # the failure was logged; timers keep their schedule
+            await self.invoke(function, value)
+
+    # -- queues -----------------------------------------------------------------------------------
+
+    def _queue(self, connection_setting: str, queue_name: str) -> Any:
+        from azure.storage.queue import QueueClient
+
+        connection = self.environ.get(connection_setting, "")
+        if not connection:
+            raise LookupError(f"queue connection {connection_setting} is not set")
+        client = QueueClient.from_connection_string(connection, queue_name)
+        with contextlib.suppress(Exception):  # exists already
+            client.create_queue()
+        return client
+
+    def _encode(self, text: str) -> str:
+        if self.message_encoding == "base64":
+            return base64.b64encode(text.encode("utf-8")).decode("ascii")
+        return text
+
+    def _decode(self, content: str) -> bytes:
+        if self.message_encoding == "base64":
+            return base64.b64decode(content, validate=True)
+        return content.encode("utf-8")
+
+    async def _run_queue(self, function: _Function) -> None:
+        loop = asyncio.get_running_loop()
+        queue_name = str(function.trigger["queueName"])
+        connection = str(function.trigger.get("connection") or "AzureWebJobsStorage")
+        queue = await loop.run_in_executor(self.executor, self._queue, connection, queue_name)
+        poison = await loop.run_in_executor(self.executor, self._queue, connection, f"{queue_name}-poison")
+        idle = timedelta(milliseconds=100)
+        while True:
+            messages = await loop.run_in_executor(self.executor, lambda: list(queue.receive_messages(
+                messages_per_page=self.batch_size, max_messages=self.batch_size,
+                visibility_timeout=max(30, int(self.visibility_timeout.total_seconds()) + 30))))
+            if not messages:
+                await asyncio.sleep(idle.total_seconds())
+                idle = min(idle * 2, self.max_polling_interval)
+                continue
+            idle = timedelta(milliseconds=100)
+            await asyncio.gather(*(self._process_message(function, queue, poison, message) for message in messages))
+
+    async def _process_message(self, function: _Function, queue: Any, poison: Any, message: Any) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            body = self._decode(message.content)
+        except ValueError:
+            body = None
+        if body is not None:
+            value = _queue_message(
+                id=message.id, body=body, dequeue_count=message.dequeue_count,
+                expiration_time=message.expires_on, insertion_time=message.inserted_on,
+                time_next_visible=message.next_visible_on, pop_receipt=message.pop_receipt,
+            )
+            try:
+                _, outputs = await self.invoke(function, value)
+            except Exception:
+                log.info("message %s failed on attempt %d", message.id, message.dequeue_count)
+            else:
+                await self._send_outputs(function, outputs)
+                await loop.run_in_executor(self.executor, lambda: queue.delete_message(message))
+                return
+        if message.dequeue_count >= self.max_dequeue_count or body is None:
+            log.warning("Message %s has reached MaxDequeueCount of %d: moving it to %s",
+                        message.id, self.max_dequeue_count, poison.queue_name)
+            await loop.run_in_executor(self.executor, lambda: poison.send_message(message.content))
+            await loop.run_in_executor(self.executor, lambda: queue.delete_message(message))
+        else:
+            await loop.run_in_executor(self.executor, lambda: queue.update_message(
+                message, visibility_timeout=int(self.visibility_timeout.total_seconds())))
+
+    async def _send_outputs(self, function: _Function, outputs: dict[str, _Out]) -> None:
+        loop = asyncio.get_running_loop()
+        for spec in function.outputs:
+            value = outputs[spec["name"]].get()
+            if value is None or spec["type"] != "queue":
+                continue
+            values = value if isinstance(value, list) else [value]
+            connection = str(spec.get("connection") or "AzureWebJobsStorage")
+            target = await loop.run_in_executor(self.executor, self._queue, connection, str(spec["queueName"]))
+            for item in values:
+                encoded = self._encode(item if isinstance(item, str) else json.dumps(item))
+                await loop.run_in_executor(self.executor, target.send_message, encoded)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start_background(self) -> None:
+        for function in self.functions.values():
+            if function.trigger_type == "timerTrigger":
+                self._tasks.append(asyncio.create_task(self._run_timer(function)))
+            elif function.trigger_type == "queueTrigger":
+                self._tasks.append(asyncio.create_task(self._run_queue(function)))
+
+
+def _match_route(template: str, path: str) -> dict[str, str] | None:
+    template_parts = template.strip("/").split("/")
+    path_parts = path.strip("/").split("/")
+    if len(template_parts) != len(path_parts):
+        return None
+    params: dict[str, str] = {}
+    for expected, actual in zip(template_parts, path_parts, strict=True):
+        if expected.startswith("{") and expected.endswith("}"):
+            params[expected[1:-1].split(":")[0].rstrip("?")] = actual
+        elif expected.lower() != actual.lower():
+            return None
+    return params
+
+
+def _queue_message(**fields: Any) -> Any:
+    from azure.functions.queue import QueueMessage
+
+    return QueueMessage(**fields)
+
+
+def _event_grid_event(item: Any) -> Any:
+    """Build the trigger argument from an Event Grid or CloudEvents 1.0 event, as the extension does."""
+    import azure.functions as func
+
+    if not isinstance(item, dict):
+        raise TypeError("an Event Grid event must be a JSON object")
+    cloud = "specversion" in item
+    time_text = item.get("time" if cloud else "eventTime")
+    return func.EventGridEvent(
+        id=str(item.get("id", "")),
+        data=item.get("data"),  # type: ignore[arg-type]
+        topic=str(item.get("source" if cloud else "topic", "")),
+        subject=str(item.get("subject", "")),
+        event_type=str(item.get("type" if cloud else "eventType", "")),
+        event_time=_parse_time(time_text) if isinstance(time_text, str) else None,
+        data_version=str(item.get("dataversion" if cloud else "dataVersion", "")),
+    )
+
+
+def _parse_time(text: str) -> datetime | None:
+    cleaned = re.sub(r"(\.\d{6})\d+", r"\1", text.strip()).replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(cleaned)
+    except ValueError:
+        return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = json.loads(Path(args.settings).read_text(encoding="utf-8")) if args.settings else {}
+    os.environ.update({key: str(value) for key, value in settings.get("Values", {}).items()})
+    keys = {name: secrets.token_urlsafe(32) for name in ("master", "function", "eventgrid_extension")}
+    if args.keys_file:
+        path = Path(args.keys_file)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(keys), encoding="utf-8")
+    polling = timedelta(seconds=args.max_polling_seconds) if args.max_polling_seconds else None
+    host = FunctionsHost(Path(args.app_dir).resolve(), os.environ, keys=keys, max_polling_interval=polling)
+
+    async def main() -> None:
+        runner = web.AppRunner(host.web_app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", args.port)
+        await site.start()
+        host.start_background()
+        print(f"Functions host listening on http://127.0.0.1:{args.port} "
+              f"({', '.join(sorted(host.functions))})", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+        host.executor.shutdown(wait=False, cancel_futures=True)
+
+    asyncio.run(main())
+
+
+class LocalFunctionsHost:
+    """Runs the host as a child process (like the real host's worker) for tests and the sandbox."""
+
+    def __init__(self, app_dir: Path, values: Mapping[str, str], *, work_dir: Path,
+                 port: int | None = None, max_polling_seconds: float = 1.0) -> None:
+        self.app_dir = app_dir
+        self.values = dict(values)
+        self.work_dir = work_dir
+        self.port = port or free_port()
+        self.max_polling_seconds = max_polling_seconds
+        self.process: subprocess.Popen[bytes] | None = None
+        self.keys: dict[str, str] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "functions-host.log"
+
+    def eventgrid_webhook(self, function_name: str) -> str:
+        return (f"{self.url}/runtime/webhooks/eventgrid?functionName={function_name}"
+                f"&code={self.keys['eventgrid_extension']}")
+
+    def start(self, timeout: float = 60.0) -> LocalFunctionsHost:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        settings_path = self.work_dir / "local.settings.json"
+        settings_path.write_text(json.dumps({"IsEncrypted": False, "Values": self.values}), encoding="utf-8")
+        keys_path = self.work_dir / "host-keys.json"
+        keys_path.unlink(missing_ok=True)
+        log_file = self.log_path.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "emulators.functions_host", "--app-dir", str(self.app_dir),
+             "--settings", str(settings_path), "--port", str(self.port), "--keys-file", str(keys_path),
+             "--max-polling-seconds", str(self.max_polling_seconds)],
+            cwd=str(Path(__file__).resolve().parents[1]), stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log_file.close()
+        deadline = time.monotonic() + timeout
+        import urllib.request
+
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the Functions host exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+            if keys_path.exists() and keys_path.stat().st_size:
+                try:
+                    with urllib.request.urlopen(f"{self.url}/admin/host/status", timeout=2) as response:  # noqa: S310
+                        if response.status == 200:
+                            self.keys = json.loads(keys_path.read_text(encoding="utf-8"))
+                            return self
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError("the Functions host did not start in time")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> LocalFunctionsHost:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Local Azure Functions host for function_app.py")
+    parser.add_argument("--app-dir", default=".")
+    parser.add_argument("--settings", default="local.settings.json")
+    parser.add_argument("--port", type=int, default=7071)
+    parser.add_argument("--keys-file")
+    parser.add_argument("--max-polling-seconds", type=float, default=0)
+    _serve(parser.parse_args())

@@ -1,0 +1,79 @@
+"""`cmkctl events parse`: prints the normalised events, or the reason and exit status 2."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controller.cli import main
+
+pytestmark = pytest.mark.unit
+
+EVENTS = Path(__file__).resolve().parents[1] / "data" / "events"
+VAULT = "sample-kv.vault.azure.net"
+
+
+def test_parse_prints_the_normalised_event(capsys):
+    status = main(["events", "parse", str(EVENTS / "eventgrid_key_new_version_created.json"), "--vaults", VAULT])
+    out = capsys.readouterr().out
+    assert status == 0
+    [event] = json.loads(out)
+    assert event["kind"] == "new_version"
+    assert event["key"] == "https://sample-kv.vault.azure.net/keys/cmk-storage/ee059b2bb5bc48398a53b168c6cdcb10"
+    assert event["key_name"] == "cmk-storage"
+    assert event["vault_resource_id"].endswith("/providers/Microsoft.KeyVault/vaults/sample-kv")
+    assert event["expires"].startswith("2019-05-28T")
+
+
+def test_parse_reads_standard_input(monkeypatch, capsys):
+    payload = (EVENTS / "eventgrid_key_new_version_created.json").read_bytes()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(payload)))
+    assert main(["events", "parse", "-", "--vaults", VAULT]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["kind"] == "new_version"
+
+
+def test_parse_takes_the_allowlist_from_the_setting(monkeypatch, capsys):
+    monkeypatch.setenv("CMK_VAULTS", "other.vault.azure.net")
+    status = main(["events", "parse", str(EVENTS / "eventgrid_key_new_version_created.json")])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert json.loads(captured.out) == []
+    assert "vault_not_allowed" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"not json at all", "not_json"), (b"{}" + b" " * (1024 * 1024), "too_large"), (b"[]", None)],
+)
+def test_invalid_input_prints_the_reason_and_exits_2(tmp_path, capsys, content, reason):
+    path = tmp_path / "delivery.json"
+    path.write_bytes(content)
+    assert main(["events", "parse", str(path), "--vaults", VAULT]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cmkctl: invalid delivery:")
+    if reason:
+        assert reason in err
+
+
+def test_missing_file_and_missing_allowlist_exit_2(tmp_path, monkeypatch, capsys):
+    assert main(["events", "parse", str(tmp_path / "absent.json"), "--vaults", VAULT]) == 2
+    monkeypatch.delenv("CMK_VAULTS", raising=False)
+    assert main(["events", "parse", str(EVENTS / "eventgrid_key_new_version_created.json")]) == 2
+    assert "CMK_VAULTS" in capsys.readouterr().err
+
+
+def test_the_console_script_is_installed():
+    cmkctl = shutil.which("cmkctl", path=str(Path(sys.executable).parent))
+    assert cmkctl, "cmkctl must be installed as a console script (pip install -e .)"
+    done = subprocess.run(  # noqa: S603
+        [cmkctl, "events", "parse", str(EVENTS / "subscription_validation.json"), "--vaults", VAULT],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "validation_code" in done.stdout

@@ -1,0 +1,96 @@
+import pytest
+
+from controller.errors import SettingsError
+from controller.settings import SETTINGS, RewrapTarget, load_settings
+
+pytestmark = pytest.mark.unit
+
+BASE = {"CMK_VAULTS": "contoso.vault.azure.net"}
+
+
+def test_defaults_apply_when_only_the_required_setting_is_given():
+    settings = load_settings(BASE)
+    assert settings.vaults == ("https://contoso.vault.azure.net",)
+    assert settings.sweep_schedule == "0 0 */6 * * *"
+    assert settings.work_queue == "cmk-work"
+    assert settings.poison_queue == "cmk-work-poison"
+    assert settings.ledger_table == "cmkledger"
+    assert settings.event_dedupe_hours == 48
+    assert settings.adoption_window_hours == 24
+    assert settings.pinned_policy == "alert"
+    assert settings.auto_rotate is False
+    assert settings.rewrap_targets == ()
+    assert settings.subscriptions == ()
+
+
+def test_every_declared_default_is_itself_valid():
+    defaults = {spec.name: spec.default for spec in SETTINGS}
+    defaults["CMK_VAULTS"] = "contoso.vault.azure.net"
+    load_settings(defaults)
+
+
+def test_vault_allowlist_accepts_hosts_urls_and_custom_origins_and_normalises_them():
+    settings = load_settings({
+        "CMK_VAULTS": " Contoso.Vault.Azure.Net , https://fabrikam.vault.azure.cn/, https://127.0.0.1:8443,"
+                      "contoso.vault.azure.net"
+    })
+    assert settings.vaults == (
+        "https://contoso.vault.azure.net",
+        "https://fabrikam.vault.azure.cn",
+        "https://127.0.0.1:8443",
+    )
+    assert settings.vault_allowed("https://127.0.0.1:8443")
+    assert not settings.vault_allowed("https://127.0.0.1:8444")
+
+
+def test_lists_are_parsed():
+    settings = load_settings({
+        **BASE,
+        "CMK_SUBSCRIPTIONS": "00000000-0000-0000-0000-00000000000A, 11111111-1111-1111-1111-111111111111",
+        "CMK_REWRAP_TARGETS": "acct1/data,acct2/$root",
+        "CMK_AUTO_ROTATE": "TRUE",
+        "CMK_PINNED_POLICY": "Update",
+    })
+    assert settings.subscriptions == ("00000000-0000-0000-0000-00000000000a", "11111111-1111-1111-1111-111111111111")
+    assert settings.rewrap_targets == (RewrapTarget("acct1", "data"), RewrapTarget("acct2", "$root"))
+    assert settings.auto_rotate is True
+    assert settings.pinned_policy == "update"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("CMK_VAULTS", "", "required"),
+        ("CMK_VAULTS", " , ", "required"),
+        ("CMK_VAULTS", "http://contoso.vault.azure.net", "https"),
+        ("CMK_VAULTS", "https://contoso.vault.azure.net/keys/k", "path"),
+        ("CMK_VAULTS", "https://user:pw@contoso.vault.azure.net", "credentials"),
+        ("CMK_SUBSCRIPTIONS", "not-a-guid", "GUID"),
+        ("CMK_SWEEP_SCHEDULE", "0 */5 * * *", "six"),
+        ("CMK_SWEEP_SCHEDULE", "0 61 * * * *", "outside"),
+        ("CMK_SWEEP_SCHEDULE", "0 0 * * * MON;", "not a valid"),
+        ("CMK_SWEEP_SCHEDULE", "0 0 0 30 2 *", "never fires"),
+        ("CMK_SWEEP_SCHEDULE", "0 0 */0 * * *", "positive"),
+        ("CMK_WORK_QUEUE", "Work_Queue", "queue name"),
+        ("CMK_WORK_QUEUE", "a" * 58, "queue name"),
+        ("CMK_LEDGER_TABLE", "1table", "table name"),
+        ("CMK_EVENT_DEDUPE_HOURS", "0", "outside"),
+        ("CMK_EVENT_DEDUPE_HOURS", "two", "integer"),
+        ("CMK_ADOPTION_WINDOW_HOURS", "500", "outside"),
+        ("CMK_PINNED_POLICY", "ignore", "one of"),
+        ("CMK_AUTO_ROTATE", "maybe", "true or false"),
+        ("CMK_REWRAP_TARGETS", "acct-with-hyphen/data", "<account>/<container>"),
+        ("CMK_REWRAP_TARGETS", "acct1", "<account>/<container>"),
+    ],
+)
+def test_an_invalid_value_fails_naming_the_setting(name, value, fragment):
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**BASE, name: value})
+    assert caught.value.setting == name
+    assert name in str(caught.value)
+    assert fragment in str(caught.value)
+
+
+def test_ncrontab_accepts_steps_ranges_lists_and_names():
+    for schedule in ("*/30 * * * * *", "0 0 9-17 * * MON-FRI", "0 15,45 */2 1 1-6 *", "0 0 0 * * 0"):
+        assert load_settings({**BASE, "CMK_SWEEP_SCHEDULE": schedule}).sweep_schedule == schedule
