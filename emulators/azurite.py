@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         table_port=options.table_port,
     )
     with azurite:
-        print(f"AZURITE_CONNECTION_STRING={azurite.connection_string}", flush=True)  # noqa: T201
+        print(f"AZURITE_CONNECTION_STRING={azurite.connection_string}", flush=True)
         stopped = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stopped.set())
         try:
