@@ -7,6 +7,8 @@ BlobStore, AuditLog, Notifier) next to the ones the event intake needs today.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -41,10 +43,6 @@ class WorkQueue(Protocol):
 
 
 # === Client-side encryption re-wrap (controller/rewrap.py) ==========================================
-# Imported here rather than at the top so that this file stays append-only while several people add
-# their ports in parallel; hoist them when the file settles.
-from collections.abc import Mapping  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)
