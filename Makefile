@@ -8,7 +8,7 @@ DEPS_HASH := $(shell cat requirements.txt requirements-dev.txt pyproject.toml | 
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: setup lint test test-unit test-integration test-e2e iac clean
+.PHONY: setup lint iac test test-unit test-integration test-e2e clean
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -29,7 +29,11 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: setup lint
+# checkov runs in its own virtualenv (.venv-iac): its pinned dependency tree conflicts with the app's.
+iac:
+	bash infra/check.sh
+
+test: setup lint iac
 	$(VENV)/bin/pytest
 
 test-unit: $(STAMP)

@@ -1,0 +1,31 @@
+// Subscribes the deployed on_key_event function to every managed vault's Event Grid system topic (created by
+// main.bicep). Run by infra/hooks/postdeploy.sh after `azd deploy`, with the outputs of main.bicep, because
+// Event Grid validates the function when the subscription is created. Idempotent: safe to run on every deploy.
+targetScope = 'subscription'
+
+@description('main.bicep output KEY_EVENT_SOURCES: [{ subscriptionId, resourceGroup, systemTopicName }].')
+param eventSources array
+
+@description('main.bicep output AZURE_FUNCTION_APP_ID.')
+param functionAppId string
+
+@description('Name of the Event Grid-triggered function (controller/functions).')
+param functionName string = 'on_key_event'
+
+@description('main.bicep output DEAD_LETTER_STORAGE_ACCOUNT_ID.')
+param deadLetterStorageAccountId string
+
+@description('main.bicep output DEAD_LETTER_CONTAINER_NAME.')
+param deadLetterContainerName string
+
+module keyEvents 'modules/key-events.bicep' = [for (source, index) in eventSources: {
+  name: 'cmk-key-events-${uniqueString(functionAppId)}-${index}'
+  scope: resourceGroup(source.subscriptionId, source.resourceGroup)
+  params: {
+    systemTopicName: source.systemTopicName
+    functionAppId: functionAppId
+    functionName: functionName
+    deadLetterStorageAccountId: deadLetterStorageAccountId
+    deadLetterContainerName: deadLetterContainerName
+  }
+}]

@@ -1,0 +1,329 @@
+// cmk-controller: the function app, its identity and the narrowest roles it needs, the vaults' audit logs and
+// Event Grid system topics. `azd up` deploys this template, then the code, then (postdeploy hook) events.bicep,
+// which subscribes on_key_event to each vault's key events. One module per concern under modules/.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('azd environment name; names and tags every resource.')
+param environmentName string
+
+@minLength(1)
+@description('Region of the function app and its resources (one that offers Flex Consumption).')
+param location string
+
+@description('Resource group to create or reuse; empty: rg-<environmentName>.')
+param resourceGroupName string = ''
+
+@description('Vaults the controller manages: [{ "name", "resourceGroup", "subscriptionId" (default: this subscription), "accessPolicy": true for a vault without Azure RBAC, "systemTopicName" of an existing Event Grid system topic }].')
+param managedVaults array = []
+
+@description('Storage accounts whose CMK key version the controller may update (force adoption): [{ "name", "resourceGroup", "subscriptionId" }].')
+param targetStorageAccounts array = []
+
+@description('Client-side-encrypted containers to re-wrap after a rotation: [{ "account", "container", "resourceGroup", "subscriptionId" }].')
+param rewrapTargets array = []
+
+@description('Subscriptions whose storage accounts are inventoried (CMK_SUBSCRIPTIONS); empty: the vaults\' and target accounts\' subscriptions, or this one.')
+param inventorySubscriptionIds array = []
+
+@description('CMK_SWEEP_SCHEDULE: six-field NCRONTAB schedule of the compliance sweep.')
+param cmkSweepSchedule string = '0 0 */6 * * *'
+
+@description('CMK_WORK_QUEUE: work queue in the app storage account.')
+param cmkWorkQueue string = 'cmk-work'
+
+@description('CMK_LEDGER_TABLE: ledger table in the app storage account.')
+param cmkLedgerTable string = 'cmkledger'
+
+@description('CMK_EVENT_DEDUPE_HOURS: how long a processed event id is remembered (1-720).')
+@minValue(1)
+@maxValue(720)
+param cmkEventDedupeHours int = 48
+
+@description('CMK_ADOPTION_WINDOW_HOURS: how long a versionless consumer may lag a new key version (1-168).')
+@minValue(1)
+@maxValue(168)
+param cmkAdoptionWindowHours int = 24
+
+@description('CMK_PINNED_POLICY: alert on, or update, consumers pinned to an old key version.')
+@allowed([
+  'alert'
+  'update'
+])
+param cmkPinnedPolicy string = 'alert'
+
+@description('CMK_AUTO_ROTATE: rotate keys on KeyNearExpiry; also adds the rotate permission on the managed vaults.')
+param cmkAutoRotate bool = false
+
+@description('Create an Event Grid topic for the controller\'s alerts, with EventGrid Data Sender for the controller.')
+param alertTopicEnabled bool = false
+
+@description('Assign, in Audit mode, the built-in Azure Policy definitions that mirror the controller\'s rules.')
+param policyAssignmentsEnabled bool = false
+
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+])
+param storageSkuName string = 'Standard_LRS'
+
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@minValue(30)
+@maxValue(730)
+param logRetentionInDays int = 90
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var functionAppName = 'func-cmk-${resourceToken}'
+var deploymentContainerName = 'deployment-package'
+var deadLetterContainerName = 'key-events-deadletter'
+
+var vaults = [for vault in managedVaults: {
+  name: vault.name
+  resourceGroup: vault.resourceGroup
+  subscriptionId: contains(vault, 'subscriptionId') ? vault.subscriptionId : subscription().subscriptionId
+  useAccessPolicy: contains(vault, 'accessPolicy') ? bool(vault.accessPolicy) : false
+  // A vault can have only one Event Grid system topic: name an existing one (in the vault's resource group) to adopt it.
+  systemTopicName: contains(vault, 'systemTopicName') ? vault.systemTopicName : 'evgt-${vault.name}-cmk'
+}]
+var accounts = [for account in targetStorageAccounts: {
+  name: account.name
+  resourceGroup: account.resourceGroup
+  subscriptionId: contains(account, 'subscriptionId') ? account.subscriptionId : subscription().subscriptionId
+}]
+var containers = [for target in rewrapTargets: {
+  account: target.account
+  container: target.container
+  resourceGroup: target.resourceGroup
+  subscriptionId: contains(target, 'subscriptionId') ? target.subscriptionId : subscription().subscriptionId
+}]
+
+// App settings derived from the lists above, so a vault or container is never granted without being managed.
+var vaultHosts = [for vault in managedVaults: toLower('${vault.name}${environment().suffixes.keyvaultDns}')]
+var rewrapSettingEntries = [for target in rewrapTargets: '${target.account}/${target.container}']
+
+var vaultSubscriptionIds = [for vault in vaults: vault.subscriptionId]
+var accountSubscriptionIds = [for account in accounts: account.subscriptionId]
+var containerSubscriptionIds = [for target in containers: target.subscriptionId]
+var roleSubscriptionIds = union(vaultSubscriptionIds, accountSubscriptionIds, containerSubscriptionIds)
+var readerSubscriptionIds = union(inventorySubscriptionIds, roleSubscriptionIds)
+var readerScopes = empty(readerSubscriptionIds) ? [
+  subscription().subscriptionId
+] : readerSubscriptionIds
+
+// Access-policy twin of the custom key role, for vaults that do not use Azure RBAC.
+var accessPolicyReadPermissions = [
+  'get'
+  'list'
+  'getrotationpolicy'
+]
+var accessPolicyRotatePermissions = cmkAutoRotate ? [
+  'rotate'
+] : []
+var accessPolicyWrapPermissions = empty(rewrapTargets) ? [] : [
+  'wrapKey'
+  'unwrapKey'
+]
+var accessPolicyKeyPermissions = concat(accessPolicyReadPermissions, accessPolicyRotatePermissions, accessPolicyWrapPermissions)
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
+  location: location
+  tags: tags
+}
+
+module identity 'modules/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-cmk-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    workspaceName: 'log-cmk-${resourceToken}'
+    applicationInsightsName: 'appi-cmk-${resourceToken}'
+    location: location
+    tags: tags
+    retentionInDays: logRetentionInDays
+  }
+}
+
+module storage 'modules/app-storage.bicep' = {
+  name: 'app-storage'
+  scope: rg
+  params: {
+    name: 'stcmk${resourceToken}'
+    location: location
+    tags: tags
+    skuName: storageSkuName
+    deploymentContainerName: deploymentContainerName
+    deadLetterContainerName: deadLetterContainerName
+    workQueueName: cmkWorkQueue
+    ledgerTableName: cmkLedgerTable
+    workspaceId: monitoring.outputs.workspaceId
+  }
+}
+
+module functionApp 'modules/function-app.bicep' = {
+  name: 'function-app'
+  scope: rg
+  params: {
+    name: functionAppName
+    planName: 'plan-cmk-${resourceToken}'
+    location: location
+    tags: tags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: deploymentContainerName
+    applicationInsightsConnectionString: monitoring.outputs.applicationInsightsConnectionString
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    cmkVaults: join(vaultHosts, ',')
+    cmkSubscriptions: join(inventorySubscriptionIds, ',')
+    cmkSweepSchedule: cmkSweepSchedule
+    cmkWorkQueue: cmkWorkQueue
+    cmkLedgerTable: cmkLedgerTable
+    cmkEventDedupeHours: cmkEventDedupeHours
+    cmkAdoptionWindowHours: cmkAdoptionWindowHours
+    cmkPinnedPolicy: cmkPinnedPolicy
+    cmkAutoRotate: cmkAutoRotate
+    cmkRewrapTargets: join(rewrapSettingEntries, ',')
+  }
+}
+
+module appAccess 'modules/app-access.bicep' = {
+  name: 'app-access'
+  scope: rg
+  params: {
+    principalId: identity.outputs.principalId
+    storageAccountName: storage.outputs.name
+    workspaceName: monitoring.outputs.workspaceName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+  }
+}
+
+module customRoles 'modules/custom-roles.bicep' = {
+  name: 'cmk-custom-roles-${resourceToken}'
+  params: {
+    // The deployment's own subscription is always an assignable scope: the definitions are created there.
+    assignableSubscriptionIds: union([
+      subscription().subscriptionId
+    ], roleSubscriptionIds)
+    roleNameSuffix: '(${environmentName} ${resourceToken})'
+    autoRotate: cmkAutoRotate
+    rewrapEnabled: !empty(rewrapTargets)
+    storageEncryptionEnabled: !empty(targetStorageAccounts)
+  }
+}
+
+module inventoryReaders 'modules/subscription-reader.bicep' = [for (subscriptionId, index) in readerScopes: {
+  name: 'cmk-reader-${resourceToken}-${index}'
+  scope: subscription(subscriptionId)
+  params: {
+    principalId: identity.outputs.principalId
+  }
+}]
+
+module vaultIntegrations 'modules/vault-integration.bicep' = [for (vault, index) in vaults: {
+  name: 'cmk-vault-${resourceToken}-${index}'
+  scope: resourceGroup(vault.subscriptionId, vault.resourceGroup)
+  params: {
+    vaultName: vault.name
+    principalId: identity.outputs.principalId
+    keyRoleGuid: customRoles.outputs.keyRoleGuid
+    useAccessPolicy: vault.useAccessPolicy
+    accessPolicyKeyPermissions: accessPolicyKeyPermissions
+    workspaceId: monitoring.outputs.workspaceId
+    systemTopicName: vault.systemTopicName
+    tags: tags
+  }
+}]
+
+module deadLetterAccess 'modules/dead-letter-access.bicep' = [for (vault, index) in vaults: {
+  name: 'cmk-deadletter-${index}'
+  scope: rg
+  params: {
+    principalId: vaultIntegrations[index].outputs.systemTopicPrincipalId
+    storageAccountName: storage.outputs.name
+    containerName: deadLetterContainerName
+  }
+}]
+
+module storageEncryptionAccess 'modules/storage-encryption-access.bicep' = [for (account, index) in accounts: {
+  name: 'cmk-account-${resourceToken}-${index}'
+  scope: resourceGroup(account.subscriptionId, account.resourceGroup)
+  params: {
+    storageAccountName: account.name
+    principalId: identity.outputs.principalId
+    storageEncryptionRoleGuid: customRoles.outputs.storageEncryptionRoleGuid
+  }
+}]
+
+module rewrapAccess 'modules/rewrap-access.bicep' = [for (target, index) in containers: {
+  name: 'cmk-rewrap-${resourceToken}-${index}'
+  scope: resourceGroup(target.subscriptionId, target.resourceGroup)
+  params: {
+    storageAccountName: target.account
+    containerName: target.container
+    principalId: identity.outputs.principalId
+    rewrapRoleGuid: customRoles.outputs.rewrapRoleGuid
+  }
+}]
+
+module alertTopic 'modules/alert-topic.bicep' = if (alertTopicEnabled) {
+  name: 'alert-topic'
+  scope: rg
+  params: {
+    name: 'evgt-cmk-alerts-${resourceToken}'
+    location: location
+    tags: tags
+    principalId: identity.outputs.principalId
+  }
+}
+
+module policy 'modules/policy.bicep' = if (policyAssignmentsEnabled) {
+  name: 'cmk-policy-${resourceToken}'
+  params: {
+    environmentName: environmentName
+    minimumRsaKeySize: 2048
+    maximumDaysToRotate: 90
+  }
+}
+
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+output AZURE_FUNCTION_APP_ID string = functionApp.outputs.id
+output AZURE_CONTROLLER_PRINCIPAL_ID string = identity.outputs.principalId
+output LOG_ANALYTICS_WORKSPACE_ID string = monitoring.outputs.workspaceCustomerId
+output DEAD_LETTER_STORAGE_ACCOUNT_ID string = storage.outputs.id
+output DEAD_LETTER_CONTAINER_NAME string = deadLetterContainerName
+output KEY_EVENT_SOURCES array = [for vault in vaults: {
+  subscriptionId: vault.subscriptionId
+  resourceGroup: vault.resourceGroup
+  systemTopicName: vault.systemTopicName
+}]
+output ALERT_TOPIC_ENDPOINT string = alertTopicEnabled ? alertTopic.outputs.endpoint : ''

@@ -1,0 +1,206 @@
+// The controller: a Python 3.11 function app on the Flex Consumption plan, running as the user-assigned
+// identity. Host storage is identity-based (AzureWebJobsStorage__*): no connection string, no account key.
+// Every CMK_ setting the code reads (controller/settings.py SETTINGS) is an app setting here, and each
+// parameter below defaults to the code's own default, so an unset parameter changes nothing.
+param name string
+param planName string
+param location string
+param tags object
+param identityId string
+param identityClientId string
+param storageAccountName string
+param deploymentContainerName string
+param applicationInsightsConnectionString string
+
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int
+
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int
+
+@description('CMK_VAULTS: comma-separated vault host names the controller manages.')
+param cmkVaults string = ''
+
+@description('CMK_SUBSCRIPTIONS: comma-separated subscription ids to inventory; empty means every readable one.')
+param cmkSubscriptions string = ''
+
+@description('CMK_SWEEP_SCHEDULE: six-field NCRONTAB schedule of the compliance sweep.')
+param cmkSweepSchedule string = '0 0 */6 * * *'
+
+@description('CMK_WORK_QUEUE: work queue in the app storage account (its poison queue is <name>-poison).')
+param cmkWorkQueue string = 'cmk-work'
+
+@description('CMK_LEDGER_TABLE: ledger table in the app storage account.')
+param cmkLedgerTable string = 'cmkledger'
+
+@description('CMK_EVENT_DEDUPE_HOURS: how long a processed event id is remembered.')
+@minValue(1)
+@maxValue(720)
+param cmkEventDedupeHours int = 48
+
+@description('CMK_ADOPTION_WINDOW_HOURS: how long a versionless consumer may lag a new key version.')
+@minValue(1)
+@maxValue(168)
+param cmkAdoptionWindowHours int = 24
+
+@description('CMK_PINNED_POLICY: alert on, or update, consumers pinned to an old key version.')
+@allowed([
+  'alert'
+  'update'
+])
+param cmkPinnedPolicy string = 'alert'
+
+@description('CMK_AUTO_ROTATE: rotate a key on KeyNearExpiry (true) or only alert (false).')
+param cmkAutoRotate bool = false
+
+@description('CMK_REWRAP_TARGETS: comma-separated <account>/<container> client-side-encrypted containers.')
+param cmkRewrapTargets string = ''
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+// Identity-based host storage: the host and the controller's ledger both use the user-assigned identity,
+// and no setting holds a connection string or key. AZURE_CLIENT_ID makes the SDK credentials pick the same
+// identity.
+var appSettings = [
+  {
+    name: 'AzureWebJobsStorage__accountName'
+    value: storage.name
+  }
+  {
+    name: 'AzureWebJobsStorage__credential'
+    value: 'managedidentity'
+  }
+  {
+    name: 'AzureWebJobsStorage__clientId'
+    value: identityClientId
+  }
+  {
+    name: 'AZURE_CLIENT_ID'
+    value: identityClientId
+  }
+  {
+    name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+    value: applicationInsightsConnectionString
+  }
+  {
+    name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
+    value: 'ClientId=${identityClientId};Authorization=AAD'
+  }
+  {
+    name: 'CMK_VAULTS'
+    value: cmkVaults
+  }
+  {
+    name: 'CMK_SUBSCRIPTIONS'
+    value: cmkSubscriptions
+  }
+  {
+    name: 'CMK_SWEEP_SCHEDULE'
+    value: cmkSweepSchedule
+  }
+  {
+    name: 'CMK_WORK_QUEUE'
+    value: cmkWorkQueue
+  }
+  {
+    name: 'CMK_LEDGER_TABLE'
+    value: cmkLedgerTable
+  }
+  {
+    name: 'CMK_EVENT_DEDUPE_HOURS'
+    value: string(cmkEventDedupeHours)
+  }
+  {
+    name: 'CMK_ADOPTION_WINDOW_HOURS'
+    value: string(cmkAdoptionWindowHours)
+  }
+  {
+    name: 'CMK_PINNED_POLICY'
+    value: cmkPinnedPolicy
+  }
+  {
+    name: 'CMK_AUTO_ROTATE'
+    value: cmkAutoRotate ? 'true' : 'false'
+  }
+  {
+    name: 'CMK_REWRAP_TARGETS'
+    value: cmkRewrapTargets
+  }
+]
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_225:Zone redundancy of a Flex Consumption plan depends on region support and zone-redundant storage; the controller is a reconciler whose timer sweep catches up after a zonal outage.
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    tier: 'FlexConsumption'
+    name: 'FC1'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource app 'Microsoft.Web/sites@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_17:Event Grid cannot present client certificates; it authenticates to the Event Grid extension endpoint with the system key it fetches itself (AzureFunction endpoint type). The events route needs a function key; health is anonymous and discloses only a status and a vault count.
+  // checkov:skip=CKV_AZURE_222:Event Grid pushes key events to the app's public endpoint (it cannot deliver to a function app's private endpoint); the Event Grid extension endpoint requires its system key.
+  // checkov:skip=CKV_AZURE_212:Flex Consumption scales from zero on demand and replaces failed instances itself; a minimum instance count (always ready) would only add cost, as the sweep is the safety net for missed events.
+  // checkov:skip=CKV_AZURE_213:App Service health check is not used on this scale-to-zero plan (its pings would keep an instance warm); the health HTTP function is there for external probes.
+  name: name
+  location: location
+  tags: union(tags, {
+    'azd-service-name': 'controller'
+  })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    publicNetworkAccess: 'Enabled'
+    siteConfig: {
+      appSettings: appSettings
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+  }
+}
+
+output id string = app.id
+output name string = app.name
+output defaultHostName string = app.properties.defaultHostName

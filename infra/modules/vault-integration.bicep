@@ -1,0 +1,87 @@
+// Everything the controller needs on one managed vault, deployed in the vault's own resource group (which may be
+// in another subscription): read access to its keys (custom role on an RBAC vault, or the equivalent access
+// policy on an access-policy vault), its AuditEvent logs sent to the controller's workspace, and an Event Grid
+// system topic whose managed identity dead-letters undeliverable events. The event subscription itself is
+// created by the azd postdeploy hook (key-events.bicep), because it must point at the deployed function.
+param vaultName string
+param principalId string
+
+@description('GUID of the custom key role (custom-roles.bicep); used on RBAC vaults.')
+param keyRoleGuid string
+
+@description('true for a vault that authorises data access with access policies instead of Azure RBAC.')
+param useAccessPolicy bool
+
+@description('Key permissions of the access policy, the access-policy twin of the custom key role.')
+param accessPolicyKeyPermissions array
+
+param workspaceId string
+param systemTopicName string
+param tags object
+
+var keyRoleDefinitionId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyRoleGuid)
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: vaultName
+}
+
+resource keyAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!useAccessPolicy) {
+  name: guid(vault.id, principalId, keyRoleDefinitionId)
+  scope: vault
+  properties: {
+    roleDefinitionId: keyRoleDefinitionId
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'cmk-controller: read keys and rotation policies (rotate / wrap / unwrap only when enabled)'
+  }
+}
+
+resource keyAccessPolicy 'Microsoft.KeyVault/vaults/accessPolicies@2023-07-01' = if (useAccessPolicy) {
+  parent: vault
+  name: 'add'
+  properties: {
+    accessPolicies: [
+      {
+        tenantId: tenant().tenantId
+        objectId: principalId
+        permissions: {
+          keys: accessPolicyKeyPermissions
+          secrets: []
+          certificates: []
+        }
+      }
+    ]
+  }
+}
+
+// AuditEvent into resource-specific tables (AZKVAuditLogs): the controller's CMK-016 and CMK-017 read them.
+resource auditLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'cmk-controller-audit'
+  scope: vault
+  properties: {
+    workspaceId: workspaceId
+    logAnalyticsDestinationType: 'Dedicated'
+    logs: [
+      {
+        category: 'AuditEvent'
+        enabled: true
+      }
+    ]
+  }
+}
+
+resource systemTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
+  name: systemTopicName
+  location: vault.location
+  tags: tags
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    source: vault.id
+    topicType: 'Microsoft.KeyVault.vaults'
+  }
+}
+
+output systemTopicName string = systemTopic.name
+output systemTopicPrincipalId string = systemTopic.identity.principalId
