@@ -1,5 +1,5 @@
-"""Where the official Azure REST API contracts are: ../shared/specs beside the repository (as on every
-developer machine and in CI), or CMK_SPECS_DIR."""
+"""Where the official Azure REST API contracts are, for contract tests of the emulators and adapters:
+../shared/specs beside the repository (as on every developer machine and in CI), or CMK_SPECS_DIR."""
 
 from __future__ import annotations
 

@@ -1,0 +1,358 @@
+"""Run one or many emulated vaults in-process: an aiohttp server per vault in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import tempfile
+import threading
+from collections.abc import Coroutine
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from emulators.bus import SandboxBus
+from emulators.clock import SandboxClock
+
+from . import lifecycle
+from .ca import SandboxCA
+from .credential import DEFAULT_CALLER_IP, DEFAULT_TENANT_ID, SandboxCredential
+from .server import VaultServer
+from .state import AccessPolicy, NetworkAcls, RoleAssignment, VaultState
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class KeyVaultEmulator:
+    """Emulated Key Vault data planes, one HTTPS origin per vault, plus an HTTPS admin API.
+
+    Usage (synchronous, e.g. in a pytest fixture)::
+
+        with KeyVaultEmulator(clock, bus, ca) as kv:
+            vault = kv.add_vault("kv1", subscription_id=SUB, resource_group="rg")
+            client = KeyClient(vault.uri, kv.credential(oid), verify_challenge_resource=False,
+                               connection_verify=kv.ca_path)
+
+    ``start()`` / ``stop()`` do the same as the context manager. Vaults added before ``start()`` begin
+    listening at start. Time-driven state is evaluated on every request, every ``tick_seconds`` and
+    immediately in ``advance_clock``.
+    """
+
+    def __init__(
+        self,
+        clock: SandboxClock | None = None,
+        bus: SandboxBus | None = None,
+        ca: SandboxCA | None = None,
+        *,
+        tenant_id: str = DEFAULT_TENANT_ID,
+        host: str = "127.0.0.1",
+        admin_port: int = 0,
+        tick_seconds: float = 1.0,
+        directory: str | Path | None = None,
+    ) -> None:
+        self.clock = clock or SandboxClock()
+        self.bus = bus or SandboxBus()
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if ca is None:
+            if directory is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="kv-sandbox-")
+                directory = self._tmp.name
+            ca = SandboxCA(directory)
+        self.ca = ca
+        self.tenant_id = tenant_id
+        self.host = host
+        self.admin_port = admin_port
+        self.tick_seconds = tick_seconds
+        self.vaults: dict[str, VaultState] = {}
+        self._servers: dict[str, VaultServer] = {}
+        self._runners: dict[str, web.AppRunner] = {}
+        self._lock = threading.RLock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        self.admin_origin = ""
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+    @property
+    def ca_path(self) -> str:
+        return str(self.ca.ca_path)
+
+    @property
+    def admin_url(self) -> str:
+        return self.admin_origin + "/_admin"
+
+    @property
+    def running(self) -> bool:
+        return self._loop is not None
+
+    def start(self) -> KeyVaultEmulator:
+        if self._loop is not None:
+            return self
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="keyvault-emulator", daemon=True)
+        self._thread.start()
+        ready.wait()
+        self._loop = loop
+        self._run(self._start_admin())
+        for name in list(self.vaults):
+            self._run(self._start_vault(name))
+        self._tick_task = self._run(self._start_tick())
+        return self
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        self._run(self._shutdown())
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        loop.close()
+        self._loop = None
+        self._thread = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> KeyVaultEmulator:
+        return self.start()
+
+    def __exit__(self, *args: object) -> None:
+        self.stop()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:
+            raise RuntimeError("the emulator is not running")
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("_run called from the emulator's own loop")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
+
+    # ---- vaults ---------------------------------------------------------------------------------------
+    def add_vault(
+        self,
+        name: str,
+        *,
+        subscription_id: str = "00000000-0000-0000-0000-000000000000",
+        resource_group: str = "rg-sandbox",
+        soft_delete_retention_days: int = 90,
+        purge_protection: bool = True,
+        enable_soft_delete: bool = True,
+        rbac: bool = False,
+        tenant_id: str | None = None,
+        location: str = "westeurope",
+        sku: str = "premium",
+        access_policies: list[AccessPolicy] | list[dict[str, Any]] | None = None,
+        role_assignments: list[RoleAssignment] | list[dict[str, Any]] | None = None,
+        network_acls: NetworkAcls | dict[str, Any] | None = None,
+        host: str | None = None,
+        port: int = 0,
+    ) -> VaultState:
+        """Create a vault and (when the emulator runs) start its HTTPS origin; returns its state."""
+        state = self._register(
+            name,
+            subscription_id=subscription_id,
+            resource_group=resource_group,
+            soft_delete_retention_days=soft_delete_retention_days,
+            purge_protection=purge_protection,
+            enable_soft_delete=enable_soft_delete,
+            rbac=rbac,
+            tenant_id=tenant_id,
+            location=location,
+            sku=sku,
+            access_policies=access_policies,
+            role_assignments=role_assignments,
+            network_acls=network_acls,
+            host=host,
+            port=port,
+        )
+        if self._loop is not None:
+            self._run(self._start_vault(name.lower()))
+        return state
+
+    def _register(
+        self,
+        name: str,
+        *,
+        subscription_id: str = "00000000-0000-0000-0000-000000000000",
+        resource_group: str = "rg-sandbox",
+        soft_delete_retention_days: int = 90,
+        purge_protection: bool = True,
+        enable_soft_delete: bool = True,
+        rbac: bool = False,
+        tenant_id: str | None = None,
+        location: str = "westeurope",
+        sku: str = "premium",
+        access_policies: list[AccessPolicy] | list[dict[str, Any]] | None = None,
+        role_assignments: list[RoleAssignment] | list[dict[str, Any]] | None = None,
+        network_acls: NetworkAcls | dict[str, Any] | None = None,
+        host: str | None = None,
+        port: int = 0,
+    ) -> VaultState:
+        tenant = tenant_id or self.tenant_id
+        with self._lock:
+            if name.lower() in self.vaults:
+                raise ValueError(f"vault {name!r} already exists")
+        state = VaultState(
+            name,
+            subscription_id=subscription_id,
+            resource_group=resource_group,
+            clock=self.clock,
+            bus=self.bus,
+            tenant_id=tenant,
+            location=location,
+            sku=sku,
+            enable_soft_delete=enable_soft_delete,
+            soft_delete_retention_days=soft_delete_retention_days,
+            purge_protection=purge_protection,
+            rbac=rbac,
+            access_policies=[
+                p if isinstance(p, AccessPolicy) else AccessPolicy.from_json(p, tenant) for p in access_policies or []
+            ],
+            role_assignments=[
+                a if isinstance(a, RoleAssignment) else RoleAssignment.from_json(a, "") for a in role_assignments or []
+            ],
+            network_acls=(
+                network_acls
+                if isinstance(network_acls, NetworkAcls) or network_acls is None
+                else NetworkAcls.from_json(network_acls)
+            ),
+        )
+        for assignment in state.role_assignments:
+            if not assignment.scope:
+                assignment.scope = state.resource_id
+        state.host = host or self.host
+        state.port = port
+        with self._lock:
+            if name.lower() in self.vaults:
+                raise ValueError(f"vault {name!r} already exists")
+            self.vaults[name.lower()] = state
+            self._servers[name.lower()] = VaultServer(state)
+        return state
+
+    async def add_vault_async(self, name: str, **kwargs: Any) -> VaultState:
+        """add_vault for code running on the emulator's loop (the admin API)."""
+        state = self._register(name, **kwargs)
+        await self._start_vault(name.lower())
+        return state
+
+    def remove_vault(self, name: str) -> None:
+        """Stop a vault's origin and forget it (ARM deleted the vault)."""
+        key = name.lower()
+        if self._loop is not None:
+            self._run(self._stop_vault(key))
+        with self._lock:
+            del self.vaults[key]
+            del self._servers[key]
+
+    async def remove_vault_async(self, name: str) -> None:
+        key = name.lower()
+        await self._stop_vault(key)
+        with self._lock:
+            del self.vaults[key]
+            del self._servers[key]
+
+    async def _stop_vault(self, key: str) -> None:
+        if key not in self.vaults:
+            raise KeyError(key)
+        runner = self._runners.pop(key, None)
+        if runner is not None:
+            await runner.cleanup()
+
+    def vault(self, name: str) -> VaultState:
+        return self.vaults[name.lower()]
+
+    def server(self, name: str) -> VaultServer:
+        return self._servers[name.lower()]
+
+    def credential(
+        self,
+        oid: str | None = None,
+        *,
+        appid: str | None = None,
+        ip: str = DEFAULT_CALLER_IP,
+        trusted_service: bool = False,
+        tenant_id: str | None = None,
+        name: str | None = None,
+    ) -> SandboxCredential:
+        """A TokenCredential for a principal (the controller, a managed identity ...) of this sandbox."""
+        return SandboxCredential(
+            oid, appid=appid, tenant_id=tenant_id or self.tenant_id, ip=ip, trusted_service=trusted_service, name=name
+        )
+
+    # ---- time -----------------------------------------------------------------------------------------
+    def evaluate(self) -> int:
+        """Bring every vault's time-driven state up to the sandbox clock; returns the events published."""
+        published = 0
+        for state in list(self.vaults.values()):
+            outbox = lifecycle.Outbox()
+            lifecycle.evaluate(state, outbox)
+            published += outbox.flush(state)
+        return published
+
+    def advance_clock(self, delta: timedelta) -> int:
+        """Advance the sandbox clock and evaluate immediately; returns the number of events published."""
+        self.clock.advance(delta)
+        return self.evaluate()
+
+    # ---- coroutines on the emulator loop ----------------------------------------------------------------
+    async def _serve(self, app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.SockSite(runner, sock, ssl_context=self.ca.server_ssl_context(host))
+        await site.start()
+        return runner, int(sock.getsockname()[1])
+
+    async def _start_vault(self, key: str) -> None:
+        state = self.vaults[key]
+        if key in self._runners:
+            return
+        runner, port = await self._serve(self._servers[key].app, state.host, state.port)
+        self._runners[key] = runner
+        with state.lock:
+            state.port = port
+            state.origin = f"https://{state.host}:{port}"
+        log.info("vault %s listening at %s", state.name, state.origin)
+
+    async def _start_admin(self) -> None:
+        from .admin import build_admin_app
+
+        runner, port = await self._serve(build_admin_app(self), self.host, self.admin_port)
+        self._runners["\0admin"] = runner
+        self.admin_origin = f"https://{self.host}:{port}"
+
+    async def _start_tick(self) -> asyncio.Task[None]:
+        async def tick() -> None:
+            loop = asyncio.get_running_loop()
+            while True:
+                await asyncio.sleep(self.tick_seconds)
+                try:
+                    await loop.run_in_executor(None, self.evaluate)
+                except Exception:
+                    log.exception("time-driven evaluation failed")
+
+        return asyncio.get_running_loop().create_task(tick())
+
+    async def _shutdown(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+            self._tick_task = None
+        for runner in list(self._runners.values()):
+            await runner.cleanup()
+        self._runners.clear()

@@ -1,0 +1,300 @@
+"""The HTTPS front of one emulated vault: challenge authentication, firewall, authorization,
+fault injection, throttling, operation counters and one AuditEvent record per request."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from . import authz, records
+from .credential import InvalidToken, Principal, decode_token
+from .dataplane import Result, Route, bucket_for, execute, resolve
+from .errors import KeyVaultError, bad_parameter
+from .state import VaultState
+
+log = logging.getLogger(__name__)
+VAULT_AUDIENCES = ("https://vault.azure.net", "https://vault.azure.net/", "cfa8b339-82a2-471a-a3c9-0fc0be7a4093")
+SERVICE_VERSION = "1.9.2750.1"
+
+
+class _ConnectionReset(Exception):
+    """Fault injection: drop the connection without a response."""
+
+
+@dataclass
+class _Context:
+    started: float
+    api_version: str
+    correlation_id: str
+    route: Route | None
+    caller_ip: str
+    operation: str = "Unknown"
+    principal: Principal | None = None
+    decision: authz.Decision = field(default_factory=lambda: authz.Decision(False))
+
+    def __post_init__(self) -> None:
+        if self.route is not None:
+            self.operation = self.route.operation
+
+
+def _challenge(state: VaultState) -> dict[str, str]:
+    return {
+        "WWW-Authenticate": (
+            f'Bearer authorization="https://login.microsoftonline.com/{state.tenant_id}", '
+            'resource="https://vault.azure.net"'
+        )
+    }
+
+
+def _unauthorized(state: VaultState, message: str) -> KeyVaultError:
+    return KeyVaultError(401, "Unauthorized", message, headers=_challenge(state))
+
+
+class VaultServer:
+    """aiohttp request handling for one vault (one origin)."""
+
+    def __init__(self, state: VaultState, *, rng: random.Random | None = None) -> None:
+        self.state = state
+        self.rng = rng or random.Random()
+        self.app = web.Application(client_max_size=4 * 1024 * 1024)
+        self.app.router.add_route("*", "/{tail:.*}", self.handle)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        state = self.state
+        ctx = _Context(
+            started=time.perf_counter(),
+            api_version=request.query.get("api-version", ""),
+            correlation_id=request.headers.get("x-ms-client-request-id") or str(uuid.uuid4()),
+            route=resolve(request.method, request.path),
+            caller_ip=request.remote or "",
+        )
+        result: Result | None = None
+        error: KeyVaultError | None = None
+        try:
+            result = await self._pipeline(request, ctx)
+        except KeyVaultError as exc:
+            error = exc
+        except _ConnectionReset:
+            self._account(request, ctx, status=0, description="Injected fault: connection reset")
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError from None
+        except Exception as exc:  # an emulator bug: answer 500 and keep the audit trail
+            log.exception("vault %s: internal error in %s", state.name, ctx.operation)
+            error = KeyVaultError(500, "InternalServerError", f"Internal error in the sandbox vault: {exc!r}")
+        status = result.status if result else (error.status if error else 500)
+        headers = {
+            "x-ms-request-id": str(uuid.uuid4()),
+            "x-ms-client-request-id": ctx.correlation_id,
+            "x-ms-keyvault-service-version": SERVICE_VERSION,
+            "x-ms-keyvault-region": state.location,
+            "x-ms-keyvault-network-info": f"conn_type=Ipv4;addr={ctx.caller_ip};act_addr_fam=InterNetwork;",
+            "Cache-Control": "no-cache",
+        }
+        if error is not None:
+            headers.update(error.headers)
+            response = web.json_response(error.body(), status=status, headers=headers)
+        elif result is not None and result.body is not None:
+            response = web.json_response(result.body, status=status, headers=headers)
+        else:
+            response = web.Response(status=status, headers=headers)
+        if error is not None and error.status == 401:
+            ctx.operation = "Authentication"
+        self._account(
+            request,
+            ctx,
+            status=status,
+            description=error.message if error else "",
+            object_id=result.object_id if result else None,
+        )
+        if result is not None:
+            result.outbox.flush(state)
+        return response
+
+    async def _pipeline(self, request: web.Request, ctx: _Context) -> Result:
+        state = self.state
+        principal = self._authenticate(request)
+        ctx.principal = principal
+        ctx.caller_ip = principal.ip or ctx.caller_ip
+        route = ctx.route
+        if not ctx.api_version:
+            raise bad_parameter("The api-version query parameter is required")
+        if route is None:
+            raise KeyVaultError(400, "BadParameter", f"Unsupported request {request.method} {request.path}")
+        ctx.operation = route.operation
+        self._firewall(principal, ctx.caller_ip)
+        ctx.decision = authz.authorize(state, principal, route.operation, route.key_name)
+        if not ctx.decision.allowed:
+            raise self._forbidden(principal, ctx.decision, route)
+        body = await self._body(request)
+        await self._faults(route)
+        self._throttle(route, body)
+        run = functools.partial(
+            execute, state, route, body=body, query=dict(request.query), api_version=ctx.api_version
+        )
+        return await asyncio.get_running_loop().run_in_executor(None, run)
+
+    # ---- pipeline steps -------------------------------------------------------------------------------
+    def _authenticate(self, request: web.Request) -> Principal:
+        state = self.state
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() not in ("bearer", "pop") or not token.strip():
+            raise _unauthorized(state, "AKV10000: Request is missing a Bearer or PoP token.")
+        try:
+            principal = decode_token(token.strip())
+        except InvalidToken as exc:
+            raise _unauthorized(state, f"AKV10001: The token is invalid: {exc}.") from exc
+        if principal.aud and principal.aud.rstrip("/") not in {a.rstrip("/") for a in VAULT_AUDIENCES}:
+            raise _unauthorized(
+                state, f"AKV10022: Invalid audience. Expected https://vault.azure.net, found: {principal.aud}."
+            )
+        if principal.tid.lower() != state.tenant_id.lower():
+            raise _unauthorized(
+                state,
+                f"AKV10032: Invalid issuer. Expected one of https://sts.windows.net/{state.tenant_id}/, found "
+                f"https://sts.windows.net/{principal.tid}/.",
+            )
+        return principal
+
+    def _firewall(self, principal: Principal, caller_ip: str) -> None:
+        state = self.state
+        with state.lock:
+            admitted = state.network_acls.admits(caller_ip, principal.trusted_service)
+        if not admitted:
+            raise KeyVaultError(
+                403,
+                "Forbidden",
+                "Client address is not authorized and caller is not a trusted service.\r\n"
+                f"Client address: {caller_ip}\r\nCaller: {authz.caller_description(principal)}\r\n"
+                f"Vault: {state.name};location={state.location}",
+                "ForbiddenByFirewall",
+            )
+
+    def _forbidden(self, principal: Principal, decision: authz.Decision, route: Route) -> KeyVaultError:
+        state = self.state
+        if state.rbac:
+            resource = state.resource_id + (f"/keys/{route.key_name}" if route.key_name else "")
+            return KeyVaultError(
+                403,
+                "Forbidden",
+                "Caller is not authorized to perform action on resource.\r\nIf role assignments, deny assignments "
+                "or role definitions were changed recently, please observe propagation time.\r\n"
+                f"Caller: {authz.caller_description(principal)}\r\nAction: '{decision.action}'\r\n"
+                f"Resource: '{resource.lower()}'\r\nAssignment: (not found)\r\n"
+                f"DecisionReason: 'DeniedWithNoValidRBAC' \r\nVault: {state.name};location={state.location}\r\n",
+                "ForbiddenByRbac",
+            )
+        return KeyVaultError(
+            403,
+            "Forbidden",
+            f"The user, group or application '{authz.caller_description(principal)}' does not have keys "
+            f"{decision.permission or route.operation} permission on key vault "
+            f"'{state.name};location={state.location}'. For help resolving this issue, please see "
+            "https://go.microsoft.com/fwlink/?linkid=2125287",
+            "AccessDenied",
+        )
+
+    async def _body(self, request: web.Request) -> dict[str, Any] | None:
+        if request.method not in ("POST", "PUT", "PATCH"):
+            return None
+        raw = await request.read()
+        if not raw:
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise bad_parameter("The request body is not valid JSON") from exc
+        if not isinstance(body, dict):
+            raise bad_parameter("The request body must be a JSON object")
+        return body
+
+    async def _faults(self, route: Route) -> None:
+        """Apply latency, injected errors and connection resets (fault injection)."""
+        faults = self.state.faults
+        if faults.operations and route.operation not in faults.operations:
+            return
+        if faults.latency_ms > 0:
+            await asyncio.sleep(faults.latency_ms / 1000)
+        if faults.reset_rate > 0 and self.rng.random() < faults.reset_rate:
+            raise _ConnectionReset
+        if faults.error_rate > 0 and self.rng.random() < faults.error_rate:
+            status = faults.error_status
+            code = {500: "InternalServerError", 503: "ServiceUnavailable", 429: "Throttled"}.get(status, "Fault")
+            headers = {"Retry-After": "1"} if status in (429, 503) else {}
+            raise KeyVaultError(status, code, f"Injected fault ({status}) for {route.operation}", headers=headers)
+
+    def _throttle(self, route: Route, body: dict[str, Any] | None) -> None:
+        state = self.state
+        config = state.throttling
+        if not config.enabled:
+            return
+        bucket, tier = bucket_for(state, route, body)
+        limits = config.limits.get(bucket) or config.limits.get("vault") or {}
+        limit = limits.get(tier)
+        if limit is None:
+            return
+        wait = state.throttle.admit(f"{bucket}/{tier}", int(limit), config.window_seconds)
+        if wait is not None:
+            raise KeyVaultError(
+                429,
+                "Throttled",
+                f"Request was not processed because too many requests were received. Reason: "
+                f"{bucket} {tier} keys allow {limit} operations per {config.window_seconds:g} seconds.",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+
+    # ---- bookkeeping -----------------------------------------------------------------------------------
+    def _object_id(self, route: Route | None) -> str:
+        state = self.state
+        if route is None:
+            return state.uri
+        if route.key_name:
+            return state.key_id(route.key_name, route.version or None)
+        return state.origin + ("/deletedkeys" if "Deleted" in route.operation else "/keys")
+
+    def _account(
+        self,
+        request: web.Request,
+        ctx: _Context,
+        *,
+        status: int,
+        description: str,
+        object_id: str | None = None,
+    ) -> None:
+        state = self.state
+        route = ctx.route
+        principal = ctx.principal
+        key = route.key_name.lower() if route and route.key_name else None
+        state.counters.record(ctx.operation, key, status)
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        tls = ssl_object.version() if ssl_object is not None else None
+        record = records.audit_record(
+            state,
+            operation=ctx.operation,
+            api_version=ctx.api_version,
+            status=status,
+            description=description,
+            duration_ms=int((time.perf_counter() - ctx.started) * 1000),
+            caller_ip=ctx.caller_ip,
+            correlation_id=ctx.correlation_id,
+            principal=principal,
+            object_id=object_id or self._object_id(route),
+            request_uri=str(request.url),
+            client_info=request.headers.get("User-Agent", ""),
+            access_policy_match=ctx.decision.access_policy_match,
+            trusted_service=bool(principal and principal.trusted_service),
+            tls_version=tls.replace("v", "").replace(".", "_") if tls else None,
+        )
+        if state.bus is not None:
+            state.bus.publish_audit(record)
