@@ -317,3 +317,275 @@ class Condition:
     ) -> Condition:
         changed_at = self.last_transition if status == self.status else now
         return replace(self, status=status, reason=reason, message=message, last_transition=changed_at)
+
+
+# === Rotation planner inputs (controller/rotation.py) ===============================================
+# One appended section, so parallel additions elsewhere in this file do not collide. These are the
+# values the service gathers once (key versions, consumers, ledger intents) before the planner decides.
+
+
+class ConsumerKind(enum.StrEnum):
+    ACCOUNT = "account"
+    SCOPE = "scope"
+
+
+class IdentityAccess(enum.StrEnum):
+    """Whether a consumer's encryption identity can get/wrapKey/unwrapKey the key, as observed.
+
+    UNKNOWN means the gatherer could not evaluate it (no read access to the vault's access policies
+    or role assignments); the planner never writes on UNKNOWN.
+    """
+
+    GRANTED = "granted"
+    DENIED = "denied"
+    UNKNOWN = "unknown"
+
+
+class ForceAdoptionStep(enum.StrEnum):
+    """Where a forced adoption stands, as recorded in the ledger.
+
+    PINNED is written BEFORE the consumer is pinned to the target (it is the intent: "this pin is
+    ours, restore the versionless URI afterwards"), RESTORED after the versionless URI is back, and
+    ABANDONED when someone else changed the consumer meanwhile (their pin is theirs, not ours).
+    """
+
+    PINNED = "pinned"
+    RESTORED = "restored"
+    ABANDONED = "abandoned"
+
+
+def _check_version(version: str) -> None:
+    # Key Vault returns versions in lower case; the planner compares them as strings.
+    if not _KEY_VERSION.fullmatch(version) or version != version.lower():
+        raise InvalidKeyId(f"{version!r} is not a lower-case key version")
+
+
+def _check_aware(name: str, moment: datetime | None) -> None:
+    if moment is not None and moment.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersionInfo:
+    """One version of a key with the attributes that decide whether it can be adopted."""
+
+    version: str
+    enabled: bool
+    created: datetime
+    not_before: datetime | None = None
+    expires: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _check_version(self.version)
+        _check_aware("created", self.created)
+        _check_aware("not_before", self.not_before)
+        _check_aware("expires", self.expires)
+
+    @property
+    def order(self) -> tuple[datetime, str]:
+        """Versions order by creation time; the version string only breaks ties (deterministically)."""
+        return (self.created, self.version)
+
+    @property
+    def available_from(self) -> datetime:
+        """When the version could first be used: its creation, or its not-before time if later."""
+        if self.not_before is not None and self.not_before > self.created:
+            return self.not_before
+        return self.created
+
+    def usable_at(self, now: datetime) -> bool:
+        return (
+            self.enabled
+            and (self.not_before is None or self.not_before <= now)
+            and (self.expires is None or now < self.expires)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """A key (versionless reference) and every version the vault listed, as gathered once.
+
+    ``reachable`` False means the vault could not be read (firewall, DNS, 5xx after retries):
+    ``versions`` is then empty or stale and the planner decides nothing.
+    """
+
+    key: KeyRef
+    versions: tuple[KeyVersionInfo, ...]
+    reachable: bool = True
+    unreachable_detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.key.is_versioned:
+            raise InvalidKeyId(f"KeyState takes the versionless key, not {self.key.uri}")
+        names = [info.version for info in self.versions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate versions listed for {self.key.uri}")
+
+    def version(self, version: str | None) -> KeyVersionInfo | None:
+        if version is None:
+            return None
+        return next((info for info in self.versions if info.version == version), None)
+
+    @property
+    def latest_enabled(self) -> KeyVersionInfo | None:
+        """The newest enabled version by creation time (it may still be not yet valid, or expired)."""
+        enabled = [info for info in self.versions if info.enabled]
+        return max(enabled, key=lambda info: info.order) if enabled else None
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """A storage account or an encryption scope configured with the key.
+
+    ``key`` is the configured key URI: versionless (automatic updates on) or pinned to a version.
+    ``current_key`` is Azure's read-only ``currentVersionedKeyIdentifier`` (None when Azure reports
+    none). ``tags`` are the account's tags (for a scope: its account's), as sorted (name, value)
+    pairs so that the value stays hashable.
+    """
+
+    kind: ConsumerKind
+    resource_id: str
+    account_name: str
+    key: KeyRef
+    current_key: KeyRef | None
+    scope_name: str | None = None
+    last_key_rotation: datetime | None = None
+    identity_access: IdentityAccess = IdentityAccess.UNKNOWN
+    tags: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.resource_id.strip():
+            raise ValueError("consumer resource_id must not be empty")
+        if (self.kind is ConsumerKind.SCOPE) != bool(self.scope_name):
+            raise ValueError("scope_name is required for encryption scopes and only for them")
+        for ref in (self.key, self.current_key):
+            if ref is not None and ref.version is not None:
+                _check_version(ref.version)
+        _check_aware("last_key_rotation", self.last_key_rotation)
+
+    @property
+    def id(self) -> str:
+        """The ledger key of this consumer: ARM ids compare case-insensitively."""
+        return self.resource_id.lower()
+
+    @property
+    def pinned_version(self) -> str | None:
+        return self.key.version
+
+    @property
+    def current_version(self) -> str | None:
+        """The version Azure says the consumer uses, when it is a version of the configured key."""
+        if self.current_key is None or not self.current_key.same_key(self.key):
+            return None
+        return self.current_key.version
+
+    def tag(self, name: str) -> str | None:
+        """A tag's value; Azure tag names are case-insensitive."""
+        wanted = name.lower()
+        return next((value for tag_name, value in self.tags if tag_name.lower() == wanted), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ForceAdoptionIntent:
+    """The ledger record of one forced adoption (see ForceAdoptionStep for when each step is written).
+
+    ``consumer_id`` is Consumer.id (the lower-cased ARM id).
+    """
+
+    consumer_id: str
+    target_version: str
+    step: ForceAdoptionStep
+    started_at: datetime
+
+    def __post_init__(self) -> None:
+        _check_version(self.target_version)
+        _check_aware("started_at", self.started_at)
+
+
+# === end of rotation planner inputs =================================================================
+
+
+# === Adapter observations (controller/adapters: key_vault, storage_control, inventory, key_access) ===
+# One appended section, like the planner's: the values the Azure adapters return besides KeyState,
+# KeyVersionInfo and Consumer.
+
+
+@dataclass(frozen=True, slots=True)
+class RotationLifetimeAction:
+    """One lifetime action of a key rotation policy, durations as Key Vault returns them (ISO 8601)."""
+
+    action: str  # "Rotate" or "Notify" (compare case-insensitively)
+    time_after_create: str | None = None
+    time_before_expiry: str | None = None
+
+    @property
+    def rotates(self) -> bool:
+        return self.action.lower() == "rotate"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRotationPolicyInfo:
+    """A key's rotation policy. A key without one reads as Key Vault's default (no Rotate action)."""
+
+    key: KeyRef
+    lifetime_actions: tuple[RotationLifetimeAction, ...]
+    expires_after: str | None = None  # attributes.expiryTime: the lifetime given to new versions
+    created_on: datetime | None = None
+    updated_on: datetime | None = None
+
+    @property
+    def rotate_actions(self) -> tuple[RotationLifetimeAction, ...]:
+        return tuple(action for action in self.lifetime_actions if action.rotates)
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedKeyInfo:
+    """A soft-deleted key (versionless): when it was deleted and when Key Vault will purge it."""
+
+    key: KeyRef
+    deleted_on: datetime | None
+    scheduled_purge: datetime | None
+
+
+class IdentityKind(enum.StrEnum):
+    SYSTEM_ASSIGNED = "SystemAssigned"
+    USER_ASSIGNED = "UserAssigned"
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionIdentity:
+    """The managed identity a storage account (and each of its encryption scopes) uses to reach the key.
+
+    ``principal_id`` is None when the identity does not resolve (CMK-002): a user-assigned identity
+    named in ``encryption.identity`` but not attached to the account, or no identity at all;
+    ``problem`` then says which.
+    """
+
+    kind: IdentityKind
+    principal_id: str | None
+    user_assigned_identity: str | None = None  # ARM id of the user-assigned identity
+    problem: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedConsumer:
+    """A consumer as read from ARM, with what key access evaluation needs beside it."""
+
+    consumer: Consumer
+    identity: EncryptionIdentity
+    location: str = ""
+
+    @property
+    def subscription_id(self) -> str:
+        return self.consumer.resource_id.split("/")[2].lower()
+
+
+@dataclass(frozen=True, slots=True)
+class AccessVerdict:
+    """Whether an identity can get/wrapKey/unwrapKey a key, with the evidence (or why it is UNKNOWN)."""
+
+    access: IdentityAccess
+    reason: str
+
+
+# === end of adapter observations ====================================================================

@@ -145,3 +145,94 @@ class RewrapCheckpoint(Protocol):
 
 
 # === end of client-side encryption re-wrap ==========================================================
+
+
+# === Rotation reconciler (controller/service.py reconcile_key) ======================================
+# Imported here so this section stays self-contained while others append theirs.
+from controller.model import (  # noqa: E402
+    Condition,
+    Consumer,
+    ForceAdoptionIntent,
+    KeyRef,
+    KeyState,
+    KeyVersionInfo,
+    VaultOrigin,
+)
+
+
+class KeyVaultReader(Protocol):
+    """Key Vault key management for the reconciler: one listing per key, rotation on request."""
+
+    def get_key_state(self, key: KeyRef) -> KeyState:
+        """Every version of the (versionless) key with its attributes; ``reachable`` False when the
+        vault cannot be read (the planner then decides nothing)."""
+        ...
+
+    def rotate_key(self, key: KeyRef) -> KeyVersionInfo:
+        """Create a new version now (Key Vault's rotate); returns it."""
+        ...
+
+
+class ConsumerInventory(Protocol):
+    def consumers_of(self, key: KeyRef) -> list[Consumer]:
+        """Every storage account and encryption scope configured with ``key`` (versionless or pinned),
+        with their identity's observed access to the key."""
+        ...
+
+    def keys_in_use(self, vault: VaultOrigin) -> list[KeyRef]:
+        """The (versionless) keys of ``vault`` that at least one consumer is configured with."""
+        ...
+
+
+class ConsumerControl(Protocol):
+    def set_key(self, consumer: Consumer, key: KeyRef) -> Consumer:
+        """Point the consumer's CMK at ``key`` (versioned: pin; versionless: automatic updates) and
+        return the consumer as Azure reports it afterwards."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RotationRecord:
+    """What the ledger keeps per key: forced-adoption intents and the last recorded conditions."""
+
+    intents: tuple[ForceAdoptionIntent, ...] = ()
+    consumer_conditions: Mapping[str, tuple[Condition, ...]] = field(default_factory=dict)
+    version_conditions: Mapping[str, tuple[Condition, ...]] = field(default_factory=dict)
+
+
+class RotationLedger(Protocol):
+    def load(self, key: KeyRef) -> RotationRecord:
+        ...
+
+    def save_intent(self, key: KeyRef, intent: ForceAdoptionIntent) -> None:
+        """Durably record a forced-adoption step; must complete before the consumer is written."""
+        ...
+
+    def save_conditions(
+        self,
+        key: KeyRef,
+        consumer_conditions: Mapping[str, tuple[Condition, ...]],
+        version_conditions: Mapping[str, tuple[Condition, ...]],
+    ) -> None:
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A notification for humans. ``fingerprint`` identifies the problem so receivers can dedupe."""
+
+    severity: str  # critical | high | medium | low | info
+    title: str
+    resource: str
+    reason: str
+    message: str
+    fingerprint: str
+    details: Mapping[str, object] = field(default_factory=dict)
+
+
+class Notifier(Protocol):
+    def send(self, alert: Alert) -> None:
+        ...
+
+
+# === end of rotation reconciler =====================================================================

@@ -8,11 +8,24 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from controller.errors import InvalidEvent, InvalidInput
+from controller import reconciler
+from controller.errors import Conflict, InvalidEvent, InvalidInput, PermanentError, TransientError
 from controller.events import IntakeResult, parse_delivery
 from controller.logs import log_record
-from controller.model import KeyEvent
-from controller.ports import Clock, EventLedger
+from controller.model import KeyEvent, parse_key_id
+from controller.ports import Clock, EventLedger, RewrapProgress, WorkQueue
+from controller.rewrap import RewrapEngine, RewrapOptions, RewrapReport
+from controller.rewrap_jobs import WORK_KIND as REWRAP_WORK_KIND
+from controller.rewrap_jobs import (
+    BudgetedBlobStore,
+    BudgetExhausted,
+    RewrapBackend,
+    RewrapMode,
+    RewrapPorts,
+    RewrapWorkItem,
+    TimeBudget,
+    parse_work_item,
+)
 from controller.settings import Settings
 
 log = logging.getLogger("controller.service")
@@ -54,18 +67,35 @@ class Dependencies:
     settings: Settings
     clock: Clock
     ledger: EventLedger
+    #: Re-wrap fan-out (kind "rewrap" work items); None where the host has not wired it.
+    rewrap: RewrapBackend | None = None
+    work_queue: WorkQueue | None = None
+    #: Wall-clock budget of one re-wrap work item; below functionTimeout (host.json) with margin.
+    rewrap_budget_seconds: float = 300.0
+    #: The rotation reconciler; None where the host has not wired it (events are then only recorded).
+    reconcile: reconciler.ReconcileDeps | None = None
 
 
 def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
-    """Claim the event id (idempotent under redelivery) and record the event.
+    """Claim the event id (idempotent under redelivery), then let the reconciler act on it.
 
-    The rotation planner (a later capability) plugs in after the claim; until then a claimed event
-    is recorded as one structured log record and a redelivered one is dropped.
+    A transient failure releases the claim and propagates, so the redelivery is processed; a permanent
+    one is recorded (the reconciler alerts) and the event is not retried. A redelivered event that was
+    already processed is dropped: the reconciler's re-checks and the sweep cover anything it missed.
     """
     now = deps.clock.now()
     ttl = timedelta(hours=deps.settings.event_dedupe_hours)
     outcome = Outcome.ACCEPTED if deps.ledger.claim_event(event.event_id, now=now, ttl=ttl) else Outcome.DUPLICATE
     log_record(log, logging.INFO, f"key event {outcome.value}", {**event.as_json(), "outcome": outcome.value})
+    if outcome is Outcome.ACCEPTED and deps.reconcile is not None:
+        try:
+            reconciler.on_key_event(event, deps.reconcile, auto_rotate=deps.settings.auto_rotate)
+        except TransientError:
+            deps.ledger.release_event(event.event_id)
+            raise
+        except PermanentError as err:
+            log_record(log, logging.ERROR, "key event failed permanently",
+                       {"event_id": event.event_id, "error": str(err)})
     return HandledEvent(event, outcome)
 
 
@@ -109,9 +139,15 @@ class InvalidWorkItem(InvalidInput):
 @dataclass(frozen=True, slots=True)
 class WorkReport:
     kind: str
-    intake: IntakeReport
+    intake: IntakeReport = field(default_factory=IntakeReport)
+    rewrap: RewrapWorkResult | None = None
+    reconcile: reconciler.ReconcileResult | None = None
 
     def as_json(self) -> dict[str, object]:
+        if self.rewrap is not None:
+            return {"kind": self.kind, **self.rewrap.as_json()}
+        if self.reconcile is not None:
+            return {"kind": self.kind, **self.reconcile.as_json()}
         return {"kind": self.kind, **self.intake.as_json()}
 
 
@@ -119,8 +155,9 @@ def process_work(body: str, deps: Dependencies) -> WorkReport:
     """Process one work-queue item.
 
     Kinds: ``key_event`` carries an Event Grid delivery (one event or an array) to handle exactly as
-    if Event Grid had pushed it (replays of dead-lettered events; deferred handling). Raises
-    InvalidWorkItem for anything malformed or unknown.
+    if Event Grid had pushed it (replays of dead-lettered events; deferred handling); ``rewrap`` is
+    one slice of a re-wrap job (see run_rewrap_item). Raises InvalidWorkItem for anything malformed or
+    unknown.
     """
     if len(body.encode("utf-8", errors="replace")) > MAX_WORK_ITEM_BYTES:
         raise InvalidWorkItem("work item exceeds 64 KiB")
@@ -131,6 +168,14 @@ def process_work(body: str, deps: Dependencies) -> WorkReport:
     if not isinstance(item, dict) or not isinstance(item.get("kind"), str):
         raise InvalidWorkItem("work item must be a JSON object with a string 'kind'")
     kind = item["kind"]
+    if kind == REWRAP_WORK_KIND:
+        try:
+            work = parse_work_item(item, vaults=deps.settings.vaults)
+        except InvalidInput as err:
+            raise InvalidWorkItem(str(err)) from err
+        return WorkReport(kind=kind, rewrap=run_rewrap_item(work, deps))
+    if kind == "reconcile":
+        return WorkReport(kind=kind, reconcile=_reconcile_item(item, deps))
     if kind != "key_event":
         raise InvalidWorkItem(f"unknown work item kind {kind[:64]!r}")
     if "delivery" not in item:
@@ -140,3 +185,142 @@ def process_work(body: str, deps: Dependencies) -> WorkReport:
     except InvalidEvent as err:
         raise InvalidWorkItem(f"key_event work item: {err}") from err
     return WorkReport(kind=kind, intake=handle_intake(result, deps))
+
+
+def _reconcile_item(item: dict[str, object], deps: Dependencies) -> reconciler.ReconcileResult:
+    """A scheduled re-check of one key: {"kind": "reconcile", "key": <versionless key URI>}."""
+    if deps.reconcile is None:
+        raise TransientError("the rotation reconciler is not configured on this host")
+    key_uri = item.get("key")
+    if not isinstance(key_uri, str):
+        raise InvalidWorkItem("reconcile work item has no string 'key'")
+    try:
+        key = parse_key_id(key_uri, custom_origins=deps.settings.vaults)
+    except InvalidInput as err:
+        raise InvalidWorkItem(f"reconcile work item: {err}") from err
+    if key.vault.url not in deps.settings.vaults:
+        raise InvalidWorkItem(f"reconcile work item: vault {key.vault.url} is not in CMK_VAULTS")
+    return reconciler.reconcile_key(key, deps.reconcile)
+
+
+# --- re-wrap fan-out ----------------------------------------------------------------------------------
+
+
+class RewrapItemStatus(enum.StrEnum):
+    COMPLETE = "complete"
+    #: The budget ran out: progress is checkpointed and the continuation enqueued.
+    CONTINUED = "continued"
+    #: A redelivered continuation of a job that has completed since: nothing to do.
+    DUPLICATE = "duplicate"
+    #: Another worker advanced the same job's checkpoint first: it owns the job now.
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True, slots=True)
+class RewrapWorkResult:
+    item: RewrapWorkItem
+    status: RewrapItemStatus
+    job_id: str
+    progress: RewrapProgress | None
+
+    def as_json(self) -> dict[str, object]:
+        progress = self.progress
+        return {
+            "item": self.item.as_json(),
+            "status": self.status.value,
+            "job_id": self.job_id,
+            "counts": dict(progress.counts) if progress else {},
+            "pages": progress.pages if progress else 0,
+            "unwrap_calls": progress.unwrap_calls if progress else 0,
+            "problems": len(progress.problems) + progress.problems_dropped if progress else 0,
+        }
+
+
+def rewrap_engine(
+    item: RewrapWorkItem, deps: Dependencies, *, budget: TimeBudget | None = None
+) -> tuple[RewrapEngine, RewrapPorts]:
+    """The engine for one work item over the backend's ports (the store budgeted when ``budget``)."""
+    if deps.rewrap is None:
+        raise PermanentError("re-wrap is not configured on this host")
+    ports = deps.rewrap.open(item)
+    store = BudgetedBlobStore(ports.store, budget) if budget is not None else ports.store
+    engine = RewrapEngine(
+        store=store,
+        unwrapper=ports.unwrapper,
+        wrapper=ports.wrapper,
+        checkpoint=ports.checkpoint,
+        options=RewrapOptions(
+            max_workers=item.concurrency, dry_run=item.dry_run, custom_origins=deps.settings.vaults
+        ),
+    )
+    return engine, ports
+
+
+def run_rewrap_item(item: RewrapWorkItem, deps: Dependencies) -> RewrapWorkResult:
+    """Run one slice of a re-wrap work item within the time budget; enqueue its continuation.
+
+    TransientError (listing throttled past the retry budget, the vault or storage unreachable)
+    propagates so that the queue redelivers the item; the checkpoint keeps the progress.
+    """
+    if item.mode is not RewrapMode.REWRAP:
+        raise PermanentError(f"{item.mode.value} mode is not available on the work queue yet")
+    budget = TimeBudget(deps.clock, deps.rewrap_budget_seconds)
+    engine, ports = rewrap_engine(item, deps, budget=budget)
+    job_id = engine.job_id(item.container, item.prefix)
+    if item.sequence > 0 and not item.dry_run:
+        saved = ports.checkpoint.load(job_id)
+        if saved is not None and saved.complete:
+            return _rewrap_result(item, RewrapItemStatus.DUPLICATE, job_id, saved)
+    try:
+        report = engine.rewrap_container(item.container, prefix=item.prefix)
+    except BudgetExhausted:
+        if item.dry_run:
+            # A dry run keeps no checkpoint to continue from: it reports what it saw in its budget.
+            return _rewrap_result(item, RewrapItemStatus.COMPLETE, job_id, None)
+        if deps.work_queue is None:
+            raise PermanentError("re-wrap budget spent and no work queue to continue on") from None
+        deps.work_queue.enqueue(item.continuation().to_message())
+        return _rewrap_result(item, RewrapItemStatus.CONTINUED, job_id, ports.checkpoint.load(job_id))
+    except Conflict:
+        return _rewrap_result(item, RewrapItemStatus.SUPERSEDED, job_id, None)
+    _alert_if_incomplete(item, report)
+    return _rewrap_result(item, RewrapItemStatus.COMPLETE, job_id, report.progress)
+
+
+def enqueue_rewrap(items: list[RewrapWorkItem], deps: Dependencies) -> int:
+    """Put a job's work items on the work queue (the fan-out); return how many were enqueued."""
+    if deps.work_queue is None:
+        raise PermanentError("no work queue configured")
+    for item in items:
+        deps.work_queue.enqueue(item.to_message())
+    log_record(log, logging.INFO, "re-wrap fanned out", {"items": len(items)})
+    return len(items)
+
+
+def _rewrap_result(
+    item: RewrapWorkItem, status: RewrapItemStatus, job_id: str, progress: RewrapProgress | None
+) -> RewrapWorkResult:
+    result = RewrapWorkResult(item=item, status=status, job_id=job_id, progress=progress)
+    log_record(log, logging.INFO, f"re-wrap work item {status.value}", result.as_json())
+    return result
+
+
+def _alert_if_incomplete(item: RewrapWorkItem, report: RewrapReport) -> None:
+    failed = report.counts.get("failed", 0)
+    skipped = report.counts.get("skipped_malformed", 0) + report.counts.get("skipped_unknown_key", 0)
+    if report.dry_run or not (failed or skipped):
+        return
+    log_record(
+        log,
+        logging.ERROR,
+        "re-wrap left blobs on other key versions",
+        {
+            "kind": "alert",
+            "alert": "rewrap_incomplete",
+            "item": item.as_json(),
+            "job_id": report.job_id,
+            "failed": failed,
+            "skipped": skipped,
+            "reasons": sorted({problem.reason for problem in report.progress.problems}),
+        },
+    )

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, TypeVar
+from urllib.parse import urlsplit
 
 from controller import ncrontab
 from controller.errors import InvalidKeyId, SettingsError
@@ -86,6 +87,12 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "Comma-separated client-side-encrypted containers to re-wrap after a rotation, as "
         "<account>/<container>. Accounts tagged cmk-rewrap-containers=<c1>;<c2> are added.",
     ),
+    SettingSpec(
+        "CMK_ARM_ENDPOINT",
+        "https://management.azure.com",
+        "Azure Resource Manager endpoint (an https URL) for the storage, Key Vault, authorization and Resource "
+        "Graph management calls; tokens are requested for <endpoint>/.default. Another cloud's, or the sandbox's.",
+    ),
 )
 
 _KNOWN: Final = {spec.name: spec for spec in SETTINGS}
@@ -117,6 +124,7 @@ class Settings:
     pinned_policy: str
     auto_rotate: bool
     rewrap_targets: tuple[RewrapTarget, ...]
+    arm_endpoint: str = "https://management.azure.com"
 
     @property
     def poison_queue(self) -> str:
@@ -145,6 +153,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         pinned_policy=_parse_choice("CMK_PINNED_POLICY", raw("CMK_PINNED_POLICY"), ("alert", "update")),
         auto_rotate=_parse_bool("CMK_AUTO_ROTATE", raw("CMK_AUTO_ROTATE")),
         rewrap_targets=_parse_list("CMK_REWRAP_TARGETS", raw("CMK_REWRAP_TARGETS"), _rewrap_target),
+        arm_endpoint=_parse_https_endpoint("CMK_ARM_ENDPOINT", raw("CMK_ARM_ENDPOINT")),
     )
 
 
@@ -214,6 +223,20 @@ def _parse_bool(name: str, value: str) -> bool:
     if lowered in ("false", "0", "no"):
         return False
     raise SettingsError(name, f"{value!r} is not true or false")
+
+
+def _parse_https_endpoint(name: str, value: str) -> str:
+    """An https origin with an optional path; returned without a trailing slash."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError as err:
+        raise SettingsError(name, f"{value!r} is not a valid URL") from err
+    if parts.scheme != "https" or not parts.hostname:
+        raise SettingsError(name, f"{value!r} is not an https URL")
+    if parts.username or parts.password or parts.query or parts.fragment or any(c.isspace() for c in value):
+        raise SettingsError(name, f"{value!r} must have no credentials, query, fragment or whitespace")
+    return value.rstrip("/")
 
 
 def _parse_ncrontab(value: str) -> str:

@@ -56,6 +56,9 @@ param cmkPinnedPolicy string = 'alert'
 @description('CMK_AUTO_ROTATE: rotate keys on KeyNearExpiry; also adds the rotate permission on the managed vaults.')
 param cmkAutoRotate bool = false
 
+@description('CMK_ARM_ENDPOINT: Azure Resource Manager endpoint (https) of the controller\'s management calls.')
+param cmkArmEndpoint string = 'https://management.azure.com'
+
 @description('Create an Event Grid topic for the controller\'s alerts, with EventGrid Data Sender for the controller.')
 param alertTopicEnabled bool = false
 
@@ -210,6 +213,7 @@ module functionApp 'modules/function-app.bicep' = {
     cmkPinnedPolicy: cmkPinnedPolicy
     cmkAutoRotate: cmkAutoRotate
     cmkRewrapTargets: join(rewrapSettingEntries, ',')
+    cmkArmEndpoint: cmkArmEndpoint
   }
 }
 

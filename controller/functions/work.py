@@ -13,11 +13,13 @@ import logging
 import azure.functions as func
 
 from controller import bootstrap, service
-from controller.errors import PermanentError
+from controller.errors import PermanentError, TransientError
 from controller.logs import log_record
 
 blueprint = func.Blueprint()  # type: ignore[no-untyped-call]  # azure.functions leaves __init__ unannotated
 log = logging.getLogger("controller.functions.work")
+#: host.json extensions.queues.maxDequeueCount.
+MAX_DEQUEUE_COUNT = 5
 
 
 @blueprint.function_name("process_work")
@@ -28,9 +30,18 @@ def process_work(message: func.QueueMessage, poison: func.Out[str]) -> None:
     body = message.get_body().decode("utf-8", errors="replace")
     try:
         report = service.process_work(body, deps)
+    except TransientError as err:
+        if (message.dequeue_count or 0) >= MAX_DEQUEUE_COUNT:
+            # The host moves the message to <queue>-poison after this attempt, without running our code.
+            log_record(log, logging.ERROR, "work item failing transiently, host moves it to the poison queue",
+                       {"kind": "alert", "alert": "work_item_poisoned", "message_id": message.id,
+                        "dequeue_count": message.dequeue_count, "reason": str(err)})
+        raise
     except PermanentError as err:
+        # kind "alert": the record an operator is paged on (the notifier subscribes to these later).
         log_record(log, logging.ERROR, "work item moved to poison queue",
-                   {"message_id": message.id, "dequeue_count": message.dequeue_count, "reason": str(err)})
+                   {"kind": "alert", "alert": "work_item_poisoned", "message_id": message.id,
+                    "dequeue_count": message.dequeue_count, "reason": str(err)})
         poison.set(json.dumps({"reason": str(err), "message_id": message.id, "body": body}))
         return
     log_record(log, logging.INFO, "work item processed", {"message_id": message.id, **report.as_json()})

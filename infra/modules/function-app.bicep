@@ -61,6 +61,9 @@ param cmkAutoRotate bool = false
 @description('CMK_REWRAP_TARGETS: comma-separated <account>/<container> client-side-encrypted containers.')
 param cmkRewrapTargets string = ''
 
+@description('CMK_ARM_ENDPOINT: Azure Resource Manager endpoint (https) of the management calls.')
+param cmkArmEndpoint string = 'https://management.azure.com'
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
@@ -132,6 +135,10 @@ var appSettings = [
   {
     name: 'CMK_REWRAP_TARGETS'
     value: cmkRewrapTargets
+  }
+  {
+    name: 'CMK_ARM_ENDPOINT'
+    value: cmkArmEndpoint
   }
 ]
 

@@ -1,0 +1,138 @@
+"""RotationLedger on Azure Table storage (the function app's own storage account, CMK_LEDGER_TABLE).
+
+One partition per key (hashed versionless key URI) holds, per consumer, the latest forced-adoption
+intent and the last recorded conditions, and per key version its conditions: ``load`` is one
+partition query. Every write is ETag-conditional against what this instance last read or wrote, so
+two instances reconciling the same key cannot silently overwrite each other: the loser gets a
+TransientError and its invocation is retried against fresh state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError
+from azure.data.tables import TableClient, UpdateMode
+
+from controller.adapters.azure_errors import translated
+from controller.errors import Conflict, TransientError
+from controller.model import Condition, ConditionStatus, ForceAdoptionIntent, ForceAdoptionStep, KeyRef
+from controller.ports import RotationRecord
+
+_INTENT = "intent"
+_CONSUMER_CONDITIONS = "consumer"
+_VERSION_CONDITIONS = "version"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.lower().encode("utf-8")).hexdigest()[:40]
+
+
+def _partition(key: KeyRef) -> str:
+    return "rotation-" + _digest(key.versionless.uri)
+
+
+def _row(kind: str, subject: str) -> str:
+    return f"{kind}-{_digest(subject)}"
+
+
+def _conditions_json(conditions: tuple[Condition, ...]) -> str:
+    return json.dumps([
+        {"type": condition.type, "status": condition.status.value, "reason": condition.reason,
+         "message": condition.message, "last_transition": condition.last_transition.isoformat(),
+         "observed_version": condition.observed_version}
+        for condition in conditions
+    ])
+
+
+def _conditions_from(text: str) -> tuple[Condition, ...]:
+    return tuple(
+        Condition(type=item["type"], status=ConditionStatus(item["status"]), reason=item["reason"],
+                  message=item["message"], last_transition=datetime.fromisoformat(item["last_transition"]),
+                  observed_version=item.get("observed_version"))
+        for item in json.loads(text)
+    )
+
+
+class TableRotationLedger:
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+        self._etags: dict[tuple[str, str], str] = {}
+        self._ensured = False
+
+    def _ensure_table(self) -> None:
+        if self._ensured:
+            return
+        with translated(f"create table {self._table.table_name}"), contextlib.suppress(ResourceExistsError):
+            self._table.create_table()
+        self._ensured = True
+
+    def load(self, key: KeyRef) -> RotationRecord:
+        self._ensure_table()
+        partition = _partition(key)
+        intents: list[ForceAdoptionIntent] = []
+        consumer_conditions: dict[str, tuple[Condition, ...]] = {}
+        version_conditions: dict[str, tuple[Condition, ...]] = {}
+        with translated(f"read the rotation record of {key.versionless.uri}"):
+            entities = list(self._table.query_entities("PartitionKey eq @partition",
+                                                       parameters={"partition": partition}))
+        for entity in entities:
+            etag = entity.metadata.get("etag")
+            if etag:
+                self._etags[(partition, entity["RowKey"])] = etag
+            kind = entity.get("Kind")
+            if kind == _INTENT:
+                intents.append(ForceAdoptionIntent(
+                    consumer_id=entity["Subject"], target_version=entity["TargetVersion"],
+                    step=ForceAdoptionStep(entity["Step"]), started_at=entity["StartedAt"],
+                ))
+            elif kind == _CONSUMER_CONDITIONS:
+                consumer_conditions[entity["Subject"]] = _conditions_from(entity["Conditions"])
+            elif kind == _VERSION_CONDITIONS:
+                version_conditions[entity["Subject"]] = _conditions_from(entity["Conditions"])
+        return RotationRecord(tuple(intents), consumer_conditions, version_conditions)
+
+    def save_intent(self, key: KeyRef, intent: ForceAdoptionIntent) -> None:
+        self._write(key, _INTENT, intent.consumer_id, {
+            "TargetVersion": intent.target_version, "Step": intent.step.value, "StartedAt": intent.started_at,
+        })
+
+    def save_conditions(
+        self,
+        key: KeyRef,
+        consumer_conditions: Mapping[str, tuple[Condition, ...]],
+        version_conditions: Mapping[str, tuple[Condition, ...]],
+    ) -> None:
+        for subject, conditions in consumer_conditions.items():
+            self._write(key, _CONSUMER_CONDITIONS, subject, {"Conditions": _conditions_json(conditions)})
+        for subject, conditions in version_conditions.items():
+            self._write(key, _VERSION_CONDITIONS, subject, {"Conditions": _conditions_json(conditions)})
+
+    def _write(self, key: KeyRef, kind: str, subject: str, fields: Mapping[str, Any]) -> None:
+        self._ensure_table()
+        partition, row = _partition(key), _row(kind, subject)
+        entity = {"PartitionKey": partition, "RowKey": row, "Kind": kind, "Subject": subject,
+                  "Key": key.versionless.uri, **fields}
+        etag = self._etags.get((partition, row))
+        try:
+            with translated(f"write the rotation record of {key.versionless.uri}"):
+                if etag is None:
+                    metadata = self._table.create_entity(entity)
+                else:
+                    metadata = self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag,
+                                                         match_condition=MatchConditions.IfNotModified)
+        except Conflict as err:  # a lost ETag race (update) or a row another instance created (create)
+            self._etags.pop((partition, row), None)
+            raise TransientError(
+                f"the rotation record of {key.versionless.uri} changed concurrently; retry with fresh state"
+            ) from err
+        new_etag = metadata.get("etag")
+        if new_etag:
+            self._etags[(partition, row)] = new_etag
+

@@ -1,0 +1,326 @@
+"""The rotation reconciler use case: gather once, plan (pure), execute in crash-safe order, record.
+
+For one key: read its versions (one Key Vault listing), its consumers (the inventory), and the
+ledger's record; let controller.rotation decide; then for each decision write the ledger intent
+first, change the consumer, write the completing intent; re-plan with what Azure reported back
+until nothing is left to write (a forced adoption is pin -> verify -> restore, all within the same
+invocation); record the conditions when they changed; alert on what needs a human; and schedule the
+next look when the plan asks for one. Every step is idempotent: running it again on the same state
+writes nothing, and a crash between two writes is repaired by the next run from the ledger intent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from controller import rotation
+from controller.errors import PermanentError, TransientError
+from controller.logs import log_record
+from controller.model import (
+    Condition,
+    Consumer,
+    ForceAdoptionIntent,
+    KeyEvent,
+    KeyEventKind,
+    KeyRef,
+    KeyState,
+    VaultOrigin,
+)
+from controller.ports import (
+    Alert,
+    Clock,
+    ConsumerControl,
+    ConsumerInventory,
+    KeyVaultReader,
+    Notifier,
+    RotationLedger,
+    RotationRecord,
+    WorkQueue,
+)
+
+log = logging.getLogger("controller.reconciler")
+
+#: Forced adoption takes three rounds (pin, verify, restore); a fourth finds nothing to do. A plan
+#: that still wants writes after this many rounds is left to the scheduled re-check.
+MAX_ROUNDS = 4
+#: Azure Storage queues hide a message for at most 7 days; later re-checks are chained.
+MAX_QUEUE_DELAY = timedelta(days=7) - timedelta(minutes=1)
+
+_ALERT_SEVERITY = {
+    rotation.Action.ALERT: "high",
+    rotation.Action.BLOCKED: "critical",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileDeps:
+    keys: Callable[[VaultOrigin], KeyVaultReader]
+    inventory: ConsumerInventory
+    control: ConsumerControl
+    ledger: RotationLedger
+    queue: WorkQueue
+    notifier: Notifier
+    clock: Clock
+    planner: rotation.PlannerSettings
+
+
+@dataclass(slots=True)
+class ReconcileResult:
+    key: KeyRef
+    plan: rotation.Plan
+    rounds: int = 0
+    writes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    next_check: datetime | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "key": self.key.uri,
+            "target_version": self.plan.target.version if self.plan.target else None,
+            "rounds": self.rounds,
+            "writes": list(self.writes),
+            "failures": list(self.failures),
+            "alerts": [alert.title for alert in self.alerts],
+            "next_check": self.next_check.isoformat() if self.next_check else None,
+            "consumers": [
+                {
+                    "resource": decision.consumer.resource_id,
+                    "action": decision.action.value,
+                    "reason": decision.reason.value,
+                    "message": decision.message,
+                    "configured_key": decision.consumer.key.uri,
+                    "current_key": decision.consumer.current_key.uri if decision.consumer.current_key else None,
+                }
+                for decision in self.plan.decisions
+            ],
+        }
+
+
+def reconcile_key(
+    key: KeyRef, deps: ReconcileDeps, *, target_version: str | None = None, dry_run: bool = False
+) -> ReconcileResult:
+    """Bring every consumer of ``key`` to the newest usable version (see module docstring)."""
+    key = key.versionless
+    state = deps.keys(key.vault).get_key_state(key)
+    consumers = sorted(deps.inventory.consumers_of(key), key=lambda consumer: consumer.id)
+    record = deps.ledger.load(key)
+    intents = {intent.consumer_id.lower(): intent for intent in record.intents}
+    plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
+    result = ReconcileResult(key=key, plan=plan)
+    if dry_run:
+        result.next_check = plan.next_check
+        return result
+
+    transient: TransientError | None = None
+    failed: set[str] = set()  # a consumer that failed is not retried within this run
+    for round_number in range(1, MAX_ROUNDS + 1):
+        result.rounds = round_number
+        pending = [decision for decision in plan.writes if decision.consumer.id not in failed]
+        if not pending:
+            break
+        changed: dict[str, Consumer] = {}
+        for decision in pending:
+            try:
+                updated = _execute(decision, key, deps, intents, result)
+            except TransientError as err:
+                transient = transient or err
+                failed.add(decision.consumer.id)
+                result.failures.append(f"{decision.consumer.resource_id}: {err}")
+            except PermanentError as err:
+                failed.add(decision.consumer.id)
+                result.failures.append(f"{decision.consumer.resource_id}: {err}")
+                result.alerts.append(_failure_alert(decision, err))
+            else:
+                if updated is not None:
+                    changed[updated.id] = updated
+        if not changed:
+            break
+        consumers = [changed.get(consumer.id, consumer) for consumer in consumers]
+        plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
+        result.plan = plan
+
+    _record_conditions(key, plan, record, deps)
+    result.alerts.extend(_alerts(plan))
+    for alert in result.alerts:
+        deps.notifier.send(alert)
+    result.next_check = plan.next_check
+    if transient is not None:
+        # Everything that could be done was done; the host retries the rest (idempotently).
+        raise TransientError(f"reconcile {key.uri}: {transient}", retry_after=transient.retry_after) from transient
+    if plan.next_check is not None:
+        _schedule(key, plan.next_check, deps)
+    log_record(log, logging.INFO, "key reconciled", result.as_json())
+    return result
+
+
+def _plan(
+    state: KeyState,
+    consumers: Sequence[Consumer],
+    intents: Mapping[str, ForceAdoptionIntent],
+    record: RotationRecord,
+    *,
+    target_version: str | None,
+    deps: ReconcileDeps,
+) -> rotation.Plan:
+    view = rotation.LedgerView.of(
+        intents.values(), record.consumer_conditions, record.version_conditions
+    )
+    return rotation.plan(state, consumers, view, target_version=target_version, now=deps.clock.now(),
+                         settings=deps.planner)
+
+
+def _execute(
+    decision: rotation.Decision,
+    key: KeyRef,
+    deps: ReconcileDeps,
+    intents: dict[str, ForceAdoptionIntent],
+    result: ReconcileResult,
+) -> Consumer | None:
+    """Intent first, then the consumer, then the completing intent: a crash in between is repaired
+    by the next run, which finds the intent and continues from it."""
+    if decision.intent_before is not None:
+        deps.ledger.save_intent(key, decision.intent_before)
+        intents[decision.intent_before.consumer_id.lower()] = decision.intent_before
+    updated: Consumer | None = None
+    if decision.set_key is not None:
+        updated = deps.control.set_key(decision.consumer, decision.set_key)
+        result.writes.append(f"{decision.consumer.resource_id} -> {decision.set_key.uri}")
+        log_record(log, logging.INFO, "consumer key updated", {
+            "resource": decision.consumer.resource_id, "key": decision.set_key.uri,
+            "action": decision.action.value, "reason": decision.reason.value,
+            "current_key": updated.current_key.uri if updated.current_key else None,
+        })
+    if decision.intent_after is not None:
+        deps.ledger.save_intent(key, decision.intent_after)
+        intents[decision.intent_after.consumer_id.lower()] = decision.intent_after
+        if updated is None:
+            # The intent changed the planner's view even though the consumer did not change.
+            updated = decision.consumer
+    return updated
+
+
+def _record_conditions(key: KeyRef, plan: rotation.Plan, record: RotationRecord, deps: ReconcileDeps) -> None:
+    consumer_conditions = {decision.consumer.id: decision.conditions for decision in plan.decisions}
+    version_conditions = {status.version: status.conditions for status in plan.versions}
+    if _same(consumer_conditions, record.consumer_conditions) and _same(version_conditions, record.version_conditions):
+        return  # persist only when something changed
+    deps.ledger.save_conditions(key, consumer_conditions, version_conditions)
+
+
+def _same(new: Mapping[str, tuple[Condition, ...]], old: Mapping[str, tuple[Condition, ...]]) -> bool:
+    normalised_old = {name.lower(): tuple(conditions) for name, conditions in old.items()}
+    return {name.lower(): tuple(conditions) for name, conditions in new.items()} == normalised_old
+
+
+def _alerts(plan: rotation.Plan) -> list[Alert]:
+    alerts = []
+    target = plan.target.version if plan.target else "none"
+    for decision in plan.decisions:
+        severity = _ALERT_SEVERITY.get(decision.action)
+        if severity is None:
+            continue
+        alerts.append(Alert(
+            severity=severity,
+            title=f"{decision.consumer.resource_id}: {decision.reason.value}",
+            resource=decision.consumer.resource_id,
+            reason=decision.reason.value,
+            message=decision.message,
+            fingerprint=_fingerprint(decision.consumer.id, decision.reason.value, plan.key.uri, target),
+            details={"key": plan.key.uri, "target_version": target, "action": decision.action.value},
+        ))
+    return alerts
+
+
+def _failure_alert(decision: rotation.Decision, err: PermanentError) -> Alert:
+    return Alert(
+        severity="critical",
+        title=f"{decision.consumer.resource_id}: update failed",
+        resource=decision.consumer.resource_id,
+        reason="UpdateFailed",
+        message=str(err),
+        fingerprint=_fingerprint(decision.consumer.id, "UpdateFailed", decision.consumer.key.uri, ""),
+        details={"action": decision.action.value, "set_key": decision.set_key.uri if decision.set_key else None},
+    )
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def _schedule(key: KeyRef, when: datetime, deps: ReconcileDeps) -> None:
+    delay = max(timedelta(0), min(when - deps.clock.now(), MAX_QUEUE_DELAY))
+    deps.queue.enqueue({"kind": "reconcile", "key": key.uri}, delay=delay)
+
+
+def blast_radius(key: KeyRef, deps: ReconcileDeps) -> list[Consumer]:
+    """Every consumer of the key, whichever version it uses: who loses access if the key goes."""
+    return sorted(deps.inventory.consumers_of(key.versionless), key=lambda consumer: consumer.id)
+
+
+def blast_radius_alert(key: KeyRef, consumers: Sequence[Consumer], *, severity: str, reason: str,
+                       message: str, version: str | None) -> Alert:
+    names = [consumer.resource_id for consumer in consumers]
+    return Alert(
+        severity=severity,
+        title=f"{key.uri}: {reason}",
+        resource=key.uri,
+        reason=reason,
+        message=f"{message}; {len(names)} consumer(s) depend on this key",
+        fingerprint=_fingerprint(key.uri.lower(), reason, version or ""),
+        details={"key": key.uri, "version": version, "consumers": names},
+    )
+
+
+def on_key_event(event: KeyEvent, deps: ReconcileDeps, *, auto_rotate: bool) -> list[ReconcileResult]:
+    """What each kind of Key Vault event means for the consumers (events are hints; the sweep and
+    the scheduled re-checks converge whatever order events arrive in).
+
+    new_version: reconcile towards that version (the planner never moves a consumer backwards, so a
+    stale event for an older version changes nothing). near_expiry: rotate when CMK_AUTO_ROTATE
+    allows and the expiring version is still the newest (a redelivered event does not rotate twice),
+    otherwise alert with the blast radius. expired: alert critical with the blast radius, and
+    reconcile in case a newer version exists. access_policy_changed: re-check every key of that
+    vault that has consumers (access may have been granted or revoked).
+    """
+    if event.kind is KeyEventKind.ACCESS_POLICY_CHANGED:
+        return [reconcile_key(key, deps) for key in deps.inventory.keys_in_use(event.vault)]
+    key = event.key
+    if key is None:
+        raise PermanentError(f"{event.kind.value} event {event.event_id} names no key")
+    if event.kind is KeyEventKind.NEW_VERSION:
+        return [reconcile_key(key, deps, target_version=key.version)]
+    if event.kind is KeyEventKind.NEAR_EXPIRY:
+        if auto_rotate:
+            return [_rotate_if_current(key, deps)]
+        consumers = blast_radius(key, deps)
+        deps.notifier.send(blast_radius_alert(
+            key.versionless, consumers, severity="high", reason="KeyNearExpiry", version=key.version,
+            message=f"version {key.version} expires at {_at(event.expires)} and CMK_AUTO_ROTATE is off: rotate it",
+        ))
+        return []
+    consumers = blast_radius(key, deps)
+    deps.notifier.send(blast_radius_alert(
+        key.versionless, consumers, severity="critical", reason="KeyExpired", version=key.version,
+        message=f"version {key.version} expired at {_at(event.expires)}",
+    ))
+    return [reconcile_key(key, deps)]
+
+
+def _rotate_if_current(key: KeyRef, deps: ReconcileDeps) -> ReconcileResult:
+    vault = deps.keys(key.vault)
+    latest = vault.get_key_state(key.versionless).latest_enabled
+    if latest is None or latest.version == key.version:
+        rotated = vault.rotate_key(key.versionless)
+        log_record(log, logging.INFO, "key rotated before expiry", {"key": key.versionless.uri,
+                                                                   "new_version": rotated.version})
+        return reconcile_key(key, deps, target_version=rotated.version)
+    return reconcile_key(key, deps, target_version=latest.version)
+
+
+def _at(moment: datetime | None) -> str:
+    return moment.isoformat() if moment else "an unknown time"

@@ -1,0 +1,77 @@
+"""TableRotationLedger against Azurite through the real azure-data-tables client."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from azure.data.tables import TableClient
+
+from controller.adapters.rotation_ledger import TableRotationLedger
+from controller.errors import TransientError
+from controller.model import (
+    Condition,
+    ConditionStatus,
+    ForceAdoptionIntent,
+    ForceAdoptionStep,
+    KeyRef,
+    VaultOrigin,
+)
+
+pytestmark = pytest.mark.integration
+
+KEY = KeyRef(VaultOrigin("https://contoso-cmk.vault.azure.net"), "storage-cmk")
+OTHER = KeyRef(VaultOrigin("https://contoso-cmk.vault.azure.net"), "other-key")
+CONSUMER = "/subscriptions/s/resourcegroups/rg/providers/microsoft.storage/storageaccounts/st1"
+T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
+
+
+@pytest.fixture
+def table(azurite):
+    client = TableClient.from_connection_string(azurite.connection_string, table_name=f"r{uuid.uuid4().hex[:12]}")
+    yield client
+    client.delete_table()
+
+
+def condition(status: ConditionStatus, reason: str) -> Condition:
+    return Condition("Adopted", status, reason, f"because {reason}", T0, observed_version="b" * 32)
+
+
+def test_intents_and_conditions_round_trip_per_key(table):
+    ledger = TableRotationLedger(table)
+    assert ledger.load(KEY.with_version("b" * 32)).intents == ()
+    intent = ForceAdoptionIntent(CONSUMER, "b" * 32, ForceAdoptionStep.PINNED, T0)
+    ledger.save_intent(KEY, intent)
+    ledger.save_conditions(KEY, {CONSUMER: (condition(ConditionStatus.FALSE, "ForcingAdoption"),)},
+                           {"b" * 32: (condition(ConditionStatus.TRUE, "VersionUsable"),)})
+    ledger.save_intent(KEY, ForceAdoptionIntent(CONSUMER, "b" * 32, ForceAdoptionStep.RESTORED, T0))
+
+    record = TableRotationLedger(table).load(KEY)  # a fresh instance reads what was written
+    assert record.intents == (ForceAdoptionIntent(CONSUMER, "b" * 32, ForceAdoptionStep.RESTORED, T0),)
+    assert record.consumer_conditions == {CONSUMER: (condition(ConditionStatus.FALSE, "ForcingAdoption"),)}
+    assert record.version_conditions == {"b" * 32: (condition(ConditionStatus.TRUE, "VersionUsable"),)}
+    assert TableRotationLedger(table).load(OTHER).intents == ()
+
+
+def test_a_concurrent_writer_makes_the_stale_one_retry_instead_of_overwriting(table):
+    first, second = TableRotationLedger(table), TableRotationLedger(table)
+    first.save_intent(KEY, ForceAdoptionIntent(CONSUMER, "b" * 32, ForceAdoptionStep.PINNED, T0))
+    first.load(KEY)
+    second.load(KEY)
+    second.save_intent(KEY, ForceAdoptionIntent(CONSUMER, "b" * 32, ForceAdoptionStep.RESTORED, T0))
+    with pytest.raises(TransientError):
+        first.save_intent(KEY, ForceAdoptionIntent(CONSUMER, "c" * 32, ForceAdoptionStep.PINNED, T0))
+    assert TableRotationLedger(table).load(KEY).intents[0].step is ForceAdoptionStep.RESTORED
+
+    first.load(KEY)  # fresh state: now the write goes through
+    later = ForceAdoptionIntent(CONSUMER, "c" * 32, ForceAdoptionStep.PINNED, T0 + timedelta(days=1))
+    first.save_intent(KEY, later)
+    assert TableRotationLedger(table).load(KEY).intents == (later,)
+
+
+def test_two_instances_creating_the_same_record_cannot_both_win(table):
+    first, second = TableRotationLedger(table), TableRotationLedger(table)
+    first.save_intent(KEY, ForceAdoptionIntent(CONSUMER, "b" * 32, ForceAdoptionStep.PINNED, T0))
+    with pytest.raises(TransientError):
+        second.save_intent(KEY, ForceAdoptionIntent(CONSUMER, "c" * 32, ForceAdoptionStep.PINNED, T0))

@@ -1,0 +1,314 @@
+"""The reconciler use case over hand-written fakes: execution order, crash safety, idempotence, events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from controller import reconciler, rotation
+from controller.errors import Forbidden, TransientError
+from controller.model import (
+    Condition,
+    Consumer,
+    ConsumerKind,
+    ForceAdoptionIntent,
+    IdentityAccess,
+    KeyEvent,
+    KeyEventKind,
+    KeyRef,
+    KeyState,
+    KeyVersionInfo,
+    VaultOrigin,
+)
+from controller.ports import Alert, RotationRecord
+from tests.unit.fakes import FakeClock
+
+pytestmark = pytest.mark.unit
+
+VAULT = VaultOrigin("https://contoso-cmk.vault.azure.net")
+KEY = KeyRef(VAULT, "storage-cmk")
+OLD, NEW, NEWER = "a" * 32, "b" * 32, "c" * 32
+T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
+SUB = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.Storage"
+
+
+class Killed(BaseException):
+    """Stands for the process dying mid-way (not an error the reconciler may catch)."""
+
+
+@dataclass
+class FakeVault:
+    versions: list[KeyVersionInfo]
+    rotations: int = 0
+    clock: FakeClock | None = None
+
+    def get_key_state(self, key: KeyRef) -> KeyState:
+        return KeyState(key.versionless, tuple(self.versions))
+
+    def rotate_key(self, key: KeyRef) -> KeyVersionInfo:
+        self.rotations += 1
+        created = self.clock.now() if self.clock else T0
+        version = KeyVersionInfo(f"{self.rotations:032x}", enabled=True, created=created)
+        self.versions.append(version)
+        return version
+
+
+@dataclass
+class FakeStorage:
+    """Inventory and control over a dict of consumers, with Azure's semantics: a pin takes effect at
+    once; setting the versionless URI keeps the version in use until the next daily poll."""
+
+    consumers: dict[str, Consumer]
+    kill_after_writes: int | None = None
+    fail_for: dict[str, Exception] = field(default_factory=dict)
+    writes: list[tuple[str, str]] = field(default_factory=list)
+
+    def consumers_of(self, key: KeyRef) -> list[Consumer]:
+        return [consumer for consumer in self.consumers.values() if consumer.key.same_key(key)]
+
+    def keys_in_use(self, vault: VaultOrigin) -> list[KeyRef]:
+        return sorted({consumer.key.versionless for consumer in self.consumers.values()
+                       if consumer.key.vault == vault}, key=lambda key: key.uri)
+
+    def set_key(self, consumer: Consumer, key: KeyRef) -> Consumer:
+        if consumer.id in self.fail_for:
+            raise self.fail_for[consumer.id]
+        if self.kill_after_writes is not None and len(self.writes) >= self.kill_after_writes:
+            raise Killed
+        self.writes.append((consumer.id, key.uri))
+        current = key if key.version else self.consumers[consumer.id].current_key
+        updated = replace(self.consumers[consumer.id], key=key, current_key=current)
+        self.consumers[consumer.id] = updated
+        return updated
+
+
+@dataclass
+class FakeRotationLedger:
+    intents: dict[str, ForceAdoptionIntent] = field(default_factory=dict)
+    consumer_conditions: dict[str, tuple[Condition, ...]] = field(default_factory=dict)
+    version_conditions: dict[str, tuple[Condition, ...]] = field(default_factory=dict)
+    intent_log: list[tuple[str, str]] = field(default_factory=list)
+    condition_saves: int = 0
+
+    def load(self, key: KeyRef) -> RotationRecord:
+        return RotationRecord(tuple(self.intents.values()), dict(self.consumer_conditions),
+                              dict(self.version_conditions))
+
+    def save_intent(self, key: KeyRef, intent: ForceAdoptionIntent) -> None:
+        self.intents[intent.consumer_id] = intent
+        self.intent_log.append((intent.consumer_id, intent.step.value))
+
+    def save_conditions(self, key, consumer_conditions, version_conditions) -> None:
+        self.consumer_conditions = dict(consumer_conditions)
+        self.version_conditions = dict(version_conditions)
+        self.condition_saves += 1
+
+
+@dataclass
+class FakeQueue:
+    items: list[tuple[dict[str, object], timedelta | None]] = field(default_factory=list)
+
+    def enqueue(self, message, *, delay=None) -> None:
+        self.items.append((message, delay))
+
+
+@dataclass
+class FakeNotifier:
+    alerts: list[Alert] = field(default_factory=list)
+
+    def send(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+
+def account(name: str, *, pinned: str | None = None, current: str = OLD,
+            access: IdentityAccess = IdentityAccess.GRANTED, tags: tuple[tuple[str, str], ...] = ()) -> Consumer:
+    key = KEY.with_version(pinned) if pinned else KEY
+    return Consumer(ConsumerKind.ACCOUNT, f"{SUB}/storageAccounts/{name}", name, key, KEY.with_version(current),
+                    identity_access=access, tags=tags)
+
+
+@dataclass
+class World:
+    vault: FakeVault
+    storage: FakeStorage
+    ledger: FakeRotationLedger
+    queue: FakeQueue
+    notifier: FakeNotifier
+    clock: FakeClock
+    deps: reconciler.ReconcileDeps
+
+
+def world(*consumers: Consumer, force_after: timedelta | None = timedelta(0),
+          pinned_policy: rotation.PinnedPolicy = rotation.PinnedPolicy.UPDATE) -> World:
+    clock = FakeClock(T0 + timedelta(minutes=5))
+    vault = FakeVault([KeyVersionInfo(OLD, enabled=True, created=T0 - timedelta(days=90)),
+                       KeyVersionInfo(NEW, enabled=True, created=T0)], clock=clock)
+    storage = FakeStorage({consumer.id: consumer for consumer in consumers})
+    ledger, queue, notifier = FakeRotationLedger(), FakeQueue(), FakeNotifier()
+    planner = rotation.PlannerSettings(adoption_window=timedelta(hours=24), force_versionless_after=force_after,
+                                       pinned_policy=pinned_policy)
+    deps = reconciler.ReconcileDeps(keys=lambda origin: vault, inventory=storage, control=storage, ledger=ledger,
+                                    queue=queue, notifier=notifier, clock=clock, planner=planner)
+    return World(vault, storage, ledger, queue, notifier, clock, deps)
+
+
+def state(w: World, name: str) -> Consumer:
+    return w.storage.consumers[f"{SUB}/storageAccounts/{name}".lower()]
+
+
+def test_a_lagging_versionless_account_is_pinned_then_restored_in_one_run():
+    w = world(account("stfree"))
+    result = reconciler.reconcile_key(KEY.with_version(NEW), w.deps, target_version=NEW)
+    consumer = state(w, "stfree")
+    assert consumer.key == KEY  # automatic updates stay on
+    assert consumer.current_version == NEW
+    assert [uri for _, uri in w.storage.writes] == [KEY.with_version(NEW).uri, KEY.uri]
+    assert [step for _, step in w.ledger.intent_log] == ["pinned", "restored"]
+    assert result.plan.decision_for(consumer.id).action is rotation.Action.ADOPTED
+    assert result.failures == []
+
+
+def test_the_intent_is_written_before_the_pin():
+    w = world(account("stfree"))
+    w.storage.kill_after_writes = 0
+    with pytest.raises(Killed):
+        reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert [step for _, step in w.ledger.intent_log] == ["pinned"]
+    assert w.storage.writes == []
+
+
+def test_a_crash_between_pin_and_restore_is_repaired_by_the_next_run():
+    w = world(account("stfree"))
+    w.storage.kill_after_writes = 1
+    with pytest.raises(Killed):
+        reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert state(w, "stfree").key == KEY.with_version(NEW)  # left pinned by the crash
+
+    w.storage.kill_after_writes = None
+    reconciler.reconcile_key(KEY, w.deps)  # e.g. the sweep or the redelivered event
+    assert state(w, "stfree").key == KEY
+    assert state(w, "stfree").current_version == NEW
+    assert [step for _, step in w.ledger.intent_log] == ["pinned", "restored"]
+
+
+def test_a_second_run_writes_nothing():
+    w = world(account("stfree"), account("stpinned", pinned=OLD))
+    reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    writes, intents, saves = len(w.storage.writes), len(w.ledger.intent_log), w.ledger.condition_saves
+    again = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert (len(w.storage.writes), len(w.ledger.intent_log), w.ledger.condition_saves) == (writes, intents, saves)
+    assert again.writes == []
+
+
+def test_pinned_accounts_follow_the_policy_and_its_tag_override():
+    w = world(account("stupdate", pinned=OLD),
+              account("stalert", pinned=OLD, tags=(("cmk-pinned-policy", "alert"),)),
+              pinned_policy=rotation.PinnedPolicy.UPDATE)
+    reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert state(w, "stupdate").key == KEY.with_version(NEW)
+    assert state(w, "stalert").key == KEY.with_version(OLD)
+    [alert] = w.notifier.alerts
+    assert alert.resource.endswith("/stalert")
+    assert alert.reason == rotation.Reason.PINNED_TO_OLD_VERSION.value
+
+
+def test_an_identity_without_access_to_the_new_version_is_blocked_and_alerted_not_changed():
+    w = world(account("stdenied", access=IdentityAccess.DENIED))
+    reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert w.storage.writes == []
+    [alert] = w.notifier.alerts
+    assert (alert.severity, alert.reason) == ("critical", "IdentityLacksAccess")
+
+
+def test_a_stale_event_never_moves_a_consumer_backwards():
+    w = world(account("stpinned", pinned=NEW, current=NEW))
+    reconciler.reconcile_key(KEY, w.deps, target_version=OLD)
+    assert w.storage.writes == []
+    assert state(w, "stpinned").key == KEY.with_version(NEW)
+
+
+def test_out_of_order_events_converge_on_the_newest_version():
+    w = world(account("stfree"))
+    w.vault.versions.append(KeyVersionInfo(NEWER, enabled=True, created=T0 + timedelta(minutes=1)))
+    reconciler.reconcile_key(KEY, w.deps, target_version=NEWER)
+    reconciler.reconcile_key(KEY, w.deps, target_version=NEW)  # the older event arrives late
+    assert state(w, "stfree").current_version == NEWER
+    assert state(w, "stfree").key == KEY
+
+
+def test_one_failing_consumer_is_recorded_and_the_others_still_converge():
+    w = world(account("stbroken", pinned=OLD), account("stfine", pinned=OLD))
+    w.storage.fail_for[state(w, "stbroken").id] = Forbidden("HTTP 403 AuthorizationFailed")
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert state(w, "stfine").key == KEY.with_version(NEW)
+    assert len(result.failures) == 1
+    assert any(alert.reason == "UpdateFailed" for alert in w.notifier.alerts)
+
+
+def test_transient_failures_propagate_after_the_rest_is_done():
+    w = world(account("stthrottled", pinned=OLD), account("stfine", pinned=OLD))
+    w.storage.fail_for[state(w, "stthrottled").id] = TransientError("HTTP 429", retry_after=3)
+    with pytest.raises(TransientError) as caught:
+        reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert caught.value.retry_after == 3
+    assert state(w, "stfine").key == KEY.with_version(NEW)
+
+
+def test_waiting_inside_the_window_schedules_a_recheck():
+    w = world(account("stfree"), force_after=timedelta(hours=24))
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert w.storage.writes == []
+    assert result.next_check is not None
+    [(message, delay)] = w.queue.items
+    assert message == {"kind": "reconcile", "key": KEY.uri}
+    assert delay is not None
+    assert timedelta(0) < delay <= timedelta(hours=24)
+
+
+def test_dry_run_plans_without_writing_anything():
+    w = world(account("stfree"), account("stpinned", pinned=OLD))
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW, dry_run=True)
+    assert w.storage.writes == [] and w.ledger.intent_log == [] and w.queue.items == []
+    assert {decision.action for decision in result.plan.decisions} == {
+        rotation.Action.FORCE_ADOPTION, rotation.Action.UPDATE_PINNED}
+
+
+def event(kind: KeyEventKind, version: str | None = NEW) -> KeyEvent:
+    return KeyEvent(event_id="e", kind=kind, event_type="t", vault=VAULT, vault_resource_id=None,
+                    key=KEY.with_version(version) if version else None, event_time=T0,
+                    expires=T0 + timedelta(days=30))
+
+
+def test_near_expiry_rotates_once_when_allowed_even_if_redelivered():
+    w = world(account("stfree", current=NEW))
+    reconciler.on_key_event(event(KeyEventKind.NEAR_EXPIRY), w.deps, auto_rotate=True)
+    reconciler.on_key_event(event(KeyEventKind.NEAR_EXPIRY), w.deps, auto_rotate=True)
+    assert w.vault.rotations == 1
+    newest = w.vault.versions[-1].version
+    assert state(w, "stfree").current_version == newest
+
+
+def test_near_expiry_without_auto_rotation_alerts_with_the_blast_radius():
+    w = world(account("st1"), account("st2", pinned=OLD))
+    assert reconciler.on_key_event(event(KeyEventKind.NEAR_EXPIRY), w.deps, auto_rotate=False) == []
+    [alert] = w.notifier.alerts
+    assert alert.reason == "KeyNearExpiry"
+    assert len(alert.details["consumers"]) == 2
+    assert w.vault.rotations == 0 and w.storage.writes == []
+
+
+def test_expiry_alerts_critical_with_the_blast_radius_and_reconciles():
+    w = world(account("st1"))
+    results = reconciler.on_key_event(event(KeyEventKind.EXPIRED, OLD), w.deps, auto_rotate=False)
+    assert w.notifier.alerts[0].severity == "critical"
+    assert w.notifier.alerts[0].reason == "KeyExpired"
+    assert len(results) == 1
+    assert state(w, "st1").current_version == NEW
+
+
+def test_an_access_policy_change_rechecks_every_key_of_the_vault_in_use():
+    w = world(account("st1"))
+    results = reconciler.on_key_event(event(KeyEventKind.ACCESS_POLICY_CHANGED, None), w.deps, auto_rotate=False)
+    assert [result.key for result in results] == [KEY]

@@ -1,0 +1,65 @@
+"""service wiring of the reconciler: event claims around it and the 'reconcile' work kind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from controller import service
+from controller.errors import TransientError
+from controller.model import KeyEventKind
+from controller.settings import load_settings
+from tests.unit.fakes import FakeLedger
+from tests.unit.test_reconciler import KEY, NEW, OLD, account, event, state, world
+
+pytestmark = pytest.mark.unit
+
+
+def dependencies(w, ledger: FakeLedger) -> service.Dependencies:
+    settings = load_settings({"CMK_VAULTS": KEY.vault.url})
+    return service.Dependencies(settings=settings, clock=w.clock, ledger=ledger, reconcile=w.deps)
+
+
+def test_a_new_version_event_converges_consumers_and_a_redelivery_does_nothing_more():
+    w = world(account("stfree"), account("stpinned", pinned=OLD))
+    deps = dependencies(w, FakeLedger())
+    handled = service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps)
+    assert handled.outcome is service.Outcome.ACCEPTED
+    assert state(w, "stfree").current_version == NEW
+    assert state(w, "stpinned").key.version == NEW
+    writes = len(w.storage.writes)
+    assert service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps).outcome is service.Outcome.DUPLICATE
+    assert len(w.storage.writes) == writes
+
+
+def test_a_transient_failure_releases_the_claim_so_the_redelivery_is_processed():
+    w = world(account("stpinned", pinned=OLD))
+    ledger = FakeLedger()
+    deps = dependencies(w, ledger)
+    w.storage.fail_for[state(w, "stpinned").id] = TransientError("HTTP 503")
+    with pytest.raises(TransientError):
+        service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps)
+    assert ledger.released == ["e"]
+    del w.storage.fail_for[state(w, "stpinned").id]
+    assert service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps).outcome is service.Outcome.ACCEPTED
+    assert state(w, "stpinned").key.version == NEW
+
+
+def test_the_reconcile_work_kind_rechecks_a_key():
+    w = world(account("stpinned", pinned=OLD))
+    report = service.process_work(json.dumps({"kind": "reconcile", "key": KEY.uri}), dependencies(w, FakeLedger()))
+    assert report.as_json()["kind"] == "reconcile"
+    assert state(w, "stpinned").key.version == NEW
+
+
+@pytest.mark.parametrize("item", [
+    {"kind": "reconcile"},
+    {"kind": "reconcile", "key": 5},
+    {"kind": "reconcile", "key": "https://evil.vault.azure.net/keys/k"},
+    {"kind": "reconcile", "key": "not a key"},
+])
+def test_malformed_or_foreign_reconcile_items_are_invalid(item):
+    w = world()
+    with pytest.raises(service.InvalidWorkItem):
+        service.process_work(json.dumps(item), dependencies(w, FakeLedger()))
