@@ -59,9 +59,7 @@ def _definition(relative: str, name: str) -> dict[str, Any]:
 
 EVENT_GRID_EVENT = _definition("EventGrid/stable/2018-01-01/EventGrid.json", "EventGridEvent")
 CLOUD_EVENT = _definition("EventGrid/stable/2018-01-01/EventGrid.json", "CloudEventEvent")
-VALIDATION_DATA = _definition(
-    "Microsoft.EventGrid/stable/2018-01-01/EventGrid.json", "SubscriptionValidationEventData"
-)
+VALIDATION_DATA = _definition("Microsoft.EventGrid/stable/2018-01-01/EventGrid.json", "SubscriptionValidationEventData")
 KEY_NEW_VERSION_DATA = _definition(
     "Microsoft.KeyVault/stable/2018-01-01/KeyVault.json", "KeyVaultKeyNewVersionCreatedEventData"
 )
@@ -152,9 +150,11 @@ class WebhookReceiver:
 
     def notifications(self) -> list[Received]:
         with self._lock:
-            return [r for r in self.requests if r.method == "POST" and r.headers.get("aeg-event-type") != (
-                "SubscriptionValidation"
-            )]
+            return [
+                r
+                for r in self.requests
+                if r.method == "POST" and r.headers.get("aeg-event-type") != ("SubscriptionValidation")
+            ]
 
     def close(self) -> None:
         async def stop() -> None:
@@ -208,9 +208,7 @@ def eventgrid(bus: SandboxBus, clock: SandboxClock, azurite: Azurite) -> Iterato
 
 
 def vault_id(vault: str) -> str:
-    return (
-        f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-cmk/providers/Microsoft.KeyVault/vaults/{vault}"
-    )
+    return f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-cmk/providers/Microsoft.KeyVault/vaults/{vault}"
 
 
 def key_event(

@@ -11,7 +11,8 @@ pytestmark = pytest.mark.integration
 
 def post(url: str, body: bytes) -> int:
     request = urllib.request.Request(  # noqa: S310 - loopback sink
-        url, data=body, method="POST", headers={"Content-Type": "application/json"})
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback sink
             return response.status
@@ -25,7 +26,9 @@ def test_records_json_and_text_bodies_and_serves_them():
         assert post(f"{sink.url}/teams/x", b"not json") == 200
         records = sink.wait_for(2)
         assert [(record.path, record.body) for record in records] == [
-            ("/alerts", {"severity": "critical"}), ("/teams/x", "not json")]
+            ("/alerts", {"severity": "critical"}),
+            ("/teams/x", "not json"),
+        ]
         with urllib.request.urlopen(f"{sink.url}/_records", timeout=10) as response:  # noqa: S310
             assert [item["path"] for item in json.loads(response.read())] == ["/alerts", "/teams/x"]
 
