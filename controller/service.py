@@ -12,7 +12,7 @@ from controller import reconciler
 from controller.errors import Conflict, InvalidEvent, InvalidInput, PermanentError, TransientError
 from controller.events import IntakeResult, parse_delivery
 from controller.logs import log_record
-from controller.model import KeyEvent, parse_key_id
+from controller.model import KeyEvent, parse_key_id, parse_vault_origin
 from controller.ports import Clock, EventLedger, RewrapProgress, WorkQueue
 from controller.rewrap import RewrapEngine, RewrapOptions, RewrapReport
 from controller.rewrap_jobs import WORK_KIND as REWRAP_WORK_KIND
@@ -118,17 +118,39 @@ def handle_intake(result: IntakeResult, deps: Dependencies) -> IntakeReport:
 @dataclass(frozen=True, slots=True)
 class SweepReport:
     expired_event_claims_purged: int
+    keys_reconciled: tuple[str, ...] = ()
+    failures: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, object]:
-        return {"expired_event_claims_purged": self.expired_event_claims_purged}
+        return {"expired_event_claims_purged": self.expired_event_claims_purged,
+                "keys_reconciled": list(self.keys_reconciled), "failures": list(self.failures)}
 
 
 def run_sweep(deps: Dependencies) -> SweepReport:
-    """The periodic sweep. Today: ledger housekeeping (expired event claims). The compliance rule
-    catalogue and audit-log scan join here when they are built."""
+    """The periodic sweep, the level-based safety net behind the events: ledger housekeeping, then a
+    reconcile of every key of the managed vaults that has consumers (an event that was lost, or that
+    arrived before the controller was deployed, is caught up here). One failing key or vault is
+    recorded and the sweep goes on. The compliance rule catalogue and the audit-log scan join here
+    when they are built."""
     purged = deps.ledger.purge_expired(now=deps.clock.now())
-    report = SweepReport(expired_event_claims_purged=purged)
-    log_record(log, logging.INFO, "sweep finished", report.as_json())
+    reconciled: list[str] = []
+    failures: list[str] = []
+    if deps.reconcile is not None:
+        for vault_url in deps.settings.vaults:
+            try:
+                keys = deps.reconcile.inventory.keys_in_use(parse_vault_origin(vault_url, custom_origins=[vault_url]))
+            except (TransientError, PermanentError) as err:
+                failures.append(f"{vault_url}: {err}")
+                continue
+            for key in keys:
+                try:
+                    reconciler.reconcile_key(key, deps.reconcile)
+                except (TransientError, PermanentError) as err:
+                    failures.append(f"{key.uri}: {err}")
+                else:
+                    reconciled.append(key.uri)
+    report = SweepReport(purged, tuple(reconciled), tuple(failures))
+    log_record(log, logging.WARNING if failures else logging.INFO, "sweep finished", report.as_json())
     return report
 
 

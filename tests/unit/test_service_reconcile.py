@@ -8,7 +8,7 @@ import pytest
 
 from controller import service
 from controller.errors import TransientError
-from controller.model import KeyEventKind
+from controller.model import KeyEventKind, KeyVersionInfo
 from controller.settings import load_settings
 from tests.unit.fakes import FakeLedger
 from tests.unit.test_reconciler import KEY, NEW, OLD, account, event, state, world
@@ -63,3 +63,17 @@ def test_malformed_or_foreign_reconcile_items_are_invalid(item):
     w = world()
     with pytest.raises(service.InvalidWorkItem):
         service.process_work(json.dumps(item), dependencies(w, FakeLedger()))
+
+
+def test_the_sweep_reconciles_every_key_in_use_and_survives_a_failing_one():
+    w = world(account("stpinned", pinned=OLD))
+    ledger = FakeLedger()
+    report = service.run_sweep(dependencies(w, ledger))
+    assert report.keys_reconciled == (KEY.uri,)
+    assert state(w, "stpinned").key.version == NEW
+
+    w.storage.fail_for[state(w, "stpinned").id] = TransientError("HTTP 503")
+    w.vault.versions.append(KeyVersionInfo("c" * 32, enabled=True, created=w.clock.now()))
+    failed = service.run_sweep(dependencies(w, ledger))
+    assert failed.keys_reconciled == ()
+    assert len(failed.failures) == 1
