@@ -588,4 +588,22 @@ class AccessVerdict:
     reason: str
 
 
+class InventorySource(enum.StrEnum):
+    RESOURCE_GRAPH = "resource-graph"
+    SUBSCRIPTION_LISTING = "subscription-listing"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerListing:
+    """Every consumer of one key across the inventoried subscriptions, and how they were found.
+
+    ``fallback_reason`` says why Resource Graph was not used (empty when it was).
+    """
+
+    key: KeyRef
+    consumers: tuple[ObservedConsumer, ...]
+    source: InventorySource
+    fallback_reason: str = ""
+
+
 # === end of adapter observations ====================================================================

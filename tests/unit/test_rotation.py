@@ -667,3 +667,17 @@ def test_lagging_message_carries_the_evidence() -> None:
                     settings=PlannerSettings()).decisions[0]
     for evidence in ("acct1", V1, V3, (T0 - timedelta(days=60)).isoformat(), (CREATED[V3] + WINDOW).isoformat()):
         assert evidence in decision.message
+
+
+def test_on_a_creation_time_tie_the_events_version_is_the_target():
+    same_second = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+    low, high = "0" * 31 + "1", "f" * 32
+    key_state = KeyState(
+        KeyRef(VaultOrigin("https://contoso-cmk.vault.azure.net"), "storage-cmk"),
+        (KeyVersionInfo(low, enabled=True, created=same_second),
+         KeyVersionInfo(high, enabled=True, created=same_second)),
+    )
+    result = plan(key_state, [], LedgerView(), target_version=low, now=same_second + timedelta(minutes=1),
+                  settings=PlannerSettings())
+    assert result.target is not None
+    assert result.target.version == low

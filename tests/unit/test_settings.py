@@ -94,3 +94,27 @@ def test_an_invalid_value_fails_naming_the_setting(name, value, fragment):
 def test_ncrontab_accepts_steps_ranges_lists_and_names():
     for schedule in ("*/30 * * * * *", "0 0 9-17 * * MON-FRI", "0 15,45 */2 1 1-6 *", "0 0 0 * * 0"):
         assert load_settings({**BASE, "CMK_SWEEP_SCHEDULE": schedule}).sweep_schedule == schedule
+
+
+# --- CMK_ARM_ENDPOINT (controller/adapters: storage_control, inventory, key_access) ----------------------------
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://management.azure.com", "https://management.azure.com"),
+        ("https://management.chinacloudapi.cn/", "https://management.chinacloudapi.cn"),
+        ("https://127.0.0.1:8443", "https://127.0.0.1:8443"),
+    ],
+)
+def test_arm_endpoint_is_an_https_url_without_trailing_slash(value, expected):
+    assert load_settings({**BASE, "CMK_ARM_ENDPOINT": value}).arm_endpoint == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["http://management.azure.com", "management.azure.com", "https://", "https://user:pw@host", "https://h/?q=1",
+     "https://h:99999"],
+)
+def test_arm_endpoint_rejects_anything_else(value):
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**BASE, "CMK_ARM_ENDPOINT": value})
+    assert caught.value.setting == "CMK_ARM_ENDPOINT"

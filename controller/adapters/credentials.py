@@ -1,0 +1,60 @@
+"""The controller's credential: its managed identity, and nothing else (no secrets, no certificates).
+
+In Azure the function app runs as a user-assigned identity whose client id is AZURE_CLIENT_ID (the
+infra sets it, and AzureWebJobsStorage__clientId to the same value). In the local sandbox the same
+ManagedIdentityCredential talks to emulators/identity_endpoint.py through the App Service protocol
+(IDENTITY_ENDPOINT + IDENTITY_HEADER), so the code path is identical; only the endpoint differs.
+azure-identity reads those two variables from the process environment when the credential is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core.credentials import TokenCredential
+from azure.identity import ManagedIdentityCredential
+
+#: Where the identity's client id is read from, first match wins. Unset: the system-assigned identity.
+CLIENT_ID_SETTINGS: tuple[str, ...] = ("AZURE_CLIENT_ID", "AzureWebJobsStorage__clientId")
+
+
+def controller_client_id(environ: Mapping[str, str]) -> str | None:
+    for name in CLIENT_ID_SETTINGS:
+        value = environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def controller_credential(environ: Mapping[str, str]) -> TokenCredential:
+    """ManagedIdentityCredential for the controller's (user-assigned, else system-assigned) identity."""
+    return ManagedIdentityCredential(client_id=controller_client_id(environ))
+
+
+@dataclass(frozen=True, slots=True)
+class ArmConnection:
+    """How the management clients reach Azure Resource Manager (CMK_ARM_ENDPOINT) and authenticate.
+
+    Tokens are requested for ``<endpoint>/.default``: the public cloud's, another cloud's or the
+    sandbox's ARM audience, whichever endpoint is configured.
+    """
+
+    credential: TokenCredential
+    endpoint: str = "https://management.azure.com"
+    connection_verify: str | bool = True
+    retry_total: int = 3
+
+    @property
+    def scope(self) -> str:
+        return self.endpoint.rstrip("/") + "/.default"
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments shared by every azure-mgmt-* client (and ResourceGraphClient)."""
+        return {
+            "base_url": self.endpoint.rstrip("/"),
+            "credential_scopes": [self.scope],
+            "connection_verify": self.connection_verify,
+            "retry_total": self.retry_total,
+        }

@@ -1,0 +1,431 @@
+"""Storage accounts and encryption scopes as CMK consumers (azure-mgmt-storage StorageManagementClient).
+
+A consumer of a key is a storage account whose ``encryption.keySource`` is Microsoft.Keyvault with
+``keyvaultproperties.keyvaulturi`` (compared as a normalised origin) and ``keyname`` (compared
+case-insensitively) naming the key, or an encryption scope of source Microsoft.KeyVault whose
+``keyVaultProperties.keyUri`` names it. Versionless (``keyversion`` empty, a versionless keyUri)
+means automatic version updates are on.
+
+Writes change only the encryption block: for an account the PATCH body is
+``properties.encryption{keySource, keyvaultproperties, identity}`` with the key source, vault URI,
+key name and encryption identity as read (never the top-level identity block, which would attach or
+detach identities); for a scope ``properties{source, keyVaultProperties.keyUri}``. Turning automatic
+updates on sends ``keyversion: ""`` explicitly: ARM treats an omitted keyversion as "unchanged" in a
+PATCH. Before writing, the consumer is re-read and compared with the caller's view; when someone else
+changed its key meanwhile the write is refused with Conflict (their configuration wins).
+
+Cost: listing a subscription's consumers is one paged storage-accounts listing plus one scope
+listing per candidate account (O(accounts)); a write is one read and one PATCH (scopes: one more
+read of the account for its identity and tags).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from azure.mgmt.storage import StorageManagementClient
+from azure.mgmt.storage.models import (
+    Encryption,
+    EncryptionIdentity,
+    EncryptionScope,
+    EncryptionScopeKeyVaultProperties,
+    EncryptionScopeProperties,
+    KeyVaultProperties,
+    StorageAccount,
+    StorageAccountPropertiesUpdateParameters,
+    StorageAccountUpdateParameters,
+)
+
+from controller.adapters.azure_errors import translated
+from controller.adapters.credentials import ArmConnection
+from controller.errors import Conflict, InvalidKeyId, InvalidResourceId
+from controller.model import (
+    Consumer,
+    ConsumerKind,
+    IdentityKind,
+    KeyRef,
+    ObservedConsumer,
+    VaultOrigin,
+    normalise_origin,
+    parse_key_id,
+    parse_vault_origin,
+)
+from controller.model import (
+    EncryptionIdentity as ObservedIdentity,
+)
+
+KEY_SOURCE_KEYVAULT = "microsoft.keyvault"
+
+_STORAGE_ID = re.compile(
+    r"/subscriptions/(?P<sub>[0-9a-f-]{36})/resourcegroups/(?P<rg>[-\w.()]{1,90})"
+    r"/providers/microsoft\.storage/storageaccounts/(?P<account>[a-z0-9]{3,24})"
+    r"(?:/encryptionscopes/(?P<scope>[a-z0-9-]{3,63}))?",
+    re.IGNORECASE | re.ASCII,
+)
+
+
+class ScopeSearch(enum.StrEnum):
+    """Which accounts' encryption scopes are listed when looking for a key's consumers.
+
+    CMK_ACCOUNTS (default): accounts whose own encryption uses a Key Vault key. Encryption scopes are
+    not in Resource Graph, so each candidate costs one listing; an account on Microsoft-managed keys
+    with a Key Vault scope is found only with ALL_ACCOUNTS (one listing per account in scope).
+    """
+
+    CMK_ACCOUNTS = "cmk_accounts"
+    ALL_ACCOUNTS = "all_accounts"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageResourceId:
+    subscription_id: str
+    resource_group: str
+    account: str
+    scope: str | None = None
+
+    @property
+    def account_id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.Storage/storageAccounts/{self.account}"
+        )
+
+
+def parse_storage_resource_id(resource_id: str) -> StorageResourceId:
+    match = _STORAGE_ID.fullmatch(resource_id.strip().rstrip("/"))
+    if match is None:
+        raise InvalidResourceId(f"{resource_id!r} is not a storage account or encryption scope id")
+    return StorageResourceId(match["sub"].lower(), match["rg"], match["account"].lower(), match["scope"])
+
+
+def sdk_text(value: object) -> str:
+    """An SDK enum member's wire value, or the string itself (str() of a member is its qualified name)."""
+    if value is None:
+        return ""
+    return str(value.value) if isinstance(value, enum.Enum) else str(value)
+
+
+# ---- reading consumers (shared with the Resource Graph inventory) ---------------------------------------
+
+
+def account_key(account: StorageAccount, custom_origins: Iterable[str]) -> KeyRef | None:
+    """The Key Vault key an account is configured with (versioned if pinned), or None."""
+    encryption = account.encryption
+    if encryption is None or sdk_text(encryption.key_source).lower() != KEY_SOURCE_KEYVAULT:
+        return None
+    properties = encryption.key_vault_properties
+    if properties is None or not properties.key_vault_uri or not properties.key_name:
+        return None
+    try:
+        vault = _vault_of(properties.key_vault_uri, custom_origins)
+        key = KeyRef(vault, properties.key_name)
+        return key.with_version(properties.key_version) if properties.key_version else key
+    except InvalidKeyId:
+        return None  # an unconfigured custom origin or a malformed value: not a key the controller manages
+
+
+def scope_key(scope: EncryptionScope, custom_origins: Iterable[str]) -> KeyRef | None:
+    if sdk_text(scope.source).lower() != KEY_SOURCE_KEYVAULT or scope.key_vault_properties is None:
+        return None
+    key_uri = scope.key_vault_properties.key_uri
+    if not key_uri:
+        return None
+    try:
+        return parse_key_id(key_uri, custom_origins=custom_origins)
+    except InvalidKeyId:
+        return None
+
+
+def encryption_identity(account: StorageAccount) -> ObservedIdentity:
+    """The identity the account (and its scopes) uses to reach the vault, resolved to a principal id."""
+    identity = account.identity
+    kinds = {part.strip().lower() for part in sdk_text(identity.type if identity else "").split(",")}
+    configured = account.encryption.encryption_identity if account.encryption else None
+    user_assigned = configured.encryption_user_assigned_identity if configured else None
+    if user_assigned:
+        attached = (identity.user_assigned_identities if identity else None) or {}
+        for resource_id, value in attached.items():
+            if resource_id.lower() == user_assigned.lower() and value is not None and value.principal_id:
+                return ObservedIdentity(IdentityKind.USER_ASSIGNED, value.principal_id.lower(), user_assigned)
+        return ObservedIdentity(
+            IdentityKind.USER_ASSIGNED,
+            None,
+            user_assigned,
+            problem=f"encryption.identity.userAssignedIdentity {user_assigned} is not attached to the account",
+        )
+    if "systemassigned" in kinds and identity is not None and identity.principal_id:
+        return ObservedIdentity(IdentityKind.SYSTEM_ASSIGNED, identity.principal_id.lower())
+    return ObservedIdentity(
+        IdentityKind.SYSTEM_ASSIGNED,
+        None,
+        problem="no encryption.identity.userAssignedIdentity and the system-assigned identity is off",
+    )
+
+
+def _current(identifier: str | None, custom_origins: Iterable[str]) -> KeyRef | None:
+    if not identifier:
+        return None
+    try:
+        return parse_key_id(identifier, custom_origins=custom_origins)
+    except InvalidKeyId:
+        return None
+
+
+def _tags(tags: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((tags or {}).items()))
+
+
+def account_consumer(account: StorageAccount, custom_origins: Iterable[str]) -> ObservedConsumer | None:
+    """The account as a consumer of its Key Vault key, or None when it does not use one."""
+    origins = tuple(custom_origins)
+    key = account_key(account, origins)
+    if key is None or not account.id or not account.name:
+        return None
+    properties = account.encryption.key_vault_properties if account.encryption else None
+    consumer = Consumer(
+        kind=ConsumerKind.ACCOUNT,
+        resource_id=account.id,
+        account_name=account.name,
+        key=key,
+        current_key=_current(properties.current_versioned_key_identifier if properties else None, origins),
+        last_key_rotation=properties.last_key_rotation_timestamp if properties else None,
+        tags=_tags(account.tags),
+    )
+    return ObservedConsumer(consumer, encryption_identity(account), account.location or "")
+
+
+def scope_consumer(
+    account: StorageAccount, scope: EncryptionScope, custom_origins: Iterable[str]
+) -> ObservedConsumer | None:
+    """An encryption scope as a consumer (it uses its account's identity and carries its tags)."""
+    origins = tuple(custom_origins)
+    key = scope_key(scope, origins)
+    if key is None or not account.name or not scope.name:
+        return None
+    properties = scope.key_vault_properties
+    resource_id = scope.id or f"{account.id}/encryptionScopes/{scope.name}"
+    consumer = Consumer(
+        kind=ConsumerKind.SCOPE,
+        resource_id=resource_id,
+        account_name=account.name,
+        scope_name=scope.name,
+        key=key,
+        current_key=_current(properties.current_versioned_key_identifier if properties else None, origins),
+        last_key_rotation=properties.last_key_rotation_timestamp if properties else None,
+        tags=_tags(account.tags),
+    )
+    return ObservedConsumer(consumer, encryption_identity(account), account.location or "")
+
+
+def uses_key_vault(account: StorageAccount) -> bool:
+    return account.encryption is not None and sdk_text(account.encryption.key_source).lower() == KEY_SOURCE_KEYVAULT
+
+
+def _vault_of(vault_uri: str, custom_origins: Iterable[str]) -> VaultOrigin:
+    parts = urlsplit(vault_uri.strip())
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise InvalidKeyId(f"keyvaulturi {vault_uri!r} is not a vault origin")
+    return parse_vault_origin(normalise_origin(f"{parts.scheme}://{parts.netloc}"), custom_origins=custom_origins)
+
+
+# ---- the adapter --------------------------------------------------------------------------------------
+
+
+class StorageControl:
+    """Storage accounts and encryption scopes across subscriptions, as the controller's identity sees them.
+
+    ``custom_origins`` are the configured non-cloud vault origins (CMK_VAULTS entries of the sandbox):
+    key URIs under them are accepted like cloud vault URIs.
+    """
+
+    def __init__(self, arm: ArmConnection, *, custom_origins: Iterable[str] = ()) -> None:
+        self._arm = arm
+        self._custom_origins = tuple(custom_origins)
+        self._clients: dict[str, StorageManagementClient] = {}
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    def __enter__(self) -> StorageControl:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.close()
+
+    def _client(self, subscription_id: str) -> StorageManagementClient:
+        key = subscription_id.lower()
+        client = self._clients.get(key)
+        if client is None:
+            client = StorageManagementClient(self._arm.credential, key, **self._arm.client_options())
+            self._clients[key] = client
+        return client
+
+    # ---- reads --------------------------------------------------------------------------------------
+    def list_accounts(self, subscription_id: str) -> list[StorageAccount]:
+        """Every storage account of the subscription (one paged listing)."""
+        with translated(f"list storage accounts of subscription {subscription_id}"):
+            return list(self._client(subscription_id).storage_accounts.list())
+
+    def list_scopes(self, account: StorageAccount) -> list[EncryptionScope]:
+        """The account's encryption scopes (one paged listing)."""
+        ids = parse_storage_resource_id(account.id or "")
+        with translated(f"list encryption scopes of {ids.account}"):
+            return list(self._client(ids.subscription_id).encryption_scopes.list(ids.resource_group, ids.account))
+
+    def list_consumers(
+        self, key: KeyRef, *, subscription_id: str, scopes: ScopeSearch = ScopeSearch.CMK_ACCOUNTS
+    ) -> tuple[ObservedConsumer, ...]:
+        """Every account and encryption scope of the subscription configured with ``key`` (any version)."""
+        return tuple(self.consumers_among(key, self.list_accounts(subscription_id), scopes=scopes))
+
+    def consumers_among(
+        self, key: KeyRef, accounts: Iterable[StorageAccount], *, scopes: ScopeSearch = ScopeSearch.CMK_ACCOUNTS
+    ) -> Iterator[ObservedConsumer]:
+        """The consumers of ``key`` among ``accounts``: the accounts themselves and their scopes."""
+        return self.consumers_matching(key.same_key, accounts, scopes=scopes)
+
+    def consumers_matching(
+        self,
+        wanted: Callable[[KeyRef], bool],
+        accounts: Iterable[StorageAccount],
+        *,
+        scopes: ScopeSearch = ScopeSearch.CMK_ACCOUNTS,
+    ) -> Iterator[ObservedConsumer]:
+        """Accounts and encryption scopes among ``accounts`` whose configured key satisfies ``wanted``."""
+        for account in accounts:
+            observed = account_consumer(account, self._custom_origins)
+            if observed is not None and wanted(observed.consumer.key):
+                yield observed
+            if scopes is ScopeSearch.ALL_ACCOUNTS or uses_key_vault(account):
+                for scope in self.list_scopes(account):
+                    scoped = scope_consumer(account, scope, self._custom_origins)
+                    if scoped is not None and wanted(scoped.consumer.key):
+                        yield scoped
+
+    def get_account(self, resource_id: str) -> StorageAccount:
+        ids = parse_storage_resource_id(resource_id)
+        with translated(f"get storage account {ids.account}"):
+            return self._client(ids.subscription_id).storage_accounts.get_properties(ids.resource_group, ids.account)
+
+    def _get_scope(self, ids: StorageResourceId) -> EncryptionScope:
+        with translated(f"get encryption scope {ids.account}/{ids.scope}"):
+            return self._client(ids.subscription_id).encryption_scopes.get(
+                ids.resource_group, ids.account, ids.scope or ""
+            )
+
+    def get_consumer(self, resource_id: str) -> ObservedConsumer | None:
+        """Re-read an account or encryption scope; None when it no longer uses a Key Vault key.
+
+        Raises NotFound when the account or scope is gone.
+        """
+        ids = parse_storage_resource_id(resource_id)
+        account = self.get_account(ids.account_id)
+        if ids.scope is None:
+            return account_consumer(account, self._custom_origins)
+        return scope_consumer(account, self._get_scope(ids), self._custom_origins)
+
+    # ---- writes -------------------------------------------------------------------------------------
+    def set_key(self, consumer: Consumer, key: KeyRef) -> Consumer:
+        """ports.ConsumerControl: pin ``key``'s version, or (versionless ``key``) turn automatic updates on."""
+        if not key.same_key(consumer.key):
+            raise InvalidKeyId(f"{consumer.resource_id} uses {consumer.key.versionless.uri}, not {key.versionless.uri}")
+        return self._set_key(consumer, key).consumer
+
+    def pin_key_version(self, consumer: Consumer, version: str) -> ObservedConsumer:
+        """Configure the consumer with ``version`` of its key (automatic updates off)."""
+        return self._set_key(consumer, consumer.key.with_version(version))
+
+    def set_versionless(self, consumer: Consumer) -> ObservedConsumer:
+        """Configure the consumer with its versionless key (automatic version updates on)."""
+        return self._set_key(consumer, consumer.key.versionless)
+
+    def _set_key(self, consumer: Consumer, target: KeyRef) -> ObservedConsumer:
+        ids = parse_storage_resource_id(consumer.resource_id)
+        account = self.get_account(ids.account_id)
+        if ids.scope is None:
+            return self._set_account_key(ids, account, consumer, target)
+        scope = self._get_scope(ids)
+        _check_unchanged(consumer, scope_key(scope, self._custom_origins))
+        if scope_key(scope, self._custom_origins) == target:
+            observed = scope_consumer(account, scope, self._custom_origins)
+        else:
+            patch = EncryptionScope(
+                encryption_scope_properties=EncryptionScopeProperties(
+                    source="Microsoft.KeyVault",
+                    key_vault_properties=EncryptionScopeKeyVaultProperties(key_uri=target.uri),
+                )
+            )
+            with translated(f"update encryption scope {ids.account}/{ids.scope}"):
+                updated = self._client(ids.subscription_id).encryption_scopes.patch(
+                    ids.resource_group, ids.account, ids.scope, patch
+                )
+            observed = scope_consumer(account, updated, self._custom_origins)
+        return _written(observed, consumer)
+
+    def _set_account_key(
+        self, ids: StorageResourceId, account: StorageAccount, consumer: Consumer, target: KeyRef
+    ) -> ObservedConsumer:
+        current = account_key(account, self._custom_origins)
+        _check_unchanged(consumer, current)
+        if current == target:
+            return _written(account_consumer(account, self._custom_origins), consumer)
+        encryption = account.encryption
+        properties = encryption.key_vault_properties if encryption else None
+        if encryption is None or properties is None:  # _check_unchanged saw a Key Vault key
+            raise Conflict(f"{consumer.resource_id} no longer uses a Key Vault key")
+        configured = encryption.encryption_identity
+        patch = StorageAccountUpdateParameters(
+            properties=StorageAccountPropertiesUpdateParameters(
+                encryption=Encryption(
+                    key_source=encryption.key_source,
+                    key_vault_properties=KeyVaultProperties(
+                        key_name=properties.key_name,
+                        # "" turns automatic updates on; an omitted keyversion would leave the pin in place.
+                        key_version=target.version or "",
+                        key_vault_uri=properties.key_vault_uri,
+                    ),
+                    encryption_identity=_identity_as_read(configured),
+                )
+            )
+        )
+        with translated(f"update encryption of storage account {ids.account}"):
+            updated = self._client(ids.subscription_id).storage_accounts.update(ids.resource_group, ids.account, patch)
+        return _written(account_consumer(updated, self._custom_origins), consumer)
+
+
+def _identity_as_read(configured: EncryptionIdentity | None) -> EncryptionIdentity | None:
+    if configured is None:
+        return None
+    fields: dict[str, Any] = {}
+    if configured.encryption_user_assigned_identity is not None:
+        fields["encryption_user_assigned_identity"] = configured.encryption_user_assigned_identity
+    if configured.encryption_federated_identity_client_id is not None:
+        fields["encryption_federated_identity_client_id"] = configured.encryption_federated_identity_client_id
+    return EncryptionIdentity(**fields)
+
+
+def _check_unchanged(consumer: Consumer, configured: KeyRef | None) -> None:
+    if configured is None or not configured.same_key(consumer.key) or configured.version != consumer.key.version:
+        now = configured.uri if configured else "no Key Vault key"
+        raise Conflict(f"{consumer.resource_id} changed since it was read: it is configured with {now}")
+
+
+def _written(observed: ObservedConsumer | None, consumer: Consumer) -> ObservedConsumer:
+    if observed is None:
+        raise Conflict(f"{consumer.resource_id} no longer uses a Key Vault key after the update")
+    # The planner's view of access is not re-evaluated by a key change within the same key.
+    return replace(observed, consumer=replace(observed.consumer, identity_access=consumer.identity_access))
+
+
+if TYPE_CHECKING:  # mypy proves the adapter satisfies its port
+    from controller.ports import ConsumerControl
+
+    def _implements_port(adapter: StorageControl) -> ConsumerControl:
+        return adapter

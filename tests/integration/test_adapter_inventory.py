@@ -1,0 +1,207 @@
+"""Inventory through the unmodified ResourceGraphClient / StorageManagementClient / KeyVaultManagementClient
+against the ARM emulator (Resource Graph mounted on its origin) over HTTPS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.mgmt.storage.models import EncryptionScope, StorageAccount
+
+from controller.adapters.inventory import ConsumerDirectory, Inventory
+from controller.adapters.storage_control import StorageControl
+from controller.errors import TransientError
+from controller.model import IdentityAccess, InventorySource, parse_vault_resource_id
+from tests.integration.adapter_world import RG, SUB_A, SUB_B, World, running_arm
+
+pytestmark = pytest.mark.integration
+
+
+class CountingStorageControl(StorageControl):
+    """Counts the ARM listings the inventory causes (the issue's target: O(accounts))."""
+
+    scope_listings = 0
+    account_listings = 0
+
+    def list_scopes(self, account: StorageAccount) -> list[EncryptionScope]:
+        self.scope_listings += 1
+        return super().list_scopes(account)
+
+    def list_accounts(self, subscription_id: str) -> list[StorageAccount]:
+        self.account_listings += 1
+        return super().list_accounts(subscription_id)
+
+
+@dataclass
+class Estate:
+    world: World
+    expected: set[str]  # consumer ids of kv-inv/cmk, lower case
+    cmk_accounts: int  # accounts (both subscriptions) whose own encryption uses a Key Vault key
+
+
+@pytest.fixture(scope="module")
+def estate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
+    with running_arm(Path(tmp_path_factory.mktemp("inventory"))) as (arm, faults):
+        world = World(arm, faults)
+        world.create_vault("kv-inv")
+        world.create_vault("kv-inv-b", subscription=SUB_B)
+        keys = world.key_client("kv-inv")
+        keys.create_rsa_key("cmk", size=2048)
+        keys.create_rsa_key("other", size=2048)
+        uai = world.create_identity("uai-inv")
+        world.grant_policy("kv-inv", uai.principal_id)
+        expected: set[str] = set()
+        cmk_accounts = 0
+        for subscription in (SUB_A, SUB_B):
+            for index in range(3):
+                account = world.create_account(uai="uai-inv", subscription=subscription)
+                world.enable_cmk(account, "kv-inv", "cmk", uai="uai-inv", subscription=subscription)
+                expected.add(account.id.lower())
+                cmk_accounts += 1
+                if index == 0:
+                    scope = world.create_scope(
+                        account, "scopecmk", world.key("kv-inv", "cmk").uri, subscription=subscription
+                    )
+                    expected.add(scope.id.lower())
+                    other_uri = world.key("kv-inv", "other").uri
+                    world.create_scope(account, "scopeother", other_uri, subscription=subscription)
+            other = world.create_account(uai="uai-inv", subscription=subscription)
+            world.enable_cmk(other, "kv-inv", "other", uai="uai-inv", subscription=subscription)
+            cmk_accounts += 1
+            world.create_account(subscription=subscription)  # Microsoft-managed keys: never a candidate
+        yield Estate(world, expected, cmk_accounts)
+
+
+def inventory(estate: Estate, **kwargs: Any) -> tuple[Inventory, CountingStorageControl]:
+    world = estate.world
+    storage = CountingStorageControl(world.connection(), custom_origins=world.custom_origins)
+    kwargs.setdefault("subscriptions", [SUB_A, SUB_B])
+    return Inventory(world.connection(), storage, custom_origins=world.custom_origins, **kwargs), storage
+
+
+def test_resource_graph_finds_consumers_across_subscriptions(estate: Estate) -> None:
+    found, storage = inventory(estate)
+    with found:
+        listing = found.list_consumers(estate.world.key("kv-inv", "cmk"))
+        assert listing.source is InventorySource.RESOURCE_GRAPH
+        assert listing.fallback_reason == ""
+        assert {observed.consumer.resource_id.lower() for observed in listing.consumers} == estate.expected
+        assert {observed.subscription_id for observed in listing.consumers} == {SUB_A, SUB_B}
+        # Resource Graph rows carry the same properties as ARM: timestamps, current version, identity.
+        for observed in listing.consumers:
+            assert observed.consumer.last_key_rotation is not None
+            assert observed.consumer.current_version is not None
+            assert observed.identity.principal_id == estate.world.identities["uai-inv"].principal_id
+        assert found.resource_graph_queries == 1
+    assert storage.account_listings == 0
+    assert storage.scope_listings == estate.cmk_accounts  # one scope listing per CMK account: O(accounts)
+
+
+def test_resource_graph_pages_with_skip_tokens(estate: Estate) -> None:
+    found, _ = inventory(estate, page_rows=2)
+    with found:
+        listing = found.list_consumers(estate.world.key("kv-inv", "cmk"))
+        assert {observed.consumer.resource_id.lower() for observed in listing.consumers} == estate.expected
+        assert found.resource_graph_queries == 4  # 8 CMK accounts, 2 a page
+
+
+def test_subscriptions_limit_the_inventory(estate: Estate) -> None:
+    found, _ = inventory(estate, subscriptions=[SUB_B])
+    with found:
+        listing = found.list_consumers(estate.world.key("kv-inv", "cmk"))
+    assert {observed.subscription_id for observed in listing.consumers} == {SUB_B}
+    assert len(listing.consumers) == 4
+
+
+def test_falls_back_to_subscription_listing_when_resource_graph_is_forbidden(estate: Estate) -> None:
+    estate.world.faults.resource_graph_status = 403
+    try:
+        found, storage = inventory(estate)
+        with found:
+            listing = found.list_consumers(estate.world.key("kv-inv", "cmk"))
+    finally:
+        estate.world.faults.resource_graph_status = None
+    assert listing.source is InventorySource.SUBSCRIPTION_LISTING
+    assert "403" in listing.fallback_reason
+    assert {observed.consumer.resource_id.lower() for observed in listing.consumers} == estate.expected
+    assert storage.account_listings == 2
+    assert storage.scope_listings == estate.cmk_accounts
+
+
+def test_fallback_without_configured_subscriptions_lists_the_readable_ones(estate: Estate) -> None:
+    estate.world.faults.resource_graph_status = 404
+    try:
+        found, _ = inventory(estate, subscriptions=[])
+        with found:
+            assert set(found.subscriptions()) >= {SUB_A, SUB_B}
+            listing = found.list_consumers(estate.world.key("kv-inv", "cmk"))
+    finally:
+        estate.world.faults.resource_graph_status = None
+    assert listing.source is InventorySource.SUBSCRIPTION_LISTING
+    assert {observed.consumer.resource_id.lower() for observed in listing.consumers} == estate.expected
+
+
+def test_without_configured_subscriptions_resource_graph_covers_every_readable_one(estate: Estate) -> None:
+    found, _ = inventory(estate, subscriptions=[])
+    with found:
+        listing = found.list_consumers(estate.world.key("kv-inv", "cmk"))
+    assert listing.source is InventorySource.RESOURCE_GRAPH
+    assert {observed.consumer.resource_id.lower() for observed in listing.consumers} == estate.expected
+
+
+def test_throttled_resource_graph_is_transient_not_a_fallback(estate: Estate) -> None:
+    estate.world.faults.resource_graph_status = 429
+    try:
+        found, storage = inventory(estate)
+        with found, pytest.raises(TransientError):
+            found.list_consumers(estate.world.key("kv-inv", "cmk"))
+    finally:
+        estate.world.faults.resource_graph_status = None
+    assert storage.account_listings == 0
+
+
+@pytest.mark.parametrize("graph_status", [None, 403])
+def test_vaults_map_origins_to_arm_ids(estate: Estate, graph_status: int | None) -> None:
+    world = estate.world
+    world.faults.resource_graph_status = graph_status
+    try:
+        found, _ = inventory(estate)
+        with found:
+            vaults = found.list_vaults()
+    finally:
+        world.faults.resource_graph_status = None
+    assert vaults[world.origin("kv-inv")] == parse_vault_resource_id(world.vaults["kv-inv"].id)
+    assert vaults[world.origin("kv-inv-b")] == parse_vault_resource_id(world.vaults["kv-inv-b"].id)
+    assert vaults[world.origin("kv-inv-b")].subscription_id == SUB_B
+    assert vaults[world.origin("kv-inv")].resource_group.lower() == RG
+
+
+# ---- the reconciler's port (ports.ConsumerInventory) --------------------------------------------------------
+def test_consumer_directory_sets_each_consumers_key_access(estate: Estate) -> None:
+    world = estate.world
+    found, _ = inventory(estate)
+    directory = ConsumerDirectory(found, world.connection())
+    with found:
+        consumers = directory.consumers_of(world.key("kv-inv", "cmk").with_version("0" * 32))
+    assert {consumer.resource_id.lower() for consumer in consumers} == estate.expected
+    assert {consumer.identity_access for consumer in consumers} == {IdentityAccess.GRANTED}
+    assert directory.last_listing is not None
+    assert directory.last_listing.source is InventorySource.RESOURCE_GRAPH
+
+
+@pytest.mark.parametrize("graph_status", [None, 403])
+def test_keys_in_use_of_a_vault(estate: Estate, graph_status: int | None) -> None:
+    world = estate.world
+    world.faults.resource_graph_status = graph_status
+    try:
+        found, _ = inventory(estate)
+        with found:
+            in_use = ConsumerDirectory(found, world.connection()).keys_in_use(world.origin("kv-inv"))
+            unused_vault = found.keys_in_use(world.origin("kv-inv-b"))
+    finally:
+        world.faults.resource_graph_status = None
+    assert in_use == [world.key("kv-inv", "cmk"), world.key("kv-inv", "other")]
+    assert unused_vault == []
