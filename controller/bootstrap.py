@@ -1,8 +1,11 @@
 """Composition root: builds the real adapters from settings once per process; tests override it.
 
-Credentials are managed identity only in Azure (identity-based AzureWebJobsStorage__* settings with
-AzureWebJobsStorage__credential=managedidentity and __clientId); a connection string is accepted
-only for the local storage emulator (Azurite), where there is no identity to use.
+Credentials are managed identity only. The app's own storage (event ledger, rotation ledger, work
+queue) is reached the way the Functions host reaches it: identity-based AzureWebJobsStorage__*
+settings in Azure (__accountName or __tableServiceUri/__queueServiceUri, __credential=managedidentity,
+__clientId); a connection string only for the local storage emulator, where there is no identity.
+Everything else (Key Vault, ARM, Resource Graph) uses the controller's managed identity; in the local
+sandbox that identity is served by the sandbox's managed-identity endpoint, so the code path is the same.
 """
 
 from __future__ import annotations
@@ -10,16 +13,27 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from azure.core.credentials import TokenCredential
 from azure.data.tables import TableClient
 from azure.identity import ManagedIdentityCredential
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
+from controller import reconciler, rotation
+from controller.adapters.credentials import ArmConnection, controller_credential
+from controller.adapters.inventory import ConsumerDirectory, Inventory
+from controller.adapters.key_vault import KeyVaults
+from controller.adapters.notifier import FanOutNotifier, LogNotifier, WebhookNotifier
+from controller.adapters.rotation_ledger import TableRotationLedger
+from controller.adapters.storage_control import StorageControl
 from controller.adapters.table_ledger import TableEventLedger
+from controller.adapters.work_queue import StorageWorkQueue, work_queue_client
 from controller.errors import SettingsError
-from controller.ports import EventLedger
+from controller.ports import Notifier
 from controller.service import Dependencies
-from controller.settings import load_settings
+from controller.settings import Settings, load_settings
 
 _lock = threading.Lock()
 _dependencies: Dependencies | None = None
@@ -48,33 +62,86 @@ def override(deps: Dependencies | None) -> None:
 
 def build(environ: Mapping[str, str]) -> Dependencies:
     settings = load_settings(environ)
-    return Dependencies(settings=settings, clock=SystemClock(), ledger=_table_ledger(environ, settings.ledger_table))
+    clock = SystemClock()
+    storage = AppStorage.from_environ(environ)
+    queue = StorageWorkQueue(storage.queue(settings.work_queue))
+    credential = controller_credential(environ)
+    arm = ArmConnection(credential, endpoint=settings.arm_endpoint)
+    control = StorageControl(arm, custom_origins=settings.vaults)
+    inventory = Inventory(arm, control, subscriptions=settings.subscriptions, custom_origins=settings.vaults)
+    reconcile = reconciler.ReconcileDeps(
+        keys=KeyVaults(credential),
+        inventory=ConsumerDirectory(inventory, arm),
+        control=control,
+        ledger=TableRotationLedger(storage.table(settings.ledger_table)),
+        queue=queue,
+        notifier=_notifier(settings),
+        clock=clock,
+        planner=rotation.PlannerSettings.from_settings(settings),
+    )
+    return Dependencies(
+        settings=settings,
+        clock=clock,
+        ledger=TableEventLedger(storage.table(settings.ledger_table)),
+        work_queue=queue,
+        reconcile=reconcile,
+    )
 
 
-def _table_ledger(environ: Mapping[str, str], table_name: str) -> EventLedger:
-    connection = environ.get("AzureWebJobsStorage", "").strip()
-    if connection:
-        if "AccountKey=" in connection and not _is_local_emulator(connection):
+def _notifier(settings: Settings) -> Notifier:
+    notifiers: list[Notifier] = [LogNotifier()]
+    if settings.alert_webhook_url:
+        notifiers.append(WebhookNotifier(settings.alert_webhook_url))
+    return FanOutNotifier(notifiers)
+
+
+@dataclass(frozen=True, slots=True)
+class AppStorage:
+    """The function app's own storage account, as the Functions host is configured to reach it."""
+
+    connection_string: str | None
+    table_endpoint: str | None
+    queue_endpoint: str | None
+    credential: TokenCredential | None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> AppStorage:
+        connection = environ.get("AzureWebJobsStorage", "").strip()
+        if connection:
+            if "AccountKey=" in connection and not _is_local_emulator(connection):
+                raise SettingsError(
+                    "AzureWebJobsStorage",
+                    "a shared-key connection string is only accepted for the local emulator; use the "
+                    "identity-based AzureWebJobsStorage__* settings in Azure",
+                )
+            return cls(connection, None, None, None)
+        account = environ.get("AzureWebJobsStorage__accountName", "").strip()
+        table = environ.get("AzureWebJobsStorage__tableServiceUri", "").strip() or (
+            f"https://{account}.table.core.windows.net" if account else "")
+        queue = environ.get("AzureWebJobsStorage__queueServiceUri", "").strip() or (
+            f"https://{account}.queue.core.windows.net" if account else "")
+        if not table or not queue:
             raise SettingsError(
                 "AzureWebJobsStorage",
-                "a shared-key connection string is only accepted for the local emulator; use the "
-                "identity-based AzureWebJobsStorage__* settings in Azure",
+                "is not configured: set AzureWebJobsStorage__accountName (identity-based) or, locally, "
+                "the emulator's connection string",
             )
-        return TableEventLedger(TableClient.from_connection_string(connection, table_name=table_name))
-    endpoint = environ.get("AzureWebJobsStorage__tableServiceUri", "").strip()
-    account = environ.get("AzureWebJobsStorage__accountName", "").strip()
-    if not endpoint and account:
-        endpoint = f"https://{account}.table.core.windows.net"
-    if not endpoint:
-        raise SettingsError(
-            "AzureWebJobsStorage",
-            "is not configured: set AzureWebJobsStorage__accountName (identity-based) or, locally, "
-            "the emulator's connection string",
-        )
-    client_id = environ.get("AzureWebJobsStorage__clientId") or None
-    return TableEventLedger(
-        TableClient(endpoint, table_name=table_name, credential=ManagedIdentityCredential(client_id=client_id))
-    )
+        client_id = environ.get("AzureWebJobsStorage__clientId") or None
+        return cls(None, table, queue, ManagedIdentityCredential(client_id=client_id))
+
+    def table(self, name: str) -> TableClient:
+        if self.connection_string:
+            return TableClient.from_connection_string(self.connection_string, table_name=name)
+        assert self.table_endpoint is not None and self.credential is not None  # noqa: S101 - from_environ
+        return TableClient(self.table_endpoint, table_name=name, credential=self.credential)
+
+    def queue(self, name: str) -> QueueClient:
+        if self.connection_string:
+            return work_queue_client(self.connection_string, name)
+        assert self.queue_endpoint is not None and self.credential is not None  # noqa: S101 - from_environ
+        return QueueClient(self.queue_endpoint, name, credential=self.credential,
+                           message_encode_policy=TextBase64EncodePolicy(),
+                           message_decode_policy=TextBase64DecodePolicy())
 
 
 def _is_local_emulator(connection: str) -> bool:

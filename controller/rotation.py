@@ -166,7 +166,9 @@ class PlannerSettings:
     @classmethod
     def from_settings(cls, settings: Settings) -> PlannerSettings:
         window = timedelta(hours=settings.adoption_window_hours)
-        return cls(adoption_window=window, force_versionless_after=window,
+        force_after = (None if settings.force_adoption_after_minutes is None
+                       else timedelta(minutes=settings.force_adoption_after_minutes))
+        return cls(adoption_window=window, force_versionless_after=force_after,
                    pinned_policy=PinnedPolicy(settings.pinned_policy))
 
 

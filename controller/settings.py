@@ -71,6 +71,13 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "adoption (Azure Storage polls about once a day). 1-168.",
     ),
     SettingSpec(
+        "CMK_FORCE_ADOPTION_AFTER_MINUTES",
+        "0",
+        "Minutes after a new key version becomes available before a lagging versionless consumer is forced to "
+        "adopt it (pin to the version, verify, restore the versionless URI): 0 closes the gap within seconds; "
+        "up to the adoption window; off: never force, alert once the window has passed.",
+    ),
+    SettingSpec(
         "CMK_PINNED_POLICY",
         "alert",
         "What to do with a consumer pinned to an old key version: alert, or update it to the new version. "
@@ -92,6 +99,13 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "https://management.azure.com",
         "Azure Resource Manager endpoint (an https URL) for the storage, Key Vault, authorization and Resource "
         "Graph management calls; tokens are requested for <endpoint>/.default. Another cloud's, or the sandbox's.",
+    ),
+    SettingSpec(
+        "CMK_ALERT_WEBHOOK_URL",
+        "",
+        "Optional https URL that receives every alert as JSON (severity, title, resource, reason, message, "
+        "fingerprint, details). Alerts are always logged. Such URLs often carry a token: in Azure, set it as a "
+        "Key Vault reference. http is accepted only for loopback hosts (the local sandbox).",
     ),
 )
 
@@ -125,6 +139,9 @@ class Settings:
     auto_rotate: bool
     rewrap_targets: tuple[RewrapTarget, ...]
     arm_endpoint: str = "https://management.azure.com"
+    #: None: never force adoption (alert instead once the adoption window has passed).
+    force_adoption_after_minutes: int | None = 0
+    alert_webhook_url: str | None = None
 
     @property
     def poison_queue(self) -> str:
@@ -154,6 +171,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         auto_rotate=_parse_bool("CMK_AUTO_ROTATE", raw("CMK_AUTO_ROTATE")),
         rewrap_targets=_parse_list("CMK_REWRAP_TARGETS", raw("CMK_REWRAP_TARGETS"), _rewrap_target),
         arm_endpoint=_parse_https_endpoint("CMK_ARM_ENDPOINT", raw("CMK_ARM_ENDPOINT")),
+        force_adoption_after_minutes=_parse_force_after(raw("CMK_FORCE_ADOPTION_AFTER_MINUTES"),
+                                                        raw("CMK_ADOPTION_WINDOW_HOURS")),
+        alert_webhook_url=_parse_webhook(raw("CMK_ALERT_WEBHOOK_URL")),
     )
 
 
@@ -237,6 +257,36 @@ def _parse_https_endpoint(name: str, value: str) -> str:
     if parts.username or parts.password or parts.query or parts.fragment or any(c.isspace() for c in value):
         raise SettingsError(name, f"{value!r} must have no credentials, query, fragment or whitespace")
     return value.rstrip("/")
+
+
+def _parse_force_after(value: str, window_hours: str) -> int | None:
+    name = "CMK_FORCE_ADOPTION_AFTER_MINUTES"
+    if value.lower() == "off":
+        return None
+    window_minutes = int(window_hours) * 60 if window_hours.isdigit() else 168 * 60
+    return _parse_int(name, value, 0, window_minutes)
+
+
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _parse_webhook(value: str) -> str | None:
+    name = "CMK_ALERT_WEBHOOK_URL"
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError as err:
+        raise SettingsError(name, "is not a valid URL") from err
+    host = parts.hostname or ""
+    loopback = host in _LOOPBACK_HOSTS or host.startswith("127.")
+    if not host or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        # The URL may carry a token: never echo it.
+        raise SettingsError(name, "must be an https URL (http only for loopback hosts)")
+    if parts.username or parts.password or any(c.isspace() for c in value):
+        raise SettingsError(name, "must have no credentials or whitespace")
+    return value
 
 
 def _parse_ncrontab(value: str) -> str:

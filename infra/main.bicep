@@ -59,6 +59,12 @@ param cmkAutoRotate bool = false
 @description('CMK_ARM_ENDPOINT: Azure Resource Manager endpoint (https) of the controller\'s management calls.')
 param cmkArmEndpoint string = 'https://management.azure.com'
 
+@description('CMK_FORCE_ADOPTION_AFTER_MINUTES: minutes before a lagging versionless consumer is forced to adopt a new key version (0-window, or off).')
+param cmkForceAdoptionAfterMinutes string = '0'
+
+@description('CMK_ALERT_WEBHOOK_URL: optional alert webhook. Such URLs carry a token: pass a Key Vault reference (@Microsoft.KeyVault(SecretUri=...)), never the URL itself.')
+param cmkAlertWebhookUrl string = ''
+
 @description('Create an Event Grid topic for the controller\'s alerts, with EventGrid Data Sender for the controller.')
 param alertTopicEnabled bool = false
 
@@ -214,6 +220,8 @@ module functionApp 'modules/function-app.bicep' = {
     cmkAutoRotate: cmkAutoRotate
     cmkRewrapTargets: join(rewrapSettingEntries, ',')
     cmkArmEndpoint: cmkArmEndpoint
+    cmkForceAdoptionAfterMinutes: cmkForceAdoptionAfterMinutes
+    cmkAlertWebhookUrl: cmkAlertWebhookUrl
   }
 }
 

@@ -64,6 +64,12 @@ param cmkRewrapTargets string = ''
 @description('CMK_ARM_ENDPOINT: Azure Resource Manager endpoint (https) of the management calls.')
 param cmkArmEndpoint string = 'https://management.azure.com'
 
+@description('CMK_FORCE_ADOPTION_AFTER_MINUTES: minutes before a lagging versionless consumer is forced to adopt (0-window, or off).')
+param cmkForceAdoptionAfterMinutes string = '0'
+
+@description('CMK_ALERT_WEBHOOK_URL: optional alert webhook, as a Key Vault reference.')
+param cmkAlertWebhookUrl string = ''
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
@@ -139,6 +145,14 @@ var appSettings = [
   {
     name: 'CMK_ARM_ENDPOINT'
     value: cmkArmEndpoint
+  }
+  {
+    name: 'CMK_FORCE_ADOPTION_AFTER_MINUTES'
+    value: cmkForceAdoptionAfterMinutes
+  }
+  {
+    name: 'CMK_ALERT_WEBHOOK_URL'
+    value: cmkAlertWebhookUrl
   }
 ]
 

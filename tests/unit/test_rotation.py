@@ -625,8 +625,12 @@ def test_planner_settings_from_app_settings() -> None:
                          "CMK_PINNED_POLICY": "update"})
     planner = PlannerSettings.from_settings(app)
     assert planner.adoption_window == timedelta(hours=12)
-    assert planner.force_versionless_after == timedelta(hours=12)
+    assert planner.force_versionless_after == timedelta(0)  # CMK_FORCE_ADOPTION_AFTER_MINUTES default
     assert planner.pinned_policy is PinnedPolicy.UPDATE
+    later = load_settings({"CMK_VAULTS": "contoso.vault.azure.net", "CMK_FORCE_ADOPTION_AFTER_MINUTES": "90"})
+    assert PlannerSettings.from_settings(later).force_versionless_after == timedelta(minutes=90)
+    never = load_settings({"CMK_VAULTS": "contoso.vault.azure.net", "CMK_FORCE_ADOPTION_AFTER_MINUTES": "off"})
+    assert PlannerSettings.from_settings(never).force_versionless_after is None
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -118,3 +118,28 @@ def test_arm_endpoint_rejects_anything_else(value):
     with pytest.raises(SettingsError) as caught:
         load_settings({**BASE, "CMK_ARM_ENDPOINT": value})
     assert caught.value.setting == "CMK_ARM_ENDPOINT"
+
+
+def test_forced_adoption_delay_is_bounded_by_the_window_or_off():
+    assert load_settings(BASE).force_adoption_after_minutes == 0
+    assert load_settings({**BASE, "CMK_FORCE_ADOPTION_AFTER_MINUTES": "OFF"}).force_adoption_after_minutes is None
+    assert load_settings({**BASE, "CMK_ADOPTION_WINDOW_HOURS": "2",
+                          "CMK_FORCE_ADOPTION_AFTER_MINUTES": "120"}).force_adoption_after_minutes == 120
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**BASE, "CMK_ADOPTION_WINDOW_HOURS": "2", "CMK_FORCE_ADOPTION_AFTER_MINUTES": "121"})
+    assert caught.value.setting == "CMK_FORCE_ADOPTION_AFTER_MINUTES"
+
+
+@pytest.mark.parametrize("url", ["https://hooks.example.com/T0/B0/secret", "http://127.0.0.1:8080/alerts",
+                                 "http://localhost/alerts"])
+def test_alert_webhook_accepts_https_and_loopback_http(url):
+    assert load_settings({**BASE, "CMK_ALERT_WEBHOOK_URL": url}).alert_webhook_url == url
+
+
+@pytest.mark.parametrize("url", ["http://hooks.example.com/secret", "ftp://x/secret", "https://u:p@h/secret",
+                                 "not a url secret"])
+def test_alert_webhook_refuses_anything_else_without_echoing_it(url):
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**BASE, "CMK_ALERT_WEBHOOK_URL": url})
+    assert caught.value.setting == "CMK_ALERT_WEBHOOK_URL"
+    assert "secret" not in str(caught.value)

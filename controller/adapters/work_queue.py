@@ -1,0 +1,55 @@
+"""WorkQueue on an Azure Storage queue, in the encoding the Functions queue trigger expects.
+
+The Functions host base64-decodes queue messages by default (host.json ``messageEncoding``), so
+messages are sent with TextBase64EncodePolicy. A delay becomes the message's initial visibility
+timeout (Azure allows up to 7 days).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import timedelta
+
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+from controller.adapters.azure_errors import translated
+from controller.errors import InvalidInput
+
+#: Azure Storage queue messages are at most 64 KiB; base64 makes 48 KiB of text the usable size.
+MAX_MESSAGE_TEXT = 48 * 1024
+MAX_DELAY = timedelta(days=7)
+
+
+def work_queue_client(connection_string: str, queue_name: str) -> QueueClient:
+    return QueueClient.from_connection_string(
+        connection_string,
+        queue_name,
+        message_encode_policy=TextBase64EncodePolicy(),
+        message_decode_policy=TextBase64DecodePolicy(),
+    )
+
+
+class StorageWorkQueue:
+    def __init__(self, queue: QueueClient) -> None:
+        self._queue = queue
+        self._ensured = False
+
+    def _ensure_queue(self) -> None:
+        if self._ensured:
+            return
+        with translated(f"create queue {self._queue.queue_name}"), contextlib.suppress(ResourceExistsError):
+            self._queue.create_queue()
+        self._ensured = True
+
+    def enqueue(self, message: dict[str, object], *, delay: timedelta | None = None) -> None:
+        text = json.dumps(message, separators=(",", ":"), sort_keys=True)
+        if len(text.encode("utf-8")) > MAX_MESSAGE_TEXT:
+            raise InvalidInput(f"work item is larger than {MAX_MESSAGE_TEXT} bytes")
+        visibility = None
+        if delay is not None and delay > timedelta(0):
+            visibility = int(min(delay, MAX_DELAY).total_seconds())
+        self._ensure_queue()
+        with translated(f"enqueue work on {self._queue.queue_name}"):
+            self._queue.send_message(text, visibility_timeout=visibility)
