@@ -8,7 +8,7 @@ DEPS_HASH := $(shell cat requirements.txt requirements-dev.txt pyproject.toml | 
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: setup lint iac test test-unit test-integration test-e2e clean
+.PHONY: setup lint iac test test-unit test-integration test-e2e sandbox sandbox-down demo bench clean
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -45,5 +45,23 @@ test-integration: setup
 test-e2e: setup
 	$(VENV)/bin/pytest -m e2e
 
-clean:
-	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache .hypothesis
+# The local sandbox (emulated Azure, README "Local sandbox"): started in the background in .sandbox/;
+# then `source .sandbox/env` and `.venv/bin/cmkctl sandbox status|seed rotation|down`.
+sandbox: setup
+	$(VENV)/bin/cmkctl sandbox up --dir .sandbox
+
+sandbox-down:
+	@if [ -x $(VENV)/bin/cmkctl ]; then $(VENV)/bin/cmkctl sandbox down --dir .sandbox; fi
+
+# The main job: its own sandbox (a temporary directory), the rotation scenario end to end, every line
+# computed from a real response; the sandbox is stopped at the end.
+demo: setup
+	$(PY) -m emulators.demo
+
+# Benchmarks: each prints one JSON line of figures (medians; the machine is shared).
+bench: setup
+	$(PY) bench/rotation_latency.py
+	$(PY) bench/rewrap_bench.py
+
+clean: sandbox-down
+	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache .hypothesis .sandbox

@@ -15,16 +15,42 @@ same blobs twice. Pure: no I/O, no azure imports.
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from controller.errors import InvalidInput, InvalidKeyId
+from controller.envelope import find_envelope, parse_envelope
+from controller.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    InvalidKeyId,
+    MalformedEnvelope,
+    NotFound,
+    PermanentError,
+    TransientError,
+)
 from controller.model import KeyRef, parse_key_id
-from controller.ports import BlobItem, BlobPage, BlobStore, Clock, KeyUnwrapper, KeyWrapper, RewrapCheckpoint
+from controller.ports import (
+    BlobItem,
+    BlobPage,
+    BlobProblem,
+    BlobStore,
+    Clock,
+    KeyUnwrapper,
+    KeyWrapper,
+    RewrapCheckpoint,
+    RewrapProgress,
+)
+
+_T = TypeVar("_T")
 
 WORK_KIND = "rewrap"
 MAX_CONCURRENCY = 64
@@ -245,6 +271,8 @@ class RewrapPorts:
     unwrapper: KeyUnwrapper
     wrapper: KeyWrapper
     checkpoint: RewrapCheckpoint
+    #: Rewrite mode only (None where the backend cannot rewrite).
+    rewriter: BlobRewriter | None = None
 
 
 class RewrapBackend(Protocol):
@@ -254,3 +282,203 @@ class RewrapBackend(Protocol):
         """Raises PermanentError when the account or key cannot be reached for good, TransientError
         when it may work later."""
         ...
+
+
+# --- rewrite mode -------------------------------------------------------------------------------------
+#
+# Rewrite replaces a blob's content key, not just its wrapping: for a suspected content-key compromise
+# (or to re-encrypt data server-side after CMK or an encryption scope was enabled). Per blob the
+# BlobRewriter (an adapter: azure-storage-blob does the encryption) decrypts the blob as read at its
+# listed ETag, writes a freshly encrypted copy (new content key, wrapped by the target version) to a
+# staging blob, verifies that copy by downloading and decrypting it with the target key and comparing
+# digests, and only then swaps it in with a server-side copy conditional on the listed ETag; then it
+# deletes the staging blob. The blob is never missing (the swap is one Copy Blob onto the existing
+# name) and never replaced by data that was not verified; a concurrent writer makes the swap fail
+# (412 -> Conflict) and the blob is read again and decided afresh, so that writer's update stands.
+#
+# Readers: azure-storage-blob reads an encrypted blob with two requests (Get Blob Properties for the
+# envelope, then Get Blob) and does not pin the ETag between them unless the caller passes one. A read
+# that straddles ANY overwrite of the blob -- the swap here, or an application's own upload -- fails
+# once with "Decryption failed" and succeeds when retried. Re-wrap has no such window (the content
+# key does not change, only its wrapping). Readers that cannot retry should pass etag/match_condition.
+#
+# Costs per blob: two Key Vault unwraps (read, verify), the blob read twice and written twice (staging,
+# copy), one delete. Resuming a killed run redoes the page it was killed in (harmless, not free).
+# Blobs without a client-side envelope are not rewritten (not_encrypted): moving plain blobs into an
+# encryption scope is a server-side copy this runner does not do yet.
+
+#: Staging blobs live under this prefix in the same container; runs never treat them as data.
+STAGING_PREFIX = ".cmk-rewrite/"
+
+
+class BlobRewriter(Protocol):
+    def rewrite(self, container: str, item: BlobItem) -> None:
+        """Re-encrypt ``item`` under a new content key wrapped by the target version, verified, swapped in
+        only if the blob still has ``item.etag``.
+
+        Raises Conflict (the blob changed: nothing was replaced), NotFound (it is gone), Forbidden
+        (the key refuses), TransientError, or PermanentError (e.g. the copy failed verification).
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteOptions:
+    max_workers: int = 4
+    dry_run: bool = False
+    max_conflict_retries: int = 5
+    max_transient_attempts: int = 8
+    initial_backoff: float = 1.0
+    max_backoff: float = 32.0
+    max_problems: int = 1000
+    custom_origins: tuple[str, ...] = ()
+
+
+class RewriteRunner:
+    """Rewrites every blob of a container wrapped by any version of the target key (pure driver).
+
+    Pages are processed with bounded concurrency and checkpointed after each page like re-wrap; a
+    resumed run redoes at most the page it was killed in (a rewrite of a rewritten blob is safe).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: BlobStore,
+        rewriter: BlobRewriter,
+        checkpoint: RewrapCheckpoint,
+        target_key_id: str,
+        options: RewriteOptions | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._store = store
+        self._rewriter = rewriter
+        self._checkpoint = checkpoint
+        self._options = options or RewriteOptions()
+        self._target = parse_key_id(target_key_id, custom_origins=self._options.custom_origins)
+        if not self._target.is_versioned:
+            raise InvalidKeyId(f"rewrite target {target_key_id} must name a key version")
+        self._sleep = sleep
+
+    def job_id(self, container: str, prefix: str | None = None) -> str:
+        return f"rewrite|{container}|{prefix or ''}|{self._target.uri}"
+
+    def rewrite_container(self, container: str, *, prefix: str | None = None) -> RewrapProgress:
+        options = self._options
+        job_id = self.job_id(container, prefix)
+        progress = RewrapProgress()
+        if not options.dry_run:
+            saved = self._checkpoint.load(job_id)
+            if saved is not None and not saved.complete:
+                progress = saved
+        marker = progress.marker
+        with ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rewrite") as executor:
+            while True:
+                listing = functools.partial(self._store.list_blobs, container, prefix=prefix, marker=marker)
+                page = self._retrying(listing)
+                items = [item for item in page.items if not item.name.startswith(STAGING_PREFIX)]
+                outcomes = list(executor.map(lambda item: self._rewrite_blob(container, item), items))
+                progress = _merge_outcomes(progress, outcomes, page.next_marker, options.max_problems)
+                marker = page.next_marker
+                if marker is None:
+                    progress = replace(progress, complete=True)
+                if not options.dry_run:
+                    self._checkpoint.save(job_id, progress)
+                if marker is None:
+                    return progress
+
+    def _rewrite_blob(self, container: str, item: BlobItem) -> tuple[str, BlobProblem | None, int]:
+        """(outcome, problem, conflicts) for one blob."""
+        current = item
+        conflicts = 0
+        for _ in range(self._options.max_conflict_retries + 1):
+            skip = self._skip_reason(current)
+            if skip is not None:
+                return skip[0], skip[1], conflicts
+            if self._options.dry_run:
+                return "rewritten", None, conflicts
+            try:
+                self._retrying(functools.partial(self._rewriter.rewrite, container, current))
+            except Conflict:
+                conflicts += 1
+                try:
+                    current = self._retrying(functools.partial(self._store.get_properties, container, item.name))
+                except NotFound:
+                    return "vanished", None, conflicts
+                except (PermanentError, _Exhausted) as err:
+                    return "failed", BlobProblem(item.name, "read_failed", type(err).__name__), conflicts
+                continue
+            except NotFound:
+                return "vanished", None, conflicts
+            except Forbidden:
+                return "failed", BlobProblem(item.name, "key_forbidden"), conflicts
+            except PermanentError as err:
+                return "failed", BlobProblem(item.name, "rewrite_failed", type(err).__name__), conflicts
+            except _Exhausted:
+                return "failed", BlobProblem(item.name, "throttled"), conflicts
+            return "rewritten", None, conflicts
+        return "failed", BlobProblem(item.name, "conflicts_exhausted"), conflicts
+
+    def _skip_reason(self, item: BlobItem) -> tuple[str, BlobProblem | None] | None:
+        try:
+            entry = find_envelope(item.metadata)
+            if entry is None:
+                return "not_encrypted", None
+            envelope = parse_envelope(entry[1])
+        except MalformedEnvelope as err:
+            return "skipped_malformed", BlobProblem(item.name, "malformed_envelope", err.reason)
+        try:
+            key = parse_key_id(envelope.wrapped_key.key_id, custom_origins=self._options.custom_origins)
+        except InvalidKeyId:
+            return "skipped_unknown_key", BlobProblem(item.name, "unknown_key", "not_key_vault_key")
+        if not key.same_key(self._target):
+            return "skipped_unknown_key", BlobProblem(item.name, "unknown_key", "other_key")
+        return None
+
+    def _retrying(self, operation: Callable[[], _T]) -> _T:
+        attempts = 0
+        while True:
+            try:
+                return operation()
+            except TransientError as err:
+                attempts += 1
+                if attempts >= self._options.max_transient_attempts:
+                    raise _Exhausted from err
+                delay = err.retry_after
+                if delay is None:
+                    delay = min(self._options.max_backoff, self._options.initial_backoff * 2 ** (attempts - 1))
+                self._sleep(delay)
+
+
+class _Exhausted(Exception):
+    """Transient failures outlasted the retry budget."""
+
+
+def _merge_outcomes(
+    progress: RewrapProgress,
+    outcomes: list[tuple[str, BlobProblem | None, int]],
+    marker: str | None,
+    limit: int,
+) -> RewrapProgress:
+    counts = Counter(progress.counts)
+    counts.update(outcome for outcome, _, _ in outcomes)
+    problems = list(progress.problems)
+    dropped = progress.problems_dropped
+    for _, problem, _ in outcomes:
+        if problem is None:
+            continue
+        if len(problems) < limit:
+            problems.append(problem)
+        else:
+            dropped += 1
+    return replace(
+        progress,
+        marker=marker,
+        pages=progress.pages + 1,
+        counts=dict(counts),
+        writes=progress.writes + sum(1 for outcome, _, _ in outcomes if outcome == "rewritten"),
+        conflicts=progress.conflicts + sum(conflicts for _, _, conflicts in outcomes),
+        problems=tuple(problems),
+        problems_dropped=dropped,
+    )
+

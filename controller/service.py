@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -14,15 +15,16 @@ from controller.events import IntakeResult, parse_delivery
 from controller.logs import log_record
 from controller.model import KeyEvent, parse_key_id, parse_vault_origin
 from controller.ports import Clock, EventLedger, RewrapProgress, WorkQueue
-from controller.rewrap import RewrapEngine, RewrapOptions, RewrapReport
+from controller.rewrap import RewrapEngine, RewrapOptions
 from controller.rewrap_jobs import WORK_KIND as REWRAP_WORK_KIND
 from controller.rewrap_jobs import (
     BudgetedBlobStore,
     BudgetExhausted,
     RewrapBackend,
     RewrapMode,
-    RewrapPorts,
     RewrapWorkItem,
+    RewriteOptions,
+    RewriteRunner,
     TimeBudget,
     parse_work_item,
 )
@@ -236,6 +238,8 @@ class RewrapItemStatus(enum.StrEnum):
     DUPLICATE = "duplicate"
     #: Another worker advanced the same job's checkpoint first: it owns the job now.
     SUPERSEDED = "superseded"
+    #: A dry run spent its budget: it reports what it saw (it keeps no checkpoint to continue from).
+    DRY_RUN_CUT_SHORT = "dry_run_cut_short"
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,55 +262,65 @@ class RewrapWorkResult:
         }
 
 
-def rewrap_engine(
-    item: RewrapWorkItem, deps: Dependencies, *, budget: TimeBudget | None = None
-) -> tuple[RewrapEngine, RewrapPorts]:
-    """The engine for one work item over the backend's ports (the store budgeted when ``budget``)."""
-    if deps.rewrap is None:
-        raise PermanentError("re-wrap is not configured on this host")
-    ports = deps.rewrap.open(item)
-    store = BudgetedBlobStore(ports.store, budget) if budget is not None else ports.store
-    engine = RewrapEngine(
-        store=store,
-        unwrapper=ports.unwrapper,
-        wrapper=ports.wrapper,
-        checkpoint=ports.checkpoint,
-        options=RewrapOptions(
-            max_workers=item.concurrency, dry_run=item.dry_run, custom_origins=deps.settings.vaults
-        ),
-    )
-    return engine, ports
-
-
 def run_rewrap_item(item: RewrapWorkItem, deps: Dependencies) -> RewrapWorkResult:
-    """Run one slice of a re-wrap work item within the time budget; enqueue its continuation.
+    """Run one slice of a re-wrap (or rewrite) work item within the time budget; enqueue its continuation.
 
     TransientError (listing throttled past the retry budget, the vault or storage unreachable)
     propagates so that the queue redelivers the item; the checkpoint keeps the progress.
     """
-    if item.mode is not RewrapMode.REWRAP:
-        raise PermanentError(f"{item.mode.value} mode is not available on the work queue yet")
-    budget = TimeBudget(deps.clock, deps.rewrap_budget_seconds)
-    engine, ports = rewrap_engine(item, deps, budget=budget)
-    job_id = engine.job_id(item.container, item.prefix)
+    if deps.rewrap is None:
+        raise PermanentError("re-wrap is not configured on this host")
+    ports = deps.rewrap.open(item)
+    store = BudgetedBlobStore(ports.store, TimeBudget(deps.clock, deps.rewrap_budget_seconds))
+    run: Callable[[], RewrapProgress]
+    if item.mode is RewrapMode.REWRAP:
+        engine = RewrapEngine(
+            store=store,
+            unwrapper=ports.unwrapper,
+            wrapper=ports.wrapper,
+            checkpoint=ports.checkpoint,
+            options=RewrapOptions(
+                max_workers=item.concurrency, dry_run=item.dry_run, custom_origins=deps.settings.vaults
+            ),
+        )
+        job_id = engine.job_id(item.container, item.prefix)
+
+        def run() -> RewrapProgress:
+            return engine.rewrap_container(item.container, prefix=item.prefix).progress
+    else:
+        if ports.rewriter is None:
+            raise PermanentError("rewrite is not configured on this host")
+        runner = RewriteRunner(
+            store=store,
+            rewriter=ports.rewriter,
+            checkpoint=ports.checkpoint,
+            target_key_id=item.key_id,
+            options=RewriteOptions(
+                max_workers=item.concurrency, dry_run=item.dry_run, custom_origins=deps.settings.vaults
+            ),
+        )
+        job_id = runner.job_id(item.container, item.prefix)
+
+        def run() -> RewrapProgress:
+            return runner.rewrite_container(item.container, prefix=item.prefix)
+
     if item.sequence > 0 and not item.dry_run:
         saved = ports.checkpoint.load(job_id)
         if saved is not None and saved.complete:
             return _rewrap_result(item, RewrapItemStatus.DUPLICATE, job_id, saved)
     try:
-        report = engine.rewrap_container(item.container, prefix=item.prefix)
+        progress = run()
     except BudgetExhausted:
         if item.dry_run:
-            # A dry run keeps no checkpoint to continue from: it reports what it saw in its budget.
-            return _rewrap_result(item, RewrapItemStatus.COMPLETE, job_id, None)
+            return _rewrap_result(item, RewrapItemStatus.DRY_RUN_CUT_SHORT, job_id, None)
         if deps.work_queue is None:
             raise PermanentError("re-wrap budget spent and no work queue to continue on") from None
         deps.work_queue.enqueue(item.continuation().to_message())
         return _rewrap_result(item, RewrapItemStatus.CONTINUED, job_id, ports.checkpoint.load(job_id))
     except Conflict:
         return _rewrap_result(item, RewrapItemStatus.SUPERSEDED, job_id, None)
-    _alert_if_incomplete(item, report)
-    return _rewrap_result(item, RewrapItemStatus.COMPLETE, job_id, report.progress)
+    _alert_if_incomplete(item, job_id, progress)
+    return _rewrap_result(item, RewrapItemStatus.COMPLETE, job_id, progress)
 
 
 def enqueue_rewrap(items: list[RewrapWorkItem], deps: Dependencies) -> int:
@@ -327,10 +341,10 @@ def _rewrap_result(
     return result
 
 
-def _alert_if_incomplete(item: RewrapWorkItem, report: RewrapReport) -> None:
-    failed = report.counts.get("failed", 0)
-    skipped = report.counts.get("skipped_malformed", 0) + report.counts.get("skipped_unknown_key", 0)
-    if report.dry_run or not (failed or skipped):
+def _alert_if_incomplete(item: RewrapWorkItem, job_id: str, progress: RewrapProgress) -> None:
+    failed = progress.counts.get("failed", 0)
+    skipped = progress.counts.get("skipped_malformed", 0) + progress.counts.get("skipped_unknown_key", 0)
+    if item.dry_run or not (failed or skipped):
         return
     log_record(
         log,
@@ -340,9 +354,9 @@ def _alert_if_incomplete(item: RewrapWorkItem, report: RewrapReport) -> None:
             "kind": "alert",
             "alert": "rewrap_incomplete",
             "item": item.as_json(),
-            "job_id": report.job_id,
+            "job_id": job_id,
             "failed": failed,
             "skipped": skipped,
-            "reasons": sorted({problem.reason for problem in report.progress.problems}),
+            "reasons": sorted({problem.reason for problem in progress.problems}),
         },
     )

@@ -162,6 +162,8 @@ class ArmEmulator:
         self._thread: threading.Thread | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._started_keyvault = False
+        self._request_counts: dict[str, dict[str, int]] = {}
+        self._request_counts_lock = threading.Lock()
         self.app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[self._middleware])
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -414,7 +416,8 @@ class ArmEmulator:
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
         headers = {"x-ms-request-id": _new_id(), "x-ms-correlation-request-id": _new_id()}
         try:
-            self._authenticate(request)
+            principal = self._authenticate(request)
+            self._count(principal, request.method)
             response = await handler(request)
         except errors.ArmError as exc:
             return web.json_response(exc.body(), status=exc.status, headers=headers)
@@ -426,6 +429,20 @@ class ArmEmulator:
             return web.json_response(failure.body(), status=500, headers=headers)
         response.headers.update(headers)
         return response
+
+    def _count(self, principal: str, method: str) -> None:
+        with self._request_counts_lock:
+            per_principal = self._request_counts.setdefault(principal, {})
+            per_principal[method.upper()] = per_principal.get(method.upper(), 0) + 1
+
+    def request_counts(self) -> dict[str, dict[str, int]]:
+        """ARM requests per caller (object id) and HTTP method, so benchmarks can count management calls."""
+        with self._request_counts_lock:
+            return {principal: dict(methods) for principal, methods in self._request_counts.items()}
+
+    def reset_request_counts(self) -> None:
+        with self._request_counts_lock:
+            self._request_counts.clear()
 
     def _authenticate(self, request: web.Request) -> str:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")

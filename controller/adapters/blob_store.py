@@ -1,0 +1,261 @@
+"""BlobStore on azure-storage-blob: listing with metadata, ETag-conditional metadata writes, rewrite.
+
+The SDK's own retries are turned off for the clients built here (``retry_total=0``): the re-wrap
+engine owns retrying, with one back-off shared by all its workers that honours Retry-After. A retried
+conditional write whose first attempt did land answers 412, which the engine resolves by reading the
+blob again (it is then already on the target version): nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import requests
+from azure.core import MatchConditions
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient, ContentSettings
+
+from controller.adapters.azure_errors import translated
+from controller.envelope import parse_envelope
+from controller.errors import ControllerError, PermanentError, TransientError
+from controller.ports import BlobItem, BlobPage
+from controller.rewrap_jobs import STAGING_PREFIX
+
+#: Azure returns at most 5,000 blobs per List Blobs page.
+MAX_PAGE_SIZE = 5000
+_PROXY_SETTINGS = tuple(
+    name for base in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY") for name in (base, base.lower())
+)
+_CA_BUNDLE_SETTINGS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+def pooled_transport(connections: int, **transport_kwargs: Any) -> RequestsTransport:
+    """A requests transport whose pool keeps ``connections`` connections per host.
+
+    requests keeps 10 by default: with more workers than that, every extra request would open (and
+    then discard) a fresh connection. One transport can serve several clients (``session_owner``
+    False: closing one client does not close the shared session). Connection options such as
+    ``connection_verify`` belong to the transport: clients given a transport ignore their own.
+    """
+    session = requests.Session()
+    if not any(os.environ.get(name) for name in _PROXY_SETTINGS):
+        # With trust_env, requests re-reads the environment (proxies, CA bundle, .netrc) on every
+        # request: a measurable share of a metadata write. Without a proxy to honour, read the CA
+        # bundle once here instead (and never apply .netrc credentials to Azure requests).
+        session.trust_env = False
+        bundle = next((os.environ[name] for name in _CA_BUNDLE_SETTINGS if os.environ.get(name)), None)
+        if bundle and "connection_verify" not in transport_kwargs:
+            transport_kwargs = {**transport_kwargs, "connection_verify": bundle}
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, connections))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return RequestsTransport(session=session, session_owner=False, **transport_kwargs)
+
+
+def blob_service_client(
+    endpoint: str | None = None,
+    *,
+    credential: Any = None,
+    connection_string: str | None = None,
+    connections: int = 16,
+    **client_kwargs: Any,
+) -> BlobServiceClient:
+    """A BlobServiceClient without SDK retries, with a connection pool sized for ``connections`` workers.
+
+    Give either ``connection_string`` (the local emulator) or ``endpoint`` with a token ``credential``.
+    """
+    kwargs: dict[str, Any] = {"retry_total": 0, "transport": pooled_transport(connections), **client_kwargs}
+    if connection_string:
+        return BlobServiceClient.from_connection_string(connection_string, **kwargs)
+    if not endpoint:
+        raise ValueError("a blob endpoint or a connection string is required")
+    return BlobServiceClient(endpoint, credential=credential, **kwargs)
+
+
+def _quoted(etag: str) -> str:
+    # List Blobs returns ETags without quotes on some services, the blob headers with them; an
+    # If-Match header wants the quoted form.
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
+class AzureBlobStore:
+    """The BlobStore port over one storage account's blob endpoint."""
+
+    def __init__(self, service: BlobServiceClient, *, page_size: int = MAX_PAGE_SIZE) -> None:
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1-{MAX_PAGE_SIZE}")
+        self._service = service
+        self._page_size = page_size
+        self._containers: dict[str, ContainerClient] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def service(self) -> BlobServiceClient:
+        return self._service
+
+    def _container(self, container: str) -> ContainerClient:
+        # A client per call would rebuild its pipeline every time: keep one per container.
+        with self._lock:
+            client = self._containers.get(container)
+            if client is None:
+                client = self._containers[container] = self._service.get_container_client(container)
+            return client
+
+    def list_blobs(self, container: str, *, prefix: str | None, marker: str | None) -> BlobPage:
+        with translated(f"list blobs of {container}"):
+            pages = (
+                self._container(container)
+                .list_blobs(name_starts_with=prefix or None, include=["metadata"], results_per_page=self._page_size)
+                .by_page(continuation_token=marker)
+            )
+            items = tuple(
+                BlobItem(name=blob.name, etag=_quoted(blob.etag), metadata=dict(blob.metadata or {}))
+                for blob in next(pages)
+            )
+            # by_page() returns the SDK's page iterator, typed only as an Iterator.
+            next_marker = getattr(pages, "continuation_token", None) or None
+        return BlobPage(items=items, next_marker=next_marker)
+
+    def get_properties(self, container: str, name: str) -> BlobItem:
+        with translated(f"read properties of {container}/{name}"):
+            properties = self._container(container).get_blob_client(name).get_blob_properties()
+        return BlobItem(name=name, etag=_quoted(properties.etag), metadata=dict(properties.metadata or {}))
+
+    def set_metadata(self, container: str, name: str, metadata: Mapping[str, str], *, if_match: str) -> str:
+        with translated(f"write metadata of {container}/{name}"):
+            result = (
+                self._container(container)
+                .get_blob_client(name)
+                .set_blob_metadata(dict(metadata), etag=if_match, match_condition=MatchConditions.IfNotModified)
+            )
+        return _quoted(str(result["etag"]))
+
+
+class AzureBlobRewriter:
+    """The BlobRewriter port over azure-storage-blob's client-side encryption (protocol 2.0).
+
+    See controller.rewrap_jobs (rewrite mode) for the procedure and its guarantees. The plaintext of
+    one blob is held in memory per worker: lower the concurrency for very large blobs. Key Vault
+    calls per blob: one unwrap to read the blob, one to verify the new copy (the wrap is local).
+
+    ``encryption_scope`` writes the new copy, and swaps it in, under that encryption scope (a
+    synchronous Copy Blob From URL; ``source_authorization`` returns "Bearer <token>" for the source
+    when the account is reached with Entra ID rather than a shared key).
+    """
+
+    def __init__(
+        self,
+        service: BlobServiceClient,
+        *,
+        target_kek: Any,
+        key_resolver: Callable[[str], Any],
+        encryption_scope: str | None = None,
+        source_authorization: Callable[[], str] | None = None,
+        copy_poll_seconds: float = 0.5,
+        copy_timeout_seconds: float = 300.0,
+    ) -> None:
+        self._service = service
+        self._target_kek = target_kek
+        self._key_resolver = key_resolver
+        self._scope = encryption_scope
+        self._source_authorization = source_authorization
+        self._copy_poll = copy_poll_seconds
+        self._copy_timeout = copy_timeout_seconds
+
+    def _client(self, container: str, name: str, *, writer: bool) -> BlobClient:
+        client = self._service.get_blob_client(container, name)
+        client.require_encryption = True
+        if writer:
+            client.key_encryption_key = self._target_kek
+            client.encryption_version = "2.0"
+        else:
+            client.key_resolver_function = self._key_resolver
+        return client
+
+    def rewrite(self, container: str, item: BlobItem) -> None:
+        where = f"{container}/{item.name}"
+        reader = self._client(container, item.name, writer=False)
+        with translated(f"read {where}"):
+            downloader = reader.download_blob(etag=item.etag, match_condition=MatchConditions.IfNotModified)
+            plaintext = downloader.readall()
+        properties = downloader.properties
+        digest = hashlib.sha256(plaintext).digest()
+        metadata = {key: value for key, value in properties.metadata.items() if key.lower() != "encryptiondata"}
+
+        staging_name = STAGING_PREFIX + hashlib.sha256(item.name.encode("utf-8")).hexdigest()
+        staging = self._client(container, staging_name, writer=True)
+        with translated(f"write the new copy of {where}"):
+            staged = staging.upload_blob(
+                plaintext,
+                overwrite=True,
+                metadata=metadata,
+                content_settings=_without_md5(properties.content_settings),
+                encryption_scope=self._scope,
+            )
+        del plaintext
+        staged_etag = str(staged["etag"])
+        try:
+            staged_envelope = self._verify(container, staging_name, staged_etag, digest, where)
+            self._swap(container, item, staging, staged_etag=staged_etag, envelope=staged_envelope, where=where)
+        finally:
+            # The staging copy is only ever a duplicate: of the verified data once swapped in, or of
+            # data that was not swapped in (failed verification, lost race) and is discarded.
+            with contextlib.suppress(ControllerError), translated(f"delete the copy of {where}"):
+                staging.delete_blob(etag=staged_etag, match_condition=MatchConditions.IfNotModified)
+
+    def _verify(self, container: str, staging_name: str, etag: str, digest: bytes, where: str) -> str:
+        verifier = self._client(container, staging_name, writer=False)
+        with translated(f"verify the new copy of {where}"):
+            check = verifier.download_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+            if hashlib.sha256(check.readall()).digest() != digest:
+                raise PermanentError(f"the new copy of {where} does not decrypt to the original data")
+        envelope = str(check.properties.metadata.get("encryptiondata", ""))
+        if parse_envelope(envelope).wrapped_key.key_id != self._target_kek.get_kid():
+            raise PermanentError(f"the new copy of {where} is not wrapped by the target key")
+        return envelope
+
+    def _swap(
+        self, container: str, item: BlobItem, staging: BlobClient, *, staged_etag: str, envelope: str, where: str
+    ) -> None:
+        destination = self._service.get_blob_client(container, item.name)
+        options: dict[str, Any] = {
+            "etag": item.etag,
+            "match_condition": MatchConditions.IfNotModified,
+            "source_etag": staged_etag,
+            "source_match_condition": MatchConditions.IfNotModified,
+        }
+        if self._scope is not None:
+            options.update(requires_sync=True, encryption_scope=self._scope)
+            if self._source_authorization is not None:
+                options["source_authorization"] = self._source_authorization()
+        with translated(f"swap in the new copy of {where}"):
+            copy = destination.start_copy_from_url(staging.url, **options)
+            status = copy.get("copy_status")
+            deadline = time.monotonic() + self._copy_timeout
+            while status == "pending":
+                # Same-account copies complete at once in practice; Azure may still answer pending.
+                if time.monotonic() > deadline:
+                    raise TransientError(f"copy onto {where} still pending")
+                time.sleep(self._copy_poll)
+                copied = destination.get_blob_properties()
+                status = copied.copy.status
+            after = destination.get_blob_properties()
+        if status != "success" or after.metadata.get("encryptiondata") != envelope:
+            raise PermanentError(f"swapping in the new copy of {where} ended {status}")
+
+
+def _without_md5(settings: ContentSettings) -> ContentSettings:
+    # The stored Content-MD5 is the digest of the old ciphertext: the new copy has its own.
+    return ContentSettings(
+        content_type=settings.content_type,
+        content_encoding=settings.content_encoding,
+        content_language=settings.content_language,
+        content_disposition=settings.content_disposition,
+        cache_control=settings.cache_control,
+    )

@@ -1,0 +1,133 @@
+"""`cmkctl reconcile|rotate|usage VAULT KEY`: the rotation reconciler from the command line.
+
+They use the same composition root as the function app (controller.bootstrap, the app settings in the
+environment: CMK_VAULTS, CMK_ARM_ENDPOINT, AzureWebJobsStorage, the managed identity), so what the CLI
+shows is what the controller sees. VAULT is a vault host name or origin listed in CMK_VAULTS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from controller import bootstrap, reconciler, rotation
+from controller.errors import ControllerError, InvalidKeyId
+from controller.model import KeyRef, normalise_origin, parse_key_id
+
+EXIT_INVALID = 2
+EXIT_FAILED = 1
+
+
+def register(commands: Any) -> None:
+    """Add the key commands to ``cmkctl``'s subparsers."""
+    for name, run, help_text in (
+        ("reconcile", _reconcile, "plan (and without --dry-run, execute) adoption of the key's newest version"),
+        ("rotate", _rotate, "rotate the key now and follow through until every consumer adopted it"),
+        ("usage", _usage, "per key version: who uses it, and whether it is safe to disable"),
+    ):
+        parser = commands.add_parser(name, help=help_text)
+        parser.add_argument("vault", help="vault host name or origin (must be in CMK_VAULTS)")
+        parser.add_argument("key", help="key name")
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        if name == "reconcile":
+            parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+        if name == "rotate":
+            parser.add_argument("--wait", type=float, default=120.0,
+                                help="seconds to wait for every consumer to adopt (default 120)")
+        parser.set_defaults(run=_guarded(run))
+
+
+def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except ControllerError as err:
+            print(f"cmkctl: {err}", file=sys.stderr)
+            return EXIT_INVALID if isinstance(err, InvalidKeyId) else EXIT_FAILED
+    return guarded
+
+
+def _key_and_deps(args: argparse.Namespace) -> tuple[KeyRef, reconciler.ReconcileDeps]:
+    deps = bootstrap.build(os.environ)
+    if deps.reconcile is None:
+        raise ControllerError("the reconciler is not configured")
+    origin = normalise_origin(args.vault)
+    if origin not in deps.settings.vaults:
+        raise InvalidKeyId(f"vault {origin} is not in CMK_VAULTS")
+    key = parse_key_id(f"{origin}/keys/{args.key}", custom_origins=deps.settings.vaults)
+    return key, deps.reconcile
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    key, deps = _key_and_deps(args)
+    result = reconciler.reconcile_key(key, deps, dry_run=args.dry_run)
+    _print_result(result, as_json=args.json, dry_run=args.dry_run)
+    return EXIT_FAILED if result.failures else 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    key, deps = _key_and_deps(args)
+    new_version = deps.keys(key.vault).rotate_key(key).version
+    print(f"rotated {key.uri}: new version {new_version}", file=sys.stderr)
+    deadline = time.monotonic() + args.wait
+    while True:
+        result = reconciler.reconcile_key(key, deps, target_version=new_version)
+        pending = [decision for decision in result.plan.decisions if decision.action is not rotation.Action.ADOPTED]
+        if not pending or time.monotonic() >= deadline:
+            break
+        if all(decision.action in (rotation.Action.ALERT, rotation.Action.BLOCKED) for decision in pending):
+            break  # waiting cannot help: a human has to act
+        time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+    _print_result(result, as_json=args.json, dry_run=False)
+    return 0 if not pending else EXIT_FAILED
+
+
+def _usage(args: argparse.Namespace) -> int:
+    key, deps = _key_and_deps(args)
+    state = deps.keys(key.vault).get_key_state(key)
+    consumers = deps.inventory.consumers_of(key)
+    usages = rotation.retirement(state, consumers, {}, None, now=deps.clock.now(),
+                                 window=deps.planner.adoption_window)
+    if args.json:
+        print(json.dumps({"key": key.uri, "versions": [
+            {"version": usage.version, "enabled": usage.enabled, "created": usage.created.isoformat(),
+             "consumers": list(usage.consumers), "blobs": usage.blob_count, "safe_to_disable": usage.safe,
+             "reason": usage.reason.value, "message": usage.message}
+            for usage in usages
+        ]}, indent=2))
+        return 0
+    _print_table(f"{key.uri}: versions (oldest first)", ["version", "enabled", "consumers", "safe", "why"], [
+        [usage.version, str(usage.enabled), str(len(usage.consumers)), "yes" if usage.safe else "no", usage.message]
+        for usage in usages
+    ])
+    return 0
+
+
+def _print_result(result: reconciler.ReconcileResult, *, as_json: bool, dry_run: bool) -> None:
+    if as_json:
+        print(json.dumps({**result.as_json(), "dry_run": dry_run}, indent=2))
+        return
+    target = result.plan.target.version if result.plan.target else "none"
+    title = f"{result.key.uri} -> target {target}" + (" (dry run: nothing changed)" if dry_run else "")
+    rows = [[decision.consumer.resource_id.rsplit("/", 1)[-1], decision.action.value, decision.reason.value,
+             decision.consumer.current_version or "unknown"] for decision in result.plan.decisions]
+    _print_table(title, ["consumer", "action", "reason", "current version"], rows)
+    for failure in result.failures:
+        print(f"failed: {failure}", file=sys.stderr)
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)

@@ -1,0 +1,139 @@
+"""Rotation end to end in the sandbox: rotate a key in the emulated vault -> Event Grid -> the local
+Functions host -> on_key_event -> the reconciler, as the controller's managed identity, through ARM.
+
+A pinned account with the update policy and a versionless account (and its encryption scope) converge
+on the new version; the versionless one keeps automatic updates on; an account whose identity lost its
+access is not touched and is alerted to the webhook sink; conditions are recorded in the ledger.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.data.tables import TableClient
+
+from emulators import sandbox
+from emulators.seed import SandboxClients, Seeder, load_scenario
+
+pytestmark = pytest.mark.e2e
+
+GROUP = "rg-cmk-rotation"
+
+
+def scenario() -> dict[str, Any]:
+    spec = copy.deepcopy(load_scenario("rotation"))
+    vault = spec["vaults"][0]
+    vault["accessPolicies"].append(
+        {"principal": "identity:id-storage-revoked", "keys": ["get", "wrapKey", "unwrapKey"]})
+    spec["identities"].append({"name": "id-storage-revoked", "resourceGroup": GROUP})
+    for account in spec["storageAccounts"]:
+        if account["name"] == "stcmkpinned":
+            account["tags"] = {"cmk-pinned-policy": "update"}
+    spec["storageAccounts"].append({
+        "name": "stcmkrevoked", "resourceGroup": GROUP, "identity": "id-storage-revoked",
+        "cmk": {"vault": vault["name"], "key": spec["keys"][0]["name"], "pinned": False},
+    })
+    spec["roleAssignments"] = [
+        {"principal": "$controller", "role": "Reader", "scope": "subscription"},
+        {"principal": "$controller", "role": spec["roleDefinitions"][0]["name"], "scope": f"resourceGroup:{GROUP}"},
+    ]
+    spec["containers"] = []
+    return spec
+
+
+def wait_for(condition, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError("condition not reached before the deadline")
+
+
+def revoke(clients: SandboxClients, state: dict[str, Any], spec: dict[str, Any], principal_id: str) -> None:
+    from azure.mgmt.keyvault.models import (
+        AccessPolicyEntry,
+        AccessPolicyUpdateKind,
+        Permissions,
+        VaultAccessPolicyParameters,
+        VaultAccessPolicyProperties,
+    )
+
+    entry = AccessPolicyEntry(tenant_id=state["tenantId"], object_id=principal_id,
+                              permissions=Permissions(keys_property=["get", "wrapKey", "unwrapKey"]))
+    clients.keyvault_mgmt.vaults.update_access_policy(
+        GROUP, spec["vaults"][0]["name"], AccessPolicyUpdateKind.REMOVE,
+        VaultAccessPolicyParameters(properties=VaultAccessPolicyProperties(access_policies=[entry])),
+    )
+
+
+def version_of(identifier: str | None) -> str:
+    return (identifier or "").rstrip("/").rsplit("/", 1)[-1]
+
+
+@pytest.fixture(scope="module")
+def estate(tmp_path_factory):
+    directory: Path = tmp_path_factory.mktemp("sandbox")
+    spec = scenario()
+    with sandbox.running(directory, timeout=120) as state:
+        seeded = Seeder(directory, spec, log=lambda _text: None).run()
+        clients = SandboxClients.for_state(state, spec["subscriptionId"], spec["operator"]["objectId"], "operator")
+        yield {"directory": directory, "state": state, "spec": spec, "seeded": seeded, "clients": clients}
+
+
+def test_a_rotation_is_adopted_everywhere_it_may_be_and_alerted_where_it_may_not(estate):
+    clients, spec, seeded, state = estate["clients"], estate["spec"], estate["seeded"], estate["state"]
+    revoke(clients, state, spec, seeded["identities"]["id-storage-revoked"]["principalId"])
+    keys = clients.key_client(next(iter(seeded["vaults"].values()))["uri"])
+    old_version = keys.get_key(spec["keys"][0]["name"]).properties.version
+    new_version = keys.rotate_key(spec["keys"][0]["name"]).properties.version
+
+    def account(name: str) -> Any:
+        return clients.storage.storage_accounts.get_properties(GROUP, name)
+
+    def converged() -> bool:
+        auto, pinned = account("stcmkauto"), account("stcmkpinned")
+        scope = clients.storage.encryption_scopes.get(GROUP, "stcmkauto", "cmkscope")
+        return (version_of(auto.encryption.key_vault_properties.current_versioned_key_identifier) == new_version
+                and not auto.encryption.key_vault_properties.key_version
+                and pinned.encryption.key_vault_properties.key_version == new_version
+                and version_of(scope.key_vault_properties.current_versioned_key_identifier) == new_version
+                and scope.key_vault_properties.key_uri.rstrip("/").endswith("/keys/storage-cmk"))
+
+    wait_for(converged)
+    revoked = account("stcmkrevoked").encryption.key_vault_properties
+    assert version_of(revoked.current_versioned_key_identifier) == old_version  # never touched
+    assert not revoked.key_version
+
+    def alerts() -> list[dict[str, Any]]:
+        with urllib.request.urlopen(f"{state['endpoints']['alertSink']}/_records", timeout=10) as response:  # noqa: S310
+            return [record["body"] for record in json.loads(response.read())
+                    if isinstance(record["body"], dict) and record["body"].get("resource", "").endswith("stcmkrevoked")]
+
+    [alert] = wait_for(alerts)[:1]
+    assert alert["reason"] == "IdentityLacksAccess"
+    assert alert["severity"] == "critical"
+
+    settings = json.loads((estate["directory"] / "local.settings.json").read_text())["Values"]
+    ledger = TableClient.from_connection_string(settings["AzureWebJobsStorage"],
+                                                table_name=settings["CMK_LEDGER_TABLE"])
+
+    def conditions() -> dict[str, list[dict[str, Any]]]:
+        return {entity["Subject"]: json.loads(entity["Conditions"])
+                for entity in ledger.query_entities("Kind eq 'consumer'")}
+
+    recorded = wait_for(lambda: (found := conditions()) and len(found) >= 4 and found)
+    by_account = {subject.rsplit("/", 1)[-1]: items for subject, items in recorded.items()}
+    adopted = {item["type"]: item for item in by_account["stcmkauto"]}["Adopted"]
+    assert (adopted["status"], adopted["reason"]) == ("True", "Adopted")
+    access = {item["type"]: item for item in by_account["stcmkrevoked"]}["KeyAccessible"]
+    assert (access["status"], access["reason"]) == ("False", "IdentityLacksAccess")
+    intents = [entity for entity in ledger.query_entities("Kind eq 'intent'")]
+    assert {entity["Step"] for entity in intents} == {"restored"}  # the forced adoptions completed

@@ -1,0 +1,123 @@
+"""`cmkctl rewrap` against Azurite and the sandbox vault: run here, resume, dry run, fan out."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from azure.storage.queue import QueueClient
+
+from controller.cli import main
+from emulators.keyvault import Principal, encode_token
+from tests.integration.test_rewrap_adapters import CONTROLLER, Sandbox, assert_all_on, populate
+from tests.integration.test_rewrap_adapters import sandbox as sandbox  # noqa: PLC0414 - the fixture
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cli_env(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    token = encode_token(Principal(oid=CONTROLLER), audience="https://vault.azure.net")
+    monkeypatch.setenv("CMK_VAULTS", sandbox.origin)
+    monkeypatch.setenv("CMK_SANDBOX_TOKEN", token)
+    monkeypatch.setenv("CMK_SANDBOX_CA", sandbox.kv.ca_path)
+    monkeypatch.setenv("AzureWebJobsStorage", sandbox.connection_string)
+    monkeypatch.setenv("CMK_LEDGER_TABLE", sandbox.table.table_name)
+    monkeypatch.setenv("CMK_WORK_QUEUE", f"w{sandbox.table.table_name[2:]}")
+    monkeypatch.setenv("BLOBS", sandbox.connection_string)
+    return sandbox
+
+
+def rewrap_args(world: Sandbox, *extra: str) -> list[str]:
+    vault = world.origin.removeprefix("https://")
+    return [
+        "rewrap", "--account", "devstoreaccount1", "--container", world.container,
+        "--key", f"{vault}/{world.key_name}", "--connection-string-setting", "BLOBS", *extra,
+    ]
+
+
+def test_rewrap_runs_to_the_current_version_and_prints_the_report(
+    cli_env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written = populate(cli_env, 10)
+    status = main(rewrap_args(cli_env, "--concurrency", "4"))
+    captured = capsys.readouterr()
+    out = captured.out
+    assert status == 0, captured.err
+    [report] = json.loads(out)
+    assert report["counts"]["rewrapped"] == 10
+    assert report["target_key_id"] == cli_env.new_key_id  # versionless --key: the current version
+    assert report["complete"] is True
+    assert_all_on(cli_env, written, cli_env.new_key_id)
+
+
+def test_dry_run_writes_nothing(cli_env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    populate(cli_env, 3)
+    assert main(rewrap_args(cli_env, "--dry-run")) == 0
+    [report] = json.loads(capsys.readouterr().out)
+    assert report["dry_run"] is True
+    assert len(report["planned"]) == 3
+    assert all(cli_env.key_id_of(f"doc/{i:04d}.txt") == cli_env.old_key_id for i in range(3))
+
+
+def test_to_version_and_malformed_envelopes_give_exit_status_1(
+    cli_env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    populate(cli_env, 2)
+    cli_env.container_client().upload_blob("broken", b"x", metadata={"encryptiondata": "[]"})
+    old_version = cli_env.old_key_id.rsplit("/", 1)[1]
+    assert main(rewrap_args(cli_env, "--to-version", old_version)) == 1
+    [report] = json.loads(capsys.readouterr().out)
+    assert report["counts"]["already_current"] == 2
+    assert report["problems"] == [{"name": "broken", "reason": "malformed_envelope", "detail": "not_an_object"}]
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("--key", "evil.example.com/k"), ("--key", "nokey"), ("--concurrency", "0"), ("--account", "UPPER")],
+)
+def test_invalid_arguments_exit_2(
+    cli_env: Sandbox, capsys: pytest.CaptureFixture[str], argument: str, value: str
+) -> None:
+    args = rewrap_args(cli_env)
+    if argument in args:
+        args[args.index(argument) + 1] = value
+    else:
+        args += [argument, value]
+    assert main(args) == 2
+    assert "cmkctl:" in capsys.readouterr().err
+
+
+def test_enqueue_fans_out_one_item_per_prefix(cli_env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(rewrap_args(cli_env, "--enqueue", "--prefix", "a/", "--prefix", "b/"))
+    assert status == 0
+    queue = QueueClient.from_connection_string(cli_env.connection_string, f"w{cli_env.table.table_name[2:]}")
+    messages = [json.loads(base64.b64decode(m.content)) for m in queue.peek_messages(max_messages=10)]
+    queue.delete_queue()
+    assert sorted(m["prefix"] for m in messages) == ["a/", "b/"]
+    assert {m["key_id"] for m in messages} == {cli_env.new_key_id}
+    assert json.loads(capsys.readouterr().out)["enqueued"]
+
+
+def test_rewrite_mode_gives_new_content_keys(cli_env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    written = populate(cli_env, 4)
+    before = {b.name: b.metadata["encryptiondata"] for b in cli_env.container_client().list_blobs(include=["metadata"])}
+    status = main(rewrap_args(cli_env, "--mode", "rewrite"))
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    [report] = json.loads(captured.out)
+    assert report["mode"] == "rewrite"
+    assert report["counts"] == {"rewritten": 4}
+    assert_all_on(cli_env, written, cli_env.new_key_id)
+    after = {b.name: b.metadata["encryptiondata"] for b in cli_env.container_client().list_blobs(include=["metadata"])}
+    assert all(
+        json.loads(after[name])["WrappedContentKey"]["EncryptedKey"]
+        != json.loads(before[name])["WrappedContentKey"]["EncryptedKey"]
+        for name in written
+    )
+
+
+def test_an_encryption_scope_needs_rewrite_mode(cli_env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(rewrap_args(cli_env, "--encryption-scope", "scope1")) == 2
+    assert "rewrite" in capsys.readouterr().err

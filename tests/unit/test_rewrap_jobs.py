@@ -1,0 +1,175 @@
+"""The re-wrap work-item model, job splitting, the time budget, and process_work's ``rewrap`` kind,
+over the engine's hand-written fakes (tests/unit/test_rewrap_engine.py)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import pytest
+
+from controller.errors import Conflict, InvalidInput, PermanentError
+from controller.rewrap import RsaPublicKeyWrapper
+from controller.rewrap_jobs import (
+    BudgetedBlobStore,
+    BudgetExhausted,
+    RewrapMode,
+    RewrapPorts,
+    RewrapWorkItem,
+    TimeBudget,
+    parse_work_item,
+    split_job,
+)
+from controller.service import Dependencies, InvalidWorkItem, RewrapItemStatus, process_work
+from controller.settings import load_settings
+from tests.unit.fakes import FakeClock, FakeLedger
+from tests.unit.test_envelope import NEW_KEY_ID, OLD_KEY_ID, VAULT, new_kek, old_kek
+from tests.unit.test_rewrap_engine import CONTAINER, FakeBlobStore, FakeCheckpoint, FakeUnwrapper
+
+pytestmark = pytest.mark.unit
+
+ACCOUNT = "contosodata"
+
+
+def message(**overrides: object) -> dict[str, object]:
+    return {"kind": "rewrap", "account": ACCOUNT, "container": CONTAINER, "key_id": NEW_KEY_ID, **overrides}
+
+
+def test_a_work_item_round_trips_through_its_message() -> None:
+    item = RewrapWorkItem(ACCOUNT, CONTAINER, "2026/", NEW_KEY_ID, RewrapMode.REWRITE, 4, True, 3)
+    assert parse_work_item(item.to_message(), vaults=(VAULT,)) == item
+    assert item.continuation().sequence == 4
+    assert item.continuation().prefix == "2026/"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "complaint"),
+    [
+        ({"account": "Bad_Account"}, "account"),
+        ({"container": "x"}, "container"),
+        ({"prefix": ""}, "prefix"),
+        ({"key_id": "https://elsewhere.vault.azure.net/keys/k/" + "a" * 32}, "CMK_VAULTS"),
+        ({"key_id": NEW_KEY_ID.rsplit("/", 1)[0]}, "version"),
+        ({"mode": "shred"}, "mode"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"concurrency": True}, "concurrency"),
+        ({"dry_run": "yes"}, "dry_run"),
+        ({"sequence": -1}, "sequence"),
+        ({"marker": "x"}, "unknown field"),
+    ],
+)
+def test_invalid_work_items_are_refused_with_the_field(overrides: dict[str, object], complaint: str) -> None:
+    with pytest.raises(InvalidInput, match=complaint):
+        parse_work_item(message(**overrides), vaults=(VAULT,))
+
+
+def test_split_job_gives_one_item_per_container_and_prefix() -> None:
+    items = split_job(
+        targets=[(ACCOUNT, "a1"), (ACCOUNT, "b2"), (ACCOUNT, "a1")], key_id=NEW_KEY_ID, prefixes=["y/", "x/"]
+    )
+    assert [(item.container, item.prefix) for item in items] == [("a1", "x/"), ("a1", "y/"), ("b2", "x/"), ("b2", "y/")]
+    assert split_job(targets=[(ACCOUNT, "a1")], key_id=NEW_KEY_ID)[0].prefix is None
+
+
+@pytest.mark.parametrize("prefixes", [["a/", "a/b"], ["", "x"]])
+def test_overlapping_prefixes_are_refused(prefixes: list[str]) -> None:
+    with pytest.raises(InvalidInput, match="overlap"):
+        split_job(targets=[(ACCOUNT, "a1")], key_id=NEW_KEY_ID, prefixes=prefixes)
+
+
+def test_the_budgeted_store_always_lists_one_page_then_stops_once_spent() -> None:
+    clock = FakeClock()
+    store = FakeBlobStore(page_size=1)
+    store.put("a", {})
+    store.put("b", {})
+    budgeted = BudgetedBlobStore(store, TimeBudget(clock, 10))
+    clock.advance(timedelta(seconds=11))
+    assert [item.name for item in budgeted.list_blobs(CONTAINER, prefix=None, marker=None).items] == ["a"]
+    with pytest.raises(BudgetExhausted):
+        budgeted.list_blobs(CONTAINER, prefix=None, marker="a")
+
+
+@dataclass
+class FakeQueue:
+    sent: list[dict[str, object]] = field(default_factory=list)
+
+    def enqueue(self, message: dict[str, object], *, delay: timedelta | None = None) -> None:
+        self.sent.append(message)
+
+
+class TickingClock(FakeClock):
+    def now(self):  # type: ignore[no-untyped-def]
+        self.advance(timedelta(seconds=1))
+        return super().now()
+
+
+@dataclass
+class FakeBackend:
+    store: FakeBlobStore
+    checkpoint: FakeCheckpoint = field(default_factory=FakeCheckpoint)
+    unwrapper: FakeUnwrapper = field(default_factory=lambda: FakeUnwrapper(keys={OLD_KEY_ID: old_kek()}))
+
+    def open(self, item: RewrapWorkItem) -> RewrapPorts:
+        target = new_kek()
+        wrapper = RsaPublicKeyWrapper(target.kid, target.private_key.public_key())
+        return RewrapPorts(store=self.store, unwrapper=self.unwrapper, wrapper=wrapper, checkpoint=self.checkpoint)
+
+
+def deps(backend: FakeBackend | None, queue: FakeQueue | None, *, budget: float = 300.0) -> Dependencies:
+    return Dependencies(
+        settings=load_settings({"CMK_VAULTS": VAULT}),
+        clock=TickingClock(),
+        ledger=FakeLedger(),
+        rewrap=backend,
+        work_queue=queue,
+        rewrap_budget_seconds=budget,
+    )
+
+
+def encrypted_store(count: int, page_size: int = 2) -> FakeBlobStore:
+    store = FakeBlobStore(page_size=page_size)
+    for index in range(count):
+        store.put_encrypted(f"b{index:02d}", b"data %d" % index, old_kek(), "2.0")
+    return store
+
+
+def test_process_work_runs_a_slice_and_enqueues_the_continuation_until_done() -> None:
+    store = encrypted_store(9)  # five pages of two
+    backend = FakeBackend(store)
+    queue = FakeQueue()
+    context = deps(backend, queue, budget=1.5)  # two pages per slice with the ticking clock
+    body = json.dumps(message())
+    statuses = []
+    while body:
+        report = process_work(body, context)
+        assert report.rewrap is not None
+        statuses.append(report.rewrap.status)
+        body = json.dumps(queue.sent.pop()) if queue.sent else ""
+    assert statuses == [RewrapItemStatus.CONTINUED, RewrapItemStatus.CONTINUED, RewrapItemStatus.COMPLETE]
+    assert all(store.key_id(name) == NEW_KEY_ID for name in store.blobs)
+    assert backend.unwrapper.calls == 9
+    # A late redelivery of a continuation of the finished job does nothing.
+    late = process_work(json.dumps(message(sequence=1)), context)
+    assert late.rewrap is not None
+    assert late.rewrap.status is RewrapItemStatus.DUPLICATE
+    assert backend.unwrapper.calls == 9
+
+
+def test_a_checkpoint_conflict_means_another_worker_owns_the_job() -> None:
+    backend = FakeBackend(encrypted_store(2))
+
+    def lose(job_id: str, progress: object) -> None:
+        raise Conflict("checkpoint ETag")
+
+    backend.checkpoint.save = lose  # type: ignore[method-assign,assignment]
+    report = process_work(json.dumps(message()), deps(backend, FakeQueue()))
+    assert report.rewrap is not None
+    assert report.rewrap.status is RewrapItemStatus.SUPERSEDED
+
+
+def test_rewrap_items_without_a_backend_or_with_bad_fields_fail_permanently() -> None:
+    with pytest.raises(PermanentError, match="not configured"):
+        process_work(json.dumps(message()), deps(None, None))
+    with pytest.raises(InvalidWorkItem, match="concurrency"):
+        process_work(json.dumps(message(concurrency=999)), deps(None, None))
