@@ -23,14 +23,18 @@ from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64E
 
 from controller import reconciler, rotation
 from controller.adapters.credentials import ArmConnection, controller_credential
-from controller.adapters.inventory import ConsumerDirectory, Inventory
+from controller.adapters.inventory import BlobEndpoints, ConsumerDirectory, Inventory
 from controller.adapters.key_vault import KeyVaults
+from controller.adapters.key_vault_crypto import VaultClients
 from controller.adapters.notifier import FanOutNotifier, LogNotifier, WebhookNotifier
+from controller.adapters.rewrap_backend import AzureRewrapBackend, token_blob_services
+from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
 from controller.adapters.rotation_ledger import TableRotationLedger
 from controller.adapters.storage_control import StorageControl
 from controller.adapters.table_ledger import TableEventLedger
 from controller.adapters.work_queue import StorageWorkQueue, work_queue_client
 from controller.errors import SettingsError
+from controller.model import VaultOrigin
 from controller.ports import Notifier
 from controller.service import Dependencies
 from controller.settings import Settings, load_settings
@@ -79,13 +83,28 @@ def build(environ: Mapping[str, str]) -> Dependencies:
         clock=clock,
         planner=rotation.PlannerSettings.from_settings(settings),
     )
+    rewrap = AzureRewrapBackend(
+        vault_clients=VaultClients(credential, allowed_origins=settings.vaults, custom_origins=settings.vaults,
+                                   **_challenge_options(settings)),
+        blob_service=token_blob_services(credential, endpoint=BlobEndpoints(inventory)),
+        checkpoint=TableRewrapCheckpoint(storage.table(settings.ledger_table)),
+    )
     return Dependencies(
         settings=settings,
         clock=clock,
         ledger=TableEventLedger(storage.table(settings.ledger_table)),
         work_queue=queue,
+        rewrap=rewrap,
         reconcile=reconcile,
     )
+
+
+def _challenge_options(settings: Settings) -> dict[str, bool]:
+    """Vaults on custom origins (the local sandbox) answer the challenge for a resource that cannot
+    match their loopback host: only when such an origin is configured is the resource check off."""
+    if all(VaultOrigin(origin).name is not None for origin in settings.vaults):
+        return {}
+    return {"verify_challenge_resource": False}
 
 
 def _notifier(settings: Settings) -> Notifier:

@@ -13,7 +13,7 @@ from controller import reconciler
 from controller.errors import Conflict, InvalidEvent, InvalidInput, PermanentError, TransientError
 from controller.events import IntakeResult, parse_delivery
 from controller.logs import log_record
-from controller.model import KeyEvent, parse_key_id, parse_vault_origin
+from controller.model import ConsumerKind, KeyEvent, KeyEventKind, KeyRef, parse_key_id, parse_vault_origin
 from controller.ports import Clock, EventLedger, RewrapProgress, WorkQueue
 from controller.rewrap import RewrapEngine, RewrapOptions
 from controller.rewrap_jobs import WORK_KIND as REWRAP_WORK_KIND
@@ -27,6 +27,7 @@ from controller.rewrap_jobs import (
     RewriteRunner,
     TimeBudget,
     parse_work_item,
+    split_job,
 )
 from controller.settings import Settings
 
@@ -91,7 +92,9 @@ def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
     log_record(log, logging.INFO, f"key event {outcome.value}", {**event.as_json(), "outcome": outcome.value})
     if outcome is Outcome.ACCEPTED and deps.reconcile is not None:
         try:
-            reconciler.on_key_event(event, deps.reconcile, auto_rotate=deps.settings.auto_rotate)
+            results = reconciler.on_key_event(event, deps.reconcile, auto_rotate=deps.settings.auto_rotate)
+            if event.kind is KeyEventKind.NEW_VERSION and event.key is not None:
+                _fan_out_rewrap(event.key, results, deps)
         except TransientError:
             deps.ledger.release_event(event.event_id)
             raise
@@ -209,6 +212,36 @@ def process_work(body: str, deps: Dependencies) -> WorkReport:
     except InvalidEvent as err:
         raise InvalidWorkItem(f"key_event work item: {err}") from err
     return WorkReport(kind=kind, intake=handle_intake(result, deps))
+
+
+#: Account tag naming the account's client-side-encrypted containers to re-wrap after a rotation.
+REWRAP_CONTAINERS_TAG = "cmk-rewrap-containers"
+
+
+def rewrap_targets(results: list[reconciler.ReconcileResult], settings: Settings) -> list[tuple[str, str]]:
+    """CMK_REWRAP_TARGETS plus the containers that consumers of the key list in their account tag."""
+    targets = {(target.account, target.container) for target in settings.rewrap_targets}
+    for result in results:
+        for decision in result.plan.decisions:
+            tagged = decision.consumer.tag(REWRAP_CONTAINERS_TAG)
+            if decision.consumer.kind is ConsumerKind.ACCOUNT and tagged:
+                targets.update((decision.consumer.account_name, container.strip())
+                               for container in tagged.split(";") if container.strip())
+    return sorted(targets)
+
+
+def _fan_out_rewrap(key: KeyRef, results: list[reconciler.ReconcileResult], deps: Dependencies) -> None:
+    """After a new version: re-wrap the registered client-side-encrypted containers onto it."""
+    targets = rewrap_targets(results, deps.settings)
+    if not targets or deps.work_queue is None or key.version is None:
+        return
+    try:
+        items = split_job(targets=targets, key_id=key.uri)
+    except InvalidInput as err:  # a malformed tag: alert, the rest of the event is done
+        log_record(log, logging.ERROR, "re-wrap targets are invalid",
+                   {"kind": "alert", "alert": "rewrap_targets_invalid", "key": key.uri, "reason": str(err)})
+        return
+    enqueue_rewrap(items, deps)
 
 
 def _reconcile_item(item: dict[str, object], deps: Dependencies) -> reconciler.ReconcileResult:

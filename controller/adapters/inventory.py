@@ -16,6 +16,8 @@ every subscription the identity can read, and the fallback lists them first (GET
 
 from __future__ import annotations
 
+import re
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +31,7 @@ from controller.adapters.azure_errors import translated
 from controller.adapters.credentials import ArmConnection
 from controller.adapters.key_access import KeyAccess
 from controller.adapters.storage_control import ScopeSearch, StorageControl
-from controller.errors import InvalidKeyId, InvalidResourceId, PermanentError
+from controller.errors import InvalidInput, InvalidKeyId, InvalidResourceId, NotFound, PermanentError
 from controller.model import (
     Consumer,
     ConsumerListing,
@@ -255,3 +257,39 @@ if TYPE_CHECKING:  # mypy proves the adapter satisfies its port
 
     def _implements_port(adapter: ConsumerDirectory) -> ConsumerInventory:
         return adapter
+
+
+_STORAGE_ACCOUNT_NAME = re.compile(r"^[a-z0-9]{3,24}$")
+
+
+class BlobEndpoints:
+    """Storage account name -> its blob endpoint, as ARM reports it (``primaryEndpoints.blob``).
+
+    Never built from the name: sovereign clouds, DNS zone endpoints and the local sandbox all have
+    their own endpoints. Looked up once per account per process (one Resource Graph query).
+    """
+
+    def __init__(self, inventory: Inventory) -> None:
+        self._inventory = inventory
+        self._cache: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, account: str) -> str:
+        name = account.lower()
+        if not _STORAGE_ACCOUNT_NAME.match(name):
+            raise InvalidInput(f"{account[:64]!r} is not a storage account name")
+        with self._lock:
+            cached = self._cache.get(name)
+        if cached is not None:
+            return cached
+        rows = list(self._inventory.query(
+            "resources | where type =~ 'microsoft.storage/storageaccounts' "
+            f"| where name =~ '{name}' | project blob = tostring(properties.primaryEndpoints.blob)"
+        ))
+        endpoints = {str(row.get("blob") or "") for row in rows} - {""}
+        if len(endpoints) != 1:
+            raise NotFound(f"storage account {name}: {len(endpoints)} blob endpoints found in the inventory")
+        endpoint = endpoints.pop().rstrip("/")
+        with self._lock:
+            self._cache[name] = endpoint
+        return endpoint

@@ -3,7 +3,9 @@ Functions host -> on_key_event -> the reconciler, as the controller's managed id
 
 A pinned account with the update policy and a versionless account (and its encryption scope) converge
 on the new version; the versionless one keeps automatic updates on; an account whose identity lost its
-access is not touched and is alerted to the webhook sink; conditions are recorded in the ledger.
+access is not touched and is alerted to the webhook sink; conditions are recorded in the ledger; the
+account's tagged client-side-encrypted container is re-wrapped onto the new version by process_work
+(queue fan-out), and every blob still decrypts.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def scenario() -> dict[str, Any]:
     for account in spec["storageAccounts"]:
         if account["name"] == "stcmkpinned":
             account["tags"] = {"cmk-pinned-policy": "update"}
+        if account["name"] == "stcmkauto":  # its client-side-encrypted container, re-wrapped after a rotation
+            account["tags"] = {"cmk-rewrap-containers": "documents"}
     spec["storageAccounts"].append({
         "name": "stcmkrevoked", "resourceGroup": GROUP, "identity": "id-storage-revoked",
         "cmk": {"vault": vault["name"], "key": spec["keys"][0]["name"], "pinned": False},
@@ -43,7 +47,6 @@ def scenario() -> dict[str, Any]:
         {"principal": "$controller", "role": "Reader", "scope": "subscription"},
         {"principal": "$controller", "role": spec["roleDefinitions"][0]["name"], "scope": f"resourceGroup:{GROUP}"},
     ]
-    spec["containers"] = []
     return spec
 
 
@@ -137,3 +140,28 @@ def test_a_rotation_is_adopted_everywhere_it_may_be_and_alerted_where_it_may_not
     assert (access["status"], access["reason"]) == ("False", "IdentityLacksAccess")
     intents = [entity for entity in ledger.query_entities("Kind eq 'intent'")]
     assert {entity["Step"] for entity in intents} == {"restored"}  # the forced adoptions completed
+
+
+def test_the_tagged_container_is_rewrapped_onto_the_new_version_by_the_queue_fan_out(estate):
+    clients, spec, seeded = estate["clients"], estate["spec"], estate["seeded"]
+    keys = clients.key_client(next(iter(seeded["vaults"].values()))["uri"])
+    current = keys.get_key(spec["keys"][0]["name"]).properties.version  # the rotation of the first test
+    container = clients.blob_service(GROUP, "stcmkauto").get_container_client("documents")
+
+    def wrapped_versions() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for blob in container.list_blobs(include=["metadata"]):
+            envelope = json.loads(blob.metadata["encryptiondata"])
+            version = version_of(envelope["WrappedContentKey"]["KeyId"])
+            counts[version] = counts.get(version, 0) + 1
+        return counts
+
+    assert wait_for(lambda: wrapped_versions() == {current: 20} or None, timeout=90)
+    # Every blob still decrypts with the unmodified client, its content key unwrapped by the new version.
+    new_kek = clients.key_wrapper(keys.get_key(spec["keys"][0]["name"]).id)
+    for blob in container.list_blobs():
+        reader = container.get_blob_client(blob.name)
+        reader.key_encryption_key = new_kek
+        reader.require_encryption = True
+        reader.encryption_version = "2.0"
+        assert reader.download_blob().readall().startswith(blob.name.encode())

@@ -77,3 +77,29 @@ def test_the_sweep_reconciles_every_key_in_use_and_survives_a_failing_one():
     failed = service.run_sweep(dependencies(w, ledger))
     assert failed.keys_reconciled == ()
     assert len(failed.failures) == 1
+
+
+def test_a_new_version_fans_out_rewrap_of_registered_and_tagged_containers():
+    from tests.unit.test_reconciler import FakeQueue
+
+    w = world(account("stfree", tags=(("cmk-rewrap-containers", "docs; images"),)), account("stplain"))
+    queue = FakeQueue()
+    settings = load_settings({"CMK_VAULTS": KEY.vault.url, "CMK_REWRAP_TARGETS": "starchive/backups"})
+    deps = service.Dependencies(settings=settings, clock=w.clock, ledger=FakeLedger(), reconcile=w.deps,
+                                work_queue=queue)
+    service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps)
+    items = [message for message, _ in queue.items if message.get("kind") == "rewrap"]
+    assert sorted((item["account"], item["container"]) for item in items) == [
+        ("starchive", "backups"), ("stfree", "docs"), ("stfree", "images")]
+    assert {item["key_id"] for item in items} == {KEY.with_version(NEW).uri}
+
+
+def test_no_rewrap_is_fanned_out_for_other_event_kinds():
+    from tests.unit.test_reconciler import FakeQueue
+
+    w = world(account("stfree", tags=(("cmk-rewrap-containers", "docs"),)))
+    queue = FakeQueue()
+    deps = service.Dependencies(settings=load_settings({"CMK_VAULTS": KEY.vault.url}), clock=w.clock,
+                                ledger=FakeLedger(), reconcile=w.deps, work_queue=queue)
+    service.handle_key_event(event(KeyEventKind.EXPIRED, OLD), deps)
+    assert [message for message, _ in queue.items if message.get("kind") == "rewrap"] == []
