@@ -22,6 +22,8 @@ from azure.identity import ManagedIdentityCredential
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from controller import reconciler, rotation
+from controller.adapters.audit_log import LogAnalyticsAuditLog
+from controller.adapters.blob_store import AzureBlobStore
 from controller.adapters.credentials import ArmConnection, controller_credential
 from controller.adapters.inventory import BlobEndpoints, ConsumerDirectory, Inventory
 from controller.adapters.key_vault import KeyVaults
@@ -83,11 +85,17 @@ def build(environ: Mapping[str, str]) -> Dependencies:
         clock=clock,
         planner=rotation.PlannerSettings.from_settings(settings),
     )
+    blob_services = token_blob_services(credential, endpoint=BlobEndpoints(inventory))
     rewrap = AzureRewrapBackend(
         vault_clients=VaultClients(credential, allowed_origins=settings.vaults, custom_origins=settings.vaults,
                                    **_challenge_options(settings)),
-        blob_service=token_blob_services(credential, endpoint=BlobEndpoints(inventory)),
+        blob_service=blob_services,
         checkpoint=TableRewrapCheckpoint(storage.table(settings.ledger_table)),
+    )
+    audit = (
+        LogAnalyticsAuditLog(credential, workspace_id=settings.log_analytics_workspace,
+                             endpoint=settings.log_analytics_endpoint, custom_origins=settings.vaults)
+        if settings.log_analytics_workspace else None
     )
     return Dependencies(
         settings=settings,
@@ -96,6 +104,8 @@ def build(environ: Mapping[str, str]) -> Dependencies:
         work_queue=queue,
         rewrap=rewrap,
         reconcile=reconcile,
+        blob_stores=lambda account: AzureBlobStore(blob_services(account, 8)),
+        audit=audit,
     )
 
 

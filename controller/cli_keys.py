@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from controller import bootstrap, reconciler, rotation
+from controller import bootstrap, reconciler, rotation, service
 from controller.errors import ControllerError, InvalidKeyId
 from controller.model import KeyRef, normalise_origin, parse_key_id
 
@@ -56,14 +56,18 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
 
 
 def _key_and_deps(args: argparse.Namespace) -> tuple[KeyRef, reconciler.ReconcileDeps]:
-    deps = bootstrap.build(os.environ)
+    key, deps = _key_and_app(args)
     if deps.reconcile is None:
         raise ControllerError("the reconciler is not configured")
+    return key, deps.reconcile
+
+
+def _key_and_app(args: argparse.Namespace) -> tuple[KeyRef, service.Dependencies]:
+    deps = bootstrap.build(os.environ)
     origin = normalise_origin(args.vault)
     if origin not in deps.settings.vaults:
         raise InvalidKeyId(f"vault {origin} is not in CMK_VAULTS")
-    key = parse_key_id(f"{origin}/keys/{args.key}", custom_origins=deps.settings.vaults)
-    return key, deps.reconcile
+    return parse_key_id(f"{origin}/keys/{args.key}", custom_origins=deps.settings.vaults), deps
 
 
 def _reconcile(args: argparse.Namespace) -> int:
@@ -91,21 +95,21 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    key, deps = _key_and_deps(args)
-    state = deps.keys(key.vault).get_key_state(key)
-    consumers = deps.inventory.consumers_of(key)
-    usages = rotation.retirement(state, consumers, {}, None, now=deps.clock.now(),
-                                 window=deps.planner.adoption_window)
+    key, deps = _key_and_app(args)
+    usages = service.key_usage(key, deps)
     if args.json:
         print(json.dumps({"key": key.uri, "versions": [
             {"version": usage.version, "enabled": usage.enabled, "created": usage.created.isoformat(),
-             "consumers": list(usage.consumers), "blobs": usage.blob_count, "safe_to_disable": usage.safe,
+             "consumers": list(usage.consumers), "blobs": usage.blob_count,
+             "last_unwrap": usage.last_unwrap.isoformat() if usage.last_unwrap else None,
+             "audit_available": usage.audit_available, "safe_to_disable": usage.safe,
              "reason": usage.reason.value, "message": usage.message}
             for usage in usages
         ]}, indent=2))
         return 0
-    _print_table(f"{key.uri}: versions (oldest first)", ["version", "enabled", "consumers", "safe", "why"], [
-        [usage.version, str(usage.enabled), str(len(usage.consumers)), "yes" if usage.safe else "no", usage.message]
+    _print_table(f"{key.uri}: versions (oldest first)", ["version", "consumers", "blobs", "safe", "why"], [
+        [usage.version, str(len(usage.consumers)), str(usage.blob_count), "yes" if usage.safe else "no",
+         usage.message]
         for usage in usages
     ])
     return 0

@@ -235,4 +235,12 @@ class Notifier(Protocol):
         ...
 
 
+class AuditLog(Protocol):
+    """Key Vault audit logs (Log Analytics): evidence of which key versions are still being used."""
+
+    def last_successful_unwraps(self, key: KeyRef) -> Mapping[str, datetime]:
+        """Per version of ``key``: the time of its last successful KeyUnwrap within the retention."""
+        ...
+
+
 # === end of rotation reconciler =====================================================================

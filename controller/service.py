@@ -5,16 +5,18 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from controller import reconciler
+from controller import reconciler, rotation
+from controller.blob_census import wrapping_versions
 from controller.errors import Conflict, InvalidEvent, InvalidInput, PermanentError, TransientError
 from controller.events import IntakeResult, parse_delivery
 from controller.logs import log_record
-from controller.model import ConsumerKind, KeyEvent, KeyEventKind, KeyRef, parse_key_id, parse_vault_origin
-from controller.ports import Clock, EventLedger, RewrapProgress, WorkQueue
+from controller.model import Consumer, ConsumerKind, KeyEvent, KeyEventKind, KeyRef, parse_key_id, parse_vault_origin
+from controller.ports import AuditLog, BlobStore, Clock, EventLedger, RewrapProgress, WorkQueue
 from controller.rewrap import RewrapEngine, RewrapOptions
 from controller.rewrap_jobs import WORK_KIND as REWRAP_WORK_KIND
 from controller.rewrap_jobs import (
@@ -77,6 +79,10 @@ class Dependencies:
     rewrap_budget_seconds: float = 300.0
     #: The rotation reconciler; None where the host has not wired it (events are then only recorded).
     reconcile: reconciler.ReconcileDeps | None = None
+    #: Blob data plane of a storage account by name (census of client-side-encrypted containers).
+    blob_stores: Callable[[str], BlobStore] | None = None
+    #: Key Vault audit logs (last successful unwrap per version); None when no workspace is configured.
+    audit: AuditLog | None = None
 
 
 def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
@@ -214,19 +220,44 @@ def process_work(body: str, deps: Dependencies) -> WorkReport:
     return WorkReport(kind=kind, intake=handle_intake(result, deps))
 
 
+def key_usage(key: KeyRef, deps: Dependencies) -> list[rotation.VersionUsage]:
+    """Per version of ``key``: who uses it (accounts, scopes, blobs of the registered containers, recent
+    unwraps in the audit logs) and whether it is safe to disable, with the evidence."""
+    if deps.reconcile is None:
+        raise PermanentError("the reconciler is not configured")
+    key = key.versionless
+    state = deps.reconcile.keys(key.vault).get_key_state(key)
+    consumers = deps.reconcile.inventory.consumers_of(key)
+    blobs: Counter[str] = Counter()
+    if deps.blob_stores is not None:
+        by_account: dict[str, list[str]] = {}
+        for account, container in rewrap_targets_of(consumers, deps.settings):
+            by_account.setdefault(account, []).append(container)
+        for account, containers in sorted(by_account.items()):
+            blobs += wrapping_versions(deps.blob_stores(account), containers, key,
+                                       custom_origins=deps.settings.vaults)
+    last_unwraps = deps.audit.last_successful_unwraps(key) if deps.audit is not None else None
+    return rotation.retirement(state, consumers, blobs, last_unwraps, now=deps.reconcile.clock.now(),
+                               window=deps.reconcile.planner.adoption_window)
+
+
 #: Account tag naming the account's client-side-encrypted containers to re-wrap after a rotation.
 REWRAP_CONTAINERS_TAG = "cmk-rewrap-containers"
 
 
 def rewrap_targets(results: list[reconciler.ReconcileResult], settings: Settings) -> list[tuple[str, str]]:
     """CMK_REWRAP_TARGETS plus the containers that consumers of the key list in their account tag."""
+    return rewrap_targets_of([decision.consumer for result in results for decision in result.plan.decisions],
+                             settings)
+
+
+def rewrap_targets_of(consumers: Iterable[Consumer], settings: Settings) -> list[tuple[str, str]]:
     targets = {(target.account, target.container) for target in settings.rewrap_targets}
-    for result in results:
-        for decision in result.plan.decisions:
-            tagged = decision.consumer.tag(REWRAP_CONTAINERS_TAG)
-            if decision.consumer.kind is ConsumerKind.ACCOUNT and tagged:
-                targets.update((decision.consumer.account_name, container.strip())
-                               for container in tagged.split(";") if container.strip())
+    for consumer in consumers:
+        tagged = consumer.tag(REWRAP_CONTAINERS_TAG)
+        if consumer.kind is ConsumerKind.ACCOUNT and tagged:
+            targets.update((consumer.account_name, container.strip())
+                           for container in tagged.split(";") if container.strip())
     return sorted(targets)
 
 

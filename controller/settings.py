@@ -107,6 +107,17 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "fingerprint, details). Alerts are always logged. Such URLs often carry a token: in Azure, set it as a "
         "Key Vault reference. http is accepted only for loopback hosts (the local sandbox).",
     ),
+    SettingSpec(
+        "CMK_LOG_ANALYTICS_WORKSPACE",
+        "",
+        "Workspace id (GUID) of the Log Analytics workspace the vaults send AuditEvent logs to; used as evidence "
+        "of which key versions are still unwrapped. Empty: no audit evidence (usage says so).",
+    ),
+    SettingSpec(
+        "CMK_LOG_ANALYTICS_ENDPOINT",
+        "https://api.loganalytics.io",
+        "Log Analytics query endpoint (https) for CMK_LOG_ANALYTICS_WORKSPACE.",
+    ),
 )
 
 _KNOWN: Final = {spec.name: spec for spec in SETTINGS}
@@ -142,6 +153,8 @@ class Settings:
     #: None: never force adoption (alert instead once the adoption window has passed).
     force_adoption_after_minutes: int | None = 0
     alert_webhook_url: str | None = None
+    log_analytics_workspace: str | None = None
+    log_analytics_endpoint: str = "https://api.loganalytics.io"
 
     @property
     def poison_queue(self) -> str:
@@ -174,6 +187,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         force_adoption_after_minutes=_parse_force_after(raw("CMK_FORCE_ADOPTION_AFTER_MINUTES"),
                                                         raw("CMK_ADOPTION_WINDOW_HOURS")),
         alert_webhook_url=_parse_webhook(raw("CMK_ALERT_WEBHOOK_URL")),
+        log_analytics_workspace=(_subscription("CMK_LOG_ANALYTICS_WORKSPACE", raw("CMK_LOG_ANALYTICS_WORKSPACE"))
+                                 if raw("CMK_LOG_ANALYTICS_WORKSPACE") else None),
+        log_analytics_endpoint=_parse_https_endpoint("CMK_LOG_ANALYTICS_ENDPOINT", raw("CMK_LOG_ANALYTICS_ENDPOINT")),
     )
 
 
@@ -202,7 +218,7 @@ def _parse_list(name: str, value: str, parse_one: Callable[[str, str], _T]) -> t
 
 def _subscription(name: str, item: str) -> str:
     if not _GUID.match(item):
-        raise SettingsError(name, f"{item!r} is not a subscription id (a GUID)")
+        raise SettingsError(name, f"{item!r} is not a GUID")
     return item.lower()
 
 

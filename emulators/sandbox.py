@@ -499,6 +499,8 @@ class Orchestrator:
         values["REQUESTS_CA_BUNDLE"] = str(self.bundle)
         values["CMK_ALERT_WEBHOOK_URL"] = f"{self.alerts.url}/cmk-alerts"  # the sandbox's webhook sink records them
         values["AZURE_CLIENT_ID"] = self.controller_identity.client_id
+        values["CMK_LOG_ANALYTICS_WORKSPACE"] = self.audit.workspace_id  # the vaults' AuditEvent logs
+        values["CMK_LOG_ANALYTICS_ENDPOINT"] = self.log_analytics.endpoint
         if self._identity_endpoint is not None:
             values["IDENTITY_ENDPOINT"] = self._identity_endpoint.endpoint
             values["IDENTITY_HEADER"] = self._identity_endpoint.secret

@@ -62,6 +62,12 @@ param cmkArmEndpoint string = 'https://management.azure.com'
 @description('CMK_FORCE_ADOPTION_AFTER_MINUTES: minutes before a lagging versionless consumer is forced to adopt a new key version (0-window, or off).')
 param cmkForceAdoptionAfterMinutes string = '0'
 
+@description('Give the controller the deployed workspace (CMK_LOG_ANALYTICS_WORKSPACE) as evidence of key use: the last successful unwrap per key version.')
+param auditEvidenceEnabled bool = false
+
+@description('CMK_LOG_ANALYTICS_ENDPOINT: Log Analytics query endpoint (https).')
+param cmkLogAnalyticsEndpoint string = 'https://api.loganalytics.io'
+
 @description('CMK_ALERT_WEBHOOK_URL: optional alert webhook. Such URLs carry a token: pass a Key Vault reference (@Microsoft.KeyVault(SecretUri=...)), never the URL itself.')
 param cmkAlertWebhookUrl string = ''
 
@@ -222,6 +228,8 @@ module functionApp 'modules/function-app.bicep' = {
     cmkArmEndpoint: cmkArmEndpoint
     cmkForceAdoptionAfterMinutes: cmkForceAdoptionAfterMinutes
     cmkAlertWebhookUrl: cmkAlertWebhookUrl
+    cmkLogAnalyticsWorkspace: auditEvidenceEnabled ? monitoring.outputs.workspaceCustomerId : ''
+    cmkLogAnalyticsEndpoint: cmkLogAnalyticsEndpoint
   }
 }
 

@@ -70,6 +70,12 @@ param cmkForceAdoptionAfterMinutes string = '0'
 @description('CMK_ALERT_WEBHOOK_URL: optional alert webhook, as a Key Vault reference.')
 param cmkAlertWebhookUrl string = ''
 
+@description('CMK_LOG_ANALYTICS_WORKSPACE: workspace (customer) id the vaults send AuditEvent logs to; empty: no audit evidence.')
+param cmkLogAnalyticsWorkspace string = ''
+
+@description('CMK_LOG_ANALYTICS_ENDPOINT: Log Analytics query endpoint (https).')
+param cmkLogAnalyticsEndpoint string = 'https://api.loganalytics.io'
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
@@ -153,6 +159,14 @@ var appSettings = [
   {
     name: 'CMK_ALERT_WEBHOOK_URL'
     value: cmkAlertWebhookUrl
+  }
+  {
+    name: 'CMK_LOG_ANALYTICS_WORKSPACE'
+    value: cmkLogAnalyticsWorkspace
+  }
+  {
+    name: 'CMK_LOG_ANALYTICS_ENDPOINT'
+    value: cmkLogAnalyticsEndpoint
   }
 ]
 

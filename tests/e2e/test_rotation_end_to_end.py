@@ -165,3 +165,32 @@ def test_the_tagged_container_is_rewrapped_onto_the_new_version_by_the_queue_fan
         reader.require_encryption = True
         reader.encryption_version = "2.0"
         assert reader.download_blob().readall().startswith(blob.name.encode())
+
+
+def test_usage_reports_consumers_blobs_and_audited_unwraps_per_version(estate):
+    """`cmkctl usage` as an operator runs it, with the function app's settings (its managed identity)."""
+    import os
+    import subprocess
+    import sys
+
+    values = json.loads((estate["directory"] / "local.settings.json").read_text())["Values"]
+    vault = values["CMK_VAULTS"].split(",")[0]
+    cmkctl = Path(sys.executable).parent / "cmkctl"
+    done = subprocess.run(  # noqa: S603 - the project's own console script
+        [str(cmkctl), "usage", vault, "storage-cmk", "--json"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **values}, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    versions = {item["version"]: item for item in json.loads(done.stdout)["versions"]}
+    keys = estate["clients"].key_client(next(iter(estate["seeded"]["vaults"].values()))["uri"])
+    current = keys.get_key("storage-cmk").properties.version
+    newest = versions[current]
+    assert newest["blobs"] == 20  # the re-wrapped container, counted from the blobs' envelopes
+    assert not newest["safe_to_disable"]
+    assert newest["audit_available"] is True
+    assert newest["last_unwrap"] is not None  # the storage service unwraps its root key with it
+    [old] = [item for version, item in versions.items() if version != current]
+    assert old["blobs"] == 0
+    assert any(consumer.endswith("/stcmkrevoked") for consumer in old["consumers"])  # never moved: still used
+    assert old["safe_to_disable"] is False
+    assert old["reason"] == "InUse"
