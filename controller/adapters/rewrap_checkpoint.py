@@ -20,10 +20,11 @@ import threading
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
 from controller.adapters.azure_errors import translated
+from controller.adapters.created_once import CreatedOnce
 from controller.logs import log_record
 from controller.ports import BlobProblem, RewrapProgress
 
@@ -42,16 +43,10 @@ def _keys(job_id: str) -> tuple[str, str]:
 class TableRewrapCheckpoint:
     def __init__(self, table: TableClient) -> None:
         self._table = table
-        self._ensured = False
+        self._ensure_table = CreatedOnce(table.create_table, f"table {table.table_name}")
         self._etags: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def _ensure_table(self) -> None:
-        if self._ensured:
-            return
-        with translated(f"create table {self._table.table_name}"), contextlib.suppress(ResourceExistsError):
-            self._table.create_table()
-        self._ensured = True
 
     def load(self, job_id: str) -> RewrapProgress | None:
         self._ensure_table()

@@ -9,7 +9,6 @@ TransientError and its invocation is retried against fresh state.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from collections.abc import Mapping
@@ -17,10 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableClient, UpdateMode
 
 from controller.adapters.azure_errors import translated
+from controller.adapters.created_once import CreatedOnce
 from controller.errors import Conflict, TransientError
 from controller.model import Condition, ConditionStatus, ForceAdoptionIntent, ForceAdoptionStep, KeyRef
 from controller.ports import RotationRecord
@@ -64,14 +63,8 @@ class TableRotationLedger:
     def __init__(self, table: TableClient) -> None:
         self._table = table
         self._etags: dict[tuple[str, str], str] = {}
-        self._ensured = False
+        self._ensure_table = CreatedOnce(table.create_table, f"table {table.table_name}")
 
-    def _ensure_table(self) -> None:
-        if self._ensured:
-            return
-        with translated(f"create table {self._table.table_name}"), contextlib.suppress(ResourceExistsError):
-            self._table.create_table()
-        self._ensured = True
 
     def load(self, key: KeyRef) -> RotationRecord:
         self._ensure_table()

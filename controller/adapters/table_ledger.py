@@ -16,6 +16,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableClient, UpdateMode
 
 from controller.adapters.azure_errors import translated
+from controller.adapters.created_once import CreatedOnce
 from controller.errors import Conflict
 
 _EVENT_PARTITION_PREFIX = "event-"
@@ -32,14 +33,8 @@ def _keys(event_id: str) -> tuple[str, str]:
 class TableEventLedger:
     def __init__(self, table: TableClient) -> None:
         self._table = table
-        self._ensured = False
+        self._ensure_table = CreatedOnce(table.create_table, f"table {table.table_name}")
 
-    def _ensure_table(self) -> None:
-        if self._ensured:
-            return
-        with translated(f"create table {self._table.table_name}"), contextlib.suppress(ResourceExistsError):
-            self._table.create_table()
-        self._ensured = True
 
     def claim_event(self, event_id: str, *, now: datetime, ttl: timedelta) -> bool:
         self._ensure_table()

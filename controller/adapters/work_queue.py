@@ -7,14 +7,13 @@ timeout (Azure allows up to 7 days).
 
 from __future__ import annotations
 
-import contextlib
 import json
 from datetime import timedelta
 
-from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from controller.adapters.azure_errors import translated
+from controller.adapters.created_once import CreatedOnce
 from controller.errors import InvalidInput
 
 #: Azure Storage queue messages are at most 64 KiB; base64 makes 48 KiB of text the usable size.
@@ -34,14 +33,8 @@ def work_queue_client(connection_string: str, queue_name: str) -> QueueClient:
 class StorageWorkQueue:
     def __init__(self, queue: QueueClient) -> None:
         self._queue = queue
-        self._ensured = False
+        self._ensure_queue = CreatedOnce(queue.create_queue, f"queue {queue.queue_name}")
 
-    def _ensure_queue(self) -> None:
-        if self._ensured:
-            return
-        with translated(f"create queue {self._queue.queue_name}"), contextlib.suppress(ResourceExistsError):
-            self._queue.create_queue()
-        self._ensured = True
 
     def enqueue(self, message: dict[str, object], *, delay: timedelta | None = None) -> None:
         text = json.dumps(message, separators=(",", ":"), sort_keys=True)
