@@ -66,12 +66,13 @@ def override(deps: Dependencies | None) -> None:
         _dependencies = deps
 
 
-def build(environ: Mapping[str, str]) -> Dependencies:
+def build(environ: Mapping[str, str], *, credential: TokenCredential | None = None) -> Dependencies:
+    """The app's dependencies; ``credential`` replaces the managed identity (the operator CLI)."""
     settings = load_settings(environ)
     clock = SystemClock()
-    storage = AppStorage.from_environ(environ)
+    credential = credential or controller_credential(environ)
+    storage = AppStorage.from_environ(environ, credential=credential)
     queue = StorageWorkQueue(storage.queue(settings.work_queue))
-    credential = controller_credential(environ)
     arm = ArmConnection(credential, endpoint=settings.arm_endpoint)
     control = StorageControl(arm, custom_origins=settings.vaults)
     inventory = Inventory(arm, control, subscriptions=settings.subscriptions, custom_origins=settings.vaults)
@@ -134,7 +135,7 @@ class AppStorage:
     credential: TokenCredential | None
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> AppStorage:
+    def from_environ(cls, environ: Mapping[str, str], *, credential: TokenCredential | None = None) -> AppStorage:
         connection = environ.get("AzureWebJobsStorage", "").strip()
         if connection:
             if "AccountKey=" in connection and not _is_local_emulator(connection):
@@ -156,7 +157,7 @@ class AppStorage:
                 "the emulator's connection string",
             )
         client_id = environ.get("AzureWebJobsStorage__clientId") or None
-        return cls(None, table, queue, ManagedIdentityCredential(client_id=client_id))
+        return cls(None, table, queue, credential or ManagedIdentityCredential(client_id=client_id))
 
     def table(self, name: str) -> TableClient:
         if self.connection_string:

@@ -1,8 +1,9 @@
 """`cmkctl reconcile|rotate|usage VAULT KEY`: the rotation reconciler from the command line.
 
 They use the same composition root as the function app (controller.bootstrap, the app settings in the
-environment: CMK_VAULTS, CMK_ARM_ENDPOINT, AzureWebJobsStorage, the managed identity), so what the CLI
-shows is what the controller sees. VAULT is a vault host name or origin listed in CMK_VAULTS.
+environment: CMK_VAULTS, CMK_ARM_ENDPOINT, AzureWebJobsStorage), so what the CLI shows is what the
+controller sees; they authenticate as the person running them (Azure CLI login) or, where one exists,
+the managed identity. VAULT is a vault host name or origin listed in CMK_VAULTS.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controller import bootstrap, reconciler, rotation, service
+from controller.adapters.credentials import operator_credential
 from controller.errors import ControllerError, InvalidKeyId
 from controller.model import KeyRef, normalise_origin, parse_key_id
 
@@ -63,7 +65,7 @@ def _key_and_deps(args: argparse.Namespace) -> tuple[KeyRef, reconciler.Reconcil
 
 
 def _key_and_app(args: argparse.Namespace) -> tuple[KeyRef, service.Dependencies]:
-    deps = bootstrap.build(os.environ)
+    deps = bootstrap.build(os.environ, credential=operator_credential(os.environ))
     origin = normalise_origin(args.vault)
     if origin not in deps.settings.vaults:
         raise InvalidKeyId(f"vault {origin} is not in CMK_VAULTS")

@@ -443,6 +443,8 @@ def _serve(args: argparse.Namespace) -> None:
     from aiohttp import web
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # As host.json's "default": "Warning" does for the real host: the SDKs log every request at INFO.
+    logging.getLogger("azure").setLevel(logging.WARNING)
     settings = json.loads(Path(args.settings).read_text(encoding="utf-8")) if args.settings else {}
     os.environ.update({key: str(value) for key, value in settings.get("Values", {}).items()})
     keys = {name: secrets.token_urlsafe(32) for name in ("master", "function", "eventgrid_extension")}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from azure.core.credentials import TokenCredential
-from azure.identity import ManagedIdentityCredential
+from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
 #: Where the identity's client id is read from, first match wins. Unset: the system-assigned identity.
 CLIENT_ID_SETTINGS: tuple[str, ...] = ("AZURE_CLIENT_ID", "AzureWebJobsStorage__clientId")
@@ -31,6 +31,13 @@ def controller_client_id(environ: Mapping[str, str]) -> str | None:
 def controller_credential(environ: Mapping[str, str]) -> TokenCredential:
     """ManagedIdentityCredential for the controller's (user-assigned, else system-assigned) identity."""
     return ManagedIdentityCredential(client_id=controller_client_id(environ))
+
+
+def operator_credential(environ: Mapping[str, str]) -> TokenCredential:
+    """For `cmkctl` run by a person: their Azure CLI / environment login, or the managed identity when
+    the CLI runs where one exists (a jump host, the sandbox's identity endpoint). Never a stored secret."""
+    return DefaultAzureCredential(managed_identity_client_id=controller_client_id(environ),
+                                  exclude_interactive_browser_credential=True)
 
 
 @dataclass(frozen=True, slots=True)
