@@ -57,6 +57,7 @@ from aiohttp import web
 from azure.core.exceptions import AzureError
 from azure.storage.blob.aio import BlobServiceClient
 
+from emulators.background import ServerThread
 from emulators.bus import SandboxBus, VaultEvent
 from emulators.clock import SandboxClock
 
@@ -333,12 +334,10 @@ class EventGridEmulator:
         self._records: list[DeliveryRecord] = []
         self._closed = False
 
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._server = ServerThread("eventgrid-delivery", join_timeout=30.0)
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._blob_service: BlobServiceClient | None = None
-        self._runner: web.AppRunner | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._base_url: str | None = None
         if bus is not None:
@@ -350,14 +349,11 @@ class EventGridEmulator:
         bus.on_event(self.publish)
 
     def start(self) -> EventGridEmulator:
-        if self._loop is not None:
+        if self._server.running:
             return self
-        loop = asyncio.new_event_loop()
-        self._loop = loop
         with self._lock:
             self._closed = False
-        self._thread = threading.Thread(target=loop.run_forever, name="eventgrid-delivery", daemon=True)
-        self._thread.start()
+        self._server.start()
         try:
             self._call(self._async_start(), timeout=30)
         except BaseException:
@@ -366,19 +362,11 @@ class EventGridEmulator:
         return self
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None:
+        if not self._server.running:
             return
         with self._lock:
             self._closed = True
-        if thread is not None and thread.is_alive():
-            try:
-                asyncio.run_coroutine_threadsafe(self._async_stop(), loop).result(timeout=30)
-            finally:
-                loop.call_soon_threadsafe(loop.stop)
-                thread.join(timeout=30)
-        loop.close()
-        self._loop = self._thread = None
+        self._server.stop(self._async_stop())
         with self._idle:
             self._in_flight = 0
             self._idle.notify_all()
@@ -433,7 +421,7 @@ class EventGridEmulator:
         """The bus callback: hand the event to the delivery loop and return at once."""
         published_at = self._clock.now()
         with self._lock:
-            loop = self._loop
+            loop = self._server.loop
             if self._closed or loop is None:
                 logger.debug("event grid emulator is not running: event %s not delivered", event.event_id)
                 return
@@ -461,14 +449,13 @@ class EventGridEmulator:
     # -- internals: loop plumbing ----------------------------------------------------------------
 
     def _call(self, coroutine: Coroutine[Any, Any, T], *, timeout: float) -> T:
-        loop = self._loop
-        if loop is None or self._closed:
+        if not self._server.running or self._closed:
             coroutine.close()
             raise EventGridError("the Event Grid emulator is not running")
-        if self._thread is threading.current_thread():
+        if self._server.in_loop_thread():
             coroutine.close()
             raise EventGridError("blocking emulator call from its own event loop")
-        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=timeout)
+        return self._server.run(coroutine, timeout=timeout)
 
     async def _async_start(self) -> None:
         self._semaphore = asyncio.Semaphore(self._max_concurrent)
@@ -481,12 +468,8 @@ class EventGridEmulator:
         app.router.add_get("/eventsubscriptions/{name}/validate", self._handle_validation_url)
         app.router.add_get("/admin/eventgrid/subscriptions", self._handle_admin_subscriptions)
         app.router.add_get("/admin/eventgrid/deliveries", self._handle_admin_deliveries)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self._base_url = f"http://{host}:{port}"
+        _, port = await self._server.serve(app, self._host, self._port, shutdown_timeout=1.0)
+        self._base_url = f"http://{self._host}:{port}"
 
     async def _async_stop(self) -> None:
         tasks = list(self._tasks)
@@ -497,9 +480,7 @@ class EventGridEmulator:
             await self._session.close()
         if self._blob_service is not None:
             await self._blob_service.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        self._base_url = None
+        self._base_url = None  # the server thread cleans up the runner when it stops
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -19,18 +19,15 @@ like the real endpoint (which is local to the App Service sandbox).
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import threading
 import time
-from collections.abc import Coroutine, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
 
 from aiohttp import web
 
+from emulators.background import ServerThread
 from emulators.keyvault.credential import TOKEN_LIFETIME_S, Principal, audience_from_scopes, encode_token
 
-T = TypeVar("T")
 API_VERSION = "2019-08-01"
 PATH = "/msi/token"
 
@@ -54,9 +51,7 @@ class ManagedIdentityEndpoint:
         self.host = host
         self.port = port
         self.requests: list[dict[str, str]] = []  # query of every token request, for tests
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._server = ServerThread("identity-endpoint")
 
     @property
     def endpoint(self) -> str:
@@ -71,59 +66,21 @@ class ManagedIdentityEndpoint:
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> ManagedIdentityEndpoint:
-        if self._loop is not None:
+        if self._server.running:
             return self
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="identity-endpoint", daemon=True)
-        self._thread.start()
-        ready.wait()
-        self._loop = loop
-        self._run(self._serve())
+        app = web.Application()
+        app.router.add_get(PATH, self._token)
+        self.port = self._server.listen(app, self.host, self.port)
         return self
 
     def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        if self._runner is not None:
-            self._run(self._runner.cleanup())
-            self._runner = None
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        loop.close()
-        self._loop = None
-        self._thread = None
+        self._server.stop()
 
     def __enter__(self) -> ManagedIdentityEndpoint:
         return self.start()
 
     def __exit__(self, *args: object) -> None:
         self.stop()
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._loop is None:
-            raise RuntimeError("the identity endpoint is not running")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
-
-    async def _serve(self) -> None:
-        app = web.Application()
-        app.router.add_get(PATH, self._token)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        server = site._server  # aiohttp exposes the bound port only here
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
-        self._runner = runner
 
     # ---- the protocol -------------------------------------------------------------------------------
     async def _token(self, request: web.Request) -> web.Response:

@@ -60,7 +60,6 @@ import hashlib
 import json
 import math
 import re
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -69,6 +68,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from .background import ServerThread
 from .kql import (
     RESOURCE_CONTAINERS_TABLE,
     Clock,
@@ -703,60 +703,29 @@ class _HttpsServer:
         self.host = host
         self.port = port
         self._name = name
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._server = ServerThread(name)
 
     @property
     def endpoint(self) -> str:
-        if self._loop is None:
+        if not self._server.running:
             raise RuntimeError(f"{self._name} is not running")
         return f"https://{self.host}:{self.port}"
 
     def start(self) -> Any:
-        if self._loop is not None:
+        if self._server.running:
             return self
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name=self._name, daemon=True)
-        self._thread.start()
-        ready.wait(timeout=10)
-        self._loop = loop
-        try:
-            asyncio.run_coroutine_threadsafe(self._serve(), loop).result(timeout=30)
-        except BaseException:
-            self.stop()
-            raise
+        self.port = self._server.listen(
+            self._app,
+            self.host,
+            self.port,
+            ssl_context=self._ca.server_ssl_context(self.host),
+            handle_signals=False,
+            shutdown_timeout=0.5,
+        )
         return self
 
-    async def _serve(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = int(sock.getsockname()[1])
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
-        await runner.setup()
-        self._runner = runner
-        await web.SockSite(runner, sock, ssl_context=self._ca.server_ssl_context(self.host)).start()
-
     def stop(self) -> None:
-        loop, self._loop = self._loop, None
-        if loop is None:
-            return
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        loop.close()
+        self._server.stop()
 
     def __enter__(self) -> Any:
         return self.start()

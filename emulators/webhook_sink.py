@@ -8,7 +8,6 @@ event loop on a background thread, so synchronous tests can use it directly.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -17,6 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+
+from emulators.background import ServerThread
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +39,7 @@ class WebhookSink:
         self._records: list[SinkRecord] = []
         self._lock = threading.Lock()
         self._status = 200
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
+        self._server = ServerThread("webhook-sink")
 
     @property
     def url(self) -> str:
@@ -86,50 +85,17 @@ class WebhookSink:
         return web.Response(status=204)
 
     def start(self) -> WebhookSink:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        async def serve() -> None:
-            app = web.Application()
-            app.router.add_get("/_records", self._list)
-            app.router.add_delete("/_records", self._clear)
-            app.router.add_post("/{path:.*}", self._receive)
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, self._host, self._port)
-            await site.start()
-            server = site._server  # aiohttp exposes the bound port only here
-            if server is not None and server.sockets:  # type: ignore[attr-defined]
-                self._port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            try:
-                self._loop.run_until_complete(serve())
-            except BaseException as err:  # surfaced to the caller of start()
-                failure.append(err)
-                ready.set()
-                return
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="webhook-sink", daemon=True)
-        self._thread.start()
-        ready.wait(30)
-        if failure:
-            raise failure[0]
+        if self._server.running:
+            return self
+        app = web.Application()
+        app.router.add_get("/_records", self._list)
+        app.router.add_delete("/_records", self._clear)
+        app.router.add_post("/{path:.*}", self._receive)
+        self._port = self._server.listen(app, self._host, self._port)
         return self
 
     def stop(self) -> None:
-        loop, runner = self._loop, self._runner
-        if loop is None:
-            return
-        if runner is not None:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        self._loop = None
+        self._server.stop()
 
     def __enter__(self) -> WebhookSink:
         return self.start()

@@ -9,15 +9,15 @@ import functools
 import json
 import logging
 import re
-import socket
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
+from emulators.background import ServerThread
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
 from emulators.keyvault import KeyVaultEmulator, SandboxCA, VaultState
@@ -42,7 +42,6 @@ from .model import (
 from .storage import KeyBinding, Principal, StorageKeyService, iso, normalise_vault_uri, split_key_uri
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 SEG = r"([^/]+)"
 SUB = rf"/subscriptions/{SEG}"
@@ -156,10 +155,9 @@ class ArmEmulator:
         self.diagnostic_settings: dict[tuple[str, str], dict[str, Any]] = {}  # (resource id lower, name lower)
         self.vault_tags: dict[str, dict[str, str]] = {}
         self._proxies: dict[str, BlobProxy] = {}
-        self._runners: dict[str, web.AppRunner] = {}
+        self._proxy_runners: dict[str, web.AppRunner] = {}  # lower-case account name -> its blob proxy
         self._azurite_sas: str | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._server = ServerThread("arm-emulator", timeout=60.0)
         self._tick_task: asyncio.Task[None] | None = None
         self._started_keyvault = False
         self._request_counts: dict[str, dict[str, int]] = {}
@@ -181,48 +179,30 @@ class ArmEmulator:
 
         They run behind the same middleware (bearer token required, ARM error shape for ArmError).
         """
-        if self._loop is not None:
+        if self._server.running:
             raise RuntimeError("add_routes must be called before start()")
         self.app.add_routes(list(routes))
 
     def start(self) -> ArmEmulator:
-        if self._loop is not None:
+        if self._server.running:
             return self
         if not self.keyvault.running:
             self.keyvault.start()
             self._started_keyvault = True
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="arm-emulator", daemon=True)
-        self._thread.start()
-        ready.wait()
-        self._loop = loop
-        runner, port = self._run(self._serve(self.app, self.host, self.port))
-        self._runners["\0arm"] = runner
+        port = self._server.listen(
+            self.app, self.host, self.port, ssl_context=self.ca.server_ssl_context(self.host), handle_signals=False
+        )
         self.port = port
         self.origin = f"https://{self.host}:{port}"
-        self._tick_task = self._run(self._start_tick())
+        self._tick_task = self._server.run(self._start_tick())
         log.info("ARM emulator listening at %s", self.origin)
         return self
 
     def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
+        if not self._server.running:
             return
-        self._run(self._shutdown())
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        loop.close()
-        self._loop = None
-        self._thread = None
+        self._server.stop(self._shutdown())
         self.storage.close()
         if self._started_keyvault:
             self.keyvault.stop()
@@ -234,22 +214,10 @@ class ArmEmulator:
     def __exit__(self, *args: object) -> None:
         self.stop()
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._loop is None:
-            raise RuntimeError("the ARM emulator is not running")
-        if threading.current_thread() is self._thread:
-            raise RuntimeError("_run called from the ARM emulator's own loop")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
-
     async def _serve(self, app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.SockSite(runner, sock, ssl_context=self.ca.server_ssl_context(host))
-        await site.start()
-        return runner, int(sock.getsockname()[1])
+        return await self._server.serve(
+            app, host, port, ssl_context=self.ca.server_ssl_context(host), handle_signals=False
+        )
 
     async def _start_tick(self) -> asyncio.Task[None]:
         async def tick() -> None:
@@ -271,9 +239,7 @@ class ArmEmulator:
             self._tick_task = None
         for proxy in self._proxies.values():
             await proxy.close()
-        for runner in list(self._runners.values()):
-            await runner.cleanup()
-        self._runners.clear()
+        self._proxy_runners.clear()  # the server thread cleans up every runner when it stops
 
     # ---- public helpers -----------------------------------------------------------------------------
     def credential(self, oid: str | None = None, **kwargs: Any) -> SandboxCredential:
@@ -322,8 +288,8 @@ class ArmEmulator:
     def set_storage_tick(self, seconds: float) -> None:
         """Change how often (real seconds) the storage service's timer looks for due polls and unwraps."""
         self.storage_tick_seconds = seconds
-        if self._loop is not None:
-            self._run(self._restart_tick())
+        if self._server.running:
+            self._server.run(self._restart_tick())
 
     async def _restart_tick(self) -> None:
         if self._tick_task is not None:
@@ -668,7 +634,7 @@ class ArmEmulator:
             del self.accounts[name.lower()]
             proxy = self._proxies.pop(name.lower(), None)
             if proxy is not None:
-                self._run(self._stop_proxy(name.lower(), proxy))
+                self._server.run(self._stop_proxy(name.lower(), proxy))
             return 200, None
         if req.method == "PATCH":
             updated = copy.deepcopy(account)
@@ -712,7 +678,7 @@ class ArmEmulator:
         )
         self._apply_account(account, body, creating=True)
         if self.azurite is not None:
-            account.blob_endpoint = self._run(self._start_proxy(account.name))
+            account.blob_endpoint = self._server.run(self._start_proxy(account.name))
         self.accounts[name.lower()] = account
         return 200, account.to_json()
 
@@ -910,14 +876,14 @@ class ArmEmulator:
         runner, port = await self._serve(proxy.app, self.blob_host, 0)
         proxy.origin = f"https://{self.blob_host}:{port}"
         self._proxies[account_name.lower()] = proxy
-        self._runners[f"blob:{account_name.lower()}"] = runner
+        self._proxy_runners[account_name.lower()] = runner
         return proxy.endpoint
 
     async def _stop_proxy(self, key: str, proxy: BlobProxy) -> None:
         await proxy.close()
-        runner = self._runners.pop(f"blob:{key}", None)
+        runner = self._proxy_runners.pop(key, None)
         if runner is not None:
-            await runner.cleanup()
+            await self._server.unserve(runner)
 
     # ---- vaults -------------------------------------------------------------------------------------
     def _sync_vaults(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -15,6 +14,7 @@ from azure.data.tables import TableClient
 from azure.storage.queue import QueueClient
 
 from emulators.functions_host import LocalFunctionsHost
+from tests.e2e.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -44,16 +44,6 @@ def post(url: str, body: object, headers: dict[str, str] | None = None) -> tuple
             return response.status, response.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
-
-
-def wait_for(condition, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not reached before the deadline")
 
 
 @pytest.fixture(scope="module")

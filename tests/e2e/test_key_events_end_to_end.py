@@ -7,7 +7,6 @@ on_key_event -> the ledger in Azurite; the vault's audit records land in the arc
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -22,21 +21,12 @@ from emulators.clock import SandboxClock
 from emulators.eventgrid import EventGridEmulator, WebhookSubscription
 from emulators.functions_host import LocalFunctionsHost
 from emulators.keyvault import KeyVaultEmulator
+from tests.e2e.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR = "0a000000-0000-0000-0000-0000000000a1"
-
-
-def wait_for(condition, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not reached before the deadline")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from azure.data.tables import TableClient
 
 from emulators import sandbox
 from emulators.seed import SandboxClients, Seeder, load_scenario
+from tests.e2e.polling import wait_for as _wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -51,13 +51,7 @@ def scenario() -> dict[str, Any]:
 
 
 def wait_for(condition, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError("condition not reached before the deadline")
+    return _wait_for(condition, timeout, interval=0.25)
 
 
 def revoke(clients: SandboxClients, state: dict[str, Any], spec: dict[str, Any], principal_id: str) -> None:

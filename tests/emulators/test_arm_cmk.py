@@ -151,6 +151,14 @@ class Env:
         )
         return self.storage.storage_accounts.update(RG, account, StorageAccountUpdateParameters(encryption=encryption))
 
+    def put_cmk_scope(self, account: str, scope: str, key: str) -> Any:
+        """An encryption scope on ``account`` wrapped by the versionless ``key`` of the test vault."""
+        key_uri = self.vault.properties.vault_uri + f"keys/{key}"
+        properties = EncryptionScopeKeyVaultProperties(key_uri=key_uri)
+        return self.storage.encryption_scopes.put(
+            RG, account, scope, EncryptionScope(source="Microsoft.KeyVault", key_vault_properties=properties)
+        )
+
     def blob_service(self, account: str) -> BlobServiceClient:
         return BlobServiceClient(
             self.arm.blob_endpoint(account),
@@ -305,17 +313,7 @@ def test_versionless_adopts_after_a_sandbox_day_pinned_never(env: Env) -> None:
     pinned = env.new_account()
     env.enable_cmk(versionless, vault_uri=env.vault.properties.vault_uri, key="cmk-rotating")
     env.enable_cmk(pinned, vault_uri=env.vault.properties.vault_uri, key="cmk-rotating", version=key.properties.version)
-    scope = env.storage.encryption_scopes.put(
-        RG,
-        versionless,
-        "scopeauto",
-        EncryptionScope(
-            source="Microsoft.KeyVault",
-            key_vault_properties=EncryptionScopeKeyVaultProperties(
-                key_uri=env.vault.properties.vault_uri + "keys/cmk-rotating"
-            ),
-        ),
-    )
+    scope = env.put_cmk_scope(versionless, "scopeauto", "cmk-rotating")
     assert scope.key_vault_properties.current_versioned_key_identifier == key.id
     storage_contract().validate(
         "EncryptionScopes_Get",
@@ -452,17 +450,7 @@ def test_firewall_blocks_unless_trusted_services_bypass(env: Env, readable: tupl
 def test_encryption_scope_key_revocation(env: Env, readable: tuple[str, BlobServiceClient]) -> None:
     account, service = readable
     env.keys.create_rsa_key("cmk-scope")
-    env.storage.encryption_scopes.put(
-        RG,
-        account,
-        "scopecmk",
-        EncryptionScope(
-            source="Microsoft.KeyVault",
-            key_vault_properties=EncryptionScopeKeyVaultProperties(
-                key_uri=env.vault.properties.vault_uri + "keys/cmk-scope"
-            ),
-        ),
-    )
+    env.put_cmk_scope(account, "scopecmk", "cmk-scope")
     blob = service.get_blob_client("data", "scoped.txt")
     blob.upload_blob(b"scoped", encryption_scope="scopecmk")
     version = env.keys.get_key("cmk-scope").properties.version

@@ -21,6 +21,7 @@ from aiohttp import web
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from emulators.azurite import Azurite
+from emulators.background import ServerThread
 from emulators.bus import SandboxBus, VaultEvent
 from emulators.clock import SandboxClock
 from emulators.eventgrid import (
@@ -108,21 +109,12 @@ class WebhookReceiver:
         self.default_status = default_status
         self.requests: list[Received] = []
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._release: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self.url = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-
-    async def _start(self) -> str:
-        self._release = asyncio.Event()
+        self._release = asyncio.Event()  # bound to the server's loop when first awaited
         app = web.Application()
         app.router.add_route("*", "/api/events", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        return f"http://{host}:{port}/api/events"
+        self._server = ServerThread("webhook-receiver", timeout=10.0)
+        port = self._server.listen(app, "127.0.0.1", 0, shutdown_timeout=0.5)
+        self.url = f"http://127.0.0.1:{port}/api/events"
 
     async def _handle(self, request: web.Request) -> web.Response:
         received = Received(request.method, dict(request.headers), await request.read())
@@ -143,7 +135,6 @@ class WebhookReceiver:
         with self._lock:
             status = self.statuses.pop(0) if self.statuses else self.default_status
         if status == HANG:
-            assert self._release is not None
             await self._release.wait()
             status = 200
         return web.Response(status=status)
@@ -157,15 +148,11 @@ class WebhookReceiver:
             ]
 
     def close(self) -> None:
-        async def stop() -> None:
-            assert self._release is not None
+        async def release() -> None:
             self._release.set()
-            await self._runner.cleanup()
 
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+        self._server.run(release())
+        self._server.stop()
 
 
 @pytest.fixture
@@ -516,20 +503,33 @@ def test_bad_request_and_too_large_are_dead_lettered_at_once(
     _validate({k: v for k, v in dead.items() if k in EVENT_GRID_FIELDS}, EVENT_GRID_EVENT)
 
 
-def test_dead_lettered_after_max_delivery_attempts(
+@pytest.mark.parametrize(
+    ("limit", "delays", "reason"),
+    [
+        ({"max_delivery_attempts": 4}, [0, 10, 30, 60], "MaxDeliveryAttemptsExceeded"),
+        # attempts at 0 s, 10 s and 40 s; the next one (100 s) would be past the 60 s time to live
+        ({"event_ttl_minutes": 1}, [0, 10, 30], "TimeToLiveExceeded"),
+    ],
+    ids=["max-delivery-attempts", "time-to-live-on-the-compressed-schedule"],
+)
+def test_dead_lettered_when_a_retry_limit_is_reached(
     eventgrid: EventGridEmulator,
     bus: SandboxBus,
     receiver: Callable[..., WebhookReceiver],
     dead_letters: ContainerClient,
+    *,
+    limit: dict[str, Any],
+    delays: list[int],
+    reason: str,
 ) -> None:
     endpoint = receiver(default_status=500)
     eventgrid.create_subscription(
         WebhookSubscription(
             name="kv-events",
             endpoint_url=endpoint.url,
-            max_delivery_attempts=4,
             dead_letter_container=dead_letters.container_name,
             retry_time_scale=FAST,
+            **limit,
         )
     )
     bus.publish_event(key_event())
@@ -537,41 +537,11 @@ def test_dead_lettered_after_max_delivery_attempts(
 
     [record] = eventgrid.deliveries("kv-events")
     assert record.state == "dead_lettered"
-    assert [a.delay_before_seconds for a in record.attempts] == [0, 10, 30, 60]
-    assert len(endpoint.notifications()) == 4
+    assert [a.delay_before_seconds for a in record.attempts] == delays
+    assert len(endpoint.notifications()) == len(delays)
     [dead] = read_dead_letter(dead_letters, record.dead_letter_blob or "")
-    assert dead["deadLetterReason"] == "MaxDeliveryAttemptsExceeded"
-    assert (dead["deliveryAttempts"], dead["lastDeliveryOutcome"], dead["lastHttpStatusCode"]) == (
-        4,
-        "GenericError",
-        500,
-    )
-
-
-def test_dead_lettered_when_the_time_to_live_runs_out_on_the_compressed_schedule(
-    eventgrid: EventGridEmulator,
-    bus: SandboxBus,
-    receiver: Callable[..., WebhookReceiver],
-    dead_letters: ContainerClient,
-) -> None:
-    endpoint = receiver(default_status=500)
-    eventgrid.create_subscription(
-        WebhookSubscription(
-            name="kv-events",
-            endpoint_url=endpoint.url,
-            event_ttl_minutes=1,
-            dead_letter_container=dead_letters.container_name,
-            retry_time_scale=FAST,
-        )
-    )
-    bus.publish_event(key_event())
-    settle(eventgrid)
-
-    [record] = eventgrid.deliveries("kv-events")
-    # attempts at 0 s, 10 s and 40 s; the next one (100 s) would be past the 60 s time to live
-    assert [a.delay_before_seconds for a in record.attempts] == [0, 10, 30]
-    [dead] = read_dead_letter(dead_letters, record.dead_letter_blob or "")
-    assert (dead["deadLetterReason"], dead["deliveryAttempts"]) == ("TimeToLiveExceeded", 3)
+    assert (dead["deadLetterReason"], dead["deliveryAttempts"]) == (reason, len(delays))
+    assert (dead["lastDeliveryOutcome"], dead["lastHttpStatusCode"]) == ("GenericError", 500)
 
 
 def test_advancing_the_sandbox_clock_expires_a_pending_retry(

@@ -3,6 +3,7 @@ against the ARM emulator (Resource Graph mounted on its origin) over HTTPS."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,16 @@ def estate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
         yield Estate(world, expected, cmk_accounts)
 
 
+@contextlib.contextmanager
+def resource_graph_answering(estate: Estate, status: int | None) -> Iterator[None]:
+    """Within the block Resource Graph answers ``status`` (an error) to every query; None: it answers normally."""
+    estate.world.faults.resource_graph_status = status
+    try:
+        yield
+    finally:
+        estate.world.faults.resource_graph_status = None
+
+
 def inventory(estate: Estate, **kwargs: Any) -> tuple[Inventory, CountingStorageControl]:
     world = estate.world
     storage = CountingStorageControl(world.connection(), custom_origins=world.custom_origins)
@@ -117,13 +128,10 @@ def test_subscriptions_limit_the_inventory(estate: Estate) -> None:
 
 
 def test_falls_back_to_subscription_listing_when_resource_graph_is_forbidden(estate: Estate) -> None:
-    estate.world.faults.resource_graph_status = 403
-    try:
+    with resource_graph_answering(estate, 403):
         found, storage = inventory(estate)
         with found:
             listing = found.list_consumers(estate.world.key("kv-inv", "cmk"))
-    finally:
-        estate.world.faults.resource_graph_status = None
     assert listing.source is InventorySource.SUBSCRIPTION_LISTING
     assert "403" in listing.fallback_reason
     assert {observed.consumer.resource_id.lower() for observed in listing.consumers} == estate.expected
@@ -132,14 +140,11 @@ def test_falls_back_to_subscription_listing_when_resource_graph_is_forbidden(est
 
 
 def test_fallback_without_configured_subscriptions_lists_the_readable_ones(estate: Estate) -> None:
-    estate.world.faults.resource_graph_status = 404
-    try:
+    with resource_graph_answering(estate, 404):
         found, _ = inventory(estate, subscriptions=[])
         with found:
             assert set(found.subscriptions()) >= {SUB_A, SUB_B}
             listing = found.list_consumers(estate.world.key("kv-inv", "cmk"))
-    finally:
-        estate.world.faults.resource_graph_status = None
     assert listing.source is InventorySource.SUBSCRIPTION_LISTING
     assert {observed.consumer.resource_id.lower() for observed in listing.consumers} == estate.expected
 
@@ -153,26 +158,20 @@ def test_without_configured_subscriptions_resource_graph_covers_every_readable_o
 
 
 def test_throttled_resource_graph_is_transient_not_a_fallback(estate: Estate) -> None:
-    estate.world.faults.resource_graph_status = 429
-    try:
+    with resource_graph_answering(estate, 429):
         found, storage = inventory(estate)
         with found, pytest.raises(TransientError):
             found.list_consumers(estate.world.key("kv-inv", "cmk"))
-    finally:
-        estate.world.faults.resource_graph_status = None
     assert storage.account_listings == 0
 
 
 @pytest.mark.parametrize("graph_status", [None, 403])
 def test_vaults_map_origins_to_arm_ids(estate: Estate, graph_status: int | None) -> None:
     world = estate.world
-    world.faults.resource_graph_status = graph_status
-    try:
+    with resource_graph_answering(estate, graph_status):
         found, _ = inventory(estate)
         with found:
             vaults = found.list_vaults()
-    finally:
-        world.faults.resource_graph_status = None
     assert vaults[world.origin("kv-inv")] == parse_vault_resource_id(world.vaults["kv-inv"].id)
     assert vaults[world.origin("kv-inv-b")] == parse_vault_resource_id(world.vaults["kv-inv-b"].id)
     assert vaults[world.origin("kv-inv-b")].subscription_id == SUB_B
@@ -195,13 +194,10 @@ def test_consumer_directory_sets_each_consumers_key_access(estate: Estate) -> No
 @pytest.mark.parametrize("graph_status", [None, 403])
 def test_keys_in_use_of_a_vault(estate: Estate, graph_status: int | None) -> None:
     world = estate.world
-    world.faults.resource_graph_status = graph_status
-    try:
+    with resource_graph_answering(estate, graph_status):
         found, _ = inventory(estate)
         with found:
             in_use = ConsumerDirectory(found, world.connection()).keys_in_use(world.origin("kv-inv"))
             unused_vault = found.keys_in_use(world.origin("kv-inv-b"))
-    finally:
-        world.faults.resource_graph_status = None
     assert in_use == [world.key("kv-inv", "cmk"), world.key("kv-inv", "other")]
     assert unused_vault == []

@@ -21,7 +21,7 @@ from controller.adapters.key_vault_crypto import (
 from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
 from controller.ports import BlobPage
 from controller.rewrap_jobs import STAGING_PREFIX, RewriteOptions, RewriteRunner
-from tests.integration.test_rewrap_adapters import Killed, Sandbox, assert_all_on, content, populate
+from tests.integration.test_rewrap_adapters import KillAfterPages, Killed, Sandbox, assert_all_on, content, populate
 from tests.integration.test_rewrap_adapters import sandbox as sandbox  # noqa: PLC0414 - the fixture
 
 pytestmark = pytest.mark.integration
@@ -206,22 +206,10 @@ def test_a_concurrent_writer_loses_no_update_during_a_rewrite(sandbox: Sandbox) 
         assert sandbox.container_client().get_blob_client(name).get_blob_properties().metadata["owner"] == "app"
 
 
-class KillOnPage(AzureBlobStore):
-    def __init__(self, world: Sandbox, pages: int) -> None:
-        super().__init__(blob_service_client(connection_string=world.connection_string), page_size=5)
-        self.remaining = pages
-
-    def list_blobs(self, container: str, *, prefix: str | None, marker: str | None) -> BlobPage:
-        if self.remaining == 0:
-            raise Killed
-        self.remaining -= 1
-        return super().list_blobs(container, prefix=prefix, marker=marker)
-
-
 def test_a_killed_rewrite_resumes_and_leaves_everything_readable(sandbox: Sandbox) -> None:
     written = populate(sandbox, 15)
     with pytest.raises(Killed):
-        runner(sandbox, store=KillOnPage(sandbox, 2)).rewrite_container(sandbox.container)
+        runner(sandbox, store=KillAfterPages(sandbox, 2, page_size=5)).rewrite_container(sandbox.container)
     for name, data in written.items():
         assert sandbox.read_any(name) == data
     progress = runner(sandbox, store=sandbox.store(page_size=5)).rewrite_container(sandbox.container)
