@@ -230,7 +230,7 @@ def _alerts(plan: rotation.Plan) -> list[Alert]:
             resource=decision.consumer.resource_id,
             reason=decision.reason.value,
             message=decision.message,
-            fingerprint=_fingerprint(decision.consumer.id, decision.reason.value, plan.key.uri, target),
+            fingerprint=fingerprint(decision.consumer.id, decision.reason.value, plan.key.uri, target),
             details={"key": plan.key.uri, "target_version": target, "action": decision.action.value},
         ))
     return alerts
@@ -243,12 +243,12 @@ def _failure_alert(decision: rotation.Decision, err: PermanentError) -> Alert:
         resource=decision.consumer.resource_id,
         reason="UpdateFailed",
         message=str(err),
-        fingerprint=_fingerprint(decision.consumer.id, "UpdateFailed", decision.consumer.key.uri, ""),
+        fingerprint=fingerprint(decision.consumer.id, "UpdateFailed", decision.consumer.key.uri, ""),
         details={"action": decision.action.value, "set_key": decision.set_key.uri if decision.set_key else None},
     )
 
 
-def _fingerprint(*parts: str) -> str:
+def fingerprint(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
@@ -271,7 +271,7 @@ def blast_radius_alert(key: KeyRef, consumers: Sequence[Consumer], *, severity: 
         resource=key.uri,
         reason=reason,
         message=f"{message}; {len(names)} consumer(s) depend on this key",
-        fingerprint=_fingerprint(key.uri.lower(), reason, version or ""),
+        fingerprint=fingerprint(key.uri.lower(), reason, version or ""),
         details={"key": key.uri, "version": version, "consumers": names},
     )
 

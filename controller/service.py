@@ -16,7 +16,7 @@ from controller.errors import Conflict, InvalidEvent, InvalidInput, PermanentErr
 from controller.events import IntakeResult, parse_delivery
 from controller.logs import log_record
 from controller.model import Consumer, ConsumerKind, KeyEvent, KeyEventKind, KeyRef, parse_key_id, parse_vault_origin
-from controller.ports import AuditLog, BlobStore, Clock, EventLedger, RewrapProgress, WorkQueue
+from controller.ports import Alert, AuditLog, BlobStore, Clock, EventLedger, RewrapProgress, WorkQueue
 from controller.rewrap import RewrapEngine, RewrapOptions
 from controller.rewrap_jobs import WORK_KIND as REWRAP_WORK_KIND
 from controller.rewrap_jobs import (
@@ -105,8 +105,16 @@ def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
             deps.ledger.release_event(event.event_id)
             raise
         except PermanentError as err:
+            # Retrying cannot help (a deleted key, a missing permission): a human has to know.
             log_record(log, logging.ERROR, "key event failed permanently",
                        {"event_id": event.event_id, "error": str(err)})
+            subject = event.key.versionless.uri if event.key else event.vault.url
+            deps.reconcile.notifier.send(Alert(
+                severity="critical", title=f"{subject}: {event.kind.value} could not be handled",
+                resource=subject, reason="EventFailed", message=str(err),
+                fingerprint=reconciler.fingerprint(subject.lower(), "EventFailed", event.kind.value),
+                details={"event_id": event.event_id, "event_type": event.event_type},
+            ))
     return HandledEvent(event, outcome)
 
 

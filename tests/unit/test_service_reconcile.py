@@ -103,3 +103,21 @@ def test_no_rewrap_is_fanned_out_for_other_event_kinds():
                                 ledger=FakeLedger(), reconcile=w.deps, work_queue=queue)
     service.handle_key_event(event(KeyEventKind.EXPIRED, OLD), deps)
     assert [message for message, _ in queue.items if message.get("kind") == "rewrap"] == []
+
+
+def test_a_permanent_failure_is_alerted_and_not_retried():
+    from controller.errors import NotFound
+
+    w = world(account("stfree"))
+
+    def deleted(_key):
+        raise NotFound("get versions of storage-cmk: HTTP 404 KeyNotFound")
+
+    w.vault.get_key_state = deleted  # the key was deleted (no Event Grid event exists for that)
+    ledger = FakeLedger()
+    handled = service.handle_key_event(event(KeyEventKind.NEW_VERSION), dependencies(w, ledger))
+    assert handled.outcome is service.Outcome.ACCEPTED
+    assert ledger.released == []
+    [alert] = [alert for alert in w.notifier.alerts if alert.reason == "EventFailed"]
+    assert alert.severity == "critical"
+    assert "KeyNotFound" in alert.message
