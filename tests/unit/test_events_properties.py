@@ -182,7 +182,7 @@ def apply(event: dict[str, Any], path: tuple[str, ...], action: str, name: str, 
         target.pop(existing, None)
     elif action == "replace":
         target[existing] = value
-    elif action == "rename":
+    elif action == "rename" and existing in target:  # an emptied object has nothing to rename
         target[f" {existing.upper()} " if pick % 2 else existing.lower()] = target.pop(existing)
     elif action == "duplicate":
         target[f"{existing} "] = value
