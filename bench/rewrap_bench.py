@@ -325,8 +325,11 @@ def naive_rewrite_runs(world: World, container: str, count: int) -> float:
                 match_condition=MatchConditions.IfNotModified,
             )
 
+        before = CPU.snapshot() if CPU else None
         with ThreadPoolExecutor(world.concurrency) as pool:
             elapsed, _ = timed(lambda pool=pool, rewrite=rewrite, names=names: list(pool.map(rewrite, names)))
+        if CPU and before:
+            CPU_PER_BLOB[f"naive_rewrite_{container}"] = CPU.per_blob_ms(before, count)
         rates.append(count / elapsed)
     return statistics.median(rates)
 
@@ -460,7 +463,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller figures (a smoke run, ~1 minute)")
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
-    small, large, rewrite_subset = (2000, 200, 60) if not args.quick else (300, 30, 15)
+    # The naive rewrite runs over the same 1 MiB blobs as the re-wrap it is compared with (a short run of a
+    # few waves of workers would charge it ramp-up and tail effects the longer re-wrap run amortizes).
+    small, large = (2000, 200) if not args.quick else (300, 30)
+    rewrite_subset = large
     throttle_blobs, scaled_limit, scaled_window = (600, 200, 10.0) if not args.quick else (150, 40, 2.0)
     memory_sizes = (2000, 20000) if not args.quick else (1000, 10000)
 
@@ -504,6 +510,12 @@ def main() -> int:
             )
             log("throttled to Azure's RSA-2048 limit (4,000 / 10 s)")
             results["throttled_azure_limit"] = throttled_run(world, "small", limit=AZURE_RSA2048_LIMIT, window=10.0)
+            # The same container re-wrapped without throttling, earlier in this run: when the machine
+            # cannot reach the limit, this ceiling (not the back-off) bounds achieved_vs_limit.
+            results["throttled_azure_limit"].update(
+                unthrottled_rewrap_per_s=round(rewrap_rate, 1),
+                unthrottled_vs_limit=round(rewrap_rate / (AZURE_RSA2048_LIMIT / 10), 3),
+            )
             log(f"throttled to a scaled-down limit ({scaled_limit} / {scaled_window:g} s)")
             results["throttled_scaled_limit"] = throttled_run(
                 world, "throttle", limit=scaled_limit, window=scaled_window

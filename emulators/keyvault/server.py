@@ -142,7 +142,19 @@ class VaultServer:
         run = functools.partial(
             execute, state, route, body=body, query=dict(request.query), api_version=ctx.api_version
         )
+        if route.crypto_op and self._nothing_due():
+            # A crypto operation with no time-driven change pending is one short CPU-bound call (an
+            # RSA private operation holds the GIL anyway): run it here rather than pay a thread
+            # hand-off per request, and without the loop waiting on the state lock the worker holds.
+            # Anything that may rotate keys (RSA generation) still goes to the executor.
+            return run()
         return await asyncio.get_running_loop().run_in_executor(None, run)
+
+    def _nothing_due(self) -> bool:
+        # Unlocked read of one int: a stale value only sends this request to the executor, or
+        # lets execute() run the (then due) evaluation itself, as it always does.
+        due = self.state.next_due
+        return due > 0 and self.state.clock.now().timestamp() < due
 
     # ---- pipeline steps -------------------------------------------------------------------------------
     def _authenticate(self, request: web.Request) -> Principal:
