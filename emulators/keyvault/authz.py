@@ -6,6 +6,8 @@ import fnmatch
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from emulators.builtin_roles import BUILTIN_ROLES
+
 if TYPE_CHECKING:
     from .credential import Principal
     from .state import VaultState
@@ -39,44 +41,6 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "GetRandomBytes": ("", f"{KV}/rng/action"),
 }
 
-# Built-in role definitions (data actions only; the subset relevant to keys).
-BUILTIN_ROLES: dict[str, dict[str, Any]] = {
-    "00482a5a-887f-4fb3-b363-3b7fe8e74483": {
-        "roleName": "Key Vault Administrator",
-        "dataActions": [f"{KV}/*"],
-        "notDataActions": [],
-    },
-    "14b46e9e-c2b7-41b4-b07b-48a6ebf60603": {
-        "roleName": "Key Vault Crypto Officer",
-        "dataActions": [f"{KV}/keys/*", f"{KV}/keyrotationpolicies/*", f"{KV}/deletedKeys/*", f"{KV}/rng/action"],
-        "notDataActions": [],
-    },
-    "12338af0-0e69-4776-bea7-57ae8d297424": {
-        "roleName": "Key Vault Crypto User",
-        "dataActions": [
-            f"{KV}/keys/read",
-            f"{KV}/keys/update/action",
-            f"{KV}/keys/backup/action",
-            f"{KV}/keys/encrypt/action",
-            f"{KV}/keys/decrypt/action",
-            f"{KV}/keys/wrap/action",
-            f"{KV}/keys/unwrap/action",
-            f"{KV}/keys/sign/action",
-            f"{KV}/keys/verify/action",
-        ],
-        "notDataActions": [],
-    },
-    "e147488a-f6f5-4113-8e2d-b22465e65bf6": {
-        "roleName": "Key Vault Crypto Service Encryption User",
-        "dataActions": [f"{KV}/keys/read", f"{KV}/keys/wrap/action", f"{KV}/keys/unwrap/action"],
-        "notDataActions": [],
-    },
-    "21090545-7ca7-4776-b22c-e363652d74d2": {
-        "roleName": "Key Vault Reader",
-        "dataActions": [f"{KV}/*/read", f"{KV}/keys/read", f"{KV}/deletedKeys/read"],
-        "notDataActions": [],
-    },
-}
 
 
 @dataclass(frozen=True, slots=True)
