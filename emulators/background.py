@@ -11,20 +11,24 @@ so each owns a ServerThread::
 ``listen``/``serve`` bind one IPv4 socket (SO_REUSEADDR) on ``host``:``port`` (0: a free port) and serve
 ``app`` on it over HTTPS when ``ssl_context`` is given, plain HTTP otherwise. ``serve`` is the coroutine
 for apps started from the loop itself (the ARM emulator's blob proxies); ``unserve`` stops one again.
+``every`` runs a function periodically (the emulators' timers); ``stop`` cancels it.
 A ServerThread can be started again after ``stop``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
 import ssl
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Self, TypeVar
 
 from aiohttp import web
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -42,6 +46,7 @@ class ServerThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runners: list[web.AppRunner] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- the loop -----------------------------------------------------------------------------------
     @property
@@ -153,10 +158,61 @@ class ServerThread:
             raise
         return bound
 
+    # ---- periodic calls -----------------------------------------------------------------------------
+    def every(
+        self,
+        seconds: float | Callable[[], float],
+        fn: Callable[[], object],
+        *,
+        what: str = "periodic call",
+        logger: logging.Logger | None = None,
+    ) -> asyncio.Task[None]:
+        """Call ``fn`` in the loop's default executor every ``seconds`` until ``cancel`` or ``stop``.
+
+        ``seconds`` is a number or a callable read before each wait. A call that raises is logged
+        ("<what> failed", on ``logger``, default this module's) and the timer goes on. Returns the task;
+        from synchronous code only, like ``run``.
+        """
+        return self.run(self._every(seconds, fn, what, logger or log))
+
+    async def _every(
+        self, seconds: float | Callable[[], float], fn: Callable[[], object], what: str, logger: logging.Logger
+    ) -> asyncio.Task[None]:
+        async def tick() -> None:
+            loop = asyncio.get_running_loop()
+            while True:
+                await asyncio.sleep(seconds() if callable(seconds) else seconds)
+                try:
+                    await loop.run_in_executor(None, fn)
+                except Exception:
+                    logger.exception("%s failed", what)
+
+        task = asyncio.get_running_loop().create_task(tick(), name=f"{self.name}: {what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def cancel(self, task: asyncio.Task[None]) -> None:
+        """Cancel a task from ``every`` and wait until it is done (a call already running in the executor
+        is not waited for). No-op when not running."""
+        if self._loop is not None:
+            self.run(self._cancel(task))
+
+    async def _cancel(self, *tasks: asyncio.Task[None]) -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _cancel_timers(self) -> None:
+        await self._cancel(*self._tasks)  # the set is only changed on the loop
+
     # ---- shutdown -----------------------------------------------------------------------------------
     def stop(self, shutdown: Coroutine[Any, Any, object] | None = None) -> None:
-        """Stop: run ``shutdown`` on the loop (the owner's own clean-up, e.g. tasks and client sessions),
-        clean up every runner still served, stop the loop, join the thread and close the loop.
+        """Stop: cancel the ``every`` timers, run ``shutdown`` on the loop (the owner's own clean-up, e.g.
+        tasks and client sessions), clean up every runner still served, stop the loop, join the thread and
+        close the loop.
 
         The loop is stopped even when ``shutdown`` or a clean-up fails (the error is raised after).
         No-op when not running.
@@ -167,8 +223,12 @@ class ServerThread:
                 shutdown.close()
             return
         try:
-            if shutdown is not None:
-                self.run(shutdown)
+            try:
+                if self._tasks:
+                    self.run(self._cancel_timers())
+            finally:
+                if shutdown is not None:
+                    self.run(shutdown)
         finally:
             self._loop = None
             try:

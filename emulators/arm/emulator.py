@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import functools
 import json
@@ -195,14 +194,15 @@ class ArmEmulator:
         )
         self.port = port
         self.origin = f"https://{self.host}:{port}"
-        self._tick_task = self._server.run(self._start_tick())
+        self._tick_task = self._start_tick()
         log.info("ARM emulator listening at %s", self.origin)
         return self
 
     def stop(self) -> None:
         if not self._server.running:
             return
-        self._server.stop(self._shutdown())
+        self._server.stop(self._shutdown())  # cancels the tick first
+        self._tick_task = None
         self.storage.close()
         if self._started_keyvault:
             self.keyvault.stop()
@@ -219,24 +219,15 @@ class ArmEmulator:
             app, host, port, ssl_context=self.ca.server_ssl_context(host), handle_signals=False
         )
 
-    async def _start_tick(self) -> asyncio.Task[None]:
-        async def tick() -> None:
-            loop = asyncio.get_running_loop()
-            while True:
-                await asyncio.sleep(self.storage_tick_seconds)
-                try:
-                    await loop.run_in_executor(None, self.storage.run_cycle)
-                except Exception:
-                    log.exception("storage key cycle failed")
-
-        return asyncio.get_running_loop().create_task(tick())
+    def _start_tick(self) -> asyncio.Task[None]:
+        return self._server.every(
+            lambda: self.storage_tick_seconds,
+            lambda: self.storage.run_cycle(),  # noqa: PLW0108 - looked up at each tick
+            what="storage key cycle",
+            logger=log,
+        )
 
     async def _shutdown(self) -> None:
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
-            self._tick_task = None
         for proxy in self._proxies.values():
             await proxy.close()
         self._proxy_runners.clear()  # the server thread cleans up every runner when it stops
@@ -289,14 +280,9 @@ class ArmEmulator:
         """Change how often (real seconds) the storage service's timer looks for due polls and unwraps."""
         self.storage_tick_seconds = seconds
         if self._server.running:
-            self._server.run(self._restart_tick())
-
-    async def _restart_tick(self) -> None:
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
-        self._tick_task = await self._start_tick()
+            if self._tick_task is not None:
+                self._server.cancel(self._tick_task)
+            self._tick_task = self._start_tick()
 
     def advance_clock(self, delta: timedelta) -> None:
         """Advance sandbox time; the vaults evaluate their time-driven state and due storage polls run."""

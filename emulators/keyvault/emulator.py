@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import socket
 import tempfile
 import threading
-from collections.abc import Coroutine
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
+from emulators.background import ServerThread
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
 
@@ -25,7 +22,6 @@ from .server import VaultServer
 from .state import AccessPolicy, NetworkAcls, RoleAssignment, VaultState
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class KeyVaultEmulator:
@@ -72,9 +68,7 @@ class KeyVaultEmulator:
         self._servers: dict[str, VaultServer] = {}
         self._runners: dict[str, web.AppRunner] = {}
         self._lock = threading.RLock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._tick_task: asyncio.Task[None] | None = None
+        self._server = ServerThread("keyvault-emulator", timeout=60.0)
         self.admin_origin = ""
 
     # ---- lifecycle ------------------------------------------------------------------------------------
@@ -88,40 +82,30 @@ class KeyVaultEmulator:
 
     @property
     def running(self) -> bool:
-        return self._loop is not None
+        return self._server.running
 
     def start(self) -> KeyVaultEmulator:
-        if self._loop is not None:
+        if self._server.running:
             return self
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="keyvault-emulator", daemon=True)
-        self._thread.start()
-        ready.wait()
-        self._loop = loop
-        self._run(self._start_admin())
+        self._server.start()
+        self._server.run(self._start_admin())
         for name in list(self.vaults):
-            self._run(self._start_vault(name))
-        self._tick_task = self._run(self._start_tick())
+            self._server.run(self._start_vault(name))
+        self._server.every(
+            lambda: self.tick_seconds,
+            lambda: self.evaluate(),  # noqa: PLW0108 - looked up at each tick
+            what="time-driven evaluation",
+            logger=log,
+        )
         return self
 
     def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
+        if not self._server.running:
             return
-        self._run(self._shutdown())
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        loop.close()
-        self._loop = None
-        self._thread = None
+        try:
+            self._server.stop()  # cancels the tick, then cleans up the admin and vault runners
+        finally:
+            self._runners.clear()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -131,13 +115,6 @@ class KeyVaultEmulator:
 
     def __exit__(self, *args: object) -> None:
         self.stop()
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._loop is None:
-            raise RuntimeError("the emulator is not running")
-        if threading.current_thread() is self._thread:
-            raise RuntimeError("_run called from the emulator's own loop")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
 
     # ---- vaults ---------------------------------------------------------------------------------------
     def add_vault(
@@ -177,8 +154,8 @@ class KeyVaultEmulator:
             host=host,
             port=port,
         )
-        if self._loop is not None:
-            self._run(self._start_vault(name.lower()))
+        if self._server.running:
+            self._server.run(self._start_vault(name.lower()))
         return state
 
     def _register(
@@ -250,8 +227,8 @@ class KeyVaultEmulator:
     def remove_vault(self, name: str) -> None:
         """Stop a vault's origin and forget it (ARM deleted the vault)."""
         key = name.lower()
-        if self._loop is not None:
-            self._run(self._stop_vault(key))
+        if self._server.running:
+            self._server.run(self._stop_vault(key))
         with self._lock:
             del self.vaults[key]
             del self._servers[key]
@@ -268,7 +245,7 @@ class KeyVaultEmulator:
             raise KeyError(key)
         runner = self._runners.pop(key, None)
         if runner is not None:
-            await runner.cleanup()
+            await self._server.unserve(runner)
 
     def vault(self, name: str) -> VaultState:
         return self.vaults[name.lower()]
@@ -308,14 +285,9 @@ class KeyVaultEmulator:
 
     # ---- coroutines on the emulator loop ----------------------------------------------------------------
     async def _serve(self, app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.SockSite(runner, sock, ssl_context=self.ca.server_ssl_context(host))
-        await site.start()
-        return runner, int(sock.getsockname()[1])
+        return await self._server.serve(
+            app, host, port, ssl_context=self.ca.server_ssl_context(host), handle_signals=False, shutdown_timeout=0.5
+        )
 
     async def _start_vault(self, key: str) -> None:
         state = self.vaults[key]
@@ -334,25 +306,3 @@ class KeyVaultEmulator:
         runner, port = await self._serve(build_admin_app(self), self.host, self.admin_port)
         self._runners["\0admin"] = runner
         self.admin_origin = f"https://{self.host}:{port}"
-
-    async def _start_tick(self) -> asyncio.Task[None]:
-        async def tick() -> None:
-            loop = asyncio.get_running_loop()
-            while True:
-                await asyncio.sleep(self.tick_seconds)
-                try:
-                    await loop.run_in_executor(None, self.evaluate)
-                except Exception:
-                    log.exception("time-driven evaluation failed")
-
-        return asyncio.get_running_loop().create_task(tick())
-
-    async def _shutdown(self) -> None:
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
-            self._tick_task = None
-        for runner in list(self._runners.values()):
-            await runner.cleanup()
-        self._runners.clear()

@@ -99,3 +99,44 @@ def test_unserve_stops_one_app_and_leaves_the_others() -> None:
         with pytest.raises(OSError):
             get(first_port)
         assert get(second_port) == "hello"
+
+
+def test_every_calls_periodically_off_the_loop_logs_failures_and_stops_with_the_thread(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[str] = []
+    done = threading.Event()
+
+    def tick() -> None:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            raise ValueError("first call fails")
+        if len(calls) >= 3:
+            done.set()
+
+    server = ServerThread("test-every").start()
+    task = server.every(0.01, tick, what="test tick")
+    assert done.wait(timeout=10)
+    assert "test-every" not in calls  # run in the executor, not on the loop
+    assert "test tick failed" in caplog.text
+    server.stop()
+    assert task.cancelled()
+    count = len(calls)
+    threading.Event().wait(0.05)
+    assert len(calls) == count
+
+
+def test_the_interval_is_read_before_each_wait_and_cancel_stops_one_timer() -> None:
+    intervals = iter([0.01, 0.01, 3600.0])
+    calls: list[int] = []
+    with ServerThread("test-cancel") as server:
+        slow = server.every(3600, lambda: calls.append(0))
+        fast = server.every(lambda: next(intervals), lambda: calls.append(1))
+        for _ in range(1000):
+            if len(calls) == 2:
+                break
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.1)
+        assert calls == [1, 1]  # the third wait is an hour
+        server.cancel(fast)
+        assert fast.cancelled() and not slow.done()
