@@ -84,7 +84,11 @@ def accounts_on(clients: SandboxClients, version: str) -> tuple[int, int]:
 def start(directory: Path, scenario: dict[str, Any], *, functions: bool) -> tuple[dict[str, Any], SandboxClients,
                                                                                  dict[str, Any]]:
     state = sandbox.start_detached(directory, functions=functions, timeout=120)
-    seeded = Seeder(directory, scenario, log=lambda _text: None).run()
+    try:
+        seeded = Seeder(directory, scenario, log=lambda _text: None).run()
+    except BaseException:
+        sandbox.stop(directory)  # never leave a sandbox behind
+        raise
     state = sandbox.read_state(directory) or state
     operator = scenario["operator"]
     clients = SandboxClients.for_state(state, scenario["subscriptionId"], operator["objectId"], operator["name"])
