@@ -24,7 +24,7 @@ from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64E
 from controller import reconciler, rotation
 from controller.adapters.audit_log import LogAnalyticsAuditLog
 from controller.adapters.blob_store import AzureBlobStore
-from controller.adapters.credentials import ArmConnection, controller_credential
+from controller.adapters.credentials import ArmConnection, challenge_options, controller_credential
 from controller.adapters.inventory import BlobEndpoints, ConsumerDirectory, Inventory
 from controller.adapters.key_vault import KeyVaults
 from controller.adapters.key_vault_crypto import VaultClients
@@ -36,7 +36,6 @@ from controller.adapters.storage_control import StorageControl
 from controller.adapters.table_ledger import TableEventLedger
 from controller.adapters.work_queue import StorageWorkQueue, work_queue_client
 from controller.errors import SettingsError
-from controller.model import VaultOrigin
 from controller.ports import Notifier
 from controller.service import Dependencies
 from controller.settings import Settings, load_settings
@@ -89,7 +88,7 @@ def build(environ: Mapping[str, str], *, credential: TokenCredential | None = No
     blob_services = token_blob_services(credential, endpoint=BlobEndpoints(inventory))
     rewrap = AzureRewrapBackend(
         vault_clients=VaultClients(credential, allowed_origins=settings.vaults, custom_origins=settings.vaults,
-                                   **_challenge_options(settings)),
+                                   **challenge_options(settings.vaults)),
         blob_service=blob_services,
         checkpoint=TableRewrapCheckpoint(storage.table(settings.ledger_table)),
     )
@@ -108,14 +107,6 @@ def build(environ: Mapping[str, str], *, credential: TokenCredential | None = No
         blob_stores=lambda account: AzureBlobStore(blob_services(account, 8)),
         audit=audit,
     )
-
-
-def _challenge_options(settings: Settings) -> dict[str, bool]:
-    """Vaults on custom origins (the local sandbox) answer the challenge for a resource that cannot
-    match their loopback host: only when such an origin is configured is the resource check off."""
-    if all(VaultOrigin(origin).name is not None for origin in settings.vaults):
-        return {}
-    return {"verify_challenge_resource": False}
 
 
 def _notifier(settings: Settings) -> Notifier:

@@ -8,14 +8,12 @@ import json
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from azure.core.credentials import AccessToken, TokenCredential
+from azure.core.credentials import TokenCredential
 from azure.data.tables import TableClient
-from azure.identity import DefaultAzureCredential
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 from rich.console import Console
@@ -23,6 +21,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 
 from controller import cli_keys
 from controller.adapters.blob_store import AzureBlobRewriter, AzureBlobStore, blob_service_client, pooled_transport
+from controller.adapters.credentials import challenge_options, operator_credential
 from controller.adapters.key_vault_crypto import (
     VaultClients,
     VaultKeyEncryptionKey,
@@ -139,9 +138,8 @@ environment:
   AzureWebJobsStorage__accountName   (identity-based): where checkpoints (the ledger table,
                          CMK_LEDGER_TABLE) and, with --enqueue, work items (CMK_WORK_QUEUE) go.
                          Without either, the run keeps no checkpoint and cannot resume.
-  CMK_SANDBOX_TOKEN, CMK_SANDBOX_CA
-                         local sandbox only: a bearer token and CA bundle for the emulated vault
-                         (in Azure, DefaultAzureCredential is used; no secrets are read).
+  credentials            your Azure CLI / environment login, or the managed identity where one
+                         exists (AZURE_CLIENT_ID; the local sandbox serves one): no secrets are read.
 
 exit status: 0 every blob wrapped by the key is on the target version (or would be, --dry-run);
 1 some blobs failed or have malformed envelopes (listed in the report); 2 invalid input.
@@ -190,7 +188,9 @@ def _rewrap(args: argparse.Namespace) -> int:
         settings = load_settings(environ)
         _check_rewrap_arguments(args)
         key = _parse_key_argument(args.key, args.to_version, vaults=settings.vaults)
-        vault_clients = _vault_clients(environ, settings.vaults)
+        credential = operator_credential(environ)
+        vault_clients = VaultClients(credential, allowed_origins=settings.vaults, custom_origins=settings.vaults,
+                                     transport=pooled_transport(MAX_CONCURRENCY), **challenge_options(settings.vaults))
         wrapper = fetch_public_wrapper(vault_clients, key.uri)
         mode = RewrapMode(args.mode)
         items = split_job(
@@ -202,12 +202,12 @@ def _rewrap(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
         )
         if args.enqueue:
-            queue = StorageWorkQueue(_app_queue_client(environ, settings.work_queue))
+            queue = StorageWorkQueue(_app_queue_client(environ, settings.work_queue, credential))
             for item in items:
                 queue.enqueue(item.to_message())
             print(json.dumps({"enqueued": [item.as_json() for item in items]}, indent=2))
             return 0
-        service = _cli_blob_service(args, environ)
+        service = _cli_blob_service(args, environ, credential)
         unwrapper = VaultKeyUnwrapper(vault_clients)
         origins = tuple(settings.vaults)
         run_item: _ItemRunner
@@ -246,7 +246,7 @@ def _rewrap(args: argparse.Namespace) -> int:
             items,
             run_item,
             store=AzureBlobStore(service),
-            checkpoint=_cli_checkpoint(environ, settings.ledger_table),
+            checkpoint=_cli_checkpoint(environ, settings.ledger_table, credential),
             show_progress=not args.no_progress and sys.stderr.isatty(),
         )
     except (InvalidInput, SettingsError) as err:
@@ -318,33 +318,6 @@ def _parse_key_argument(value: str, version: str | None, *, vaults: Sequence[str
     return key
 
 
-class _StaticToken:
-    """A TokenCredential over a fixed bearer token: the local sandbox's vault only."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
-        return AccessToken(self._token, int(time.time()) + 3600)
-
-
-def _vault_clients(environ: Mapping[str, str], vaults: Sequence[str]) -> VaultClients:
-    sandbox_token = environ.get("CMK_SANDBOX_TOKEN", "").strip()
-    client_kwargs: dict[str, object] = {}
-    transport_kwargs: dict[str, object] = {}
-    credential: TokenCredential
-    if sandbox_token:
-        credential = _StaticToken(sandbox_token)
-        client_kwargs["verify_challenge_resource"] = False
-        ca_bundle = environ.get("CMK_SANDBOX_CA", "").strip()
-        if ca_bundle:
-            transport_kwargs["connection_verify"] = ca_bundle
-    else:
-        credential = DefaultAzureCredential()
-    client_kwargs["transport"] = pooled_transport(MAX_CONCURRENCY, **transport_kwargs)
-    return VaultClients(credential, allowed_origins=vaults, custom_origins=vaults, **client_kwargs)
-
-
 def _local_connection_string(environ: Mapping[str, str], setting: str) -> str:
     connection = environ.get(setting, "").strip()
     if not connection:
@@ -357,27 +330,29 @@ def _local_connection_string(environ: Mapping[str, str], setting: str) -> str:
     return connection
 
 
-def _cli_blob_service(args: argparse.Namespace, environ: Mapping[str, str]) -> BlobServiceClient:
+def _cli_blob_service(
+    args: argparse.Namespace, environ: Mapping[str, str], credential: TokenCredential
+) -> BlobServiceClient:
     if args.connection_string_setting:
         connection = _local_connection_string(environ, args.connection_string_setting)
         return blob_service_client(connection_string=connection, connections=args.concurrency)
     endpoint = args.blob_endpoint or azure_blob_endpoint(args.account)
-    return blob_service_client(endpoint, credential=DefaultAzureCredential(), connections=args.concurrency)
+    return blob_service_client(endpoint, credential=credential, connections=args.concurrency)
 
 
-def _cli_checkpoint(environ: Mapping[str, str], table_name: str) -> RewrapCheckpoint:
+def _cli_checkpoint(environ: Mapping[str, str], table_name: str, credential: TokenCredential) -> RewrapCheckpoint:
     if environ.get("AzureWebJobsStorage", "").strip():
         connection = _local_connection_string(environ, "AzureWebJobsStorage")
         return TableRewrapCheckpoint(TableClient.from_connection_string(connection, table_name=table_name))
     account = environ.get("AzureWebJobsStorage__accountName", "").strip()
     if account:
         endpoint = f"https://{account}.table.core.windows.net"
-        return TableRewrapCheckpoint(TableClient(endpoint, table_name=table_name, credential=DefaultAzureCredential()))
+        return TableRewrapCheckpoint(TableClient(endpoint, table_name=table_name, credential=credential))
     print("cmkctl: no checkpoint store configured: an interrupted run starts over", file=sys.stderr)
     return _MemoryCheckpoint()
 
 
-def _app_queue_client(environ: Mapping[str, str], queue_name: str) -> QueueClient:
+def _app_queue_client(environ: Mapping[str, str], queue_name: str, credential: TokenCredential) -> QueueClient:
     if environ.get("AzureWebJobsStorage", "").strip():
         return work_queue_client(_local_connection_string(environ, "AzureWebJobsStorage"), queue_name)
     account = environ.get("AzureWebJobsStorage__accountName", "").strip()
@@ -386,7 +361,7 @@ def _app_queue_client(environ: Mapping[str, str], queue_name: str) -> QueueClien
     return QueueClient(
         f"https://{account}.queue.core.windows.net",
         queue_name,
-        credential=DefaultAzureCredential(),
+        credential=credential,
         message_encode_policy=TextBase64EncodePolicy(),
         message_decode_policy=TextBase64DecodePolicy(),
     )

@@ -292,19 +292,6 @@ def after_daily_poll(demo: Demo) -> None:
     show_accounts(demo, "what each storage account reports after the poll")
 
 
-def controller_token(demo: Demo, resource: str) -> str:
-    """A token for the controller's managed identity, fetched the way ManagedIdentityCredential does (App Service)."""
-    values = json.loads((demo.directory / sandbox.SETTINGS_FILE).read_text())["Values"]
-    query = urllib.parse.urlencode(
-        {"api-version": "2019-08-01", "resource": resource, "client_id": values["AZURE_CLIENT_ID"]}
-    )
-    request = urllib.request.Request(  # noqa: S310 - the sandbox's loopback identity endpoint
-        f"{values['IDENTITY_ENDPOINT']}?{query}", headers={"X-IDENTITY-HEADER": values["IDENTITY_HEADER"]}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-        return str(json.loads(response.read())["access_token"])
-
-
 def rewrap_blobs(demo: Demo) -> None:
     container = next(c for c in demo.seeded["containers"].values() if c["blobs"])
     account = demo.seeded["storageAccounts"][container["account"]]
@@ -316,11 +303,9 @@ def rewrap_blobs(demo: Demo) -> None:
     demo.step(f"cmkctl {' '.join(command[:5])}: re-wrap the client-side-encrypted blobs onto the new version")
     say_wrapped_by(demo, "before: ")
     values = json.loads((demo.directory / sandbox.SETTINGS_FILE).read_text())["Values"]
-    # The controller's settings and identity, as `source .sandbox/env` gives them to a shell; the vault is
-    # reached with the controller identity's token (CMK_SANDBOX_TOKEN: the CLI's sandbox-only vault credential).
+    # The controller's settings and identity, as `source .sandbox/env` gives them to a shell: the CLI
+    # authenticates through the sandbox's managed-identity endpoint, exactly as it would in Azure.
     environment = dict(os.environ) | values
-    environment["CMK_SANDBOX_TOKEN"] = controller_token(demo, "https://vault.azure.net")
-    environment["CMK_SANDBOX_CA"] = demo.state["caBundle"]
     result = subprocess.run(  # noqa: S603 - our own interpreter and CLI
         [sys.executable, "-m", "controller.cli", *command],
         cwd=sandbox.PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=120, check=False,

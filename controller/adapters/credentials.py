@@ -9,12 +9,14 @@ azure-identity reads those two variables from the process environment when the c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from azure.core.credentials import TokenCredential
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+from controller.model import VaultOrigin
 
 #: Where the identity's client id is read from, first match wins. Unset: the system-assigned identity.
 CLIENT_ID_SETTINGS: tuple[str, ...] = ("AZURE_CLIENT_ID", "AzureWebJobsStorage__clientId")
@@ -38,6 +40,14 @@ def operator_credential(environ: Mapping[str, str]) -> TokenCredential:
     the CLI runs where one exists (a jump host, the sandbox's identity endpoint). Never a stored secret."""
     return DefaultAzureCredential(managed_identity_client_id=controller_client_id(environ),
                                   exclude_interactive_browser_credential=True)
+
+
+def challenge_options(vaults: Sequence[str]) -> dict[str, bool]:
+    """Vaults on custom origins (the local sandbox) answer the challenge for a resource that cannot
+    match their loopback host: only when such an origin is configured is the resource check off."""
+    if all(VaultOrigin(origin).name is not None for origin in vaults):
+        return {}
+    return {"verify_challenge_resource": False}
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,24 +4,40 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 
 import pytest
 from azure.storage.queue import QueueClient
 
 from controller.cli import main
-from emulators.keyvault import Principal, encode_token
+from emulators.identity_endpoint import ManagedIdentityEndpoint
+from emulators.keyvault import Principal
 from tests.integration.test_rewrap_adapters import CONTROLLER, Sandbox, assert_all_on, populate
 from tests.integration.test_rewrap_adapters import sandbox as sandbox  # noqa: PLC0414 - the fixture
 
 pytestmark = pytest.mark.integration
 
 
+CONTROLLER_CLIENT_ID = "c1000000-0000-0000-0000-00000000c11d"
+
+
+@pytest.fixture(scope="module")
+def identity_endpoint() -> Iterator[ManagedIdentityEndpoint]:
+    """The controller's managed identity, served the App Service way: the CLI's credential finds it."""
+    identities = {CONTROLLER_CLIENT_ID: Principal(oid=CONTROLLER, appid=CONTROLLER_CLIENT_ID)}
+    with ManagedIdentityEndpoint(identities) as endpoint:
+        yield endpoint
+
+
 @pytest.fixture
-def cli_env(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
-    token = encode_token(Principal(oid=CONTROLLER), audience="https://vault.azure.net")
+def cli_env(
+    sandbox: Sandbox, identity_endpoint: ManagedIdentityEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> Sandbox:
     monkeypatch.setenv("CMK_VAULTS", sandbox.origin)
-    monkeypatch.setenv("CMK_SANDBOX_TOKEN", token)
-    monkeypatch.setenv("CMK_SANDBOX_CA", sandbox.kv.ca_path)
+    for name, value in identity_endpoint.environ().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AZURE_CLIENT_ID", CONTROLLER_CLIENT_ID)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", sandbox.kv.ca_path)
     monkeypatch.setenv("AzureWebJobsStorage", sandbox.connection_string)
     monkeypatch.setenv("CMK_LEDGER_TABLE", sandbox.table.table_name)
     monkeypatch.setenv("CMK_WORK_QUEUE", f"w{sandbox.table.table_name[2:]}")
