@@ -102,12 +102,20 @@ class ReconcileResult:
 
 
 def reconcile_key(
-    key: KeyRef, deps: ReconcileDeps, *, target_version: str | None = None, dry_run: bool = False
+    key: KeyRef,
+    deps: ReconcileDeps,
+    *,
+    target_version: str | None = None,
+    dry_run: bool = False,
+    consumers: Sequence[Consumer] | None = None,
 ) -> ReconcileResult:
-    """Bring every consumer of ``key`` to the newest usable version (see module docstring)."""
+    """Bring every consumer of ``key`` to the newest usable version (see module docstring).
+
+    ``consumers``: the key's consumers when the caller has just gathered them (no second inventory)."""
     key = key.versionless
     state = deps.keys(key.vault).get_key_state(key)
-    consumers = sorted(deps.inventory.consumers_of(key), key=lambda consumer: consumer.id)
+    gathered = deps.inventory.consumers_of(key) if consumers is None else consumers
+    consumers = sorted(gathered, key=lambda consumer: consumer.id)
     record = deps.ledger.load(key)
     intents = {intent.consumer_id.lower(): intent for intent in record.intents}
     plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
@@ -308,7 +316,7 @@ def on_key_event(event: KeyEvent, deps: ReconcileDeps, *, auto_rotate: bool) -> 
         key.versionless, consumers, severity="critical", reason="KeyExpired", version=key.version,
         message=f"version {key.version} expired at {_at(event.expires)}",
     ))
-    return [reconcile_key(key, deps)]
+    return [reconcile_key(key, deps, consumers=consumers)]
 
 
 def _rotate_if_current(key: KeyRef, deps: ReconcileDeps) -> ReconcileResult:

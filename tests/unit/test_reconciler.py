@@ -64,8 +64,10 @@ class FakeStorage:
     kill_after_writes: int | None = None
     fail_for: dict[str, Exception] = field(default_factory=dict)
     writes: list[tuple[str, str]] = field(default_factory=list)
+    inventory_reads: int = 0
 
     def consumers_of(self, key: KeyRef) -> list[Consumer]:
+        self.inventory_reads += 1
         return [consumer for consumer in self.consumers.values() if consumer.key.same_key(key)]
 
     def keys_in_use(self, vault: VaultOrigin) -> list[KeyRef]:
@@ -302,6 +304,7 @@ def test_near_expiry_without_auto_rotation_alerts_with_the_blast_radius():
 def test_expiry_alerts_critical_with_the_blast_radius_and_reconciles():
     w = world(account("st1"))
     results = reconciler.on_key_event(event(KeyEventKind.EXPIRED, OLD), w.deps, auto_rotate=False)
+    assert w.storage.inventory_reads == 1  # the blast radius and the reconcile share one inventory
     assert w.notifier.alerts[0].severity == "critical"
     assert w.notifier.alerts[0].reason == "KeyExpired"
     assert len(results) == 1
