@@ -290,6 +290,28 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
+class Severity(enum.StrEnum):
+    """How urgent a finding or an alert is; ordered from the most to the least severe."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        """0 for critical .. 4 for info: sorts the most severe first."""
+        return _SEVERITY_ORDER.index(self)
+
+    def at_least(self, threshold: Severity) -> bool:
+        """True when this severity is ``threshold`` or more severe."""
+        return self.rank <= threshold.rank
+
+
+_SEVERITY_ORDER: tuple[Severity, ...] = tuple(Severity)
+
+
 class ConditionStatus(enum.StrEnum):
     TRUE = "True"
     FALSE = "False"

@@ -1,0 +1,1 @@
+"""Compliance sweep: the estate gathered once, the rule catalogue over it, findings and reports (pure)."""
