@@ -22,7 +22,7 @@ from azure.identity import ManagedIdentityCredential
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from controller import reconciler, rotation
-from controller.adapters.audit_log import LogAnalyticsAuditLog
+from controller.adapters.audit_log import LogAnalyticsAuditLog, NoAuditLog
 from controller.adapters.blob_store import AzureBlobStore
 from controller.adapters.credentials import ArmConnection, challenge_options, controller_credential
 from controller.adapters.inventory import BlobEndpoints, ConsumerDirectory, Inventory
@@ -36,7 +36,7 @@ from controller.adapters.storage_control import StorageControl
 from controller.adapters.table_ledger import TableEventLedger
 from controller.adapters.work_queue import StorageWorkQueue, work_queue_client
 from controller.errors import SettingsError
-from controller.ports import Notifier
+from controller.ports import AuditLog, Notifier
 from controller.service import Dependencies
 from controller.settings import Settings, load_settings
 
@@ -75,13 +75,14 @@ def build(environ: Mapping[str, str], *, credential: TokenCredential | None = No
     arm = ArmConnection(credential, endpoint=settings.arm_endpoint)
     control = StorageControl(arm, custom_origins=settings.vaults)
     inventory = Inventory(arm, control, subscriptions=settings.subscriptions, custom_origins=settings.vaults)
+    notifier = _notifier(settings)
     reconcile = reconciler.ReconcileDeps(
         keys=KeyVaults(credential),
         inventory=ConsumerDirectory(inventory, arm),
         control=control,
         ledger=TableRotationLedger(storage.table(settings.ledger_table)),
         queue=queue,
-        notifier=_notifier(settings),
+        notifier=notifier,
         clock=clock,
         planner=rotation.PlannerSettings.from_settings(settings),
     )
@@ -92,15 +93,16 @@ def build(environ: Mapping[str, str], *, credential: TokenCredential | None = No
         blob_service=blob_services,
         checkpoint=TableRewrapCheckpoint(storage.table(settings.ledger_table)),
     )
-    audit = (
+    audit: AuditLog = (
         LogAnalyticsAuditLog(credential, workspace_id=settings.log_analytics_workspace,
                              endpoint=settings.log_analytics_endpoint, custom_origins=settings.vaults)
-        if settings.log_analytics_workspace else None
+        if settings.log_analytics_workspace else NoAuditLog()
     )
     return Dependencies(
         settings=settings,
         clock=clock,
         ledger=TableEventLedger(storage.table(settings.ledger_table)),
+        notifier=notifier,
         work_queue=queue,
         rewrap=rewrap,
         reconcile=reconcile,

@@ -16,6 +16,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from controller.errors import InvalidKeyId, InvalidResourceId
+from controller.reasons import Reason
 
 #: DNS suffixes of Key Vault and Managed HSM in the public, China and US Government clouds.
 KEY_VAULT_DNS_SUFFIXES: tuple[str, ...] = (
@@ -329,13 +330,13 @@ class Condition:
 
     type: str
     status: ConditionStatus
-    reason: str
+    reason: Reason
     message: str
     last_transition: datetime
     observed_version: str | None = field(default=None)
 
     def transition(
-        self, status: ConditionStatus, reason: str, message: str, now: datetime
+        self, status: ConditionStatus, reason: Reason, message: str, now: datetime
     ) -> Condition:
         changed_at = self.last_transition if status == self.status else now
         return replace(self, status=status, reason=reason, message=message, last_transition=changed_at)

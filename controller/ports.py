@@ -156,8 +156,10 @@ from controller.model import (  # noqa: E402
     KeyRef,
     KeyState,
     KeyVersionInfo,
+    Severity,
     VaultOrigin,
 )
+from controller.reasons import Reason  # noqa: E402
 
 
 class KeyVaultReader(Protocol):
@@ -181,6 +183,12 @@ class ConsumerInventory(Protocol):
 
     def keys_in_use(self, vault: VaultOrigin) -> list[KeyRef]:
         """The (versionless) keys of ``vault`` that at least one consumer is configured with."""
+        ...
+
+    def reread(self, consumer: Consumer) -> Consumer | None:
+        """The consumer as ARM holds it now, with its identity's access to its key; None when it is
+        gone or no longer uses a Key Vault key. Read from ARM itself, never from Resource Graph,
+        which lags writes by minutes."""
         ...
 
 
@@ -221,10 +229,10 @@ class RotationLedger(Protocol):
 class Alert:
     """A notification for humans. ``fingerprint`` identifies the problem so receivers can dedupe."""
 
-    severity: str  # critical | high | medium | low | info
+    severity: Severity
     title: str
     resource: str
-    reason: str
+    reason: Reason
     message: str
     fingerprint: str
     details: Mapping[str, object] = field(default_factory=dict)
@@ -238,8 +246,9 @@ class Notifier(Protocol):
 class AuditLog(Protocol):
     """Key Vault audit logs (Log Analytics): evidence of which key versions are still being used."""
 
-    def last_successful_unwraps(self, key: KeyRef) -> Mapping[str, datetime]:
-        """Per version of ``key``: the time of its last successful KeyUnwrap within the retention."""
+    def last_successful_unwraps(self, key: KeyRef) -> Mapping[str, datetime] | None:
+        """Per version of ``key``: the time of its last successful KeyUnwrap within the retention;
+        None when no audit log is configured (no evidence either way)."""
         ...
 
 

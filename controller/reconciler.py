@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from controller import rotation
-from controller.errors import PermanentError, TransientError
+from controller.errors import Conflict, PermanentError, TransientError
 from controller.logs import log_record
 from controller.model import (
     Condition,
@@ -28,6 +29,7 @@ from controller.model import (
     KeyEventKind,
     KeyRef,
     KeyState,
+    Severity,
     VaultOrigin,
 )
 from controller.ports import (
@@ -41,6 +43,7 @@ from controller.ports import (
     RotationRecord,
     WorkQueue,
 )
+from controller.reasons import Reason
 
 log = logging.getLogger("controller.reconciler")
 
@@ -49,10 +52,13 @@ log = logging.getLogger("controller.reconciler")
 MAX_ROUNDS = 4
 #: Azure Storage queues hide a message for at most 7 days; later re-checks are chained.
 MAX_QUEUE_DELAY = timedelta(days=7) - timedelta(minutes=1)
+#: A consumer whose every write of ours loses a race to someone else's change is left alone after
+#: this many re-reads within one run (their configuration wins); a prompt re-check looks again.
+MAX_CONFLICTS_PER_CONSUMER = 2
 
 _ALERT_SEVERITY = {
-    rotation.Action.ALERT: "high",
-    rotation.Action.BLOCKED: "critical",
+    rotation.Action.ALERT: Severity.HIGH,
+    rotation.Action.BLOCKED: Severity.CRITICAL,
 }
 
 
@@ -75,6 +81,8 @@ class ReconcileResult:
     rounds: int = 0
     writes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    #: Writes refused because the consumer changed since it was read (re-read and re-planned).
+    conflicts: list[str] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     next_check: datetime | None = None
 
@@ -85,6 +93,7 @@ class ReconcileResult:
             "rounds": self.rounds,
             "writes": list(self.writes),
             "failures": list(self.failures),
+            "conflicts": list(self.conflicts),
             "alerts": [alert.title for alert in self.alerts],
             "next_check": self.next_check.isoformat() if self.next_check else None,
             "consumers": [
@@ -126,29 +135,48 @@ def reconcile_key(
 
     transient: TransientError | None = None
     failed: set[str] = set()  # a consumer that failed is not retried within this run
+    conflicts: Counter[str] = Counter()
     for round_number in range(1, MAX_ROUNDS + 1):
         result.rounds = round_number
         pending = [decision for decision in plan.writes if decision.consumer.id not in failed]
         if not pending:
             break
-        changed: dict[str, Consumer] = {}
+        changed: dict[str, Consumer | None] = {}  # None: no longer a consumer of this key
         for decision in pending:
+            consumer = decision.consumer
             try:
-                updated = _execute(decision, key, deps, intents, result)
+                try:
+                    updated = _execute(decision, key, deps, intents, result)
+                except Conflict as err:
+                    # Someone changed the consumer between our read and our write: their change wins.
+                    # Re-read it from ARM and let the next round plan from what it holds now.
+                    conflicts[consumer.id] += 1
+                    result.conflicts.append(f"{consumer.resource_id}: {err}")
+                    log_record(log, logging.INFO, "consumer changed concurrently", {
+                        "resource": consumer.resource_id, "reason": Reason.CONSUMER_CHANGED.value,
+                        "action": decision.action.value})
+                    if conflicts[consumer.id] >= MAX_CONFLICTS_PER_CONSUMER:
+                        failed.add(consumer.id)
+                        continue
+                    updated = deps.inventory.reread(consumer)
+                    if updated is None or not updated.key.same_key(key):
+                        changed[consumer.id] = None
+                        continue
             except TransientError as err:
                 transient = transient or err
-                failed.add(decision.consumer.id)
-                result.failures.append(f"{decision.consumer.resource_id}: {err}")
+                failed.add(consumer.id)
+                result.failures.append(f"{consumer.resource_id}: {err}")
             except PermanentError as err:
-                failed.add(decision.consumer.id)
-                result.failures.append(f"{decision.consumer.resource_id}: {err}")
+                failed.add(consumer.id)
+                result.failures.append(f"{consumer.resource_id}: {err}")
                 result.alerts.append(_failure_alert(decision, err))
             else:
                 if updated is not None:
                     changed[updated.id] = updated
         if not changed:
             break
-        consumers = [changed.get(consumer.id, consumer) for consumer in consumers]
+        consumers = [current for current in (changed.get(consumer.id, consumer) for consumer in consumers)
+                     if current is not None]
         plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
         result.plan = plan
 
@@ -157,11 +185,15 @@ def reconcile_key(
     for alert in result.alerts:
         deps.notifier.send(alert)
     result.next_check = plan.next_check
+    if any(count >= MAX_CONFLICTS_PER_CONSUMER for count in conflicts.values()):
+        # The consumers that kept changing under us are looked at again shortly, with fresh state.
+        prompt = deps.clock.now() + deps.planner.verify_interval
+        result.next_check = min(result.next_check, prompt) if result.next_check else prompt
     if transient is not None:
         # Everything that could be done was done; the host retries the rest (idempotently).
         raise TransientError(f"reconcile {key.uri}: {transient}", retry_after=transient.retry_after) from transient
-    if plan.next_check is not None:
-        _schedule(key, plan.next_check, deps)
+    if result.next_check is not None:
+        _schedule(key, result.next_check, deps)
     log_record(log, logging.INFO, "key reconciled", result.as_json())
     return result
 
@@ -236,7 +268,7 @@ def _alerts(plan: rotation.Plan) -> list[Alert]:
             severity=severity,
             title=f"{decision.consumer.resource_id}: {decision.reason.value}",
             resource=decision.consumer.resource_id,
-            reason=decision.reason.value,
+            reason=decision.reason,
             message=decision.message,
             fingerprint=fingerprint(decision.consumer.id, decision.reason.value, plan.key.uri, target),
             details={"key": plan.key.uri, "target_version": target, "action": decision.action.value},
@@ -246,12 +278,12 @@ def _alerts(plan: rotation.Plan) -> list[Alert]:
 
 def _failure_alert(decision: rotation.Decision, err: PermanentError) -> Alert:
     return Alert(
-        severity="critical",
+        severity=Severity.CRITICAL,
         title=f"{decision.consumer.resource_id}: update failed",
         resource=decision.consumer.resource_id,
-        reason="UpdateFailed",
+        reason=Reason.UPDATE_FAILED,
         message=str(err),
-        fingerprint=fingerprint(decision.consumer.id, "UpdateFailed", decision.consumer.key.uri, ""),
+        fingerprint=fingerprint(decision.consumer.id, Reason.UPDATE_FAILED.value, decision.consumer.key.uri, ""),
         details={"action": decision.action.value, "set_key": decision.set_key.uri if decision.set_key else None},
     )
 
@@ -270,16 +302,16 @@ def blast_radius(key: KeyRef, deps: ReconcileDeps) -> list[Consumer]:
     return sorted(deps.inventory.consumers_of(key.versionless), key=lambda consumer: consumer.id)
 
 
-def blast_radius_alert(key: KeyRef, consumers: Sequence[Consumer], *, severity: str, reason: str,
+def blast_radius_alert(key: KeyRef, consumers: Sequence[Consumer], *, severity: Severity, reason: Reason,
                        message: str, version: str | None) -> Alert:
     names = [consumer.resource_id for consumer in consumers]
     return Alert(
         severity=severity,
-        title=f"{key.uri}: {reason}",
+        title=f"{key.uri}: {reason.value}",
         resource=key.uri,
         reason=reason,
         message=f"{message}; {len(names)} consumer(s) depend on this key",
-        fingerprint=fingerprint(key.uri.lower(), reason, version or ""),
+        fingerprint=fingerprint(key.uri.lower(), reason.value, version or ""),
         details={"key": key.uri, "version": version, "consumers": names},
     )
 
@@ -307,13 +339,13 @@ def on_key_event(event: KeyEvent, deps: ReconcileDeps, *, auto_rotate: bool) -> 
             return [_rotate_if_current(key, deps)]
         consumers = blast_radius(key, deps)
         deps.notifier.send(blast_radius_alert(
-            key.versionless, consumers, severity="high", reason="KeyNearExpiry", version=key.version,
+            key.versionless, consumers, severity=Severity.HIGH, reason=Reason.KEY_NEAR_EXPIRY, version=key.version,
             message=f"version {key.version} expires at {_at(event.expires)} and CMK_AUTO_ROTATE is off: rotate it",
         ))
         return []
     consumers = blast_radius(key, deps)
     deps.notifier.send(blast_radius_alert(
-        key.versionless, consumers, severity="critical", reason="KeyExpired", version=key.version,
+        key.versionless, consumers, severity=Severity.CRITICAL, reason=Reason.KEY_EXPIRED, version=key.version,
         message=f"version {key.version} expired at {_at(event.expires)}",
     ))
     return [reconcile_key(key, deps, consumers=consumers)]

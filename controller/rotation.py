@@ -64,6 +64,7 @@ from controller.model import (
     KeyState,
     KeyVersionInfo,
 )
+from controller.reasons import Reason
 from controller.settings import Settings
 
 #: Account tag that overrides CMK_PINNED_POLICY for one account (and its encryption scopes).
@@ -95,49 +96,6 @@ class ConditionType(enum.StrEnum):
     KEY_ACCESSIBLE = "KeyAccessible"  # consumer: its identity can use the key
     PINNED_CURRENT = "PinnedCurrent"  # consumer: versionless, or pinned to the target
     USABLE = "Usable"  # version: enabled and inside its validity window
-
-
-class Reason(enum.StrEnum):
-    """The closed set of reasons of decisions, conditions and retirement verdicts."""
-
-    # adoption
-    ADOPTED = "Adopted"
-    ADOPTION_PENDING = "AdoptionPending"
-    ADOPTION_OVERDUE = "AdoptionOverdue"
-    FORCING_ADOPTION = "ForcingAdoption"
-    AWAITING_VERIFICATION = "AwaitingVerification"
-    RESTORING_VERSIONLESS = "RestoringVersionless"
-    # pinning
-    VERSIONLESS = "Versionless"
-    PINNED_TO_TARGET = "PinnedToTarget"
-    PINNED_TO_OLD_VERSION = "PinnedToOldVersion"
-    UPDATING_PINNED_VERSION = "UpdatingPinnedVersion"
-    # access
-    ACCESS_GRANTED = "AccessGranted"
-    IDENTITY_LACKS_ACCESS = "IdentityLacksAccess"
-    ACCESS_NOT_EVALUATED = "AccessNotEvaluated"
-    # key and target
-    VAULT_UNREACHABLE = "VaultUnreachable"
-    NO_USABLE_VERSION = "NoUsableVersion"
-    TARGET_VERSION_DISABLED = "TargetVersionDisabled"
-    TARGET_VERSION_NOT_YET_VALID = "TargetVersionNotYetValid"
-    TARGET_VERSION_EXPIRED = "TargetVersionExpired"
-    TARGET_VERSION_UNKNOWN = "TargetVersionUnknown"
-    CONSUMER_AHEAD_OF_TARGET = "ConsumerAheadOfTarget"
-    CONSUMER_VERSION_UNKNOWN = "ConsumerVersionUnknown"
-    # version attributes
-    VERSION_USABLE = "VersionUsable"
-    VERSION_DISABLED = "VersionDisabled"
-    VERSION_NOT_YET_VALID = "VersionNotYetValid"
-    VERSION_EXPIRED = "VersionExpired"
-    # retirement
-    IN_USE = "InUse"
-    BLOBS_STILL_WRAPPED = "BlobsStillWrapped"
-    RECENT_UNWRAP = "RecentUnwrap"
-    CURRENT_VERSION = "CurrentVersion"
-    INSIDE_ADOPTION_WINDOW = "InsideAdoptionWindow"
-    ALREADY_DISABLED = "AlreadyDisabled"
-    NOT_IN_USE = "NotInUse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -623,8 +581,8 @@ def _condition(
     status, reason, message = state
     before = next((condition for condition in previous if condition.type == kind.value), None)
     if before is None:
-        return Condition(kind.value, status, reason.value, message, now, observed_version)
-    return replace(before.transition(status, reason.value, message, now), observed_version=observed_version)
+        return Condition(kind.value, status, reason, message, now, observed_version)
+    return replace(before.transition(status, reason, message, now), observed_version=observed_version)
 
 
 def _version_statuses(

@@ -12,11 +12,21 @@ from datetime import timedelta
 
 from controller import reconciler, rotation
 from controller.blob_census import wrapping_versions
-from controller.errors import Conflict, InvalidEvent, InvalidInput, PermanentError, TransientError
+from controller.errors import Conflict, ControllerError, InvalidEvent, InvalidInput, PermanentError, TransientError
 from controller.events import IntakeResult, parse_delivery
 from controller.logs import log_record
-from controller.model import Consumer, ConsumerKind, KeyEvent, KeyEventKind, KeyRef, parse_key_id, parse_vault_origin
-from controller.ports import Alert, AuditLog, BlobStore, Clock, EventLedger, RewrapProgress, WorkQueue
+from controller.model import (
+    Consumer,
+    ConsumerKind,
+    KeyEvent,
+    KeyEventKind,
+    KeyRef,
+    Severity,
+    parse_key_id,
+    parse_vault_origin,
+)
+from controller.ports import Alert, AuditLog, BlobStore, Clock, EventLedger, Notifier, RewrapProgress, WorkQueue
+from controller.reasons import Reason
 from controller.rewrap import RewrapEngine, RewrapOptions
 from controller.rewrap_jobs import WORK_KIND as REWRAP_WORK_KIND
 from controller.rewrap_jobs import (
@@ -69,20 +79,28 @@ class IntakeReport:
 
 @dataclass(frozen=True, slots=True)
 class Dependencies:
+    """Everything the use cases need, built once by the composition root (controller/bootstrap.py).
+
+    Nothing here is optional: a host that cannot build one of them fails at start-up naming the
+    setting, instead of each use case discovering at run time that it was not wired.
+    """
+
     settings: Settings
     clock: Clock
     ledger: EventLedger
-    #: Re-wrap fan-out (kind "rewrap" work items); None where the host has not wired it.
-    rewrap: RewrapBackend | None = None
-    work_queue: WorkQueue | None = None
+    #: Every alert leaves through here (the log, the webhook ...), whichever use case raises it.
+    notifier: Notifier
+    work_queue: WorkQueue
+    #: The rotation reconciler.
+    reconcile: reconciler.ReconcileDeps
+    #: Re-wrap of client-side-encrypted containers (kind "rewrap" work items).
+    rewrap: RewrapBackend
+    #: Blob data plane of a storage account by name (census of client-side-encrypted containers).
+    blob_stores: Callable[[str], BlobStore]
+    #: Key Vault audit logs (last successful unwrap per version).
+    audit: AuditLog
     #: Wall-clock budget of one re-wrap work item; below functionTimeout (host.json) with margin.
     rewrap_budget_seconds: float = 300.0
-    #: The rotation reconciler; None where the host has not wired it (events are then only recorded).
-    reconcile: reconciler.ReconcileDeps | None = None
-    #: Blob data plane of a storage account by name (census of client-side-encrypted containers).
-    blob_stores: Callable[[str], BlobStore] | None = None
-    #: Key Vault audit logs (last successful unwrap per version); None when no workspace is configured.
-    audit: AuditLog | None = None
 
 
 def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
@@ -96,7 +114,7 @@ def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
     ttl = timedelta(hours=deps.settings.event_dedupe_hours)
     outcome = Outcome.ACCEPTED if deps.ledger.claim_event(event.event_id, now=now, ttl=ttl) else Outcome.DUPLICATE
     log_record(log, logging.INFO, f"key event {outcome.value}", {**event.as_json(), "outcome": outcome.value})
-    if outcome is Outcome.ACCEPTED and deps.reconcile is not None:
+    if outcome is Outcome.ACCEPTED:
         try:
             results = reconciler.on_key_event(event, deps.reconcile, auto_rotate=deps.settings.auto_rotate)
             if event.kind is KeyEventKind.NEW_VERSION and event.key is not None:
@@ -104,15 +122,19 @@ def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
         except TransientError:
             deps.ledger.release_event(event.event_id)
             raise
+        except Conflict as err:
+            # State changed under us (a concurrent writer): retrying with fresh state converges.
+            deps.ledger.release_event(event.event_id)
+            raise TransientError(f"{event.kind.value} event {event.event_id}: {err}") from err
         except PermanentError as err:
             # Retrying cannot help (a deleted key, a missing permission): a human has to know.
             log_record(log, logging.ERROR, "key event failed permanently",
                        {"event_id": event.event_id, "error": str(err)})
             subject = event.key.versionless.uri if event.key else event.vault.url
-            deps.reconcile.notifier.send(Alert(
-                severity="critical", title=f"{subject}: {event.kind.value} could not be handled",
-                resource=subject, reason="EventFailed", message=str(err),
-                fingerprint=reconciler.fingerprint(subject.lower(), "EventFailed", event.kind.value),
+            deps.notifier.send(Alert(
+                severity=Severity.CRITICAL, title=f"{subject}: {event.kind.value} could not be handled",
+                resource=subject, reason=Reason.EVENT_FAILED, message=str(err),
+                fingerprint=reconciler.fingerprint(subject.lower(), Reason.EVENT_FAILED.value, event.kind.value),
                 details={"event_id": event.event_id, "event_type": event.event_type},
             ))
     return HandledEvent(event, outcome)
@@ -154,20 +176,19 @@ def run_sweep(deps: Dependencies) -> SweepReport:
     purged = deps.ledger.purge_expired(now=deps.clock.now())
     reconciled: list[str] = []
     failures: list[str] = []
-    if deps.reconcile is not None:
-        for vault_url in deps.settings.vaults:
+    for vault_url in deps.settings.vaults:
+        try:
+            keys = deps.reconcile.inventory.keys_in_use(parse_vault_origin(vault_url, custom_origins=[vault_url]))
+        except ControllerError as err:
+            failures.append(f"{vault_url}: {err}")
+            continue
+        for key in keys:
             try:
-                keys = deps.reconcile.inventory.keys_in_use(parse_vault_origin(vault_url, custom_origins=[vault_url]))
-            except (TransientError, PermanentError) as err:
-                failures.append(f"{vault_url}: {err}")
-                continue
-            for key in keys:
-                try:
-                    reconciler.reconcile_key(key, deps.reconcile)
-                except (TransientError, PermanentError) as err:
-                    failures.append(f"{key.uri}: {err}")
-                else:
-                    reconciled.append(key.uri)
+                reconciler.reconcile_key(key, deps.reconcile)
+            except ControllerError as err:  # transient, permanent or a lost race: the next sweep retries
+                failures.append(f"{key.uri}: {err}")
+            else:
+                reconciled.append(key.uri)
     report = SweepReport(purged, tuple(reconciled), tuple(failures))
     log_record(log, logging.WARNING if failures else logging.INFO, "sweep finished", report.as_json())
     return report
@@ -231,20 +252,16 @@ def process_work(body: str, deps: Dependencies) -> WorkReport:
 def key_usage(key: KeyRef, deps: Dependencies) -> list[rotation.VersionUsage]:
     """Per version of ``key``: who uses it (accounts, scopes, blobs of the registered containers, recent
     unwraps in the audit logs) and whether it is safe to disable, with the evidence."""
-    if deps.reconcile is None:
-        raise PermanentError("the reconciler is not configured")
     key = key.versionless
     state = deps.reconcile.keys(key.vault).get_key_state(key)
     consumers = deps.reconcile.inventory.consumers_of(key)
     blobs: Counter[str] = Counter()
-    if deps.blob_stores is not None:
-        by_account: dict[str, list[str]] = {}
-        for account, container in rewrap_targets_of(consumers, deps.settings):
-            by_account.setdefault(account, []).append(container)
-        for account, containers in sorted(by_account.items()):
-            blobs += wrapping_versions(deps.blob_stores(account), containers, key,
-                                       custom_origins=deps.settings.vaults)
-    last_unwraps = deps.audit.last_successful_unwraps(key) if deps.audit is not None else None
+    by_account: dict[str, list[str]] = {}
+    for account, container in rewrap_targets_of(consumers, deps.settings):
+        by_account.setdefault(account, []).append(container)
+    for account, containers in sorted(by_account.items()):
+        blobs += wrapping_versions(deps.blob_stores(account), containers, key, custom_origins=deps.settings.vaults)
+    last_unwraps = deps.audit.last_successful_unwraps(key)
     return rotation.retirement(state, consumers, blobs, last_unwraps, now=deps.reconcile.clock.now(),
                                window=deps.reconcile.planner.adoption_window)
 
@@ -272,21 +289,23 @@ def rewrap_targets_of(consumers: Iterable[Consumer], settings: Settings) -> list
 def _fan_out_rewrap(key: KeyRef, results: list[reconciler.ReconcileResult], deps: Dependencies) -> None:
     """After a new version: re-wrap the registered client-side-encrypted containers onto it."""
     targets = rewrap_targets(results, deps.settings)
-    if not targets or deps.work_queue is None or key.version is None:
+    if not targets or key.version is None:
         return
     try:
         items = split_job(targets=targets, key_id=key.uri)
     except InvalidInput as err:  # a malformed tag: alert, the rest of the event is done
-        log_record(log, logging.ERROR, "re-wrap targets are invalid",
-                   {"kind": "alert", "alert": "rewrap_targets_invalid", "key": key.uri, "reason": str(err)})
+        deps.notifier.send(Alert(
+            severity=Severity.HIGH, title=f"{key.versionless.uri}: re-wrap targets are invalid",
+            resource=key.versionless.uri, reason=Reason.REWRAP_TARGETS_INVALID, message=str(err),
+            fingerprint=reconciler.fingerprint(key.versionless.uri.lower(), Reason.REWRAP_TARGETS_INVALID.value),
+            details={"key": key.uri},
+        ))
         return
     enqueue_rewrap(items, deps)
 
 
 def _reconcile_item(item: dict[str, object], deps: Dependencies) -> reconciler.ReconcileResult:
     """A scheduled re-check of one key: {"kind": "reconcile", "key": <versionless key URI>}."""
-    if deps.reconcile is None:
-        raise TransientError("the rotation reconciler is not configured on this host")
     key_uri = item.get("key")
     if not isinstance(key_uri, str):
         raise InvalidWorkItem("reconcile work item has no string 'key'")
@@ -340,8 +359,6 @@ def run_rewrap_item(item: RewrapWorkItem, deps: Dependencies) -> RewrapWorkResul
     TransientError (listing throttled past the retry budget, the vault or storage unreachable)
     propagates so that the queue redelivers the item; the checkpoint keeps the progress.
     """
-    if deps.rewrap is None:
-        raise PermanentError("re-wrap is not configured on this host")
     ports = deps.rewrap.open(item)
     store = BudgetedBlobStore(ports.store, TimeBudget(deps.clock, deps.rewrap_budget_seconds))
     run: Callable[[], RewrapProgress]
@@ -385,20 +402,16 @@ def run_rewrap_item(item: RewrapWorkItem, deps: Dependencies) -> RewrapWorkResul
     except BudgetExhausted:
         if item.dry_run:
             return _rewrap_result(item, RewrapItemStatus.DRY_RUN_CUT_SHORT, job_id, None)
-        if deps.work_queue is None:
-            raise PermanentError("re-wrap budget spent and no work queue to continue on") from None
         deps.work_queue.enqueue(item.continuation().to_message())
         return _rewrap_result(item, RewrapItemStatus.CONTINUED, job_id, ports.checkpoint.load(job_id))
     except Conflict:
         return _rewrap_result(item, RewrapItemStatus.SUPERSEDED, job_id, None)
-    _alert_if_incomplete(item, job_id, progress)
+    _alert_if_incomplete(item, job_id, progress, deps.notifier)
     return _rewrap_result(item, RewrapItemStatus.COMPLETE, job_id, progress)
 
 
 def enqueue_rewrap(items: list[RewrapWorkItem], deps: Dependencies) -> int:
     """Put a job's work items on the work queue (the fan-out); return how many were enqueued."""
-    if deps.work_queue is None:
-        raise PermanentError("no work queue configured")
     for item in items:
         deps.work_queue.enqueue(item.to_message())
     log_record(log, logging.INFO, "re-wrap fanned out", {"items": len(items)})
@@ -413,22 +426,33 @@ def _rewrap_result(
     return result
 
 
-def _alert_if_incomplete(item: RewrapWorkItem, job_id: str, progress: RewrapProgress) -> None:
+def _alert_if_incomplete(item: RewrapWorkItem, job_id: str, progress: RewrapProgress, notifier: Notifier) -> None:
     failed = progress.counts.get("failed", 0)
     skipped = progress.counts.get("skipped_malformed", 0) + progress.counts.get("skipped_unknown_key", 0)
     if item.dry_run or not (failed or skipped):
         return
-    log_record(
-        log,
-        logging.ERROR,
-        "re-wrap left blobs on other key versions",
-        {
-            "kind": "alert",
-            "alert": "rewrap_incomplete",
-            "item": item.as_json(),
-            "job_id": job_id,
-            "failed": failed,
-            "skipped": skipped,
-            "reasons": sorted({problem.reason for problem in progress.problems}),
-        },
-    )
+    container = f"{item.account}/{item.container}"
+    notifier.send(Alert(
+        severity=Severity.HIGH,
+        title=f"{container}: re-wrap left blobs on other key versions",
+        resource=container,
+        reason=Reason.REWRAP_INCOMPLETE,
+        message=f"{failed} blob(s) failed and {skipped} were skipped re-wrapping onto {item.key_id}",
+        fingerprint=reconciler.fingerprint(container.lower(), Reason.REWRAP_INCOMPLETE.value, item.key_id.lower()),
+        details={"item": item.as_json(), "job_id": job_id, "failed": failed, "skipped": skipped,
+                 "reasons": sorted({problem.reason for problem in progress.problems})},
+    ))
+
+
+def report_poisoned_work(message_id: str, dequeue_count: int, reason: str, deps: Dependencies) -> None:
+    """Alert that a work item was moved (or is about to be moved) to the poison queue."""
+    queue = f"{deps.settings.work_queue}-poison"
+    deps.notifier.send(Alert(
+        severity=Severity.HIGH,
+        title=f"work item {message_id} moved to {queue}",
+        resource=queue,
+        reason=Reason.WORK_ITEM_POISONED,
+        message=reason,
+        fingerprint=reconciler.fingerprint(queue, Reason.WORK_ITEM_POISONED.value, message_id),
+        details={"message_id": message_id, "dequeue_count": dequeue_count},
+    ))

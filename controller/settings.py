@@ -8,6 +8,7 @@ the setting.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -283,7 +284,14 @@ def _parse_force_after(value: str, window_hours: str) -> int | None:
     return _parse_int(name, value, 0, window_minutes)
 
 
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+def _is_loopback(host: str) -> bool:
+    """Decided on the parsed address: "127.evil.example" is a name anyone can register, not loopback."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse_webhook(value: str) -> str | None:
@@ -296,7 +304,7 @@ def _parse_webhook(value: str) -> str | None:
     except ValueError as err:
         raise SettingsError(name, "is not a valid URL") from err
     host = parts.hostname or ""
-    loopback = host in _LOOPBACK_HOSTS or host.startswith("127.")
+    loopback = _is_loopback(host)
     if not host or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
         # The URL may carry a token: never echo it.
         raise SettingsError(name, "must be an https URL (http only for loopback hosts)")

@@ -30,6 +30,13 @@ union isfuzzy=true
 """
 
 
+class NoAuditLog:
+    """No workspace is configured (CMK_LOG_ANALYTICS_WORKSPACE empty): there is no usage evidence."""
+
+    def last_successful_unwraps(self, key: KeyRef) -> Mapping[str, datetime] | None:
+        return None
+
+
 class LogAnalyticsAuditLog:
     def __init__(self, credential: TokenCredential, *, workspace_id: str, endpoint: str,
                  custom_origins: tuple[str, ...] = ()) -> None:
@@ -37,7 +44,7 @@ class LogAnalyticsAuditLog:
         self._workspace = workspace_id
         self._custom_origins = custom_origins
 
-    def last_successful_unwraps(self, key: KeyRef) -> Mapping[str, datetime]:
+    def last_successful_unwraps(self, key: KeyRef) -> Mapping[str, datetime] | None:
         prefix = key.versionless.uri + "/"
         with translated(f"query the audit logs of {key.versionless.uri}"):
             result = self._client.query_workspace(self._workspace, _QUERY.format(prefix=prefix), timespan=LOOKBACK)

@@ -89,7 +89,7 @@ class Inventory:
             raise ValueError(f"page_rows must be 1-{_PAGE_ROWS}")
         self._page_rows = page_rows
         self._arm = arm
-        self._storage = storage
+        self.storage = storage
         self._subscriptions = tuple(subscription.lower() for subscription in subscriptions)
         self._custom_origins = tuple(custom_origins)
         self._graph = ResourceGraphClient(arm.credential, **arm.client_options())
@@ -118,11 +118,11 @@ class Inventory:
             consumers = [
                 observed
                 for subscription in self.subscriptions()
-                for observed in self._storage.list_consumers(key, subscription_id=subscription, scopes=scopes)
+                for observed in self.storage.list_consumers(key, subscription_id=subscription, scopes=scopes)
             ]
             return ConsumerListing(key, tuple(consumers), InventorySource.SUBSCRIPTION_LISTING, str(err))
         accounts = [StorageAccount(row) for row in rows]
-        consumers = list(self._storage.consumers_among(key, accounts, scopes=scopes))
+        consumers = list(self.storage.consumers_among(key, accounts, scopes=scopes))
         return ConsumerListing(key, tuple(consumers), InventorySource.RESOURCE_GRAPH)
 
     def keys_in_use(self, vault: VaultOrigin, *, scopes: ScopeSearch = ScopeSearch.CMK_ACCOUNTS) -> list[KeyRef]:
@@ -134,9 +134,9 @@ class Inventory:
             accounts = [
                 account
                 for subscription in self.subscriptions()
-                for account in self._storage.list_accounts(subscription)
+                for account in self.storage.list_accounts(subscription)
             ]
-        in_vault = self._storage.consumers_matching(lambda key: key.vault == vault, accounts, scopes=scopes)
+        in_vault = self.storage.consumers_matching(lambda key: key.vault == vault, accounts, scopes=scopes)
         keys: dict[str, KeyRef] = {}
         for observed in in_vault:
             keys.setdefault(observed.consumer.key.name.lower(), observed.consumer.key.versionless)
@@ -250,6 +250,16 @@ class ConsumerDirectory:
 
     def keys_in_use(self, vault: VaultOrigin) -> list[KeyRef]:
         return self._inventory.keys_in_use(vault, scopes=self._scopes)
+
+    def reread(self, consumer: Consumer) -> Consumer | None:
+        try:
+            observed = self._inventory.storage.get_consumer(consumer.resource_id)
+        except NotFound:
+            return None
+        if observed is None:
+            return None
+        with KeyAccess(self._arm, self._inventory.list_vaults) as access:
+            return access.with_access(observed)
 
 
 if TYPE_CHECKING:  # mypy proves the adapter satisfies its port

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,9 @@ from controller.adapters.created_once import CreatedOnce
 from controller.errors import Conflict, TransientError
 from controller.model import Condition, ConditionStatus, ForceAdoptionIntent, ForceAdoptionStep, KeyRef
 from controller.ports import RotationRecord
+from controller.reasons import Reason
+
+log = logging.getLogger("controller.adapters.rotation_ledger")
 
 _INTENT = "intent"
 _CONSUMER_CONDITIONS = "consumer"
@@ -43,7 +47,7 @@ def _row(kind: str, subject: str) -> str:
 
 def _conditions_json(conditions: tuple[Condition, ...]) -> str:
     return json.dumps([
-        {"type": condition.type, "status": condition.status.value, "reason": condition.reason,
+        {"type": condition.type, "status": condition.status.value, "reason": condition.reason.value,
          "message": condition.message, "last_transition": condition.last_transition.isoformat(),
          "observed_version": condition.observed_version}
         for condition in conditions
@@ -51,12 +55,18 @@ def _conditions_json(conditions: tuple[Condition, ...]) -> str:
 
 
 def _conditions_from(text: str) -> tuple[Condition, ...]:
-    return tuple(
-        Condition(type=item["type"], status=ConditionStatus(item["status"]), reason=item["reason"],
-                  message=item["message"], last_transition=datetime.fromisoformat(item["last_transition"]),
-                  observed_version=item.get("observed_version"))
-        for item in json.loads(text)
-    )
+    """Conditions as persisted; one that no longer parses (a reason this version does not know, a
+    damaged row) is dropped: the planner then derives it afresh, with a new transition time."""
+    conditions = []
+    for item in json.loads(text):
+        try:
+            conditions.append(Condition(
+                type=item["type"], status=ConditionStatus(item["status"]), reason=Reason(item["reason"]),
+                message=item["message"], last_transition=datetime.fromisoformat(item["last_transition"]),
+                observed_version=item.get("observed_version")))
+        except (KeyError, TypeError, ValueError):
+            log.warning("dropped an unreadable persisted condition of type %r", item.get("type"))
+    return tuple(conditions)
 
 
 class TableRotationLedger:

@@ -33,15 +33,11 @@ def process_work(message: func.QueueMessage, poison: func.Out[str]) -> None:
     except TransientError as err:
         if (message.dequeue_count or 0) >= MAX_DEQUEUE_COUNT:
             # The host moves the message to <queue>-poison after this attempt, without running our code.
-            log_record(log, logging.ERROR, "work item failing transiently, host moves it to the poison queue",
-                       {"kind": "alert", "alert": "work_item_poisoned", "message_id": message.id,
-                        "dequeue_count": message.dequeue_count, "reason": str(err)})
+            service.report_poisoned_work(message.id or "", message.dequeue_count or 0,
+                                         f"still failing after {MAX_DEQUEUE_COUNT} attempts: {err}", deps)
         raise
     except PermanentError as err:
-        # kind "alert": the record an operator is paged on (the notifier subscribes to these later).
-        log_record(log, logging.ERROR, "work item moved to poison queue",
-                   {"kind": "alert", "alert": "work_item_poisoned", "message_id": message.id,
-                    "dequeue_count": message.dequeue_count, "reason": str(err)})
         poison.set(json.dumps({"reason": str(err), "message_id": message.id, "body": body}))
+        service.report_poisoned_work(message.id or "", message.dequeue_count or 0, str(err), deps)
         return
     log_record(log, logging.INFO, "work item processed", {"message_id": message.id, **report.as_json()})

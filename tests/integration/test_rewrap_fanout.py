@@ -10,7 +10,6 @@ import base64
 import contextlib
 import importlib
 import json
-import logging
 import sys
 import time
 import uuid
@@ -27,12 +26,14 @@ from azure.storage.queue import QueueClient
 from controller import bootstrap, service
 from controller.adapters.rewrap_backend import build_rewrap_backend
 from controller.adapters.work_queue import StorageWorkQueue, work_queue_client
+from controller.model import Severity
+from controller.reasons import Reason
 from controller.rewrap_jobs import RewrapMode, RewrapWorkItem, split_job
 from controller.service import Dependencies, RewrapItemStatus
 from controller.settings import load_settings
 from tests.integration.test_rewrap_adapters import CONTROLLER, Sandbox, assert_all_on, populate
 from tests.integration.test_rewrap_adapters import sandbox as sandbox  # noqa: PLC0414 - the fixture
-from tests.unit.fakes import FakeLedger
+from tests.unit.fakes import fake_dependencies
 
 pytestmark = pytest.mark.integration
 
@@ -82,10 +83,9 @@ def fan_out(sandbox: Sandbox) -> Iterator[FanOut]:
         vault_ca_bundle=sandbox.kv.ca_path,
     )
     settings = load_settings({"CMK_VAULTS": sandbox.origin, "CMK_WORK_QUEUE": queue_name})
-    deps = Dependencies(
-        settings=settings,
+    deps = fake_dependencies(
+        settings,
         clock=TickingClock(),
-        ledger=FakeLedger(),
         rewrap=backend,
         work_queue=StorageWorkQueue(queue),
         rewrap_budget_seconds=2.5,  # three pages per slice with the ticking clock
@@ -180,18 +180,13 @@ def invoke(app: Any, body: str, poison: Out) -> None:
         {"kind": "rewrap", "account": ACCOUNT, "container": "c-x", "key_id": "x", "surprise": 1},
     ],
 )
-def test_poison_items_are_parked_with_an_alert(
-    app: Any, fan_out: FanOut, message: dict[str, object], caplog: pytest.LogCaptureFixture
-) -> None:
+def test_poison_items_are_parked_with_an_alert(app: Any, fan_out: FanOut, message: dict[str, object]) -> None:
     poison = Out()
-    with caplog.at_level(logging.INFO, logger="controller"):
-        invoke(app, json.dumps(message), poison)
+    invoke(app, json.dumps(message), poison)
     assert poison.value is not None
-    assert json.loads(poison.value)["reason"]
-    alerts = [r for r in caplog.records if getattr(r, "custom_dimensions", {}).get("kind") == "alert"]
-    assert len(alerts) == 1
-    assert alerts[0].levelno == logging.ERROR
-    assert alerts[0].custom_dimensions["alert"] == "work_item_poisoned"  # type: ignore[attr-defined]
+    reason = json.loads(poison.value)["reason"]
+    [alert] = fan_out.deps.notifier.alerts
+    assert (alert.severity, alert.reason, alert.message) == (Severity.HIGH, Reason.WORK_ITEM_POISONED, reason)
 
 
 def test_an_unversioned_target_key_is_refused(fan_out: FanOut) -> None:
@@ -201,17 +196,18 @@ def test_an_unversioned_target_key_is_refused(fan_out: FanOut) -> None:
         service.process_work(json.dumps(item.to_message()), fan_out.deps)
 
 
-def test_blobs_left_on_old_versions_raise_an_alert(fan_out: FanOut, caplog: pytest.LogCaptureFixture) -> None:
+def test_blobs_left_on_old_versions_raise_an_alert(fan_out: FanOut) -> None:
     world = fan_out.world
     populate(world, 2)
     world.container_client().upload_blob("broken", b"x", metadata={"encryptiondata": "{"})
     item = split_job(targets=[(ACCOUNT, world.container)], key_id=world.new_key_id)[0]
-    with caplog.at_level(logging.INFO, logger="controller"):
-        report = service.process_work(json.dumps(item.to_message()), fan_out.deps)
+    report = service.process_work(json.dumps(item.to_message()), fan_out.deps)
     assert report.rewrap is not None
     assert report.rewrap.status is RewrapItemStatus.COMPLETE
-    alerts = [r for r in caplog.records if getattr(r, "custom_dimensions", {}).get("kind") == "alert"]
-    assert [a.custom_dimensions["alert"] for a in alerts] == ["rewrap_incomplete"]  # type: ignore[attr-defined]
+    [alert] = fan_out.deps.notifier.alerts
+    assert (alert.severity, alert.reason) == (Severity.HIGH, Reason.REWRAP_INCOMPLETE)
+    assert alert.resource == f"{ACCOUNT}/{world.container}"
+    assert (alert.details["failed"], alert.details["skipped"]) == (0, 1)
 
 
 def test_a_rewrite_item_runs_through_the_queue(fan_out: FanOut) -> None:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from controller.errors import TransientError
+from controller.errors import Conflict, TransientError
+from controller.model import Condition, Consumer, ForceAdoptionIntent, KeyRef, KeyState, KeyVersionInfo, VaultOrigin
+from controller.ports import Alert, RotationRecord
+from controller.reconciler import ReconcileDeps
+from controller.rotation import PlannerSettings
+from controller.service import Dependencies
+from controller.settings import Settings
 
 
 @dataclass
@@ -45,3 +53,166 @@ class FakeLedger:
         for event_id in expired:
             del self.claims[event_id]
         return len(expired)
+
+
+class Killed(BaseException):
+    """Stands for the process dying mid-way (not an error the reconciler may catch)."""
+
+
+@dataclass
+class FakeVault:
+    versions: list[KeyVersionInfo]
+    rotations: int = 0
+    clock: FakeClock = field(default_factory=FakeClock)
+
+    def get_key_state(self, key: KeyRef) -> KeyState:
+        return KeyState(key.versionless, tuple(self.versions))
+
+    def rotate_key(self, key: KeyRef) -> KeyVersionInfo:
+        self.rotations += 1
+        created = self.clock.now()
+        version = KeyVersionInfo(f"{self.rotations:032x}", enabled=True, created=created)
+        self.versions.append(version)
+        return version
+
+
+@dataclass
+class FakeStorage:
+    """Inventory and control over a dict of consumers, with Azure's semantics: a pin takes effect at
+    once; setting the versionless URI keeps the version in use until the next daily poll."""
+
+    consumers: dict[str, Consumer]
+    kill_after_writes: int | None = None
+    fail_for: dict[str, Exception] = field(default_factory=dict)
+    #: Someone else's change to a consumer, applied just before our next write to it (a race).
+    interfere: dict[str, Callable[[Consumer], Consumer | None]] = field(default_factory=dict)
+    writes: list[tuple[str, str]] = field(default_factory=list)
+    inventory_reads: int = 0
+    rereads: int = 0
+
+    def consumers_of(self, key: KeyRef) -> list[Consumer]:
+        self.inventory_reads += 1
+        return [consumer for consumer in self.consumers.values() if consumer.key.same_key(key)]
+
+    def keys_in_use(self, vault: VaultOrigin) -> list[KeyRef]:
+        return sorted({consumer.key.versionless for consumer in self.consumers.values()
+                       if consumer.key.vault == vault}, key=lambda key: key.uri)
+
+    def reread(self, consumer: Consumer) -> Consumer | None:
+        self.rereads += 1
+        return self.consumers.get(consumer.id)
+
+    def set_key(self, consumer: Consumer, key: KeyRef) -> Consumer:
+        if consumer.id in self.fail_for:
+            raise self.fail_for[consumer.id]
+        if self.kill_after_writes is not None and len(self.writes) >= self.kill_after_writes:
+            raise Killed
+        change = self.interfere.pop(consumer.id, None)
+        if change is not None:
+            changed = change(self.consumers[consumer.id])
+            if changed is None:
+                del self.consumers[consumer.id]
+            else:
+                self.consumers[consumer.id] = changed
+        stored = self.consumers.get(consumer.id)
+        if stored is None or stored.key != consumer.key:
+            # As StorageControl: the write is refused when the consumer changed since it was read.
+            raise Conflict(f"{consumer.resource_id} changed since it was read")
+        self.writes.append((consumer.id, key.uri))
+        current = key if key.version else self.consumers[consumer.id].current_key
+        updated = replace(self.consumers[consumer.id], key=key, current_key=current)
+        self.consumers[consumer.id] = updated
+        return updated
+
+
+@dataclass
+class FakeRotationLedger:
+    intents: dict[str, ForceAdoptionIntent] = field(default_factory=dict)
+    consumer_conditions: dict[str, tuple[Condition, ...]] = field(default_factory=dict)
+    version_conditions: dict[str, tuple[Condition, ...]] = field(default_factory=dict)
+    intent_log: list[tuple[str, str]] = field(default_factory=list)
+    condition_saves: int = 0
+
+    def load(self, key: KeyRef) -> RotationRecord:
+        return RotationRecord(tuple(self.intents.values()), dict(self.consumer_conditions),
+                              dict(self.version_conditions))
+
+    def save_intent(self, key: KeyRef, intent: ForceAdoptionIntent) -> None:
+        self.intents[intent.consumer_id] = intent
+        self.intent_log.append((intent.consumer_id, intent.step.value))
+
+    def save_conditions(self, key, consumer_conditions, version_conditions) -> None:
+        self.consumer_conditions = dict(consumer_conditions)
+        self.version_conditions = dict(version_conditions)
+        self.condition_saves += 1
+
+
+@dataclass
+class FakeQueue:
+    items: list[tuple[dict[str, object], timedelta | None]] = field(default_factory=list)
+
+    def enqueue(self, message, *, delay=None) -> None:
+        self.items.append((message, delay))
+
+
+@dataclass
+class FakeNotifier:
+    alerts: list[Alert] = field(default_factory=list)
+
+    def send(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+
+@dataclass
+class FakeAuditLog:
+    """Last successful unwraps per version; None stands for "no audit log configured"."""
+
+    unwraps: dict[str, datetime] | None = None
+
+    def last_successful_unwraps(self, key: KeyRef) -> dict[str, datetime] | None:
+        return self.unwraps
+
+
+class NotExpected:
+    """A dependency the test does not expect to be used: any use fails the test with its name."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> object:
+        raise AssertionError(f"{self._name}.{attribute} was used, but this test did not expect it")
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        raise AssertionError(f"{self._name} was called, but this test did not expect it")
+
+
+def fake_reconcile_deps(storage: FakeStorage | None = None, vault: FakeVault | None = None, *,
+                        clock: FakeClock | None = None, ledger: FakeRotationLedger | None = None,
+                        queue: FakeQueue | None = None, notifier: FakeNotifier | None = None,
+                        planner: PlannerSettings | None = None) -> ReconcileDeps:
+    clock = clock or FakeClock()
+    known_vault = vault or FakeVault([], clock=clock)
+    return ReconcileDeps(
+        keys=lambda origin: known_vault, inventory=storage or FakeStorage({}), control=storage or FakeStorage({}),
+        ledger=ledger or FakeRotationLedger(), queue=queue or FakeQueue(), notifier=notifier or FakeNotifier(),
+        clock=clock, planner=planner or PlannerSettings(),
+    )
+
+
+def fake_dependencies(settings: Settings, **overrides: Any) -> Dependencies:
+    """Dependencies of the use cases over fakes; pass the ones a test looks at as keyword arguments.
+
+    The notifier, clock and work queue are shared with ``reconcile`` unless it is given, so an alert
+    raised anywhere lands in the one FakeNotifier the test reads.
+    """
+    clock = overrides.pop("clock", None) or FakeClock()
+    notifier = overrides.pop("notifier", None) or FakeNotifier()
+    queue = overrides.pop("work_queue", None) or FakeQueue()
+    reconcile = overrides.pop("reconcile", None) or fake_reconcile_deps(clock=clock, queue=queue, notifier=notifier)
+    values: dict[str, Any] = {
+        "settings": settings, "clock": clock, "ledger": FakeLedger(), "notifier": notifier, "work_queue": queue,
+        "reconcile": reconcile, "rewrap": NotExpected("rewrap"), "blob_stores": NotExpected("blob_stores"),
+        "audit": FakeAuditLog(),
+    }
+    values.update(overrides)
+    return Dependencies(**values)

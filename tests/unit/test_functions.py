@@ -14,9 +14,10 @@ from azure.functions.timer import TimerRequest
 
 from controller import bootstrap
 from controller.errors import TransientError
-from controller.service import Dependencies
+from controller.model import Severity
+from controller.reasons import Reason
 from controller.settings import load_settings
-from tests.unit.fakes import FakeClock, FakeLedger
+from tests.unit.fakes import FakeLedger, fake_dependencies
 
 pytestmark = pytest.mark.unit
 
@@ -56,7 +57,7 @@ def grid_event(event_id: str = "e1", event_type: str = "Microsoft.KeyVault.KeyNe
 def ledger(monkeypatch):
     monkeypatch.setenv("CMK_VAULTS", "contoso-cmk.vault.azure.net")
     fake = FakeLedger()
-    bootstrap.override(Dependencies(settings=load_settings({"CMK_VAULTS": VAULT}), clock=FakeClock(), ledger=fake))
+    bootstrap.override(fake_dependencies(load_settings({"CMK_VAULTS": VAULT}), ledger=fake))
     yield fake
     bootstrap.override(None)
 
@@ -285,6 +286,11 @@ def test_process_work_moves_malformed_items_to_poison_with_the_reason(app, ledge
     assert parked["reason"]
     assert parked["body"] == body
     assert ledger.claims == {}
+    [alert] = bootstrap.dependencies().notifier.alerts
+    assert (alert.severity, alert.reason) == (Severity.HIGH, Reason.WORK_ITEM_POISONED)
+    assert alert.resource == "cmk-work-poison"
+    assert alert.message == parked["reason"]
+    assert alert.details == {"message_id": "m1", "dequeue_count": 0}
 
 
 def test_process_work_propagates_transient_failures_so_the_host_redelivers(app, ledger):

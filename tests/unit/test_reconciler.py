@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,20 +10,26 @@ import pytest
 from controller import reconciler, rotation
 from controller.errors import Forbidden, TransientError
 from controller.model import (
-    Condition,
     Consumer,
     ConsumerKind,
-    ForceAdoptionIntent,
     IdentityAccess,
     KeyEvent,
     KeyEventKind,
     KeyRef,
-    KeyState,
     KeyVersionInfo,
+    Severity,
     VaultOrigin,
 )
-from controller.ports import Alert, RotationRecord
-from tests.unit.fakes import FakeClock
+from controller.reasons import Reason
+from tests.unit.fakes import (
+    FakeClock,
+    FakeNotifier,
+    FakeQueue,
+    FakeRotationLedger,
+    FakeStorage,
+    FakeVault,
+    Killed,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -32,96 +38,6 @@ KEY = KeyRef(VAULT, "storage-cmk")
 OLD, NEW, NEWER = "a" * 32, "b" * 32, "c" * 32
 T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
 SUB = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.Storage"
-
-
-class Killed(BaseException):
-    """Stands for the process dying mid-way (not an error the reconciler may catch)."""
-
-
-@dataclass
-class FakeVault:
-    versions: list[KeyVersionInfo]
-    rotations: int = 0
-    clock: FakeClock | None = None
-
-    def get_key_state(self, key: KeyRef) -> KeyState:
-        return KeyState(key.versionless, tuple(self.versions))
-
-    def rotate_key(self, key: KeyRef) -> KeyVersionInfo:
-        self.rotations += 1
-        created = self.clock.now() if self.clock else T0
-        version = KeyVersionInfo(f"{self.rotations:032x}", enabled=True, created=created)
-        self.versions.append(version)
-        return version
-
-
-@dataclass
-class FakeStorage:
-    """Inventory and control over a dict of consumers, with Azure's semantics: a pin takes effect at
-    once; setting the versionless URI keeps the version in use until the next daily poll."""
-
-    consumers: dict[str, Consumer]
-    kill_after_writes: int | None = None
-    fail_for: dict[str, Exception] = field(default_factory=dict)
-    writes: list[tuple[str, str]] = field(default_factory=list)
-    inventory_reads: int = 0
-
-    def consumers_of(self, key: KeyRef) -> list[Consumer]:
-        self.inventory_reads += 1
-        return [consumer for consumer in self.consumers.values() if consumer.key.same_key(key)]
-
-    def keys_in_use(self, vault: VaultOrigin) -> list[KeyRef]:
-        return sorted({consumer.key.versionless for consumer in self.consumers.values()
-                       if consumer.key.vault == vault}, key=lambda key: key.uri)
-
-    def set_key(self, consumer: Consumer, key: KeyRef) -> Consumer:
-        if consumer.id in self.fail_for:
-            raise self.fail_for[consumer.id]
-        if self.kill_after_writes is not None and len(self.writes) >= self.kill_after_writes:
-            raise Killed
-        self.writes.append((consumer.id, key.uri))
-        current = key if key.version else self.consumers[consumer.id].current_key
-        updated = replace(self.consumers[consumer.id], key=key, current_key=current)
-        self.consumers[consumer.id] = updated
-        return updated
-
-
-@dataclass
-class FakeRotationLedger:
-    intents: dict[str, ForceAdoptionIntent] = field(default_factory=dict)
-    consumer_conditions: dict[str, tuple[Condition, ...]] = field(default_factory=dict)
-    version_conditions: dict[str, tuple[Condition, ...]] = field(default_factory=dict)
-    intent_log: list[tuple[str, str]] = field(default_factory=list)
-    condition_saves: int = 0
-
-    def load(self, key: KeyRef) -> RotationRecord:
-        return RotationRecord(tuple(self.intents.values()), dict(self.consumer_conditions),
-                              dict(self.version_conditions))
-
-    def save_intent(self, key: KeyRef, intent: ForceAdoptionIntent) -> None:
-        self.intents[intent.consumer_id] = intent
-        self.intent_log.append((intent.consumer_id, intent.step.value))
-
-    def save_conditions(self, key, consumer_conditions, version_conditions) -> None:
-        self.consumer_conditions = dict(consumer_conditions)
-        self.version_conditions = dict(version_conditions)
-        self.condition_saves += 1
-
-
-@dataclass
-class FakeQueue:
-    items: list[tuple[dict[str, object], timedelta | None]] = field(default_factory=list)
-
-    def enqueue(self, message, *, delay=None) -> None:
-        self.items.append((message, delay))
-
-
-@dataclass
-class FakeNotifier:
-    alerts: list[Alert] = field(default_factory=list)
-
-    def send(self, alert: Alert) -> None:
-        self.alerts.append(alert)
 
 
 def account(name: str, *, pinned: str | None = None, current: str = OLD,
@@ -213,7 +129,7 @@ def test_pinned_accounts_follow_the_policy_and_its_tag_override():
     assert state(w, "stalert").key == KEY.with_version(OLD)
     [alert] = w.notifier.alerts
     assert alert.resource.endswith("/stalert")
-    assert alert.reason == rotation.Reason.PINNED_TO_OLD_VERSION.value
+    assert (alert.severity, alert.reason) == (Severity.HIGH, Reason.PINNED_TO_OLD_VERSION)
 
 
 def test_an_identity_without_access_to_the_new_version_is_blocked_and_alerted_not_changed():
@@ -221,7 +137,7 @@ def test_an_identity_without_access_to_the_new_version_is_blocked_and_alerted_no
     reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
     assert w.storage.writes == []
     [alert] = w.notifier.alerts
-    assert (alert.severity, alert.reason) == ("critical", "IdentityLacksAccess")
+    assert (alert.severity, alert.reason) == (Severity.CRITICAL, Reason.IDENTITY_LACKS_ACCESS)
 
 
 def test_a_stale_event_never_moves_a_consumer_backwards():
@@ -246,7 +162,8 @@ def test_one_failing_consumer_is_recorded_and_the_others_still_converge():
     result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
     assert state(w, "stfine").key == KEY.with_version(NEW)
     assert len(result.failures) == 1
-    assert any(alert.reason == "UpdateFailed" for alert in w.notifier.alerts)
+    assert [(alert.severity, alert.reason) for alert in w.notifier.alerts] == [
+        (Severity.CRITICAL, Reason.UPDATE_FAILED)]
 
 
 def test_transient_failures_propagate_after_the_rest_is_done():
@@ -296,7 +213,7 @@ def test_near_expiry_without_auto_rotation_alerts_with_the_blast_radius():
     w = world(account("st1"), account("st2", pinned=OLD))
     assert reconciler.on_key_event(event(KeyEventKind.NEAR_EXPIRY), w.deps, auto_rotate=False) == []
     [alert] = w.notifier.alerts
-    assert alert.reason == "KeyNearExpiry"
+    assert (alert.severity, alert.reason) == (Severity.HIGH, Reason.KEY_NEAR_EXPIRY)
     assert len(alert.details["consumers"]) == 2
     assert w.vault.rotations == 0 and w.storage.writes == []
 
@@ -305,8 +222,8 @@ def test_expiry_alerts_critical_with_the_blast_radius_and_reconciles():
     w = world(account("st1"))
     results = reconciler.on_key_event(event(KeyEventKind.EXPIRED, OLD), w.deps, auto_rotate=False)
     assert w.storage.inventory_reads == 1  # the blast radius and the reconcile share one inventory
-    assert w.notifier.alerts[0].severity == "critical"
-    assert w.notifier.alerts[0].reason == "KeyExpired"
+    assert w.notifier.alerts[0].severity is Severity.CRITICAL
+    assert w.notifier.alerts[0].reason is Reason.KEY_EXPIRED
     assert len(results) == 1
     assert state(w, "st1").current_version == NEW
 
@@ -315,3 +232,54 @@ def test_an_access_policy_change_rechecks_every_key_of_the_vault_in_use():
     w = world(account("st1"))
     results = reconciler.on_key_event(event(KeyEventKind.ACCESS_POLICY_CHANGED, None), w.deps, auto_rotate=False)
     assert [result.key for result in results] == [KEY]
+
+
+# ---- a consumer that changes between our read and our write (Conflict) -----------------------------------
+
+
+def test_a_consumer_changed_concurrently_is_reread_and_replanned_without_aborting_the_others():
+    w = world(account("stfirst", pinned=OLD), account("stsecond", pinned=OLD), account("stthird", pinned=OLD))
+    first = state(w, "stfirst").id
+    # Someone re-pins stfirst to OLD's successor themselves just before our write: theirs wins.
+    w.storage.interfere[first] = lambda consumer: replace(consumer, key=KEY.with_version(NEW),
+                                                          current_key=KEY.with_version(NEW))
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert state(w, "stsecond").key.version == NEW
+    assert state(w, "stthird").key.version == NEW
+    assert state(w, "stfirst").key == KEY.with_version(NEW)
+    assert w.storage.rereads == 1
+    assert result.conflicts == [f"{state(w, 'stfirst').resource_id}: {state(w, 'stfirst').resource_id} "
+                                "changed since it was read"]
+    assert result.failures == []
+    assert result.plan.decision_for(first).action is rotation.Action.ADOPTED
+    assert first not in {consumer for consumer, _ in w.storage.writes}  # never written over their change
+    assert w.notifier.alerts == []
+
+
+def test_a_consumer_moved_to_another_key_concurrently_is_dropped_from_the_plan():
+    w = world(account("stgone", pinned=OLD), account("stkept", pinned=OLD))
+    gone = state(w, "stgone").id
+    other_key = KeyRef(VAULT, "another-key").with_version(NEW)
+    w.storage.interfere[gone] = lambda consumer: replace(consumer, key=other_key, current_key=other_key)
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert state(w, "stkept").key.version == NEW
+    assert state(w, "stgone").key == other_key
+    assert all(decision.consumer.id != gone for decision in result.plan.decisions)
+    assert len(result.conflicts) == 1
+
+
+def test_a_consumer_that_keeps_changing_is_left_for_a_prompt_recheck():
+    w = world(account("stflappy", pinned=OLD), account("ststeady", pinned=OLD))
+    flappy = state(w, "stflappy").id
+
+    def flip(consumer: Consumer) -> Consumer:
+        w.storage.interfere[flappy] = flip  # and again before every write of ours
+        return replace(consumer, key=KEY if consumer.key.version else KEY.with_version(OLD))
+
+    w.storage.interfere[flappy] = flip
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert state(w, "ststeady").key.version == NEW
+    assert len(result.conflicts) == reconciler.MAX_CONFLICTS_PER_CONSUMER
+    assert flappy not in {consumer for consumer, _ in w.storage.writes}
+    assert result.next_check == w.clock.now() + w.deps.planner.verify_interval
+    assert w.queue.items == [({"kind": "reconcile", "key": KEY.uri}, w.deps.planner.verify_interval)]

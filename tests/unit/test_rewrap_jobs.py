@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from controller.errors import Conflict, InvalidInput, PermanentError
+from controller.errors import Conflict, InvalidInput
 from controller.rewrap import RsaPublicKeyWrapper
 from controller.rewrap_jobs import (
     BudgetedBlobStore,
@@ -23,7 +23,7 @@ from controller.rewrap_jobs import (
 )
 from controller.service import Dependencies, InvalidWorkItem, RewrapItemStatus, process_work
 from controller.settings import load_settings
-from tests.unit.fakes import FakeClock, FakeLedger
+from tests.unit.fakes import FakeClock, NotExpected, fake_dependencies
 from tests.unit.test_envelope import NEW_KEY_ID, OLD_KEY_ID, VAULT, new_kek, old_kek
 from tests.unit.test_rewrap_engine import CONTAINER, FakeBlobStore, FakeCheckpoint, FakeUnwrapper
 
@@ -117,12 +117,11 @@ class FakeBackend:
 
 
 def deps(backend: FakeBackend | None, queue: FakeQueue | None, *, budget: float = 300.0) -> Dependencies:
-    return Dependencies(
-        settings=load_settings({"CMK_VAULTS": VAULT}),
+    return fake_dependencies(
+        load_settings({"CMK_VAULTS": VAULT}),
         clock=TickingClock(),
-        ledger=FakeLedger(),
-        rewrap=backend,
-        work_queue=queue,
+        rewrap=backend or NotExpected("rewrap"),
+        work_queue=queue or NotExpected("work_queue"),
         rewrap_budget_seconds=budget,
     )
 
@@ -168,8 +167,6 @@ def test_a_checkpoint_conflict_means_another_worker_owns_the_job() -> None:
     assert report.rewrap.status is RewrapItemStatus.SUPERSEDED
 
 
-def test_rewrap_items_without_a_backend_or_with_bad_fields_fail_permanently() -> None:
-    with pytest.raises(PermanentError, match="not configured"):
-        process_work(json.dumps(message()), deps(None, None))
+def test_rewrap_items_with_bad_fields_fail_permanently_before_anything_is_opened() -> None:
     with pytest.raises(InvalidWorkItem, match="concurrency"):
         process_work(json.dumps(message(concurrency=999)), deps(None, None))

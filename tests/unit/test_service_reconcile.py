@@ -7,10 +7,11 @@ import json
 import pytest
 
 from controller import service
-from controller.errors import TransientError
-from controller.model import KeyEventKind, KeyVersionInfo
+from controller.errors import Conflict, TransientError
+from controller.model import KeyEventKind, KeyRef, KeyVersionInfo, Severity
+from controller.reasons import Reason
 from controller.settings import load_settings
-from tests.unit.fakes import FakeLedger
+from tests.unit.fakes import FakeLedger, FakeQueue, fake_dependencies
 from tests.unit.test_reconciler import KEY, NEW, OLD, account, event, state, world
 
 pytestmark = pytest.mark.unit
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.unit
 
 def dependencies(w, ledger: FakeLedger) -> service.Dependencies:
     settings = load_settings({"CMK_VAULTS": KEY.vault.url})
-    return service.Dependencies(settings=settings, clock=w.clock, ledger=ledger, reconcile=w.deps)
+    return fake_dependencies(settings, clock=w.clock, ledger=ledger, reconcile=w.deps, notifier=w.notifier,
+                             work_queue=w.queue)
 
 
 def test_a_new_version_event_converges_consumers_and_a_redelivery_does_nothing_more():
@@ -80,13 +82,10 @@ def test_the_sweep_reconciles_every_key_in_use_and_survives_a_failing_one():
 
 
 def test_a_new_version_fans_out_rewrap_of_registered_and_tagged_containers():
-    from tests.unit.test_reconciler import FakeQueue
-
     w = world(account("stfree", tags=(("cmk-rewrap-containers", "docs; images"),)), account("stplain"))
     queue = FakeQueue()
     settings = load_settings({"CMK_VAULTS": KEY.vault.url, "CMK_REWRAP_TARGETS": "starchive/backups"})
-    deps = service.Dependencies(settings=settings, clock=w.clock, ledger=FakeLedger(), reconcile=w.deps,
-                                work_queue=queue)
+    deps = fake_dependencies(settings, clock=w.clock, reconcile=w.deps, work_queue=queue)
     service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps)
     items = [message for message, _ in queue.items if message.get("kind") == "rewrap"]
     assert sorted((item["account"], item["container"]) for item in items) == [
@@ -95,12 +94,10 @@ def test_a_new_version_fans_out_rewrap_of_registered_and_tagged_containers():
 
 
 def test_no_rewrap_is_fanned_out_for_other_event_kinds():
-    from tests.unit.test_reconciler import FakeQueue
-
     w = world(account("stfree", tags=(("cmk-rewrap-containers", "docs"),)))
     queue = FakeQueue()
-    deps = service.Dependencies(settings=load_settings({"CMK_VAULTS": KEY.vault.url}), clock=w.clock,
-                                ledger=FakeLedger(), reconcile=w.deps, work_queue=queue)
+    deps = fake_dependencies(load_settings({"CMK_VAULTS": KEY.vault.url}), clock=w.clock, reconcile=w.deps,
+                             work_queue=queue)
     service.handle_key_event(event(KeyEventKind.EXPIRED, OLD), deps)
     assert [message for message, _ in queue.items if message.get("kind") == "rewrap"] == []
 
@@ -118,6 +115,57 @@ def test_a_permanent_failure_is_alerted_and_not_retried():
     handled = service.handle_key_event(event(KeyEventKind.NEW_VERSION), dependencies(w, ledger))
     assert handled.outcome is service.Outcome.ACCEPTED
     assert ledger.released == []
-    [alert] = [alert for alert in w.notifier.alerts if alert.reason == "EventFailed"]
-    assert alert.severity == "critical"
+    [alert] = [alert for alert in w.notifier.alerts if alert.reason is Reason.EVENT_FAILED]
+    assert alert.severity is Severity.CRITICAL
     assert "KeyNotFound" in alert.message
+
+
+def test_the_sweep_goes_on_when_a_key_or_a_vault_raises_conflict():
+    """A Conflict (a lost race) is neither transient nor permanent: it must not abort the sweep."""
+    w = world(account("stpinned", pinned=OLD))
+    other = "https://contoso-other.vault.azure.net"
+    settings = load_settings({"CMK_VAULTS": f"{other},{KEY.vault.url}"})
+    original = w.storage.keys_in_use
+
+    def keys_in_use(vault):
+        if vault.url == other:
+            raise Conflict("the vault listing changed while it was read")
+        return original(vault)
+
+    w.storage.keys_in_use = keys_in_use
+    report = service.run_sweep(fake_dependencies(settings, clock=w.clock, reconcile=w.deps))
+    assert report.keys_reconciled == (KEY.uri,)
+    assert report.failures == (f"{other}: the vault listing changed while it was read",)
+    assert state(w, "stpinned").key.version == NEW
+
+
+def test_the_sweep_goes_on_when_one_key_raises_conflict():
+    w = world(account("stpinned", pinned=OLD))
+    second = KEY.vault.url + "/keys/second-key"
+    original = w.vault.get_key_state
+
+    def get_key_state(key):
+        if key.name == "second-key":
+            raise Conflict("the key changed while it was read")
+        return original(key)
+
+    w.vault.get_key_state = get_key_state
+    w.storage.keys_in_use = lambda vault: [KeyRef(KEY.vault, "second-key"), KEY]
+    report = service.run_sweep(dependencies(w, FakeLedger()))
+    assert report.keys_reconciled == (KEY.uri,)
+    assert report.failures == (f"{second}: the key changed while it was read",)
+    assert state(w, "stpinned").key.version == NEW
+
+
+def test_a_conflict_while_handling_an_event_releases_the_claim_for_a_retry():
+    w = world(account("stpinned", pinned=OLD))
+    ledger = FakeLedger()
+
+    def conflicting(_key):
+        raise Conflict("the rotation record changed concurrently")
+
+    w.vault.get_key_state = conflicting
+    with pytest.raises(TransientError, match="changed concurrently"):
+        service.handle_key_event(event(KeyEventKind.NEW_VERSION), dependencies(w, ledger))
+    assert ledger.released == ["e"]
+    assert w.notifier.alerts == []

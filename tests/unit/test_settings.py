@@ -131,13 +131,14 @@ def test_forced_adoption_delay_is_bounded_by_the_window_or_off():
 
 
 @pytest.mark.parametrize("url", ["https://hooks.example.com/T0/B0/secret", "http://127.0.0.1:8080/alerts",
-                                 "http://localhost/alerts"])
+                                 "http://localhost/alerts", "http://127.0.0.2/alerts", "http://[::1]:8080/alerts"])
 def test_alert_webhook_accepts_https_and_loopback_http(url):
     assert load_settings({**BASE, "CMK_ALERT_WEBHOOK_URL": url}).alert_webhook_url == url
 
 
 @pytest.mark.parametrize("url", ["http://hooks.example.com/secret", "ftp://x/secret", "https://u:p@h/secret",
-                                 "not a url secret"])
+                                 "not a url secret", "http://127.evil.example/secret", "http://127.0.0.1.nip.io/secret",
+                                 "http://localhost.example/secret", "http://0x7f000001/secret"])
 def test_alert_webhook_refuses_anything_else_without_echoing_it(url):
     with pytest.raises(SettingsError) as caught:
         load_settings({**BASE, "CMK_ALERT_WEBHOOK_URL": url})

@@ -1,0 +1,65 @@
+"""The closed set of reasons: every condition, decision, verdict and alert names one of these.
+
+One enum for the whole controller so that a log reader, an alert receiver and the ledger see the
+same vocabulary, and a typo is a type error instead of a new, silent reason.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Reason(enum.StrEnum):
+    # adoption
+    ADOPTED = "Adopted"
+    ADOPTION_PENDING = "AdoptionPending"
+    ADOPTION_OVERDUE = "AdoptionOverdue"
+    FORCING_ADOPTION = "ForcingAdoption"
+    AWAITING_VERIFICATION = "AwaitingVerification"
+    RESTORING_VERSIONLESS = "RestoringVersionless"
+    # pinning
+    VERSIONLESS = "Versionless"
+    PINNED_TO_TARGET = "PinnedToTarget"
+    PINNED_TO_OLD_VERSION = "PinnedToOldVersion"
+    UPDATING_PINNED_VERSION = "UpdatingPinnedVersion"
+    # access
+    ACCESS_GRANTED = "AccessGranted"
+    IDENTITY_LACKS_ACCESS = "IdentityLacksAccess"
+    ACCESS_NOT_EVALUATED = "AccessNotEvaluated"
+    # key and target
+    VAULT_UNREACHABLE = "VaultUnreachable"
+    NO_USABLE_VERSION = "NoUsableVersion"
+    TARGET_VERSION_DISABLED = "TargetVersionDisabled"
+    TARGET_VERSION_NOT_YET_VALID = "TargetVersionNotYetValid"
+    TARGET_VERSION_EXPIRED = "TargetVersionExpired"
+    TARGET_VERSION_UNKNOWN = "TargetVersionUnknown"
+    CONSUMER_AHEAD_OF_TARGET = "ConsumerAheadOfTarget"
+    CONSUMER_VERSION_UNKNOWN = "ConsumerVersionUnknown"
+    # version attributes
+    VERSION_USABLE = "VersionUsable"
+    VERSION_DISABLED = "VersionDisabled"
+    VERSION_NOT_YET_VALID = "VersionNotYetValid"
+    VERSION_EXPIRED = "VersionExpired"
+    # retirement
+    IN_USE = "InUse"
+    BLOBS_STILL_WRAPPED = "BlobsStillWrapped"
+    RECENT_UNWRAP = "RecentUnwrap"
+    CURRENT_VERSION = "CurrentVersion"
+    INSIDE_ADOPTION_WINDOW = "InsideAdoptionWindow"
+    ALREADY_DISABLED = "AlreadyDisabled"
+    NOT_IN_USE = "NotInUse"
+    # executing a plan
+    #: A write to the consumer failed for good (permission, not found, bad request).
+    UPDATE_FAILED = "UpdateFailed"
+    #: The consumer changed between our read and our write (someone else's configuration wins).
+    CONSUMER_CHANGED = "ConsumerChanged"
+    # key events
+    KEY_NEAR_EXPIRY = "KeyNearExpiry"
+    KEY_EXPIRED = "KeyExpired"
+    #: A key event could not be handled and retrying cannot help (e.g. the key was deleted).
+    EVENT_FAILED = "EventFailed"
+    # client-side encryption re-wrap
+    REWRAP_INCOMPLETE = "RewrapIncomplete"
+    REWRAP_TARGETS_INVALID = "RewrapTargetsInvalid"
+    # work queue
+    WORK_ITEM_POISONED = "WorkItemPoisoned"
