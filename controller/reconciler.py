@@ -117,12 +117,14 @@ def reconcile_key(
     target_version: str | None = None,
     dry_run: bool = False,
     consumers: Sequence[Consumer] | None = None,
+    state: KeyState | None = None,
 ) -> ReconcileResult:
     """Bring every consumer of ``key`` to the newest usable version (see module docstring).
 
-    ``consumers``: the key's consumers when the caller has just gathered them (no second inventory)."""
+    ``consumers`` and ``state``: the key's consumers and versions when the caller has just read them
+    (no second inventory or vault listing)."""
     key = key.versionless
-    state = deps.keys(key.vault).get_key_state(key)
+    state = state if state is not None else deps.keys(key.vault).get_key_state(key)
     gathered = deps.inventory.consumers_of(key) if consumers is None else consumers
     consumers = sorted(gathered, key=lambda consumer: consumer.id)
     record = deps.ledger.load(key)
@@ -316,50 +318,117 @@ def blast_radius_alert(key: KeyRef, consumers: Sequence[Consumer], *, severity: 
     )
 
 
+#: Key Vault's and our clocks may disagree a little; an expiry this close is not a contradiction.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
 def on_key_event(event: KeyEvent, deps: ReconcileDeps, *, auto_rotate: bool) -> list[ReconcileResult]:
-    """What each kind of Key Vault event means for the consumers (events are hints; the sweep and
-    the scheduled re-checks converge whatever order events arrive in).
+    """What each kind of Key Vault event means for the consumers.
+
+    An event is a trigger, never the truth: the key's versions are read from the vault first, and an
+    event the vault contradicts (a version it does not list, an expiry it does not have) is logged
+    and acted on no further than the sweep would act anyway. Events are hints; the sweep and the
+    scheduled re-checks converge whatever order they arrive in.
 
     new_version: reconcile towards that version (the planner never moves a consumer backwards, so a
     stale event for an older version changes nothing). near_expiry: rotate when CMK_AUTO_ROTATE
     allows and the expiring version is still the newest (a redelivered event does not rotate twice),
-    otherwise alert with the blast radius. expired: alert critical with the blast radius, and
-    reconcile in case a newer version exists. access_policy_changed: re-check every key of that
-    vault that has consumers (access may have been granted or revoked).
+    otherwise alert with the blast radius. expired: alert with the blast radius, and reconcile in
+    case a newer version exists. access_policy_changed: re-check every key of that vault that has
+    consumers (access may have been granted or revoked). Alert severity follows the blast radius: a
+    key no storage account uses is worth knowing about, not worth waking anyone.
     """
     if event.kind is KeyEventKind.ACCESS_POLICY_CHANGED:
         return [reconcile_key(key, deps) for key in deps.inventory.keys_in_use(event.vault)]
     key = event.key
     if key is None:
         raise PermanentError(f"{event.kind.value} event {event.event_id} names no key")
+    state = deps.keys(key.vault).get_key_state(key.versionless)
+    contradiction = _contradiction(event, key, state, deps.clock.now())
+    if contradiction:
+        log_record(log, logging.WARNING, "key event contradicts the vault: not acted on", {
+            "event_id": event.event_id, "kind": event.kind.value, "key": key.uri, "why": contradiction})
+        # Converge on what the vault really holds, exactly as the sweep would.
+        return [reconcile_key(key, deps, state=state)] if event.kind is KeyEventKind.NEW_VERSION else []
     if event.kind is KeyEventKind.NEW_VERSION:
-        return [reconcile_key(key, deps, target_version=key.version)]
+        return [reconcile_key(key, deps, target_version=key.version, state=state)]
     if event.kind is KeyEventKind.NEAR_EXPIRY:
         if auto_rotate:
-            return [_rotate_if_current(key, deps)]
+            return [_rotate_if_current(key, state, deps)]
         consumers = blast_radius(key, deps)
         deps.notifier.send(blast_radius_alert(
-            key.versionless, consumers, severity=Severity.HIGH, reason=Reason.KEY_NEAR_EXPIRY, version=key.version,
-            message=f"version {key.version} expires at {_at(event.expires)} and CMK_AUTO_ROTATE is off: rotate it",
+            key.versionless, consumers, severity=by_blast_radius(Severity.HIGH, consumers),
+            reason=Reason.KEY_NEAR_EXPIRY, version=key.version,
+            message=f"version {key.version} expires at {_at(_expiry(state, key))} and CMK_AUTO_ROTATE is off: "
+                    "rotate it",
         ))
         return []
     consumers = blast_radius(key, deps)
     deps.notifier.send(blast_radius_alert(
-        key.versionless, consumers, severity=Severity.CRITICAL, reason=Reason.KEY_EXPIRED, version=key.version,
-        message=f"version {key.version} expired at {_at(event.expires)}",
+        key.versionless, consumers, severity=by_blast_radius(Severity.CRITICAL, consumers),
+        reason=Reason.KEY_EXPIRED, version=key.version,
+        message=f"version {key.version} expired at {_at(_expiry(state, key))}",
     ))
-    return [reconcile_key(key, deps, consumers=consumers)]
+    return [reconcile_key(key, deps, consumers=consumers, state=state)]
 
 
-def _rotate_if_current(key: KeyRef, deps: ReconcileDeps) -> ReconcileResult:
-    vault = deps.keys(key.vault)
-    latest = vault.get_key_state(key.versionless).latest_enabled
+def _contradiction(event: KeyEvent, key: KeyRef, state: KeyState, now: datetime) -> str:
+    """Why the vault's state contradicts the event ("" when it does not, or cannot be read)."""
+    if not state.reachable:
+        return ""  # nothing to check against: the planner records the vault as unreachable
+    info = state.version(key.version)
+    if info is None:
+        return f"the vault lists no version {key.version} of {key.versionless.uri}"
+    if event.kind is KeyEventKind.NEW_VERSION:
+        return ""
+    if info.expires is None:
+        return f"version {key.version} has no expiry date in the vault"
+    if event.expires is not None and abs(event.expires - info.expires) > timedelta(seconds=1):
+        return (f"the event says version {key.version} expires at {event.expires.isoformat()}, "
+                f"the vault says {info.expires.isoformat()}")
+    if event.kind is KeyEventKind.EXPIRED and info.expires > now + CLOCK_SKEW:
+        return f"version {key.version} has not expired: it expires at {info.expires.isoformat()}"
+    return ""
+
+
+def _expiry(state: KeyState, key: KeyRef) -> datetime | None:
+    info = state.version(key.version)
+    return info.expires if info else None
+
+
+def by_blast_radius(severity: Severity, consumers: Sequence[Consumer]) -> Severity:
+    """``severity`` when storage depends on the key; low when nothing does."""
+    return severity if consumers else Severity.LOW
+
+
+def event_failed_alert(event: KeyEvent, error: Exception, deps: ReconcileDeps) -> Alert:
+    """A key event that cannot be handled (e.g. the key was deleted): how bad depends on who uses it."""
+    subject = event.key.versionless.uri if event.key else event.vault.url
+    severity, consumers = Severity.CRITICAL, None
+    if event.key is not None:
+        try:
+            consumers = blast_radius(event.key, deps)
+        except (TransientError, PermanentError, Conflict) as err:  # unknown blast radius: assume the worst
+            log_record(log, logging.WARNING, "blast radius unknown", {"key": subject, "error": str(err)})
+        else:
+            severity = by_blast_radius(Severity.CRITICAL, consumers)
+    return Alert(
+        severity=severity, title=f"{subject}: {event.kind.value} could not be handled",
+        resource=subject, reason=Reason.EVENT_FAILED, message=str(error),
+        fingerprint=fingerprint(subject.lower(), Reason.EVENT_FAILED.value, event.kind.value),
+        details={"event_id": event.event_id, "event_type": event.event_type,
+                 "consumers": None if consumers is None else [consumer.resource_id for consumer in consumers]},
+    )
+
+
+def _rotate_if_current(key: KeyRef, state: KeyState, deps: ReconcileDeps) -> ReconcileResult:
+    latest = state.latest_enabled
     if latest is None or latest.version == key.version:
-        rotated = vault.rotate_key(key.versionless)
+        rotated = deps.keys(key.vault).rotate_key(key.versionless)
         log_record(log, logging.INFO, "key rotated before expiry", {"key": key.versionless.uri,
                                                                    "new_version": rotated.version})
         return reconcile_key(key, deps, target_version=rotated.version)
-    return reconcile_key(key, deps, target_version=latest.version)
+    return reconcile_key(key, deps, target_version=latest.version, state=state)
 
 
 def _at(moment: datetime | None) -> str:

@@ -130,13 +130,7 @@ def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
             # Retrying cannot help (a deleted key, a missing permission): a human has to know.
             log_record(log, logging.ERROR, "key event failed permanently",
                        {"event_id": event.event_id, "error": str(err)})
-            subject = event.key.versionless.uri if event.key else event.vault.url
-            deps.notifier.send(Alert(
-                severity=Severity.CRITICAL, title=f"{subject}: {event.kind.value} could not be handled",
-                resource=subject, reason=Reason.EVENT_FAILED, message=str(err),
-                fingerprint=reconciler.fingerprint(subject.lower(), Reason.EVENT_FAILED.value, event.kind.value),
-                details={"event_id": event.event_id, "event_type": event.event_type},
-            ))
+            deps.notifier.send(reconciler.event_failed_alert(event, err, deps.reconcile))
     return HandledEvent(event, outcome)
 
 
@@ -225,6 +219,8 @@ def process_work(body: str, deps: Dependencies) -> WorkReport:
         raise InvalidWorkItem("work item exceeds 64 KiB")
     try:
         item = json.loads(body)
+    except RecursionError as err:
+        raise InvalidWorkItem("work item is nested too deeply") from err
     except ValueError as err:
         raise InvalidWorkItem("work item is not JSON") from err
     if not isinstance(item, dict) or not isinstance(item.get("kind"), str):

@@ -194,14 +194,21 @@ def test_dry_run_plans_without_writing_anything():
         rotation.Action.FORCE_ADOPTION, rotation.Action.UPDATE_PINNED}
 
 
-def event(kind: KeyEventKind, version: str | None = NEW) -> KeyEvent:
+def event(kind: KeyEventKind, version: str | None = NEW, *, expires: datetime | None = T0 + timedelta(days=30)
+          ) -> KeyEvent:
     return KeyEvent(event_id="e", kind=kind, event_type="t", vault=VAULT, vault_resource_id=None,
-                    key=KEY.with_version(version) if version else None, event_time=T0,
-                    expires=T0 + timedelta(days=30))
+                    key=KEY.with_version(version) if version else None, event_time=T0, expires=expires)
+
+
+def expiring(w: World, version: str, expires: datetime) -> None:
+    """Give ``version`` an expiry date in the fake vault (as the event that follows will claim)."""
+    w.vault.versions = [replace(info, expires=expires) if info.version == version else info
+                        for info in w.vault.versions]
 
 
 def test_near_expiry_rotates_once_when_allowed_even_if_redelivered():
     w = world(account("stfree", current=NEW))
+    expiring(w, NEW, T0 + timedelta(days=30))
     reconciler.on_key_event(event(KeyEventKind.NEAR_EXPIRY), w.deps, auto_rotate=True)
     reconciler.on_key_event(event(KeyEventKind.NEAR_EXPIRY), w.deps, auto_rotate=True)
     assert w.vault.rotations == 1
@@ -211,6 +218,7 @@ def test_near_expiry_rotates_once_when_allowed_even_if_redelivered():
 
 def test_near_expiry_without_auto_rotation_alerts_with_the_blast_radius():
     w = world(account("st1"), account("st2", pinned=OLD))
+    expiring(w, NEW, T0 + timedelta(days=30))
     assert reconciler.on_key_event(event(KeyEventKind.NEAR_EXPIRY), w.deps, auto_rotate=False) == []
     [alert] = w.notifier.alerts
     assert (alert.severity, alert.reason) == (Severity.HIGH, Reason.KEY_NEAR_EXPIRY)
@@ -220,12 +228,63 @@ def test_near_expiry_without_auto_rotation_alerts_with_the_blast_radius():
 
 def test_expiry_alerts_critical_with_the_blast_radius_and_reconciles():
     w = world(account("st1"))
-    results = reconciler.on_key_event(event(KeyEventKind.EXPIRED, OLD), w.deps, auto_rotate=False)
+    expiring(w, OLD, T0)
+    results = reconciler.on_key_event(event(KeyEventKind.EXPIRED, OLD, expires=T0), w.deps, auto_rotate=False)
     assert w.storage.inventory_reads == 1  # the blast radius and the reconcile share one inventory
     assert w.notifier.alerts[0].severity is Severity.CRITICAL
     assert w.notifier.alerts[0].reason is Reason.KEY_EXPIRED
     assert len(results) == 1
     assert state(w, "st1").current_version == NEW
+
+
+# ---- an event is a trigger, never the truth ----------------------------------------------------------
+
+
+def test_a_forged_expiry_of_a_live_key_alerts_nobody_and_changes_nothing():
+    w = world(account("st1"), account("st2", pinned=OLD))  # OLD has no expiry date in the vault
+    assert reconciler.on_key_event(event(KeyEventKind.EXPIRED, OLD, expires=T0), w.deps, auto_rotate=True) == []
+    assert w.notifier.alerts == []
+    assert w.storage.writes == [] and w.vault.rotations == 0
+
+
+def test_an_expiry_date_the_vault_does_not_have_is_not_believed():
+    w = world(account("st1"))
+    expiring(w, OLD, T0 + timedelta(days=400))
+    for kind, claimed in ((KeyEventKind.EXPIRED, T0), (KeyEventKind.NEAR_EXPIRY, T0 + timedelta(days=3))):
+        assert reconciler.on_key_event(event(kind, OLD, expires=claimed), w.deps, auto_rotate=True) == []
+    assert w.notifier.alerts == [] and w.vault.rotations == 0 and w.storage.writes == []
+
+
+def test_an_expired_event_for_a_version_that_expires_later_is_not_believed_even_with_its_date():
+    w = world(account("st1"))
+    expiring(w, OLD, T0 + timedelta(days=2))
+    assert reconciler.on_key_event(event(KeyEventKind.EXPIRED, OLD, expires=T0 + timedelta(days=2)), w.deps,
+                                   auto_rotate=False) == []
+    assert w.notifier.alerts == []
+
+
+def test_a_new_version_the_vault_does_not_list_raises_no_alert_and_converges_on_the_real_latest():
+    w = world(account("stpinned", pinned=OLD))
+    results = reconciler.on_key_event(event(KeyEventKind.NEW_VERSION, "f" * 32), w.deps, auto_rotate=False)
+    assert w.notifier.alerts == []
+    assert [result.plan.target.version for result in results if result.plan.target] == [NEW]
+    assert state(w, "stpinned").key.version == NEW
+
+
+def test_an_expired_key_nobody_uses_is_a_low_severity_alert():
+    w = world()
+    expiring(w, OLD, T0)
+    reconciler.on_key_event(event(KeyEventKind.EXPIRED, OLD, expires=T0), w.deps, auto_rotate=False)
+    [alert] = w.notifier.alerts
+    assert (alert.severity, alert.reason) == (Severity.LOW, Reason.KEY_EXPIRED)
+    assert alert.details["consumers"] == []
+
+
+def test_a_near_expiry_nobody_depends_on_is_low_severity():
+    w = world()
+    expiring(w, NEW, T0 + timedelta(days=30))
+    reconciler.on_key_event(event(KeyEventKind.NEAR_EXPIRY), w.deps, auto_rotate=False)
+    assert [(alert.severity, alert.reason) for alert in w.notifier.alerts] == [(Severity.LOW, Reason.KEY_NEAR_EXPIRY)]
 
 
 def test_an_access_policy_change_rechecks_every_key_of_the_vault_in_use():

@@ -118,6 +118,39 @@ def test_a_permanent_failure_is_alerted_and_not_retried():
     [alert] = [alert for alert in w.notifier.alerts if alert.reason is Reason.EVENT_FAILED]
     assert alert.severity is Severity.CRITICAL
     assert "KeyNotFound" in alert.message
+    assert alert.details["consumers"] == [state(w, "stfree").resource_id]
+
+
+def test_a_deleted_key_that_nobody_uses_is_a_low_severity_alert():
+    from controller.errors import NotFound
+
+    w = world()
+
+    def deleted(_key):
+        raise NotFound("get versions of storage-cmk: HTTP 404 KeyNotFound")
+
+    w.vault.get_key_state = deleted
+    service.handle_key_event(event(KeyEventKind.NEW_VERSION), dependencies(w, FakeLedger()))
+    [alert] = w.notifier.alerts
+    assert (alert.severity, alert.reason, alert.details["consumers"]) == (Severity.LOW, Reason.EVENT_FAILED, [])
+
+
+def test_a_failed_event_whose_blast_radius_cannot_be_read_is_critical():
+    from controller.errors import NotFound
+
+    w = world(account("stfree"))
+
+    def deleted(_key):
+        raise NotFound("HTTP 404 KeyNotFound")
+
+    def unreadable(_key):
+        raise TransientError("Resource Graph HTTP 503")
+
+    w.vault.get_key_state = deleted
+    w.storage.consumers_of = unreadable
+    service.handle_key_event(event(KeyEventKind.NEW_VERSION), dependencies(w, FakeLedger()))
+    [alert] = w.notifier.alerts
+    assert (alert.severity, alert.details["consumers"]) == (Severity.CRITICAL, None)
 
 
 def test_the_sweep_goes_on_when_a_key_or_a_vault_raises_conflict():
@@ -169,3 +202,11 @@ def test_a_conflict_while_handling_an_event_releases_the_claim_for_a_retry():
         service.handle_key_event(event(KeyEventKind.NEW_VERSION), dependencies(w, ledger))
     assert ledger.released == ["e"]
     assert w.notifier.alerts == []
+
+
+@pytest.mark.parametrize("body", ["[" * 30_000 + "]" * 30_000, '{"kind": ' * 6_000 + "1" + "}" * 6_000])
+def test_a_deeply_nested_work_item_is_invalid_not_a_crash(body):
+    """RecursionError would be retried five times with tracebacks; it belongs in the poison queue at once."""
+    w = world()
+    with pytest.raises(service.InvalidWorkItem, match="nested too deeply"):
+        service.process_work(body, dependencies(w, FakeLedger()))
