@@ -18,6 +18,7 @@ from controller.model import (
     KeyRef,
     VaultOrigin,
 )
+from controller.reasons import Reason
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ def table(azurite):
 
 
 def condition(status: ConditionStatus, reason: str) -> Condition:
-    return Condition("Adopted", status, reason, f"because {reason}", T0, observed_version="b" * 32)
+    return Condition("Adopted", status, Reason(reason), f"because {reason}", T0, observed_version="b" * 32)
 
 
 def test_intents_and_conditions_round_trip_per_key(table):
@@ -75,3 +76,14 @@ def test_two_instances_creating_the_same_record_cannot_both_win(table):
     first.save_intent(KEY, ForceAdoptionIntent(CONSUMER, "b" * 32, ForceAdoptionStep.PINNED, T0))
     with pytest.raises(TransientError):
         second.save_intent(KEY, ForceAdoptionIntent(CONSUMER, "c" * 32, ForceAdoptionStep.PINNED, T0))
+
+
+def test_a_persisted_condition_this_version_cannot_read_is_dropped_not_fatal(table):
+    """State written by another version of the controller (an unknown reason) is re-derived, not a crash."""
+    ledger = TableRotationLedger(table)
+    ledger.save_conditions(KEY, {CONSUMER: (condition(ConditionStatus.TRUE, "Adopted"),)}, {})
+    [entity] = [row for row in table.list_entities() if row["Kind"] == "consumer"]
+    assert '"reason": "Adopted"' in entity["Conditions"]
+    entity["Conditions"] = entity["Conditions"].replace('"reason": "Adopted"', '"reason": "SomethingNewer"')
+    table.upsert_entity(entity)
+    assert TableRotationLedger(table).load(KEY).consumer_conditions == {CONSUMER: ()}
