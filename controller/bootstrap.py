@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from azure.core.credentials import TokenCredential
 from azure.data.tables import TableClient
@@ -22,21 +22,24 @@ from azure.identity import ManagedIdentityCredential
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from controller import reconciler, rotation
+from controller.adapters.alert_channels import WebhookChannel
+from controller.adapters.alert_ledger import TableAlertLedger
 from controller.adapters.audit_log import LogAnalyticsAuditLog, NoAuditLog
 from controller.adapters.blob_store import AzureBlobStore
 from controller.adapters.credentials import ArmConnection, challenge_options, controller_credential
 from controller.adapters.inventory import BlobEndpoints, ConsumerDirectory, Inventory
 from controller.adapters.key_vault import KeyVaults
 from controller.adapters.key_vault_crypto import VaultClients
-from controller.adapters.notifier import FanOutNotifier, LogNotifier, WebhookNotifier
 from controller.adapters.rewrap_backend import AzureRewrapBackend, token_blob_services
 from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
 from controller.adapters.rotation_ledger import TableRotationLedger
 from controller.adapters.storage_control import StorageControl
 from controller.adapters.table_ledger import TableEventLedger
 from controller.adapters.work_queue import StorageWorkQueue, work_queue_client
+from controller.alert_desk import AlertDesk
+from controller.alerts import ChannelKind, ChannelRoute
 from controller.errors import SettingsError
-from controller.ports import AuditLog, Notifier
+from controller.ports import AlertChannel, AuditLog, Clock
 from controller.service import Dependencies
 from controller.settings import Settings, load_settings
 
@@ -75,7 +78,7 @@ def build(environ: Mapping[str, str], *, credential: TokenCredential | None = No
     arm = ArmConnection(credential, endpoint=settings.arm_endpoint)
     control = StorageControl(arm, custom_origins=settings.vaults)
     inventory = Inventory(arm, control, subscriptions=settings.subscriptions, custom_origins=settings.vaults)
-    notifier = _notifier(settings)
+    notifier = _notifier(settings, storage.table(settings.ledger_table), clock)
     reconcile = reconciler.ReconcileDeps(
         keys=KeyVaults(credential),
         inventory=ConsumerDirectory(inventory, arm),
@@ -111,11 +114,18 @@ def build(environ: Mapping[str, str], *, credential: TokenCredential | None = No
     )
 
 
-def _notifier(settings: Settings) -> Notifier:
-    notifiers: list[Notifier] = [LogNotifier()]
-    if settings.alert_webhook_url:
-        notifiers.append(WebhookNotifier(settings.alert_webhook_url))
-    return FanOutNotifier(notifiers)
+def _notifier(settings: Settings, ledger_table: TableClient, clock: Clock) -> AlertDesk:
+    """Every alert goes to the log; each configured channel gets those at or above its minimum severity."""
+    configured = (
+        (ChannelKind.WEBHOOK, settings.alert_webhook_url, settings.alert_webhook_min_severity),
+        (ChannelKind.TEAMS, settings.teams_webhook_url, settings.teams_min_severity),
+        (ChannelKind.SLACK, settings.slack_webhook_url, settings.slack_min_severity),
+    )
+    channels: dict[ChannelKind, tuple[ChannelRoute, AlertChannel]] = {
+        kind: (ChannelRoute(kind, minimum), WebhookChannel(kind, url)) for kind, url, minimum in configured if url
+    }
+    return AlertDesk(TableAlertLedger(ledger_table), channels, clock,
+                     realert_after=timedelta(hours=settings.realert_after_hours))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -311,6 +311,20 @@ class Severity(enum.StrEnum):
 
 
 _SEVERITY_ORDER: tuple[Severity, ...] = tuple(Severity)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A notification for humans. ``fingerprint`` identifies the problem so receivers can dedupe."""
+
+    severity: Severity
+    title: str
+    resource: str
+    reason: Reason
+    message: str
+    fingerprint: str
+    details: Mapping[str, object] = field(default_factory=dict)
+
 
 
 class ConditionStatus(enum.StrEnum):

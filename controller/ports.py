@@ -1,16 +1,27 @@
 """Interfaces the pure core needs from the outside world (typing.Protocol).
 
 Adapters in controller/adapters/ implement them against Azure; unit tests implement them with small
-hand-written fakes. Later capabilities add their ports here (KeyVault, StorageControl, Inventory,
-BlobStore, AuditLog, Notifier) next to the ones the event intake needs today.
+hand-written fakes (tests/unit/fakes.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
+
+from controller.alerts import AlertState, Delivery, DeliveryReport, Notice
+from controller.model import (
+    Alert,
+    Condition,
+    Consumer,
+    ForceAdoptionIntent,
+    KeyRef,
+    KeyState,
+    KeyVersionInfo,
+    VaultOrigin,
+)
 
 
 class Clock(Protocol):
@@ -148,18 +159,6 @@ class RewrapCheckpoint(Protocol):
 
 
 # === Rotation reconciler (controller/service.py reconcile_key) ======================================
-# Imported here so this section stays self-contained while others append theirs.
-from controller.model import (  # noqa: E402
-    Condition,
-    Consumer,
-    ForceAdoptionIntent,
-    KeyRef,
-    KeyState,
-    KeyVersionInfo,
-    Severity,
-    VaultOrigin,
-)
-from controller.reasons import Reason  # noqa: E402
 
 
 class KeyVaultReader(Protocol):
@@ -225,21 +224,57 @@ class RotationLedger(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class Alert:
-    """A notification for humans. ``fingerprint`` identifies the problem so receivers can dedupe."""
+class AlertLedger(Protocol):
+    """Alert states by scope and fingerprint, and the outbox of deliveries not yet accepted."""
 
-    severity: Severity
-    title: str
-    resource: str
-    reason: Reason
-    message: str
-    fingerprint: str
-    details: Mapping[str, object] = field(default_factory=dict)
+    def load_scope(self, scope: str) -> list[AlertState]:
+        ...
+
+    def load(self, scope: str, fingerprint: str) -> AlertState | None:
+        ...
+
+    def save(self, states: Sequence[AlertState], deliveries: Sequence[Delivery]) -> None:
+        """Write ``deliveries`` first, then ``states``, each state ETag-conditional against what this
+        instance loaded: raises Conflict when another instance changed one first. A delivery whose key
+        is already owed or was delivered is not added again (two instances deciding the same
+        transition owe one notice)."""
+        ...
+
+    def due(self, now: datetime, *, limit: int) -> list[Delivery]:
+        """Deliveries whose next attempt is at or before ``now``, oldest first."""
+        ...
+
+    def delivered(self, delivery: Delivery) -> None:
+        """Mark the delivery made (kept, so the same notice is never owed again)."""
+        ...
+
+    def reschedule(self, delivery: Delivery) -> None:
+        ...
+
+
+class AlertChannel(Protocol):
+    """One destination of notices (Teams, Slack, a webhook, an Event Grid topic)."""
+
+    def deliver(self, notice: Notice) -> None:
+        """Raises TransientError (retry later) or PermanentError (refused: retried with long back-off)."""
+        ...
 
 
 class Notifier(Protocol):
+    """Where every alert leaves (controller/alert_desk.py: the ledger decides what is new, still
+    open or resolved, and each channel gets what it should)."""
+
     def send(self, alert: Alert) -> None:
+        """A one-shot alert (nothing will clear it): notified once, again only after the re-alert interval."""
+        ...
+
+    def sync(self, scope: str, alerts: Sequence[Alert]) -> None:
+        """Every alert that holds now in ``scope`` (e.g. one key's consumers): new ones are opened,
+        lasting ones reminded of after the re-alert interval, missing ones resolved."""
+        ...
+
+    def dispatch(self) -> DeliveryReport:
+        """Deliver the notices still owed to a channel (the timer calls it: nothing waits for an event)."""
         ...
 
 

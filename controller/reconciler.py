@@ -22,6 +22,7 @@ from controller import rotation
 from controller.errors import Conflict, PermanentError, TransientError
 from controller.logs import log_record
 from controller.model import (
+    Alert,
     Condition,
     Consumer,
     ForceAdoptionIntent,
@@ -33,7 +34,6 @@ from controller.model import (
     VaultOrigin,
 )
 from controller.ports import (
-    Alert,
     Clock,
     ConsumerControl,
     ConsumerInventory,
@@ -184,8 +184,8 @@ def reconcile_key(
 
     _record_conditions(key, plan, record, deps)
     result.alerts.extend(_alerts(plan))
-    for alert in result.alerts:
-        deps.notifier.send(alert)
+    # Level-based: what is not raised now for this key's consumers has cleared and is resolved.
+    deps.notifier.sync(alert_scope(key), result.alerts)
     result.next_check = plan.next_check
     if any(count >= MAX_CONFLICTS_PER_CONSUMER for count in conflicts.values()):
         # The consumers that kept changing under us are looked at again shortly, with fresh state.
@@ -257,6 +257,11 @@ def _record_conditions(key: KeyRef, plan: rotation.Plan, record: RotationRecord,
 def _same(new: Mapping[str, tuple[Condition, ...]], old: Mapping[str, tuple[Condition, ...]]) -> bool:
     normalised_old = {name.lower(): tuple(conditions) for name, conditions in old.items()}
     return {name.lower(): tuple(conditions) for name, conditions in new.items()} == normalised_old
+
+
+def alert_scope(key: KeyRef) -> str:
+    """The alerts one reconcile of ``key`` sees completely: those of its consumers."""
+    return f"reconcile {key.versionless.uri.lower()}"
 
 
 def _alerts(plan: rotation.Plan) -> list[Alert]:
@@ -346,7 +351,7 @@ def on_key_event(event: KeyEvent, deps: ReconcileDeps, *, auto_rotate: bool) -> 
     state = deps.keys(key.vault).get_key_state(key.versionless)
     contradiction = _contradiction(event, key, state, deps.clock.now())
     if contradiction:
-        log_record(log, logging.WARNING, "key event contradicts the vault: not acted on", {
+        log_record(log, logging.WARNING, "event not acted on: the vault contradicts it", {
             "event_id": event.event_id, "kind": event.kind.value, "key": key.uri, "why": contradiction})
         # Converge on what the vault really holds, exactly as the sweep would.
         return [reconcile_key(key, deps, state=state)] if event.kind is KeyEventKind.NEW_VERSION else []

@@ -16,6 +16,7 @@ from controller.errors import Conflict, ControllerError, InvalidEvent, InvalidIn
 from controller.events import IntakeResult, parse_delivery
 from controller.logs import log_record
 from controller.model import (
+    Alert,
     Consumer,
     ConsumerKind,
     KeyEvent,
@@ -25,7 +26,7 @@ from controller.model import (
     parse_key_id,
     parse_vault_origin,
 )
-from controller.ports import Alert, AuditLog, BlobStore, Clock, EventLedger, Notifier, RewrapProgress, WorkQueue
+from controller.ports import AuditLog, BlobStore, Clock, EventLedger, Notifier, RewrapProgress, WorkQueue
 from controller.reasons import Reason
 from controller.rewrap import RewrapEngine, RewrapOptions
 from controller.rewrap_jobs import WORK_KIND as REWRAP_WORK_KIND
@@ -183,6 +184,8 @@ def run_sweep(deps: Dependencies) -> SweepReport:
                 failures.append(f"{key.uri}: {err}")
             else:
                 reconciled.append(key.uri)
+    deliveries = deps.notifier.dispatch()
+    failures.extend(f"alert delivery {error}" for error in deliveries.errors)
     report = SweepReport(purged, tuple(reconciled), tuple(failures))
     log_record(log, logging.WARNING if failures else logging.INFO, "sweep finished", report.as_json())
     return report

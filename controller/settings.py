@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from controller import ncrontab
 from controller.errors import InvalidKeyId, SettingsError
-from controller.model import normalise_origin
+from controller.model import Severity, normalise_origin
 
 _T = TypeVar("_T")
 
@@ -109,6 +109,39 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "Key Vault reference. http is accepted only for loopback hosts (the local sandbox).",
     ),
     SettingSpec(
+        "CMK_ALERT_WEBHOOK_MIN_SEVERITY",
+        "info",
+        "Least severe alert sent to CMK_ALERT_WEBHOOK_URL: critical, high, medium, low or info.",
+    ),
+    SettingSpec(
+        "CMK_TEAMS_WEBHOOK_URL",
+        "",
+        "Optional Microsoft Teams Workflows webhook URL (\"Post to a channel when a webhook request is received\"): "
+        "alerts arrive as Adaptive Cards. A secret: set it as a Key Vault reference in Azure.",
+    ),
+    SettingSpec(
+        "CMK_TEAMS_MIN_SEVERITY",
+        "medium",
+        "Least severe alert sent to CMK_TEAMS_WEBHOOK_URL: critical, high, medium, low or info.",
+    ),
+    SettingSpec(
+        "CMK_SLACK_WEBHOOK_URL",
+        "",
+        "Optional Slack incoming webhook URL: alerts arrive as Block Kit messages. A secret: set it as a Key Vault "
+        "reference in Azure.",
+    ),
+    SettingSpec(
+        "CMK_SLACK_MIN_SEVERITY",
+        "medium",
+        "Least severe alert sent to CMK_SLACK_WEBHOOK_URL: critical, high, medium, low or info.",
+    ),
+    SettingSpec(
+        "CMK_REALERT_AFTER_HOURS",
+        "24",
+        "An alert that persists is notified again after this many hours (1-720); it is notified at once when its "
+        "severity rises, and a resolved notice follows when it clears.",
+    ),
+    SettingSpec(
         "CMK_LOG_ANALYTICS_WORKSPACE",
         "",
         "Workspace id (GUID) of the Log Analytics workspace the vaults send AuditEvent logs to; used as evidence "
@@ -154,6 +187,12 @@ class Settings:
     #: None: never force adoption (alert instead once the adoption window has passed).
     force_adoption_after_minutes: int | None = 0
     alert_webhook_url: str | None = None
+    alert_webhook_min_severity: Severity = Severity.INFO
+    teams_webhook_url: str | None = None
+    teams_min_severity: Severity = Severity.MEDIUM
+    slack_webhook_url: str | None = None
+    slack_min_severity: Severity = Severity.MEDIUM
+    realert_after_hours: int = 24
     log_analytics_workspace: str | None = None
     log_analytics_endpoint: str = "https://api.loganalytics.io"
 
@@ -187,7 +226,14 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         arm_endpoint=_parse_https_endpoint("CMK_ARM_ENDPOINT", raw("CMK_ARM_ENDPOINT")),
         force_adoption_after_minutes=_parse_force_after(raw("CMK_FORCE_ADOPTION_AFTER_MINUTES"),
                                                         raw("CMK_ADOPTION_WINDOW_HOURS")),
-        alert_webhook_url=_parse_webhook(raw("CMK_ALERT_WEBHOOK_URL")),
+        alert_webhook_url=_parse_webhook("CMK_ALERT_WEBHOOK_URL", raw("CMK_ALERT_WEBHOOK_URL")),
+        alert_webhook_min_severity=_parse_severity("CMK_ALERT_WEBHOOK_MIN_SEVERITY",
+                                                   raw("CMK_ALERT_WEBHOOK_MIN_SEVERITY")),
+        teams_webhook_url=_parse_webhook("CMK_TEAMS_WEBHOOK_URL", raw("CMK_TEAMS_WEBHOOK_URL")),
+        teams_min_severity=_parse_severity("CMK_TEAMS_MIN_SEVERITY", raw("CMK_TEAMS_MIN_SEVERITY")),
+        slack_webhook_url=_parse_webhook("CMK_SLACK_WEBHOOK_URL", raw("CMK_SLACK_WEBHOOK_URL")),
+        slack_min_severity=_parse_severity("CMK_SLACK_MIN_SEVERITY", raw("CMK_SLACK_MIN_SEVERITY")),
+        realert_after_hours=_parse_int("CMK_REALERT_AFTER_HOURS", raw("CMK_REALERT_AFTER_HOURS"), 1, 720),
         log_analytics_workspace=(_subscription("CMK_LOG_ANALYTICS_WORKSPACE", raw("CMK_LOG_ANALYTICS_WORKSPACE"))
                                  if raw("CMK_LOG_ANALYTICS_WORKSPACE") else None),
         log_analytics_endpoint=_parse_https_endpoint("CMK_LOG_ANALYTICS_ENDPOINT", raw("CMK_LOG_ANALYTICS_ENDPOINT")),
@@ -294,8 +340,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _parse_webhook(value: str) -> str | None:
-    name = "CMK_ALERT_WEBHOOK_URL"
+def _parse_severity(name: str, value: str) -> Severity:
+    try:
+        return Severity(value.lower())
+    except ValueError:
+        raise SettingsError(name, f"must be one of {', '.join(Severity)}") from None
+
+
+def _parse_webhook(name: str, value: str) -> str | None:
     if not value:
         return None
     try:

@@ -71,6 +71,24 @@ param cmkLogAnalyticsEndpoint string = 'https://api.loganalytics.io'
 @description('CMK_ALERT_WEBHOOK_URL: optional alert webhook. Such URLs carry a token: pass a Key Vault reference (@Microsoft.KeyVault(SecretUri=...)), never the URL itself.')
 param cmkAlertWebhookUrl string = ''
 
+@description('CMK_REALERT_AFTER_HOURS: hours after which a persisting alert is notified again (1-720).')
+param cmkRealertAfterHours string = '24'
+
+@description('CMK_SLACK_MIN_SEVERITY: least severe alert sent to Slack.')
+param cmkSlackMinSeverity string = 'medium'
+
+@description('CMK_SLACK_WEBHOOK_URL: optional Slack incoming webhook. Such URLs carry a token: pass a Key Vault reference, never the URL itself.')
+param cmkSlackWebhookUrl string = ''
+
+@description('CMK_TEAMS_MIN_SEVERITY: least severe alert sent to Teams.')
+param cmkTeamsMinSeverity string = 'medium'
+
+@description('CMK_TEAMS_WEBHOOK_URL: optional Microsoft Teams Workflows webhook. Such URLs carry a token: pass a Key Vault reference, never the URL itself.')
+param cmkTeamsWebhookUrl string = ''
+
+@description('CMK_ALERT_WEBHOOK_MIN_SEVERITY: least severe alert sent to CMK_ALERT_WEBHOOK_URL (critical, high, medium, low, info).')
+param cmkAlertWebhookMinSeverity string = 'info'
+
 @description('Create an Event Grid topic for the controller\'s alerts, with EventGrid Data Sender for the controller.')
 param alertTopicEnabled bool = false
 
@@ -228,6 +246,12 @@ module functionApp 'modules/function-app.bicep' = {
     cmkArmEndpoint: cmkArmEndpoint
     cmkForceAdoptionAfterMinutes: cmkForceAdoptionAfterMinutes
     cmkAlertWebhookUrl: cmkAlertWebhookUrl
+    cmkRealertAfterHours: cmkRealertAfterHours
+    cmkSlackMinSeverity: cmkSlackMinSeverity
+    cmkSlackWebhookUrl: cmkSlackWebhookUrl
+    cmkTeamsMinSeverity: cmkTeamsMinSeverity
+    cmkTeamsWebhookUrl: cmkTeamsWebhookUrl
+    cmkAlertWebhookMinSeverity: cmkAlertWebhookMinSeverity
     cmkLogAnalyticsWorkspace: auditEvidenceEnabled ? monitoring.outputs.workspaceCustomerId : ''
     cmkLogAnalyticsEndpoint: cmkLogAnalyticsEndpoint
   }

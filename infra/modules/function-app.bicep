@@ -70,6 +70,24 @@ param cmkForceAdoptionAfterMinutes string = '0'
 @description('CMK_ALERT_WEBHOOK_URL: optional alert webhook, as a Key Vault reference.')
 param cmkAlertWebhookUrl string = ''
 
+@description('CMK_REALERT_AFTER_HOURS: hours after which a persisting alert is notified again (1-720).')
+param cmkRealertAfterHours string = '24'
+
+@description('CMK_SLACK_MIN_SEVERITY: least severe alert sent to Slack.')
+param cmkSlackMinSeverity string = 'medium'
+
+@description('CMK_SLACK_WEBHOOK_URL: optional Slack incoming webhook. Such URLs carry a token: pass a Key Vault reference, never the URL itself.')
+param cmkSlackWebhookUrl string = ''
+
+@description('CMK_TEAMS_MIN_SEVERITY: least severe alert sent to Teams.')
+param cmkTeamsMinSeverity string = 'medium'
+
+@description('CMK_TEAMS_WEBHOOK_URL: optional Microsoft Teams Workflows webhook. Such URLs carry a token: pass a Key Vault reference, never the URL itself.')
+param cmkTeamsWebhookUrl string = ''
+
+@description('CMK_ALERT_WEBHOOK_MIN_SEVERITY: least severe alert sent to CMK_ALERT_WEBHOOK_URL (critical, high, medium, low, info).')
+param cmkAlertWebhookMinSeverity string = 'info'
+
 @description('CMK_LOG_ANALYTICS_WORKSPACE: workspace (customer) id the vaults send AuditEvent logs to; empty: no audit evidence.')
 param cmkLogAnalyticsWorkspace string = ''
 
@@ -159,6 +177,30 @@ var appSettings = [
   {
     name: 'CMK_ALERT_WEBHOOK_URL'
     value: cmkAlertWebhookUrl
+  }
+  {
+    name: 'CMK_REALERT_AFTER_HOURS'
+    value: cmkRealertAfterHours
+  }
+  {
+    name: 'CMK_SLACK_MIN_SEVERITY'
+    value: cmkSlackMinSeverity
+  }
+  {
+    name: 'CMK_SLACK_WEBHOOK_URL'
+    value: cmkSlackWebhookUrl
+  }
+  {
+    name: 'CMK_TEAMS_MIN_SEVERITY'
+    value: cmkTeamsMinSeverity
+  }
+  {
+    name: 'CMK_TEAMS_WEBHOOK_URL'
+    value: cmkTeamsWebhookUrl
+  }
+  {
+    name: 'CMK_ALERT_WEBHOOK_MIN_SEVERITY'
+    value: cmkAlertWebhookMinSeverity
   }
   {
     name: 'CMK_LOG_ANALYTICS_WORKSPACE'

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from controller.alerts import AlertState, Delivery, DeliveryReport, Notice
 from controller.errors import Conflict, TransientError
-from controller.model import Condition, Consumer, ForceAdoptionIntent, KeyRef, KeyState, KeyVersionInfo, VaultOrigin
-from controller.ports import Alert, RotationRecord
+from controller.model import (
+    Alert,
+    Condition,
+    Consumer,
+    ForceAdoptionIntent,
+    KeyRef,
+    KeyState,
+    KeyVersionInfo,
+    VaultOrigin,
+)
+from controller.ports import RotationRecord
 from controller.reconciler import ReconcileDeps
 from controller.rotation import PlannerSettings
 from controller.service import Dependencies
@@ -157,10 +167,23 @@ class FakeQueue:
 
 @dataclass
 class FakeNotifier:
+    """Records what was sent: ``alerts`` in order (one-shots and every sync's alerts), ``scopes`` the
+    last sync of each scope."""
+
     alerts: list[Alert] = field(default_factory=list)
+    scopes: dict[str, list[Alert]] = field(default_factory=dict)
+    dispatches: int = 0
 
     def send(self, alert: Alert) -> None:
         self.alerts.append(alert)
+
+    def sync(self, scope: str, alerts: Sequence[Alert]) -> None:
+        self.alerts.extend(alerts)
+        self.scopes[scope] = list(alerts)
+
+    def dispatch(self) -> DeliveryReport:
+        self.dispatches += 1
+        return DeliveryReport()
 
 
 @dataclass
@@ -216,3 +239,70 @@ def fake_dependencies(settings: Settings, **overrides: Any) -> Dependencies:
     }
     values.update(overrides)
     return Dependencies(**values)
+
+
+@dataclass
+class FakeAlertLedger:
+    """Alert states and the outbox in dicts, with the Table ledger's optimistic concurrency: a save
+    fails with Conflict when a state changed since this ledger's last read of it."""
+
+    states: dict[tuple[str, str], AlertState] = field(default_factory=dict)
+    outbox: dict[str, Delivery] = field(default_factory=dict)
+    sent: set[str] = field(default_factory=set)
+    versions: dict[tuple[str, str], int] = field(default_factory=dict)
+    read_versions: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def load_scope(self, scope: str) -> list[AlertState]:
+        found = [state for (held, _), state in self.states.items() if held == scope]
+        for state in found:
+            self._read(scope, state.fingerprint)
+        return found
+
+    def load(self, scope: str, fingerprint: str) -> AlertState | None:
+        self._read(scope, fingerprint)
+        return self.states.get((scope, fingerprint))
+
+    def _read(self, scope: str, fingerprint: str) -> None:
+        self.read_versions[(scope, fingerprint)] = self.versions.get((scope, fingerprint), 0)
+
+    def save(self, states: Sequence[AlertState], deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            self.outbox.setdefault(delivery.key, delivery)  # a delivery owed or made once is never re-added
+        for state in states:
+            key = (state.scope, state.fingerprint)
+            if self.versions.get(key, 0) != self.read_versions.get(key, 0):
+                raise Conflict(f"alert {state.fingerprint} changed concurrently")
+        for state in states:
+            key = (state.scope, state.fingerprint)
+            self.states[key] = state
+            self.versions[key] = self.versions.get(key, 0) + 1
+            self.read_versions[key] = self.versions[key]
+
+    def pending(self) -> list[Delivery]:
+        return [delivery for key, delivery in self.outbox.items() if key not in self.sent]
+
+    def due(self, now: datetime, *, limit: int) -> list[Delivery]:
+        due = [delivery for delivery in self.pending() if (delivery.next_attempt or now) <= now]
+        return sorted(due, key=lambda delivery: (delivery.next_attempt or now, delivery.key))[:limit]
+
+    def delivered(self, delivery: Delivery) -> None:
+        self.sent.add(delivery.key)
+
+    def reschedule(self, delivery: Delivery) -> None:
+        self.outbox[delivery.key] = delivery
+
+
+@dataclass
+class FakeChannel:
+    """Accepts notices after failing ``failures`` times (each failure a TransientError)."""
+
+    failures: int = 0
+    received: list[Notice] = field(default_factory=list)
+    attempts: int = 0
+
+    def deliver(self, notice: Notice) -> None:
+        self.attempts += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise TransientError("HTTP 503")
+        self.received.append(notice)
