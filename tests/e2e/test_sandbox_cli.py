@@ -193,9 +193,11 @@ def test_down_after_the_orchestrator_was_killed_leaves_no_process_of_its_own(tmp
         status = sandbox_command("status", *where)
         assert status.returncode == 3
         assert "processes left behind" in status.stdout
+        (directory / sandbox.STATE_FILE).unlink()  # and the state file is lost too: the record is enough
     finally:
         down = sandbox_command("down", *where)
     assert down.returncode == 0, down.stdout + down.stderr
+    assert "state.json is missing: stopping what the process record names (3 process(es))" in down.stdout
     assert "already gone: orchestrator" in down.stdout
     assert "stopped azurite" in down.stdout and "stopped functions" in down.stdout
     assert_gone(processes)
