@@ -97,9 +97,15 @@ class StopReport:
         """Every recorded process is gone and every record could be read."""
         return not self.still_running and not self.unreadable
 
-    @property
-    def remaining_pids(self) -> list[int]:
-        return [process.pid for process in self.still_running]
+    def then(self, later: StopReport) -> StopReport:
+        """This report followed by a later pass over the same record (whose reading of it is the current one)."""
+        return StopReport(
+            self.stopped + later.stopped,
+            self.already_gone + later.already_gone,
+            self.not_ours + later.not_ours,
+            self.still_running + later.still_running,
+            later.unreadable,
+        )
 
     def lines(self) -> list[str]:
         lines = [f"stopped {process.describe()}" for process in self.stopped]

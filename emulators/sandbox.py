@@ -208,13 +208,7 @@ def stop(directory: Path, *, timeout: float = 30.0) -> StopReport:
     The orchestrator first (SIGTERM: it stops its children in order and forgets their records; SIGKILL after
     ``timeout``), then whatever it left recorded (it was killed, or a child hung): SIGTERM, wait, SIGKILL."""
     record = ProcessRecord(directory)
-    report = record.stop(names=(ORCHESTRATOR,), grace=timeout)
-    rest = record.stop()
-    report.stopped += rest.stopped
-    report.already_gone += rest.already_gone
-    report.not_ours += rest.not_ours
-    report.still_running += rest.still_running
-    report.unreadable = rest.unreadable
+    report = record.stop(names=(ORCHESTRATOR,), grace=timeout).then(record.stop())
     state = read_state(directory)
     if state is not None and state.get("status") != "stopped":
         state["status"] = "stopped"
