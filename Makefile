@@ -45,13 +45,14 @@ test-integration: setup
 test-e2e: setup
 	$(VENV)/bin/pytest -m e2e
 
-# The local sandbox (emulated Azure, README "Local sandbox"): started in the background in .sandbox/;
-# then `source .sandbox/env` and `.venv/bin/cmkctl sandbox status|seed rotation|down`.
+# The local sandbox (emulated Azure, README "Local sandbox"), a program of its own run from the checkout:
+# started in the background in .sandbox/; then `source .sandbox/env` and
+# `.venv/bin/python -m emulators status|seed rotation|down`.
 sandbox: setup
-	$(VENV)/bin/cmkctl sandbox up --dir .sandbox
+	$(PY) -m emulators up --dir .sandbox
 
 sandbox-down:
-	@if [ -x $(VENV)/bin/cmkctl ]; then $(VENV)/bin/cmkctl sandbox down --dir .sandbox; fi
+	@if [ -x $(PY) ]; then $(PY) -m emulators down --dir .sandbox; fi
 
 # The main job: its own sandbox (a temporary directory), the rotation scenario end to end, every line
 # computed from a real response; the sandbox is stopped at the end.

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from emulators.processes import ProcessRecord
+
 logger = logging.getLogger(__name__)
 
 # Azurite's well-known development account; the key is public (documented by Microsoft).
@@ -40,6 +42,7 @@ DEFAULT_EXECUTABLE = PROJECT_ROOT / "node_modules" / ".bin" / "azurite"
 
 _LISTENING = re.compile(r"Azurite (Blob|Queue|Table) service is successfully listening at (http\S+)")
 _SERVICES = ("blob", "queue", "table")
+RECORD_NAME = "azurite"  # its name in a sandbox's process record
 
 
 class AzuriteError(RuntimeError):
@@ -84,6 +87,7 @@ class Azurite:
         startup_timeout: float = 30.0,
         in_memory: bool = False,
         extra_args: tuple[str, ...] = (),
+        process_record: ProcessRecord | None = None,
     ) -> None:
         self._location = Path(location) if location is not None else None
         self._owns_location = location is None
@@ -93,6 +97,7 @@ class Azurite:
         self._startup_timeout = startup_timeout
         self._in_memory = in_memory
         self._extra_args = extra_args
+        self._process_record = process_record  # the sandbox's: Azurite is recorded the moment it exists
         self._process: subprocess.Popen[str] | None = None
         self._output: deque[str] = deque(maxlen=200)
         self._listening: dict[str, str] = {}
@@ -146,6 +151,8 @@ class Azurite:
             text=True,
             start_new_session=True,
         )
+        if self._process_record is not None:
+            self._process_record.add(RECORD_NAME, self._process.pid, own_group=True)
         threading.Thread(target=self._read_output, name="azurite-output", daemon=True).start()
         try:
             self._endpoints = self._wait_until_listening()
@@ -168,6 +175,8 @@ class Azurite:
                 process.wait(timeout=timeout)
         if process is not None and process.stdout is not None:
             process.stdout.close()
+        if process is not None and self._process_record is not None:
+            self._process_record.remove(RECORD_NAME, process.pid)
         if self._owns_location and self._location is not None:
             shutil.rmtree(self._location, ignore_errors=True)
             self._location = None

@@ -114,7 +114,7 @@ def version_of(kid: str | None) -> str:
 
 
 def start_sandbox(demo: Demo) -> None:
-    demo.step("sandbox up (what `cmkctl sandbox up` runs)")
+    demo.step("sandbox up (what `python -m emulators up` runs)")
     demo.state = sandbox.start_detached(demo.directory)
     components = sandbox.health(demo.directory)["components"]
     healthy = [name for name, component in components.items() if component["ok"]]
@@ -123,7 +123,7 @@ def start_sandbox(demo: Demo) -> None:
 
 
 def seed_scenario(demo: Demo) -> None:
-    demo.step(f"seed {SCENARIO} (what `cmkctl sandbox seed {SCENARIO}` runs: unmodified SDK clients)")
+    demo.step(f"seed {SCENARIO} (what `python -m emulators seed {SCENARIO}` runs: unmodified SDK clients)")
     demo.seeded = seed(demo.directory, SCENARIO, log=demo.say)
     demo.state = sandbox.running_state(demo.directory) or demo.state
     demo.previous_version = next(iter(demo.seeded["keys"].values()))["version"]
@@ -457,11 +457,11 @@ def audit_failures(demo: Demo) -> None:
 
 
 def stop_sandbox(demo: Demo) -> None:
-    demo.step("sandbox down (what `cmkctl sandbox down` runs)")
-    remaining = sandbox.stop(demo.directory)
-    if remaining:
-        raise DemoFailed(f"processes left behind: {remaining}")
-    demo.say("stopped; no sandbox process left")
+    demo.step("sandbox down (what `python -m emulators down` runs)")
+    report = sandbox.stop(demo.directory)
+    if not report.clean:
+        raise DemoFailed("processes left behind:\n" + "\n".join(report.lines()))
+    demo.say(f"stopped {len(report.stopped)} recorded process(es); no sandbox process left")
 
 
 STEPS: list[Callable[[Demo], None]] = [
@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(directory, ignore_errors=True)
     print(f"\ndemo finished in {time.monotonic() - demo.started:.1f}s")
     if args.keep:
-        print(f"sandbox still running: cmkctl sandbox status --dir {directory}")
+        print(f"sandbox still running: python -m emulators status --dir {directory}")
     return 0
 
 

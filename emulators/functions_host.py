@@ -42,8 +42,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from emulators.processes import ProcessRecord
+
 log = logging.getLogger("emulators.functions_host")
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RECORD_NAME = "functions"  # its name in a sandbox's process record
 _SETTING_REFERENCE = re.compile(r"%([A-Za-z0-9_]+)%")
 _TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d+))?$")
 
@@ -478,7 +482,8 @@ class LocalFunctionsHost:
     """Runs the host as a child process (like the real host's worker) for tests and the sandbox."""
 
     def __init__(self, app_dir: Path, values: Mapping[str, str], *, work_dir: Path,
-                 port: int | None = None, max_polling_seconds: float = 1.0) -> None:
+                 port: int | None = None, max_polling_seconds: float = 1.0,
+                 process_record: ProcessRecord | None = None) -> None:
         self.app_dir = app_dir
         self.values = dict(values)
         self.work_dir = work_dir
@@ -486,6 +491,7 @@ class LocalFunctionsHost:
         self.max_polling_seconds = max_polling_seconds
         self.process: subprocess.Popen[bytes] | None = None
         self.keys: dict[str, str] = {}
+        self.process_record = process_record  # the sandbox's: the host is recorded the moment it exists
 
     @property
     def url(self) -> str:
@@ -510,10 +516,12 @@ class LocalFunctionsHost:
             [sys.executable, "-m", "emulators.functions_host", "--app-dir", str(self.app_dir),
              "--settings", str(settings_path), "--port", str(self.port), "--keys-file", str(keys_path),
              "--max-polling-seconds", str(self.max_polling_seconds)],
-            cwd=str(Path(__file__).resolve().parents[1]), stdout=log_file, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            cwd=str(PROJECT_ROOT),  # emulators/ is not installed: it is imported from the checkout
+            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log_file.close()
+        if self.process_record is not None:
+            self.process_record.add(RECORD_NAME, self.process.pid, own_group=True)
         deadline = time.monotonic() + timeout
         import urllib.request
 
@@ -533,16 +541,19 @@ class LocalFunctionsHost:
         raise TimeoutError("the Functions host did not start in time")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        if self.process_record is not None:
+            self.process_record.remove(RECORD_NAME, self.process.pid)
 
     def __enter__(self) -> LocalFunctionsHost:
         return self.start()

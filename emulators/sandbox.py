@@ -1,6 +1,6 @@
 """The local sandbox as one process: every emulator started, wired and described in ``<dir>/``.
 
-``python -m emulators.sandbox serve --dir .sandbox`` (what ``cmkctl sandbox up`` runs, detached, in its
+``python -m emulators.sandbox serve --dir .sandbox`` (what ``python -m emulators up`` runs, detached, in its
 own session) starts, on loopback and free ports:
 
 * Azurite (blob, queue, table) from the project's node_modules, its workspace in ``<dir>/azurite``
@@ -15,7 +15,7 @@ own session) starts, on loopback and free ports:
   (the app refuses to start without one). When the set of vaults changes, the host is restarted
   with the new ``CMK_VAULTS`` (as Azure restarts an app whose settings change) and the event
   subscriptions pointing at it are created again. Every vault is subscribed: explicitly (the control
-  API below, which ``cmkctl sandbox seed`` uses for a scenario's ``eventSubscriptions``), or else
+  API below, which ``python -m emulators seed`` uses for a scenario's ``eventSubscriptions``), or else
   automatically as ``<vault>-on-key-event`` (on_key_event, Event Grid schema, the key event types,
   dead-letter container ``key-events-deadletter``), as the post-deploy hook subscribes managed vaults;
 * a control API (plain HTTP, loopback, no auth; ``endpoints.control`` in the state file)::
@@ -32,12 +32,14 @@ own session) starts, on loopback and free ports:
                                                  "schema": "EventGridSchema"} -> subscribes the function
 
 It writes ``state.json`` (pid, status, every endpoint, CA and bundle paths, host keys path, child pids),
+``processes/`` (a record of every process it starts, written as each one starts: ``emulators/processes.py``;
+``stop`` stops what is recorded there and nothing else),
 ``local.settings.json`` (the function app's Values, for the local host and for ``func start``; alerts go to
 the webhook sink through ``CMK_ALERT_WEBHOOK_URL``) and
 ``env`` (the same settings as shell export lines), and stops everything on SIGTERM or SIGINT.
 
-The client side (``start_detached``, ``stop``, ``read_state``, ``health``) is what ``cmkctl sandbox``
-uses; it imports nothing heavier than the standard library.
+The client side (``start_detached``, ``stop``, ``read_state``, ``health``) is what ``python -m emulators``
+(emulators/__main__.py) uses; it imports nothing heavier than the standard library.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from emulators.processes import Liveness, ProcessRecord, StopReport
+
 log = logging.getLogger("emulators.sandbox")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +76,7 @@ ENV_FILE = "env"
 LOG_FILE = "sandbox.log"
 CA_DIR = "ca"
 CA_BUNDLE = "ca-bundle.pem"
+ORCHESTRATOR = "orchestrator"  # its name in the process record
 
 # The controller's own identity lives next to the function app, as `azd up` creates it.
 CONTROLLER_SUBSCRIPTION = "5a9d0000-0000-4000-8000-00000000c0de"
@@ -126,31 +131,17 @@ def write_ca_bundle(path: Path, ca_path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# Client side: what `cmkctl sandbox` calls
+# Client side: what `python -m emulators` calls
 # ------------------------------------------------------------------------------------------------
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) is not alive.
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        if fields and fields[0] == "Z":
-            return False
-    return True
-
-
 def running_state(directory: Path) -> dict[str, Any] | None:
-    """The state file when its orchestrator is alive, else None."""
+    """The state file when the orchestrator it names is the recorded one and still running, else None."""
     state = read_state(directory)
-    if state is None or not is_sandbox_process(state.get("pid"), directory):
+    if state is None:
+        return None
+    orchestrator = ProcessRecord(directory).get(ORCHESTRATOR)
+    if orchestrator is None or orchestrator.pid != state.get("pid") or orchestrator.liveness() is not Liveness.RUNNING:
         return None
     return state
 
@@ -166,20 +157,26 @@ def start_detached(directory: Path, *, timeout: float = 90.0, functions: bool = 
         if existing.get("status") == "running":
             return existing
         raise SandboxError(f"a sandbox is already starting or stopping in {directory} (pid {existing.get('pid')})")
-    if read_state(directory) is not None:
-        stop(directory)  # a previous orchestrator died: end whatever it left behind before starting again
+    record = ProcessRecord(directory)
+    if read_state(directory) is not None or any(record.read()):
+        # A previous orchestrator died: end whatever it recorded before starting again.
+        report = stop(directory)
+        if not report.clean:
+            lines = "\n".join(report.lines())
+            raise SandboxError(f"a previous sandbox left processes that could not be stopped:\n{lines}")
     (directory / STATE_FILE).unlink(missing_ok=True)
     log_path = directory / LOG_FILE
     with log_path.open("wb") as log_file:  # one run's log: the previous run's is of no use to this one
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "emulators.sandbox", "serve", "--dir", str(directory.resolve()),
              *([] if functions else ["--no-functions"])],
-            cwd=str(PROJECT_ROOT),
+            cwd=str(PROJECT_ROOT),  # emulators/ is not installed: it is imported from the checkout
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    record.add(ORCHESTRATOR, process.pid, own_group=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = read_state(directory)
@@ -190,6 +187,7 @@ def start_detached(directory: Path, *, timeout: float = 90.0, functions: bool = 
                 process.wait(timeout=30)
                 raise SandboxError(f"the sandbox failed to start: {state.get('error')}\n{log_tail(directory)}")
         if process.poll() is not None:
+            stop(directory)  # whatever it started before it died
             raise SandboxError(f"the sandbox exited during start-up (code {process.returncode})\n{log_tail(directory)}")
         time.sleep(0.1)
     stop(directory)
@@ -204,74 +202,19 @@ def log_tail(directory: Path, lines: int = 25) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def sandbox_processes(directory: Path) -> list[int]:
-    """Pids of every live process with an argument naming the sandbox directory or a path inside it."""
-    marker = str(directory.resolve())
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            arguments = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if any(_names(argument, marker) for argument in arguments) and pid_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+def stop(directory: Path, *, timeout: float = 30.0) -> StopReport:
+    """Stop every process this sandbox recorded, and nothing else.
 
-
-def _names(argument: str, marker: str) -> bool:
-    value = argument.split("=", 1)[1] if argument.startswith("--") and "=" in argument else argument
-    return value == marker or value.startswith(marker + "/")
-
-
-def is_sandbox_process(pid: Any, directory: Path) -> bool:
-    """pid is alive and its command line names the directory (a recorded pid may have been reused since)."""
-    if not isinstance(pid, int) or not pid_alive(pid):
-        return False
-    try:
-        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return False
-    marker = str(directory.resolve())
-    return any(_names(argument, marker) for argument in arguments)
-
-
-def recorded_pids(state: dict[str, Any]) -> list[int]:
-    pids = [state.get("pid"), *(state.get("children") or {}).values()]
-    return [int(p) for p in pids if p]
-
-
-def stop(directory: Path, *, timeout: float = 30.0) -> list[int]:
-    """SIGTERM the orchestrator's process group, wait, SIGKILL stragglers; returns pids still alive (none)."""
-    state = read_state(directory) or {}
-    pid: Any = state.get("pid")
-    if is_sandbox_process(pid, directory):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(int(pid), signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    # The orchestrator stops its children itself; whatever is left (it was killed, or a child hung) goes now.
-    # Only processes whose command line names this directory: a recorded pid may belong to someone else by now.
-    stragglers = {p for p in recorded_pids(state) if is_sandbox_process(p, directory)}
-    stragglers |= set(sandbox_processes(directory))
-    for straggler in stragglers:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(straggler, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(straggler, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    remaining = [p for p in stragglers if pid_alive(p)]
-    while remaining and time.monotonic() < deadline:
-        time.sleep(0.1)
-        remaining = [p for p in remaining if pid_alive(p)]
-    remaining += [p for p in sandbox_processes(directory) if p not in remaining]
-    if state and state.get("status") != "stopped":
+    The orchestrator first (SIGTERM: it stops its children in order and forgets their records; SIGKILL after
+    ``timeout``), then whatever it left recorded (it was killed, or a child hung): SIGTERM, wait, SIGKILL."""
+    record = ProcessRecord(directory)
+    report = record.stop(names=(ORCHESTRATOR,), grace=timeout).then(record.stop())
+    state = read_state(directory)
+    if state is not None and state.get("status") != "stopped":
         state["status"] = "stopped"
         with contextlib.suppress(OSError):
             _write_atomically(directory / STATE_FILE, json.dumps(state, indent=2))
-    return remaining
+    return report
 
 
 def control(state: dict[str, Any], method: str, path: str, body: Any = None, *, timeout: float = 60.0) -> Any:
@@ -294,9 +237,10 @@ def health(directory: Path) -> dict[str, Any]:
     """Each component's health as the orchestrator sees it, plus whether its process is alive."""
     state = running_state(directory)
     if state is None:
-        leftovers = sandbox_processes(directory)
+        leftovers = ProcessRecord(directory).running()
         if leftovers:  # the orchestrator died (SIGKILL, crash) and its children outlived it
-            return {"running": False, "components": {}, "error": f"processes left behind: {leftovers}; run down"}
+            names = ", ".join(process.describe() for process in leftovers)
+            return {"running": False, "components": {}, "error": f"processes left behind: {names}; run down"}
         return {"running": False, "components": {}}
     try:
         report: dict[str, Any] = control(state, "GET", "/_sandbox/status", timeout=10)
@@ -369,6 +313,7 @@ class Orchestrator:
         self._identity_endpoint: Any = None
         self._control: ThreadingHTTPServer | None = None
         self._audit_mark = 0  # AZKVAuditLogs rows already counted before the last counters reset
+        self.processes = ProcessRecord(self.directory)
         self.state: dict[str, Any] = {"pid": os.getpid(), "status": "starting", "directory": str(self.directory)}
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -395,7 +340,7 @@ class Orchestrator:
         self.bundle = write_ca_bundle(self.directory / CA_BUNDLE, ca.ca_path)
         self.clock, self.bus = SandboxClock(), SandboxBus()
 
-        self.azurite = Azurite(location=self.directory / "azurite", host=self.host)
+        self.azurite = Azurite(location=self.directory / "azurite", host=self.host, process_record=self.processes)
         self.azurite.start()
         self._push("azurite", self.azurite.stop)
         self.state.setdefault("children", {})["azurite"] = self.azurite.pid
@@ -602,7 +547,9 @@ class Orchestrator:
         self._stop_functions()
         values = self.app_settings()
         values["CMK_VAULTS"] = ",".join(origins)
-        host = LocalFunctionsHost(PROJECT_ROOT, values, work_dir=self.directory / "functions", port=port)
+        host = LocalFunctionsHost(
+            PROJECT_ROOT, values, work_dir=self.directory / "functions", port=port, process_record=self.processes
+        )
         try:
             host.start()
         except (RuntimeError, TimeoutError) as err:
@@ -850,6 +797,16 @@ def serve(directory: Path, *, functions: bool = True) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
     orchestrator = Orchestrator(directory, functions=functions)
+    # Recorded by whoever started it too (start_detached); recorded here for a serve started by hand.
+    # Only a session leader can have been given its group by the sandbox: never signal a shell's job group.
+    orchestrator.processes.add(ORCHESTRATOR, os.getpid(), own_group=os.getsid(0) == os.getpid())
+    try:
+        return _run(orchestrator, stop_requested)
+    finally:
+        orchestrator.processes.remove(ORCHESTRATOR, os.getpid())
+
+
+def _run(orchestrator: Orchestrator, stop_requested: threading.Event) -> int:
     try:
         orchestrator.start()
     except BaseException as err:

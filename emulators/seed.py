@@ -180,7 +180,9 @@ class Seeder:
     def __init__(self, directory: Path, scenario: dict[str, Any], *, log: Callable[[str], None] = print) -> None:
         state = running_state(directory)
         if state is None or state.get("status") != "running":
-            raise SandboxError(f"no running sandbox in {directory}: run `cmkctl sandbox up --dir {directory}` first")
+            raise SandboxError(
+                f"no running sandbox in {directory}: run `python -m emulators up --dir {directory}` first"
+            )
         self.directory = directory
         self.state = state
         self.scenario = scenario

@@ -14,7 +14,7 @@ settings) clients work against ``arm.url``; any api-version is accepted, answers
 (provisioningState Succeeded), so LRO pollers complete at once. ARM only checks that a bearer token is
 present (and decodes sandbox tokens); ARM RBAC is not enforced.
 
-What is emulated:
+What is emulated (one module per resource provider behind the router in ``emulator.py``, see its docstring):
 * subscriptions (implicit), resource groups (create/get/list), generic ``/resources`` listing;
 * storage accounts (create, get, list, update with identity and encryption, listKeys, delete),
   encryption scopes (put, patch, get, list); CMK is validated the way Azure does it by calling the vault

@@ -1,8 +1,8 @@
-"""`cmkctl sandbox up | status | env | seed rotation | down` in a temporary directory, as a user runs them.
+"""`python -m emulators up | status | env | seed rotation | down` in a temporary directory, as a user runs them.
 
-The commands run as separate processes (the installed console script's module), so the sandbox really is
-detached from the caller; after `down` no process the sandbox started is left: neither the recorded
-pids (orchestrator, Azurite, Functions host) nor anything whose command line names the directory.
+The commands run as separate processes from the repository root, so the sandbox really is detached from the
+caller. After `down`, every process the sandbox recorded (orchestrator, Azurite, Functions host) is gone with
+its process group, and processes it did not start are still there, whatever their arguments name.
 """
 
 from __future__ import annotations
@@ -10,23 +10,30 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from emulators import sandbox
+from emulators.processes import Liveness, ProcessRecord, RecordedProcess, start_time
+from tests.e2e.polling import wait_for
+from tests.support.processes import live_members
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
+SH, SLEEP, BASH = (shutil.which(name) or name for name in ("sh", "sleep", "bash"))
 
 
-def cmkctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def sandbox_command(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "controller.cli", *args],
+        [sys.executable, "-m", "emulators", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -35,29 +42,59 @@ def cmkctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
     )
 
 
+def recorded(directory: Path) -> dict[str, RecordedProcess]:
+    processes, unreadable = ProcessRecord(directory).read()
+    assert unreadable == []
+    return {process.name: process for process in processes}
+
+
+def assert_gone(processes: dict[str, RecordedProcess]) -> None:
+    """Each process the sandbox recorded has exited, and so has every process of the group it created for it."""
+    for process in processes.values():
+        assert process.liveness() is Liveness.GONE, process
+        assert process.process_group is not None and not live_members(process.process_group), process
+
+
+@pytest.fixture
+def bystanders() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes the test starts, each in a session of its own, that the sandbox must leave alone."""
+    processes: list[subprocess.Popen[bytes]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 @pytest.mark.timeout(120)
 def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
     directory = tmp_path / "sandbox"
     where = ("--dir", str(directory))
     started = time.monotonic()
+    processes: dict[str, RecordedProcess] = {}
     try:
-        up = cmkctl("sandbox", "up", *where)
+        up = sandbox_command("up", *where)
         assert up.returncode == 0, up.stderr
         assert "sandbox running" in up.stdout
+        assert f"no vaults yet: python -m emulators seed rotation --dir {directory}" in up.stdout
 
         state = json.loads((directory / sandbox.STATE_FILE).read_text())
         assert state["status"] == "running"
-        assert sandbox.pid_alive(state["pid"]) and sandbox.pid_alive(state["children"]["azurite"])
+        processes = recorded(directory)
+        assert set(processes) == {"orchestrator", "azurite"}
+        assert processes["orchestrator"].pid == state["pid"]
+        assert processes["azurite"].pid == state["children"]["azurite"]
+        assert all(process.liveness() is Liveness.RUNNING for process in processes.values())
         assert os.getpgid(state["pid"]) == state["pid"]  # its own process group, detached from ours
         assert Path(state["caPath"]).is_file() and Path(state["caBundle"]).is_file()
 
-        status = cmkctl("sandbox", "status", "--json", *where)
+        status = sandbox_command("status", "--json", *where)
         assert status.returncode == 0, status.stdout + status.stderr
         components = json.loads(status.stdout)["components"]
         assert {"azurite", "keyvault", "arm", "logAnalytics", "eventGrid", "alertSink", "functions"} <= set(components)
         assert all(component["ok"] for component in components.values())
 
-        env = cmkctl("sandbox", "env", *where)
+        env = sandbox_command("env", *where)
         assert env.returncode == 0, env.stderr
         exported = dict(
             shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in env.stdout.splitlines() if line
@@ -68,7 +105,7 @@ def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
         assert "127.0.0.1" in exported["AzureWebJobsStorage"]
         assert {"CMK_WORK_QUEUE", "CMK_LEDGER_TABLE", "CMK_SWEEP_SCHEDULE"} <= set(exported)
 
-        seeded = cmkctl("sandbox", "seed", "rotation", *where)
+        seeded = sandbox_command("seed", "rotation", *where)
         assert seeded.returncode == 0, seeded.stdout + seeded.stderr
         result = json.loads((directory / "seed-rotation.json").read_text())
         assert set(result["storageAccounts"]) == {"stcmkauto", "stcmkpinned"}
@@ -80,33 +117,107 @@ def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
         vault_uri = result["vaults"]["kv-cmk-rotation"]["uri"].rstrip("/")
         settings = json.loads((directory / sandbox.SETTINGS_FILE).read_text())["Values"]
         assert settings["CMK_VAULTS"] == vault_uri
-        assert sandbox.pid_alive(state["children"]["functions"])
-        recorded = sandbox.recorded_pids(state)
-        assert len(recorded) == 3
+        processes = recorded(directory)
+        assert set(processes) == {"orchestrator", "azurite", "functions"}
+        assert processes["functions"].pid == state["children"]["functions"]
+        assert processes["functions"].liveness() is Liveness.RUNNING
     finally:
-        down = cmkctl("sandbox", "down", *where)
+        down = sandbox_command("down", *where)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert [pid for pid in recorded if sandbox.pid_alive(pid)] == []
-    assert sandbox.sandbox_processes(directory) == []
+    assert "no process it started is left" in down.stdout
+    assert_gone(processes)
+    assert recorded(directory) == {}
 
-    stopped = cmkctl("sandbox", "status", *where)
+    stopped = sandbox_command("status", *where)
     assert stopped.returncode == 3
     assert time.monotonic() - started < 90
 
 
-def test_without_the_emulators_package_sandbox_commands_exit_2(tmp_path: Path) -> None:
-    """The deployed app ships no emulators/: cmkctl still imports, and `sandbox` says why it cannot run."""
-    code = (
-        "import sys; sys.modules['emulators'] = None\n"
-        "from controller.cli import main\n"
-        f"sys.exit(main(['sandbox', 'up', '--dir', {str(tmp_path)!r}]))"
+@pytest.mark.timeout(120)
+def test_down_under_timeout_from_a_script_stops_only_what_the_sandbox_started(
+    tmp_path: Path, bystanders: list[subprocess.Popen[bytes]]
+) -> None:
+    """Issue 18: `timeout 60 ... down --dir D` was killed with the sandbox, and so was anything naming D."""
+    directory = tmp_path / "sandbox"
+    up = sandbox_command("up", "--dir", str(directory))
+    assert up.returncode == 0, up.stdout + up.stderr
+    processes = recorded(directory)
+    # A user's `tail -f` of the sandbox's log (holding a file of the directory open, naming it in its arguments),
+    # in a session and process group of its own, with a second process in that group.
+    follower = subprocess.Popen(  # noqa: S603 - fixed argv
+        [SH, "-c", 'tail -f "$1" & echo started; wait', "follower", str(directory / sandbox.LOG_FILE)],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
     )
-    result = subprocess.run(  # noqa: S603 - our own interpreter
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    bystanders.append(follower)
+    assert follower.stdout is not None and follower.stdout.readline() == b"started\n"
+    # A stale record: the pid it names now belongs to another process (the start time tells them apart).
+    other = subprocess.Popen([SLEEP, "300"], start_new_session=True)  # noqa: S603 - fixed argv
+    bystanders.append(other)
+    actual = start_time(other.pid)
+    assert actual is not None
+    stale = RecordedProcess("functions", other.pid, actual[0] - 1, other.pid)
+    (directory / "processes" / "functions.json").write_text(json.dumps(stale.to_json()))
+
+    script = 'timeout 60 "$0" -m emulators down --dir "$1"; echo "down exited $?"'
+    down = subprocess.run(  # noqa: S603 - a fixed script, our own interpreter
+        [BASH, "-c", script, sys.executable, str(directory)],
+        cwd=ROOT, capture_output=True, text=True, timeout=90, check=False,
     )
-    assert result.returncode == 2
-    assert "emulators package is missing" in result.stderr
-    assert not (tmp_path / sandbox.STATE_FILE).exists()
+
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "down exited 0" in down.stdout, down.stdout + down.stderr
+    assert f"left alone: pid {other.pid} (recorded for functions) now belongs to another process" in down.stdout
+    assert_gone(processes)
+    assert follower.poll() is None and len(live_members(follower.pid)) == 2  # sh and its tail -f
+    assert other.poll() is None and live_members(other.pid)
+    assert recorded(directory) == {}
+
+
+@pytest.mark.timeout(150)
+def test_down_after_the_orchestrator_was_killed_leaves_no_process_of_its_own(tmp_path: Path) -> None:
+    directory = tmp_path / "sandbox"
+    where = ("--dir", str(directory))
+    try:
+        up = sandbox_command("up", *where)
+        assert up.returncode == 0, up.stdout + up.stderr
+        seeded = sandbox_command("seed", "rotation", *where)  # the Functions host starts once there is a vault
+        assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+        processes = recorded(directory)
+        assert set(processes) == {"orchestrator", "azurite", "functions"}
+
+        os.kill(processes["orchestrator"].pid, signal.SIGKILL)
+        wait_for(lambda: processes["orchestrator"].liveness() is Liveness.GONE)
+        assert processes["azurite"].liveness() is Liveness.RUNNING  # its children outlive it
+        assert processes["functions"].liveness() is Liveness.RUNNING
+        status = sandbox_command("status", *where)
+        assert status.returncode == 3
+        assert "processes left behind" in status.stdout
+        (directory / sandbox.STATE_FILE).unlink()  # and the state file is lost too: the record is enough
+    finally:
+        down = sandbox_command("down", *where)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "state.json is missing: stopping what the process record names (3 process(es))" in down.stdout
+    assert "already gone: orchestrator" in down.stdout
+    assert "stopped azurite" in down.stdout and "stopped functions" in down.stdout
+    assert_gone(processes)
+    assert recorded(directory) == {}
+
+
+def test_the_command_line_documents_its_exit_codes_and_answers_without_a_sandbox(tmp_path: Path) -> None:
+    usage = sandbox_command("--help")
+    assert usage.returncode == 0
+    assert "usage: python -m emulators" in usage.stdout
+    assert {"up", "down", "status", "env", "seed"} <= set(usage.stdout.replace(",", " ").replace("{", " ").split())
+    assert "3  no running sandbox" in usage.stdout and "2  invalid input" in usage.stdout
+
+    where = ("--dir", str(tmp_path / "none"))
+    assert sandbox_command("status", *where).returncode == 3
+    assert sandbox_command("env", *where).returncode == 3
+    assert sandbox_command("seed", "no-such-scenario", *where).returncode == 2
+    assert sandbox_command("frobnicate", *where).returncode == 2
+    down = sandbox_command("down", *where)
+    assert down.returncode == 0 and "no sandbox in" in down.stdout
 
 
 @pytest.mark.timeout(180)
@@ -134,4 +245,4 @@ def test_make_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     assert "bytes decrypted" in out
     assert "failed KeyUnwrap call(s)" in out and "caller id-storage-cmk" in out
     assert "no sandbox process left" in out
-    assert sandbox.sandbox_processes(directory) == []
+    assert ProcessRecord(directory).read() == ([], [])

@@ -46,8 +46,8 @@ from azure.mgmt.storage.models import Sku as StorageSku
 from azure.storage.blob import BlobServiceClient
 
 from emulators.arm import ArmEmulator
-from emulators.arm.contract import storage_contract
-from emulators.keyvault.testing import Recorder
+from tests.support.arm_contract import storage_contract
+from tests.support.keyvault import Recorder
 
 pytestmark = pytest.mark.integration
 

@@ -36,7 +36,7 @@ from azure.mgmt.storage.models import EncryptionScope, StorageAccountCreateParam
 from azure.mgmt.storage.models import Sku as StorageSku
 
 from emulators.arm import ArmEmulator
-from emulators.arm.contract import keyvault_contract, storage_contract
+from tests.support.arm_contract import keyvault_contract, storage_contract
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
 from emulators.keyvault import KeyVaultEmulator, SandboxCredential, VaultState
-from emulators.keyvault.testing import Admin, Recorder, client_kwargs
+from tests.support.keyvault import Admin, Recorder, client_kwargs
 
 pytestmark = pytest.mark.integration
 

@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
 from emulators.keyvault import KeyVaultEmulator, VaultState
-from emulators.keyvault.contract import OPERATION_IDS, KeysContract, find_spec
-from emulators.keyvault.testing import Recorder, ResponseLog, client_kwargs
+from tests.support.keyvault import Recorder, ResponseLog, client_kwargs
+from tests.support.keyvault_contract import OPERATION_IDS, KeysContract, find_spec
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,7 @@ def test_unauthenticated_request_gets_the_challenge(env: Env) -> None:
     import urllib.error
     import urllib.request
 
-    from emulators.keyvault.testing import Admin
+    from tests.support.keyvault import Admin
 
     ctx = Admin(env.kv)._ssl
     with pytest.raises(urllib.error.HTTPError) as info:
@@ -443,7 +443,7 @@ def test_raw_protocol_errors(env: Env) -> None:
     import urllib.request
 
     from emulators.keyvault import Principal, encode_token
-    from emulators.keyvault.testing import Admin
+    from tests.support.keyvault import Admin
 
     env.client.create_rsa_key("raw-key", size=2048)
     env.client.create_ec_key("raw-key-2")

@@ -16,7 +16,7 @@ from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
 from emulators.keyvault import KeyVaultEmulator, VaultState
-from emulators.keyvault.testing import Admin, Recorder, client_kwargs
+from tests.support.keyvault import Admin, Recorder, client_kwargs
 
 pytestmark = pytest.mark.integration
 
@@ -227,7 +227,7 @@ def test_published_event_data_matches_the_event_grid_schema(env: Env) -> None:
 
     import jsonschema
 
-    from emulators.specs import SPECS_ROOT
+    from tests.support.specs import SPECS_ROOT
 
     spec_path = SPECS_ROOT / "eventgrid/data-plane/Microsoft.KeyVault/stable/2018-01-01/KeyVault.json"
     definitions = json.loads(spec_path.read_text(encoding="utf-8"))["definitions"]

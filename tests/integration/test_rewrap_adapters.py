@@ -32,7 +32,7 @@ from controller.errors import Conflict, NotFound
 from controller.ports import BlobItem, BlobPage, BlobProblem, RewrapProgress
 from controller.rewrap import RewrapEngine, RewrapOptions, RewrapReport
 from emulators.keyvault import KeyVaultEmulator
-from emulators.keyvault.testing import Admin, client_kwargs
+from tests.support.keyvault import Admin, client_kwargs
 
 pytestmark = pytest.mark.integration
 

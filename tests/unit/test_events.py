@@ -24,7 +24,7 @@ from controller.events import (
     parse_functions_event,
 )
 from controller.model import KeyEvent, KeyEventKind
-from emulators.specs import SPECS_ROOT
+from tests.support.specs import SPECS_ROOT
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import jsonschema
 
-from emulators.specs import SPECS_ROOT
+from tests.support.specs import SPECS_ROOT
 
 SPECS = SPECS_ROOT  # ../shared/specs beside the repository, or CMK_SPECS_DIR
 STORAGE_SPEC = Path("storage/resource-manager/Microsoft.Storage/Storage/stable/2025-01-01/storage.json")

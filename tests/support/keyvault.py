@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks that drive the emulated vaults with the real SDK clients."""
+"""Test helpers that drive the emulated vaults with the real SDK clients (only tests use them)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from emulators.bus import AuditRecord, SandboxBus, VaultEvent
-
-from .dataplane import resolve
-from .emulator import KeyVaultEmulator
-from .state import VaultState
+from emulators.keyvault.dataplane import resolve
+from emulators.keyvault.emulator import KeyVaultEmulator
 
 
 @dataclass
@@ -112,8 +110,3 @@ def client_kwargs(emulator: KeyVaultEmulator, **extra: Any) -> dict[str, Any]:
     """Keyword arguments for KeyClient / CryptographyClient against the sandbox."""
     return {"verify_challenge_resource": False, "connection_verify": emulator.ca_path, **extra}
 
-
-def key_client(emulator: KeyVaultEmulator, vault: VaultState, credential: Any, **extra: Any) -> Any:
-    from azure.keyvault.keys import KeyClient
-
-    return KeyClient(vault.uri, credential, **client_kwargs(emulator, **extra))

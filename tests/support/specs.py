@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SPECS_ROOT = Path(os.environ.get("CMK_SPECS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "specs")
+SPECS_ROOT = Path(os.environ.get("CMK_SPECS_DIR") or Path(__file__).resolve().parents[3] / "shared" / "specs")
 
 
 def spec_path(relative: str) -> Path:
