@@ -1,8 +1,7 @@
 """Interfaces the pure core needs from the outside world (typing.Protocol).
 
 Adapters in controller/adapters/ implement them against Azure; unit tests implement them with small
-hand-written fakes. Later capabilities add their ports here (KeyVault, StorageControl, Inventory,
-BlobStore, AuditLog, Notifier) next to the ones the event intake needs today.
+hand-written fakes.
 """
 
 from __future__ import annotations
@@ -11,6 +10,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
+
+from controller.model import (
+    Condition,
+    Consumer,
+    ForceAdoptionIntent,
+    KeyRef,
+    KeyState,
+    KeyVersionInfo,
+    VaultOrigin,
+)
+from controller.rewrap.work import RewrapWorkItem
 
 
 class Clock(Protocol):
@@ -42,7 +52,7 @@ class WorkQueue(Protocol):
         ...
 
 
-# === Client-side encryption re-wrap (controller/rewrap.py) ==========================================
+# --- client-side encryption re-wrap and rewrite (controller/rewrap/) ----------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,20 +154,55 @@ class RewrapCheckpoint(Protocol):
         ...
 
 
-# === end of client-side encryption re-wrap ==========================================================
+class BlobRewriter(Protocol):
+    """Rewrites blobs under a new content key wrapped by the target version (controller/rewrap/strategies.py)."""
+
+    def rewrite(self, container: str, item: BlobItem) -> None:
+        """Re-encrypt ``item`` under a new content key wrapped by the target version, verified, swapped in
+        only if the blob still has ``item.etag``.
+
+        Raises Conflict (the blob changed: nothing was replaced), NotFound (it is gone), Forbidden
+        (the key refuses), TransientError, or PermanentError (e.g. the copy failed verification).
+        """
+        ...
 
 
-# === Rotation reconciler (controller/service.py reconcile_key) ======================================
-# Imported here so this section stays self-contained while others append theirs.
-from controller.model import (  # noqa: E402
-    Condition,
-    Consumer,
-    ForceAdoptionIntent,
-    KeyRef,
-    KeyState,
-    KeyVersionInfo,
-    VaultOrigin,
-)
+@dataclass(frozen=True, slots=True)
+class RewrapPorts:
+    """The ports one work item runs over (one storage account, one target key version)."""
+
+    store: BlobStore
+    unwrapper: KeyUnwrapper
+    #: The target version (its ``key_id`` is the versioned key the blobs end up wrapped by).
+    wrapper: KeyWrapper
+    checkpoint: RewrapCheckpoint
+    #: Rewrite mode only (None where the backend cannot rewrite).
+    rewriter: BlobRewriter | None = None
+
+
+class RewrapBackend(Protocol):
+    """Opens the ports for a work item: adapters in production, fakes in unit tests."""
+
+    def open(self, item: RewrapWorkItem) -> RewrapPorts:
+        """Raises PermanentError when the account or key cannot be reached for good, TransientError
+        when it may work later."""
+        ...
+
+    def target_version(self, key: KeyRef) -> KeyRef:
+        """The version a job onto ``key`` targets: the version it names (once seen to exist), or the
+        key's current version when it is versionless."""
+        ...
+
+
+class RewrapObserver(Protocol):
+    """Follows a run page by page (the CLI's progress display)."""
+
+    def page_done(self, listed: int, progress: RewrapProgress) -> None:
+        """``listed`` blobs were on the page just finished; ``progress`` is the job's so far."""
+        ...
+
+
+# --- rotation reconciler (controller/reconciler.py) ----------------------------------------------------
 
 
 class KeyVaultReader(Protocol):
@@ -242,5 +287,3 @@ class AuditLog(Protocol):
         """Per version of ``key``: the time of its last successful KeyUnwrap within the retention."""
         ...
 
-
-# === end of rotation reconciler =====================================================================
