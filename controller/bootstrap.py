@@ -186,7 +186,7 @@ def _local_connection_string(environ: Mapping[str, str], setting: str) -> str:
     if "accountkey=" in lowered and not local:
         raise SettingsError(
             setting,
-            "a shared-key connection string is only accepted for the local emulator; use the "
-            "identity-based AzureWebJobsStorage__* settings in Azure",
+            "a shared-key connection string is only accepted for the local emulator; in Azure the "
+            "storage is reached with the identity (AzureWebJobsStorage__* settings, Entra ID)",
         )
     return connection

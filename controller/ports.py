@@ -57,7 +57,7 @@ class WorkQueue(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class BlobItem:
-    """One blob as the re-wrap engine sees it: its name, its ETag and its full user metadata."""
+    """One blob as a re-wrap or rewrite run sees it: its name, its ETag and its full user metadata."""
 
     name: str
     etag: str

@@ -1,8 +1,8 @@
 """BlobStore on azure-storage-blob: listing with metadata, ETag-conditional metadata writes, rewrite.
 
 The SDK's own retries are turned off for the clients built here (``retry_total=0``): the re-wrap
-engine owns retrying, with one back-off shared by all its workers that honours Retry-After. A retried
-conditional write whose first attempt did land answers 412, which the engine resolves by reading the
+walker owns retrying, with one back-off shared by all its workers that honours Retry-After. A retried
+conditional write whose first attempt did land answers 412, which the walker resolves by reading the
 blob again (it is then already on the target version): nothing is written twice.
 """
 

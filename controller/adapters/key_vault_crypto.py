@@ -42,14 +42,10 @@ class VaultClients:
     ) -> None:
         self._credential = credential
         self._policy = policy
-        # The re-wrap engine retries with its own shared back-off; SDK retries would hide throttling.
+        # The re-wrap walker retries with its own shared back-off; SDK retries would hide throttling.
         self._client_kwargs: dict[str, Any] = {"retry_total": 0, **client_kwargs}
         self._key_clients: dict[str, KeyClient] = {}
         self._lock = threading.Lock()
-
-    @property
-    def credential(self) -> TokenCredential:
-        return self._credential
 
     def key_ref(self, key_id: str) -> KeyRef:
         """Parse ``key_id`` and refuse any vault that is not allowed."""

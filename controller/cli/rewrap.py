@@ -34,7 +34,7 @@ environment:
   AzureWebJobsStorage    the app's storage (the local emulator's connection string), or
   AzureWebJobsStorage__accountName   (identity-based): where checkpoints (the ledger table,
                          CMK_LEDGER_TABLE) and, with --enqueue, work items (CMK_WORK_QUEUE) go;
-                         a run resumes from its checkpoint. Required, as for every command.
+                         a run resumes from its checkpoint. Required (as for reconcile, rotate, usage).
   credentials            your Azure CLI / environment login, or the managed identity where one
                          exists (AZURE_CLIENT_ID; the local sandbox serves one): no secrets are read.
 
