@@ -61,8 +61,13 @@ from controller.adapters.key_vault_crypto import (  # noqa: E402
     fetch_public_wrapper,
     key_resolver,
 )
-from controller.ports import BlobItem, BlobPage, RewrapProgress  # noqa: E402
-from controller.rewrap import RewrapEngine, RewrapOptions, RewrapReport, RsaPublicKeyWrapper  # noqa: E402
+from controller.ports import BlobItem, BlobPage, KeyUnwrapper, RewrapPorts, RewrapProgress  # noqa: E402
+from controller.rewrap.outcomes import RewrapReport  # noqa: E402
+from controller.rewrap.strategies import walker_for  # noqa: E402
+from controller.rewrap.walker import ContainerWalker, RewrapOptions  # noqa: E402
+from controller.rewrap.work import RewrapMode  # noqa: E402
+from controller.rewrap.wrapping import RsaPublicKeyWrapper  # noqa: E402
+from controller.vault_policy import VaultPolicy  # noqa: E402
 from emulators.azurite import Azurite  # noqa: E402
 from emulators.keyvault import SandboxCredential  # noqa: E402
 
@@ -148,8 +153,7 @@ class World:
     def vault_clients(self) -> VaultClients:
         return VaultClients(
             SandboxCredential(OID),
-            allowed_origins=[self.vault.origin],
-            custom_origins=[self.vault.origin],
+            policy=VaultPolicy.of([self.vault.origin]),
             verify_challenge_resource=False,
             transport=pooled_transport(self.concurrency, connection_verify=self.vault.ca_path),
         )
@@ -170,15 +174,15 @@ class World:
     def service(self) -> BlobServiceClient:
         return blob_service_client(connection_string=self.connection_string, connections=self.concurrency)
 
-    def engine(self, target_key_id: str, *, unwrapper: Any = None, page_size: int = 5000) -> RewrapEngine:
+    def engine(self, target_key_id: str, *, unwrapper: Any = None, page_size: int = 5000) -> ContainerWalker:
         clients = self.vault_clients()
-        return RewrapEngine(
+        ports = RewrapPorts(
             store=AzureBlobStore(self.service(), page_size=page_size),
             unwrapper=unwrapper or VaultKeyUnwrapper(clients),
             wrapper=fetch_public_wrapper(clients, target_key_id),
             checkpoint=MemoryCheckpoint(),
-            options=RewrapOptions(max_workers=self.concurrency, custom_origins=(self.vault.origin,)),
         )
+        return rewrap_walker(ports, self.vault.origin, self.concurrency)
 
     def kek(self, key_id: str) -> VaultKeyEncryptionKey:
         clients = self.vault_clients()
@@ -282,7 +286,7 @@ def rewrap_runs(world: World, container: str) -> tuple[float, float, list[Rewrap
         engine = world.engine(target)  # fetches the target's public key: once per job, not counted
         world.vault.reset_counters()
         before = CPU.snapshot() if CPU else None
-        elapsed, report = timed(lambda engine=engine: engine.rewrap_container(container))
+        elapsed, report = timed(lambda engine=engine: engine.run(container))
         if CPU and before:
             CPU_PER_BLOB[f"rewrap_{container}"] = CPU.per_blob_ms(before, report.blobs)
         counters = world.vault.counters()
@@ -361,7 +365,7 @@ def throttled_run(world: World, container: str, *, limit: int, window: float) ->
         engine = world.engine(target, unwrapper=unwrapper)
         world.vault.reset_counters()
         started = time.monotonic()
-        elapsed, report = timed(lambda: engine.rewrap_container(container))
+        elapsed, report = timed(lambda: engine.run(container))
         counters = world.vault.counters()
     finally:
         world.vault.admin("PUT", f"/vaults/{VAULT}/throttling", {"enabled": False})
@@ -437,17 +441,19 @@ class FakeUnwrapper:
         return b"2.0".ljust(8, b"\0") + wrapped[:32]
 
 
-def memory_peak(total: int, wrapper: RsaPublicKeyWrapper, old_key_id: str, origin: str, workers: int) -> int:
-    engine = RewrapEngine(
-        store=SynthesizedStore(total, 1000, old_key_id),
-        unwrapper=FakeUnwrapper(),
-        wrapper=wrapper,
-        checkpoint=MemoryCheckpoint(),
-        options=RewrapOptions(max_workers=workers, custom_origins=(origin,)),
+def rewrap_walker(ports: RewrapPorts, origin: str, workers: int) -> ContainerWalker:
+    return walker_for(
+        RewrapMode.REWRAP, ports, policy=VaultPolicy.of([origin]), options=RewrapOptions(max_workers=workers)
     )
+
+
+def memory_peak(total: int, wrapper: RsaPublicKeyWrapper, old_key_id: str, origin: str, workers: int) -> int:
+    unwrapper: KeyUnwrapper = FakeUnwrapper()
+    ports = RewrapPorts(SynthesizedStore(total, 1000, old_key_id), unwrapper, wrapper, MemoryCheckpoint())
+    engine = rewrap_walker(ports, origin, workers)
     tracemalloc.start()
     try:
-        report = engine.rewrap_container("synthetic")
+        report = engine.run("synthetic")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -12,19 +12,19 @@ from collections.abc import Iterable
 
 from controller.envelope import find_envelope, parse_envelope
 from controller.errors import InvalidKeyId, MalformedEnvelope
-from controller.model import KeyRef, parse_key_id
+from controller.model import KeyRef
 from controller.ports import BlobStore
+from controller.vault_policy import VaultPolicy
 
 
 def wrapping_versions(
-    store: BlobStore, containers: Iterable[str], key: KeyRef, *, custom_origins: Iterable[str] = ()
+    store: BlobStore, containers: Iterable[str], key: KeyRef, *, policy: VaultPolicy
 ) -> Counter[str]:
     """Blobs per version of ``key`` wrapping their content key, over ``containers`` of one account.
 
     Blobs without an envelope, wrapped by another key, or whose envelope cannot be read are not
     counted here (the re-wrap report lists the unreadable ones).
     """
-    origins = tuple(custom_origins)
     counts: Counter[str] = Counter()
     for container in containers:
         marker: str | None = None
@@ -35,7 +35,7 @@ def wrapping_versions(
                     found = find_envelope(item.metadata)
                     if found is None:
                         continue
-                    wrapped_by = parse_key_id(parse_envelope(found[1]).wrapped_key.key_id, custom_origins=origins)
+                    wrapped_by = policy.parse_key_id(parse_envelope(found[1]).wrapped_key.key_id)
                 except (MalformedEnvelope, InvalidKeyId):
                     continue
                 if wrapped_by.same_key(key) and wrapped_by.version:

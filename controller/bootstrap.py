@@ -25,12 +25,12 @@ from controller import reconciler, rotation
 from controller.adapters.alert_channels import WebhookChannel
 from controller.adapters.alert_ledger import TableAlertLedger
 from controller.adapters.audit_log import LogAnalyticsAuditLog, NoAuditLog
-from controller.adapters.blob_store import AzureBlobStore
+from controller.adapters.blob_store import AzureBlobStore, pooled_transport
 from controller.adapters.credentials import ArmConnection, challenge_options, controller_credential
 from controller.adapters.inventory import BlobEndpoints, ConsumerDirectory, Inventory
 from controller.adapters.key_vault import KeyVaults
 from controller.adapters.key_vault_crypto import VaultClients
-from controller.adapters.rewrap_backend import AzureRewrapBackend, token_blob_services
+from controller.adapters.rewrap_backend import AzureRewrapBackend, emulator_blob_services, token_blob_services
 from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
 from controller.adapters.rotation_ledger import TableRotationLedger
 from controller.adapters.storage_control import StorageControl
@@ -40,6 +40,7 @@ from controller.alert_desk import AlertDesk
 from controller.alerts import ChannelKind, ChannelRoute
 from controller.errors import SettingsError
 from controller.ports import AlertChannel, AuditLog, Clock
+from controller.rewrap.work import MAX_CONCURRENCY
 from controller.service import Dependencies
 from controller.settings import Settings, load_settings
 
@@ -68,16 +69,29 @@ def override(deps: Dependencies | None) -> None:
         _dependencies = deps
 
 
-def build(environ: Mapping[str, str], *, credential: TokenCredential | None = None) -> Dependencies:
-    """The app's dependencies; ``credential`` replaces the managed identity (the operator CLI)."""
+def build(
+    environ: Mapping[str, str],
+    *,
+    credential: TokenCredential | None = None,
+    blob_endpoint: str | None = None,
+    blob_connection_setting: str | None = None,
+) -> Dependencies:
+    """The app's dependencies.
+
+    The operator CLI replaces the managed identity with its ``credential`` and may say how the customer
+    accounts' blob data is reached: one ``blob_endpoint`` for the account it works on, or the local
+    emulator's connection string in the environment variable ``blob_connection_setting`` (Azurite
+    serves one account). By default the endpoint is the one the inventory reports for each account.
+    """
     settings = load_settings(environ)
+    policy = settings.vault_policy
     clock = SystemClock()
     credential = credential or controller_credential(environ)
     storage = AppStorage.from_environ(environ, credential=credential)
     queue = StorageWorkQueue(storage.queue(settings.work_queue))
     arm = ArmConnection(credential, endpoint=settings.arm_endpoint)
-    control = StorageControl(arm, custom_origins=settings.vaults)
-    inventory = Inventory(arm, control, subscriptions=settings.subscriptions, custom_origins=settings.vaults)
+    control = StorageControl(arm, policy=policy)
+    inventory = Inventory(arm, control, subscriptions=settings.subscriptions, policy=policy)
     notifier = _notifier(settings, storage.table(settings.ledger_table), clock)
     reconcile = reconciler.ReconcileDeps(
         keys=KeyVaults(credential),
@@ -89,16 +103,20 @@ def build(environ: Mapping[str, str], *, credential: TokenCredential | None = No
         clock=clock,
         planner=rotation.PlannerSettings.from_settings(settings),
     )
-    blob_services = token_blob_services(credential, endpoint=BlobEndpoints(inventory))
+    if blob_connection_setting:
+        blob_services = emulator_blob_services(_local_connection_string(environ, blob_connection_setting))
+    else:
+        endpoint = (lambda _account: blob_endpoint) if blob_endpoint else BlobEndpoints(inventory)
+        blob_services = token_blob_services(credential, endpoint=endpoint)
     rewrap = AzureRewrapBackend(
-        vault_clients=VaultClients(credential, allowed_origins=settings.vaults, custom_origins=settings.vaults,
+        vault_clients=VaultClients(credential, policy=policy, transport=pooled_transport(MAX_CONCURRENCY),
                                    **challenge_options(settings.vaults)),
         blob_service=blob_services,
         checkpoint=TableRewrapCheckpoint(storage.table(settings.ledger_table)),
     )
     audit: AuditLog = (
         LogAnalyticsAuditLog(credential, workspace_id=settings.log_analytics_workspace,
-                             endpoint=settings.log_analytics_endpoint, custom_origins=settings.vaults)
+                             endpoint=settings.log_analytics_endpoint, policy=policy)
         if settings.log_analytics_workspace else NoAuditLog()
     )
     return Dependencies(
@@ -139,15 +157,8 @@ class AppStorage:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], *, credential: TokenCredential | None = None) -> AppStorage:
-        connection = environ.get("AzureWebJobsStorage", "").strip()
-        if connection:
-            if "AccountKey=" in connection and not _is_local_emulator(connection):
-                raise SettingsError(
-                    "AzureWebJobsStorage",
-                    "a shared-key connection string is only accepted for the local emulator; use the "
-                    "identity-based AzureWebJobsStorage__* settings in Azure",
-                )
-            return cls(connection, None, None, None)
+        if environ.get("AzureWebJobsStorage", "").strip():
+            return cls(_local_connection_string(environ, "AzureWebJobsStorage"), None, None, None)
         account = environ.get("AzureWebJobsStorage__accountName", "").strip()
         table = environ.get("AzureWebJobsStorage__tableServiceUri", "").strip() or (
             f"https://{account}.table.core.windows.net" if account else "")
@@ -177,6 +188,17 @@ class AppStorage:
                            message_decode_policy=TextBase64DecodePolicy())
 
 
-def _is_local_emulator(connection: str) -> bool:
+def _local_connection_string(environ: Mapping[str, str], setting: str) -> str:
+    """The connection string in ``setting``: a shared key is accepted for the local emulator only."""
+    connection = environ.get(setting, "").strip()
+    if not connection:
+        raise SettingsError(setting, "is empty")
     lowered = connection.lower()
-    return "usedevelopmentstorage=true" in lowered or "devstoreaccount1" in lowered or "127.0.0.1" in lowered
+    local = "usedevelopmentstorage=true" in lowered or "devstoreaccount1" in lowered or "127.0.0.1" in lowered
+    if "accountkey=" in lowered and not local:
+        raise SettingsError(
+            setting,
+            "a shared-key connection string is only accepted for the local emulator; in Azure the "
+            "storage is reached with the identity (AzureWebJobsStorage__* settings, Entra ID)",
+        )
+    return connection

@@ -72,7 +72,7 @@ class SettingsError(InvalidInput):
         self.setting = setting
 
 
-# --- client-side encryption re-wrap (controller/envelope.py, controller/rewrap.py) -------------------
+# --- client-side encryption re-wrap (controller/envelope.py, controller/rewrap/) ------------------
 
 
 class MalformedEnvelope(PermanentError):

@@ -16,9 +16,11 @@ or the event is rejected: an ambiguous event is never guessed at.
 
 Three entry points:
 
-* ``parse_delivery(body, vaults=...)``: a raw HTTP body (one event, a batch, a dead-letter blob).
-* ``parse_event(obj, vaults=...)``: one decoded event object.
-* ``parse_functions_event(event, vaults=...)``: the Functions Event Grid trigger's argument.
+* ``parse_delivery(body, policy=...)``: a raw HTTP body (one event, a batch, a dead-letter blob).
+* ``parse_event(obj, policy=...)``: one decoded event object.
+* ``parse_functions_event(event, policy=...)``: the Functions Event Grid trigger's argument.
+
+``policy`` is the vault allowlist (Settings.vault_policy).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import enum
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final, Protocol
@@ -41,10 +43,9 @@ from controller.model import (
     VaultOrigin,
     VaultResourceId,
     normalise_origin,
-    parse_key_id,
-    parse_vault_origin,
     parse_vault_resource_id,
 )
+from controller.vault_policy import VaultPolicy
 
 #: Largest delivery accepted. Event Grid delivers at most 1 MB per batch (its preferred batch size
 #: tops out at 1,024 KB), so anything larger is not from Event Grid.
@@ -214,7 +215,7 @@ _CONFLICT: Final = _Conflict()
 # --- Entry points --------------------------------------------------------------------------------
 
 
-def parse_delivery(body: bytes | str, *, vaults: Sequence[str]) -> IntakeResult:
+def parse_delivery(body: bytes | str, *, policy: VaultPolicy) -> IntakeResult:
     """Parse a raw delivery: an Event Grid POST, a CloudEvents structured event or batch, a dead-letter
     record, or the content of a dead-letter blob (a JSON array of records).
 
@@ -237,11 +238,10 @@ def parse_delivery(body: bytes | str, *, vaults: Sequence[str]) -> IntakeResult:
         raise InvalidEvent(
             RejectReason.WRONG_TYPE, f"a delivery is a JSON object or array, not {_json_type(document)}"
         )
-    allowed = _allowed_origins(vaults)
     result = IntakeResult()
     for item in items:
         try:
-            outcome = _parse_one(item, allowed)
+            outcome = _parse_one(item, policy)
         except InvalidEvent as err:
             result.rejected.append(err)
             continue
@@ -265,19 +265,19 @@ def parse_delivery(body: bytes | str, *, vaults: Sequence[str]) -> IntakeResult:
 
 
 def parse_event(
-    obj: Mapping[str, object], *, vaults: Sequence[str]
+    obj: Mapping[str, object], *, policy: VaultPolicy
 ) -> KeyEvent | SubscriptionValidation | None:
     """Validate one decoded event (Event Grid schema, CloudEvents 1.0 or a dead-letter record of either).
 
     Returns the KeyEvent, the SubscriptionValidation for a handshake event (Event Grid schema only),
     or None for an event type the controller ignores. Raises InvalidEvent for anything else.
     """
-    outcome = _parse_one(obj, _allowed_origins(vaults))
+    outcome = _parse_one(obj, policy)
     return None if isinstance(outcome, _Ignored) else outcome
 
 
 def parse_functions_event(
-    event: EventGridEventLike | CloudEventLike, *, vaults: Sequence[str]
+    event: EventGridEventLike | CloudEventLike, *, policy: VaultPolicy
 ) -> KeyEvent | None:
     """Validate the argument of a Functions Event Grid trigger.
 
@@ -286,7 +286,6 @@ def parse_functions_event(
     ignored: not a key event. The Functions host answers the subscription handshake itself, so a
     validation event reaching a trigger is ignored as well.
     """
-    allowed = _allowed_origins(vaults)
     if hasattr(event, "event_type"):
         event_type_value = getattr(event, "event_type", None)
         schema, topic_label, time_label = EVENT_GRID, "topic", "eventTime"
@@ -320,7 +319,7 @@ def parse_functions_event(
         time=time,
         time_label=time_label,
         data=get_json() if callable(get_json) else None,
-        allowed=allowed,
+        policy=policy,
     )
 
 
@@ -386,24 +385,10 @@ def _check_depth(document: object) -> None:
             pending.extend((child, depth + 1) for child in node)
 
 
-def _allowed_origins(vaults: Sequence[str]) -> frozenset[str]:
-    # Settings.vaults is already normalised; normalise again so callers may pass host names. An entry
-    # that is not an origin matches nothing.
-    entries = (vaults,) if isinstance(vaults, str) else tuple(vaults)
-    allowed: set[str] = set()
-    for entry in entries:
-        if isinstance(entry, str):
-            try:
-                allowed.add(normalise_origin(entry))
-            except InvalidKeyId:
-                continue
-    return frozenset(allowed)
-
-
 # --- One event -----------------------------------------------------------------------------------
 
 
-def _parse_one(obj: object, allowed: frozenset[str]) -> KeyEvent | SubscriptionValidation | _Ignored:
+def _parse_one(obj: object, policy: VaultPolicy) -> KeyEvent | SubscriptionValidation | _Ignored:
     if not isinstance(obj, Mapping):
         raise InvalidEvent(RejectReason.WRONG_TYPE, f"an event is a JSON object, not {_json_type(obj)}")
     members = _members(obj)
@@ -437,7 +422,7 @@ def _parse_one(obj: object, allowed: frozenset[str]) -> KeyEvent | SubscriptionV
         time=_member(members, time_name, event_id=event_id),
         time_label=time_name,
         data=_event_data(members, event_id),
-        allowed=allowed,
+        policy=policy,
     )
 
 
@@ -551,17 +536,17 @@ def _key_event(
     time: object,
     time_label: str,
     data: object,
-    allowed: frozenset[str],
+    policy: VaultPolicy,
 ) -> KeyEvent:
     fields = _data_members(data, event_id)
     identifier = _member_text(fields, "data.Id", event_id=event_id)
     # The allowlist comes first: nothing else in the event is believed before its vault is allowed.
     key: KeyRef | None
     if kind is KeyEventKind.ACCESS_POLICY_CHANGED:
-        vault = _allowed_vault_url(identifier, allowed, event_id)
+        vault = _allowed_vault_url(identifier, policy, event_id)
         key = None
     else:
-        key = _allowed_key_id(identifier, allowed, event_id)
+        key = _allowed_key_id(identifier, policy, event_id)
         vault = key.vault
 
     vault_name = _member_text(fields, "data.VaultName", event_id=event_id)
@@ -648,8 +633,8 @@ def _origin_of_url(text: str, reason: RejectReason, event_id: str) -> str:
         raise InvalidEvent(reason, f"{_show(text)}: {_clip(str(err))}", event_id=event_id) from err
 
 
-def _check_allowed(origin: str, allowed: frozenset[str], event_id: str) -> None:
-    if origin not in allowed:
+def _check_allowed(origin: str, policy: VaultPolicy, event_id: str) -> None:
+    if not policy.allows(origin):
         raise InvalidEvent(
             RejectReason.VAULT_NOT_ALLOWED,
             f"vault {_show(origin)} is not in the allowlist",
@@ -657,10 +642,10 @@ def _check_allowed(origin: str, allowed: frozenset[str], event_id: str) -> None:
         )
 
 
-def _allowed_key_id(text: str, allowed: frozenset[str], event_id: str) -> KeyRef:
-    _check_allowed(_origin_of_url(text, RejectReason.BAD_KEY_ID, event_id), allowed, event_id)
+def _allowed_key_id(text: str, policy: VaultPolicy, event_id: str) -> KeyRef:
+    _check_allowed(_origin_of_url(text, RejectReason.BAD_KEY_ID, event_id), policy, event_id)
     try:
-        key = parse_key_id(text, custom_origins=allowed)
+        key = policy.parse_key_id(text)
     except InvalidKeyId as err:
         raise InvalidEvent(RejectReason.BAD_KEY_ID, f"data.Id: {_clip(str(err))}", event_id=event_id) from err
     if key.version is None:
@@ -670,13 +655,13 @@ def _allowed_key_id(text: str, allowed: frozenset[str], event_id: str) -> KeyRef
     return key
 
 
-def _allowed_vault_url(text: str, allowed: frozenset[str], event_id: str) -> VaultOrigin:
+def _allowed_vault_url(text: str, policy: VaultPolicy, event_id: str) -> VaultOrigin:
     origin = _origin_of_url(text, RejectReason.BAD_VAULT_URL, event_id)
-    _check_allowed(origin, allowed, event_id)
+    _check_allowed(origin, policy, event_id)
     try:
         # normalise_origin(text) refuses a path, query or fragment: the Id is the vault URL itself.
         same_origin = normalise_origin(text) == origin
-        vault = parse_vault_origin(origin, custom_origins=allowed)
+        vault = policy.parse_vault_origin(origin)
     except InvalidKeyId as err:
         raise InvalidEvent(
             RejectReason.BAD_VAULT_URL,

@@ -22,6 +22,7 @@ from controller.model import (
     KeyVersionInfo,
     VaultOrigin,
 )
+from controller.rewrap.work import RewrapWorkItem
 
 
 class Clock(Protocol):
@@ -53,12 +54,12 @@ class WorkQueue(Protocol):
         ...
 
 
-# === Client-side encryption re-wrap (controller/rewrap.py) ==========================================
+# --- client-side encryption re-wrap and rewrite (controller/rewrap/) ----------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class BlobItem:
-    """One blob as the re-wrap engine sees it: its name, its ETag and its full user metadata."""
+    """One blob as a re-wrap or rewrite run sees it: its name, its ETag and its full user metadata."""
 
     name: str
     etag: str
@@ -155,10 +156,55 @@ class RewrapCheckpoint(Protocol):
         ...
 
 
-# === end of client-side encryption re-wrap ==========================================================
+class BlobRewriter(Protocol):
+    """Rewrites blobs under a new content key wrapped by the target version (controller/rewrap/strategies.py)."""
+
+    def rewrite(self, container: str, item: BlobItem) -> None:
+        """Re-encrypt ``item`` under a new content key wrapped by the target version, verified, swapped in
+        only if the blob still has ``item.etag``.
+
+        Raises Conflict (the blob changed: nothing was replaced), NotFound (it is gone), Forbidden
+        (the key refuses), TransientError, or PermanentError (e.g. the copy failed verification).
+        """
+        ...
 
 
-# === Rotation reconciler (controller/service.py reconcile_key) ======================================
+@dataclass(frozen=True, slots=True)
+class RewrapPorts:
+    """The ports one work item runs over (one storage account, one target key version)."""
+
+    store: BlobStore
+    unwrapper: KeyUnwrapper
+    #: The target version (its ``key_id`` is the versioned key the blobs end up wrapped by).
+    wrapper: KeyWrapper
+    checkpoint: RewrapCheckpoint
+    #: Rewrite mode only (None where the backend cannot rewrite).
+    rewriter: BlobRewriter | None = None
+
+
+class RewrapBackend(Protocol):
+    """Opens the ports for a work item: adapters in production, fakes in unit tests."""
+
+    def open(self, item: RewrapWorkItem) -> RewrapPorts:
+        """Raises PermanentError when the account or key cannot be reached for good, TransientError
+        when it may work later."""
+        ...
+
+    def target_version(self, key: KeyRef) -> KeyRef:
+        """The version a job onto ``key`` targets: the version it names (once seen to exist), or the
+        key's current version when it is versionless."""
+        ...
+
+
+class RewrapObserver(Protocol):
+    """Follows a run page by page (the CLI's progress display)."""
+
+    def page_done(self, listed: int, progress: RewrapProgress) -> None:
+        """``listed`` blobs were on the page just finished; ``progress`` is the job's so far."""
+        ...
+
+
+# --- rotation reconciler (controller/reconciler.py) ----------------------------------------------------
 
 
 class KeyVaultReader(Protocol):
@@ -286,5 +332,3 @@ class AuditLog(Protocol):
         None when no audit log is configured (no evidence either way)."""
         ...
 
-
-# === end of rotation reconciler =====================================================================

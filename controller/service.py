@@ -6,8 +6,8 @@ import enum
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from controller import reconciler, rotation
@@ -15,33 +15,26 @@ from controller.blob_census import wrapping_versions
 from controller.errors import Conflict, ControllerError, InvalidEvent, InvalidInput, PermanentError, TransientError
 from controller.events import IntakeResult, parse_delivery
 from controller.logs import log_record
-from controller.model import (
-    Alert,
-    Consumer,
-    ConsumerKind,
-    KeyEvent,
-    KeyEventKind,
-    KeyRef,
-    Severity,
-    parse_key_id,
-    parse_vault_origin,
-)
-from controller.ports import AuditLog, BlobStore, Clock, EventLedger, Notifier, RewrapProgress, WorkQueue
-from controller.reasons import Reason
-from controller.rewrap import RewrapEngine, RewrapOptions
-from controller.rewrap_jobs import WORK_KIND as REWRAP_WORK_KIND
-from controller.rewrap_jobs import (
-    BudgetedBlobStore,
-    BudgetExhausted,
+from controller.model import Alert, Consumer, ConsumerKind, KeyEvent, KeyEventKind, KeyRef, Severity
+from controller.ports import (
+    AuditLog,
+    BlobStore,
+    Clock,
+    EventLedger,
+    Notifier,
     RewrapBackend,
-    RewrapMode,
-    RewrapWorkItem,
-    RewriteOptions,
-    RewriteRunner,
-    TimeBudget,
-    parse_work_item,
-    split_job,
+    RewrapObserver,
+    RewrapProgress,
+    WorkQueue,
 )
+from controller.reasons import Reason
+from controller.rewrap.budget import BudgetedBlobStore, BudgetExhausted, TimeBudget
+from controller.rewrap.outcomes import Outcome as BlobOutcome
+from controller.rewrap.outcomes import RewrapReport
+from controller.rewrap.strategies import walker_for
+from controller.rewrap.walker import RewrapOptions
+from controller.rewrap.work import WORK_KIND as REWRAP_WORK_KIND
+from controller.rewrap.work import RewrapMode, RewrapWorkItem, parse_work_item, split_job
 from controller.settings import Settings
 
 log = logging.getLogger("controller.service")
@@ -101,7 +94,8 @@ class Dependencies:
     #: Key Vault audit logs (last successful unwrap per version).
     audit: AuditLog
     #: Wall-clock budget of one re-wrap work item; below functionTimeout (host.json) with margin.
-    rewrap_budget_seconds: float = 300.0
+    #: None: no budget, the item runs to the end (the operator CLI).
+    rewrap_budget_seconds: float | None = 300.0
 
 
 def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
@@ -173,7 +167,7 @@ def run_sweep(deps: Dependencies) -> SweepReport:
     failures: list[str] = []
     for vault_url in deps.settings.vaults:
         try:
-            keys = deps.reconcile.inventory.keys_in_use(parse_vault_origin(vault_url, custom_origins=[vault_url]))
+            keys = deps.reconcile.inventory.keys_in_use(deps.settings.vault_policy.parse_vault_origin(vault_url))
         except ControllerError as err:
             failures.append(f"{vault_url}: {err}")
             continue
@@ -231,7 +225,7 @@ def process_work(body: str, deps: Dependencies) -> WorkReport:
     kind = item["kind"]
     if kind == REWRAP_WORK_KIND:
         try:
-            work = parse_work_item(item, vaults=deps.settings.vaults)
+            work = parse_work_item(item, policy=deps.settings.vault_policy)
         except InvalidInput as err:
             raise InvalidWorkItem(str(err)) from err
         return WorkReport(kind=kind, rewrap=run_rewrap_item(work, deps))
@@ -242,7 +236,7 @@ def process_work(body: str, deps: Dependencies) -> WorkReport:
     if "delivery" not in item:
         raise InvalidWorkItem("key_event work item has no 'delivery'")
     try:
-        result = parse_delivery(json.dumps(item["delivery"]), vaults=deps.settings.vaults)
+        result = parse_delivery(json.dumps(item["delivery"]), policy=deps.settings.vault_policy)
     except InvalidEvent as err:
         raise InvalidWorkItem(f"key_event work item: {err}") from err
     return WorkReport(kind=kind, intake=handle_intake(result, deps))
@@ -259,7 +253,7 @@ def key_usage(key: KeyRef, deps: Dependencies) -> list[rotation.VersionUsage]:
     for account, container in rewrap_targets_of(consumers, deps.settings):
         by_account.setdefault(account, []).append(container)
     for account, containers in sorted(by_account.items()):
-        blobs += wrapping_versions(deps.blob_stores(account), containers, key, custom_origins=deps.settings.vaults)
+        blobs += wrapping_versions(deps.blob_stores(account), containers, key, policy=deps.settings.vault_policy)
     last_unwraps = deps.audit.last_successful_unwraps(key)
     return rotation.retirement(state, consumers, blobs, last_unwraps, now=deps.reconcile.clock.now(),
                                window=deps.reconcile.planner.adoption_window)
@@ -309,11 +303,9 @@ def _reconcile_item(item: dict[str, object], deps: Dependencies) -> reconciler.R
     if not isinstance(key_uri, str):
         raise InvalidWorkItem("reconcile work item has no string 'key'")
     try:
-        key = parse_key_id(key_uri, custom_origins=deps.settings.vaults)
+        key = deps.settings.vault_policy.allowed_key(key_uri)
     except InvalidInput as err:
         raise InvalidWorkItem(f"reconcile work item: {err}") from err
-    if key.vault.url not in deps.settings.vaults:
-        raise InvalidWorkItem(f"reconcile work item: vault {key.vault.url} is not in CMK_VAULTS")
     return reconciler.reconcile_key(key, deps.reconcile)
 
 
@@ -338,6 +330,8 @@ class RewrapWorkResult:
     status: RewrapItemStatus
     job_id: str
     progress: RewrapProgress | None
+    #: The finished run's report (status COMPLETE only).
+    report: RewrapReport | None = None
 
     def as_json(self) -> dict[str, object]:
         progress = self.progress
@@ -352,52 +346,53 @@ class RewrapWorkResult:
         }
 
 
-def run_rewrap_item(item: RewrapWorkItem, deps: Dependencies) -> RewrapWorkResult:
+def plan_rewrap(
+    deps: Dependencies,
+    *,
+    targets: Iterable[tuple[str, str]],
+    key: KeyRef,
+    prefixes: Sequence[str] = (),
+    mode: RewrapMode = RewrapMode.REWRAP,
+    concurrency: int = 8,
+    dry_run: bool = False,
+    encryption_scope: str | None = None,
+) -> list[RewrapWorkItem]:
+    """The work items of a re-wrap (or rewrite) job onto ``key`` (a versionless key: its current version).
+
+    Raises VaultNotAllowed for a vault outside CMK_VAULTS, InvalidInput for overlapping prefixes.
+    """
+    deps.settings.vault_policy.check(key.vault)
+    target = deps.rewrap.target_version(key)
+    return split_job(targets=targets, key_id=target.uri, prefixes=prefixes, mode=mode, concurrency=concurrency,
+                     dry_run=dry_run, encryption_scope=encryption_scope)
+
+
+def run_rewrap_item(
+    item: RewrapWorkItem, deps: Dependencies, *, observer: RewrapObserver | None = None
+) -> RewrapWorkResult:
     """Run one slice of a re-wrap (or rewrite) work item within the time budget; enqueue its continuation.
 
     TransientError (listing throttled past the retry budget, the vault or storage unreachable)
-    propagates so that the queue redelivers the item; the checkpoint keeps the progress.
+    propagates so that the queue redelivers the item; the checkpoint keeps the progress. ``observer``
+    follows the run page by page.
     """
     ports = deps.rewrap.open(item)
-    store = BudgetedBlobStore(ports.store, TimeBudget(deps.clock, deps.rewrap_budget_seconds))
-    run: Callable[[], RewrapProgress]
-    if item.mode is RewrapMode.REWRAP:
-        engine = RewrapEngine(
-            store=store,
-            unwrapper=ports.unwrapper,
-            wrapper=ports.wrapper,
-            checkpoint=ports.checkpoint,
-            options=RewrapOptions(
-                max_workers=item.concurrency, dry_run=item.dry_run, custom_origins=deps.settings.vaults
-            ),
-        )
-        job_id = engine.job_id(item.container, item.prefix)
-
-        def run() -> RewrapProgress:
-            return engine.rewrap_container(item.container, prefix=item.prefix).progress
-    else:
-        if ports.rewriter is None:
-            raise PermanentError("rewrite is not configured on this host")
-        runner = RewriteRunner(
-            store=store,
-            rewriter=ports.rewriter,
-            checkpoint=ports.checkpoint,
-            target_key_id=item.key_id,
-            options=RewriteOptions(
-                max_workers=item.concurrency, dry_run=item.dry_run, custom_origins=deps.settings.vaults
-            ),
-        )
-        job_id = runner.job_id(item.container, item.prefix)
-
-        def run() -> RewrapProgress:
-            return runner.rewrite_container(item.container, prefix=item.prefix)
-
+    if deps.rewrap_budget_seconds is not None:
+        ports = replace(ports, store=BudgetedBlobStore(ports.store, TimeBudget(deps.clock, deps.rewrap_budget_seconds)))
+    walker = walker_for(
+        item.mode,
+        ports,
+        policy=deps.settings.vault_policy,
+        options=RewrapOptions(max_workers=item.concurrency, dry_run=item.dry_run),
+        observer=observer,
+    )
+    job_id = walker.job_id(item.container, item.prefix)
     if item.sequence > 0 and not item.dry_run:
         saved = ports.checkpoint.load(job_id)
         if saved is not None and saved.complete:
             return _rewrap_result(item, RewrapItemStatus.DUPLICATE, job_id, saved)
     try:
-        progress = run()
+        report = walker.run(item.container, prefix=item.prefix)
     except BudgetExhausted:
         if item.dry_run:
             return _rewrap_result(item, RewrapItemStatus.DRY_RUN_CUT_SHORT, job_id, None)
@@ -405,8 +400,8 @@ def run_rewrap_item(item: RewrapWorkItem, deps: Dependencies) -> RewrapWorkResul
         return _rewrap_result(item, RewrapItemStatus.CONTINUED, job_id, ports.checkpoint.load(job_id))
     except Conflict:
         return _rewrap_result(item, RewrapItemStatus.SUPERSEDED, job_id, None)
-    _alert_if_incomplete(item, job_id, progress, deps.notifier)
-    return _rewrap_result(item, RewrapItemStatus.COMPLETE, job_id, progress)
+    _alert_if_incomplete(item, job_id, report.progress, deps.notifier)
+    return _rewrap_result(item, RewrapItemStatus.COMPLETE, job_id, report.progress, report)
 
 
 def enqueue_rewrap(items: list[RewrapWorkItem], deps: Dependencies) -> int:
@@ -418,16 +413,21 @@ def enqueue_rewrap(items: list[RewrapWorkItem], deps: Dependencies) -> int:
 
 
 def _rewrap_result(
-    item: RewrapWorkItem, status: RewrapItemStatus, job_id: str, progress: RewrapProgress | None
+    item: RewrapWorkItem,
+    status: RewrapItemStatus,
+    job_id: str,
+    progress: RewrapProgress | None,
+    report: RewrapReport | None = None,
 ) -> RewrapWorkResult:
-    result = RewrapWorkResult(item=item, status=status, job_id=job_id, progress=progress)
+    result = RewrapWorkResult(item=item, status=status, job_id=job_id, progress=progress, report=report)
     log_record(log, logging.INFO, f"re-wrap work item {status.value}", result.as_json())
     return result
 
 
 def _alert_if_incomplete(item: RewrapWorkItem, job_id: str, progress: RewrapProgress, notifier: Notifier) -> None:
-    failed = progress.counts.get("failed", 0)
-    skipped = progress.counts.get("skipped_malformed", 0) + progress.counts.get("skipped_unknown_key", 0)
+    failed = progress.counts.get(BlobOutcome.FAILED, 0)
+    skipped = progress.counts.get(BlobOutcome.SKIPPED_MALFORMED, 0) + progress.counts.get(
+        BlobOutcome.SKIPPED_UNKNOWN_KEY, 0)
     if item.dry_run or not (failed or skipped):
         return
     container = f"{item.account}/{item.container}"

@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 from controller import ncrontab
 from controller.errors import InvalidKeyId, SettingsError
-from controller.model import Severity, normalise_origin
+from controller.model import Severity
+from controller.vault_policy import VaultPolicy
 
 _T = TypeVar("_T")
 
@@ -173,7 +174,8 @@ class RewrapTarget:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    vaults: tuple[str, ...]
+    #: The vault allowlist (CMK_VAULTS): every key URI and vault origin is read and checked through it.
+    vault_policy: VaultPolicy
     subscriptions: tuple[str, ...]
     sweep_schedule: str
     work_queue: str
@@ -197,11 +199,9 @@ class Settings:
     log_analytics_endpoint: str = "https://api.loganalytics.io"
 
     @property
-    def poison_queue(self) -> str:
-        return f"{self.work_queue}-poison"
-
-    def vault_allowed(self, origin: str) -> bool:
-        return origin in self.vaults
+    def vaults(self) -> tuple[str, ...]:
+        """The allowed vault origins, normalised, in the configured order."""
+        return self.vault_policy.vaults
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -211,7 +211,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         return environ.get(name, _KNOWN[name].default).strip()
 
     return Settings(
-        vaults=_parse_vaults(raw("CMK_VAULTS")),
+        vault_policy=_parse_vaults(raw("CMK_VAULTS")),
         subscriptions=_parse_list("CMK_SUBSCRIPTIONS", raw("CMK_SUBSCRIPTIONS"), _subscription),
         sweep_schedule=_parse_ncrontab(raw("CMK_SWEEP_SCHEDULE")),
         work_queue=_match("CMK_WORK_QUEUE", raw("CMK_WORK_QUEUE"), _QUEUE_NAME, "a queue name (3-57 "
@@ -240,22 +240,14 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     )
 
 
-def _parse_vaults(value: str) -> tuple[str, ...]:
-    if not value:
+def _parse_vaults(value: str) -> VaultPolicy:
+    try:
+        policy = VaultPolicy.of(entry for entry in (part.strip() for part in value.split(",")) if entry)
+    except InvalidKeyId as err:
+        raise SettingsError("CMK_VAULTS", str(err)) from err
+    if not policy.vaults:
         raise SettingsError("CMK_VAULTS", "is required: list the vaults the controller manages")
-    origins: list[str] = []
-    for entry in (part.strip() for part in value.split(",")):
-        if not entry:
-            continue
-        try:
-            origin = normalise_origin(entry)
-        except InvalidKeyId as err:
-            raise SettingsError("CMK_VAULTS", str(err)) from err
-        if origin not in origins:
-            origins.append(origin)
-    if not origins:
-        raise SettingsError("CMK_VAULTS", "is required: list the vaults the controller manages")
-    return tuple(origins)
+    return policy
 
 
 def _parse_list(name: str, value: str, parse_one: Callable[[str, str], _T]) -> tuple[_T, ...]:

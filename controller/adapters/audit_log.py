@@ -11,7 +11,8 @@ from azure.monitor.query import LogsQueryClient, LogsQueryStatus
 
 from controller.adapters.azure_errors import translated
 from controller.errors import TransientError
-from controller.model import KeyRef, parse_key_id
+from controller.model import KeyRef
+from controller.vault_policy import VaultPolicy
 
 #: How far back a successful unwrap counts as evidence that a version is in use.
 LOOKBACK = timedelta(days=30)
@@ -39,10 +40,10 @@ class NoAuditLog:
 
 class LogAnalyticsAuditLog:
     def __init__(self, credential: TokenCredential, *, workspace_id: str, endpoint: str,
-                 custom_origins: tuple[str, ...] = ()) -> None:
+                 policy: VaultPolicy) -> None:
         self._client = LogsQueryClient(credential, endpoint=endpoint.rstrip("/") + "/v1")
         self._workspace = workspace_id
-        self._custom_origins = custom_origins
+        self._policy = policy
 
     def last_successful_unwraps(self, key: KeyRef) -> Mapping[str, datetime] | None:
         prefix = key.versionless.uri + "/"
@@ -55,7 +56,7 @@ class LogAnalyticsAuditLog:
         for table in result.tables:
             for row in table.rows:
                 key_id, when = str(row[0]), row[1]
-                version = parse_key_id(key_id, custom_origins=self._custom_origins).version
+                version = self._policy.parse_key_id(key_id).version
                 if version and isinstance(when, datetime) and (version not in latest or when > latest[version]):
                     latest[version] = when
         return latest

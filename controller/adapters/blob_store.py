@@ -1,8 +1,8 @@
 """BlobStore on azure-storage-blob: listing with metadata, ETag-conditional metadata writes, rewrite.
 
 The SDK's own retries are turned off for the clients built here (``retry_total=0``): the re-wrap
-engine owns retrying, with one back-off shared by all its workers that honours Retry-After. A retried
-conditional write whose first attempt did land answers 412, which the engine resolves by reading the
+walker owns retrying, with one back-off shared by all its workers that honours Retry-After. A retried
+conditional write whose first attempt did land answers 412, which the walker resolves by reading the
 blob again (it is then already on the target version): nothing is written twice.
 """
 
@@ -25,7 +25,7 @@ from controller.adapters.azure_errors import translated
 from controller.envelope import parse_envelope
 from controller.errors import ControllerError, PermanentError, TransientError
 from controller.ports import BlobItem, BlobPage
-from controller.rewrap_jobs import STAGING_PREFIX
+from controller.rewrap.strategies import STAGING_PREFIX
 
 #: Azure returns at most 5,000 blobs per List Blobs page.
 MAX_PAGE_SIZE = 5000
@@ -140,7 +140,7 @@ class AzureBlobStore:
 class AzureBlobRewriter:
     """The BlobRewriter port over azure-storage-blob's client-side encryption (protocol 2.0).
 
-    See controller.rewrap_jobs (rewrite mode) for the procedure and its guarantees. The plaintext of
+    See controller.rewrap.strategies (rewrite mode) for the procedure and its guarantees. The plaintext of
     one blob is held in memory per worker: lower the concurrency for very large blobs. Key Vault
     calls per blob: one unwrap to read the blob, one to verify the new copy (the wrap is local).
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from azure.core.rest import HttpRequest
@@ -40,9 +40,9 @@ from controller.model import (
     VaultOrigin,
     VaultResourceId,
     normalise_origin,
-    parse_vault_origin,
     parse_vault_resource_id,
 )
+from controller.vault_policy import VaultPolicy
 
 #: Resource Graph's largest page, and its limit of subscriptions per request.
 _PAGE_ROWS = 1000
@@ -82,7 +82,7 @@ class Inventory:
         storage: StorageControl,
         *,
         subscriptions: Sequence[str] = (),
-        custom_origins: Iterable[str] = (),
+        policy: VaultPolicy,
         page_rows: int = _PAGE_ROWS,
     ) -> None:
         if not 1 <= page_rows <= _PAGE_ROWS:
@@ -91,7 +91,7 @@ class Inventory:
         self._arm = arm
         self.storage = storage
         self._subscriptions = tuple(subscription.lower() for subscription in subscriptions)
-        self._custom_origins = tuple(custom_origins)
+        self._policy = policy
         self._graph = ResourceGraphClient(arm.credential, **arm.client_options())
         self._vault_clients: dict[str, KeyVaultManagementClient] = {}
         self.resource_graph_queries = 0  # requests sent (pages), for cost checks
@@ -156,7 +156,7 @@ class Inventory:
         for resource_id, vault_uri in pairs:
             try:
                 origin = normalise_origin(vault_uri.rstrip("/"))
-                vaults[parse_vault_origin(origin, custom_origins=self._custom_origins)] = parse_vault_resource_id(
+                vaults[self._policy.parse_vault_origin(origin)] = parse_vault_resource_id(
                     resource_id
                 )
             except (InvalidKeyId, InvalidResourceId):

@@ -16,7 +16,7 @@ Every key id is checked against the allowed vault origins before a request (and 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from azure.core.credentials import TokenCredential
@@ -25,8 +25,9 @@ from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 
 from controller.adapters.azure_errors import translated
 from controller.errors import Forbidden, InvalidKeyId
-from controller.model import KeyRef, parse_key_id
-from controller.rewrap import RSA_OAEP_256, RsaPublicKeyWrapper
+from controller.model import KeyRef
+from controller.rewrap.wrapping import RSA_OAEP_256, RsaPublicKeyWrapper
+from controller.vault_policy import VaultPolicy
 
 
 class VaultClients:
@@ -36,28 +37,19 @@ class VaultClients:
         self,
         credential: TokenCredential,
         *,
-        allowed_origins: Iterable[str],
-        custom_origins: Iterable[str] = (),
+        policy: VaultPolicy,
         **client_kwargs: Any,
     ) -> None:
         self._credential = credential
-        self._allowed = frozenset(allowed_origins)
-        self._custom = tuple(custom_origins)
-        # The re-wrap engine retries with its own shared back-off; SDK retries would hide throttling.
+        self._policy = policy
+        # The re-wrap walker retries with its own shared back-off; SDK retries would hide throttling.
         self._client_kwargs: dict[str, Any] = {"retry_total": 0, **client_kwargs}
         self._key_clients: dict[str, KeyClient] = {}
         self._lock = threading.Lock()
 
-    @property
-    def credential(self) -> TokenCredential:
-        return self._credential
-
     def key_ref(self, key_id: str) -> KeyRef:
         """Parse ``key_id`` and refuse any vault that is not allowed."""
-        key = parse_key_id(key_id, custom_origins=self._custom)
-        if key.vault.url not in self._allowed:
-            raise InvalidKeyId(f"vault {key.vault.url} is not in the allowed vaults")
-        return key
+        return self._policy.allowed_key(key_id)
 
     def key_client(self, key: KeyRef) -> KeyClient:
         with self._lock:

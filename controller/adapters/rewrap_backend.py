@@ -4,21 +4,19 @@ Shared across items of one process: the Key Vault clients and unwrapper (so each
 public key is fetched once per process, not once per item), the target wrappers (one get per target
 version) and the checkpoint table. Blob service clients are built per account.
 
-Endpoints: ``https://<account>.blob.core.windows.net`` with the given token credential in Azure; for
-the local emulator (Azurite serves one account) a connection string instead.
+Endpoints: the account's blob endpoint (as the inventory reports it, or the operator gives it) with the
+given token credential; for the local emulator (Azurite serves one account) a connection string instead.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 from azure.core.credentials import TokenCredential
-from azure.data.tables import TableClient
 from azure.storage.blob import BlobServiceClient
 
-from controller.adapters.blob_store import AzureBlobRewriter, AzureBlobStore, blob_service_client, pooled_transport
+from controller.adapters.blob_store import AzureBlobRewriter, AzureBlobStore, blob_service_client
 from controller.adapters.key_vault_crypto import (
     VaultClients,
     VaultKeyEncryptionKey,
@@ -26,17 +24,13 @@ from controller.adapters.key_vault_crypto import (
     fetch_public_wrapper,
     key_resolver,
 )
-from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
-from controller.ports import RewrapCheckpoint
-from controller.rewrap import RsaPublicKeyWrapper
-from controller.rewrap_jobs import MAX_CONCURRENCY, RewrapMode, RewrapPorts, RewrapWorkItem
+from controller.model import KeyRef
+from controller.ports import RewrapCheckpoint, RewrapPorts
+from controller.rewrap.work import RewrapMode, RewrapWorkItem
+from controller.rewrap.wrapping import RsaPublicKeyWrapper
 
 #: Blobs per listing page in rewrite mode (re-wrap pages are Azure's maximum, 5,000).
 REWRITE_PAGE_SIZE = 100
-
-
-def azure_blob_endpoint(account: str) -> str:
-    return f"https://{account}.blob.core.windows.net"
 
 
 class AzureRewrapBackend:
@@ -65,6 +59,7 @@ class AzureRewrapBackend:
                 service,
                 target_kek=VaultKeyEncryptionKey(wrapper.key_id, self._unwrapper, wrapper=wrapper),
                 key_resolver=key_resolver(self._unwrapper),
+                encryption_scope=item.encryption_scope,
             )
         # The budget is checked between pages: a rewrite moves whole blobs, so its pages stay small
         # enough to finish well inside the function timeout.
@@ -76,6 +71,9 @@ class AzureRewrapBackend:
             checkpoint=self._checkpoint,
             rewriter=rewriter,
         )
+
+    def target_version(self, key: KeyRef) -> KeyRef:
+        return self._vault_clients.key_ref(self.wrapper(key.uri).key_id)
 
     def wrapper(self, key_id: str) -> RsaPublicKeyWrapper:
         with self._lock:
@@ -89,7 +87,7 @@ class AzureRewrapBackend:
 
 
 def token_blob_services(
-    credential: TokenCredential, *, endpoint: Callable[[str], str] = azure_blob_endpoint
+    credential: TokenCredential, *, endpoint: Callable[[str], str]
 ) -> Callable[[str, int], BlobServiceClient]:
     """Blob service clients for any account, authenticated with a token credential (no keys)."""
 
@@ -106,44 +104,3 @@ def emulator_blob_services(connection_string: str) -> Callable[[str, int], BlobS
         return blob_service_client(connection_string=connection_string, connections=connections)
 
     return build
-
-
-def build_rewrap_backend(
-    *,
-    credential: TokenCredential,
-    vaults: Sequence[str],
-    checkpoint_table: TableClient,
-    emulator_connection_string: str | None = None,
-    page_size: int = 5000,
-    vault_ca_bundle: str | None = None,
-) -> AzureRewrapBackend:
-    """The backend the composition root wires into Dependencies.rewrap.
-
-    ``credential`` reaches the vaults and (in Azure) the customer accounts' blob endpoints; locally,
-    ``emulator_connection_string`` (Azurite's, whose one account stands for every account) replaces
-    the blob side. Checkpoints go to ``checkpoint_table`` (the ledger table). ``vault_ca_bundle``
-    trusts the local sandbox's vault CA (which also turns off the challenge's resource check, since
-    sandbox vaults live on loopback origins).
-    """
-    client_kwargs: dict[str, Any] = {}
-    transport_kwargs: dict[str, Any] = {}
-    if vault_ca_bundle:
-        client_kwargs["verify_challenge_resource"] = False
-        transport_kwargs["connection_verify"] = vault_ca_bundle
-    blob_service = (
-        emulator_blob_services(emulator_connection_string)
-        if emulator_connection_string
-        else token_blob_services(credential)
-    )
-    return AzureRewrapBackend(
-        vault_clients=VaultClients(
-            credential,
-            allowed_origins=vaults,
-            custom_origins=vaults,
-            transport=pooled_transport(MAX_CONCURRENCY, **transport_kwargs),
-            **client_kwargs,
-        ),
-        blob_service=blob_service,
-        checkpoint=TableRewrapCheckpoint(checkpoint_table),
-        page_size=page_size,
-    )

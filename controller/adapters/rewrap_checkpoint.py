@@ -12,7 +12,6 @@ safe: re-wrapping is idempotent) but its ETag is kept so the next save replaces 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -46,7 +45,6 @@ class TableRewrapCheckpoint:
         self._ensure_table = CreatedOnce(table.create_table, f"table {table.table_name}")
         self._etags: dict[str, str] = {}
         self._lock = threading.Lock()
-
 
     def load(self, job_id: str) -> RewrapProgress | None:
         self._ensure_table()
@@ -83,13 +81,6 @@ class TableRewrapCheckpoint:
                 )
         with self._lock:
             self._etags[job_id] = str(metadata["etag"])
-
-    def delete(self, job_id: str) -> None:
-        partition, row = _keys(job_id)
-        with translated(f"delete checkpoint of {job_id}"), contextlib.suppress(ResourceNotFoundError):
-            self._table.delete_entity(partition, row)
-        with self._lock:
-            self._etags.pop(job_id, None)
 
 
 def _entity_of(job_id: str, progress: RewrapProgress) -> dict[str, Any]:

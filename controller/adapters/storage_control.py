@@ -52,12 +52,11 @@ from controller.model import (
     ObservedConsumer,
     VaultOrigin,
     normalise_origin,
-    parse_key_id,
-    parse_vault_origin,
 )
 from controller.model import (
     EncryptionIdentity as ObservedIdentity,
 )
+from controller.vault_policy import VaultPolicy
 
 KEY_SOURCE_KEYVAULT = "microsoft.keyvault"
 
@@ -113,7 +112,7 @@ def sdk_text(value: object) -> str:
 # ---- reading consumers (shared with the Resource Graph inventory) ---------------------------------------
 
 
-def account_key(account: StorageAccount, custom_origins: Iterable[str]) -> KeyRef | None:
+def account_key(account: StorageAccount, policy: VaultPolicy) -> KeyRef | None:
     """The Key Vault key an account is configured with (versioned if pinned), or None."""
     encryption = account.encryption
     if encryption is None or sdk_text(encryption.key_source).lower() != KEY_SOURCE_KEYVAULT:
@@ -122,21 +121,21 @@ def account_key(account: StorageAccount, custom_origins: Iterable[str]) -> KeyRe
     if properties is None or not properties.key_vault_uri or not properties.key_name:
         return None
     try:
-        vault = _vault_of(properties.key_vault_uri, custom_origins)
+        vault = _vault_of(properties.key_vault_uri, policy)
         key = KeyRef(vault, properties.key_name)
         return key.with_version(properties.key_version) if properties.key_version else key
     except InvalidKeyId:
         return None  # an unconfigured custom origin or a malformed value: not a key the controller manages
 
 
-def scope_key(scope: EncryptionScope, custom_origins: Iterable[str]) -> KeyRef | None:
+def scope_key(scope: EncryptionScope, policy: VaultPolicy) -> KeyRef | None:
     if sdk_text(scope.source).lower() != KEY_SOURCE_KEYVAULT or scope.key_vault_properties is None:
         return None
     key_uri = scope.key_vault_properties.key_uri
     if not key_uri:
         return None
     try:
-        return parse_key_id(key_uri, custom_origins=custom_origins)
+        return policy.parse_key_id(key_uri)
     except InvalidKeyId:
         return None
 
@@ -167,11 +166,11 @@ def encryption_identity(account: StorageAccount) -> ObservedIdentity:
     )
 
 
-def _current(identifier: str | None, custom_origins: Iterable[str]) -> KeyRef | None:
+def _current(identifier: str | None, policy: VaultPolicy) -> KeyRef | None:
     if not identifier:
         return None
     try:
-        return parse_key_id(identifier, custom_origins=custom_origins)
+        return policy.parse_key_id(identifier)
     except InvalidKeyId:
         return None
 
@@ -180,10 +179,9 @@ def _tags(tags: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((tags or {}).items()))
 
 
-def account_consumer(account: StorageAccount, custom_origins: Iterable[str]) -> ObservedConsumer | None:
+def account_consumer(account: StorageAccount, policy: VaultPolicy) -> ObservedConsumer | None:
     """The account as a consumer of its Key Vault key, or None when it does not use one."""
-    origins = tuple(custom_origins)
-    key = account_key(account, origins)
+    key = account_key(account, policy)
     if key is None or not account.id or not account.name:
         return None
     properties = account.encryption.key_vault_properties if account.encryption else None
@@ -192,7 +190,7 @@ def account_consumer(account: StorageAccount, custom_origins: Iterable[str]) -> 
         resource_id=account.id,
         account_name=account.name,
         key=key,
-        current_key=_current(properties.current_versioned_key_identifier if properties else None, origins),
+        current_key=_current(properties.current_versioned_key_identifier if properties else None, policy),
         last_key_rotation=properties.last_key_rotation_timestamp if properties else None,
         tags=_tags(account.tags),
     )
@@ -200,11 +198,10 @@ def account_consumer(account: StorageAccount, custom_origins: Iterable[str]) -> 
 
 
 def scope_consumer(
-    account: StorageAccount, scope: EncryptionScope, custom_origins: Iterable[str]
+    account: StorageAccount, scope: EncryptionScope, policy: VaultPolicy
 ) -> ObservedConsumer | None:
     """An encryption scope as a consumer (it uses its account's identity and carries its tags)."""
-    origins = tuple(custom_origins)
-    key = scope_key(scope, origins)
+    key = scope_key(scope, policy)
     if key is None or not account.name or not scope.name:
         return None
     properties = scope.key_vault_properties
@@ -215,7 +212,7 @@ def scope_consumer(
         account_name=account.name,
         scope_name=scope.name,
         key=key,
-        current_key=_current(properties.current_versioned_key_identifier if properties else None, origins),
+        current_key=_current(properties.current_versioned_key_identifier if properties else None, policy),
         last_key_rotation=properties.last_key_rotation_timestamp if properties else None,
         tags=_tags(account.tags),
     )
@@ -226,11 +223,11 @@ def uses_key_vault(account: StorageAccount) -> bool:
     return account.encryption is not None and sdk_text(account.encryption.key_source).lower() == KEY_SOURCE_KEYVAULT
 
 
-def _vault_of(vault_uri: str, custom_origins: Iterable[str]) -> VaultOrigin:
+def _vault_of(vault_uri: str, policy: VaultPolicy) -> VaultOrigin:
     parts = urlsplit(vault_uri.strip())
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise InvalidKeyId(f"keyvaulturi {vault_uri!r} is not a vault origin")
-    return parse_vault_origin(normalise_origin(f"{parts.scheme}://{parts.netloc}"), custom_origins=custom_origins)
+    return policy.parse_vault_origin(normalise_origin(f"{parts.scheme}://{parts.netloc}"))
 
 
 # ---- the adapter --------------------------------------------------------------------------------------
@@ -239,13 +236,12 @@ def _vault_of(vault_uri: str, custom_origins: Iterable[str]) -> VaultOrigin:
 class StorageControl:
     """Storage accounts and encryption scopes across subscriptions, as the controller's identity sees them.
 
-    ``custom_origins`` are the configured non-cloud vault origins (CMK_VAULTS entries of the sandbox):
-    key URIs under them are accepted like cloud vault URIs.
+    ``policy`` reads the key URIs the accounts and scopes name (the sandbox's vault origins among them).
     """
 
-    def __init__(self, arm: ArmConnection, *, custom_origins: Iterable[str] = ()) -> None:
+    def __init__(self, arm: ArmConnection, *, policy: VaultPolicy) -> None:
         self._arm = arm
-        self._custom_origins = tuple(custom_origins)
+        self._policy = policy
         self._clients: dict[str, StorageManagementClient] = {}
 
     def close(self) -> None:
@@ -300,12 +296,12 @@ class StorageControl:
     ) -> Iterator[ObservedConsumer]:
         """Accounts and encryption scopes among ``accounts`` whose configured key satisfies ``wanted``."""
         for account in accounts:
-            observed = account_consumer(account, self._custom_origins)
+            observed = account_consumer(account, self._policy)
             if observed is not None and wanted(observed.consumer.key):
                 yield observed
             if scopes is ScopeSearch.ALL_ACCOUNTS or uses_key_vault(account):
                 for scope in self.list_scopes(account):
-                    scoped = scope_consumer(account, scope, self._custom_origins)
+                    scoped = scope_consumer(account, scope, self._policy)
                     if scoped is not None and wanted(scoped.consumer.key):
                         yield scoped
 
@@ -328,8 +324,8 @@ class StorageControl:
         ids = parse_storage_resource_id(resource_id)
         account = self.get_account(ids.account_id)
         if ids.scope is None:
-            return account_consumer(account, self._custom_origins)
-        return scope_consumer(account, self._get_scope(ids), self._custom_origins)
+            return account_consumer(account, self._policy)
+        return scope_consumer(account, self._get_scope(ids), self._policy)
 
     # ---- writes -------------------------------------------------------------------------------------
     def set_key(self, consumer: Consumer, key: KeyRef) -> Consumer:
@@ -352,9 +348,9 @@ class StorageControl:
         if ids.scope is None:
             return self._set_account_key(ids, account, consumer, target)
         scope = self._get_scope(ids)
-        _check_unchanged(consumer, scope_key(scope, self._custom_origins))
-        if scope_key(scope, self._custom_origins) == target:
-            observed = scope_consumer(account, scope, self._custom_origins)
+        _check_unchanged(consumer, scope_key(scope, self._policy))
+        if scope_key(scope, self._policy) == target:
+            observed = scope_consumer(account, scope, self._policy)
         else:
             patch = EncryptionScope(
                 encryption_scope_properties=EncryptionScopeProperties(
@@ -366,16 +362,16 @@ class StorageControl:
                 updated = self._client(ids.subscription_id).encryption_scopes.patch(
                     ids.resource_group, ids.account, ids.scope, patch
                 )
-            observed = scope_consumer(account, updated, self._custom_origins)
+            observed = scope_consumer(account, updated, self._policy)
         return _written(observed, consumer)
 
     def _set_account_key(
         self, ids: StorageResourceId, account: StorageAccount, consumer: Consumer, target: KeyRef
     ) -> ObservedConsumer:
-        current = account_key(account, self._custom_origins)
+        current = account_key(account, self._policy)
         _check_unchanged(consumer, current)
         if current == target:
-            return _written(account_consumer(account, self._custom_origins), consumer)
+            return _written(account_consumer(account, self._policy), consumer)
         encryption = account.encryption
         properties = encryption.key_vault_properties if encryption else None
         if encryption is None or properties is None:  # _check_unchanged saw a Key Vault key
@@ -397,7 +393,7 @@ class StorageControl:
         )
         with translated(f"update encryption of storage account {ids.account}"):
             updated = self._client(ids.subscription_id).storage_accounts.update(ids.resource_group, ids.account, patch)
-        return _written(account_consumer(updated, self._custom_origins), consumer)
+        return _written(account_consumer(updated, self._policy), consumer)
 
 
 def _identity_as_read(configured: EncryptionIdentity | None) -> EncryptionIdentity | None:

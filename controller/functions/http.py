@@ -46,7 +46,7 @@ def events(req: func.HttpRequest) -> func.HttpResponse:
         return _abuse_protection_handshake(req)
     deps = bootstrap.dependencies()
     try:
-        result = parse_delivery(req.get_body(), vaults=deps.settings.vaults)
+        result = parse_delivery(req.get_body(), policy=deps.settings.vault_policy)
     except InvalidEvent as err:
         status = 413 if err.reason == "too_large" else 400
         log_record(log, logging.WARNING, "delivery rejected", {"reason": err.reason, "detail": err.detail})

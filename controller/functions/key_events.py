@@ -23,7 +23,7 @@ def on_key_event(event: func.EventGridEvent) -> None:
     a TransientError propagates so that Event Grid retries on its schedule."""
     deps = bootstrap.dependencies()
     try:
-        key_event = parse_functions_event(event, vaults=deps.settings.vaults)
+        key_event = parse_functions_event(event, policy=deps.settings.vault_policy)
     except InvalidEvent as err:
         service.handle_intake(IntakeResult(events=[], ignored=0, rejected=[err], validation=None), deps)
         return

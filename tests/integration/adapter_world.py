@@ -49,6 +49,7 @@ from azure.mgmt.storage.models import Sku as StorageSku
 
 from controller.adapters.credentials import ArmConnection
 from controller.model import KeyRef, VaultOrigin, parse_vault_origin
+from controller.vault_policy import VaultPolicy
 from emulators.arm import ArmEmulator
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
@@ -170,8 +171,9 @@ class World:
         )
 
     @property
-    def custom_origins(self) -> list[str]:
-        return [self.origin(name).url for name in self.vaults]
+    def policy(self) -> VaultPolicy:
+        """The vault allowlist of every vault created so far (their loopback origins among them)."""
+        return VaultPolicy.of(self.origin(name).url for name in self.vaults)
 
     def origin(self, vault: str) -> VaultOrigin:
         uri = self.vaults[vault].properties.vault_uri.rstrip("/")

@@ -88,9 +88,9 @@ def resource_graph_answering(estate: Estate, status: int | None) -> Iterator[Non
 
 def inventory(estate: Estate, **kwargs: Any) -> tuple[Inventory, CountingStorageControl]:
     world = estate.world
-    storage = CountingStorageControl(world.connection(), custom_origins=world.custom_origins)
+    storage = CountingStorageControl(world.connection(), policy=world.policy)
     kwargs.setdefault("subscriptions", [SUB_A, SUB_B])
-    return Inventory(world.connection(), storage, custom_origins=world.custom_origins, **kwargs), storage
+    return Inventory(world.connection(), storage, policy=world.policy, **kwargs), storage
 
 
 def test_resource_graph_finds_consumers_across_subscriptions(estate: Estate) -> None:

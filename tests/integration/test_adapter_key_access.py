@@ -78,9 +78,9 @@ def estate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
         )
         with Inventory(
             world.connection(),
-            StorageControl(world.connection()),
+            StorageControl(world.connection(), policy=world.policy),
             subscriptions=[SUB_A, SUB_B],
-            custom_origins=world.custom_origins,
+            policy=world.policy,
         ) as inventory:
             vault_ids = inventory.list_vaults()
         yield Estate(world, vault_ids, custom)

@@ -59,7 +59,7 @@ def estate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
         world.create_scope(mmk, "scopemmk", world.key("kv-sc", "cmk").uri)
 
         v2 = keys.create_rsa_key("cmk", size=2048).properties.version or ""
-        with StorageControl(world.connection(), custom_origins=world.custom_origins) as control:
+        with StorageControl(world.connection(), policy=world.policy) as control:
             yield Estate(world, control, v1, v2, versionless, pinned, other_key, mmk)
 
 

@@ -29,8 +29,12 @@ from controller.adapters.key_vault_crypto import (
 )
 from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
 from controller.errors import Conflict, NotFound
-from controller.ports import BlobItem, BlobPage, BlobProblem, RewrapProgress
-from controller.rewrap import RewrapEngine, RewrapOptions, RewrapReport
+from controller.ports import BlobItem, BlobPage, BlobProblem, RewrapPorts, RewrapProgress
+from controller.rewrap.outcomes import RewrapReport
+from controller.rewrap.strategies import walker_for
+from controller.rewrap.walker import ContainerWalker, RewrapOptions
+from controller.rewrap.work import RewrapMode
+from controller.vault_policy import VaultPolicy
 from emulators.keyvault import KeyVaultEmulator
 from tests.support.keyvault import Admin, client_kwargs
 
@@ -61,13 +65,12 @@ class Sandbox:
     def origin(self) -> str:
         return self.kv.vault(VAULT).origin
 
+    @property
+    def policy(self) -> VaultPolicy:
+        return VaultPolicy.of([self.origin])
+
     def vault_clients(self) -> VaultClients:
-        return VaultClients(
-            self.kv.credential(CONTROLLER),
-            allowed_origins=[self.origin],
-            custom_origins=[self.origin],
-            **client_kwargs(self.kv),
-        )
+        return VaultClients(self.kv.credential(CONTROLLER), policy=self.policy, **client_kwargs(self.kv))
 
     def key_client(self) -> KeyClient:
         return KeyClient(self.kv.vault(VAULT).uri, self.kv.credential(CONTROLLER), **client_kwargs(self.kv))
@@ -117,21 +120,16 @@ class Sandbox:
     def store(self, *, page_size: int = 25) -> AzureBlobStore:
         return AzureBlobStore(blob_service_client(connection_string=self.connection_string), page_size=page_size)
 
-    def engine(self, *, store: Any = None, workers: int = 8, dry_run: bool = False) -> RewrapEngine:
+    def engine(self, *, store: Any = None, workers: int = 8, dry_run: bool = False) -> ContainerWalker:
         clients = self.vault_clients()
-        return RewrapEngine(
+        ports = RewrapPorts(
             store=store or self.store(),
             unwrapper=VaultKeyUnwrapper(clients),
             wrapper=fetch_public_wrapper(clients, self.new_key_id),
             checkpoint=TableRewrapCheckpoint(self.table),
-            options=RewrapOptions(
-                max_workers=workers,
-                dry_run=dry_run,
-                custom_origins=(self.origin,),
-                initial_backoff=0.05,
-                max_backoff=2.0,
-            ),
         )
+        options = RewrapOptions(max_workers=workers, dry_run=dry_run, initial_backoff=0.05, max_backoff=2.0)
+        return walker_for(RewrapMode.REWRAP, ports, policy=self.policy, options=options)
 
     def counters(self) -> dict[str, Any]:
         result: dict[str, Any] = self.admin.ok("GET", f"/vaults/{VAULT}/counters")
@@ -194,7 +192,7 @@ def test_v1_and_v2_blobs_are_rewrapped_with_one_unwrap_each_and_still_decrypt(sa
     before = {b.name: b.metadata for b in sandbox.container_client().list_blobs(include=["metadata"])}
     sandbox.reset_counters()
 
-    report = sandbox.engine().rewrap_container(sandbox.container)
+    report = sandbox.engine().run(sandbox.container)
 
     assert report.progress.complete
     assert report.counts["rewrapped"] == 40
@@ -217,14 +215,14 @@ def test_v1_and_v2_blobs_are_rewrapped_with_one_unwrap_each_and_still_decrypt(sa
         }
 
     sandbox.reset_counters()
-    again = sandbox.engine().rewrap_container(sandbox.container)
+    again = sandbox.engine().run(sandbox.container)
     assert again.counts["already_current"] == 40
     assert sandbox.counters()["byOperation"].get("KeyUnwrap") is None
 
 
 def test_blobs_read_after_the_old_version_is_disabled(sandbox: Sandbox) -> None:
     written = populate(sandbox, 12)
-    sandbox.engine().rewrap_container(sandbox.container)
+    sandbox.engine().run(sandbox.container)
     old_version = sandbox.old_key_id.rsplit("/", 1)[1]
     sandbox.key_client().update_key_properties(sandbox.key_name, old_version, enabled=False)
     for name, data in written.items():
@@ -236,7 +234,7 @@ def test_dry_run_changes_nothing_and_calls_no_vault_crypto(sandbox: Sandbox) -> 
     populate(sandbox, 6)
     etags = {b.name: b.etag for b in sandbox.container_client().list_blobs()}
     sandbox.reset_counters()
-    report = sandbox.engine(dry_run=True).rewrap_container(sandbox.container)
+    report = sandbox.engine(dry_run=True).run(sandbox.container)
     assert report.counts["rewrapped"] == 6
     assert len(report.planned) == 6
     assert "KeyUnwrap" not in sandbox.counters()["byOperation"]
@@ -247,7 +245,7 @@ def test_prefix_limits_the_run(sandbox: Sandbox) -> None:
     written = populate(sandbox, 4)
     other = sandbox.writer("other/x.txt")
     other.upload_blob(b"elsewhere")
-    report = sandbox.engine().rewrap_container(sandbox.container, prefix="doc/")
+    report = sandbox.engine().run(sandbox.container, prefix="doc/")
     assert report.blobs == 4
     assert_all_on(sandbox, written, sandbox.new_key_id)
     assert sandbox.key_id_of("other/x.txt") == sandbox.old_key_id
@@ -269,7 +267,7 @@ def test_malformed_and_foreign_metadata_is_left_untouched_and_reported(sandbox: 
     container.upload_blob("plain", b"not encrypted")
     before = {b.name: (b.etag, b.metadata) for b in container.list_blobs(include=["metadata"]) if b.name != "doc"}
 
-    report = sandbox.engine().rewrap_container(sandbox.container)
+    report = sandbox.engine().run(sandbox.container)
 
     reasons = {problem.name: (problem.reason, problem.detail) for problem in report.progress.problems}
     assert reasons == {
@@ -318,7 +316,7 @@ class RacingStore(AzureBlobStore):
 def test_a_concurrent_writer_loses_no_update(sandbox: Sandbox) -> None:
     populate(sandbox, 16)
     store = RacingStore(sandbox, page_size=8)
-    report = sandbox.engine(store=store, workers=4).rewrap_container(sandbox.container)
+    report = sandbox.engine(store=store, workers=4).run(sandbox.container)
     assert report.counts["rewrapped"] == 16
     assert report.progress.conflicts >= 16
     assert report.progress.problems == ()
@@ -351,14 +349,14 @@ class KillAfterPages(AzureBlobStore):
 def test_a_run_killed_mid_way_resumes_from_the_checkpoint(sandbox: Sandbox) -> None:
     written = populate(sandbox, 50)
     with pytest.raises(Killed):
-        sandbox.engine(store=KillAfterPages(sandbox, 2, page_size=10)).rewrap_container(sandbox.container)
+        sandbox.engine(store=KillAfterPages(sandbox, 2, page_size=10)).run(sandbox.container)
     on_new = [name for name in written if sandbox.key_id_of(name) == sandbox.new_key_id]
     assert len(on_new) == 20
     for name, data in written.items():  # every blob readable mid-way, whichever version wraps it
         assert sandbox.read_any(name) == data
 
     sandbox.reset_counters()
-    report = sandbox.engine(store=sandbox.store(page_size=10)).rewrap_container(sandbox.container)
+    report = sandbox.engine(store=sandbox.store(page_size=10)).run(sandbox.container)
     assert report.progress.complete
     assert report.progress.pages == 5
     assert report.counts["rewrapped"] == 50
@@ -375,7 +373,7 @@ def test_throttling_is_survived_with_back_off(sandbox: Sandbox) -> None:
     sandbox.admin.ok("PUT", f"/vaults/{VAULT}/throttling", profile)
     sandbox.reset_counters()
     started = time.monotonic()
-    report = sandbox.engine().rewrap_container(sandbox.container)
+    report = sandbox.engine().run(sandbox.container)
     elapsed = time.monotonic() - started
     sandbox.admin.ok("PUT", f"/vaults/{VAULT}/throttling", {"enabled": False})
 
@@ -395,7 +393,7 @@ def test_injected_faults_are_survived_with_nothing_corrupted(sandbox: Sandbox) -
         {"seed": 7, "errorRate": 0.1, "errorStatus": 503, "resetRate": 0.05, "operations": ["KeyUnwrap", "KeyGet"]},
     )
     sandbox.reset_counters()
-    report = sandbox.engine().rewrap_container(sandbox.container)
+    report = sandbox.engine().run(sandbox.container)
     sandbox.admin.ok("PUT", f"/vaults/{VAULT}/faults", {})
 
     assert report.progress.problems == ()
@@ -411,7 +409,7 @@ def test_a_disabled_old_version_is_reported_and_the_blob_left_alone(sandbox: San
     old_version = sandbox.old_key_id.rsplit("/", 1)[1]
     sandbox.key_client().update_key_properties(sandbox.key_name, old_version, enabled=False)
     etags = {b.name: b.etag for b in sandbox.container_client().list_blobs()}
-    report = sandbox.engine().rewrap_container(sandbox.container)
+    report = sandbox.engine().run(sandbox.container)
     assert {problem.reason for problem in report.progress.problems} == {"key_forbidden"}
     assert report.counts["failed"] == 4
     assert {b.name: b.etag for b in sandbox.container_client().list_blobs()} == etags
@@ -490,5 +488,5 @@ def test_table_checkpoint_ignores_an_invalid_entity(sandbox: Sandbox) -> None:
 
 def test_report_json_is_serialisable(sandbox: Sandbox) -> None:
     populate(sandbox, 2)
-    report: RewrapReport = sandbox.engine().rewrap_container(sandbox.container)
+    report: RewrapReport = sandbox.engine().run(sandbox.container)
     assert json.loads(json.dumps(report.as_json()))["counts"]["rewrapped"] == 2

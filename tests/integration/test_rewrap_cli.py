@@ -124,7 +124,11 @@ def test_rewrite_mode_gives_new_content_keys(cli_env: Sandbox, capsys: pytest.Ca
     assert status == 0, captured.err
     [report] = json.loads(captured.out)
     assert report["mode"] == "rewrite"
-    assert report["counts"] == {"rewritten": 4}
+    assert report["counts"] == {
+        "rewritten": 4, "not_encrypted": 0, "skipped_unknown_key": 0, "skipped_malformed": 0, "failed": 0,
+        "vanished": 0,
+    }
+    assert report["writes"] == 4 and report["problems"] == []
     assert_all_on(cli_env, written, cli_env.new_key_id)
     after = {b.name: b.metadata["encryptiondata"] for b in cli_env.container_client().list_blobs(include=["metadata"])}
     assert all(

@@ -22,13 +22,16 @@ import azure.functions as func
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
+from emulators.keyvault.testing import client_kwargs
 
 from controller import bootstrap, service
-from controller.adapters.rewrap_backend import build_rewrap_backend
+from controller.adapters.key_vault_crypto import VaultClients
+from controller.adapters.rewrap_backend import AzureRewrapBackend, emulator_blob_services
+from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
 from controller.adapters.work_queue import StorageWorkQueue, work_queue_client
 from controller.model import Severity
 from controller.reasons import Reason
-from controller.rewrap_jobs import RewrapMode, RewrapWorkItem, split_job
+from controller.rewrap.work import RewrapMode, RewrapWorkItem, split_job
 from controller.service import Dependencies, RewrapItemStatus
 from controller.settings import load_settings
 from tests.integration.test_rewrap_adapters import CONTROLLER, Sandbox, assert_all_on, populate
@@ -74,13 +77,13 @@ class FanOut:
 def fan_out(sandbox: Sandbox) -> Iterator[FanOut]:
     queue_name = f"work-{uuid.uuid4().hex[:12]}"
     queue = work_queue_client(sandbox.connection_string, queue_name)
-    backend = build_rewrap_backend(
-        credential=sandbox.kv.credential(CONTROLLER),
-        vaults=[sandbox.origin],
-        checkpoint_table=sandbox.table,
-        emulator_connection_string=sandbox.connection_string,
+    backend = AzureRewrapBackend(
+        vault_clients=VaultClients(
+            sandbox.kv.credential(CONTROLLER), policy=sandbox.policy, **client_kwargs(sandbox.kv)
+        ),
+        blob_service=emulator_blob_services(sandbox.connection_string),
+        checkpoint=TableRewrapCheckpoint(sandbox.table),
         page_size=3,
-        vault_ca_bundle=sandbox.kv.ca_path,
     )
     settings = load_settings({"CMK_VAULTS": sandbox.origin, "CMK_WORK_QUEUE": queue_name})
     deps = fake_dependencies(

@@ -20,7 +20,8 @@ from controller.adapters.key_vault_crypto import (
 )
 from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
 from controller.ports import BlobPage
-from controller.rewrap_jobs import STAGING_PREFIX, RewriteOptions, RewriteRunner
+from controller.rewrap.strategies import STAGING_PREFIX, RewriteStrategy
+from controller.rewrap.walker import ContainerWalker, RewrapOptions
 from tests.integration.test_rewrap_adapters import KillAfterPages, Killed, Sandbox, assert_all_on, content, populate
 from tests.integration.test_rewrap_adapters import sandbox as sandbox  # noqa: PLC0414 - the fixture
 
@@ -43,13 +44,14 @@ def rewriter(world: Sandbox, *, kek: Any = None, scope: str | None = None) -> Az
 
 def runner(
     world: Sandbox, *, store: Any = None, kek: Any = None, workers: int = 4, scope: str | None = None
-) -> RewriteRunner:
-    return RewriteRunner(
+) -> ContainerWalker:
+    return ContainerWalker(
         store=store or world.store(page_size=10),
-        rewriter=rewriter(world, kek=kek, scope=scope),
         checkpoint=TableRewrapCheckpoint(world.table),
-        target_key_id=world.new_key_id,
-        options=RewriteOptions(max_workers=workers, custom_origins=(world.origin,), initial_backoff=0.05),
+        strategy=RewriteStrategy(
+            rewriter=rewriter(world, kek=kek, scope=scope), target_key_id=world.new_key_id, policy=world.policy
+        ),
+        options=RewrapOptions(max_workers=workers, initial_backoff=0.05),
     )
 
 
@@ -69,7 +71,7 @@ def test_rewrite_gives_every_blob_a_new_content_key_under_the_target_version(san
     before = envelopes(sandbox)
     sandbox.reset_counters()
 
-    progress = runner(sandbox).rewrite_container(sandbox.container)
+    progress = runner(sandbox).run(sandbox.container).progress
 
     # One unwrap to read each blob and one to verify its new copy; wrapping is local.
     assert sandbox.counters()["byOperation"]["KeyUnwrap"] == 24
@@ -112,7 +114,7 @@ def test_a_copy_that_fails_verification_is_never_swapped_in(sandbox: Sandbox) ->
         def get_key_wrap_algorithm(self) -> str:
             return honest.get_key_wrap_algorithm()
 
-    progress = runner(sandbox, kek=LyingKek()).rewrite_container(sandbox.container)
+    progress = runner(sandbox, kek=LyingKek()).run(sandbox.container).progress
 
     assert progress.counts == {"failed": 3}
     assert {problem.reason for problem in progress.problems} == {"rewrite_failed"}
@@ -167,7 +169,7 @@ def test_blobs_are_never_missing_or_unreadable_during_a_rewrite(sandbox: Sandbox
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        progress = runner(sandbox, workers=1).rewrite_container(sandbox.container)
+        progress = runner(sandbox, workers=1).run(sandbox.container).progress
     finally:
         stop.set()
         thread.join()
@@ -197,7 +199,7 @@ class WriterAfterListing(AzureBlobStore):
 def test_a_concurrent_writer_loses_no_update_during_a_rewrite(sandbox: Sandbox) -> None:
     written = populate(sandbox, 10)
     store = WriterAfterListing(sandbox)
-    progress = runner(sandbox, store=store).rewrite_container(sandbox.container)
+    progress = runner(sandbox, store=store).run(sandbox.container).progress
     assert progress.counts == {"rewritten": 10}
     assert progress.conflicts == 4
     expected = {**written, **store.updated}
@@ -209,10 +211,10 @@ def test_a_concurrent_writer_loses_no_update_during_a_rewrite(sandbox: Sandbox) 
 def test_a_killed_rewrite_resumes_and_leaves_everything_readable(sandbox: Sandbox) -> None:
     written = populate(sandbox, 15)
     with pytest.raises(Killed):
-        runner(sandbox, store=KillAfterPages(sandbox, 2, page_size=5)).rewrite_container(sandbox.container)
+        runner(sandbox, store=KillAfterPages(sandbox, 2, page_size=5)).run(sandbox.container)
     for name, data in written.items():
         assert sandbox.read_any(name) == data
-    progress = runner(sandbox, store=sandbox.store(page_size=5)).rewrite_container(sandbox.container)
+    progress = runner(sandbox, store=sandbox.store(page_size=5)).run(sandbox.container).progress
     assert progress.complete
     assert progress.counts == {"rewritten": 15}  # the 10 of the first run and the 5 of this one
     assert_all_on(sandbox, written, sandbox.new_key_id)
@@ -225,7 +227,7 @@ def test_malformed_and_foreign_blobs_are_left_untouched(sandbox: Sandbox) -> Non
     container.upload_blob("bad", b"x", metadata={"encryptiondata": "{"})
     container.upload_blob("plain", content(3))
     etags = {name: container.get_blob_client(name).get_blob_properties().etag for name in ("bad", "plain")}
-    progress = runner(sandbox).rewrite_container(sandbox.container)
+    progress = runner(sandbox).run(sandbox.container).progress
     assert progress.counts == {"rewritten": 2, "skipped_malformed": 1, "not_encrypted": 1}
     assert {name: container.get_blob_client(name).get_blob_properties().etag for name in etags} == etags
 
@@ -234,6 +236,6 @@ def test_an_encryption_scope_move_takes_the_synchronous_copy_path(sandbox: Sandb
     """Azurite accepts encryption scopes but does not record them: this checks the synchronous,
     scope-carrying swap (Copy Blob From URL) end to end, not that the scope was applied."""
     written = populate(sandbox, 4)
-    progress = runner(sandbox, scope="cmk-scope").rewrite_container(sandbox.container)
+    progress = runner(sandbox, scope="cmk-scope").run(sandbox.container).progress
     assert progress.counts == {"rewritten": 4}
     assert_all_on(sandbox, written, sandbox.new_key_id)

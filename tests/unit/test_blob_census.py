@@ -4,6 +4,8 @@ import pytest
 
 from controller.blob_census import wrapping_versions
 from controller.model import parse_key_id
+from controller.vault_policy import VaultPolicy
+from tests.unit.test_envelope import VAULT
 from tests.unit.test_rewrap_engine import (
     CONTAINER,
     NEW_KEY_ID,
@@ -28,6 +30,7 @@ def test_counts_blobs_per_version_of_the_key_over_every_page():
     store.put("broken", {"encryptiondata": "{not json"})
     store.put_encrypted("other-key", b"x", RsaKek(OLD_KEY_ID.replace("blob-kek", "other-kek"), rsa_key("o"),
                                                   "RSA-OAEP"), "2.0")
-    counts = wrapping_versions(store, [CONTAINER], parse_key_id(OLD_KEY_ID).versionless)
+    counts = wrapping_versions(store, [CONTAINER], parse_key_id(OLD_KEY_ID).versionless,
+                               policy=VaultPolicy.of([VAULT]))
     assert dict(counts) == {"1" * 32: 3, "0" * 32: 1, "2" * 32: 1}  # other keys, plain and broken: not counted
     assert len(store.list_markers) == 4  # 8 blobs, 2 per page

@@ -33,7 +33,7 @@ from controller.envelope import (
     parse_envelope,
 )
 from controller.errors import MalformedEnvelope, PermanentError
-from controller.rewrap import RsaPublicKeyWrapper
+from controller.rewrap.wrapping import RsaPublicKeyWrapper
 
 pytestmark = pytest.mark.unit
 
@@ -54,7 +54,7 @@ def rsa_key(label: str, bits: int = 2048) -> rsa.RSAPrivateKey:
 
 
 def jose_padding(algorithm: str) -> padding.AsymmetricPadding:
-    # Written independently of controller.rewrap.oaep_padding, so the tests check it rather than echo it.
+    # Written independently of controller.rewrap.wrapping.oaep_padding, so the tests check it rather than echo it.
     if algorithm == "RSA-OAEP":
         # JOSE's RSA-OAEP is defined with SHA-1; Key Vault and the SDKs use it as such.
         return padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)  # noqa: S303

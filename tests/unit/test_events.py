@@ -24,6 +24,7 @@ from controller.events import (
     parse_functions_event,
 )
 from controller.model import KeyEvent, KeyEventKind
+from controller.vault_policy import VaultPolicy
 from tests.support.specs import SPECS_ROOT
 
 pytestmark = pytest.mark.unit
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.unit
 EVENTS_DIR = Path(__file__).resolve().parents[1] / "data" / "events"
 EVENT_GRID_SPECS = SPECS_ROOT / "eventgrid" / "data-plane"
 KEY_VAULT_SCHEMA = EVENT_GRID_SPECS / "Microsoft.KeyVault/stable/2018-01-01/KeyVault.json"
-VAULTS = ("https://sample-kv.vault.azure.net", "https://127.0.0.1:8443")
+POLICY = VaultPolicy.of(["https://sample-kv.vault.azure.net", "https://127.0.0.1:8443"])
 SUBSCRIPTION = "6a0c5b2e-1b5f-4c7e-9d3a-2f8e4b1c7d90"
 TOPIC = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/sample-rg/providers/Microsoft.KeyVault/vaults/sample-kv"
 VERSION = "ee059b2bb5bc48398a53b168c6cdcb10"
@@ -111,12 +112,12 @@ def cloud_event(**changes: object) -> dict[str, Any]:
     return converted
 
 
-def parse_one(event: object, vaults: tuple[str, ...] = VAULTS) -> IntakeResult:
-    return parse_delivery(json.dumps([event]), vaults=vaults)
+def parse_one(event: object, policy: VaultPolicy = POLICY) -> IntakeResult:
+    return parse_delivery(json.dumps([event]), policy=policy)
 
 
-def rejection(event: object, vaults: tuple[str, ...] = VAULTS) -> InvalidEvent:
-    result = parse_one(event, vaults)
+def rejection(event: object, policy: VaultPolicy = POLICY) -> InvalidEvent:
+    result = parse_one(event, policy)
     assert not result.events, "expected a rejection, got an event"
     assert len(result.rejected) == 1
     return result.rejected[0]
@@ -142,7 +143,7 @@ def rejection(event: object, vaults: tuple[str, ...] = VAULTS) -> InvalidEvent:
     ],
 )
 def test_documented_payload_shapes_are_accepted(name: str, kinds: list[str], schema: str, ignored: int) -> None:
-    result = parse_delivery(fixture_text(name), vaults=VAULTS)
+    result = parse_delivery(fixture_text(name), policy=POLICY)
     assert result.rejected == []
     assert [event.kind.value for event in result.events] == kinds
     assert {event.schema for event in result.events} == {schema}
@@ -153,7 +154,7 @@ def test_documented_payload_shapes_are_accepted(name: str, kinds: list[str], sch
 def test_the_documentation_sample_with_its_defects_normalises_exactly() -> None:
     # "ObjectName " with a trailing space, " <version>" with a leading space, NBF/EXP as strings and a
     # seven-digit fraction of a second: all from the published Key Vault event sample.
-    result = parse_delivery(fixture_text("eventgrid_key_new_version_created.json").encode(), vaults=VAULTS)
+    result = parse_delivery(fixture_text("eventgrid_key_new_version_created.json").encode(), policy=POLICY)
     (event,) = result.events
     assert event.as_json() == {
         "event_id": "00eccf70-95a7-4e7c-8299-2eb17ee9ad64",
@@ -172,14 +173,14 @@ def test_the_documentation_sample_with_its_defects_normalises_exactly() -> None:
 
 
 def test_camel_case_member_names_are_read_like_pascal_case() -> None:
-    (event,) = parse_delivery(fixture_text("eventgrid_key_expired.json"), vaults=VAULTS).events
+    (event,) = parse_delivery(fixture_text("eventgrid_key_expired.json"), policy=POLICY).events
     assert event.key is not None
     assert event.key.uri == KEY_ID
     assert event.expires == datetime.fromtimestamp(1796083200, tz=UTC)
 
 
 def test_vault_access_policy_changed_names_the_vault_and_no_key() -> None:
-    (event,) = parse_delivery(fixture_text("eventgrid_vault_access_policy_changed.json"), vaults=VAULTS).events
+    (event,) = parse_delivery(fixture_text("eventgrid_vault_access_policy_changed.json"), policy=POLICY).events
     assert event.kind is KeyEventKind.ACCESS_POLICY_CHANGED
     assert event.key is None
     assert event.vault.url == "https://sample-kv.vault.azure.net"
@@ -187,7 +188,7 @@ def test_vault_access_policy_changed_names_the_vault_and_no_key() -> None:
 
 
 def test_custom_origin_keeps_its_port_and_checks_the_vault_name_against_the_topic() -> None:
-    (event,) = parse_delivery(fixture_text("eventgrid_sandbox_custom_origin.json"), vaults=VAULTS).events
+    (event,) = parse_delivery(fixture_text("eventgrid_sandbox_custom_origin.json"), policy=POLICY).events
     assert event.vault.url == "https://127.0.0.1:8443"
     assert event.vault_resource_id is not None and event.vault_resource_id.name == "kv1"
     delivery = fixture_json("eventgrid_sandbox_custom_origin.json")
@@ -204,7 +205,7 @@ def test_a_cloud_event_may_omit_time() -> None:
 def test_cloud_events_dead_letter_without_specversion_is_read_as_in_the_documentation() -> None:
     record = fixture_json("cloudevents_deadletter_key_expired.json")
     assert "specversion" not in record
-    assert parse_event(record, vaults=VAULTS) is not None
+    assert parse_event(record, policy=POLICY) is not None
 
 
 def test_event_time_keeps_the_instant_across_offsets() -> None:
@@ -243,18 +244,18 @@ def test_managed_hsm_key_events_need_a_managed_hsm_topic() -> None:
     )
     event = key_event(topic=hsm_topic)
     event["data"].update(Id=hsm_key, VaultName="contoso-hsm")
-    vaults = ("https://contoso-hsm.managedhsm.azure.net",)
-    (parsed,) = parse_one(event, vaults).events
+    hsm = VaultPolicy.of(["https://contoso-hsm.managedhsm.azure.net"])
+    (parsed,) = parse_one(event, hsm).events
     assert parsed.vault.is_managed_hsm
     event["topic"] = hsm_topic.replace("managedHSMs", "vaults")
-    assert rejection(event, vaults).reason == RejectReason.TOPIC_MISMATCH
+    assert rejection(event, hsm).reason == RejectReason.TOPIC_MISMATCH
 
 
 def test_allowlist_entries_may_be_host_names_or_origins_in_any_case() -> None:
-    assert parse_one(key_event(), ("SAMPLE-KV.vault.azure.net",)).events
-    assert parse_one(key_event(), ("https://sample-kv.vault.azure.net:443/",)).events
-    assert parse_one(key_event(), "https://sample-kv.vault.azure.net").events  # type: ignore[arg-type]
-    assert rejection(key_event(), ("not a vault", "")).reason == RejectReason.VAULT_NOT_ALLOWED
+    assert parse_one(key_event(), VaultPolicy.of(["SAMPLE-KV.vault.azure.net"])).events
+    assert parse_one(key_event(), VaultPolicy.of(["https://sample-kv.vault.azure.net:443/"])).events
+    assert rejection(key_event(), VaultPolicy.of(["other-kv.vault.azure.net"])).reason == RejectReason.VAULT_NOT_ALLOWED
+    assert rejection(key_event(), VaultPolicy(())).reason == RejectReason.VAULT_NOT_ALLOWED  # nothing allowed
 
 
 # --- Ignored events ----------------------------------------------------------------------------------
@@ -276,12 +277,12 @@ def test_allowlist_entries_may_be_host_names_or_origins_in_any_case() -> None:
 )
 def test_other_event_types_are_ignored_not_rejected(event_type: str) -> None:
     # Nothing but the type is read: an ignored event may lack everything else.
-    result = parse_delivery(json.dumps([{"eventType": event_type}, key_event()]), vaults=VAULTS)
+    result = parse_delivery(json.dumps([{"eventType": event_type}, key_event()]), policy=POLICY)
     assert result.ignored == 1
     assert result.ignored_types == [event_type]
     assert result.rejected == []
     assert len(result.events) == 1
-    assert parse_event({"eventType": event_type}, vaults=VAULTS) is None
+    assert parse_event({"eventType": event_type}, policy=POLICY) is None
 
 
 def test_ignored_types_are_clipped_for_logging() -> None:
@@ -294,7 +295,7 @@ def test_ignored_types_are_clipped_for_logging() -> None:
 
 
 def test_subscription_validation_is_returned_for_the_handshake() -> None:
-    result = parse_delivery(fixture_text("subscription_validation.json"), vaults=VAULTS)
+    result = parse_delivery(fixture_text("subscription_validation.json"), policy=POLICY)
     assert result.validation is not None
     assert result.validation.validation_code == "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"
     assert result.validation.validation_url is not None
@@ -306,7 +307,7 @@ def test_subscription_validation_is_returned_for_the_handshake() -> None:
 
 def test_parse_event_returns_the_validation_request() -> None:
     (event,) = fixture_json("subscription_validation.json")
-    assert isinstance(parse_event(event, vaults=VAULTS), SubscriptionValidation)
+    assert isinstance(parse_event(event, policy=POLICY), SubscriptionValidation)
 
 
 @pytest.mark.parametrize(
@@ -329,7 +330,7 @@ def test_defective_validation_events_are_rejected(data: dict[str, object], reaso
 
 def test_a_validation_event_inside_a_batch_is_rejected() -> None:
     (validation,) = fixture_json("subscription_validation.json")
-    result = parse_delivery(json.dumps([validation, key_event()]), vaults=VAULTS)
+    result = parse_delivery(json.dumps([validation, key_event()]), policy=POLICY)
     assert result.validation is None
     assert [error.reason for error in result.rejected] == [RejectReason.UNEXPECTED_VALIDATION]
     assert len(result.events) == 1
@@ -379,14 +380,14 @@ def test_validation_events_are_only_honoured_in_the_event_grid_schema() -> None:
 )
 def test_whole_delivery_defects_raise_with_a_specific_reason(body: bytes | str, reason: RejectReason) -> None:
     with pytest.raises(InvalidEvent) as caught:
-        parse_delivery(body, vaults=VAULTS)
+        parse_delivery(body, policy=POLICY)
     assert caught.value.reason == reason
     assert len(str(caught.value)) < 300
 
 
 def test_a_body_that_is_neither_bytes_nor_text_is_the_wrong_type() -> None:
     with pytest.raises(InvalidEvent) as caught:
-        parse_delivery(12345, vaults=VAULTS)  # type: ignore[arg-type]
+        parse_delivery(12345, policy=POLICY)  # type: ignore[arg-type]
     assert caught.value.reason == RejectReason.WRONG_TYPE
 
 
@@ -394,12 +395,12 @@ def test_a_delivery_of_exactly_the_limit_is_read() -> None:
     event = json.dumps([key_event()])
     body = event + " " * (MAX_DELIVERY_BYTES - len(event))
     assert len(body.encode()) == MAX_DELIVERY_BYTES
-    assert len(parse_delivery(body, vaults=VAULTS).events) == 1
+    assert len(parse_delivery(body, policy=POLICY).events) == 1
 
 
 def test_a_byte_order_mark_and_bytearray_bodies_are_accepted() -> None:
     body = b"\xef\xbb\xbf" + json.dumps(key_event()).encode()
-    assert len(parse_delivery(bytearray(body), vaults=VAULTS).events) == 1
+    assert len(parse_delivery(bytearray(body), policy=POLICY).events) == 1
 
 
 # --- Per-event defects -------------------------------------------------------------------------------
@@ -545,8 +546,8 @@ def test_json_members_given_twice_must_agree() -> None:
     event = json.dumps([key_event()])
     conflicting = event.replace('"VaultName": "sample-kv"', '"VaultName": "sample-kv", "VaultName": "other-kv"')
     agreeing = event.replace('"VaultName": "sample-kv"', '"VaultName": "sample-kv", "VaultName": "sample-kv"')
-    assert [e.reason for e in parse_delivery(conflicting, vaults=VAULTS).rejected] == [RejectReason.DUPLICATE_FIELD]
-    assert len(parse_delivery(agreeing, vaults=VAULTS).events) == 1
+    assert [e.reason for e in parse_delivery(conflicting, policy=POLICY).rejected] == [RejectReason.DUPLICATE_FIELD]
+    assert len(parse_delivery(agreeing, policy=POLICY).events) == 1
 
 
 def test_object_name_and_subject_compare_case_insensitively() -> None:
@@ -564,7 +565,7 @@ def test_good_events_pass_beside_rejected_ones_and_rejections_name_their_event()
     good = key_event()
     bad = with_data(Version=VERSION_2)
     bad["id"] = "bad-one"
-    result = parse_delivery(json.dumps([bad, good, 42, {"eventType": "Microsoft.Storage.BlobDeleted"}]), vaults=VAULTS)
+    result = parse_delivery(json.dumps([bad, good, 42, {"eventType": "Microsoft.Storage.BlobDeleted"}]), policy=POLICY)
     assert [event.event_id for event in result.events] == [good["id"]]
     assert [(error.reason, error.event_id) for error in result.rejected] == [
         (RejectReason.ID_MISMATCH_VERSION, "bad-one"),
@@ -581,13 +582,13 @@ def test_echoed_values_are_truncated() -> None:
 
 
 def test_parse_event_validates_one_decoded_event() -> None:
-    parsed = parse_event(key_event(), vaults=VAULTS)
+    parsed = parse_event(key_event(), policy=POLICY)
     assert isinstance(parsed, KeyEvent)
     with pytest.raises(InvalidEvent) as caught:
-        parse_event(with_data(Version=VERSION_2), vaults=VAULTS)
+        parse_event(with_data(Version=VERSION_2), policy=POLICY)
     assert caught.value.reason == RejectReason.ID_MISMATCH_VERSION
     with pytest.raises(InvalidEvent):
-        parse_event([key_event()], vaults=VAULTS)  # type: ignore[arg-type]
+        parse_event([key_event()], policy=POLICY)  # type: ignore[arg-type]
 
 
 def test_reason_codes_are_stable_snake_case_strings() -> None:
@@ -618,16 +619,16 @@ def functions_event(**changes: Any) -> Any:
 
 
 def test_a_real_functions_event_grid_event_is_parsed() -> None:
-    parsed = parse_functions_event(functions_event(), vaults=VAULTS)
+    parsed = parse_functions_event(functions_event(), policy=POLICY)
     assert parsed is not None
-    expected = parse_delivery(fixture_text("eventgrid_key_new_version_created.json"), vaults=VAULTS).events[0]
+    expected = parse_delivery(fixture_text("eventgrid_key_new_version_created.json"), policy=POLICY).events[0]
     assert parsed == expected
 
 
 def test_functions_events_of_other_types_are_ignored() -> None:
-    assert parse_functions_event(functions_event(event_type="Microsoft.KeyVault.SecretExpired"), vaults=VAULTS) is None
+    assert parse_functions_event(functions_event(event_type="Microsoft.KeyVault.SecretExpired"), policy=POLICY) is None
     validation = functions_event(event_type="Microsoft.EventGrid.SubscriptionValidationEvent", data={})
-    assert parse_functions_event(validation, vaults=VAULTS) is None
+    assert parse_functions_event(validation, policy=POLICY) is None
 
 
 @pytest.mark.parametrize(
@@ -644,19 +645,19 @@ def test_functions_events_of_other_types_are_ignored() -> None:
 )
 def test_defective_functions_events_raise_invalid_event(changes: dict[str, Any], reason: RejectReason) -> None:
     with pytest.raises(InvalidEvent) as caught:
-        parse_functions_event(functions_event(**changes), vaults=VAULTS)
+        parse_functions_event(functions_event(**changes), policy=POLICY)
     assert caught.value.reason == reason
 
 
 def test_functions_event_from_a_foreign_vault_is_not_allowed() -> None:
     with pytest.raises(InvalidEvent) as caught:
-        parse_functions_event(functions_event(), vaults=("https://other-kv.vault.azure.net",))
+        parse_functions_event(functions_event(), policy=VaultPolicy.of(["https://other-kv.vault.azure.net"]))
     assert caught.value.reason == RejectReason.VAULT_NOT_ALLOWED
     assert caught.value.event_id == "00eccf70-95a7-4e7c-8299-2eb17ee9ad64"
 
 
 def test_a_naive_functions_event_time_is_taken_as_utc() -> None:
-    parsed = parse_functions_event(functions_event(event_time=datetime(2026, 11, 29, 9, 30)), vaults=VAULTS)
+    parsed = parse_functions_event(functions_event(event_time=datetime(2026, 11, 29, 9, 30)), policy=POLICY)
     assert parsed is not None and parsed.event_time == datetime(2026, 11, 29, 9, 30, tzinfo=UTC)
 
 
@@ -667,13 +668,13 @@ def test_a_functions_cloud_event_is_parsed() -> None:
     record = fixture_json("cloudevents_key_new_version_created.json")
     event = func.CloudEvent(id=record["id"], source=record["source"], type=record["type"],
                             specversion="1.0", time=None, subject=record["subject"], data=record["data"])
-    parsed = parse_functions_event(event, vaults=VAULTS)
+    parsed = parse_functions_event(event, policy=POLICY)
     assert parsed is not None and parsed.schema == "CloudEvents" and parsed.event_time is None
 
 
 def test_an_object_that_is_no_event_is_rejected() -> None:
     with pytest.raises(InvalidEvent) as caught:
-        parse_functions_event(object(), vaults=VAULTS)  # type: ignore[arg-type]
+        parse_functions_event(object(), policy=POLICY)  # type: ignore[arg-type]
     assert caught.value.reason == RejectReason.UNKNOWN_SCHEMA
 
 
@@ -755,5 +756,5 @@ def test_fixtures_are_not_modified_by_parsing() -> None:
     document = fixture_json("cloudevents_batch.json")
     before = copy.deepcopy(document)
     for event in document:
-        parse_event(event, vaults=VAULTS)
+        parse_event(event, policy=POLICY)
     assert document == before

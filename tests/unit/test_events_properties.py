@@ -25,11 +25,12 @@ from controller.events import (
     parse_functions_event,
 )
 from controller.model import KeyEvent, normalise_origin
+from controller.vault_policy import VaultPolicy
 
 pytestmark = pytest.mark.unit
 
 EVENTS_DIR = Path(__file__).resolve().parents[1] / "data" / "events"
-VAULTS = ("https://sample-kv.vault.azure.net", "https://127.0.0.1:8443")
+POLICY = VaultPolicy.of(["https://sample-kv.vault.azure.net", "https://127.0.0.1:8443"])
 REASONS = frozenset(RejectReason)
 VERSION = "ee059b2bb5bc48398a53b168c6cdcb10"
 PROPERTY_SETTINGS = settings(
@@ -116,7 +117,7 @@ def assert_sound(result: IntakeResult, delivered: int | None = None) -> None:
     """The invariants of any IntakeResult."""
     for accepted in result.events:
         assert isinstance(accepted, KeyEvent)
-        assert accepted.vault.url in VAULTS
+        assert accepted.vault.url in POLICY.vaults
         if accepted.key is not None:
             assert accepted.key.vault == accepted.vault
             assert accepted.key.version is not None
@@ -148,13 +149,13 @@ def intake(call: Callable[[], IntakeResult], delivered: int | None = None) -> In
 @given(JSON_VALUES)
 def test_any_json_delivery_gives_a_sound_result_or_invalid_event(document: object) -> None:
     delivered = len(document) if isinstance(document, list) else 1
-    intake(lambda: parse_delivery(json.dumps(document), vaults=VAULTS), delivered)
+    intake(lambda: parse_delivery(json.dumps(document), policy=POLICY), delivered)
 
 
 @PROPERTY_SETTINGS
 @given(st.binary(max_size=300) | st.text(max_size=300))
 def test_any_bytes_or_text_give_a_sound_result_or_invalid_event(body: bytes | str) -> None:
-    intake(lambda: parse_delivery(body, vaults=VAULTS))
+    intake(lambda: parse_delivery(body, policy=POLICY))
 
 
 @dataclass
@@ -216,15 +217,15 @@ def test_mutated_real_payloads_give_a_sound_result_or_invalid_event(
         paths = containers(event)
         apply(event, paths[-1] if in_data else paths[0], action, name, value)
     body = json.dumps([event, VALID_EVENTS[0]] if batch else event)
-    intake(lambda: parse_delivery(body, vaults=VAULTS), 2 if batch else 1)
+    intake(lambda: parse_delivery(body, policy=POLICY), 2 if batch else 1)
     try:
-        outcome = parse_event(event, vaults=VAULTS)
+        outcome = parse_event(event, policy=POLICY)
     except InvalidEvent as err:
         assert err.reason in REASONS
     else:
         assert outcome is None or isinstance(outcome, KeyEvent | SubscriptionValidation)
         if isinstance(outcome, KeyEvent):
-            assert outcome.vault.url in VAULTS
+            assert outcome.vault.url in POLICY.vaults
 
 
 HOSTS = st.sampled_from(
@@ -243,10 +244,10 @@ def test_only_allowlisted_vault_origins_produce_events(host: str, scheme: str) -
     event = copy.deepcopy(VALID_EVENTS[0])
     key_id = f"{scheme}://{host}/keys/cmk-storage/{VERSION}"
     event["data"]["Id"] = key_id
-    result = intake(lambda: parse_delivery(json.dumps(event), vaults=VAULTS), 1)
+    result = intake(lambda: parse_delivery(json.dumps(event), policy=POLICY), 1)
     assert result is not None
     if result.events:
-        assert normalise_origin(f"{scheme}://{host}") in VAULTS
+        assert normalise_origin(f"{scheme}://{host}") in POLICY.vaults
 
 
 @dataclass
@@ -286,8 +287,8 @@ def test_functions_events_give_a_key_event_none_or_invalid_event(
     }
     arguments.update(overrides)
     try:
-        outcome = parse_functions_event(FakeEventGridEvent(**arguments), vaults=VAULTS)
+        outcome = parse_functions_event(FakeEventGridEvent(**arguments), policy=POLICY)
     except InvalidEvent as err:
         assert err.reason in REASONS
         return
-    assert outcome is None or outcome.vault.url in VAULTS
+    assert outcome is None or outcome.vault.url in POLICY.vaults

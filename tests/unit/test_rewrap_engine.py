@@ -20,14 +20,13 @@ from hypothesis import strategies as st
 
 from controller.envelope import find_envelope, parse_envelope
 from controller.errors import Conflict, Forbidden, InvalidKeyId, NotFound, TransientError
-from controller.ports import BlobItem, BlobPage, RewrapProgress
-from controller.rewrap import (
-    ProblemReason,
-    RewrapEngine,
-    RewrapOptions,
-    RewrapReport,
-    RsaPublicKeyWrapper,
-)
+from controller.ports import BlobItem, BlobPage, RewrapPorts, RewrapProgress
+from controller.rewrap.outcomes import ProblemReason, RewrapReport
+from controller.rewrap.strategies import walker_for
+from controller.rewrap.walker import ContainerWalker, RewrapOptions
+from controller.rewrap.work import RewrapMode
+from controller.rewrap.wrapping import RsaPublicKeyWrapper
+from controller.vault_policy import VaultPolicy
 from tests.unit.test_envelope import (
     NEW_KEY_ID,
     OLD_KEY_ID,
@@ -42,6 +41,8 @@ from tests.unit.test_envelope import (
 )
 
 pytestmark = pytest.mark.unit
+
+POLICY = VaultPolicy.of([VAULT])
 
 CONTAINER = "invoices"
 OLDER_KEY_ID = f"{VAULT}/keys/blob-kek/{'0' * 32}"
@@ -225,19 +226,21 @@ class World:
     checkpoint: FakeCheckpoint = field(default_factory=FakeCheckpoint)
     time: FakeTime = field(default_factory=FakeTime)
 
-    def engine(self, **options: object) -> RewrapEngine:
-        return RewrapEngine(
-            store=self.store,
-            unwrapper=self.unwrapper,
-            wrapper=RsaPublicKeyWrapper(NEW_KEY_ID, rsa_key("new").public_key()),
-            checkpoint=self.checkpoint,
+    def engine(self, **options: object) -> ContainerWalker:
+        return self.walker(RsaPublicKeyWrapper(NEW_KEY_ID, rsa_key("new").public_key()), POLICY, **options)
+
+    def walker(self, wrapper: RsaPublicKeyWrapper, policy: VaultPolicy, **options: object) -> ContainerWalker:
+        return walker_for(
+            RewrapMode.REWRAP,
+            RewrapPorts(store=self.store, unwrapper=self.unwrapper, wrapper=wrapper, checkpoint=self.checkpoint),
+            policy=policy,
             options=RewrapOptions(**options),  # type: ignore[arg-type]
             sleep=self.time.sleep,
             monotonic=self.time.monotonic,
         )
 
     def run(self, **options: object) -> RewrapReport:
-        return self.engine(**options).rewrap_container(CONTAINER)
+        return self.engine(**options).run(CONTAINER)
 
 
 def older_kek() -> RsaKek:
@@ -393,29 +396,16 @@ def test_sandbox_vault_origins_are_recognised_when_configured() -> None:
     sandbox_old, sandbox_new = f"{sandbox}/keys/blob-kek/{'1' * 32}", f"{sandbox}/keys/blob-kek/{'2' * 32}"
     world.store.put_encrypted("a", b"data", RsaKek(sandbox_old, rsa_key("old")), "2.0")
     world.unwrapper.keys[sandbox_old] = RsaKek(sandbox_old, rsa_key("old"))
-    engine = RewrapEngine(
-        store=world.store,
-        unwrapper=world.unwrapper,
-        wrapper=RsaPublicKeyWrapper(sandbox_new, rsa_key("new").public_key()),
-        checkpoint=world.checkpoint,
-        options=RewrapOptions(custom_origins=(sandbox,)),
-        sleep=world.time.sleep,
-        monotonic=world.time.monotonic,
-    )
+    engine = world.walker(RsaPublicKeyWrapper(sandbox_new, rsa_key("new").public_key()), VaultPolicy.of([sandbox]))
 
-    assert counts(engine.rewrap_container(CONTAINER)) == {"rewrapped": 1}
+    assert counts(engine.run(CONTAINER)) == {"rewrapped": 1}
     assert world.store.decrypts_with("a", RsaKek(sandbox_new, rsa_key("new")))
 
 
 def test_target_must_be_a_key_version() -> None:
     world = World()
     with pytest.raises(InvalidKeyId, match="must name a key version"):
-        RewrapEngine(
-            store=world.store,
-            unwrapper=world.unwrapper,
-            wrapper=RsaPublicKeyWrapper(f"{VAULT}/keys/blob-kek", rsa_key("new").public_key()),
-            checkpoint=world.checkpoint,
-        )
+        world.walker(RsaPublicKeyWrapper(f"{VAULT}/keys/blob-kek", rsa_key("new").public_key()), POLICY)
 
 
 @pytest.mark.parametrize(
@@ -713,12 +703,12 @@ def test_listing_throttled_past_the_budget_raises_transient_and_keeps_the_checkp
 
     world.store.list_blobs = flaky_list  # type: ignore[method-assign]
     with pytest.raises(TransientError, match="resume from the checkpoint"):
-        engine.rewrap_container(CONTAINER)
+        engine.run(CONTAINER)
     saved = world.checkpoint.saved[engine.job_id(CONTAINER)]
     assert saved.marker == "blob-1" and saved.counts == {"rewrapped": 2}
 
     world.store.list_blobs = original_list  # type: ignore[method-assign]
-    report = engine.rewrap_container(CONTAINER)
+    report = engine.run(CONTAINER)
     assert report.counts["rewrapped"] == 5 and report.progress.complete
 
 

@@ -10,19 +10,21 @@ from datetime import timedelta
 import pytest
 
 from controller.errors import Conflict, InvalidInput
-from controller.rewrap import RsaPublicKeyWrapper
-from controller.rewrap_jobs import (
-    BudgetedBlobStore,
-    BudgetExhausted,
-    RewrapMode,
-    RewrapPorts,
-    RewrapWorkItem,
-    TimeBudget,
-    parse_work_item,
-    split_job,
+from controller.model import KeyRef
+from controller.ports import RewrapPorts, RewrapProgress
+from controller.rewrap.budget import BudgetedBlobStore, BudgetExhausted, TimeBudget
+from controller.rewrap.work import RewrapMode, RewrapWorkItem, parse_work_item, split_job
+from controller.rewrap.wrapping import RsaPublicKeyWrapper
+from controller.service import (
+    Dependencies,
+    InvalidWorkItem,
+    RewrapItemStatus,
+    plan_rewrap,
+    process_work,
+    run_rewrap_item,
 )
-from controller.service import Dependencies, InvalidWorkItem, RewrapItemStatus, process_work
 from controller.settings import load_settings
+from controller.vault_policy import VaultNotAllowed, VaultPolicy
 from tests.unit.fakes import FakeClock, NotExpected, fake_dependencies
 from tests.unit.test_envelope import NEW_KEY_ID, OLD_KEY_ID, VAULT, new_kek, old_kek
 from tests.unit.test_rewrap_engine import CONTAINER, FakeBlobStore, FakeCheckpoint, FakeUnwrapper
@@ -30,6 +32,7 @@ from tests.unit.test_rewrap_engine import CONTAINER, FakeBlobStore, FakeCheckpoi
 pytestmark = pytest.mark.unit
 
 ACCOUNT = "contosodata"
+POLICY = VaultPolicy.of([VAULT])
 
 
 def message(**overrides: object) -> dict[str, object]:
@@ -38,9 +41,13 @@ def message(**overrides: object) -> dict[str, object]:
 
 def test_a_work_item_round_trips_through_its_message() -> None:
     item = RewrapWorkItem(ACCOUNT, CONTAINER, "2026/", NEW_KEY_ID, RewrapMode.REWRITE, 4, True, 3)
-    assert parse_work_item(item.to_message(), vaults=(VAULT,)) == item
+    assert parse_work_item(item.to_message(), policy=POLICY) == item
+    assert "encryption_scope" not in item.to_message()
     assert item.continuation().sequence == 4
     assert item.continuation().prefix == "2026/"
+    scoped = RewrapWorkItem(ACCOUNT, CONTAINER, None, NEW_KEY_ID, RewrapMode.REWRITE, encryption_scope="scope-1")
+    assert parse_work_item(scoped.to_message(), policy=POLICY) == scoped
+    assert scoped.continuation().encryption_scope == "scope-1"
 
 
 @pytest.mark.parametrize(
@@ -57,11 +64,13 @@ def test_a_work_item_round_trips_through_its_message() -> None:
         ({"dry_run": "yes"}, "dry_run"),
         ({"sequence": -1}, "sequence"),
         ({"marker": "x"}, "unknown field"),
+        ({"mode": "rewrite", "encryption_scope": "a"}, "encryption_scope"),
+        ({"encryption_scope": "scope-1"}, "needs mode rewrite"),
     ],
 )
 def test_invalid_work_items_are_refused_with_the_field(overrides: dict[str, object], complaint: str) -> None:
     with pytest.raises(InvalidInput, match=complaint):
-        parse_work_item(message(**overrides), vaults=(VAULT,))
+        parse_work_item(message(**overrides), policy=POLICY)
 
 
 def test_split_job_gives_one_item_per_container_and_prefix() -> None:
@@ -115,8 +124,11 @@ class FakeBackend:
         wrapper = RsaPublicKeyWrapper(target.kid, target.private_key.public_key())
         return RewrapPorts(store=self.store, unwrapper=self.unwrapper, wrapper=wrapper, checkpoint=self.checkpoint)
 
+    def target_version(self, key: KeyRef) -> KeyRef:
+        return key if key.is_versioned else POLICY.parse_key_id(NEW_KEY_ID)
 
-def deps(backend: FakeBackend | None, queue: FakeQueue | None, *, budget: float = 300.0) -> Dependencies:
+
+def deps(backend: FakeBackend | None, queue: FakeQueue | None, *, budget: float | None = 300.0) -> Dependencies:
     return fake_dependencies(
         load_settings({"CMK_VAULTS": VAULT}),
         clock=TickingClock(),
@@ -170,3 +182,34 @@ def test_a_checkpoint_conflict_means_another_worker_owns_the_job() -> None:
 def test_rewrap_items_with_bad_fields_fail_permanently_before_anything_is_opened() -> None:
     with pytest.raises(InvalidWorkItem, match="concurrency"):
         process_work(json.dumps(message(concurrency=999)), deps(None, None))
+
+
+@dataclass
+class PageRecorder:
+    pages: list[tuple[int, int]] = field(default_factory=list)
+
+    def page_done(self, listed: int, progress: RewrapProgress) -> None:
+        self.pages.append((listed, sum(progress.counts.values())))
+
+
+def test_without_a_budget_an_item_runs_to_the_end_and_the_observer_sees_every_page() -> None:
+    backend = FakeBackend(encrypted_store(5))  # three pages: 2, 2, 1
+    queue = FakeQueue()
+    observer = PageRecorder()
+    [item] = split_job(targets=[(ACCOUNT, CONTAINER)], key_id=NEW_KEY_ID)
+    result = run_rewrap_item(item, deps(backend, queue, budget=None), observer=observer)
+    assert result.status is RewrapItemStatus.COMPLETE and queue.sent == []
+    assert observer.pages == [(2, 2), (2, 4), (1, 5)]
+    assert result.report is not None and result.report.counts["rewrapped"] == 5 and not result.report.incomplete
+    assert result.report.as_json()["mode"] == "rewrap"
+
+
+def test_plan_rewrap_targets_the_current_version_and_refuses_other_vaults() -> None:
+    context = deps(FakeBackend(encrypted_store(0)), FakeQueue())
+    versionless = POLICY.parse_key_id(NEW_KEY_ID).versionless
+    [item] = plan_rewrap(context, targets=[(ACCOUNT, CONTAINER)], key=versionless, mode=RewrapMode.REWRITE,
+                         encryption_scope="scope-1")
+    assert (item.key_id, item.mode, item.encryption_scope) == (NEW_KEY_ID, RewrapMode.REWRITE, "scope-1")
+    other = POLICY.parse_key_id("https://elsewhere.vault.azure.net/keys/k")
+    with pytest.raises(VaultNotAllowed, match=f"allowed: {VAULT}"):
+        plan_rewrap(context, targets=[(ACCOUNT, CONTAINER)], key=other)

@@ -13,7 +13,6 @@ def test_defaults_apply_when_only_the_required_setting_is_given():
     assert settings.vaults == ("https://contoso.vault.azure.net",)
     assert settings.sweep_schedule == "0 0 */6 * * *"
     assert settings.work_queue == "cmk-work"
-    assert settings.poison_queue == "cmk-work-poison"
     assert settings.ledger_table == "cmkledger"
     assert settings.event_dedupe_hours == 48
     assert settings.adoption_window_hours == 24
@@ -39,8 +38,8 @@ def test_vault_allowlist_accepts_hosts_urls_and_custom_origins_and_normalises_th
         "https://fabrikam.vault.azure.cn",
         "https://127.0.0.1:8443",
     )
-    assert settings.vault_allowed("https://127.0.0.1:8443")
-    assert not settings.vault_allowed("https://127.0.0.1:8444")
+    assert settings.vault_policy.allows("https://127.0.0.1:8443")
+    assert not settings.vault_policy.allows("https://127.0.0.1:8444")
 
 
 def test_lists_are_parsed():

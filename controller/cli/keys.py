@@ -1,34 +1,27 @@
-"""`cmkctl reconcile|rotate|usage VAULT KEY`: the rotation reconciler from the command line.
+"""`cmkctl reconcile|rotate|usage VAULT KEY`: the rotation reconciler and key usage from the command line.
 
-They use the same composition root as the function app (controller.bootstrap, the app settings in the
-environment: CMK_VAULTS, CMK_ARM_ENDPOINT, AzureWebJobsStorage), so what the CLI shows is what the
-controller sees; they authenticate as the person running them (Azure CLI login) or, where one exists,
-the managed identity. VAULT is a vault host name or origin listed in CMK_VAULTS.
+The app settings come from the environment (CMK_VAULTS, CMK_ARM_ENDPOINT, AzureWebJobsStorage ...).
+VAULT is a vault host name or origin listed in CMK_VAULTS.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from controller import bootstrap, reconciler, rotation, service
-from controller.adapters.credentials import operator_credential
+from controller import reconciler, rotation, service
+from controller.cli.common import EXIT_FAILED, EXIT_INVALID, Commands, operator_dependencies
 from controller.errors import ControllerError, InvalidKeyId
-from controller.model import KeyRef, normalise_origin, parse_key_id
-
-EXIT_INVALID = 2
-EXIT_FAILED = 1
+from controller.model import KeyRef
 
 
-def register(commands: Any) -> None:
+def register(commands: Commands) -> None:
     """Add the key commands to ``cmkctl``'s subparsers."""
     for name, run, help_text in (
         ("reconcile", _reconcile, "plan (and without --dry-run, execute) adoption of the key's newest version"),
@@ -65,11 +58,9 @@ def _key_and_deps(args: argparse.Namespace) -> tuple[KeyRef, reconciler.Reconcil
 
 
 def _key_and_app(args: argparse.Namespace) -> tuple[KeyRef, service.Dependencies]:
-    deps = bootstrap.build(os.environ, credential=operator_credential(os.environ))
-    origin = normalise_origin(args.vault)
-    if origin not in deps.settings.vaults:
-        raise InvalidKeyId(f"vault {origin} is not in CMK_VAULTS")
-    return parse_key_id(f"{origin}/keys/{args.key}", custom_origins=deps.settings.vaults), deps
+    deps = operator_dependencies()
+    vault = deps.settings.vault_policy.allowed_vault(args.vault)
+    return deps.settings.vault_policy.parse_key_id(f"{vault.url}/keys/{args.key}"), deps
 
 
 def _reconcile(args: argparse.Namespace) -> int:

@@ -1,0 +1,31 @@
+"""What every cmkctl command shares: exit statuses and the composition with the operator's credential."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TypeAlias
+
+from controller import bootstrap
+from controller.adapters.credentials import operator_credential
+from controller.service import Dependencies
+
+#: Some work failed or was left undone (listed in the output).
+EXIT_FAILED = 1
+#: Invalid input: arguments, settings, a delivery; nothing was changed.
+EXIT_INVALID = 2
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def operator_dependencies(
+    *, blob_endpoint: str | None = None, blob_connection_setting: str | None = None
+) -> Dependencies:
+    """The function app's dependencies built from the environment (the app settings), authenticated as
+    the person running the CLI (Azure CLI login) or, where one exists, the managed identity."""
+    return bootstrap.build(
+        os.environ,
+        credential=operator_credential(os.environ),
+        blob_endpoint=blob_endpoint,
+        blob_connection_setting=blob_connection_setting,
+    )

@@ -1,0 +1,183 @@
+"""`cmkctl rewrap`: re-wrap (or rewrite) a container's client-side-encrypted blobs onto a key version.
+
+Runs here, item by item, through the same use case the function app runs for queued re-wrap work
+(service.run_rewrap_item, without a time budget), or with --enqueue puts the work items on the work
+queue for the function app. The progress bar follows the run through a RewrapObserver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from controller import service
+from controller.cli.common import EXIT_FAILED, EXIT_INVALID, Commands, operator_dependencies
+from controller.errors import ControllerError, InvalidInput, InvalidKeyId, SettingsError
+from controller.model import KeyRef
+from controller.ports import RewrapProgress
+from controller.rewrap.outcomes import RewrapReport
+from controller.rewrap.work import MAX_CONCURRENCY, RewrapMode, RewrapWorkItem
+from controller.vault_policy import VaultPolicy
+
+_STORAGE_ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")
+
+_EPILOG = """\
+environment:
+  CMK_VAULTS             the vault allowlist (required); --key must name one of these vaults
+  AzureWebJobsStorage    the app's storage (the local emulator's connection string), or
+  AzureWebJobsStorage__accountName   (identity-based): where checkpoints (the ledger table,
+                         CMK_LEDGER_TABLE) and, with --enqueue, work items (CMK_WORK_QUEUE) go;
+                         a run resumes from its checkpoint. Required (as for reconcile, rotate, usage).
+  credentials            your Azure CLI / environment login, or the managed identity where one
+                         exists (AZURE_CLIENT_ID; the local sandbox serves one): no secrets are read.
+
+exit status: 0 every blob wrapped by the key is on the target version (or would be, --dry-run);
+1 some blobs failed or have malformed envelopes (listed in the report); 2 invalid input.
+"""
+
+
+def register(commands: Commands) -> None:
+    rewrap = commands.add_parser(
+        "rewrap",
+        help="re-wrap (or rewrite) the client-side-encrypted blobs of a container onto a key version",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rewrap.add_argument("--account", required=True, help="storage account name")
+    rewrap.add_argument("--container", required=True, help="blob container")
+    rewrap.add_argument(
+        "--prefix", action="append", default=[], help="only blobs under this prefix (repeat: one work item each)"
+    )
+    rewrap.add_argument(
+        "--key",
+        required=True,
+        metavar="VAULT/KEY",
+        help="the key: <vault host or https origin>/<key name>, or a key identifier URL",
+    )
+    rewrap.add_argument("--to-version", help="target key version (default: the key's current version)")
+    rewrap.add_argument("--mode", choices=[mode.value for mode in RewrapMode], default=RewrapMode.REWRAP.value)
+    rewrap.add_argument("--concurrency", type=int, default=8, help="blobs in flight (1-64, default 8)")
+    rewrap.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
+    rewrap.add_argument("--blob-endpoint", help="blob service URL (default: the account's, as Azure Resource Manager "
+                                                "reports it)")
+    rewrap.add_argument(
+        "--connection-string-setting",
+        metavar="NAME",
+        help="environment variable holding the local emulator's connection string (sandbox/Azurite only)",
+    )
+    rewrap.add_argument(
+        "--enqueue", action="store_true", help="fan out: put work items on the work queue instead of running here"
+    )
+    rewrap.add_argument("--encryption-scope", help="rewrite mode: write the new copies under this encryption scope")
+    rewrap.add_argument("--no-progress", action="store_true", help="no progress bar (the report is printed anyway)")
+    rewrap.set_defaults(run=_rewrap)
+
+
+def _rewrap(args: argparse.Namespace) -> int:
+    try:
+        _check_arguments(args)
+        deps = operator_dependencies(
+            blob_endpoint=args.blob_endpoint, blob_connection_setting=args.connection_string_setting
+        )
+        key = _parse_key_argument(args.key, args.to_version, deps.settings.vault_policy)
+        items = service.plan_rewrap(
+            deps,
+            targets=[(args.account, args.container)],
+            key=key,
+            prefixes=args.prefix,
+            mode=RewrapMode(args.mode),
+            concurrency=args.concurrency,
+            dry_run=args.dry_run,
+            encryption_scope=args.encryption_scope,
+        )
+        if args.enqueue:
+            service.enqueue_rewrap(items, deps)
+            print(json.dumps({"enqueued": [item.as_json() for item in items]}, indent=2))
+            return 0
+        # Here the run goes on until the container is done: no function timeout to stay under.
+        reports = _run_with_progress(
+            items, replace(deps, rewrap_budget_seconds=None), show_progress=not args.no_progress and sys.stderr.isatty()
+        )
+    except (InvalidInput, SettingsError) as err:
+        print(f"cmkctl: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    except ControllerError as err:
+        print(f"cmkctl: rewrap failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps([report.as_json() for report in reports], indent=2))
+    return EXIT_FAILED if any(report.incomplete for report in reports) else 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    if not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        raise InvalidInput(f"--concurrency must be 1-{MAX_CONCURRENCY}")
+    if not _STORAGE_ACCOUNT_NAME.fullmatch(args.account):
+        raise InvalidInput(f"--account {args.account!r} is not a storage account name")
+    if args.encryption_scope is not None and args.mode != RewrapMode.REWRITE.value:
+        raise InvalidInput("--encryption-scope needs --mode rewrite (re-wrap does not move data)")
+
+
+def _parse_key_argument(value: str, version: str | None, policy: VaultPolicy) -> KeyRef:
+    """``<vault>/<key name>`` or a key identifier (``https://`` optional), in an allowed vault."""
+    try:
+        key = _allowed_key(value, policy)
+        if version is not None:
+            key = policy.parse_key_id(f"{key.versionless.uri}/{version}")
+    except InvalidKeyId as err:
+        raise InvalidInput(f"--key: {err}") from err
+    return key
+
+
+def _allowed_key(value: str, policy: VaultPolicy) -> KeyRef:
+    if "/keys/" in value:
+        return policy.allowed_key(value if "://" in value else f"https://{value}")
+    vault, _, name = value.rstrip("/").rpartition("/")
+    if not vault or not name:
+        raise InvalidKeyId(f"{value!r} is not <vault>/<key name>")
+    return policy.parse_key_id(f"{policy.allowed_vault(vault).url}/keys/{name}")
+
+
+class _ProgressTask:
+    """The RewrapObserver of one item: advances its line of the progress bar after every page."""
+
+    def __init__(self, progress_bar: Progress, task: TaskID) -> None:
+        self._bar = progress_bar
+        self._task = task
+
+    def page_done(self, listed: int, progress: RewrapProgress) -> None:
+        counts = " ".join(f"{name}={value}" for name, value in sorted(progress.counts.items()) if value)
+        self._bar.update(self._task, advance=listed, counts=counts)
+
+
+def _run_with_progress(
+    items: Sequence[RewrapWorkItem], deps: service.Dependencies, *, show_progress: bool
+) -> list[RewrapReport]:
+    progress_bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed} listed"),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not show_progress,
+    )
+    reports: list[RewrapReport] = []
+    with progress_bar:
+        for item in items:
+            task = progress_bar.add_task(f"{item.mode.value} {item.container}/{item.prefix or ''}", total=None,
+                                         counts="")
+            result = service.run_rewrap_item(item, deps, observer=_ProgressTask(progress_bar, task))
+            if result.report is None:
+                raise ControllerError(f"{result.job_id}: {result.status.value}: another run advanced its checkpoint")
+            blobs = result.report.blobs
+            progress_bar.update(task, total=blobs, completed=blobs)
+            reports.append(result.report)
+    return reports
