@@ -89,5 +89,5 @@ class KeysContract:
 
 
 def find_spec() -> Path:
-    """keys.json in the shared Azure specs (see emulators.specs)."""
+    """keys.json among the vendored Azure specs (see emulators.specs)."""
     return spec_path(str(SPEC_RELATIVE))
