@@ -31,7 +31,7 @@ from emulators.eventgrid import (
     WebhookSubscription,
     cloud_event_envelope,
 )
-from tests.support.specs import SPECS_ROOT
+from emulators.specs import SPECS_ROOT
 
 pytestmark = pytest.mark.integration
 

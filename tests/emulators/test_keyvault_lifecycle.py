@@ -227,7 +227,7 @@ def test_published_event_data_matches_the_event_grid_schema(env: Env) -> None:
 
     import jsonschema
 
-    from tests.support.specs import SPECS_ROOT
+    from emulators.specs import SPECS_ROOT
 
     spec_path = SPECS_ROOT / "eventgrid/data-plane/Microsoft.KeyVault/stable/2018-01-01/KeyVault.json"
     definitions = json.loads(spec_path.read_text(encoding="utf-8"))["definitions"]

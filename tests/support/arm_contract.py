@@ -14,9 +14,9 @@ from typing import Any
 
 import jsonschema
 
-from tests.support.specs import SPECS_ROOT
+from emulators.specs import SPECS_ROOT
 
-SPECS = SPECS_ROOT  # ../shared/specs beside the repository, or CMK_SPECS_DIR
+SPECS = SPECS_ROOT  # the vendored copies in emulators/specs
 STORAGE_SPEC = Path("storage/resource-manager/Microsoft.Storage/Storage/stable/2025-01-01/storage.json")
 KEYVAULT_SPEC = Path("keyvault/resource-manager/Microsoft.KeyVault/KeyVault/stable/2024-11-01/keyvault.json")
 KEYVAULT_COMMON = Path("keyvault/resource-manager/Microsoft.KeyVault/stable/2024-11-01/common.json")

@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema
 
-from tests.support.specs import spec_path
+from emulators.specs import spec_path
 
 SPEC_RELATIVE = Path("keyvault/data-plane/Keys/stable/2026-04-01/keys.json")
 
@@ -89,5 +89,5 @@ class KeysContract:
 
 
 def find_spec() -> Path:
-    """keys.json in the shared Azure specs (see tests.support.specs)."""
+    """keys.json among the vendored Azure specs (see emulators.specs)."""
     return spec_path(str(SPEC_RELATIVE))

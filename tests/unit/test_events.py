@@ -25,7 +25,7 @@ from controller.events import (
 )
 from controller.model import KeyEvent, KeyEventKind
 from controller.vault_policy import VaultPolicy
-from tests.support.specs import SPECS_ROOT
+from emulators.specs import SPECS_ROOT
 
 pytestmark = pytest.mark.unit
 
