@@ -18,7 +18,7 @@ from controller.compliance.formats import render_json
 from controller.compliance.report import SCHEMA_ID, ComplianceReport, KeyReport, VersionReport, parse_report
 from controller.errors import InvalidReport
 from controller.model import Severity
-from tests.report_samples import ACCOUNT_HR, GENERATED_AT, KEY, sample_findings, sample_keys, sample_report
+from tests.report_support import ACCOUNT_HR, GENERATED_AT, KEY, sample_findings, sample_keys, sample_report
 
 pytestmark = pytest.mark.unit
 

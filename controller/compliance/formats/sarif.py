@@ -94,7 +94,7 @@ def _descriptor(rule: RuleInfo) -> dict[str, object]:
 def _result(finding: Finding, rule_index: int) -> dict[str, object]:
     message = finding.title
     if finding.remediation:
-        message += f" Remediation: {finding.remediation}"
+        message = f"{message.rstrip('.')}. Remediation: {finding.remediation}"
     return {
         "ruleId": finding.rule,
         "ruleIndex": rule_index,

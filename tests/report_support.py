@@ -1,8 +1,10 @@
-"""Compliance reports to render in the report tests: one of every shape a sweep produces."""
+"""For the report tests: sample reports (one of every shape a sweep produces) and a reader of the HTML page."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 
 from controller.compliance.findings import Finding
 from controller.compliance.report import ComplianceReport, KeyReport, VersionReport
@@ -74,3 +76,45 @@ def sample_report() -> ComplianceReport:
         keys=sample_keys(),
         subscriptions=(SUBSCRIPTION,),
     )
+
+
+@dataclass
+class Element:
+    tag: str
+    attrs: dict[str, str | None]
+    text: list[str] = field(default_factory=list)
+
+
+class PageParser(HTMLParser):
+    """Every element with its attributes and direct text, as the browser's tokenizer sees them."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[Element] = []
+        self._open: list[Element] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        element = Element(tag, dict(attrs))
+        self.elements.append(element)
+        if tag not in {"meta", "br", "input", "img", "link"}:
+            self._open.append(element)
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._open:
+            if self._open.pop().tag == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        if self._open:
+            self._open[-1].text.append(data)
+
+
+def parse_page(page: str) -> list[Element]:
+    parser = PageParser()
+    parser.feed(page)
+    parser.close()
+    return parser.elements
+
+
+def text_of(element: Element) -> str:
+    return "".join(element.text)
