@@ -66,8 +66,10 @@ def _dump_dom(chromium: str, tmp_path: Path, url: str) -> str:
 def _visible_rows(dom: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(shown, hidden) finding rows as (severity, rule), after the page's script ran."""
     rows = [element for element in parse_page(dom) if element.tag == "tr" and element.attrs.get("class") == "finding"]
-    shown = [(row.attrs["data-severity"] or "", row.attrs["data-rule"] or "") for row in rows if "hidden" not in row.attrs]
-    hidden = [(row.attrs["data-severity"] or "", row.attrs["data-rule"] or "") for row in rows if "hidden" in row.attrs]
+    shown: list[tuple[str, str]] = []
+    hidden: list[tuple[str, str]] = []
+    for row in rows:
+        (hidden if "hidden" in row.attrs else shown).append((row.attrs["data-severity"] or "", row.attrs["data-rule"] or ""))
     return shown, hidden
 
 
