@@ -69,7 +69,8 @@ def _visible_rows(dom: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]
     shown: list[tuple[str, str]] = []
     hidden: list[tuple[str, str]] = []
     for row in rows:
-        (hidden if "hidden" in row.attrs else shown).append((row.attrs["data-severity"] or "", row.attrs["data-rule"] or ""))
+        pair = (row.attrs["data-severity"] or "", row.attrs["data-rule"] or "")
+        (hidden if "hidden" in row.attrs else shown).append(pair)
     return shown, hidden
 
 
