@@ -29,7 +29,7 @@ from controller.model import Severity
 SCHEMA_PREFIX = "urn:cmk-controller:schema:compliance-report:"
 SCHEMA_ID = SCHEMA_PREFIX + "v1"
 _SCHEMA_RESOURCE = "schemas/compliance-report-v1.schema.json"
-#: A validation message quotes the offending value; a whole finding would drown the reason.
+#: Errors quote the offending value from the document; a whole finding would drown the reason.
 _MESSAGE_LIMIT = 300
 
 
@@ -74,12 +74,12 @@ class ReportSummary:
     not_evaluable: int
 
     @property
-    def findings(self) -> int:
+    def finding_count(self) -> int:
         return sum(self.by_severity.values())
 
     def as_json(self) -> dict[str, object]:
         return {
-            "findings": self.findings,
+            "findings": self.finding_count,
             "bySeverity": {severity.value: count for severity, count in self.by_severity.items()},
             "byRule": dict(self.by_rule),
             "resourcesEvaluated": self.resources_evaluated,
@@ -140,11 +140,12 @@ class ComplianceReport:
         if not isinstance(document, Mapping):
             raise InvalidReport(f"a compliance report is a JSON object, not {type(document).__name__}")
         schema = document.get("schema")
+        quoted = _shorten(repr(schema))
         if not isinstance(schema, str) or not schema.startswith(SCHEMA_PREFIX):
-            raise InvalidReport(f"not a compliance report: its schema is {schema!r}, expected {SCHEMA_ID!r}")
+            raise InvalidReport(f"not a compliance report: its schema is {quoted}, expected {SCHEMA_ID!r}")
         if schema != SCHEMA_ID:
             raise InvalidReport(
-                f"compliance report schema {schema!r} is not supported: this controller reads {SCHEMA_ID!r}"
+                f"compliance report schema {quoted} is not supported: this controller reads {SCHEMA_ID!r}"
             )
         _validate(document)
         findings = [_finding_from_json(position, item) for position, item in enumerate(document["findings"])]
@@ -185,8 +186,11 @@ def _validate(document: Mapping[str, object]) -> None:
     error = jsonschema.exceptions.best_match(_validator().iter_errors(document))
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "(document)"
-        message = error.message if len(error.message) <= _MESSAGE_LIMIT else error.message[:_MESSAGE_LIMIT] + "..."
-        raise InvalidReport(f"compliance report breaks schema {SCHEMA_ID} at {where}: {message}")
+        raise InvalidReport(f"compliance report breaks schema {SCHEMA_ID} at {where}: {_shorten(error.message)}")
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _MESSAGE_LIMIT else text[:_MESSAGE_LIMIT] + "..."
 
 
 def _finding_order(finding: Finding) -> tuple[int, str, str, str]:

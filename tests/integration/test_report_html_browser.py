@@ -6,12 +6,16 @@ so nothing but the page itself is involved.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import shutil
 import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from controller.compliance.findings import Finding
@@ -132,3 +136,118 @@ def test_the_fragment_combines_severity_and_rule(chromium: str, page: Path, tmp_
     assert len(hidden) == 8
     no_match = next(element for element in parse_page(dom) if element.attrs.get("id") == "no-match")
     assert "hidden" not in no_match.attrs
+
+
+class DevTools:
+    """The Chrome DevTools Protocol over the page's websocket (loopback): enough to drive the filter boxes."""
+
+    def __init__(self, socket: aiohttp.ClientWebSocketResponse) -> None:
+        self._socket = socket
+        self._ids = itertools.count(1)
+        self._events: list[dict[str, Any]] = []
+
+    async def call(self, method: str, **params: object) -> dict[str, Any]:
+        message_id = next(self._ids)
+        await self._socket.send_json({"id": message_id, "method": method, "params": params})
+        while True:
+            message: dict[str, Any] = await self._socket.receive_json()
+            if message.get("id") == message_id:
+                assert "error" not in message, message
+                result: dict[str, Any] = message["result"]
+                return result
+            self._events.append(message)
+
+    async def event(self, method: str) -> dict[str, Any]:
+        while True:
+            for seen in self._events:
+                if seen.get("method") == method:
+                    self._events.remove(seen)
+                    return seen
+            self._events.append(await self._socket.receive_json())
+
+    async def evaluate(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+
+async def _with_page(chromium: str, profile: Path, url: str, steps: Any) -> Any:
+    """Start Chromium with remote debugging on loopback, load ``url``, run ``steps(devtools)``, stop Chromium."""
+    port_file = profile / "DevToolsActivePort"
+    browser = subprocess.Popen(  # noqa: S603 - a fixed browser binary on a local file
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={profile}",
+         "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(BROWSER_GUARD_SECONDS):
+            while not port_file.is_file() or not port_file.read_text().strip():
+                assert browser.poll() is None, f"chromium exited with {browser.returncode}"
+                await asyncio.sleep(0.1)
+            port = int(port_file.read_text().split()[0])
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{port}/json/list") as response:
+                    targets = await response.json()
+                target = next(target for target in targets if target["type"] == "page")
+                async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as socket:
+                    devtools = DevTools(socket)
+                    await devtools.call("Page.enable")
+                    await devtools.call("Page.navigate", url=url)
+                    await devtools.event("Page.loadEventFired")
+                    return await steps(devtools)
+    finally:
+        browser.terminate()
+        browser.wait(timeout=BROWSER_GUARD_SECONDS)
+
+
+CHOOSE = """(() => {{
+  const box = document.getElementById("filter-{box}");
+  box.value = "{value}";
+  box.dispatchEvent(new Event("change"));
+  return null;
+}})()"""
+# Resolves after the page's own hashchange listener ran (listeners run in the order they were added).
+HASH_CHANGE = """new Promise((resolve) => {{
+  window.addEventListener("hashchange", () => resolve(null), {{ once: true }});
+  window.location.hash = "{fragment}";
+}})"""
+STATE = """({
+  hash: window.location.hash,
+  search: window.location.search,
+  severity: document.getElementById("filter-severity").value,
+  rule: document.getElementById("filter-rule").value,
+  shown: Array.from(document.querySelectorAll("#findings tbody tr.finding"))
+    .filter((row) => !row.hidden).map((row) => row.dataset.severity + " " + row.dataset.rule),
+  output: document.getElementById("shown").textContent
+})"""
+
+
+def test_the_select_boxes_filter_and_write_the_fragment(chromium: str, page: Path, tmp_path: Path) -> None:
+    async def steps(devtools: DevTools) -> list[Any]:
+        states = [await devtools.evaluate(STATE)]
+        for box, value in (("severity", "medium"), ("severity", ""), ("rule", "CMK-006"), ("severity", "high"),
+                           ("rule", ""), ("severity", "")):
+            await devtools.evaluate(CHOOSE.format(box=box, value=value))
+            states.append(await devtools.evaluate(STATE))
+        await devtools.evaluate(HASH_CHANGE.format(fragment="#severity=INFO"))
+        states.append(await devtools.evaluate(STATE))
+        return states
+
+    # Served by the report function, the page's URL has a query; clearing the filter must keep it.
+    states = asyncio.run(_with_page(chromium, tmp_path / "profile", page.as_uri() + "?format=html", steps))
+    assert {state["search"] for state in states} == {"?format=html"}
+    every_row = [
+        "critical CMK-006", "critical CMK-006", "high CMK-000", "high CMK-001", "high CMK-012", "medium CMK-008",
+        "low CMK-011", "info CMK-014",
+    ]
+    assert [(state["hash"], state["severity"], state["rule"], state["shown"]) for state in states] == [
+        ("", "", "", every_row),
+        ("#severity=medium", "medium", "", ["medium CMK-008"]),
+        ("", "", "", every_row),
+        ("#rule=CMK-006", "", "CMK-006", ["critical CMK-006", "critical CMK-006"]),
+        ("#severity=high&rule=CMK-006", "high", "CMK-006", []),
+        ("#severity=high", "high", "", ["high CMK-000", "high CMK-001", "high CMK-012"]),
+        ("", "", "", every_row),
+        ("#severity=INFO", "info", "", ["info CMK-014"]),
+    ]
+    assert [state["output"] for state in states][3:5] == ["Showing 2 of 8 findings", "Showing 0 of 8 findings"]

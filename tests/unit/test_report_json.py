@@ -275,3 +275,11 @@ def test_a_document_of_another_kind_is_refused(schema: object) -> None:
 def test_stored_text_that_is_not_a_report_is_refused(stored: bytes, message: str) -> None:
     with pytest.raises(InvalidReport, match=message):
         parse_report(stored)
+
+
+def test_a_long_foreign_schema_value_is_cut_short_in_the_error() -> None:
+    document = sample_report().to_json()
+    document["schema"] = "urn:cmk-controller:schema:compliance-report:v" + "9" * 5000
+    with pytest.raises(InvalidReport, match="is not supported") as refused:
+        ComplianceReport.from_json(document)
+    assert len(str(refused.value)) < 450

@@ -98,7 +98,9 @@ _SCRIPT = """
     if (severity.value) { params.set("severity", severity.value); }
     if (rule.value) { params.set("rule", rule.value); }
     var fragment = params.toString();
-    window.history.replaceState(null, "", fragment ? "#" + fragment : window.location.pathname);
+    // Keep the query: served by the report function, the page's URL carries ?format=html.
+    var unfiltered = window.location.pathname + window.location.search;
+    window.history.replaceState(null, "", fragment ? "#" + fragment : unfiltered);
   }
 
   severity.addEventListener("change", toFragment);
@@ -145,7 +147,7 @@ def render_html(report: ComplianceReport) -> str:
         f"{summary.resources_evaluated} resources evaluated, {summary.not_evaluable} not evaluable</p>",
         "</header>",
         '<section id="summary" aria-label="Findings by severity">',
-        f'<a class="card totals" href="#"><span class="count">{summary.findings}</span>'
+        f'<a class="card totals" href="#"><span class="count">{summary.finding_count}</span>'
         '<span class="label">findings</span></a>',
     ]
     parts += [

@@ -43,7 +43,7 @@ def render_markdown(report: ComplianceReport) -> str:
         "## Summary",
         "",
         f"{summary.resources_evaluated} resources evaluated, {summary.not_evaluable} not evaluable, "
-        f"{summary.findings} findings.",
+        f"{summary.finding_count} findings.",
         "",
     ]
     lines += _table(
