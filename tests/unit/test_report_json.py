@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -283,3 +284,11 @@ def test_a_long_foreign_schema_value_is_cut_short_in_the_error() -> None:
     with pytest.raises(InvalidReport, match="is not supported") as refused:
         ComplianceReport.from_json(document)
     assert len(str(refused.value)) < 450
+
+
+def test_the_example_in_the_documentation_is_a_valid_report() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "REPORTS.md").read_text("utf-8")
+    example = json.loads(docs.split("```json\n", 1)[1].split("```", 1)[0])
+    report = ComplianceReport.from_json(example)
+    assert report.to_json() == example
+    assert report.findings[0].rule == "CMK-006"
