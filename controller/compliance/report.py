@@ -149,14 +149,19 @@ class ComplianceReport:
             )
         _validate(document)
         findings = [_finding_from_json(position, item) for position, item in enumerate(document["findings"])]
-        report = cls(
-            generated_at=_parse_timestamp(document["generatedAt"]),
-            findings=tuple(findings),
-            resources_evaluated=document["summary"]["resourcesEvaluated"],
-            not_evaluable=document["summary"]["notEvaluable"],
-            keys=tuple(_key_from_json(key) for key in document["keys"]),
-            subscriptions=tuple(document["scope"]["subscriptions"]),
-        )
+        # What the schema cannot see: a date that does not exist (2026-02-30), a number JSON text can
+        # spell but not hold (1e400 reads as infinity).
+        try:
+            report = cls(
+                generated_at=_parse_timestamp(document["generatedAt"]),
+                findings=tuple(findings),
+                resources_evaluated=document["summary"]["resourcesEvaluated"],
+                not_evaluable=document["summary"]["notEvaluable"],
+                keys=tuple(_key_from_json(key) for key in document["keys"]),
+                subscriptions=tuple(document["scope"]["subscriptions"]),
+            )
+        except (TypeError, ValueError) as err:
+            raise InvalidReport(f"compliance report has an impossible value: {_shorten(str(err))}") from err
         if report.summary.as_json() != document["summary"]:
             raise InvalidReport("the report's summary does not match its findings")
         return report

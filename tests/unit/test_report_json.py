@@ -292,3 +292,20 @@ def test_the_example_in_the_documentation_is_a_valid_report() -> None:
     report = ComplianceReport.from_json(example)
     assert report.to_json() == example
     assert report.findings[0].rule == "CMK-006"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('"generatedAt": "2026-12-03T13:00:00.123456Z"', '"generatedAt": "2026-02-30T13:00:00Z"',
+         "impossible value: day is out of range for month"),
+        ('"created": "2026-11-30T13:00:00.123456Z"', '"created": "2026-11-30T25:00:00Z"',
+         "impossible value: hour must be in 0..23"),
+        ('"ageHours": 72', '"ageHours": 1e400', r"impossible value: evidence of CMK-012 on .*hr.ageHours: inf"),
+    ],
+)
+def test_values_the_schema_cannot_see_are_refused(old: str, new: str, message: str) -> None:
+    stored = render_json(sample_report())
+    assert old in stored
+    with pytest.raises(InvalidReport, match=message):
+        parse_report(stored.replace(old, new))
