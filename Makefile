@@ -10,7 +10,9 @@ NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json
 
 .PHONY: setup lint iac test test-unit test-integration test-e2e sandbox sandbox-down demo bench clean
 
+# chromium (Debian's package): the browser test of the HTML compliance report.
 setup: $(STAMP) $(NODE_STAMP)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

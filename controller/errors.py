@@ -86,3 +86,10 @@ class MalformedEnvelope(PermanentError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+# --- compliance reports (controller/compliance/report.py) --------------------------------------------
+
+
+class InvalidReport(InvalidInput):
+    """A stored compliance report does not match its schema, or has a schema version this build cannot read."""
