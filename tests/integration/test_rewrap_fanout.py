@@ -22,7 +22,6 @@ import azure.functions as func
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
-from emulators.keyvault.testing import client_kwargs
 
 from controller import bootstrap, service
 from controller.adapters.key_vault_crypto import VaultClients
@@ -36,6 +35,7 @@ from controller.service import Dependencies, RewrapItemStatus
 from controller.settings import load_settings
 from tests.integration.test_rewrap_adapters import CONTROLLER, Sandbox, assert_all_on, populate
 from tests.integration.test_rewrap_adapters import sandbox as sandbox  # noqa: PLC0414 - the fixture
+from tests.support.keyvault import client_kwargs
 from tests.unit.fakes import fake_dependencies
 
 pytestmark = pytest.mark.integration
