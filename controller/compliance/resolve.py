@@ -156,6 +156,7 @@ class KeyLookup:
     deleted_vault: DeletedVault | None = None
     reason: str = ""
     failure: ReadFailure | None = None
+    aspect: ReadAspect | None = None  # what was not read
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,14 +192,14 @@ class EstateIndex:
             return self._vault_not_found(key)
         if vault.keys is None:
             failure = estate.failure(vault.id, ReadAspect.KEYS)
-            return KeyLookup(key, KeyStatus.NOT_EVALUABLE, vault=vault,
+            return KeyLookup(key, KeyStatus.NOT_EVALUABLE, vault=vault, aspect=ReadAspect.KEYS,
                              reason=f"the keys of vault {vault.name} were not read", failure=failure)
         found = vault.key(key.name)
         if found is not None:
             return KeyLookup(key, KeyStatus.FOUND, vault=vault, vault_key=found)
         if vault.deleted_keys is None:
             failure = estate.failure(vault.id, ReadAspect.DELETED_KEYS)
-            return KeyLookup(key, KeyStatus.NOT_EVALUABLE, vault=vault,
+            return KeyLookup(key, KeyStatus.NOT_EVALUABLE, vault=vault, aspect=ReadAspect.DELETED_KEYS,
                              reason=f"key {key.name} is not listed and the deleted keys of vault {vault.name} "
                              "were not read", failure=failure)
         deleted = next((entry for entry in vault.deleted_keys if entry.key.same_key(key)), None)
@@ -210,7 +211,7 @@ class EstateIndex:
         estate = self.estate
         if estate.deleted_vaults is None:
             failure = next(iter(estate.failures_of(ReadAspect.DELETED_VAULTS)), None)
-            return KeyLookup(key, KeyStatus.NOT_EVALUABLE, failure=failure,
+            return KeyLookup(key, KeyStatus.NOT_EVALUABLE, failure=failure, aspect=ReadAspect.DELETED_VAULTS,
                              reason=f"vault {key.vault.url} is not in the estate and the deleted vaults were not read")
         vault_name = key.vault.name
         deleted = next((entry for entry in estate.deleted_vaults
@@ -221,7 +222,7 @@ class EstateIndex:
             (failure for failure in estate.failures_of(ReadAspect.VAULT)
              if vault_name is not None and same_name(arm_name(failure.resource), vault_name)), None)
         if listing_failure is not None:
-            return KeyLookup(key, KeyStatus.NOT_EVALUABLE, failure=listing_failure,
+            return KeyLookup(key, KeyStatus.NOT_EVALUABLE, failure=listing_failure, aspect=ReadAspect.VAULTS,
                              reason=f"vault {key.vault.url} is not in the estate and a vault listing failed")
         return KeyLookup(key, KeyStatus.VAULT_MISSING)
 

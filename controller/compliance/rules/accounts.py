@@ -26,7 +26,9 @@ from controller.compliance.rules.context import (
     az_names,
     finding,
     iso,
+    lookup_not_evaluable,
     not_evaluable,
+    not_read,
 )
 from controller.model import ConsumerKind, IdentityAccess
 
@@ -146,7 +148,7 @@ def _key_of(context: RuleContext, consumer: ConsumerView) -> _Check | KeyLookup:
                                               extra={"key_uri": consumer.key.configured}))
     lookup = context.index.lookup(ref)
     if lookup.status is KeyStatus.NOT_EVALUABLE:
-        return _Check(unevaluable=Unevaluable(Reason.NOT_READ, lookup.reason, lookup.failure))
+        return _Check(unevaluable=lookup_not_evaluable(lookup))
     if lookup.status is not KeyStatus.FOUND:
         return _PASSED  # CMK-013 reports the missing or soft-deleted key
     return lookup
@@ -179,7 +181,7 @@ def _access(context: RuleContext, consumer: ConsumerView) -> _Check:
     if result.access is IdentityAccess.UNKNOWN:
         failure = context.estate.failure(vault.id, ReadAspect.ROLE_ASSIGNMENTS, ReadAspect.ROLE_DEFINITION)
         return _Check(unevaluable=Unevaluable(Reason.ACCESS_NOT_EVALUATED, "; ".join(result.unevaluated), failure,
-                                              extra={"missing": result.missing}))
+                                              extra={"missing": result.missing}, aspect=ReadAspect.ROLE_ASSIGNMENTS))
     if result.model == "access-policy":
         remediation = (f"az keyvault set-policy {az_names(vault.id)} --object-id {principal.principal_id} "
                        f"--key-permissions {' '.join(NEEDED_KEY_PERMISSIONS)}")
@@ -196,8 +198,8 @@ def _adoption(context: RuleContext, consumer: ConsumerView) -> _Check:
         return found
     ref, vault_key = found.key, found.vault_key
     if vault_key is None or vault_key.versions is None:
-        failure = context.estate.failure(ref.uri, ReadAspect.KEY_VERSIONS)
-        return _Check(unevaluable=Unevaluable(Reason.NOT_READ, f"the versions of {ref.uri} were not read", failure))
+        return _Check(unevaluable=not_read(context.estate, ref.uri, ReadAspect.KEY_VERSIONS,
+                                           f"the versions of {ref.uri} were not read"))
     latest = latest_usable(vault_key.versions, context.now)
     if latest is None:
         return _PASSED  # nothing to adopt: CMK-009 reports the unusable version in use
@@ -284,7 +286,7 @@ def cmk_008_vault_in_account_region(context: RuleContext) -> list[Finding]:
         if lookup.vault is None:
             if lookup.status is KeyStatus.NOT_EVALUABLE:
                 findings.append(not_evaluable("CMK-008", consumer.resource_id,
-                                              Unevaluable(Reason.NOT_READ, lookup.reason, lookup.failure)))
+                                              lookup_not_evaluable(lookup)))
             continue
         vault = lookup.vault
         if region(vault.location) == region(consumer.account.location):
@@ -354,9 +356,9 @@ def cmk_019_encryption_scopes(context: RuleContext) -> list[Finding]:
                  if consumer.kind is ConsumerKind.SCOPE}
     for account in context.estate.storage_accounts:
         if account.encryption_scopes is None:
-            failure = context.estate.failure(account.id, ReadAspect.ENCRYPTION_SCOPES)
-            findings.append(not_evaluable("CMK-019", account.id, Unevaluable(
-                Reason.NOT_READ, f"the encryption scopes of {account.name} were not read", failure)))
+            findings.append(not_evaluable("CMK-019", account.id, not_read(
+                context.estate, account.id, ReadAspect.ENCRYPTION_SCOPES,
+                f"the encryption scopes of {account.name} were not read")))
             continue
         required = requires_cmk(account, context.settings)
         for scope in account.encryption_scopes:
@@ -385,7 +387,7 @@ def _scope_findings(account: StorageAccount, scope_id: str, scope_name: str,
         if check.unevaluable is not None:
             cause = check.unevaluable
             results.append(not_evaluable("CMK-019", scope_id, Unevaluable(
-                cause.reason, f"{name}: {cause.detail}", cause.failure, cause.extra)))
+                cause.reason, f"{name}: {cause.detail}", cause.failure, cause.extra, cause.aspect)))
     if failed:
         evidence: dict[str, object] = {
             "failed_checks": tuple(failed),

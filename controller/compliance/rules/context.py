@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from controller.compliance.estate import Estate, ReadAspect, ReadFailure, arm_name, arm_resource_group
 from controller.compliance.findings import Finding
-from controller.compliance.resolve import EstateIndex, index
+from controller.compliance.resolve import EstateIndex, KeyLookup, index
 from controller.model import Severity
 
 #: Account tag that puts an account in scope of CMK-001 when CMK_REQUIRE_CMK is "tagged".
@@ -169,12 +169,23 @@ _READ_ACCESS: Mapping[ReadAspect, str] = {
 
 @dataclass(frozen=True, slots=True)
 class Unevaluable:
-    """Why a rule could not be evaluated for a resource; ``failure`` is the recorded read failure."""
+    """Why a rule could not be evaluated for a resource; ``failure`` is the recorded read failure, and
+    ``aspect`` what was not read when no failure was recorded."""
 
     reason: Reason
     detail: str
     failure: ReadFailure | None = None
     extra: Mapping[str, object] = field(default_factory=dict)
+    aspect: ReadAspect | None = None
+
+
+def not_read(estate: Estate, resource: str, aspect: ReadAspect, detail: str) -> Unevaluable:
+    """A part of ``resource`` was not read: with the recorded read failure, if any."""
+    return Unevaluable(Reason.NOT_READ, detail, estate.failure(resource, aspect), aspect=aspect)
+
+
+def lookup_not_evaluable(lookup: KeyLookup) -> Unevaluable:
+    return Unevaluable(Reason.NOT_READ, lookup.reason, lookup.failure, aspect=lookup.aspect)
 
 
 def not_evaluable(rule: str, resource: str, cause: Unevaluable) -> Finding:
@@ -184,7 +195,7 @@ def not_evaluable(rule: str, resource: str, cause: Unevaluable) -> Finding:
     if failure is not None:
         entry.update(aspect=failure.aspect.value, read_error=failure.reason, status_code=failure.status_code)
     return finding(NOT_EVALUABLE, resource, f"{rule} could not be evaluated", {"not_evaluated": (entry,)},
-                   read_remediation(failure.aspect if failure else None))
+                   read_remediation(failure.aspect if failure else cause.aspect))
 
 
 def read_failure_finding(failure: ReadFailure) -> Finding:

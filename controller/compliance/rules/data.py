@@ -5,7 +5,16 @@ from __future__ import annotations
 from controller.compliance.estate import ReadAspect
 from controller.compliance.findings import Finding
 from controller.compliance.resolve import KeyStatus, latest_usable, parse_configured_key
-from controller.compliance.rules.context import Reason, RuleContext, Unevaluable, finding, iso, not_evaluable
+from controller.compliance.rules.context import (
+    Reason,
+    RuleContext,
+    Unevaluable,
+    finding,
+    iso,
+    lookup_not_evaluable,
+    not_evaluable,
+    not_read,
+)
 
 
 def cmk_018_blobs_rewrapped(context: RuleContext) -> list[Finding]:
@@ -13,9 +22,8 @@ def cmk_018_blobs_rewrapped(context: RuleContext) -> list[Finding]:
     for census in sorted(context.estate.container_census, key=lambda census: census.name.lower()):
         resource = census.name
         if census.blobs_per_version is None:
-            findings.append(not_evaluable("CMK-018", resource, Unevaluable(
-                Reason.NOT_READ, f"the blobs of {resource} were not counted",
-                context.estate.failure(resource, ReadAspect.BLOB_CENSUS))))
+            findings.append(not_evaluable("CMK-018", resource, not_read(
+                context.estate, resource, ReadAspect.BLOB_CENSUS, f"the blobs of {resource} were not counted")))
             continue
         parsed = parse_configured_key(census.key_uri, context.estate.custom_origins)
         if parsed.ref is None:
@@ -25,16 +33,14 @@ def cmk_018_blobs_rewrapped(context: RuleContext) -> list[Finding]:
         key = parsed.ref.versionless
         lookup = context.index.lookup(key)
         if lookup.status is KeyStatus.NOT_EVALUABLE:
-            findings.append(not_evaluable("CMK-018", resource, Unevaluable(Reason.NOT_READ, lookup.reason,
-                                                                            lookup.failure)))
+            findings.append(not_evaluable("CMK-018", resource, lookup_not_evaluable(lookup)))
             continue
         if lookup.status is not KeyStatus.FOUND or lookup.vault_key is None:
             continue  # CMK-013 reports the missing or soft-deleted key with this container
         versions = lookup.vault_key.versions
         if versions is None:
-            findings.append(not_evaluable("CMK-018", resource, Unevaluable(
-                Reason.NOT_READ, f"the versions of {key.uri} were not read",
-                context.estate.failure(key.uri, ReadAspect.KEY_VERSIONS))))
+            findings.append(not_evaluable("CMK-018", resource, not_read(
+                context.estate, key.uri, ReadAspect.KEY_VERSIONS, f"the versions of {key.uri} were not read")))
             continue
         latest = latest_usable(versions, context.now)
         if latest is None:

@@ -24,7 +24,9 @@ from controller.compliance.rules.context import (
     Unevaluable,
     finding,
     iso,
+    lookup_not_evaluable,
     not_evaluable,
+    not_read,
 )
 from controller.model import KeyRef, KeyVersionInfo, Severity
 
@@ -60,7 +62,7 @@ def _found_keys(context: RuleContext, rule: str) -> Iterable[tuple[KeyUse, KeyLo
     for use in context.index.key_uses:
         lookup = context.index.lookup(use.key)
         if lookup.status is KeyStatus.NOT_EVALUABLE:
-            yield not_evaluable(rule, use.uri, Unevaluable(Reason.NOT_READ, lookup.reason, lookup.failure))
+            yield not_evaluable(rule, use.uri, lookup_not_evaluable(lookup))
         elif lookup.status is KeyStatus.FOUND:
             yield use, lookup
 
@@ -124,9 +126,8 @@ def cmk_009_version_in_use_valid(context: RuleContext) -> list[Finding]:
         use, lookup = item
         versions = lookup.vault_key.versions if lookup.vault_key else None
         if versions is None:
-            findings.append(not_evaluable("CMK-009", use.uri, Unevaluable(
-                Reason.NOT_READ, f"the versions of {use.uri} were not read",
-                context.estate.failure(use.uri, ReadAspect.KEY_VERSIONS))))
+            findings.append(not_evaluable("CMK-009", use.uri, not_read(
+                context.estate, use.uri, ReadAspect.KEY_VERSIONS, f"the versions of {use.uri} were not read")))
             continue
         users: dict[str, list[str]] = {}
         unknown: list[str] = []
@@ -193,9 +194,8 @@ def cmk_010_rotation_policy(context: RuleContext) -> list[Finding]:
             continue
         if key.rotation_policy is None or key.versions is None:
             aspect = ReadAspect.ROTATION_POLICY if key.rotation_policy is None else ReadAspect.KEY_VERSIONS
-            findings.append(not_evaluable("CMK-010", use.uri, Unevaluable(
-                Reason.NOT_READ, f"the {aspect.value} of {use.uri} was not read",
-                context.estate.failure(use.uri, aspect))))
+            findings.append(not_evaluable("CMK-010", use.uri, not_read(
+                context.estate, use.uri, aspect, f"the {aspect.value} of {use.uri} was not read")))
             continue
         policy = key.rotation_policy
         try:
@@ -262,8 +262,7 @@ def cmk_013_key_exists(context: RuleContext) -> list[Finding]:
         if lookup.status is KeyStatus.FOUND:
             continue
         if lookup.status is KeyStatus.NOT_EVALUABLE:
-            findings.append(not_evaluable("CMK-013", ref.uri,
-                                          Unevaluable(Reason.NOT_READ, lookup.reason, lookup.failure)))
+            findings.append(not_evaluable("CMK-013", ref.uri, lookup_not_evaluable(lookup)))
             continue
         evidence: dict[str, object] = {"consumers": tuple(consumer.resource_id for consumer in consumers),
                                        "containers": containers, "vault": ref.vault.url}

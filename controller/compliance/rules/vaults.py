@@ -23,6 +23,7 @@ from controller.compliance.rules.context import (
     finding,
     iso,
     not_evaluable,
+    not_read,
 )
 
 #: The soft-delete retention Key Vault accepts, in days.
@@ -104,9 +105,9 @@ def cmk_016_audit_diagnostics(context: RuleContext) -> list[Finding]:
     findings = []
     for vault in context.estate.vaults:
         if vault.diagnostic_settings is None:
-            failure = context.estate.failure(vault.id, ReadAspect.DIAGNOSTIC_SETTINGS)
-            findings.append(not_evaluable("CMK-016", vault.id, Unevaluable(
-                Reason.NOT_READ, f"the diagnostic settings of vault {vault.name} were not read", failure)))
+            findings.append(not_evaluable("CMK-016", vault.id, not_read(
+                context.estate, vault.id, ReadAspect.DIAGNOSTIC_SETTINGS,
+                f"the diagnostic settings of vault {vault.name} were not read")))
             continue
         if any(_sends_audit_events(setting) for setting in vault.diagnostic_settings):
             continue
@@ -128,7 +129,8 @@ def cmk_017_failed_key_operations(context: RuleContext) -> list[Finding]:
         if context.estate.failures_of(ReadAspect.AUDIT_LOGS):
             return []  # each read failure is already a CMK-000 of its own
         return [not_evaluable("CMK-017", AUDIT_LOGS_RESOURCE, Unevaluable(
-            Reason.NOT_READ, "the vaults' audit logs were not gathered (no Log Analytics workspace configured)"))]
+            Reason.NOT_READ, "the vaults' audit logs were not gathered (no Log Analytics workspace configured)",
+            aspect=ReadAspect.AUDIT_LOGS))]
     groups: dict[str, list[AuditFailureGroup]] = {}
     for group in audit.failures:
         if (group.status_code >= 400 and group.count > 0
