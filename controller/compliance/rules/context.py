@@ -192,6 +192,8 @@ def not_evaluable(rule: str, resource: str, cause: Unevaluable) -> Finding:
     """The CMK-000 finding of one rule that could not be evaluated for ``resource``."""
     entry: dict[str, object] = {"rule": rule, "reason": cause.reason.value, "detail": cause.detail, **cause.extra}
     failure = cause.failure
+    if cause.aspect is not None:
+        entry.update(aspect=cause.aspect.value)
     if failure is not None:
         entry.update(aspect=failure.aspect.value, read_error=failure.reason, status_code=failure.status_code)
     return finding(NOT_EVALUABLE, resource, f"{rule} could not be evaluated", {"not_evaluated": (entry,)},
