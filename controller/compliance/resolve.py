@@ -177,7 +177,7 @@ class EstateIndex:
 
     estate: Estate
     vaults_by_origin: Mapping[str, Vault]
-    consumers: tuple[ConsumerView, ...]  # accounts and scopes configured with a Key Vault key
+    consumers: tuple[ConsumerView, ...]  # accounts and scopes configured with a Key Vault key, by id
     key_uses: tuple[KeyUse, ...]  # every key a consumer is configured with, sorted by URI
     role_definitions: Mapping[str, RoleDefinition]  # lower-case GUID -> definition
 
@@ -244,13 +244,15 @@ def index(estate: Estate) -> EstateIndex:
         for scope in account.encryption_scopes or ():
             if scope.uses_key_vault:
                 consumers.append(_scope_consumer(account, scope, estate.custom_origins))
+    # Sorted, so that evidence lists and the spelling chosen for a key do not depend on listing order.
+    consumers.sort(key=lambda consumer: (consumer.resource_id.lower(), consumer.resource_id))
     uses: dict[str, list[ConsumerView]] = {}
     refs: dict[str, KeyRef] = {}
     for consumer in consumers:
         if consumer.key.ref is not None:
             ref = consumer.key.ref.versionless
             identity = ref.uri.lower()
-            refs.setdefault(identity, ref)
+            refs[identity] = min(refs.get(identity, ref), ref, key=lambda spelled: spelled.uri)
             uses.setdefault(identity, []).append(consumer)
     key_uses = tuple(KeyUse(refs[identity], tuple(uses[identity])) for identity in sorted(uses))
     definitions = {role.guid: role for role in estate.role_definitions}

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.unit
 
 READ, WRAP, UNWRAP = NEEDED_DATA_ACTIONS
 SUBSCRIPTION = Subscription(subscription_id=SUB, tenant_id=TENANT, management_groups=("mg-data", TENANT))
-CUSTOM_ROLE_ID = f"/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/c0ffee00-0000-4000-8000-000000000001"
+CUSTOM_ROLE_ID = (f"/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/"
+                  "c0ffee00-0000-4000-8000-000000000001")
 
 
 def custom_role(*data_actions: str, not_data_actions: tuple[str, ...] = ()) -> RoleDefinition:
@@ -132,7 +133,8 @@ def test_principal_ids_compare_case_insensitively() -> None:
     (custom_role("*"), IdentityAccess.GRANTED, ()),
     (custom_role("MICROSOFT.KEYVAULT/VAULTS/KEYS/READ", "microsoft.keyvault/vaults/keys/wrap/action",
                  "Microsoft.KeyVault/vaults/keys/Unwrap/Action"), IdentityAccess.GRANTED, ()),
-    (custom_role("Microsoft.KeyVault/vaults/keys/*", not_data_actions=("Microsoft.KeyVault/vaults/keys/unwrap/action",)),
+    (custom_role("Microsoft.KeyVault/vaults/keys/*",
+                 not_data_actions=("Microsoft.KeyVault/vaults/keys/unwrap/action",)),
      IdentityAccess.DENIED, (UNWRAP,)),
     (custom_role("*", not_data_actions=("Microsoft.KeyVault/vaults/keys/*/action",)),
      IdentityAccess.DENIED, (WRAP, UNWRAP)),

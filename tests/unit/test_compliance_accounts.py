@@ -291,7 +291,8 @@ def test_cmk_008_not_evaluable_when_the_vault_listing_failed() -> None:
 def test_cmk_011_reports_pinned_accounts_and_scopes() -> None:
     built = estate(accounts=(account(key_version=V2.upper(), scopes=(scope(key_uri=f"{KEY_URI}/{V2}/"),)),))
     account_finding, scope_finding = run(cmk_011_versionless_key, built)
-    assert (account_finding.rule, account_finding.severity, account_finding.resource) == ("CMK-011", Severity.LOW, ACCOUNT)
+    assert (account_finding.rule, account_finding.severity) == ("CMK-011", Severity.LOW)
+    assert account_finding.resource == ACCOUNT
     assert account_finding.evidence["key_version"] == V2
     assert account_finding.evidence["reason"] == "PinnedVersion"
     assert (f"--encryption-key-vault {VAULT_ORIGIN} --encryption-key-name {KEY_NAME} --encryption-key-version \"\""

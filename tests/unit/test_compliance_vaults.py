@@ -60,7 +60,8 @@ def test_cmk_003_soft_delete_on_with_retention_7_to_90(soft_delete: bool, retent
         return
     result = only(findings)
     assert (result.rule, result.severity, result.resource) == ("CMK-003", Severity.HIGH, VAULT_ID)
-    assert result.evidence == {"reason": reason, "enableSoftDelete": soft_delete, "softDeleteRetentionInDays": retention}
+    assert result.evidence == {"reason": reason, "enableSoftDelete": soft_delete,
+                               "softDeleteRetentionInDays": retention}
     expected = "--enable-soft-delete true" if reason == "SoftDeleteOff" else "--retention-days 90"
     assert expected in result.remediation
 
@@ -104,7 +105,7 @@ def setting(*logs: LogSetting, workspace: str | None = WORKSPACE, storage: str |
     ((setting(LogSetting(enabled=True, category="AuditEvent")),), False),
     ((setting(LogSetting(enabled=True, category="auditevent")),), False),
     ((setting(LogSetting(enabled=True, category_group="allLogs")),), False),
-    ((setting(LogSetting(enabled=True, category_group="AUDIT"), workspace=None, storage="/subscriptions/x/sa"),), False),
+    ((setting(LogSetting(enabled=True, category_group="AUDIT"), workspace=None, storage=WORKSPACE),), False),
     ((), True),
     ((setting(LogSetting(enabled=False, category="AuditEvent")),), True),
     ((setting(LogSetting(enabled=True, category="AzurePolicyEvaluationDetails")),), True),
@@ -187,7 +188,7 @@ def test_cmk_017_logs_not_gathered_are_one_cmk_000() -> None:
     (429, "TooManyRequests", "", FailureClass.THROTTLED),
     (404, "NotFound", "Key not found", FailureClass.KEY_DELETED),
     (403, "ForbiddenByFirewall", "Client address is not authorized", FailureClass.FIREWALL),
-    (403, "Forbidden", "Operation unwrapKey is not permitted on this key: key is disabled", FailureClass.KEY_DISABLED_OR_EXPIRED),
+    (403, "Forbidden", "Operation unwrapKey is not permitted: key is disabled", FailureClass.KEY_DISABLED_OR_EXPIRED),
     (400, "BadParameter", "The key has expired", FailureClass.KEY_DISABLED_OR_EXPIRED),
     (403, "Forbidden", "Caller is not authorized to perform action", FailureClass.PERMISSION),
     (401, "Unauthorized", "", FailureClass.PERMISSION),
