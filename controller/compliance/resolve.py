@@ -158,6 +158,13 @@ class KeyLookup:
     failure: ReadFailure | None = None
     aspect: ReadAspect | None = None  # what was not read
 
+    @property
+    def located(self) -> tuple[Vault, VaultKey] | None:
+        """The vault and the key, when the key was found."""
+        if self.vault is None or self.vault_key is None:
+            return None
+        return self.vault, self.vault_key
+
 
 @dataclass(frozen=True, slots=True)
 class KeyUse:

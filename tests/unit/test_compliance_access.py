@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from controller.compliance.access import (
     NEEDED_DATA_ACTIONS,
@@ -232,3 +234,18 @@ def test_access_policies_need_get_wrap_and_unwrap(
     assert result.model == "access-policy"
     assert result.access is expected
     assert result.missing == missing
+
+
+GROUP_NAMES = st.from_regex(r"[A-Za-z0-9_.()-]{1,20}", fullmatch=True).filter(lambda name: not name.endswith("."))
+
+
+@given(assigned=GROUP_NAMES, other=GROUP_NAMES, relation=st.sampled_from(["same", "extended", "other"]),
+       swap=st.booleans())
+def test_a_resource_group_assignment_covers_exactly_its_own_group(assigned: str, other: str, relation: str,
+                                                                   swap: bool) -> None:
+    vault_group = {"same": assigned.swapcase() if swap else assigned, "extended": assigned + other,
+                   "other": other}[relation]
+    scope = f"/subscriptions/{SUB}/resourceGroups/{assigned}"
+    resource = f"/subscriptions/{SUB}/resourceGroups/{vault_group}/providers/Microsoft.KeyVault/vaults/v1/keys/k"
+    assert scope_covers(scope, resource, None) is (assigned.lower() == vault_group.lower())
+    assert scope_covers(scope, resource, None) is (relation == "same" or assigned.lower() == vault_group.lower())

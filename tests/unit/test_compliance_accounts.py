@@ -316,6 +316,11 @@ RECENT = (key_version(V1, age=timedelta(days=60)), key_version(V2, age=timedelta
     (VERSIONS, None, f"{KEY_URI.upper()}/{V2.upper()}", RuleSettings(), None),
     (VERSIONS, None, f"{KEY_URI}/{V1}", RuleSettings(), "AdoptionOverdue"),
     (RECENT, None, f"{KEY_URI}/{V1}", RuleSettings(), None),
+    ((VERSIONS[0], key_version(V2, age=timedelta(hours=24))), None, f"{KEY_URI}/{V1}", RuleSettings(), None),
+    ((VERSIONS[0], key_version(V2, age=timedelta(hours=24, seconds=1))), None, f"{KEY_URI}/{V1}", RuleSettings(),
+     "AdoptionOverdue"),
+    ((VERSIONS[0], key_version(V2, age=timedelta(days=3), not_before=NOW - timedelta(hours=2))), None,
+     f"{KEY_URI}/{V1}", RuleSettings(), None),  # available only since its not-before time
     (RECENT, None, f"{KEY_URI}/{V1}", RuleSettings(adoption_window=timedelta(hours=2)), "AdoptionOverdue"),
     ((*VERSIONS, key_version(V3, age=timedelta(days=1), not_before=NOW + timedelta(days=1))), None,
      f"{KEY_URI}/{V2}", RuleSettings(), None),

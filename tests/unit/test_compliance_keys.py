@@ -175,6 +175,7 @@ def test_cmk_009_a_pinned_version_counts_when_azure_reports_no_current_one() -> 
 # --- CMK-010 --------------------------------------------------------------------------------------------
 
 OLD = (key_version(V1, age=timedelta(days=200)), key_version(V2, age=timedelta(days=120)))
+NOTIFY = RotationLifetimeAction("Notify", time_before_expiry="P30D")
 
 
 @pytest.mark.parametrize(("policy", "versions", "settings", "fails"), [
@@ -192,6 +193,9 @@ OLD = (key_version(V1, age=timedelta(days=200)), key_version(V2, age=timedelta(d
     (rotation_policy(RotationLifetimeAction("Notify", time_before_expiry="P30D")), VERSIONS,
      RuleSettings(rotation_max_age=timedelta(days=20)), True),
     (rotation_policy(), OLD, RuleSettings(rotation_max_age=timedelta(days=60)), True),
+    (rotation_policy(NOTIFY), (key_version(V2, age=timedelta(days=90)),), RuleSettings(), False),
+    (rotation_policy(NOTIFY), (key_version(V2, age=timedelta(days=90, seconds=1)),), RuleSettings(), True),
+    (rotation_policy(NOTIFY), (*OLD, key_version(V3, age=timedelta(days=10), enabled=False)), RuleSettings(), True),
 ])
 def test_cmk_010_keys_rotate_within_the_maximum_age(policy: object, versions: tuple[KeyVersionInfo, ...],
                                                     settings: RuleSettings, fails: bool) -> None:
@@ -202,8 +206,9 @@ def test_cmk_010_keys_rotate_within_the_maximum_age(policy: object, versions: tu
     result = only(findings)
     assert (result.rule, result.severity, result.resource) == ("CMK-010", Severity.MEDIUM, KEY_URI)
     assert result.evidence["reason"] == "NoTimelyRotation"
-    assert result.evidence["current_version"] == V2
-    assert result.evidence["age_days"] == (NOW - versions[1].created).days
+    assert result.evidence["current_version"] == V2  # the newest enabled version
+    current = next(info for info in versions if info.version == V2)
+    assert result.evidence["age_days"] == (NOW - current.created).days
     assert result.evidence["max_age_days"] == settings.rotation_max_age.days
     assert f'"timeAfterCreate":"P{settings.rotation_max_age.days}D"' in result.remediation
     assert result.remediation.startswith(
@@ -335,6 +340,7 @@ def test_cmk_020_isolation_advisory(subscriptions: tuple[str, ...], tenant2: str
     assert result.evidence["accounts"] == len(subscriptions)
     assert result.evidence["subscriptions"] == tuple(sorted(set(subscriptions)))
     assert f"at most {limit} accounts" in result.remediation
+    assert result.evidence["tenants"] == tuple(sorted({TENANT, tenant2}))
 
 
 # --- CMK-018 --------------------------------------------------------------------------------------------

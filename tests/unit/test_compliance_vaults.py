@@ -146,14 +146,14 @@ def audit(*groups: AuditFailureGroup) -> AuditLog:
 
 def test_cmk_017_passes_when_the_logs_were_gathered_and_show_no_failure() -> None:
     assert run(cmk_017_failed_key_operations, estate(audit=audit())) == []
-    ignored = audit(group(operation="KeyGet"), group(status=200), group(count=0))
+    ignored = audit(group(operation="KeyGet"), group(status=200), group(status=399), group(count=0))
     assert run(cmk_017_failed_key_operations, estate(audit=ignored)) == []
 
 
 def test_cmk_017_groups_failures_by_vault_with_classes_and_evidence() -> None:
     throttled = group(operation="keywrap", status=429, failure_class=FailureClass.THROTTLED, count=10,
                       vault_id=VAULT_ID.upper())
-    built = estate(audit=audit(group(), throttled))
+    built = estate(audit=audit(group(), throttled, group(operation="KeyDelete", status=404, count=7)))
     result = only(run(cmk_017_failed_key_operations, built))
     assert (result.rule, result.severity, result.resource) == ("CMK-017", Severity.CRITICAL, VAULT_ID)
     assert result.evidence["failed_operations"] == 14

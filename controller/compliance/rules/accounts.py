@@ -12,9 +12,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.compliance.access import CRYPTO_SERVICE_ENCRYPTION_USER, NEEDED_KEY_PERMISSIONS, key_access
-from controller.compliance.estate import ReadAspect, StorageAccount, arm_resource_group, region, same_name
+from controller.compliance.estate import (
+    ReadAspect,
+    StorageAccount,
+    Vault,
+    VaultKey,
+    arm_resource_group,
+    region,
+    same_name,
+)
 from controller.compliance.findings import Finding
-from controller.compliance.resolve import ConsumerView, KeyLookup, KeyStatus, find_version, latest_usable
+from controller.compliance.resolve import ConsumerView, KeyStatus, find_version, latest_usable
 from controller.compliance.rules.context import (
     EXEMPT_TAG,
     REQUIRED_TAG,
@@ -30,7 +38,7 @@ from controller.compliance.rules.context import (
     not_evaluable,
     not_read,
 )
-from controller.model import ConsumerKind, IdentityAccess
+from controller.model import ConsumerKind, IdentityAccess, KeyRef
 
 _GEO_REDUNDANT_SKUS = ("grs", "gzrs")  # Standard_GRS, Standard_RAGRS, Standard_GZRS, Standard_RAGZRS
 
@@ -140,8 +148,8 @@ class _Check:
 _PASSED = _Check()
 
 
-def _key_of(context: RuleContext, consumer: ConsumerView) -> _Check | KeyLookup:
-    """The consumer's key when it is found in a vault of the estate; else the check's outcome."""
+def _key_of(context: RuleContext, consumer: ConsumerView) -> _Check | tuple[KeyRef, Vault, VaultKey]:
+    """The consumer's key and its vault when it is found in the estate; else the check's outcome."""
     ref = consumer.key.ref
     if ref is None:
         return _Check(unevaluable=Unevaluable(Reason.KEY_URI_INVALID, consumer.key.error,
@@ -149,9 +157,10 @@ def _key_of(context: RuleContext, consumer: ConsumerView) -> _Check | KeyLookup:
     lookup = context.index.lookup(ref)
     if lookup.status is KeyStatus.NOT_EVALUABLE:
         return _Check(unevaluable=lookup_not_evaluable(lookup))
-    if lookup.status is not KeyStatus.FOUND:
+    located = lookup.located
+    if located is None:
         return _PASSED  # CMK-013 reports the missing or soft-deleted key
-    return lookup
+    return (ref.versionless, *located)
 
 
 def _access(context: RuleContext, consumer: ConsumerView) -> _Check:
@@ -167,9 +176,8 @@ def _access(context: RuleContext, consumer: ConsumerView) -> _Check:
     found = _key_of(context, consumer)
     if isinstance(found, _Check):
         return found
-    vault, key_name = found.vault, found.key.name
-    if vault is None:
-        return _PASSED  # unreachable: a found key has its vault
+    ref, vault, _ = found
+    key_name = ref.name
     subscription = context.estate.subscription(vault.subscription_id)
     result = key_access(vault, key_name, principal.principal_id,
                         role_definitions=context.index.role_definitions, subscription=subscription)
@@ -196,8 +204,8 @@ def _adoption(context: RuleContext, consumer: ConsumerView) -> _Check:
     found = _key_of(context, consumer)
     if isinstance(found, _Check):
         return found
-    ref, vault_key = found.key, found.vault_key
-    if vault_key is None or vault_key.versions is None:
+    ref, _, vault_key = found
+    if vault_key.versions is None:
         return _Check(unevaluable=not_read(context.estate, ref.uri, ReadAspect.KEY_VERSIONS,
                                            f"the versions of {ref.uri} were not read"))
     latest = latest_usable(vault_key.versions, context.now)

@@ -35,9 +35,10 @@ def cmk_018_blobs_rewrapped(context: RuleContext) -> list[Finding]:
         if lookup.status is KeyStatus.NOT_EVALUABLE:
             findings.append(not_evaluable("CMK-018", resource, lookup_not_evaluable(lookup)))
             continue
-        if lookup.status is not KeyStatus.FOUND or lookup.vault_key is None:
+        located = lookup.located
+        if located is None:
             continue  # CMK-013 reports the missing or soft-deleted key with this container
-        versions = lookup.vault_key.versions
+        versions = located[1].versions
         if versions is None:
             findings.append(not_evaluable("CMK-018", resource, not_read(
                 context.estate, key.uri, ReadAspect.KEY_VERSIONS, f"the versions of {key.uri} were not read")))

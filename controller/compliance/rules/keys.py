@@ -8,11 +8,10 @@ import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from controller.compliance.estate import ReadAspect, same_name
+from controller.compliance.estate import ReadAspect, VaultKey, same_name
 from controller.compliance.findings import Finding
 from controller.compliance.resolve import (
     ConsumerView,
-    KeyLookup,
     KeyStatus,
     KeyUse,
     find_version,
@@ -56,15 +55,16 @@ def parse_duration(text: str) -> timedelta:
                      seconds=parts.get("seconds", 0))
 
 
-def _found_keys(context: RuleContext, rule: str) -> Iterable[tuple[KeyUse, KeyLookup] | Finding]:
+def _found_keys(context: RuleContext, rule: str) -> Iterable[tuple[KeyUse, VaultKey] | Finding]:
     """Each key in use with its lookup when it is found; a CMK-000 when it cannot be looked up. Missing
     and soft-deleted keys are CMK-013's."""
     for use in context.index.key_uses:
         lookup = context.index.lookup(use.key)
+        located = lookup.located
         if lookup.status is KeyStatus.NOT_EVALUABLE:
             yield not_evaluable(rule, use.uri, lookup_not_evaluable(lookup))
-        elif lookup.status is KeyStatus.FOUND:
-            yield use, lookup
+        elif located is not None:
+            yield use, located[1]
 
 
 def _vault_name(use: KeyUse) -> str:
@@ -78,10 +78,7 @@ def cmk_005_key_type_and_size(context: RuleContext) -> list[Finding]:
         if isinstance(item, Finding):
             findings.append(item)
             continue
-        use, lookup = item
-        key = lookup.vault_key
-        if key is None:
-            continue
+        use, key = item
         rsa = any(same_name(key.kty, supported) for supported in SUPPORTED_KEY_TYPES)
         if rsa and key.key_size is None:
             findings.append(not_evaluable("CMK-005", use.uri, Unevaluable(
@@ -123,8 +120,8 @@ def cmk_009_version_in_use_valid(context: RuleContext) -> list[Finding]:
         if isinstance(item, Finding):
             findings.append(item)
             continue
-        use, lookup = item
-        versions = lookup.vault_key.versions if lookup.vault_key else None
+        use, key = item
+        versions = key.versions
         if versions is None:
             findings.append(not_evaluable("CMK-009", use.uri, not_read(
                 context.estate, use.uri, ReadAspect.KEY_VERSIONS, f"the versions of {use.uri} were not read")))
@@ -188,10 +185,7 @@ def cmk_010_rotation_policy(context: RuleContext) -> list[Finding]:
         if isinstance(item, Finding):
             findings.append(item)
             continue
-        use, lookup = item
-        key = lookup.vault_key
-        if key is None:
-            continue
+        use, key = item
         if key.rotation_policy is None or key.versions is None:
             aspect = ReadAspect.ROTATION_POLICY if key.rotation_policy is None else ReadAspect.KEY_VERSIONS
             findings.append(not_evaluable("CMK-010", use.uri, not_read(
