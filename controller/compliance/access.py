@@ -116,20 +116,21 @@ def key_access(
         covers = scope_covers(assignment.scope, key_scope, ancestry)
         if covers is False:
             continue
-        role = None if covers is None or assignment.condition else _role(assignment, role_definitions)
         if covers is None:
             unevaluated.append(f"management-group assignment at {assignment.scope}: the subscription's "
                                "management-group ancestry is unknown")
-        elif assignment.condition:
+            continue
+        if assignment.condition:
             unevaluated.append(f"conditional assignment at {assignment.scope} (ABAC conditions are not evaluated)")
-        elif role is None:
+            continue
+        role = _role(assignment, role_definitions)
+        if role is None:
             unevaluated.append(f"role definition {assignment.role_definition_id} was not read")
-        else:
-            allowed = {action for action in NEEDED_DATA_ACTIONS
-                       if any(allows(block, action) for block in role.permissions)}
-            if allowed:
-                granted_by.append(f"{role.role_name} at {assignment.scope}")
-                granted |= allowed
+            continue
+        allowed = {action for action in NEEDED_DATA_ACTIONS if any(allows(block, action) for block in role.permissions)}
+        if allowed:
+            granted_by.append(f"{role.role_name} at {assignment.scope}")
+            granted |= allowed
     missing = tuple(action for action in NEEDED_DATA_ACTIONS if action not in granted)
     if not missing:
         return AccessResult(IdentityAccess.GRANTED, "rbac", granted_by=tuple(granted_by))

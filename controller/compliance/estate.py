@@ -13,6 +13,28 @@ yields a CMK-000 finding for the resource it evaluates, never a silent pass.
 
 The same values serve onboarding and remediation features later: they describe the estate, not the
 rules.
+
+Where each part comes from (for the gatherer)
+    StorageAccount      storage_accounts list/get: id, name, location, sku.name, kind, tags, identity
+                        {type, principalId, userAssignedIdentities{id: {principalId, clientId}}},
+                        properties.encryption {keySource, keyvaultproperties{keyname, keyversion,
+                        keyvaulturi, currentVersionedKeyIdentifier, lastKeyRotationTimestamp},
+                        identity.userAssignedIdentity, services.queue/table.keyType}
+    EncryptionScope     encryption_scopes.list per account: {id, name, source, state,
+                        keyVaultProperties{keyUri, currentVersionedKeyIdentifier, lastKeyRotationTimestamp}}
+    Vault               vaults.get: id, name, location, properties {vaultUri, enableSoftDelete,
+                        softDeleteRetentionInDays, enablePurgeProtection, enableRbacAuthorization,
+                        networkAcls{defaultAction, bypass}, accessPolicies[{objectId, applicationId,
+                        permissions.keys}]}; role_assignments.list_for_scope(vault id);
+                        diagnostic_settings.list(vault id); data plane: list keys, versions
+                        (KeyVersionInfo), rotation policies, deleted keys (DeletedKeyInfo)
+    DeletedVault        vaults.list_deleted: name, properties {vaultId, location, deletionDate,
+                        scheduledPurgeDate}
+    RoleDefinition      role_definitions.get_by_id for each assignment's roleDefinitionId
+    Subscription        subscriptions.get (tenantId); management-group ancestry when readable
+    ContainerCensus     controller.blob_census.wrapping_versions over each registered container
+    AuditLog            Log Analytics (AZKVAuditLogs / AzureDiagnostics) failed KeyWrap/KeyUnwrap,
+                        grouped; ``classify_failure`` gives each group's class
 """
 
 from __future__ import annotations
