@@ -12,6 +12,7 @@ from controller.compliance.estate import (
     ManagedIdentity,
     ReadAspect,
     ReadFailure,
+    UserAssignedIdentity,
 )
 from controller.compliance.rules import RequireCmk, RuleSettings
 from controller.compliance.rules.accounts import (
@@ -206,6 +207,34 @@ def test_cmk_006_the_system_assigned_principal_needs_its_own_grant() -> None:
     assert result.evidence["identity"] == "system-assigned"
     granted = estate(accounts=(system,), vaults=(vault(role_assignments=(assignment(principal=SYSTEM_PRINCIPAL),)),))
     assert run(cmk_006_identity_can_use_key, granted) == []
+
+
+@pytest.mark.parametrize(("attached_principal", "listed_principal", "outcome"), [
+    (PRINCIPAL, None, "granted"),
+    (None, PRINCIPAL, "granted"),  # the identity's own resource names the principal
+    (None, None, "unknown"),
+])
+def test_cmk_006_the_user_assigned_principal_comes_from_the_account_or_the_identity_resource(
+    attached_principal: str | None, listed_principal: str | None, outcome: str
+) -> None:
+    identity = ManagedIdentity(type="UserAssigned", user_assigned=(
+        AttachedIdentity(resource_id=UAI_ID, principal_id=attached_principal),))
+    identities = () if listed_principal is None else (UserAssignedIdentity(id=UAI_ID.upper(),
+                                                                            principal_id=listed_principal),)
+    built = estate(accounts=(account(identity=identity),), user_assigned_identities=identities)
+    findings = run(cmk_006_identity_can_use_key, built)
+    if outcome == "granted":
+        assert findings == []
+        return
+    [entry] = not_evaluated(only(findings))
+    assert (entry["rule"], entry["reason"]) == ("CMK-006", "IdentityPrincipalUnknown")
+    assert entry["detail"] == "the principal of the user-assigned identity is not reported"
+
+
+def test_cmk_006_an_unreported_system_assigned_principal_is_not_evaluable() -> None:
+    system = account(uai=None, identity=ManagedIdentity(type="SystemAssigned"))
+    [entry] = not_evaluated(only(run(cmk_006_identity_can_use_key, estate(accounts=(system,)))))
+    assert entry["detail"] == "the principal of the system-assigned identity is not reported"
 
 
 def test_cmk_006_an_identity_that_does_not_resolve_has_no_access() -> None:

@@ -77,13 +77,13 @@ def cmk_001_account_uses_cmk(context: RuleContext) -> list[Finding]:
 @dataclass(frozen=True, slots=True)
 class EncryptionPrincipal:
     """Who the account (and its scopes) reach the key as: ``principal_id`` when it resolves,
-    ``problem`` (CMK-002) when it does not, or ``unknown`` when the principal was not reported."""
+    ``problem`` (CMK-002) when it does not; neither when the identity resolves but its principal was
+    not reported."""
 
     source: str  # "user-assigned" or "system-assigned"
     identity_id: str | None
     principal_id: str | None
     problem: Reason | None = None
-    unknown: bool = False
 
 
 def encryption_principal(context: RuleContext, account: StorageAccount) -> EncryptionPrincipal:
@@ -94,11 +94,10 @@ def encryption_principal(context: RuleContext, account: StorageAccount) -> Encry
             return EncryptionPrincipal("user-assigned", wanted, None, Reason.USER_ASSIGNED_NOT_ATTACHED)
         listed = context.estate.user_assigned_identity(wanted)
         principal = attached.principal_id or (listed.principal_id if listed else None)
-        return EncryptionPrincipal("user-assigned", wanted, principal, unknown=principal is None)
+        return EncryptionPrincipal("user-assigned", wanted, principal)
     if not account.identity.system_assigned:
         return EncryptionPrincipal("system-assigned", None, None, Reason.SYSTEM_ASSIGNED_OFF)
-    principal = account.identity.principal_id
-    return EncryptionPrincipal("system-assigned", None, principal, unknown=principal is None)
+    return EncryptionPrincipal("system-assigned", None, account.identity.principal_id)
 
 
 def _uses_key_vault_anywhere(account: StorageAccount) -> bool:
@@ -170,7 +169,7 @@ def _access(context: RuleContext, consumer: ConsumerView) -> _Check:
             "principal_id": None, "identity": principal.source,
             "detail": f"the encryption identity does not resolve ({principal.problem.value}, CMK-002)"},
             "fix the account's encryption identity (CMK-002)")
-    if principal.unknown or principal.principal_id is None:
+    if principal.principal_id is None:
         return _Check(unevaluable=Unevaluable(Reason.IDENTITY_PRINCIPAL_UNKNOWN,
                                               f"the principal of the {principal.source} identity is not reported"))
     found = _key_of(context, consumer)
