@@ -229,6 +229,10 @@ def test_cmk_006_the_user_assigned_principal_comes_from_the_account_or_the_ident
     [entry] = not_evaluated(only(findings))
     assert (entry["rule"], entry["reason"]) == ("CMK-006", "IdentityPrincipalUnknown")
     assert entry["detail"] == "the principal of the user-assigned identity is not reported"
+    assert entry["aspect"] == "user-assigned-identities"
+    failure = ReadFailure(resource=UAI_ID, aspect=ReadAspect.USER_ASSIGNED_IDENTITIES, reason="denied", status_code=403)
+    with_failure = run(cmk_006_identity_can_use_key, replace(built, read_failures=(failure,)))
+    assert not_evaluated(only(with_failure))[0]["status_code"] == 403
 
 
 def test_cmk_006_an_unreported_system_assigned_principal_is_not_evaluable() -> None:

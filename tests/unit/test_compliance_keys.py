@@ -153,10 +153,13 @@ def test_cmk_009_reports_every_version_in_use_and_is_critical_if_any_is() -> Non
 
 def test_cmk_009_consumers_whose_version_is_unknown_or_unlisted_are_not_evaluable() -> None:
     built = estate(accounts=(account(current=None), account("acct2", current=f"{KEY_URI}/{V3}")))
-    result = only(run(cmk_009_version_in_use_valid, built))
-    [entry] = not_evaluated(result)
-    assert (result.resource, entry["rule"], entry["reason"]) == (KEY_URI, "CMK-009", "CurrentVersionUnknown")
-    assert entry["consumers"] == (ACCOUNT, account_id("acct2"))
+    unknown, unlisted = run(cmk_009_version_in_use_valid, built)
+    assert unknown.resource == unlisted.resource == KEY_URI
+    [entry] = not_evaluated(unknown)
+    assert (entry["rule"], entry["reason"], entry["consumers"]) == ("CMK-009", "CurrentVersionUnknown", (ACCOUNT,))
+    [entry] = not_evaluated(unlisted)
+    assert (entry["reason"], entry["versions"], entry["consumers"]) == (
+        "VersionNotListed", (V3,), (account_id("acct2"),))
 
 
 def test_cmk_009_unlisted_versions_are_not_evaluable() -> None:

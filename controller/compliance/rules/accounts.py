@@ -170,8 +170,11 @@ def _access(context: RuleContext, consumer: ConsumerView) -> _Check:
             "detail": f"the encryption identity does not resolve ({principal.problem.value}, CMK-002)"},
             "fix the account's encryption identity (CMK-002)")
     if principal.principal_id is None:
-        return _Check(unevaluable=Unevaluable(Reason.IDENTITY_PRINCIPAL_UNKNOWN,
-                                              f"the principal of the {principal.source} identity is not reported"))
+        failure = (context.estate.failure(principal.identity_id, ReadAspect.USER_ASSIGNED_IDENTITIES)
+                   if principal.identity_id else None)
+        return _Check(unevaluable=Unevaluable(
+            Reason.IDENTITY_PRINCIPAL_UNKNOWN, f"the principal of the {principal.source} identity is not reported",
+            failure, aspect=ReadAspect.USER_ASSIGNED_IDENTITIES if principal.identity_id else None))
     found = _key_of(context, consumer)
     if isinstance(found, _Check):
         return found

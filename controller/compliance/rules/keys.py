@@ -135,10 +135,11 @@ def cmk_009_version_in_use_valid(context: RuleContext) -> list[Finding]:
             else:
                 users.setdefault(version.lower(), []).append(consumer.resource_id)
         problems: list[dict[str, object]] = []
+        unlisted: list[str] = []
         for version in sorted(users):
             info = find_version(versions, version)
             if info is None:
-                unknown.extend(users[version])
+                unlisted.append(version)
                 continue
             reason = _version_problem(info, context.now, context.settings.expiry_warning)
             if reason is not None:
@@ -147,8 +148,13 @@ def cmk_009_version_in_use_valid(context: RuleContext) -> list[Finding]:
                                  "used_by": tuple(users[version])})
         if unknown:
             findings.append(not_evaluable("CMK-009", use.uri, Unevaluable(
-                Reason.CURRENT_VERSION_UNKNOWN, "consumers report no version of the key that the vault lists",
+                Reason.CURRENT_VERSION_UNKNOWN, "consumers report no version of the key in use",
                 extra={"consumers": tuple(unknown)})))
+        if unlisted:
+            findings.append(not_evaluable("CMK-009", use.uri, Unevaluable(
+                Reason.VERSION_NOT_LISTED, "versions in use are not among the versions the vault lists",
+                extra={"versions": tuple(unlisted),
+                       "consumers": tuple(user for version in unlisted for user in users[version])})))
         if problems:
             findings.append(_version_finding(use, problems))
     return findings
