@@ -39,6 +39,7 @@ from tests.unit.estate_builders import (
     estate,
     key_version,
     not_evaluated,
+    only,
     rotation_policy,
     scope,
     vault,
@@ -144,6 +145,19 @@ def test_every_read_failure_is_a_cmk_000_naming_what_and_why() -> None:
     assert not_evaluated(result) == [{"aspect": "storage-accounts", "read_error": "AuthorizationFailed",
                                       "status_code": 403}]
     assert "Reader on the resource" in result.remediation
+
+
+def test_read_failures_of_one_resource_merge_into_one_cmk_000_whatever_their_order() -> None:
+    target = account_id("acct1")
+    failures = (ReadFailure(resource=target, aspect=ReadAspect.ACCOUNT, reason="gone", status_code=404),
+                ReadFailure(resource=target.upper(), aspect=ReadAspect.ENCRYPTION_SCOPES, reason="slow",
+                            status_code=429))
+    results = [evaluate(estate(read_failures=order), RuleSettings(), NOW) for order in (failures, failures[::-1])]
+    assert results[0] == results[1]
+    merged = only(results[0])
+    assert merged.resource == target.upper()  # the smallest spelling, whatever the order
+    assert merged.title == "could not read account (HTTP 404); could not read encryption-scopes (HTTP 429)"
+    assert [entry["status_code"] for entry in not_evaluated(merged)] == [404, 429]
 
 
 def test_summary_counts_and_versions_in_use() -> None:

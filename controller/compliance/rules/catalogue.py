@@ -90,7 +90,8 @@ def merge_not_evaluable(results: Sequence[Finding]) -> list[Finding]:
                          key=lambda entry: sorted((key, str(value)) for key, value in entry.items()))
         unique = [entry for position, entry in enumerate(entries) if entry not in entries[:position]]
         rules = sorted({str(entry["rule"]) for entry in unique if "rule" in entry})
-        title = (f"{', '.join(rules)} could not be evaluated" if rules else group[0].title)
+        title = (f"{', '.join(rules)} could not be evaluated" if rules
+                 else "; ".join(sorted({result.title for result in group})))
         remediation = "; ".join(sorted({result.remediation for result in group}))
         merged.append(finding(NOT_EVALUABLE, min(result.resource for result in group), title,
                               {"not_evaluated": tuple(unique)}, remediation))
