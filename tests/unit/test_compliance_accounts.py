@@ -488,6 +488,14 @@ def test_cmk_019_a_storage_key_scope_is_fine_when_the_account_is_not_required() 
     assert run(cmk_019_encryption_scopes, estate(accounts=(exempt,))) == []
 
 
+def test_cmk_019_key_vault_scopes_are_checked_even_when_the_account_is_not_required() -> None:
+    untagged = account(key_source="Microsoft.Storage", scopes=(scope(state="Disabled"),
+                                                               scope("plain", source="Microsoft.Storage", key_uri=None,
+                                                                     current=None, state="Disabled")))
+    result = only(run(cmk_019_encryption_scopes, estate(accounts=(untagged,)), settings=TAGGED))
+    assert (result.resource, result.evidence["failed_checks"]) == (SCOPE, ("state",))
+
+
 def test_cmk_019_identity_access_of_a_scope() -> None:
     built = estate(accounts=(account(scopes=(scope(),)),), vaults=(vault(role_assignments=()),))
     result = only(run(cmk_019_encryption_scopes, built))

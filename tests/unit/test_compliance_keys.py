@@ -111,6 +111,8 @@ def latest(**attributes: object) -> tuple[KeyVersionInfo, ...]:
     (latest(expires=NOW - timedelta(minutes=1)), RuleSettings(), "VersionExpired", Severity.CRITICAL),
     (latest(expires=NOW), RuleSettings(), "VersionExpired", Severity.CRITICAL),
     (latest(not_before=NOW + timedelta(hours=1)), RuleSettings(), "VersionNotYetValid", Severity.CRITICAL),
+    (latest(not_before=NOW + timedelta(microseconds=1)), RuleSettings(), "VersionNotYetValid", Severity.CRITICAL),
+    (latest(not_before=NOW), RuleSettings(), None, None),
     (latest(expires=NOW + timedelta(days=10)), RuleSettings(), "VersionExpiresSoon", Severity.MEDIUM),
     (latest(expires=NOW + timedelta(days=30)), RuleSettings(), "VersionExpiresSoon", Severity.MEDIUM),
     (latest(expires=NOW + timedelta(days=10)), RuleSettings(expiry_warning=timedelta(days=5)), None, None),

@@ -267,13 +267,13 @@ def cmk_013_key_exists(context: RuleContext) -> list[Finding]:
         evidence: dict[str, object] = {"consumers": tuple(consumer.resource_id for consumer in consumers),
                                        "containers": containers, "vault": ref.vault.url}
         vault_name = ref.vault.name or ref.vault.host
-        if lookup.status is KeyStatus.KEY_SOFT_DELETED and lookup.deleted_key is not None:
+        if lookup.deleted_key is not None:
             purge = lookup.deleted_key.scheduled_purge
             evidence.update(reason=Reason.KEY_SOFT_DELETED.value, deleted_on=iso(lookup.deleted_key.deleted_on),
                             scheduled_purge=iso(purge), days_until_purge=_days_until(purge, context.now))
             title = f"key {ref.name} is soft-deleted: its consumers cannot reach it"
             remediation = f"az keyvault key recover --vault-name {vault_name} --name {ref.name}"
-        elif lookup.status is KeyStatus.VAULT_SOFT_DELETED and lookup.deleted_vault is not None:
+        elif lookup.deleted_vault is not None:
             deleted = lookup.deleted_vault
             purge = deleted.scheduled_purge_date
             evidence.update(reason=Reason.VAULT_SOFT_DELETED.value, vault_id=deleted.vault_id,
