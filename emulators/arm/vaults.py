@@ -1,6 +1,13 @@
-"""Microsoft.KeyVault: vaults (create/update/get/list) and access policies (add/replace/remove), backed by
-``KeyVaultEmulator``: creating a vault through ARM starts its HTTPS origin; ``properties.vaultUri`` is that
-origin. Vaults created directly in the Key Vault emulator appear here too (``sync``)."""
+"""Microsoft.KeyVault: vaults (create/update/get/list), access policies (add/replace/remove), the deleted-vault
+listing and the keys and key versions of a vault (read-only: ``Keys_Get``, ``Keys_List``, ``Keys_GetVersion``,
+``Keys_ListVersions``), backed by ``KeyVaultEmulator``: creating a vault through ARM starts its HTTPS origin;
+``properties.vaultUri`` is that origin. Vaults created directly in the Key Vault emulator appear here too
+(``sync``).
+
+Keys through ARM are the control plane's view of the vault's real keys: ARM answers them whatever the
+vault's firewall and data-plane permissions say (ARM RBAC, not the vault's, governs them), lists no
+soft-deleted key, and carries the key's rotation policy in ``properties.rotationPolicy`` (omitted when the
+key has none; action types in ARM's lower case)."""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import re
 from typing import Any
 
 from emulators.keyvault import KeyVaultEmulator, VaultState
-from emulators.keyvault.state import AccessPolicy
+from emulators.keyvault.state import AccessPolicy, KeyEntry, KeyVersion
 
 from . import errors
 from .authorization import Authorization
@@ -35,6 +42,11 @@ class Vaults:
             (("GET",), rf"{RG}/providers/microsoft\.keyvault/vaults", self._list_vaults),
             (("GET", "PUT", "PATCH"), VAULT, self._vault),
             (("PUT",), rf"{VAULT}/accesspolicies/{SEG}", self._access_policy),
+            (("GET",), rf"{SUB}/providers/microsoft\.keyvault/deletedvaults", self._list_deleted_vaults),
+            (("GET",), rf"{VAULT}/keys", self._list_keys),
+            (("GET",), rf"{VAULT}/keys/{SEG}", self._key),
+            (("GET",), rf"{VAULT}/keys/{SEG}/versions", self._list_key_versions),
+            (("GET",), rf"{VAULT}/keys/{SEG}/versions/{SEG}", self._key_version),
         ]
 
     def sync(self) -> None:
@@ -154,6 +166,49 @@ class Vaults:
             except (ValueError, KeyError) as exc:
                 raise errors.ArmError(400, "BadRequest", str(exc)) from exc
 
+    def _existing_vault(self, subscription: str, group: str, name: str) -> VaultState:
+        state = self._find_vault(subscription, group, name)
+        if state is None:
+            self.groups.get(subscription, group)
+            raise errors.resource_not_found(VAULT_TYPE, name, group)
+        return state
+
+    def _list_deleted_vaults(self, req: Request, subscription: str) -> tuple[int, Any]:
+        # Vaults are never deleted through this emulator (no Vaults_Delete route), so none is soft-deleted.
+        return 200, {"value": []}
+
+    def _list_keys(self, req: Request, subscription: str, group: str, name: str) -> tuple[int, Any]:
+        state = self._existing_vault(subscription, group, name)
+        with state.lock:
+            return 200, {"value": [key_json(state, entry, entry.current) for entry in state.keys.values()
+                                   if entry.versions]}
+
+    def _key(self, req: Request, subscription: str, group: str, name: str, key: str) -> tuple[int, Any]:
+        state = self._existing_vault(subscription, group, name)
+        with state.lock:
+            entry = state.keys.get(key.lower())
+            if entry is None or not entry.versions:
+                raise errors.resource_not_found(KEY_TYPE, f"{name}/{key}", group)
+            return 200, key_json(state, entry, entry.current)
+
+    def _list_key_versions(self, req: Request, subscription: str, group: str, name: str, key: str) -> tuple[int, Any]:
+        state = self._existing_vault(subscription, group, name)
+        with state.lock:
+            entry = state.keys.get(key.lower())
+            if entry is None or not entry.versions:
+                raise errors.resource_not_found(KEY_TYPE, f"{name}/{key}", group)
+            return 200, {"value": [key_json(state, entry, version, versioned=True) for version in entry.versions]}
+
+    def _key_version(self, req: Request, *path: str) -> tuple[int, Any]:
+        subscription, group, name, key, version = path
+        state = self._existing_vault(subscription, group, name)
+        with state.lock:
+            entry = state.keys.get(key.lower())
+            found = entry.find(version) if entry is not None and version else None
+            if entry is None or found is None:
+                raise errors.resource_not_found(KEY_VERSION_TYPE, f"{name}/{key}/{version}", group)
+            return 200, key_json(state, entry, found, versioned=True)
+
     def _access_policy(self, req: Request, subscription: str, group: str, name: str, kind: str) -> tuple[int, Any]:
         state = self._find_vault(subscription, group, name)
         if state is None:
@@ -206,6 +261,56 @@ class Vaults:
             "location": state.location,
             "properties": {"accessPolicies": [p.to_json() for p in current]},
         }
+
+
+KEY_TYPE = "Microsoft.KeyVault/vaults/keys"
+KEY_VERSION_TYPE = "Microsoft.KeyVault/vaults/keys/versions"
+
+
+def key_json(state: VaultState, entry: KeyEntry, version: KeyVersion, *, versioned: bool = False) -> dict[str, Any]:
+    """A key (its current version) or one key version as ARM returns it (keys.json 2024-11-01 Key)."""
+    material = version.material
+    attributes: dict[str, Any] = {"enabled": version.enabled, "created": version.created, "updated": version.updated,
+                                  "recoveryLevel": state.recovery_level}
+    if version.nbf is not None:
+        attributes["nbf"] = version.nbf
+    if version.exp is not None:
+        attributes["exp"] = version.exp
+    if version.exportable is not None:
+        attributes["exportable"] = version.exportable
+    properties: dict[str, Any] = {
+        "attributes": attributes,
+        "kty": material.kty,
+        "keyOps": list(version.key_ops),
+        "keyUri": state.key_id(entry.name),
+        "keyUriWithVersion": state.key_id(entry.name, version.version),
+    }
+    if material.family == "RSA":
+        properties["keySize"] = material.size
+    elif material.family == "EC":
+        properties["curveName"] = material.crv
+    if entry.rotation_policy is not None:
+        properties["rotationPolicy"] = _arm_rotation_policy(entry.rotation_policy)
+    key_id = f"{state.resource_id}/keys/{entry.name}"
+    return {
+        "id": f"{key_id}/versions/{version.version}" if versioned else key_id,
+        "name": version.version if versioned else entry.name,
+        "type": KEY_VERSION_TYPE if versioned else KEY_TYPE,
+        "location": state.location,
+        "tags": dict(version.tags),
+        "properties": properties,
+    }
+
+
+def _arm_rotation_policy(policy: dict[str, Any]) -> dict[str, Any]:
+    stored = policy.get("attributes") or {}
+    attributes = {name: stored[name] for name in ("created", "updated", "expiryTime") if stored.get(name) is not None}
+    actions = []
+    for action in policy.get("lifetimeActions") or []:
+        trigger = {name: value for name, value in (action.get("trigger") or {}).items() if value is not None}
+        kind = str((action.get("action") or {}).get("type") or "")
+        actions.append({"trigger": trigger, "action": {"type": kind.lower()}})
+    return {"attributes": attributes, "lifetimeActions": actions}
 
 
 def _union(a: list[str], b: list[str]) -> list[str]:
