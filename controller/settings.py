@@ -153,6 +153,44 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "https://api.loganalytics.io",
         "Log Analytics query endpoint (https) for CMK_LOG_ANALYTICS_WORKSPACE.",
     ),
+    SettingSpec(
+        "CMK_REPORT_CONTAINER",
+        "cmk-reports",
+        "Blob container (in the app's storage account) holding the compliance reports: latest.json and a "
+        "dated history YYYY/MM/DD/<timestamp>.json.",
+    ),
+    SettingSpec(
+        "CMK_REQUIRE_CMK",
+        "all",
+        "Which storage accounts must use a customer-managed key (CMK-001): all (except those tagged "
+        "cmk-exempt=true) or tagged (only those tagged cmk-required=true).",
+    ),
+    SettingSpec(
+        "CMK_EXPIRY_WARNING_DAYS",
+        "30",
+        "A key version in use that expires within this many days is a CMK-009 medium finding (1-365).",
+    ),
+    SettingSpec(
+        "CMK_ROTATION_MAX_AGE_DAYS",
+        "90",
+        "Longest acceptable rotation period and current-version age of a key (CMK-010), in days (1-3650).",
+    ),
+    SettingSpec(
+        "CMK_MIN_RSA_KEY_SIZE",
+        "2048",
+        "Smallest acceptable RSA key size for a customer-managed key (CMK-005): 2048, 3072 or 4096.",
+    ),
+    SettingSpec(
+        "CMK_REWRAP_WINDOW_HOURS",
+        "24",
+        "How long blobs of a registered client-side-encrypted container may stay wrapped by an old key "
+        "version (CMK-018), in hours (1-720).",
+    ),
+    SettingSpec(
+        "CMK_MAX_ACCOUNTS_PER_KEY",
+        "50",
+        "CMK-020 advises when more storage accounts than this share one key (1-10000).",
+    ),
 )
 
 _KNOWN: Final = {spec.name: spec for spec in SETTINGS}
@@ -197,6 +235,14 @@ class Settings:
     realert_after_hours: int = 24
     log_analytics_workspace: str | None = None
     log_analytics_endpoint: str = "https://api.loganalytics.io"
+    report_container: str = "cmk-reports"
+    #: The compliance rules' thresholds (controller.compliance.rules.RuleSettings).
+    require_cmk: str = "all"
+    expiry_warning_days: int = 30
+    rotation_max_age_days: int = 90
+    min_rsa_key_size: int = 2048
+    rewrap_window_hours: int = 24
+    max_accounts_per_key: int = 50
 
     @property
     def vaults(self) -> tuple[str, ...]:
@@ -237,6 +283,15 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         log_analytics_workspace=(_subscription("CMK_LOG_ANALYTICS_WORKSPACE", raw("CMK_LOG_ANALYTICS_WORKSPACE"))
                                  if raw("CMK_LOG_ANALYTICS_WORKSPACE") else None),
         log_analytics_endpoint=_parse_https_endpoint("CMK_LOG_ANALYTICS_ENDPOINT", raw("CMK_LOG_ANALYTICS_ENDPOINT")),
+        report_container=_match("CMK_REPORT_CONTAINER", raw("CMK_REPORT_CONTAINER"), _CONTAINER,
+                                "a container name (3-63 lower-case letters, digits, single hyphens)"),
+        require_cmk=_parse_choice("CMK_REQUIRE_CMK", raw("CMK_REQUIRE_CMK"), ("all", "tagged")),
+        expiry_warning_days=_parse_int("CMK_EXPIRY_WARNING_DAYS", raw("CMK_EXPIRY_WARNING_DAYS"), 1, 365),
+        rotation_max_age_days=_parse_int("CMK_ROTATION_MAX_AGE_DAYS", raw("CMK_ROTATION_MAX_AGE_DAYS"), 1, 3650),
+        min_rsa_key_size=int(_parse_choice("CMK_MIN_RSA_KEY_SIZE", raw("CMK_MIN_RSA_KEY_SIZE"),
+                                           ("2048", "3072", "4096"))),
+        rewrap_window_hours=_parse_int("CMK_REWRAP_WINDOW_HOURS", raw("CMK_REWRAP_WINDOW_HOURS"), 1, 720),
+        max_accounts_per_key=_parse_int("CMK_MAX_ACCOUNTS_PER_KEY", raw("CMK_MAX_ACCOUNTS_PER_KEY"), 1, 10000),
     )
 
 

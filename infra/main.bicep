@@ -71,6 +71,27 @@ param cmkLogAnalyticsEndpoint string = 'https://api.loganalytics.io'
 @description('CMK_ALERT_WEBHOOK_URL: optional alert webhook. Such URLs carry a token: pass a Key Vault reference (@Microsoft.KeyVault(SecretUri=...)), never the URL itself.')
 param cmkAlertWebhookUrl string = ''
 
+@description('CMK_MAX_ACCOUNTS_PER_KEY: CMK-020 advises when more storage accounts than this share one key (1-10000).')
+param cmkMaxAccountsPerKey string = '50'
+
+@description('CMK_REWRAP_WINDOW_HOURS: How long blobs of a registered client-side-encrypted container may stay wrapped by an old key version (CMK-018), in hours (1-720).')
+param cmkRewrapWindowHours string = '24'
+
+@description('CMK_MIN_RSA_KEY_SIZE: Smallest acceptable RSA key size for a customer-managed key (CMK-005): 2048, 3072 or 4096.')
+param cmkMinRsaKeySize string = '2048'
+
+@description('CMK_ROTATION_MAX_AGE_DAYS: Longest acceptable rotation period and current-version age of a key (CMK-010), in days (1-3650).')
+param cmkRotationMaxAgeDays string = '90'
+
+@description('CMK_EXPIRY_WARNING_DAYS: A key version in use that expires within this many days is a CMK-009 medium finding (1-365).')
+param cmkExpiryWarningDays string = '30'
+
+@description('CMK_REQUIRE_CMK: Which storage accounts must use a customer-managed key (CMK-001): all (except those tagged cmk-exempt=true) or tagged (only those tagged cmk-required=true).')
+param cmkRequireCmk string = 'all'
+
+@description('CMK_REPORT_CONTAINER: Blob container (in the app storage account) holding the compliance reports: latest.json and a dated history YYYY/MM/DD/<timestamp>.json.')
+param cmkReportContainer string = 'cmk-reports'
+
 @description('CMK_REALERT_AFTER_HOURS: hours after which a persisting alert is notified again (1-720).')
 param cmkRealertAfterHours string = '24'
 
@@ -246,6 +267,13 @@ module functionApp 'modules/function-app.bicep' = {
     cmkArmEndpoint: cmkArmEndpoint
     cmkForceAdoptionAfterMinutes: cmkForceAdoptionAfterMinutes
     cmkAlertWebhookUrl: cmkAlertWebhookUrl
+    cmkMaxAccountsPerKey: cmkMaxAccountsPerKey
+    cmkRewrapWindowHours: cmkRewrapWindowHours
+    cmkMinRsaKeySize: cmkMinRsaKeySize
+    cmkRotationMaxAgeDays: cmkRotationMaxAgeDays
+    cmkExpiryWarningDays: cmkExpiryWarningDays
+    cmkRequireCmk: cmkRequireCmk
+    cmkReportContainer: cmkReportContainer
     cmkRealertAfterHours: cmkRealertAfterHours
     cmkSlackMinSeverity: cmkSlackMinSeverity
     cmkSlackWebhookUrl: cmkSlackWebhookUrl
