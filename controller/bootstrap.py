@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from azure.core.credentials import TokenCredential
 from azure.data.tables import TableClient
 from azure.identity import ManagedIdentityCredential
+from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from controller import reconciler, rotation
@@ -27,9 +28,11 @@ from controller.adapters.alert_ledger import TableAlertLedger
 from controller.adapters.audit_log import LogAnalyticsAuditLog, NoAuditLog
 from controller.adapters.blob_store import AzureBlobStore, pooled_transport
 from controller.adapters.credentials import ArmConnection, challenge_options, controller_credential
+from controller.adapters.estate_gatherer import EstateGatherer, RegisteredContainer
 from controller.adapters.inventory import BlobEndpoints, ConsumerDirectory, Inventory
 from controller.adapters.key_vault import KeyVaults
 from controller.adapters.key_vault_crypto import VaultClients
+from controller.adapters.report_store import BlobReportStore
 from controller.adapters.rewrap_backend import AzureRewrapBackend, emulator_blob_services, token_blob_services
 from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
 from controller.adapters.rotation_ledger import TableRotationLedger
@@ -39,6 +42,7 @@ from controller.adapters.work_queue import StorageWorkQueue, work_queue_client
 from controller.alert_desk import AlertDesk
 from controller.alerts import ChannelKind, ChannelRoute
 from controller.errors import SettingsError
+from controller.model import VaultOrigin
 from controller.ports import AlertChannel, AuditLog, Clock
 from controller.rewrap.work import MAX_CONCURRENCY
 from controller.service import Dependencies
@@ -114,6 +118,15 @@ def build(
         blob_service=blob_services,
         checkpoint=TableRewrapCheckpoint(storage.table(settings.ledger_table)),
     )
+    gatherer = EstateGatherer(
+        arm,
+        key_vault_credential=credential,
+        policy=policy,
+        custom_origins=[origin for origin in settings.vaults if VaultOrigin(origin).name is None],
+        registered_containers=[RegisteredContainer(target.account, target.container)
+                               for target in settings.rewrap_targets],
+        blob_stores=lambda account: AzureBlobStore(blob_services(account, 8)),
+    )
     audit: AuditLog = (
         LogAnalyticsAuditLog(credential, workspace_id=settings.log_analytics_workspace,
                              endpoint=settings.log_analytics_endpoint, policy=policy)
@@ -129,6 +142,8 @@ def build(
         reconcile=reconcile,
         blob_stores=lambda account: AzureBlobStore(blob_services(account, 8)),
         audit=audit,
+        estate=gatherer,
+        reports=BlobReportStore(storage.container(settings.report_container)),
     )
 
 
@@ -154,6 +169,7 @@ class AppStorage:
     table_endpoint: str | None
     queue_endpoint: str | None
     credential: TokenCredential | None
+    blob_endpoint: str | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], *, credential: TokenCredential | None = None) -> AppStorage:
@@ -164,6 +180,8 @@ class AppStorage:
             f"https://{account}.table.core.windows.net" if account else "")
         queue = environ.get("AzureWebJobsStorage__queueServiceUri", "").strip() or (
             f"https://{account}.queue.core.windows.net" if account else "")
+        blob = environ.get("AzureWebJobsStorage__blobServiceUri", "").strip() or (
+            f"https://{account}.blob.core.windows.net" if account else "")
         if not table or not queue:
             raise SettingsError(
                 "AzureWebJobsStorage",
@@ -171,13 +189,21 @@ class AppStorage:
                 "the emulator's connection string",
             )
         client_id = environ.get("AzureWebJobsStorage__clientId") or None
-        return cls(None, table, queue, credential or ManagedIdentityCredential(client_id=client_id))
+        return cls(None, table, queue, credential or ManagedIdentityCredential(client_id=client_id), blob or None)
 
     def table(self, name: str) -> TableClient:
         if self.connection_string:
             return TableClient.from_connection_string(self.connection_string, table_name=name)
         assert self.table_endpoint is not None and self.credential is not None  # noqa: S101 - from_environ
         return TableClient(self.table_endpoint, table_name=name, credential=self.credential)
+
+    def container(self, name: str) -> ContainerClient:
+        if self.connection_string:
+            return BlobServiceClient.from_connection_string(self.connection_string).get_container_client(name)
+        if self.blob_endpoint is None or self.credential is None:
+            raise SettingsError("AzureWebJobsStorage", "names no blob service: set AzureWebJobsStorage__accountName "
+                                "or AzureWebJobsStorage__blobServiceUri")
+        return ContainerClient(self.blob_endpoint, name, credential=self.credential)
 
     def queue(self, name: str) -> QueueClient:
         if self.connection_string:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from controller.alerts import AlertState, Delivery, DeliveryReport, Notice
+from controller.compliance.estate import Estate
 from controller.model import (
     Alert,
     Condition,
@@ -330,5 +331,26 @@ class AuditLog(Protocol):
     def last_successful_unwraps(self, key: KeyRef) -> Mapping[str, datetime] | None:
         """Per version of ``key``: the time of its last successful KeyUnwrap within the retention;
         None when no audit log is configured (no evidence either way)."""
+        ...
+
+
+class EstateReader(Protocol):
+    """Everything the compliance rules read, gathered once per sweep (controller/adapters/estate_gatherer.py)."""
+
+    def gather(self, subscriptions: Sequence[str], now: datetime) -> Estate:
+        """One snapshot of ``subscriptions`` (empty: every subscription the identity can read). What
+        cannot be read is recorded in ``Estate.read_failures``; this raises only when nothing could be."""
+        ...
+
+
+class ReportStore(Protocol):
+    """Where compliance reports are kept (a container of the app's own storage account)."""
+
+    def save(self, name: str, document: bytes) -> None:
+        """Write (or overwrite) the report ``name`` (a path such as ``latest.json``)."""
+        ...
+
+    def load(self, name: str) -> bytes | None:
+        """The report ``name``; None when there is none yet."""
         ...
 

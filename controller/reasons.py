@@ -63,3 +63,8 @@ class Reason(enum.StrEnum):
     REWRAP_TARGETS_INVALID = "RewrapTargetsInvalid"
     # work queue
     WORK_ITEM_POISONED = "WorkItemPoisoned"
+    # compliance sweep
+    #: A compliance rule (RULES.md CMK-001..020) fails on a resource.
+    COMPLIANCE_FINDING = "ComplianceFinding"
+    #: A compliance rule could not be evaluated on a resource (CMK-000: something could not be read).
+    COMPLIANCE_NOT_EVALUATED = "ComplianceNotEvaluated"

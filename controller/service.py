@@ -8,10 +8,16 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from controller import reconciler, rotation
 from controller.blob_census import wrapping_versions
+from controller.compliance import rules
+from controller.compliance.formats import render_json
+from controller.compliance.report import ComplianceReport, iso_timestamp, parse_report
+from controller.compliance.resolve import index
+from controller.compliance.rules.context import NOT_EVALUABLE
+from controller.compliance.usage import key_reports
 from controller.errors import Conflict, ControllerError, InvalidEvent, InvalidInput, PermanentError, TransientError
 from controller.events import IntakeResult, parse_delivery
 from controller.logs import log_record
@@ -20,8 +26,10 @@ from controller.ports import (
     AuditLog,
     BlobStore,
     Clock,
+    EstateReader,
     EventLedger,
     Notifier,
+    ReportStore,
     RewrapBackend,
     RewrapObserver,
     RewrapProgress,
@@ -93,6 +101,10 @@ class Dependencies:
     blob_stores: Callable[[str], BlobStore]
     #: Key Vault audit logs (last successful unwrap per version).
     audit: AuditLog
+    #: The compliance sweep's snapshot of the estate.
+    estate: EstateReader
+    #: Where compliance reports are kept (CMK_REPORT_CONTAINER).
+    reports: ReportStore
     #: Wall-clock budget of one re-wrap work item; below functionTimeout (host.json) with margin.
     #: None: no budget, the item runs to the end (the operator CLI).
     rewrap_budget_seconds: float | None = 300.0
@@ -160,8 +172,21 @@ def run_sweep(deps: Dependencies) -> SweepReport:
     """The periodic sweep, the level-based safety net behind the events: ledger housekeeping, then a
     reconcile of every key of the managed vaults that has consumers (an event that was lost, or that
     arrived before the controller was deployed, is caught up here). One failing key or vault is
-    recorded and the sweep goes on. The compliance rule catalogue and the audit-log scan join here
-    when they are built."""
+    recorded and the sweep goes on. The timer adds the compliance sweep (``scheduled_sweep``)."""
+    return _deliver_alerts(_reconcile_sweep(deps), deps)
+
+
+def _deliver_alerts(report: SweepReport, deps: Dependencies) -> SweepReport:
+    """Deliver the alerts owed (a failed delivery is a sweep failure, retried next time) and log the sweep."""
+    deliveries = deps.notifier.dispatch()
+    if deliveries.errors:
+        report = replace(report, failures=report.failures + tuple(f"alert delivery {error}"
+                                                                  for error in deliveries.errors))
+    log_record(log, logging.WARNING if report.failures else logging.INFO, "sweep finished", report.as_json())
+    return report
+
+
+def _reconcile_sweep(deps: Dependencies) -> SweepReport:
     purged = deps.ledger.purge_expired(now=deps.clock.now())
     reconciled: list[str] = []
     failures: list[str] = []
@@ -178,11 +203,108 @@ def run_sweep(deps: Dependencies) -> SweepReport:
                 failures.append(f"{key.uri}: {err}")
             else:
                 reconciled.append(key.uri)
-    deliveries = deps.notifier.dispatch()
-    failures.extend(f"alert delivery {error}" for error in deliveries.errors)
-    report = SweepReport(purged, tuple(reconciled), tuple(failures))
-    log_record(log, logging.WARNING if failures else logging.INFO, "sweep finished", report.as_json())
+    return SweepReport(purged, tuple(reconciled), tuple(failures))
+
+
+# --- the compliance sweep ----------------------------------------------------------------------------
+
+#: The alert scope of the compliance sweep: each sweep of the configured scope replaces its alerts.
+COMPLIANCE_ALERT_SCOPE = "compliance"
+#: Findings at or above this severity become alerts (the rest are in the report only).
+COMPLIANCE_ALERT_SEVERITY = Severity.HIGH
+LATEST_REPORT = "latest.json"
+
+
+def rule_settings(settings: Settings) -> rules.RuleSettings:
+    """The rules' thresholds from the app settings (CMK_REQUIRE_CMK, CMK_*_DAYS, ...)."""
+    return rules.RuleSettings(
+        require_cmk=rules.RequireCmk(settings.require_cmk),
+        adoption_window=timedelta(hours=settings.adoption_window_hours),
+        expiry_warning=timedelta(days=settings.expiry_warning_days),
+        rotation_max_age=timedelta(days=settings.rotation_max_age_days),
+        min_rsa_key_size=settings.min_rsa_key_size,
+        rewrap_window=timedelta(hours=settings.rewrap_window_hours),
+        max_accounts_per_key=settings.max_accounts_per_key,
+    )
+
+
+def run_compliance_sweep(deps: Dependencies, subscriptions: Sequence[str] | None = None) -> ComplianceReport:
+    """Gather the estate once, evaluate every rule of RULES.md, and report per key who uses which version.
+
+    ``subscriptions`` None sweeps the configured scope (CMK_SUBSCRIPTIONS; empty: every subscription the
+    identity can read) and syncs the alerts: every finding at or above high is an open alert keyed by
+    the finding's fingerprint, and an alert whose finding is gone is resolved. An explicit subset (the
+    operator's ``cmkctl sweep --subscription``) leaves the alerts alone: it cannot tell a fixed finding
+    from one outside the subset.
+    """
+    now = deps.clock.now()
+    scope = tuple(subscriptions) if subscriptions is not None else deps.settings.subscriptions
+    estate = deps.estate.gather(scope, now)
+    findings = rules.evaluate(estate, rule_settings(deps.settings), now)
+    summary = rules.summarise(estate, findings)
+    report = ComplianceReport(
+        generated_at=now,
+        findings=tuple(findings),
+        resources_evaluated=summary.resources_evaluated,
+        not_evaluable=len(summary.not_evaluable),
+        keys=key_reports(index(estate), deps.audit.last_successful_unwraps, now=now,
+                         window=timedelta(hours=deps.settings.adoption_window_hours)),
+        subscriptions=tuple(sorted({sub.subscription_id for sub in estate.subscriptions} | set(scope))),
+    )
+    if subscriptions is None:
+        deps.notifier.sync(COMPLIANCE_ALERT_SCOPE, compliance_alerts(report))
+    log_record(log, logging.INFO, "compliance sweep finished", {
+        "findings": report.summary.finding_count, "resources_evaluated": report.resources_evaluated,
+        "not_evaluable": report.not_evaluable})
     return report
+
+
+def compliance_alerts(report: ComplianceReport) -> list[Alert]:
+    """One alert per finding at or above COMPLIANCE_ALERT_SEVERITY, keyed by the finding's fingerprint."""
+    return [
+        Alert(
+            severity=finding.severity,
+            title=f"{finding.rule}: {finding.title}",
+            resource=finding.resource,
+            reason=Reason.COMPLIANCE_NOT_EVALUATED if finding.rule == NOT_EVALUABLE
+            else Reason.COMPLIANCE_FINDING,
+            message=finding.remediation,
+            fingerprint=finding.fingerprint,
+            details={"rule": finding.rule, "evidence": dict(finding.evidence)},
+        )
+        for finding in report.findings
+        if finding.severity.at_least(COMPLIANCE_ALERT_SEVERITY)
+    ]
+
+
+def report_history_name(generated_at: datetime) -> str:
+    """Where a report is kept for good: ``YYYY/MM/DD/<timestamp>.json`` (UTC)."""
+    moment = generated_at.astimezone(UTC)
+    return f"{moment:%Y/%m/%d}/{iso_timestamp(moment).replace(':', '')}.json"
+
+
+def store_report(report: ComplianceReport, deps: Dependencies) -> str:
+    """Keep the report in its dated place and as ``latest.json``; returns the dated name."""
+    document = render_json(report).encode("utf-8")
+    name = report_history_name(report.generated_at)
+    deps.reports.save(name, document)
+    deps.reports.save(LATEST_REPORT, document)
+    return name
+
+
+def latest_report(deps: Dependencies) -> ComplianceReport | None:
+    """The last stored report (None before the first sweep); InvalidReport if the stored one is broken."""
+    stored = deps.reports.load(LATEST_REPORT)
+    return parse_report(stored) if stored is not None else None
+
+
+def scheduled_sweep(deps: Dependencies) -> tuple[SweepReport, ComplianceReport]:
+    """The timer: reconcile every key in use, then sweep the estate for compliance and keep the report,
+    then deliver the alerts both raised."""
+    sweep = _reconcile_sweep(deps)
+    compliance = run_compliance_sweep(deps)
+    store_report(compliance, deps)
+    return _deliver_alerts(sweep, deps), compliance
 
 
 class InvalidWorkItem(InvalidInput):

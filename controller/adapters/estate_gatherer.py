@@ -38,6 +38,7 @@ from azure.mgmt.monitor import MonitorManagementClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
 from azure.mgmt.storage import StorageManagementClient
 
+from controller.adapters.azure_errors import translated
 from controller.adapters.credentials import ArmConnection
 from controller.adapters.key_vault import KeyVaultKeys
 from controller.blob_census import wrapping_versions
@@ -169,7 +170,11 @@ class EstateGatherer:
         self._workers = workers
 
     def gather(self, subscriptions: Sequence[str], now: datetime) -> Estate:
+        """The estate of ``subscriptions`` (empty: every subscription the identity can list). Raises a
+        ControllerError only when there is nothing to sweep: the subscriptions cannot be listed."""
         failures = _Failures()
+        if not subscriptions:
+            subscriptions = self._subscriptions()
         with ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="estate") as pool:
             # Subscriptions one after the other (there are few); their accounts and vaults on the pool.
             per_subscription = [_SubscriptionReader(self, sub, failures, pool).read() for sub in subscriptions]
@@ -196,6 +201,23 @@ class EstateGatherer:
             read_failures=tuple(failures.items),
             custom_origins=self._custom_origins,
         )
+
+    def _subscriptions(self) -> list[str]:
+        # Any management client sends a tenant-level request; none of them models GET /subscriptions (that
+        # is azure-mgmt-resource's, not a dependency), and the subscription id it is built with is unused.
+        with translated("list the subscriptions the identity can read"), StorageManagementClient(
+                self._arm.credential, "unused", **self._arm.client_options()) as client:
+            listed: list[dict[str, Any]] = []
+            request = HttpRequest("GET", "/subscriptions", params={"api-version": _SUBSCRIPTIONS_API})
+            while True:
+                response = client.send_request(request)
+                response.raise_for_status()
+                page = response.json()
+                listed.extend(page.get("value") or [])
+                if not page.get("nextLink"):
+                    break
+                request = HttpRequest("GET", str(page["nextLink"]))
+        return sorted({str(item["subscriptionId"]).lower() for item in listed if item.get("subscriptionId")})
 
     # --- shared helpers used by the per-subscription reader ------------------------------------------
 

@@ -1,4 +1,7 @@
-"""HTTP triggers: health, and an Event Grid delivery endpoint.
+"""HTTP triggers: health, an Event Grid delivery endpoint, and the latest compliance report.
+
+``report`` (function key) serves the last stored compliance report rendered as ``?format=json|md|sarif|
+html`` (json by default; the HTML with its Content-Security-Policy), 404 before the first sweep.
 
 ``events`` accepts what Event Grid POSTs to a webhook (Event Grid schema or CloudEvents 1.0), answers
 the SubscriptionValidation handshake and the CloudEvents OPTIONS abuse-protection handshake, and hands
@@ -17,7 +20,9 @@ import logging
 import azure.functions as func
 
 from controller import bootstrap, service
-from controller.errors import InvalidEvent, TransientError
+from controller.compliance.formats import ReportFormat, render
+from controller.compliance.formats.html import CONTENT_SECURITY_POLICY
+from controller.errors import InvalidEvent, InvalidInput, InvalidReport, TransientError
 from controller.events import parse_delivery
 from controller.logs import log_record
 
@@ -61,6 +66,27 @@ def events(req: func.HttpRequest) -> func.HttpResponse:
         log_record(log, logging.WARNING, "delivery failed transiently", {"error": str(err)})
         return _json_response({"error": {"code": "transient", "message": str(err)}}, 503, {"Retry-After": retry_after})
     return _json_response(report.as_json(), 400 if report.rejected else 200)
+
+
+@blueprint.function_name("report")
+@blueprint.route(route="report", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def report(req: func.HttpRequest) -> func.HttpResponse:
+    try:
+        report_format = ReportFormat.parse(req.params.get("format"))
+    except InvalidInput as err:
+        return _json_response({"error": {"code": "bad_format", "message": str(err)}}, 400)
+    deps = bootstrap.dependencies()
+    try:
+        latest = service.latest_report(deps)
+    except InvalidReport as err:
+        log_record(log, logging.ERROR, "the stored compliance report cannot be read", {"error": str(err)})
+        return _json_response({"error": {"code": "invalid_report", "message": str(err)}}, 500)
+    if latest is None:
+        return _json_response({"error": {"code": "no_report", "message": "no compliance report yet: the first "
+                                         "sweep stores one (CMK_SWEEP_SCHEDULE), or run cmkctl sweep"}}, 404)
+    headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY} if report_format is ReportFormat.HTML else None
+    return func.HttpResponse(render(latest, report_format), status_code=200, headers=headers,
+                             mimetype=report_format.media_type.split(";")[0], charset="utf-8")
 
 
 def _abuse_protection_handshake(req: func.HttpRequest) -> func.HttpResponse:

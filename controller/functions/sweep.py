@@ -1,4 +1,5 @@
-"""Timer trigger: the periodic sweep (level-based safety net behind the events)."""
+"""Timer trigger: the periodic sweep (level-based safety net behind the events), then the compliance
+sweep, whose report is kept in CMK_REPORT_CONTAINER (served by the HTTP ``report`` function)."""
 
 from __future__ import annotations
 
@@ -18,4 +19,4 @@ log = logging.getLogger("controller.functions.sweep")
 def compliance_sweep(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log_record(log, logging.WARNING, "sweep is running late", {"past_due": True})
-    service.run_sweep(bootstrap.dependencies())
+    service.scheduled_sweep(bootstrap.dependencies())

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller.alerts import AlertState, Delivery, DeliveryReport, Notice
+from controller.compliance.estate import Estate
 from controller.errors import Conflict, TransientError
 from controller.model import (
     Alert,
@@ -196,6 +197,31 @@ class FakeAuditLog:
         return self.unwraps
 
 
+@dataclass
+class FakeEstateReader:
+    """Hands out ``estate`` and records the subscriptions each sweep asked for."""
+
+    estate: Estate
+    asked: list[tuple[str, ...]] = field(default_factory=list)
+
+    def gather(self, subscriptions: Sequence[str], now: datetime) -> Estate:
+        self.asked.append(tuple(subscriptions))
+        return self.estate
+
+
+@dataclass
+class FakeReportStore:
+    """Reports by name, as written."""
+
+    documents: dict[str, bytes] = field(default_factory=dict)
+
+    def save(self, name: str, document: bytes) -> None:
+        self.documents[name] = document
+
+    def load(self, name: str) -> bytes | None:
+        return self.documents.get(name)
+
+
 class NotExpected:
     """A dependency the test does not expect to be used: any use fails the test with its name."""
 
@@ -235,7 +261,7 @@ def fake_dependencies(settings: Settings, **overrides: Any) -> Dependencies:
     values: dict[str, Any] = {
         "settings": settings, "clock": clock, "ledger": FakeLedger(), "notifier": notifier, "work_queue": queue,
         "reconcile": reconcile, "rewrap": NotExpected("rewrap"), "blob_stores": NotExpected("blob_stores"),
-        "audit": FakeAuditLog(),
+        "audit": FakeAuditLog(), "estate": NotExpected("estate"), "reports": NotExpected("reports"),
     }
     values.update(overrides)
     return Dependencies(**values)

@@ -13,11 +13,13 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from controller import bootstrap
+from controller.compliance.formats.html import CONTENT_SECURITY_POLICY
 from controller.errors import TransientError
 from controller.model import Severity
 from controller.reasons import Reason
 from controller.settings import load_settings
-from tests.unit.fakes import FakeLedger, fake_dependencies
+from tests.unit import estate_builders
+from tests.unit.fakes import FakeEstateReader, FakeLedger, FakeReportStore, fake_dependencies
 
 pytestmark = pytest.mark.unit
 
@@ -57,7 +59,9 @@ def grid_event(event_id: str = "e1", event_type: str = "Microsoft.KeyVault.KeyNe
 def ledger(monkeypatch):
     monkeypatch.setenv("CMK_VAULTS", "contoso-cmk.vault.azure.net")
     fake = FakeLedger()
-    bootstrap.override(fake_dependencies(load_settings({"CMK_VAULTS": VAULT}), ledger=fake))
+    bootstrap.override(fake_dependencies(load_settings({"CMK_VAULTS": VAULT}), ledger=fake,
+                                         estate=FakeEstateReader(estate_builders.estate()),
+                                         reports=FakeReportStore()))
     yield fake
     bootstrap.override(None)
 
@@ -80,7 +84,7 @@ def test_function_app_refuses_to_start_with_invalid_settings(monkeypatch):
 
 def test_indexing_names_triggers_and_bindings(app):
     functions = {function.get_function_name(): function for function in app.get_functions()}
-    assert set(functions) == {"on_key_event", "compliance_sweep", "process_work", "health", "events"}
+    assert set(functions) == {"on_key_event", "compliance_sweep", "process_work", "health", "events", "report"}
 
     def bindings(name):
         return {binding.name: binding.get_dict_repr() for binding in functions[name].get_bindings()}
@@ -108,6 +112,10 @@ def test_indexing_names_triggers_and_bindings(app):
     health = next(value for value in bindings("health").values() if value["type"] == "httpTrigger")
     assert health["route"] == "health"
     assert {method.value for method in health["methods"]} == {"GET"}
+    report = next(value for value in bindings("report").values() if value["type"] == "httpTrigger")
+    assert report["route"] == "report"
+    assert {method.value for method in report["methods"]} == {"GET"}
+    assert report["authLevel"].value == "function"
 
 
 def user_function(app, name):
@@ -165,9 +173,11 @@ def test_on_key_event_propagates_transient_failures_so_event_grid_retries(app, l
         handler(event)
 
 
-def http_request(body: object, method: str = "POST", headers: dict[str, str] | None = None) -> func.HttpRequest:
+def http_request(body: object, method: str = "POST", headers: dict[str, str] | None = None,
+                 params: dict[str, str] | None = None) -> func.HttpRequest:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return func.HttpRequest(method=method, url="http://localhost/api/events", headers=headers or {}, body=raw)
+    return func.HttpRequest(method=method, url="http://localhost/api/events", headers=headers or {}, body=raw,
+                            params=params or {})
 
 
 def test_events_endpoint_answers_the_subscription_validation_handshake(app, ledger):
@@ -248,6 +258,50 @@ def test_sweep_purges_expired_claims(app, ledger):
     timer = TimerRequest(past_due=True)
     user_function(app, "compliance_sweep")(timer)
     assert ledger.claims == {"fresh": clock.now().replace(year=2027)}
+
+
+def user_functions(app):
+    """Every function's handler (the app indexes its functions once: one get_functions per test)."""
+    return {function.get_function_name(): function.get_user_function() for function in app.get_functions()}
+
+
+def test_sweep_stores_the_compliance_report_the_report_function_serves(app, ledger):
+    handlers = user_functions(app)
+    report = handlers["report"]
+    assert report(http_request(b"", method="GET")).status_code == 404
+    assert "no compliance report yet" in json.loads(report(http_request(b"", method="GET")).get_body())[
+        "error"]["message"]
+
+    handlers["compliance_sweep"](TimerRequest(past_due=False))
+
+    stored = bootstrap.dependencies().reports.load("latest.json")
+    served = report(http_request(b"", method="GET"))
+    assert served.status_code == 200
+    assert served.mimetype == "application/json"
+    assert served.get_body() == stored
+
+
+@pytest.mark.parametrize(("value", "media_type"), [("md", "text/markdown"), ("sarif", "application/sarif+json"),
+                                                    ("HTML", "text/html")])
+def test_report_renders_the_requested_format(app, ledger, value, media_type):
+    handlers = user_functions(app)
+    handlers["compliance_sweep"](TimerRequest(past_due=False))
+
+    served = handlers["report"](http_request(b"", method="GET", params={"format": value}))
+
+    assert served.status_code == 200
+    assert served.mimetype == media_type
+    if media_type == "text/html":
+        assert served.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+        assert served.get_body().startswith(b"<!DOCTYPE html>")
+    else:
+        assert "Content-Security-Policy" not in served.headers
+
+
+def test_report_refuses_an_unknown_format(app, ledger):
+    served = user_function(app, "report")(http_request(b"", method="GET", params={"format": "pdf"}))
+    assert served.status_code == 400
+    assert "json|md|sarif|html" in json.loads(served.get_body())["error"]["message"]
 
 
 class Out:
