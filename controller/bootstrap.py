@@ -28,7 +28,7 @@ from controller.adapters.alert_ledger import TableAlertLedger
 from controller.adapters.audit_log import LogAnalyticsAuditLog, NoAuditLog
 from controller.adapters.blob_store import AzureBlobStore, pooled_transport
 from controller.adapters.credentials import ArmConnection, challenge_options, controller_credential
-from controller.adapters.estate_gatherer import EstateGatherer, RegisteredContainer
+from controller.adapters.estate_gatherer import EstateGatherer
 from controller.adapters.inventory import BlobEndpoints, ConsumerDirectory, Inventory
 from controller.adapters.key_vault import KeyVaults
 from controller.adapters.key_vault_crypto import VaultClients
@@ -118,19 +118,18 @@ def build(
         blob_service=blob_services,
         checkpoint=TableRewrapCheckpoint(storage.table(settings.ledger_table)),
     )
+    workspace = (LogAnalyticsAuditLog(credential, workspace_id=settings.log_analytics_workspace,
+                                      endpoint=settings.log_analytics_endpoint, policy=policy)
+                 if settings.log_analytics_workspace else None)
+    audit: AuditLog = workspace or NoAuditLog()
     gatherer = EstateGatherer(
         arm,
         key_vault_credential=credential,
         policy=policy,
         custom_origins=[origin for origin in settings.vaults if VaultOrigin(origin).name is None],
-        registered_containers=[RegisteredContainer(target.account, target.container)
-                               for target in settings.rewrap_targets],
+        registered_containers=settings.rewrap_targets,
         blob_stores=lambda account: AzureBlobStore(blob_services(account, 8)),
-    )
-    audit: AuditLog = (
-        LogAnalyticsAuditLog(credential, workspace_id=settings.log_analytics_workspace,
-                             endpoint=settings.log_analytics_endpoint, policy=policy)
-        if settings.log_analytics_workspace else NoAuditLog()
+        audit=workspace.failed_key_operations if workspace is not None else None,
     )
     return Dependencies(
         settings=settings,

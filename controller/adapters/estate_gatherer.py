@@ -81,6 +81,7 @@ from controller.model import (
     parse_vault_origin,
 )
 from controller.ports import BlobStore
+from controller.settings import RewrapTarget
 from controller.vault_policy import VaultPolicy
 
 T = TypeVar("T")
@@ -94,14 +95,6 @@ _SUBSCRIPTIONS_API = "2022-12-01"
 REWRAP_CONTAINERS_TAG = "cmk-rewrap-containers"
 
 AuditQuery = Callable[[datetime], AuditLog]
-
-
-@dataclass(frozen=True, slots=True)
-class RegisteredContainer:
-    """A client-side-encrypted container registered for re-wrap (CMK_REWRAP_TARGETS)."""
-
-    account: str
-    container: str
 
 
 class _Failures:
@@ -153,7 +146,7 @@ class EstateGatherer:
         key_vault_credential: TokenCredential,
         policy: VaultPolicy,
         custom_origins: Sequence[str] = (),
-        registered_containers: Sequence[RegisteredContainer] = (),
+        registered_containers: Sequence[RewrapTarget] = (),
         blob_stores: Callable[[str], BlobStore] | None = None,
         audit: AuditQuery | None = None,
         workers: int = DEFAULT_WORKERS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from controller.cli import events, keys, rewrap
+from controller.cli import events, keys, rewrap, sweep
 from controller.cli.common import EXIT_INVALID
 
 
@@ -25,4 +25,5 @@ def _parser() -> argparse.ArgumentParser:
     events.register(commands)
     rewrap.register(commands)
     keys.register(commands)
+    sweep.register(commands)
     return parser

@@ -1,0 +1,118 @@
+"""`cmkctl sweep`: the compliance sweep from the command line (read-only: no alert, nothing stored).
+
+Every rule of docs/RULES.md over the subscriptions given (default: CMK_SUBSCRIPTIONS, or every
+subscription the identity can read), printed as a table for a person or as one of the report formats
+(docs/REPORTS.md). ``--format json`` prints exactly one JSON document on stdout: the report.
+
+Exit status: 0 when no finding reaches ``--fail-on`` (default high), 1 when one does, 2 on bad input
+or when nothing could be evaluated (every resource read failed, or the subscriptions could not be
+listed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from controller import service
+from controller.cli.common import EXIT_FAILED, EXIT_INVALID, Commands, operator_dependencies
+from controller.compliance.formats import ReportFormat, render
+from controller.compliance.report import ComplianceReport
+from controller.errors import ControllerError
+from controller.model import Severity
+
+TABLE = "table"
+#: A person's terminal is assumed to be at least this wide; the table never needs more.
+TABLE_WIDTH = 80
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+
+
+def register(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "sweep", help="evaluate every compliance rule over the estate and print the findings",
+        description="Read-only: raises no alert and stores no report (the timer does both).")
+    parser.add_argument("--subscription", action="append", type=_subscription, default=[], metavar="ID",
+                        help="subscription to sweep (repeatable; default: CMK_SUBSCRIPTIONS, or every "
+                        "subscription the identity can read)")
+    parser.add_argument("--format", choices=[TABLE, *(member.value for member in ReportFormat)], default=TABLE,
+                        help="table (default) for a person, or a report format (json, md, sarif, html)")
+    parser.add_argument("--out", type=Path, metavar="PATH", help="write the output to PATH instead of stdout")
+    parser.add_argument("--fail-on", type=Severity, choices=list(Severity), default=Severity.HIGH,
+                        metavar="SEVERITY", help="exit 1 when a finding is at least this severe: "
+                        f"{', '.join(Severity)} (default high)")
+    parser.set_defaults(run=_sweep)
+
+
+def _subscription(value: str) -> str:
+    if not _GUID.match(value.strip()):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a subscription id (a GUID)")
+    return value.strip().lower()
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    try:
+        deps = operator_dependencies()
+        progress = Console(stderr=True)
+        # A spinner for a person at a terminal; nothing when stderr is piped or captured.
+        with progress.status("sweeping the estate ...") if sys.stderr.isatty() else nullcontext():
+            report = service.run_compliance_sweep(deps, args.subscription or deps.settings.subscriptions)
+    except ControllerError as err:
+        print(f"cmkctl: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    output = render_output(report, args.format)
+    if args.out is not None:
+        args.out.write_text(output, encoding="utf-8")
+    else:
+        sys.stdout.write(output)
+    if nothing_evaluated(report):
+        print("cmkctl: nothing could be evaluated: every resource the sweep found failed to read "
+              "(see the CMK-000 findings)", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_FAILED if any(finding.severity.at_least(args.fail_on) for finding in report.findings) else 0
+
+
+def nothing_evaluated(report: ComplianceReport) -> bool:
+    """No resource could be evaluated: there was something to read and all of it failed."""
+    cannot = any(finding.rule == "CMK-000" for finding in report.findings)
+    return cannot and report.not_evaluable >= report.resources_evaluated
+
+
+def render_output(report: ComplianceReport, output_format: str) -> str:
+    if output_format != TABLE:
+        return render(report, ReportFormat(output_format))
+    text = io.StringIO()
+    _print_table(report, Console(file=text, width=TABLE_WIDTH, color_system=None))
+    return text.getvalue()
+
+
+def _print_table(report: ComplianceReport, console: Console) -> None:
+    summary = report.summary
+    counts = ", ".join(f"{count} {severity.value}" for severity, count in summary.by_severity.items() if count)
+    console.print(f"{summary.finding_count} findings ({counts or 'none'}) over {report.resources_evaluated} "
+                  f"resources; {report.not_evaluable} not evaluable")
+    if not report.findings:
+        return
+    table = Table(show_lines=False, expand=True)
+    table.add_column("Severity", no_wrap=True)
+    table.add_column("Rule", no_wrap=True)
+    table.add_column("Resource", overflow="fold", ratio=2)
+    table.add_column("Finding", overflow="fold", ratio=3)
+    for finding in report.findings:
+        table.add_row(finding.severity.value, finding.rule, _short(finding.resource), finding.title)
+    console.print(table)
+
+
+def _short(resource: str) -> str:
+    """An ARM id's last two segments pairs (``vaults/kv1``) or a URI as is: enough to find it again."""
+    if resource.startswith("/subscriptions/"):
+        parts = resource.strip("/").split("/")
+        return "/".join(parts[-2:]) if len(parts) % 2 == 0 else resource
+    return resource
+
