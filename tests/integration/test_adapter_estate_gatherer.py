@@ -1,0 +1,119 @@
+"""The estate gatherer against the emulated ARM and vaults: what it reads, how often, and what it does
+when something cannot be read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from azure.keyvault.keys import KeyRotationLifetimeAction, KeyRotationPolicy, KeyRotationPolicyAction
+from azure.mgmt.keyvault.models import NetworkRuleSet, VaultPatchParameters, VaultPatchProperties
+
+from controller.adapters.estate_gatherer import EstateGatherer
+from controller.compliance.estate import Estate, ReadAspect
+from tests.integration.adapter_world import CRYPTO_SERVICE_USER, RG, SUB_A, SUB_FORBIDDEN, World, running_arm
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with running_arm(tmp_path) as (arm, faults):
+        yield World(arm, faults)
+
+
+def gather(world: World, *subscriptions: str) -> Estate:
+    origins = [world.origin(name).url for name in world.vaults]
+    gatherer = EstateGatherer(world.connection(), key_vault_credential=world.cred, policy=world.policy,
+                              custom_origins=origins, key_vault_verify=world.arm.ca_path)
+    return gatherer.gather(list(subscriptions), datetime.now(UTC))
+
+
+def build_shared_key_estate(world: World, accounts: int) -> None:
+    """One access-policy vault with two keys; ``accounts`` accounts all on the first key; one RBAC vault."""
+    world.create_vault("kv-shared")
+    keys = world.key_client("kv-shared")
+    keys.create_rsa_key("cmk", size=3072)
+    keys.create_rsa_key("spare", size=2048)
+    keys.update_key_rotation_policy("cmk", KeyRotationPolicy(expires_in="P1Y", lifetime_actions=[
+        KeyRotationLifetimeAction(KeyRotationPolicyAction.rotate, time_after_create="P90D")]))
+    keys.rotate_key("cmk")
+    identity = world.create_identity("id-shared")
+    world.grant_policy("kv-shared", identity.principal_id)
+    for _ in range(accounts):
+        account = world.create_account(uai="id-shared")
+        world.enable_cmk(account, "kv-shared", "cmk", uai="id-shared")
+    world.create_vault("kv-rbac", rbac=True)
+    world.key_client("kv-rbac").create_rsa_key("cmk", size=2048)
+    world.assign_role(world.vaults["kv-rbac"].id, identity.principal_id, CRYPTO_SERVICE_USER)
+
+
+def test_each_vault_and_key_is_read_once_however_many_accounts_use_it(world: World) -> None:
+    build_shared_key_estate(world, accounts=6)
+    world.faults.requests.clear()
+
+    estate = gather(world, SUB_A)
+
+    assert estate.read_failures == ()
+    assert len(estate.storage_accounts) == 6
+    requests = world.faults.requests_matching
+    assert requests("GET", "/providers/microsoft.keyvault/vaults/kv-shared/keys") == 1 + 2  # list, 2 x versions
+    assert requests("GET", "/vaults/kv-shared/keys/cmk/versions") == 1
+    assert requests("GET", "/vaults/kv-shared/keys/spare/versions") == 1
+    assert requests("GET", "/vaults/kv-rbac/providers/microsoft.authorization/roleassignments") == 1
+    assert requests("GET", "/vaults/kv-shared/providers/microsoft.insights/diagnosticsettings") == 1
+    paths = [path for verb, path in world.faults.requests if verb == "GET"]
+    assert sum(path.endswith("/providers/microsoft.keyvault/vaults") for path in paths) == 1
+    assert sum(path.endswith("/providers/microsoft.storage/storageaccounts") for path in paths) == 1
+    assert sum("/keys" in path and "/kv-rbac/" in path for path in paths) == 1 + 1  # list, 1 x versions
+    assert requests("GET", "/encryptionscopes") == 6  # one listing per account
+    definitions = [path for verb, path in world.faults.requests if "/roledefinitions/" in path]
+    assert len(definitions) == len(set(definitions))  # each role definition once
+
+
+def test_keys_versions_rotation_policy_and_vault_properties_come_through_arm(world: World) -> None:
+    build_shared_key_estate(world, accounts=1)
+
+    estate = gather(world, SUB_A)
+
+    vault = next(vault for vault in estate.vaults if vault.name == "kv-shared")
+    cmk = vault.key("cmk")
+    assert cmk is not None and cmk.kty == "RSA" and cmk.key_size == 3072
+    assert cmk.versions is not None and len(cmk.versions) == 2
+    assert cmk.rotation_policy is not None and cmk.rotation_policy.expires_after == "P1Y"
+    assert [(action.action.lower(), action.time_after_create) for action in cmk.rotation_policy.lifetime_actions] == [
+        ("rotate", "P90D")]
+    spare = vault.key("spare")
+    assert spare is not None and spare.rotation_policy is not None and spare.rotation_policy.lifetime_actions == ()
+    assert (vault.enable_soft_delete, vault.soft_delete_retention_in_days, vault.enable_purge_protection) == (
+        True, 7, True)
+    assert vault.access_policies and vault.deleted_keys == () and vault.diagnostic_settings == ()
+    rbac = next(vault for vault in estate.vaults if vault.name == "kv-rbac")
+    assert rbac.enable_rbac_authorization
+    assert {assignment.role_definition_id.rsplit("/", 1)[-1] for assignment in rbac.role_assignments or ()} >= {
+        CRYPTO_SERVICE_USER}
+    assert CRYPTO_SERVICE_USER in {definition.guid for definition in estate.role_definitions}
+    (account,) = estate.storage_accounts
+    assert account.encryption.uses_key_vault and account.encryption.key_vault_properties is not None
+    assert estate.user_assigned_identities[0].principal_id == world.identities["id-shared"].principal_id
+    assert estate.subscriptions[0].tenant_id == world.tenant
+
+
+def test_a_firewall_blinds_the_data_plane_only_and_a_refused_listing_is_a_read_failure(world: World) -> None:
+    build_shared_key_estate(world, accounts=1)
+    world.keyvault_mgmt().vaults.update(RG, "kv-shared", VaultPatchParameters(properties=VaultPatchProperties(
+        network_acls=NetworkRuleSet(default_action="Deny", bypass="None"))))
+
+    estate = gather(world, SUB_A, SUB_FORBIDDEN)
+
+    vault = next(vault for vault in estate.vaults if vault.name == "kv-shared")
+    assert vault.keys is not None and vault.key("cmk") is not None  # read through ARM despite the firewall
+    assert vault.deleted_keys is None  # only the data plane lists them
+    failures = {(failure.aspect, failure.status_code) for failure in estate.read_failures}
+    assert failures == {(ReadAspect.DELETED_KEYS, 403), (ReadAspect.STORAGE_ACCOUNTS, 403)}
+    refused = next(failure for failure in estate.read_failures if failure.aspect is ReadAspect.STORAGE_ACCOUNTS)
+    assert refused.resource == f"/subscriptions/{SUB_FORBIDDEN}"
+    assert "403" in refused.reason
+    assert len(estate.storage_accounts) == 1  # the readable subscription was swept all the same
