@@ -1,4 +1,4 @@
-"""Contract checks for ARM responses against the official Swagger files (storage.json, keyvault.json).
+"""Contract checks for ARM responses against the official Swagger files (storage.json, keyvault.json, keys.json).
 
 ``ArmContract(spec_path).validate(operation_id, status, body)`` validates with jsonschema (Draft 4,
 Swagger's dialect), resolving ``$ref``s across files: ``./common.json#/definitions/Sku`` is loaded
@@ -19,6 +19,7 @@ from emulators.specs import SPECS_ROOT
 SPECS = SPECS_ROOT  # the vendored copies in emulators/specs
 STORAGE_SPEC = Path("storage/resource-manager/Microsoft.Storage/Storage/stable/2025-01-01/storage.json")
 KEYVAULT_SPEC = Path("keyvault/resource-manager/Microsoft.KeyVault/KeyVault/stable/2024-11-01/keyvault.json")
+KEYVAULT_KEYS_SPEC = Path("keyvault/resource-manager/Microsoft.KeyVault/KeyVault/stable/2024-11-01/keys.json")
 KEYVAULT_COMMON = Path("keyvault/resource-manager/Microsoft.KeyVault/stable/2024-11-01/common.json")
 
 
@@ -108,3 +109,8 @@ def storage_contract(root: Path = SPECS) -> ArmContract:
 def keyvault_contract(root: Path = SPECS) -> ArmContract:
     # keyvault.json refers to "common.json" in its own folder; the copy sits in the pre-TypeSpec folder.
     return ArmContract(root / KEYVAULT_SPEC, extra_files={"common.json": root / KEYVAULT_COMMON})
+
+
+def keyvault_keys_contract(root: Path = SPECS) -> ArmContract:
+    """Microsoft.KeyVault/vaults/keys (keys.json, next to keyvault.json, whose Resource it extends)."""
+    return ArmContract(root / KEYVAULT_KEYS_SPEC, extra_files={"common.json": root / KEYVAULT_COMMON})
