@@ -289,19 +289,20 @@ class _SubscriptionReader:
         scope = f"/subscriptions/{self.sub}"
         read = self.failures.read
         tenant = self._tenant()
-        listed_accounts = read(scope, ReadAspect.STORAGE_ACCOUNTS, lambda: list(self.storage.storage_accounts.list()))
-        listed_vaults = read(scope, ReadAspect.VAULTS, lambda: list(self.keyvault.vaults.list_by_subscription()))
+        # Each account and vault is handed to the pool as its page arrives (the listings are streamed).
+        accounts = read(scope, ReadAspect.STORAGE_ACCOUNTS, lambda: [
+            self.pool.submit(self._account, item) for item in self.storage.storage_accounts.list()])
+        vaults = read(scope, ReadAspect.VAULTS, lambda: [
+            self.pool.submit(self._vault, item) for item in self.keyvault.vaults.list_by_subscription()])
         deleted = read(scope, ReadAspect.DELETED_VAULTS, lambda: tuple(
             _deleted_vault(item) for item in self.keyvault.vaults.list_deleted()))
         identities = read(scope, ReadAspect.USER_ASSIGNED_IDENTITIES, lambda: [
             _identity(item) for item in self.msi.user_assigned_identities.list_by_subscription()]) or []
-        accounts = [future.result() for future in [self.pool.submit(self._account, item)
-                                                   for item in listed_accounts or ()]]
-        vaults = [future.result() for future in [self.pool.submit(self._vault, item)
-                                                 for item in listed_vaults or ()]]
+        read_accounts = [future.result() for future in accounts or ()]
+        read_vaults = [future.result() for future in vaults or ()]  # they read the role definitions
         definitions = {guid: found for guid, found in self._definitions.items() if found is not None}
-        return _SubscriptionPart(Subscription(subscription_id=self.sub, tenant_id=tenant), accounts, vaults,
-                                 deleted, identities, definitions)
+        return _SubscriptionPart(Subscription(subscription_id=self.sub, tenant_id=tenant), read_accounts,
+                                 read_vaults, deleted, identities, definitions)
 
     def _tenant(self) -> str | None:
         """The subscription's tenant; None (unknown) when it cannot be read: it only feeds CMK-020's
