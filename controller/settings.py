@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from controller import ncrontab
 from controller.errors import InvalidKeyId, SettingsError
-from controller.model import Severity
+from controller.model import Severity, normalise_origin, parse_vault_origin
 from controller.vault_policy import VaultPolicy
 
 _T = TypeVar("_T")
@@ -34,9 +34,11 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
     SettingSpec(
         "CMK_VAULTS",
         "",
-        "Comma-separated allowlist of the Key Vault / Managed HSM origins the controller manages "
-        "(host names such as contoso.vault.azure.net, or https origins). Events and key URIs from any other "
-        "vault are rejected before any request is made. Required.",
+        "Comma-separated allowlist of the Key Vault / Managed HSM vaults the controller manages: vault names "
+        "(contoso-kv: a vault of the cloud CMK_ARM_ENDPOINT belongs to), hosts (contoso-kv.vault.azure.net, "
+        "contoso-hsm.managedhsm.azure.net) or https origins; a host of no known cloud must be marked "
+        "custom:https://host[:port] (loopback origins, the local sandbox's, need no mark). No wildcards. Events "
+        "and key URIs from any other vault are rejected before any request is made. Required.",
     ),
     SettingSpec(
         "CMK_SUBSCRIPTIONS",
@@ -211,7 +213,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         return environ.get(name, _KNOWN[name].default).strip()
 
     return Settings(
-        vault_policy=_parse_vaults(raw("CMK_VAULTS")),
+        vault_policy=_parse_vaults(raw("CMK_VAULTS"), arm_endpoint=raw("CMK_ARM_ENDPOINT")),
         subscriptions=_parse_list("CMK_SUBSCRIPTIONS", raw("CMK_SUBSCRIPTIONS"), _subscription),
         sweep_schedule=_parse_ncrontab(raw("CMK_SWEEP_SCHEDULE")),
         work_queue=_match("CMK_WORK_QUEUE", raw("CMK_WORK_QUEUE"), _QUEUE_NAME, "a queue name (3-57 "
@@ -240,14 +242,47 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     )
 
 
-def _parse_vaults(value: str) -> VaultPolicy:
-    try:
-        policy = VaultPolicy.of(entry for entry in (part.strip() for part in value.split(",")) if entry)
-    except InvalidKeyId as err:
-        raise SettingsError("CMK_VAULTS", str(err)) from err
-    if not policy.vaults:
+#: Where a bare vault name lives, by the ARM endpoint of the cloud (CMK_ARM_ENDPOINT's host).
+_VAULT_DNS_BY_ARM_HOST: Final = {
+    "management.azure.com": "vault.azure.net",
+    "management.chinacloudapi.cn": "vault.azure.cn",
+    "management.usgovcloudapi.net": "vault.usgovcloudapi.net",
+}
+_CUSTOM_ORIGIN_MARK = "custom:"
+_HOW_TO_WRITE_A_VAULT = ("write a vault name (contoso-kv), its host (contoso-kv.vault.azure.net) or, for an origin "
+                         "of no known cloud, custom:https://host[:port]")
+
+
+def _parse_vaults(value: str, *, arm_endpoint: str) -> VaultPolicy:
+    """Every entry must name exactly one vault the controller can match events and key URIs against:
+    an entry that could never match (a wildcard, a misspelt host) stops the app instead of silently
+    rejecting every event."""
+    entries = [entry for entry in (part.strip() for part in value.split(",")) if entry]
+    if not entries:
         raise SettingsError("CMK_VAULTS", "is required: list the vaults the controller manages")
-    return policy
+    try:
+        return VaultPolicy.of(_vault_origin(entry, arm_endpoint) for entry in entries)
+    except InvalidKeyId as err:
+        raise SettingsError("CMK_VAULTS", f"{err}: {_HOW_TO_WRITE_A_VAULT}") from err
+
+
+def _vault_origin(entry: str, arm_endpoint: str) -> str:
+    if any(char in entry for char in "*?[]"):
+        raise InvalidKeyId(f"{entry[:80]!r} is a wildcard; list each vault")
+    if entry.lower().startswith(_CUSTOM_ORIGIN_MARK):
+        return normalise_origin(entry[len(_CUSTOM_ORIGIN_MARK):])
+    if not any(char in entry for char in ".:/"):  # a bare vault name
+        arm_host = (urlsplit(arm_endpoint).hostname or "").lower()
+        suffix = _VAULT_DNS_BY_ARM_HOST.get(arm_host)
+        if suffix is None:
+            raise InvalidKeyId(f"the vault name {entry[:80]!r} cannot be resolved: CMK_ARM_ENDPOINT {arm_endpoint} "
+                               "is no known cloud's")
+        return parse_vault_origin(f"{entry}.{suffix}").url
+    origin = normalise_origin(entry)
+    host = urlsplit(origin).hostname or ""
+    if _is_loopback(host.strip("[]")):
+        return origin  # the local sandbox's vaults: their own loopback origin each
+    return parse_vault_origin(origin).url  # a Key Vault / Managed HSM host of a known cloud, valid name
 
 
 def _parse_list(name: str, value: str, parse_one: Callable[[str, str], _T]) -> tuple[_T, ...]:
@@ -274,11 +309,14 @@ def _match(name: str, value: str, pattern: re.Pattern[str], expected: str, *, ma
     return value
 
 
+_DIGITS = re.compile(r"[0-9]{1,9}")
+
+
 def _parse_int(name: str, value: str, low: int, high: int) -> int:
-    try:
-        number = int(value)
-    except ValueError as err:
-        raise SettingsError(name, f"{value!r} is not an integer") from err
+    # int() also reads "1_0", "+5", " 7" and other scripts' digits: a setting is plain ASCII digits.
+    if not _DIGITS.fullmatch(value):
+        raise SettingsError(name, f"{value[:40]!r} is not an integer written with the digits 0-9 alone")
+    number = int(value)
     if not low <= number <= high:
         raise SettingsError(name, f"{number} is outside {low}-{high}")
     return number
@@ -318,7 +356,7 @@ def _parse_force_after(value: str, window_hours: str) -> int | None:
     name = "CMK_FORCE_ADOPTION_AFTER_MINUTES"
     if value.lower() == "off":
         return None
-    window_minutes = int(window_hours) * 60 if window_hours.isdigit() else 168 * 60
+    window_minutes = int(window_hours) * 60 if _DIGITS.fullmatch(window_hours) else 168 * 60
     return _parse_int(name, value, 0, window_minutes)
 
 
