@@ -228,11 +228,18 @@ class FunctionsHost:
             return web.Response(status=200, headers={"WebHook-Allowed-Origin": origin} if origin else {})
         if request.method != "POST":
             return web.Response(status=405)
+        body = await request.read()
+        if len(body) > MAX_EVENTGRID_DELIVERY_BYTES:
+            return web.Response(status=413, text="an Event Grid delivery is at most 1 MB")
         try:
-            payload = json.loads(await request.read())
-        except ValueError:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             return web.Response(status=400, text="body is not JSON")
         events = payload if isinstance(payload, list) else [payload]
+        if not events or not all(isinstance(item, dict) for item in events):
+            # The extension refuses a delivery it cannot bind (400: Event Grid dead-letters it at once)
+            # instead of failing it (5xx: Event Grid would retry it for a day).
+            return web.Response(status=400, text="a delivery is one event object or an array of them")
         kind = request.headers.get("aeg-event-type", "")
         if kind == "SubscriptionValidation":
             first = events[0] if events and isinstance(events[0], dict) else {}
@@ -402,6 +409,10 @@ def _match_route(template: str, path: str) -> dict[str, str] | None:
         elif expected.lower() != actual.lower():
             return None
     return params
+
+
+#: Event Grid delivers at most 1 MB per request (an event or a batch).
+MAX_EVENTGRID_DELIVERY_BYTES = 1024 * 1024
 
 
 def _queue_message(**fields: Any) -> Any:
