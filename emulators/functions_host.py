@@ -158,6 +158,7 @@ class FunctionsHost:
         from aiohttp import web
 
         app = web.Application(client_max_size=100 * 1024 * 1024)
+        app.router.add_get("/admin/host/ping", self._ping)
         app.router.add_get("/admin/host/status", self._status)
         app.router.add_post("/admin/functions/{name}", self._admin_invoke)
         app.router.add_route("*", "/runtime/webhooks/eventgrid", self._eventgrid)
@@ -174,9 +175,16 @@ class FunctionsHost:
             allowed += [self.keys["function"]]
         return any(secrets.compare_digest(supplied, key) for key in allowed)
 
+    async def _ping(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.Response(status=200)  # anonymous, as the real host's: says it is up, nothing more
+
     async def _status(self, request: Any) -> Any:
         from aiohttp import web
 
+        if not self._authorized(request, "admin"):  # admin routes need the master key, as on Azure
+            return web.Response(status=401)
         return web.json_response({"state": "Running", "functions": sorted(self.functions),
                                   "invocations": self.invocations})
 
@@ -541,11 +549,14 @@ class LocalFunctionsHost:
                 raise RuntimeError(f"the Functions host exited: {self.log_path.read_text(errors='replace')[-2000:]}")
             if keys_path.exists() and keys_path.stat().st_size:
                 try:
-                    with urllib.request.urlopen(f"{self.url}/admin/host/status", timeout=2) as response:  # noqa: S310
+                    keys = json.loads(keys_path.read_text(encoding="utf-8"))
+                    status = urllib.request.Request(f"{self.url}/admin/host/status",  # noqa: S310 - loopback
+                                                    headers={"x-functions-key": keys["master"]})
+                    with urllib.request.urlopen(status, timeout=2) as response:  # noqa: S310
                         if response.status == 200:
-                            self.keys = json.loads(keys_path.read_text(encoding="utf-8"))
+                            self.keys = keys
                             return self
-                except OSError:
+                except (OSError, ValueError, KeyError):  # not up yet, or the keys file half written
                     pass
             time.sleep(0.1)
         self.stop()

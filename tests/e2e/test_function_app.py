@@ -131,9 +131,31 @@ def test_http_events_endpoint_requires_the_function_key(host, azurite, names):
         assert json.loads(response.read())["status"] == "ok"
 
 
+def get_status(url: str, key: str | None) -> int:
+    request = urllib.request.Request(url, headers={"x-functions-key": key} if key else {})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback test host
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_admin_routes_need_the_master_key_as_on_azure(host):
+    status = f"{host.url}/admin/host/status"
+    assert get_status(status, None) == 401
+    assert get_status(status, host.keys["function"]) == 401
+    assert get_status(status, host.keys["master"]) == 200
+    assert get_status(f"{host.url}/admin/host/ping", None) == 200
+    run = f"{host.url}/admin/functions/compliance_sweep"
+    assert post(run, {"input": ""})[0] == 401
+    assert post(run, {"input": ""}, {"x-functions-key": host.keys["function"]})[0] == 401
+
+
 def test_timer_fires_on_its_schedule(host):
     def sweeps() -> int:
-        with urllib.request.urlopen(f"{host.url}/admin/host/status", timeout=10) as response:  # noqa: S310
+        request = urllib.request.Request(f"{host.url}/admin/host/status",  # noqa: S310 - loopback test host
+                                         headers={"x-functions-key": host.keys["master"]})
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             return json.loads(response.read())["invocations"]["compliance_sweep"]
 
     first = wait_for(sweeps)
