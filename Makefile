@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/bandit --quiet --recursive --severity-level medium controller function_app.py
 
 # checkov runs in its own virtualenv (.venv-iac): its pinned dependency tree conflicts with the app's.
 iac:
