@@ -76,3 +76,5 @@ resource assignments 'Microsoft.Authorization/policyAssignments@2024-04-01' = [f
     parameters: definition.parameters
   }
 }]
+
+output assignmentIds array = [for (definition, index) in definitions: assignments[index].id]
