@@ -199,7 +199,7 @@ class Scope:
             if name == "empty":
                 return not self.evaluate(arguments["item_to_test"])
             if name == "contains":
-                return self.evaluate(arguments["value_to_find"]) in self.evaluate(arguments["container"])
+                return self.evaluate(arguments["item_to_find"]) in self.evaluate(arguments["container"])
             raise Unsupported(f"function {name}")
         operator = expression.get("operator", {}) if isinstance(expression, dict) else {}
         if operator.get("type") == "not":
@@ -278,6 +278,12 @@ def test_main_deploys_every_setting_with_the_codes_default(spec):
     passed = {name: main_scope.evaluate(expression) for name, expression in call.items() if name.startswith("cmk")}
     app_scope = Scope(module("function-app.bicep"), passed)
     assert app_scope.evaluate(app_settings()[spec.name]) == spec.default
+
+
+def test_parameters_file_names_only_parameters_main_declares():
+    """ARM rejects a deployment whose parameters file names a parameter the template does not declare."""
+    parameters = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert set(parameters) <= set(parse(INFRA / "main.bicep")["parameters"])
 
 
 def test_parameters_file_defaults_match_the_codes_defaults():
