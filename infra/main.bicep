@@ -169,7 +169,7 @@ var accessPolicyWrapPermissions = empty(rewrapTargets) ? [] : [
 var accessPolicyVaultIds = [for vault in filter(vaults, vault => vault.useAccessPolicy): resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.KeyVault/vaults', vault.name)]
 var accessPolicyKeyPermissions = concat(accessPolicyReadPermissions, accessPolicyRotatePermissions, accessPolicyWrapPermissions)
 
-resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+resource rg 'Microsoft.Resources/resourceGroups@2022-09-01' = {
   name: empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
   location: location
   tags: tags
