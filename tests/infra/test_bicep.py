@@ -611,8 +611,8 @@ def test_what_an_environment_adds_to_a_shared_vault_is_named_by_its_resource_tok
     assert body(subscription)["name"] == "cmk-controller-key-events-${resourceToken}"
     ((_, setting),) = resources(module("vault-integration.bicep"), "Microsoft.Insights/diagnosticSettings")
     assert body(setting)["name"] == "cmk-controller-audit-${resourceToken}"
-    assert body(parse(INFRA / "main.bicep")["modules"]["vaultIntegrations"])["params"]["resourceToken"] == "resourceToken"
-    assert body(parse(INFRA / "events.bicep")["modules"]["keyEvents"])["params"]["resourceToken"] == "resourceToken"
+    for entry, call in (("main.bicep", "vaultIntegrations"), ("events.bicep", "keyEvents")):
+        assert body(parse(INFRA / entry)["modules"][call])["params"]["resourceToken"] == "resourceToken"
     outputs = parse(INFRA / "main.bicep")["outputs"]
     assert outputs["CMK_DIAGNOSTIC_SETTING_NAME"]["value"] == "cmk-controller-audit-${resourceToken}"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,8 @@ def initial_state(*, logged_in: bool = True) -> dict[str, Any]:
         "logged_in": logged_in,
         "resources": sorted(set(PRODUCTION_RESOURCES) | set(OURS)),
         "role_assignments": {
-            HOME_SUBSCRIPTION: [*PRODUCTION_ASSIGNMENTS[HOME_SUBSCRIPTION], assignment(HOME_SUBSCRIPTION, "o1", CONTROLLER),
+            HOME_SUBSCRIPTION: [*PRODUCTION_ASSIGNMENTS[HOME_SUBSCRIPTION],
+                                assignment(HOME_SUBSCRIPTION, "o1", CONTROLLER),
                                 assignment(HOME_SUBSCRIPTION, "o2", CONTROLLER)],
             VAULT_SUBSCRIPTION: [*PRODUCTION_ASSIGNMENTS[VAULT_SUBSCRIPTION],
                                  assignment(VAULT_SUBSCRIPTION, "o3", CONTROLLER)],
@@ -104,16 +106,18 @@ def initial_state(*, logged_in: bool = True) -> dict[str, Any]:
 
 def azd_outputs() -> dict[str, str]:
     """main.bicep's outputs as azd exports them to hooks (arrays as JSON text)."""
-    sources = [{"subscriptionId": VAULT_SUBSCRIPTION, "resourceGroup": "rg-keys", "systemTopicName": "evgt-contoso-cmk-cmk"}]
+    sources = [{"subscriptionId": VAULT_SUBSCRIPTION, "resourceGroup": "rg-keys",
+                "systemTopicName": "evgt-contoso-cmk-cmk"}]
+    staging_group = f"/subscriptions/{HOME_SUBSCRIPTION}/resourceGroups/rg-staging/providers"
     return {
         "AZURE_ENV_NAME": "staging",
         "AZURE_SUBSCRIPTION_ID": HOME_SUBSCRIPTION,
         "AZURE_LOCATION": "westeurope",
         "AZURE_RESOURCE_GROUP": "rg-staging",
         "AZURE_FUNCTION_APP_NAME": "func-cmk-stagingtoken1",
-        "AZURE_FUNCTION_APP_ID": f"/subscriptions/{HOME_SUBSCRIPTION}/resourceGroups/rg-staging/providers/Microsoft.Web/sites/func-cmk-stagingtoken1",
+        "AZURE_FUNCTION_APP_ID": f"{staging_group}/Microsoft.Web/sites/func-cmk-stagingtoken1",
         "AZURE_CONTROLLER_PRINCIPAL_ID": CONTROLLER,
-        "DEAD_LETTER_STORAGE_ACCOUNT_ID": f"/subscriptions/{HOME_SUBSCRIPTION}/resourceGroups/rg-staging/providers/Microsoft.Storage/storageAccounts/stcmkstagingtoken1",
+        "DEAD_LETTER_STORAGE_ACCOUNT_ID": f"{staging_group}/Microsoft.Storage/storageAccounts/stcmkstagingtoken1",
         "DEAD_LETTER_CONTAINER_NAME": "key-events-deadletter",
         "KEY_EVENT_SOURCES": json.dumps(sources),
         "CMK_RESOURCE_TOKEN": TOKEN,
@@ -159,8 +163,10 @@ class FakeAz:
             "CMK_HOOK_RETRY_SECONDS": "0",
             **outputs,
         }
-        return subprocess.run(["bash", str(HOOKS / f"{name}.sh")], env=environment, capture_output=True,
-                              text=True, timeout=120, check=False)
+        bash = shutil.which("bash")
+        assert bash is not None, "the hooks are bash scripts"
+        return subprocess.run([bash, str(HOOKS / f"{name}.sh")], env=environment,  # noqa: S603 - the repo's hooks
+                              capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture

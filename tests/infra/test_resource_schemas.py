@@ -76,7 +76,7 @@ class SchemaCheck:
 
     def check_scalar(self, value: Any, node: Mapping[str, Any], where: str) -> None:
         expected = TYPES_OF[node["type"]]
-        if isinstance(value, bool) and bool not in expected or not isinstance(value, expected):
+        if (isinstance(value, bool) and bool not in expected) or not isinstance(value, expected):
             self.problems.append(f"{where}: expected {node['type']}, got {value!r}")
             return
         interpolated = isinstance(value, str) and "${" in value

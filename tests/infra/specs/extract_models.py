@@ -145,8 +145,9 @@ print(json.dumps(definitions, sort_keys=True))
 def unpack(requirement: str, directory: Path) -> Path:
     target = directory / requirement.replace("==", "-")
     downloads = directory / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
-                    "--dest", str(downloads), requirement], check=True)
+    download = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
+                "--dest", str(downloads), requirement]
+    subprocess.run(download, check=True)  # noqa: S603 - our own interpreter, a pinned requirement
     name, version = requirement.split("==")
     (wheel,) = downloads.glob(f"{name.replace('-', '_')}-{version}-*.whl")
     with zipfile.ZipFile(wheel) as archive:
@@ -168,8 +169,8 @@ def main() -> None:
                 unpacked[requirement] = unpack(requirement, Path(temporary))
             path = [str(unpacked[requirement]), *support]
             code = f"import sys; sys.path[:0] = {path!r}; exec({CHILD!r})"
-            result = subprocess.run([sys.executable, "-c", code, module_name, *sorted(set(roots))],
-                                    check=False, capture_output=True, text=True)
+            child = [sys.executable, "-c", code, module_name, *sorted(set(roots))]
+            result = subprocess.run(child, check=False, capture_output=True, text=True)  # noqa: S603 - our own code
             if result.returncode:
                 sys.exit(f"{requirement} {module_name}: {result.stderr}")
             definitions[(requirement, module_name)] = json.loads(result.stdout)
