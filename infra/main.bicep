@@ -294,7 +294,6 @@ module vaultIntegrations 'modules/vault-integration.bicep' = [for (vault, index)
     adoptSystemTopic: vault.adoptSystemTopic
     adoptedTopic: (vault.adoptSystemTopic) ? reference(resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.EventGrid/systemTopics', vault.systemTopicName), '2022-06-15', 'Full') : {}
     resourceToken: resourceToken
-    tags: tags
   }
 }]
 

@@ -35,7 +35,9 @@ for attempt in $(seq 1 20); do
     break
   fi
   if [[ "$attempt" == 20 ]]; then
-    echo "postdeploy: function $function_name not found on $AZURE_FUNCTION_APP_NAME after deployment" >&2
+    echo "postdeploy: function $function_name not found on $AZURE_FUNCTION_APP_NAME after deployment. If the app" \
+      "loaded no function, its logs name the setting that stopped it at start-up, e.g. an unresolved" \
+      "Key Vault reference; fix it, then run \`azd hooks run postdeploy\`." >&2
     exit 1
   fi
   echo "postdeploy: waiting for $function_name to be indexed ($attempt/20)..."

@@ -27,8 +27,6 @@ param adoptedTopic object = {}
 @description('The azd environment\'s resource token: names what this environment adds to the vault, so two environments managing one vault never take over each other\'s settings.')
 param resourceToken string
 
-param tags object
-
 var keyRoleDefinitionId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyRoleGuid)
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
@@ -81,7 +79,7 @@ resource auditLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = 
 }
 
 // A vault has at most one system topic, shared by everything that subscribes to its events. An adopted topic
-// keeps what it has: its tags (this environment's are not added: the topic is not this environment's), and its
+// keeps what it has: its tags (no environment's are added: the topic is not this environment's), and its
 // user-assigned identities (a PUT replaces the identity block, and 2022-06-15 accepts 'SystemAssigned,
 // UserAssigned'); the system-assigned identity is added because dead-lettering uses it.
 var adoptedIdentity = contains(adoptedTopic, 'identity') ? adoptedTopic.identity : {}
@@ -94,11 +92,15 @@ var topicIdentity = keepsUserAssignedIdentities ? {
   type: 'SystemAssigned'
 }
 var adoptedTags = contains(adoptedTopic, 'tags') ? adoptedTopic.tags : {}
+// A created topic is shared too, by every environment that manages the vault: no environment's tag on it.
+var sharedTopicTags = {
+  'cmk-controller': 'vault-key-events'
+}
 
 resource systemTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
   name: systemTopicName
   location: vault.location
-  tags: adoptSystemTopic ? adoptedTags : tags
+  tags: adoptSystemTopic ? adoptedTags : sharedTopicTags
   identity: topicIdentity
   properties: {
     source: vault.id

@@ -628,7 +628,9 @@ def test_an_adopted_system_topic_keeps_its_identities_and_tags():
     assert accessor(identity["true_value"]["userAssignedIdentities"]) == ["adoptedIdentity", "userAssignedIdentities"]
     assert identity["false_value"] == {"type": "SystemAssigned"}
     tags = topic["tags"]["operator"]["operands"]
-    assert (tags["condition"], tags["true_value"], tags["false_value"]) == ("adoptSystemTopic", "adoptedTags", "tags")
+    assert (tags["condition"], tags["true_value"], tags["false_value"]) == ("adoptSystemTopic", "adoptedTags",
+                                                                             "sharedTopicTags")
+    assert "azd-env-name" not in json.dumps(template["variables"]["sharedTopicTags"]), "shared by every environment"
     call = body(parse(INFRA / "main.bicep")["modules"]["vaultIntegrations"])["params"]
     adopted = call["adoptedTopic"]["operator"]["operands"]
     assert function(adopted["true_value"])[0] == "reference"
