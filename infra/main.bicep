@@ -166,7 +166,7 @@ var accessPolicyWrapPermissions = empty(rewrapTargets) ? [] : [
   'wrapKey'
   'unwrapKey'
 ]
-var accessPolicyVaultIds = [for vault in filter(vaults, vault => vault.useAccessPolicy): resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.KeyVault/vaults', vault.name)]
+var accessPolicyVaultIds = [for vault in filter(vaults, candidate => candidate.useAccessPolicy): resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.KeyVault/vaults', vault.name)]
 var accessPolicyKeyPermissions = concat(accessPolicyReadPermissions, accessPolicyRotatePermissions, accessPolicyWrapPermissions)
 
 resource rg 'Microsoft.Resources/resourceGroups@2022-09-01' = {
@@ -382,11 +382,13 @@ output CMK_ACCESS_POLICY_VAULT_IDS array = union(accessPolicyVaultIds, webhookSe
   resourceId(webhookSecretSubscriptionId, alertWebhookSecret.resourceGroup, 'Microsoft.KeyVault/vaults', alertWebhookSecret.vaultName)
 ] : [])
 output CMK_EVENT_SUBSCRIPTION_IDS array = [for vault in vaults: '${resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.EventGrid/systemTopics', vault.systemTopicName)}/eventSubscriptions/cmk-controller-key-events-${resourceToken}']
-output CMK_CREATED_SYSTEM_TOPIC_IDS array = [for vault in filter(vaults, vault => !vault.adoptSystemTopic): resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.EventGrid/systemTopics', vault.systemTopicName)]
+output CMK_CREATED_SYSTEM_TOPIC_IDS array = [for vault in filter(vaults, candidate => !candidate.adoptSystemTopic): resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.EventGrid/systemTopics', vault.systemTopicName)]
 output CMK_DIAGNOSTIC_SETTING_NAME string = 'cmk-controller-audit-${resourceToken}'
 output CMK_ROLE_SUBSCRIPTION_IDS array = union(readerScopes, [
   subscription().subscriptionId
-])
+], webhookSecretConfigured ? [
+  webhookSecretSubscriptionId
+] : [])
 output CMK_CUSTOM_ROLE_IDS array = customRoles.outputs.roleDefinitionIds
 output CMK_POLICY_ASSIGNMENT_IDS array = policyAssignmentsEnabled ? policy.outputs.assignmentIds : []
 output ALERT_TOPIC_ENDPOINT string = alertTopicEnabled ? alertTopic.outputs.endpoint : ''
