@@ -145,6 +145,12 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "severity rises, and a resolved notice follows when it clears.",
     ),
     SettingSpec(
+        "CMK_ALERT_EVENTGRID_TOPIC",
+        "",
+        "Optional endpoint (https URL) of the Event Grid topic the alerts are published to, with the controller's "
+        "identity (EventGrid Data Sender; the topic accepts Entra tokens only). Empty: no topic.",
+    ),
+    SettingSpec(
         "CMK_LOG_ANALYTICS_WORKSPACE",
         "",
         "Workspace id (GUID) of the Log Analytics workspace the vaults send AuditEvent logs to; used as evidence "
@@ -158,6 +164,14 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
 )
 
 _KNOWN: Final = {spec.name: spec for spec in SETTINGS}
+# In Azure the platform replaces a Key Vault reference by the secret before the app starts; one that reaches the
+# app was not resolved, and the literal reference is not a usable value.
+_KEY_VAULT_REFERENCE: Final = "@Microsoft.KeyVault("
+_UNRESOLVED_REFERENCE: Final = (
+    "is an unresolved Key Vault reference: the platform could not read the secret. The app's "
+    "keyVaultReferenceIdentity must be allowed to get that secret (Key Vault Secrets User on it, or an access "
+    "policy with secret get) and the secret must exist; see docs/DEPLOYMENT.md"
+)
 _QUEUE_NAME = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
@@ -197,6 +211,7 @@ class Settings:
     slack_webhook_url: str | None = None
     slack_min_severity: Severity = Severity.MEDIUM
     realert_after_hours: int = 24
+    alert_eventgrid_topic: str | None = None
     log_analytics_workspace: str | None = None
     log_analytics_endpoint: str = "https://api.loganalytics.io"
 
@@ -210,7 +225,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     """Read and validate every CMK_ setting; raise SettingsError naming the first invalid one."""
 
     def raw(name: str) -> str:
-        return environ.get(name, _KNOWN[name].default).strip()
+        value = environ.get(name, _KNOWN[name].default).strip()
+        if value.startswith(_KEY_VAULT_REFERENCE):
+            raise SettingsError(name, _UNRESOLVED_REFERENCE)
+        return value
 
     return Settings(
         vault_policy=_parse_vaults(raw("CMK_VAULTS"), arm_endpoint=raw("CMK_ARM_ENDPOINT")),
@@ -236,6 +254,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         slack_webhook_url=_parse_webhook("CMK_SLACK_WEBHOOK_URL", raw("CMK_SLACK_WEBHOOK_URL")),
         slack_min_severity=_parse_severity("CMK_SLACK_MIN_SEVERITY", raw("CMK_SLACK_MIN_SEVERITY")),
         realert_after_hours=_parse_int("CMK_REALERT_AFTER_HOURS", raw("CMK_REALERT_AFTER_HOURS"), 1, 720),
+        alert_eventgrid_topic=(_parse_https_endpoint("CMK_ALERT_EVENTGRID_TOPIC", raw("CMK_ALERT_EVENTGRID_TOPIC"))
+                               if raw("CMK_ALERT_EVENTGRID_TOPIC") else None),
         log_analytics_workspace=(_subscription("CMK_LOG_ANALYTICS_WORKSPACE", raw("CMK_LOG_ANALYTICS_WORKSPACE"))
                                  if raw("CMK_LOG_ANALYTICS_WORKSPACE") else None),
         log_analytics_endpoint=_parse_https_endpoint("CMK_LOG_ANALYTICS_ENDPOINT", raw("CMK_LOG_ANALYTICS_ENDPOINT")),

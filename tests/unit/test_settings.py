@@ -201,3 +201,25 @@ def test_numbers_are_plain_ascii_digits(value):
     with pytest.raises(SettingsError, match="integer") as caught:
         load_settings({**BASE, "CMK_EVENT_DEDUPE_HOURS": value})
     assert caught.value.setting == "CMK_EVENT_DEDUPE_HOURS"
+
+
+def test_alert_eventgrid_topic_is_an_optional_https_endpoint():
+    assert load_settings(BASE).alert_eventgrid_topic is None
+    endpoint = "https://evgt-cmk-alerts.westeurope-1.eventgrid.azure.net/api/events"
+    assert load_settings({**BASE, "CMK_ALERT_EVENTGRID_TOPIC": endpoint}).alert_eventgrid_topic == endpoint
+    for invalid in ("http://evgt.example/api/events", "evgt-cmk-alerts", "https://u:p@evgt.example/api/events"):
+        with pytest.raises(SettingsError) as caught:
+            load_settings({**BASE, "CMK_ALERT_EVENTGRID_TOPIC": invalid})
+        assert caught.value.setting == "CMK_ALERT_EVENTGRID_TOPIC"
+
+
+@pytest.mark.parametrize("setting", ["CMK_ALERT_WEBHOOK_URL", "CMK_ALERT_EVENTGRID_TOPIC", "CMK_VAULTS"])
+def test_an_unresolved_key_vault_reference_names_the_setting_and_what_resolution_needs(setting):
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv-ops.vault.azure.net/secrets/cmk-webhook/)"
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**BASE, setting: reference})
+    assert caught.value.setting == setting
+    message = str(caught.value)
+    assert "unresolved Key Vault reference" in message
+    assert "keyVaultReferenceIdentity" in message and "Key Vault Secrets User" in message
+    assert "cmk-webhook" not in message, "the reference names the secret: it is not echoed"
