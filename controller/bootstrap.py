@@ -22,7 +22,7 @@ from azure.identity import ManagedIdentityCredential
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from controller import reconciler, rotation
-from controller.adapters.alert_channels import WebhookChannel
+from controller.adapters.alert_channels import EventGridTopicChannel, WebhookChannel
 from controller.adapters.alert_ledger import TableAlertLedger
 from controller.adapters.audit_log import LogAnalyticsAuditLog, NoAuditLog
 from controller.adapters.blob_store import AzureBlobStore, pooled_transport
@@ -92,7 +92,7 @@ def build(
     arm = ArmConnection(credential, endpoint=settings.arm_endpoint)
     control = StorageControl(arm, policy=policy)
     inventory = Inventory(arm, control, subscriptions=settings.subscriptions, policy=policy)
-    notifier = _notifier(settings, storage.table(settings.ledger_table), clock)
+    notifier = _notifier(settings, storage.table(settings.ledger_table), clock, credential)
     reconcile = reconciler.ReconcileDeps(
         keys=KeyVaults(credential),
         inventory=ConsumerDirectory(inventory, arm),
@@ -132,7 +132,8 @@ def build(
     )
 
 
-def _notifier(settings: Settings, ledger_table: TableClient, clock: Clock) -> AlertDesk:
+def _notifier(settings: Settings, ledger_table: TableClient, clock: Clock,
+              credential: TokenCredential) -> AlertDesk:
     """Every alert goes to the log; each configured channel gets those at or above its minimum severity."""
     configured = (
         (ChannelKind.WEBHOOK, settings.alert_webhook_url, settings.alert_webhook_min_severity),
@@ -142,6 +143,11 @@ def _notifier(settings: Settings, ledger_table: TableClient, clock: Clock) -> Al
     channels: dict[ChannelKind, tuple[ChannelRoute, AlertChannel]] = {
         kind: (ChannelRoute(kind, minimum), WebhookChannel(kind, url)) for kind, url, minimum in configured if url
     }
+    if settings.alert_eventgrid_topic:
+        channels[ChannelKind.EVENT_GRID] = (
+            ChannelRoute(ChannelKind.EVENT_GRID, settings.alert_eventgrid_min_severity),
+            EventGridTopicChannel(settings.alert_eventgrid_topic, credential),
+        )
     return AlertDesk(TableAlertLedger(ledger_table), channels, clock,
                      realert_after=timedelta(hours=settings.realert_after_hours))
 

@@ -151,6 +151,11 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "identity (EventGrid Data Sender; the topic accepts Entra tokens only). Empty: no topic.",
     ),
     SettingSpec(
+        "CMK_ALERT_EVENTGRID_MIN_SEVERITY",
+        "info",
+        "Least severe alert published to CMK_ALERT_EVENTGRID_TOPIC: critical, high, medium, low or info.",
+    ),
+    SettingSpec(
         "CMK_LOG_ANALYTICS_WORKSPACE",
         "",
         "Workspace id (GUID) of the Log Analytics workspace the vaults send AuditEvent logs to; used as evidence "
@@ -212,6 +217,7 @@ class Settings:
     slack_min_severity: Severity = Severity.MEDIUM
     realert_after_hours: int = 24
     alert_eventgrid_topic: str | None = None
+    alert_eventgrid_min_severity: Severity = Severity.INFO
     log_analytics_workspace: str | None = None
     log_analytics_endpoint: str = "https://api.loganalytics.io"
 
@@ -256,6 +262,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         realert_after_hours=_parse_int("CMK_REALERT_AFTER_HOURS", raw("CMK_REALERT_AFTER_HOURS"), 1, 720),
         alert_eventgrid_topic=(_parse_https_endpoint("CMK_ALERT_EVENTGRID_TOPIC", raw("CMK_ALERT_EVENTGRID_TOPIC"))
                                if raw("CMK_ALERT_EVENTGRID_TOPIC") else None),
+        alert_eventgrid_min_severity=_parse_severity("CMK_ALERT_EVENTGRID_MIN_SEVERITY",
+                                                     raw("CMK_ALERT_EVENTGRID_MIN_SEVERITY")),
         log_analytics_workspace=(_subscription("CMK_LOG_ANALYTICS_WORKSPACE", raw("CMK_LOG_ANALYTICS_WORKSPACE"))
                                  if raw("CMK_LOG_ANALYTICS_WORKSPACE") else None),
         log_analytics_endpoint=_parse_https_endpoint("CMK_LOG_ANALYTICS_ENDPOINT", raw("CMK_LOG_ANALYTICS_ENDPOINT")),

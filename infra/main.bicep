@@ -92,6 +92,9 @@ param cmkTeamsWebhookUrl string = ''
 @description('CMK_ALERT_WEBHOOK_MIN_SEVERITY: least severe alert sent to CMK_ALERT_WEBHOOK_URL (critical, high, medium, low, info).')
 param cmkAlertWebhookMinSeverity string = 'info'
 
+@description('CMK_ALERT_EVENTGRID_MIN_SEVERITY: least severe alert published to CMK_ALERT_EVENTGRID_TOPIC.')
+param cmkAlertEventgridMinSeverity string = 'info'
+
 @description('Create an Event Grid topic for the controller\'s alerts, with EventGrid Data Sender for the controller.')
 param alertTopicEnabled bool = false
 
@@ -266,6 +269,7 @@ module functionApp 'modules/function-app.bicep' = {
     cmkTeamsMinSeverity: cmkTeamsMinSeverity
     cmkTeamsWebhookUrl: cmkTeamsWebhookUrl
     cmkAlertWebhookMinSeverity: cmkAlertWebhookMinSeverity
+    cmkAlertEventgridMinSeverity: cmkAlertEventgridMinSeverity
     cmkLogAnalyticsWorkspace: auditEvidenceEnabled ? monitoring.outputs.workspaceCustomerId : ''
     cmkLogAnalyticsEndpoint: cmkLogAnalyticsEndpoint
   }

@@ -71,6 +71,9 @@ param cmkForceAdoptionAfterMinutes string = '0'
 @description('CMK_ALERT_WEBHOOK_URL: optional alert webhook, as a Key Vault reference resolved with the controller identity (keyVaultReferenceIdentity).')
 param cmkAlertWebhookUrl string = ''
 
+@description('CMK_ALERT_EVENTGRID_MIN_SEVERITY: least severe alert published to CMK_ALERT_EVENTGRID_TOPIC.')
+param cmkAlertEventgridMinSeverity string = 'info'
+
 @description('CMK_REALERT_AFTER_HOURS: hours after which a persisting alert is notified again (1-720).')
 param cmkRealertAfterHours string = '24'
 
@@ -190,6 +193,10 @@ var appSettings = [
   {
     name: 'CMK_ALERT_WEBHOOK_URL'
     value: cmkAlertWebhookUrl
+  }
+  {
+    name: 'CMK_ALERT_EVENTGRID_MIN_SEVERITY'
+    value: cmkAlertEventgridMinSeverity
   }
   {
     name: 'CMK_REALERT_AFTER_HOURS'
