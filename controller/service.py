@@ -248,12 +248,14 @@ def key_usage(key: KeyRef, deps: Dependencies) -> list[rotation.VersionUsage]:
     key = key.versionless
     state = deps.reconcile.keys(key.vault).get_key_state(key)
     consumers = deps.reconcile.inventory.consumers_of(key)
-    blobs: Counter[str] = Counter()
     by_account: dict[str, list[str]] = {}
     for account, container in rewrap_targets_of(consumers, deps.settings):
         by_account.setdefault(account, []).append(container)
-    for account, containers in sorted(by_account.items()):
-        blobs += wrapping_versions(deps.blob_stores(account), containers, key, policy=deps.settings.vault_policy)
+    blobs: Counter[str] | None = None  # None: no container is registered, so no blob was counted
+    if by_account:
+        blobs = Counter()
+        for account, containers in sorted(by_account.items()):
+            blobs += wrapping_versions(deps.blob_stores(account), containers, key, policy=deps.settings.vault_policy)
     last_unwraps = deps.audit.last_successful_unwraps(key)
     return rotation.retirement(state, consumers, blobs, last_unwraps, now=deps.reconcile.clock.now(),
                                window=deps.reconcile.planner.adoption_window)

@@ -115,7 +115,8 @@ def _usage(args: argparse.Namespace) -> int:
         ]}, indent=2))
         return 0
     _print_table(f"{key.uri}: versions (oldest first)", ["version", "consumers", "blobs", "safe", "why"], [
-        [usage.version, str(len(usage.consumers)), str(usage.blob_count), "yes" if usage.safe else "no",
+        [usage.version, str(len(usage.consumers)), "not counted" if usage.blob_count is None else str(usage.blob_count),
+         "yes" if usage.safe else "no",
          usage.message]
         for usage in usages
     ])
