@@ -8,12 +8,24 @@ from typing import TypeAlias
 
 from controller import bootstrap
 from controller.adapters.credentials import operator_credential
+from controller.errors import ControllerError, InvalidInput, NotAuthenticated, Unreachable
 from controller.service import Dependencies
 
 #: Some work failed or was left undone (listed in the output).
 EXIT_FAILED = 1
 #: Invalid input: arguments, settings, a delivery; nothing was changed.
 EXIT_INVALID = 2
+#: A service could not be reached at all (DNS, TLS, connection): the message says which and why.
+EXIT_UNREACHABLE = 3
+
+
+def exit_status(err: ControllerError) -> int:
+    """The one meaning of each exit status for every command."""
+    if isinstance(err, InvalidInput | NotAuthenticated):  # bad input, or nobody logged in
+        return EXIT_INVALID
+    if isinstance(err, Unreachable):
+        return EXIT_UNREACHABLE
+    return EXIT_FAILED
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 

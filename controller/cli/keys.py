@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from controller import reconciler, rotation, service
-from controller.cli.common import EXIT_FAILED, EXIT_INVALID, Commands, operator_dependencies
-from controller.errors import Conflict, ControllerError, InvalidKeyId, TransientError
+from controller.cli.common import EXIT_FAILED, Commands, exit_status, operator_dependencies
+from controller.errors import Conflict, ControllerError, TransientError
 from controller.model import KeyRef
 
 
@@ -48,7 +48,7 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
             print(f"cmkctl: {err}", file=sys.stderr)
             if getattr(args, "json", False):  # --json always prints one JSON document
                 print(json.dumps({"error": str(err), "kind": type(err).__name__}))
-            return EXIT_INVALID if isinstance(err, InvalidKeyId) else EXIT_FAILED
+            return exit_status(err)
     return guarded
 
 

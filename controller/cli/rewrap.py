@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from controller import service
-from controller.cli.common import EXIT_FAILED, EXIT_INVALID, Commands, operator_dependencies
+from controller.cli.common import EXIT_FAILED, EXIT_INVALID, Commands, exit_status, operator_dependencies
 from controller.errors import ControllerError, InvalidInput, InvalidKeyId, SettingsError
 from controller.model import KeyRef
 from controller.ports import RewrapProgress
@@ -110,7 +110,7 @@ def _rewrap(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     except ControllerError as err:
         print(f"cmkctl: rewrap failed: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_status(err)
     print(json.dumps([report.as_json() for report in reports], indent=2))
     return EXIT_FAILED if any(report.incomplete for report in reports) else 0
 
