@@ -41,3 +41,20 @@ def operator_dependencies(
         blob_endpoint=blob_endpoint,
         blob_connection_setting=blob_connection_setting,
     )
+
+
+EXIT_STATUS_HELP = """exit status:
+  0  ok
+  1  findings, or work that failed or was left undone (listed in the output)
+  2  bad input or configuration (including nobody logged in)
+  3  a service could not be reached (DNS, TLS, connection)"""
+
+
+def command(commands: Commands, name: str, *, help_text: str, examples: tuple[str, ...], notes: str = "") -> (
+        argparse.ArgumentParser):
+    """A sub-command whose --help ends with examples, any notes, and what its exit statuses mean."""
+    epilog = "examples:\n" + "".join(f"  {example}\n" for example in examples)
+    if notes:
+        epilog += "\n" + notes.rstrip("\n") + "\n"
+    return commands.add_parser(name, help=help_text, description=help_text, epilog=epilog + "\n" + EXIT_STATUS_HELP,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -16,9 +16,17 @@ from rich.console import Console
 from rich.table import Table
 
 from controller import reconciler, rotation, service
-from controller.cli.common import EXIT_FAILED, Commands, exit_status, operator_dependencies
+from controller.cli.common import EXIT_FAILED, Commands, command, exit_status, operator_dependencies
 from controller.errors import Conflict, ControllerError, TransientError
 from controller.model import KeyRef
+
+_EXAMPLES = {
+    "reconcile": ("cmkctl reconcile contoso-kv storage-cmk --dry-run",
+                  "cmkctl reconcile contoso-kv storage-cmk --json"),
+    "rotate": ("cmkctl rotate contoso-kv storage-cmk",
+               "cmkctl rotate contoso-kv.vault.azure.net storage-cmk --wait 300"),
+    "usage": ("cmkctl usage contoso-kv storage-cmk", "cmkctl usage contoso-kv storage-cmk --json"),
+}
 
 
 def register(commands: Commands) -> None:
@@ -28,7 +36,7 @@ def register(commands: Commands) -> None:
         ("rotate", _rotate, "rotate the key now and follow through until every consumer adopted it"),
         ("usage", _usage, "per key version: who uses it, and whether it is safe to disable"),
     ):
-        parser = commands.add_parser(name, help=help_text)
+        parser = command(commands, name, help_text=help_text, examples=_EXAMPLES[name])
         parser.add_argument("vault", help="vault host name or origin (must be in CMK_VAULTS)")
         parser.add_argument("key", help="key name")
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -77,3 +77,17 @@ def test_the_console_script_is_installed():
     )
     assert done.returncode == 0, done.stderr
     assert "validation_code" in done.stdout
+
+
+@pytest.mark.parametrize("argv", [["events", "parse"], ["reconcile"], ["rotate"], ["usage"], ["rewrap"]])
+def test_every_command_helps_with_examples_and_the_exit_statuses(argv, capsys):
+    from controller.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:\n  cmkctl " + argv[-1 if argv[0] != "events" else 0] in text
+    for status in ("  0  ok", "  1  findings", "  2  bad input", "  3  a service could not be reached"):
+        assert status in text
+    assert max(len(line) for line in text.splitlines()) <= 120
