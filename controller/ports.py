@@ -7,7 +7,7 @@ BlobStore, AuditLog, Notifier) next to the ones the event intake needs today.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -149,6 +149,7 @@ class RewrapCheckpoint(Protocol):
 
 # === Rotation reconciler (controller/service.py reconcile_key) ======================================
 # Imported here so this section stays self-contained while others append theirs.
+from controller.audit import AuditReport  # noqa: E402
 from controller.model import (  # noqa: E402
     Condition,
     Consumer,
@@ -249,6 +250,11 @@ class AuditLog(Protocol):
     def last_successful_unwraps(self, key: KeyRef) -> Mapping[str, datetime] | None:
         """Per version of ``key``: the time of its last successful KeyUnwrap within the retention;
         None when no audit log is configured (no evidence either way)."""
+        ...
+
+    def failures(self, vaults: Sequence[str], *, start: datetime, end: datetime) -> AuditReport | None:
+        """Failed KeyWrap/KeyUnwrap/KeyGet of ``vaults`` (origins) in [start, end], grouped and classified
+        (CMK-017); None when no audit log is configured."""
         ...
 
 

@@ -68,6 +68,14 @@ param auditEvidenceEnabled bool = false
 @description('CMK_LOG_ANALYTICS_ENDPOINT: Log Analytics query endpoint (https).')
 param cmkLogAnalyticsEndpoint string = 'https://api.loganalytics.io'
 
+@description('CMK_AUDIT_ARCHIVE: <account>/<container> where the vaults\' diagnostic settings archive AuditEvent logs, read for vaults whose logs are not in the workspace; empty: none.')
+param cmkAuditArchive string = ''
+
+@description('CMK_AUDIT_WINDOW_HOURS: how far back the audit analysis (cmkctl audit) looks for failed wraps and unwraps (1-720).')
+@minValue(1)
+@maxValue(720)
+param cmkAuditWindowHours int = 24
+
 @description('CMK_ALERT_WEBHOOK_URL: optional alert webhook. Such URLs carry a token: pass a Key Vault reference (@Microsoft.KeyVault(SecretUri=...)), never the URL itself.')
 param cmkAlertWebhookUrl string = ''
 
@@ -230,6 +238,8 @@ module functionApp 'modules/function-app.bicep' = {
     cmkAlertWebhookUrl: cmkAlertWebhookUrl
     cmkLogAnalyticsWorkspace: auditEvidenceEnabled ? monitoring.outputs.workspaceCustomerId : ''
     cmkLogAnalyticsEndpoint: cmkLogAnalyticsEndpoint
+    cmkAuditArchive: cmkAuditArchive
+    cmkAuditWindowHours: cmkAuditWindowHours
   }
 }
 
