@@ -673,8 +673,8 @@ def _short_vault(vault: str) -> str:
 def render_table(report: AuditReport) -> str:
     """The report for a terminal: at most 80 columns, most severe groups first, one remediation per class."""
     lines = [
-        _fit(f"Key Vault audit failures {_iso(report.start)} .. {_iso(report.end)}: "
-             f"{report.failures} in {len(report.groups)} group(s)", _WIDTH),
+        f"Key Vault audit failures, {_iso(report.start)} .. {_iso(report.end)}",
+        f"{report.failures} failed request(s) in {len(report.groups)} group(s)",
     ]
     if report.partial:
         lines += textwrap.wrap(f"PARTIAL RESULT: {report.partial_detail}", _WIDTH)
@@ -687,7 +687,7 @@ def render_table(report: AuditReport) -> str:
         lines.append("No failed KeyWrap, KeyUnwrap or KeyGet.")
         return "\n".join(lines) + "\n"
     row = "{:<12} {:>6}  {:<26}  {:<18}  {:<11}"
-    lines += ["", row.format("CLASS", "COUNT", "VAULT/KEY/VERSION", "CALLER", "LAST (UTC)")]
+    lines += ["", row.format("CLASS", "COUNT", "VAULT/KEY/VERSION", "CALLER", "LAST (UTC)").rstrip()]
     for group in report.groups:
         key = "/".join(part for part in (_short_vault(group.vault), group.key, group.version[:8]) if part)
         caller = ", ".join(group.storage_accounts) or group.caller or group.caller_app_id or "-"
