@@ -81,9 +81,12 @@ class LogAnalyticsAuditLog:
         vault's logs. A partial answer is reported as such (``partial``), with the rows it did return."""
         problems: list[str] = []
         found = audit.sources_from_rows(self._query(audit.detection_query(vaults), start, end, problems))
-        chosen = audit.choose_sources(found)
-        groups = [group for group in audit.groups_from_rows(self._query(audit.failure_query(vaults), start, end,
-                                                                         problems))
+        candidates = audit.groups_from_rows(self._query(audit.failure_query(vaults), start, end, problems))
+        # A partial detection may miss a vault whose failures did come back: its groups say where it logs.
+        detected = {source.vault for source in found}
+        chosen = audit.choose_sources([*found, *(audit.VaultSource(g.vault, g.source, g.count) for g in candidates
+                                                 if g.vault not in detected)])
+        groups = [group for group in candidates
                   if (source := chosen.get(group.vault)) is not None and source.source == group.source]
         if self._principals is not None:
             groups = audit.attribute_storage_accounts(groups, self._principals())
@@ -96,7 +99,10 @@ class LogAnalyticsAuditLog:
         tables: Iterable[LogsTable]
         if isinstance(result, LogsQueryPartialResult):
             error = result.partial_error
-            problems.append(f"{getattr(error, 'code', '') or 'PartialError'}: {getattr(error, 'message', error)}")
+            inner = [str(detail.get("innererror", {}).get("message") or detail.get("message") or "")
+                     for detail in getattr(error, "details", None) or [] if isinstance(detail, Mapping)]
+            problems.append(": ".join(part for part in (getattr(error, "code", "") or "PartialError",
+                                                         getattr(error, "message", "") or "", *inner) if part))
             tables = result.partial_data or []
         else:
             tables = result.tables
