@@ -222,7 +222,16 @@ class AuditFailureGroup:
 
     @property
     def remediation(self) -> str:
-        return self.failure_class.remediation
+        """The class's remediation with this group's vault, key, version and caller filled in."""
+        vault_name = self.vault_resource_id.rstrip("/").rsplit("/", 1)[-1] if self.vault_resource_id else ""
+        values = {
+            "<vault>": vault_name or _short_vault(self.vault), "<vault uri>": self.vault,
+            "<vault resource id>": self.vault_resource_id or "<vault resource id>",
+            "<key>": self.key or "<key>", "<version>": self.version or "<version>",
+            "<caller>": self.caller or "<caller>",
+        }
+        return re.sub("|".join(re.escape(p) for p in values), lambda m: values[m.group(0)],
+                      self.failure_class.remediation)
 
     @property
     def key_id(self) -> str:

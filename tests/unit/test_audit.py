@@ -159,7 +159,16 @@ def test_rows_become_classified_groups():
     assert group.caller == STORAGE_MI and group.version == VERSION
     assert group.key_id == f"{VAULT}/keys/cmk/{VERSION}"
     assert group.storage_account is None
-    assert group.remediation == FailureClass.PERMISSION.remediation
+    assert f"az keyvault set-policy --name kv-cmk --object-id {STORAGE_MI} --key-permissions" in group.remediation
+    assert f"--scope {VAULT_ID}." in group.remediation
+
+
+def test_a_remediation_names_the_groups_key_and_version():
+    (group,) = audit.groups_from_rows([row(StatusCode=403, SampleDescription="Operation unwrapKey is not allowed on a "
+                                                                             "disabled key.")])
+    assert group.failure_class is FailureClass.KEY_DISABLED
+    assert (f"az keyvault key set-attributes --vault-name kv-cmk --name cmk --version {VERSION} --enabled true"
+            in group.remediation)
 
 
 def test_a_row_without_times_is_not_a_group():
