@@ -10,7 +10,7 @@ import pytest
 
 from controller import audit, service
 from controller.audit import AuditFailureGroup, FailureClass, VaultSource
-from controller.errors import InvalidInput
+from controller.errors import InvalidInput, SettingsError
 from controller.model import Severity
 from controller.settings import load_settings
 from tests.unit.fakes import FakeAuditLog, FakeClock, fake_dependencies
@@ -388,3 +388,31 @@ def test_group_fields_are_self_contained_for_the_compliance_rules():
     document = group.as_json()
     assert document["keyId"] == f"{VAULT}/keys/cmk/{VERSION}"
     assert document["remediation"] == group.remediation and document["severity"] == "high"
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+def test_the_audit_settings_default_to_no_archive_and_a_day():
+    settings = load_settings({"CMK_VAULTS": VAULT})
+    assert settings.audit_archive is None
+    assert settings.audit_window_hours == 24
+
+
+def test_the_archive_setting_is_an_account_and_a_container():
+    settings = load_settings({"CMK_VAULTS": VAULT, "CMK_AUDIT_ARCHIVE": "staudit/insights-logs-auditevent",
+                              "CMK_AUDIT_WINDOW_HOURS": "720"})
+    assert settings.audit_archive is not None
+    assert (settings.audit_archive.account, settings.audit_archive.container) == ("staudit", "insights-logs-auditevent")
+    assert str(settings.audit_archive) == "staudit/insights-logs-auditevent"
+    assert settings.audit_window_hours == 720
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("CMK_AUDIT_ARCHIVE", "staudit"), ("CMK_AUDIT_ARCHIVE", "St-Audit/logs"), ("CMK_AUDIT_ARCHIVE", "staudit/"),
+    ("CMK_AUDIT_WINDOW_HOURS", "0"), ("CMK_AUDIT_WINDOW_HOURS", "721"), ("CMK_AUDIT_WINDOW_HOURS", "a day"),
+])
+def test_invalid_audit_settings_are_refused_by_name(name, value):
+    with pytest.raises(SettingsError) as info:
+        load_settings({"CMK_VAULTS": VAULT, name: value})
+    assert name in str(info.value)
