@@ -25,7 +25,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +71,8 @@ def record(vault: str, key: str, *, caller: str, status: int, description: str, 
     }
 
 
-def rows(count: int, failure_percent: float, clock: SandboxClock) -> Iterator[dict[str, Any]]:
-    """``count`` rows, deterministic: every ``1 / failure_percent``-th one is a failure."""
-    now = clock.now()
+def rows(count: int, failure_percent: float, now: datetime) -> Iterator[dict[str, Any]]:
+    """``count`` rows ending at ``now``, the same at every read: every ``1 / failure_percent``-th one fails."""
     every = max(1, round(100 / failure_percent)) if failure_percent > 0 else count + 1
     step = timedelta(hours=23) / max(1, count)
     templates: dict[tuple[int, ...], dict[str, Any]] = {}
@@ -100,8 +99,9 @@ def main() -> None:
     parser.add_argument("--failure-percent", type=float, default=1.0)
     args = parser.parse_args()
     clock = SandboxClock()
+    newest = clock.now()  # fixed: every query (each re-reads the rows) sees the same records
     table = TableSource.of(AZKV_AUDIT_LOGS, AuditSink.columns(AZKV_AUDIT_LOGS),
-                           lambda: rows(args.rows, args.failure_percent, clock))
+                           lambda: rows(args.rows, args.failure_percent, newest))
     vaults = [f"https://{vault}.vault.azure.net" for vault in VAULTS]
     end = clock.now() + timedelta(minutes=1)
     start = end - timedelta(hours=24)
