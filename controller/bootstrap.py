@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from azure.core.credentials import TokenCredential
 from azure.data.tables import TableClient
 from azure.identity import ManagedIdentityCredential
+from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from controller import reconciler, rotation
 from controller.adapters.alert_channels import EventGridTopicChannel, WebhookChannel
 from controller.adapters.alert_ledger import TableAlertLedger
-from controller.adapters.audit_log import LogAnalyticsAuditLog, NoAuditLog
+from controller.adapters.audit_log import ArchiveAuditLog, LogAnalyticsAuditLog, NoAuditLog, WorkspaceThenArchive
 from controller.adapters.blob_store import AzureBlobStore, pooled_transport
 from controller.adapters.credentials import ArmConnection, challenge_options, controller_credential
 from controller.adapters.inventory import BlobEndpoints, ConsumerDirectory, Inventory
@@ -114,11 +115,7 @@ def build(
         blob_service=blob_services,
         checkpoint=TableRewrapCheckpoint(storage.table(settings.ledger_table)),
     )
-    audit: AuditLog = (
-        LogAnalyticsAuditLog(credential, workspace_id=settings.log_analytics_workspace,
-                             endpoint=settings.log_analytics_endpoint, policy=policy)
-        if settings.log_analytics_workspace else NoAuditLog()
-    )
+    audit = _audit_log(settings, credential, inventory, blob_services)
     return Dependencies(
         settings=settings,
         clock=clock,
@@ -130,6 +127,26 @@ def build(
         blob_stores=lambda account: AzureBlobStore(blob_services(account, 8)),
         audit=audit,
     )
+
+
+def _audit_log(settings: Settings, credential: TokenCredential, inventory: Inventory,
+               blob_services: Callable[[str, int], BlobServiceClient]) -> AuditLog:
+    """The workspace, the archive, both (the archive for the vaults the workspace has no logs of), or none."""
+    workspace = (
+        LogAnalyticsAuditLog(credential, workspace_id=settings.log_analytics_workspace,
+                             endpoint=settings.log_analytics_endpoint, policy=settings.vault_policy,
+                             principals=inventory.identity_principals)
+        if settings.log_analytics_workspace else None
+    )
+    archive = None
+    if (location := settings.audit_archive) is not None:
+        def container() -> ContainerClient:
+            return blob_services(location.account, 4).get_container_client(location.container)
+
+        archive = ArchiveAuditLog(container, vault_ids=inventory.list_vaults, principals=inventory.identity_principals)
+    if workspace is not None and archive is not None:
+        return WorkspaceThenArchive(workspace, archive)
+    return workspace or archive or NoAuditLog()
 
 
 def _notifier(settings: Settings, ledger_table: TableClient, clock: Clock,

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from controller.alerts import AlertState, Delivery, DeliveryReport, Notice
+from controller.audit import AuditReport
 from controller.model import (
     Alert,
     Condition,
@@ -330,5 +331,10 @@ class AuditLog(Protocol):
     def last_successful_unwraps(self, key: KeyRef) -> Mapping[str, datetime] | None:
         """Per version of ``key``: the time of its last successful KeyUnwrap within the retention;
         None when no audit log is configured (no evidence either way)."""
+        ...
+
+    def failures(self, vaults: Sequence[str], *, start: datetime, end: datetime) -> AuditReport | None:
+        """Failed KeyWrap/KeyUnwrap/KeyGet of ``vaults`` (origins) in [start, end], grouped and classified
+        (CMK-017); None when no audit log is configured."""
         ...
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from controller import reconciler, rotation
+from controller.audit import AuditReport, checked_window
 from controller.blob_census import wrapping_versions
 from controller.errors import Conflict, ControllerError, InvalidEvent, InvalidInput, PermanentError, TransientError
 from controller.events import IntakeResult, parse_delivery
@@ -457,3 +458,21 @@ def report_poisoned_work(message_id: str, dequeue_count: int, reason: str, deps:
         fingerprint=reconciler.fingerprint(queue, Reason.WORK_ITEM_POISONED.value, message_id),
         details={"message_id": message_id, "dequeue_count": dequeue_count},
     ))
+
+
+def scan_audit(deps: Dependencies, window: timedelta | None = None) -> AuditReport | None:
+    """CMK-017: the managed vaults' failed KeyWrap/KeyUnwrap/KeyGet over ``window`` (CMK_AUDIT_WINDOW_HOURS
+    when None), grouped and classified; None when no workspace nor archive is configured.
+
+    A partial answer is returned as such (``partial``), never dropped: the groups it has are real.
+    """
+    span = checked_window(window if window is not None else timedelta(hours=deps.settings.audit_window_hours))
+    end = deps.clock.now()
+    report = deps.audit.failures(deps.settings.vaults, start=end - span, end=end)
+    if report is not None:
+        level = logging.WARNING if report.groups or report.partial else logging.INFO
+        log_record(log, level, "audit scan", {
+            "hours": span.total_seconds() / 3600, "failures": report.failures, "groups": len(report.groups),
+            "partial": report.partial, "vaults_without_logs": list(report.vaults_without_logs),
+        })
+    return report

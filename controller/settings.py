@@ -166,6 +166,18 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "https://api.loganalytics.io",
         "Log Analytics query endpoint (https) for CMK_LOG_ANALYTICS_WORKSPACE.",
     ),
+    SettingSpec(
+        "CMK_AUDIT_ARCHIVE",
+        "",
+        "Storage account archive of the vaults' AuditEvent logs, as <account>/<container> (Azure's container is "
+        "insights-logs-auditevent): read for the vaults whose logs are not in CMK_LOG_ANALYTICS_WORKSPACE. "
+        "Empty: no archive.",
+    ),
+    SettingSpec(
+        "CMK_AUDIT_WINDOW_HOURS",
+        "24",
+        "How far back the audit analysis (cmkctl audit) looks for failed KeyWrap/KeyUnwrap/KeyGet. 1-720.",
+    ),
 )
 
 _KNOWN: Final = {spec.name: spec for spec in SETTINGS}
@@ -186,6 +198,17 @@ _CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$|^\$root$")
 
 @dataclass(frozen=True, slots=True)
 class RewrapTarget:
+    account: str
+    container: str
+
+    def __str__(self) -> str:
+        return f"{self.account}/{self.container}"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditArchive:
+    """The storage account and container the vaults' diagnostic settings archive AuditEvent logs to."""
+
     account: str
     container: str
 
@@ -220,6 +243,9 @@ class Settings:
     alert_eventgrid_min_severity: Severity = Severity.INFO
     log_analytics_workspace: str | None = None
     log_analytics_endpoint: str = "https://api.loganalytics.io"
+    #: The storage-account archive of the vaults' audit logs (CMK_AUDIT_ARCHIVE), None when not set.
+    audit_archive: AuditArchive | None = None
+    audit_window_hours: int = 24
 
     @property
     def vaults(self) -> tuple[str, ...]:
@@ -267,6 +293,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         log_analytics_workspace=(_subscription("CMK_LOG_ANALYTICS_WORKSPACE", raw("CMK_LOG_ANALYTICS_WORKSPACE"))
                                  if raw("CMK_LOG_ANALYTICS_WORKSPACE") else None),
         log_analytics_endpoint=_parse_https_endpoint("CMK_LOG_ANALYTICS_ENDPOINT", raw("CMK_LOG_ANALYTICS_ENDPOINT")),
+        audit_archive=_parse_audit_archive(raw("CMK_AUDIT_ARCHIVE")),
+        audit_window_hours=_parse_int("CMK_AUDIT_WINDOW_HOURS", raw("CMK_AUDIT_WINDOW_HOURS"), 1, 720),
     )
 
 
@@ -429,3 +457,10 @@ def _parse_ncrontab(value: str) -> str:
     except ncrontab.NcrontabError as err:
         raise SettingsError("CMK_SWEEP_SCHEDULE", str(err)) from err
     return value
+
+
+def _parse_audit_archive(value: str) -> AuditArchive | None:
+    if not value:
+        return None
+    target = _rewrap_target("CMK_AUDIT_ARCHIVE", value)  # the same <account>/<container> rules
+    return AuditArchive(target.account, target.container)

@@ -95,6 +95,15 @@ param cmkAlertWebhookMinSeverity string = 'info'
 @description('CMK_ALERT_EVENTGRID_MIN_SEVERITY: least severe alert published to CMK_ALERT_EVENTGRID_TOPIC.')
 param cmkAlertEventgridMinSeverity string = 'info'
 
+@description('CMK_AUDIT_ARCHIVE: <account>/<container> where the vaults\' diagnostic settings archive AuditEvent logs, read for vaults whose logs are not in the workspace; empty: none.')
+param cmkAuditArchive string = ''
+
+@description('CMK_AUDIT_WINDOW_HOURS: how far back the audit analysis (cmkctl audit) looks for failed wraps and unwraps (1-720).')
+@minValue(1)
+@maxValue(720)
+param cmkAuditWindowHours int = 24
+
+
 @description('Create an Event Grid topic for the controller\'s alerts, with EventGrid Data Sender for the controller.')
 param alertTopicEnabled bool = false
 
@@ -272,6 +281,8 @@ module functionApp 'modules/function-app.bicep' = {
     cmkAlertEventgridMinSeverity: cmkAlertEventgridMinSeverity
     cmkLogAnalyticsWorkspace: auditEvidenceEnabled ? monitoring.outputs.workspaceCustomerId : ''
     cmkLogAnalyticsEndpoint: cmkLogAnalyticsEndpoint
+    cmkAuditArchive: cmkAuditArchive
+    cmkAuditWindowHours: cmkAuditWindowHours
   }
 }
 

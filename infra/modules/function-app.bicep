@@ -101,6 +101,14 @@ param cmkLogAnalyticsWorkspace string = ''
 @description('CMK_LOG_ANALYTICS_ENDPOINT: Log Analytics query endpoint (https).')
 param cmkLogAnalyticsEndpoint string = 'https://api.loganalytics.io'
 
+@description('CMK_AUDIT_ARCHIVE: <account>/<container> archive of the vaults\' AuditEvent logs; empty: none.')
+param cmkAuditArchive string = ''
+
+@description('CMK_AUDIT_WINDOW_HOURS: how far back the audit analysis looks for failed wraps and unwraps (1-720).')
+@minValue(1)
+@maxValue(720)
+param cmkAuditWindowHours int = 24
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
@@ -233,6 +241,14 @@ var appSettings = [
   {
     name: 'CMK_LOG_ANALYTICS_ENDPOINT'
     value: cmkLogAnalyticsEndpoint
+  }
+  {
+    name: 'CMK_AUDIT_ARCHIVE'
+    value: cmkAuditArchive
+  }
+  {
+    name: 'CMK_AUDIT_WINDOW_HOURS'
+    value: string(cmkAuditWindowHours)
   }
 ]
 
