@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from controller.cli import events, keys, rewrap
+from controller.cli import audit, events, keys, rewrap
 from controller.cli.common import EXIT_INVALID
 
 #: 128 + SIGINT, as shells report a command stopped with Ctrl-C.
@@ -37,4 +37,5 @@ def _parser() -> argparse.ArgumentParser:
     events.register(commands)
     rewrap.register(commands)
     keys.register(commands)
+    audit.register(commands)
     return parser

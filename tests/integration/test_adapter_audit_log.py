@@ -19,6 +19,7 @@ from azure.keyvault.keys import KeyClient
 from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from azure.monitor.query import LogsQueryClient, LogsQueryStatus
 from azure.storage.blob import BlobServiceClient, ContainerClient
+from emulators.keyvault.testing import Admin, client_kwargs
 
 from controller import audit
 from controller.adapters.audit_log import ArchiveAuditLog, LogAnalyticsAuditLog, WorkspaceThenArchive
@@ -29,7 +30,6 @@ from emulators.azurite import Azurite
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
 from emulators.keyvault import AccessPolicy, KeyVaultEmulator, RoleAssignment, SandboxCredential, VaultState
-from emulators.keyvault.testing import Admin, client_kwargs
 from emulators.kql import TableSource, audit_tables
 from emulators.query_endpoints import LogAnalyticsEmulator
 
