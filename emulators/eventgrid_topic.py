@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from emulators.background import ServerThread
+from emulators.background import ServerThread, wait_for_records
 from emulators.keyvault.ca import SandboxCA
 from emulators.keyvault.credential import InvalidToken, decode_token
 
@@ -62,13 +61,7 @@ class EventGridTopicEmulator:
             return list(self._events)
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[PublishedEvent]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            events = self.events
-            if len(events) >= count:
-                return events
-            time.sleep(0.05)
-        raise TimeoutError(f"the topic received {len(self.events)} of {count} expected events")
+        return wait_for_records(lambda: self.events, count, timeout, "the topic")
 
     async def _publish(self, request: web.Request) -> web.Response:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
