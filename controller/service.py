@@ -8,7 +8,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from controller import reconciler, rotation
 from controller.audit import AuditReport, checked_window
@@ -460,14 +460,16 @@ def report_poisoned_work(message_id: str, dequeue_count: int, reason: str, deps:
     ))
 
 
-def scan_audit(deps: Dependencies, window: timedelta | None = None) -> AuditReport | None:
+def scan_audit(deps: Dependencies, window: timedelta | None = None, *, until: datetime | None = None
+               ) -> AuditReport | None:
     """CMK-017: the managed vaults' failed KeyWrap/KeyUnwrap/KeyGet over ``window`` (CMK_AUDIT_WINDOW_HOURS
-    when None), grouped and classified; None when no workspace nor archive is configured.
+    when None) ending ``until`` (now when None: a past incident can be looked at), grouped and classified;
+    None when no workspace nor archive is configured.
 
     A partial answer is returned as such (``partial``), never dropped: the groups it has are real.
     """
     span = checked_window(window if window is not None else timedelta(hours=deps.settings.audit_window_hours))
-    end = deps.clock.now()
+    end = until if until is not None else deps.clock.now()
     report = deps.audit.failures(deps.settings.vaults, start=end - span, end=end)
     if report is not None:
         level = logging.WARNING if report.groups or report.partial else logging.INFO

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 
 from controller import audit, service
 from controller.cli.common import (
@@ -28,11 +29,14 @@ def register(commands: Commands) -> None:
     """Add ``audit`` to ``cmkctl``'s subparsers."""
     parser = command(
         commands, "audit", help_text="failed wraps, unwraps and key reads in the vaults' audit logs, classified",
-        examples=("cmkctl audit", "cmkctl audit --since 7d --format json"),
+        examples=("cmkctl audit", "cmkctl audit --since 7d --format json",
+                  "cmkctl audit --since 6h --until 2026-12-01T09:00:00Z"),
         notes="Exit 1 lists the failures found; 3 also means the logs were read only in part and showed none.",
     )
     parser.add_argument("--since", metavar="DURATION", default=None,
                         help="how far back: <n>h or <n>d, 1h to 30d (default: CMK_AUDIT_WINDOW_HOURS)")
+    parser.add_argument("--until", metavar="TIME", type=_instant, default=None,
+                        help="end of the window, ISO 8601 with a zone (default: now), to look at a past incident")
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="an 80-column table (default) or one JSON document")
     parser.set_defaults(run=run)
@@ -42,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     as_json = args.format == "json"
     try:
         window = audit.parse_since(args.since) if args.since is not None else None
-        report = service.scan_audit(operator_dependencies(), window)
+        report = service.scan_audit(operator_dependencies(), window, until=args.until)
     except ControllerError as err:
         return _fail(str(err), type(err).__name__, exit_status(err), as_json=as_json)
     if report is None:
@@ -54,6 +58,16 @@ def run(args: argparse.Namespace) -> int:
     if report.groups:
         return EXIT_FAILED
     return EXIT_UNREACHABLE if report.partial else 0
+
+
+def _instant(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date-time") from None
+    if moment.utcoffset() is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone: add Z or +hh:mm")
+    return moment
 
 
 def _fail(message: str, kind: str, status: int, *, as_json: bool) -> int:

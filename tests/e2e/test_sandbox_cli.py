@@ -246,6 +246,6 @@ def test_make_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     assert "cmkctl rewrap exited 0" in out and "after: 20 blobs" in out and "(latest)" in out
     assert "HTTP 403 KeyVaultEncryptionKeyNotFound" in out
     assert "bytes decrypted" in out
-    assert "failed KeyUnwrap call(s)" in out and "caller id-storage-cmk" in out
+    assert "KeyUnwrap HTTP 403 permission: caller id-storage-cmk" in out and "  fix: " in out
     assert "no sandbox process left" in out
     assert ProcessRecord(directory).read() == ([], [])

@@ -19,12 +19,12 @@ from azure.keyvault.keys import KeyClient
 from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from azure.monitor.query import LogsQueryClient, LogsQueryStatus
 from azure.storage.blob import BlobServiceClient, ContainerClient
-from emulators.keyvault.testing import Admin, client_kwargs
 
 from controller import audit
 from controller.adapters.audit_log import ArchiveAuditLog, LogAnalyticsAuditLog, WorkspaceThenArchive
 from controller.audit import FailureClass
 from controller.model import VaultOrigin, normalise_origin, parse_vault_resource_id
+from controller.vault_policy import VaultPolicy
 from emulators.audit import AZKV_AUDIT_LOGS, AZURE_DIAGNOSTICS, AuditSink
 from emulators.azurite import Azurite
 from emulators.bus import SandboxBus
@@ -32,6 +32,7 @@ from emulators.clock import SandboxClock
 from emulators.keyvault import AccessPolicy, KeyVaultEmulator, RoleAssignment, SandboxCredential, VaultState
 from emulators.kql import TableSource, audit_tables
 from emulators.query_endpoints import LogAnalyticsEmulator
+from tests.support.keyvault import Admin, client_kwargs
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +82,7 @@ class Sandbox:
 
     def logs(self, workspace: str, **options: object) -> LogAnalyticsAuditLog:
         return LogAnalyticsAuditLog(SandboxCredential(), workspace_id=workspace, endpoint=self.la.endpoint,
-                                    custom_origins=tuple(self.vaults), principals=lambda: PRINCIPALS,
+                                    policy=VaultPolicy.of(self.vaults), principals=lambda: PRINCIPALS,
                                     connection_verify=self.kv.ca_path, **options)
 
     def archive(self) -> ArchiveAuditLog:
@@ -253,7 +254,7 @@ def test_a_partial_result_is_reported_with_the_rows_it_has(sandbox: Sandbox) -> 
     with LogAnalyticsEmulator(sandbox.kv.ca, tables=audit_tables(sandbox.sink, [AZKV_AUDIT_LOGS]),
                               clock=sandbox.kv.clock, max_rows=1) as limited:
         logs = LogAnalyticsAuditLog(SandboxCredential(), workspace_id=limited.workspace_id, endpoint=limited.endpoint,
-                                    connection_verify=sandbox.kv.ca_path)
+                                    policy=VaultPolicy.of(sandbox.vaults), connection_verify=sandbox.kv.ca_path)
         report = logs.failures(sandbox.vaults, start=sandbox.start, end=sandbox.end)
     assert report.partial
     assert report.partial_detail is not None and "E_QUERY_RESULT_SET_TOO_LARGE" in report.partial_detail
