@@ -91,3 +91,13 @@ def test_every_command_helps_with_examples_and_the_exit_statuses(argv, capsys):
     for status in ("  0  ok", "  1  findings", "  2  bad input", "  3  a service could not be reached"):
         assert status in text
     assert max(len(line) for line in text.splitlines()) <= 120
+
+
+@pytest.mark.parametrize("until", ["yesterday", "2026-12-01T09:00:00"])
+def test_audit_refuses_an_until_that_is_not_an_instant_with_a_zone(until, capsys):
+    from controller.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["audit", "--until", until])
+    assert done.value.code == 2
+    assert "--until" in capsys.readouterr().err
