@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from typing import TypeAlias
 
 from controller import bootstrap
@@ -58,3 +59,19 @@ def command(commands: Commands, name: str, *, help_text: str, examples: tuple[st
         epilog += "\n" + notes.rstrip("\n") + "\n"
     return commands.add_parser(name, help=help_text, description=help_text, epilog=epilog + "\n" + EXIT_STATUS_HELP,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def bounded(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], float]:
+    """An argparse type for a number within [low, high]: a negative wait or a concurrency of a million
+    is refused as bad input (exit 2) instead of being taken literally."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:  # also refuses NaN, which compares false with everything
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}-{high:g}")
+        return value
+
+    return parse

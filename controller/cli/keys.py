@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controller import reconciler, rotation, service
-from controller.cli.common import EXIT_FAILED, Commands, command, exit_status, operator_dependencies
+from controller.cli.common import EXIT_FAILED, Commands, bounded, command, exit_status, operator_dependencies
 from controller.errors import Conflict, ControllerError, TransientError
 from controller.model import KeyRef
 
@@ -43,7 +43,7 @@ def register(commands: Commands) -> None:
         if name == "reconcile":
             parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
         if name == "rotate":
-            parser.add_argument("--wait", type=float, default=120.0,
+            parser.add_argument("--wait", type=bounded(float, 0, 86_400), default=120.0,
                                 help="seconds to wait for every consumer to adopt (default 120)")
         parser.set_defaults(run=_guarded(run))
 

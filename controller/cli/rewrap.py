@@ -18,7 +18,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from controller import service
-from controller.cli.common import EXIT_FAILED, EXIT_INVALID, Commands, command, exit_status, operator_dependencies
+from controller.cli.common import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    Commands,
+    bounded,
+    command,
+    exit_status,
+    operator_dependencies,
+)
 from controller.errors import ControllerError, InvalidInput, InvalidKeyId, SettingsError
 from controller.model import KeyRef
 from controller.ports import RewrapProgress
@@ -64,7 +72,8 @@ def register(commands: Commands) -> None:
     )
     rewrap.add_argument("--to-version", help="target key version (default: the key's current version)")
     rewrap.add_argument("--mode", choices=[mode.value for mode in RewrapMode], default=RewrapMode.REWRAP.value)
-    rewrap.add_argument("--concurrency", type=int, default=8, help="blobs in flight (1-64, default 8)")
+    rewrap.add_argument("--concurrency", type=bounded(int, 1, MAX_CONCURRENCY), default=8,
+                        help=f"blobs in flight (1-{MAX_CONCURRENCY}, default 8)")
     rewrap.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
     rewrap.add_argument("--blob-endpoint", help="blob service URL (default: the account's, as Azure Resource Manager "
                                                 "reports it)")

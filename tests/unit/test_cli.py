@@ -101,3 +101,21 @@ def test_audit_refuses_an_until_that_is_not_an_instant_with_a_zone(until, capsys
         main(["audit", "--until", until])
     assert done.value.code == 2
     assert "--until" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["rotate", "contoso-kv", "k", "--wait", "-5"],
+    ["rotate", "contoso-kv", "k", "--wait", "nan"],
+    ["rotate", "contoso-kv", "k", "--wait", "1e12"],
+    ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "0"],
+    ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "1000000"],
+    ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "8.5"],
+])
+def test_negative_or_absurd_numbers_are_bad_input(argv, capsys):
+    from controller.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    error = capsys.readouterr().err
+    assert "outside" in error or "is not a number" in error
