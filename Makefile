@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/bandit --quiet --recursive --severity-level medium controller function_app.py
 
 # checkov runs in its own virtualenv (.venv-iac): its pinned dependency tree conflicts with the app's.
 iac:
@@ -65,6 +66,7 @@ demo: setup
 bench: setup
 	$(PY) bench/rotation_latency.py
 	$(PY) bench/rewrap_bench.py
+	$(PY) bench/audit_bench.py
 
 clean: sandbox-down
 	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache .hypothesis .sandbox

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -23,9 +23,9 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from controller import reconciler, rotation
-from controller.adapters.alert_channels import WebhookChannel
+from controller.adapters.alert_channels import EventGridTopicChannel, WebhookChannel
 from controller.adapters.alert_ledger import TableAlertLedger
-from controller.adapters.audit_log import LogAnalyticsAuditLog, NoAuditLog
+from controller.adapters.audit_log import ArchiveAuditLog, LogAnalyticsAuditLog, NoAuditLog, WorkspaceThenArchive
 from controller.adapters.blob_store import AzureBlobStore, pooled_transport
 from controller.adapters.credentials import ArmConnection, challenge_options, controller_credential
 from controller.adapters.estate_gatherer import EstateGatherer
@@ -96,7 +96,7 @@ def build(
     arm = ArmConnection(credential, endpoint=settings.arm_endpoint)
     control = StorageControl(arm, policy=policy)
     inventory = Inventory(arm, control, subscriptions=settings.subscriptions, policy=policy)
-    notifier = _notifier(settings, storage.table(settings.ledger_table), clock)
+    notifier = _notifier(settings, storage.table(settings.ledger_table), clock, credential)
     reconcile = reconciler.ReconcileDeps(
         keys=KeyVaults(credential),
         inventory=ConsumerDirectory(inventory, arm),
@@ -118,10 +118,7 @@ def build(
         blob_service=blob_services,
         checkpoint=TableRewrapCheckpoint(storage.table(settings.ledger_table)),
     )
-    workspace = (LogAnalyticsAuditLog(credential, workspace_id=settings.log_analytics_workspace,
-                                      endpoint=settings.log_analytics_endpoint, policy=policy)
-                 if settings.log_analytics_workspace else None)
-    audit: AuditLog = workspace or NoAuditLog()
+    audit = _audit_log(settings, credential, inventory, blob_services)
     gatherer = EstateGatherer(
         arm,
         key_vault_credential=credential,
@@ -129,7 +126,6 @@ def build(
         custom_origins=[origin for origin in settings.vaults if VaultOrigin(origin).name is None],
         registered_containers=settings.rewrap_targets,
         blob_stores=lambda account: AzureBlobStore(blob_services(account, 8)),
-        audit=workspace.failed_key_operations if workspace is not None else None,
     )
     return Dependencies(
         settings=settings,
@@ -146,7 +142,28 @@ def build(
     )
 
 
-def _notifier(settings: Settings, ledger_table: TableClient, clock: Clock) -> AlertDesk:
+def _audit_log(settings: Settings, credential: TokenCredential, inventory: Inventory,
+               blob_services: Callable[[str, int], BlobServiceClient]) -> AuditLog:
+    """The workspace, the archive, both (the archive for the vaults the workspace has no logs of), or none."""
+    workspace = (
+        LogAnalyticsAuditLog(credential, workspace_id=settings.log_analytics_workspace,
+                             endpoint=settings.log_analytics_endpoint, policy=settings.vault_policy,
+                             principals=inventory.identity_principals)
+        if settings.log_analytics_workspace else None
+    )
+    archive = None
+    if (location := settings.audit_archive) is not None:
+        def container() -> ContainerClient:
+            return blob_services(location.account, 4).get_container_client(location.container)
+
+        archive = ArchiveAuditLog(container, vault_ids=inventory.list_vaults, principals=inventory.identity_principals)
+    if workspace is not None and archive is not None:
+        return WorkspaceThenArchive(workspace, archive)
+    return workspace or archive or NoAuditLog()
+
+
+def _notifier(settings: Settings, ledger_table: TableClient, clock: Clock,
+              credential: TokenCredential) -> AlertDesk:
     """Every alert goes to the log; each configured channel gets those at or above its minimum severity."""
     configured = (
         (ChannelKind.WEBHOOK, settings.alert_webhook_url, settings.alert_webhook_min_severity),
@@ -156,6 +173,11 @@ def _notifier(settings: Settings, ledger_table: TableClient, clock: Clock) -> Al
     channels: dict[ChannelKind, tuple[ChannelRoute, AlertChannel]] = {
         kind: (ChannelRoute(kind, minimum), WebhookChannel(kind, url)) for kind, url, minimum in configured if url
     }
+    if settings.alert_eventgrid_topic:
+        channels[ChannelKind.EVENT_GRID] = (
+            ChannelRoute(ChannelKind.EVENT_GRID, settings.alert_eventgrid_min_severity),
+            EventGridTopicChannel(settings.alert_eventgrid_topic, credential),
+        )
     return AlertDesk(TableAlertLedger(ledger_table), channels, clock,
                      realert_after=timedelta(hours=settings.realert_after_hours))
 

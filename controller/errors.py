@@ -26,6 +26,11 @@ class TransientError(ControllerError):
         self.retry_after = retry_after
 
 
+class Unreachable(TransientError):
+    """A service could not be reached at all (DNS, TLS verification, connection refused or reset):
+    not throttling, so it is not worth a long back-off; the message names the cause."""
+
+
 class PermanentError(ControllerError):
     """A failure that retrying will not fix: record, alert, do not retry."""
 
@@ -36,6 +41,10 @@ class NotFound(PermanentError):
 
 class Forbidden(PermanentError):
     """The caller lacks permission, or a firewall refused it."""
+
+
+class NotAuthenticated(Forbidden):
+    """No credential gave a token: nobody is logged in (a configuration problem, not a refusal)."""
 
 
 class Conflict(ControllerError):

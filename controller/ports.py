@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from controller.alerts import AlertState, Delivery, DeliveryReport, Notice
+from controller.audit import AuditReport
 from controller.compliance.estate import Estate
 from controller.model import (
     Alert,
@@ -333,6 +334,11 @@ class AuditLog(Protocol):
         None when no audit log is configured (no evidence either way)."""
         ...
 
+    def failures(self, vaults: Sequence[str], *, start: datetime, end: datetime) -> AuditReport | None:
+        """Failed KeyWrap/KeyUnwrap/KeyGet of ``vaults`` (origins) in [start, end], grouped and classified
+        (CMK-017); None when no audit log is configured."""
+        ...
+
 
 class EstateReader(Protocol):
     """Everything the compliance rules read, gathered once per sweep (controller/adapters/estate_gatherer.py)."""
@@ -353,4 +359,3 @@ class ReportStore(Protocol):
     def load(self, name: str) -> bytes | None:
         """The report ``name``; None when there is none yet."""
         ...
-

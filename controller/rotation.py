@@ -67,6 +67,8 @@ from controller.model import (
 from controller.reasons import Reason
 from controller.settings import Settings
 
+#: Where client-side-encrypted containers are registered (for re-wrap and blob evidence).
+REWRAP_REGISTRATION = "CMK_REWRAP_TARGETS, or the account tag cmk-rewrap-containers"
 #: Account tag that overrides CMK_PINNED_POLICY for one account (and its encryption scopes).
 PINNED_POLICY_TAG = "cmk-pinned-policy"
 
@@ -634,7 +636,9 @@ class VersionUsage:
     enabled: bool
     created: datetime
     consumers: tuple[str, ...]  # ARM ids of consumers pinned to it or reporting it as current
-    blob_count: int  # client-side-encrypted blobs still wrapped by it (re-wrap records)
+    #: Client-side-encrypted blobs of the registered containers still wrapped by it; None when no
+    #: container is registered (blobs were not counted: no evidence either way).
+    blob_count: int | None
     last_unwrap: datetime | None  # last successful KeyUnwrap with it (audit logs), None if none seen
     audit_available: bool
     safe: bool
@@ -645,14 +649,15 @@ class VersionUsage:
 def retirement(
     key: KeyState,
     consumers: Sequence[Consumer],
-    rewrap_counts: Mapping[str, int],
+    rewrap_counts: Mapping[str, int] | None,
     last_unwraps: Mapping[str, datetime] | None,
     *,
     now: datetime,
     window: timedelta,
 ) -> list[VersionUsage]:
     """Per version (oldest first): is it safe to disable? ``last_unwraps`` is None when no audit logs
-    are available (then unwrap activity is not evidence either way, and the message says so).
+    are available, ``rewrap_counts`` None when no client-side-encrypted container is registered (then
+    that activity is not evidence either way, and the message says so).
 
     Ordered checks: vault unreachable; used by a consumer; a consumer whose version is unknown (it
     could be any); blobs still wrapped; a successful unwrap within ``window``; it is the newest usable
@@ -666,10 +671,13 @@ def retirement(
     for info in sorted(key.versions, key=lambda info: info.order):
         users = tuple(sorted(consumer.resource_id for consumer in consumers
                              if info.version in (consumer.pinned_version, consumer.current_version)))
-        blobs = rewrap_counts.get(info.version, 0)
+        blobs = None if rewrap_counts is None else rewrap_counts.get(info.version, 0)
         unwrap = None if last_unwraps is None else last_unwraps.get(info.version)
-        evidence = _Evidence(users, tuple(unknown), blobs, unwrap)
+        evidence = _Evidence(users, tuple(unknown), blobs or 0, unwrap)
         safe, reason, message = _retirement_verdict(info, target, evidence, key, now=now, window=window)
+        if rewrap_counts is None:
+            message += (f"; no client-side-encrypted container is registered ({REWRAP_REGISTRATION}): "
+                        "blobs were not counted")
         if last_unwraps is None:
             message += "; no audit logs available: unwrap activity was not checked"
         usages.append(VersionUsage(info.version, info.enabled, info.created, users, blobs, unwrap,

@@ -11,12 +11,16 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from controller import reconciler, rotation
+from controller.audit import AuditReport, checked_window
 from controller.blob_census import wrapping_versions
 from controller.compliance import rules
+from controller.compliance.audit_evidence import audit_evidence
+from controller.compliance.estate import Estate, ReadAspect, ReadFailure
 from controller.compliance.formats import render_json
 from controller.compliance.report import ComplianceReport, iso_timestamp, parse_report
 from controller.compliance.resolve import index
 from controller.compliance.rules.context import NOT_EVALUABLE
+from controller.compliance.rules.vaults import AUDIT_LOGS_RESOURCE
 from controller.compliance.usage import key_reports
 from controller.errors import Conflict, ControllerError, InvalidEvent, InvalidInput, PermanentError, TransientError
 from controller.events import IntakeResult, parse_delivery
@@ -239,7 +243,7 @@ def run_compliance_sweep(deps: Dependencies, subscriptions: Sequence[str] | None
     """
     now = deps.clock.now()
     scope = tuple(subscriptions) if subscriptions is not None else deps.settings.subscriptions
-    estate = deps.estate.gather(scope, now)
+    estate = _with_audit_evidence(deps.estate.gather(scope, now), deps)
     findings = rules.evaluate(estate, rule_settings(deps.settings), now)
     summary = rules.summarise(estate, findings)
     report = ComplianceReport(
@@ -257,6 +261,17 @@ def run_compliance_sweep(deps: Dependencies, subscriptions: Sequence[str] | None
         "findings": report.summary.finding_count, "resources_evaluated": report.resources_evaluated,
         "not_evaluable": report.not_evaluable})
     return report
+
+
+def _with_audit_evidence(estate: Estate, deps: Dependencies) -> Estate:
+    """The audit analysis's failed wraps and unwraps (CMK-017): none configured leaves ``audit`` None
+    (CMK-017 says it could not be evaluated), a failing query is a read failure of its own."""
+    try:
+        report = scan_audit(deps)
+    except ControllerError as err:
+        failure = ReadFailure(resource=AUDIT_LOGS_RESOURCE, aspect=ReadAspect.AUDIT_LOGS, reason=str(err))
+        return replace(estate, read_failures=(*estate.read_failures, failure))
+    return estate if report is None else replace(estate, audit=audit_evidence(report))
 
 
 def compliance_alerts(report: ComplianceReport) -> list[Alert]:
@@ -370,12 +385,14 @@ def key_usage(key: KeyRef, deps: Dependencies) -> list[rotation.VersionUsage]:
     key = key.versionless
     state = deps.reconcile.keys(key.vault).get_key_state(key)
     consumers = deps.reconcile.inventory.consumers_of(key)
-    blobs: Counter[str] = Counter()
     by_account: dict[str, list[str]] = {}
     for account, container in rewrap_targets_of(consumers, deps.settings):
         by_account.setdefault(account, []).append(container)
-    for account, containers in sorted(by_account.items()):
-        blobs += wrapping_versions(deps.blob_stores(account), containers, key, policy=deps.settings.vault_policy)
+    blobs: Counter[str] | None = None  # None: no container is registered, so no blob was counted
+    if by_account:
+        blobs = Counter()
+        for account, containers in sorted(by_account.items()):
+            blobs += wrapping_versions(deps.blob_stores(account), containers, key, policy=deps.settings.vault_policy)
     last_unwraps = deps.audit.last_successful_unwraps(key)
     return rotation.retirement(state, consumers, blobs, last_unwraps, now=deps.reconcile.clock.now(),
                                window=deps.reconcile.planner.adoption_window)
@@ -577,3 +594,23 @@ def report_poisoned_work(message_id: str, dequeue_count: int, reason: str, deps:
         fingerprint=reconciler.fingerprint(queue, Reason.WORK_ITEM_POISONED.value, message_id),
         details={"message_id": message_id, "dequeue_count": dequeue_count},
     ))
+
+
+def scan_audit(deps: Dependencies, window: timedelta | None = None, *, until: datetime | None = None
+               ) -> AuditReport | None:
+    """CMK-017: the managed vaults' failed KeyWrap/KeyUnwrap/KeyGet over ``window`` (CMK_AUDIT_WINDOW_HOURS
+    when None) ending ``until`` (now when None: a past incident can be looked at), grouped and classified;
+    None when no workspace nor archive is configured.
+
+    A partial answer is returned as such (``partial``), never dropped: the groups it has are real.
+    """
+    span = checked_window(window if window is not None else timedelta(hours=deps.settings.audit_window_hours))
+    end = until if until is not None else deps.clock.now()
+    report = deps.audit.failures(deps.settings.vaults, start=end - span, end=end)
+    if report is not None:
+        level = logging.WARNING if report.groups or report.partial else logging.INFO
+        log_record(log, level, "audit scan", {
+            "hours": span.total_seconds() / 3600, "failures": report.failures, "groups": len(report.groups),
+            "partial": report.partial, "vaults_without_logs": list(report.vaults_without_logs),
+        })
+    return report

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from controller import ncrontab
 from controller.errors import InvalidKeyId, SettingsError
-from controller.model import Severity
+from controller.model import Severity, normalise_origin, parse_vault_origin
 from controller.vault_policy import VaultPolicy
 
 _T = TypeVar("_T")
@@ -34,9 +34,11 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
     SettingSpec(
         "CMK_VAULTS",
         "",
-        "Comma-separated allowlist of the Key Vault / Managed HSM origins the controller manages "
-        "(host names such as contoso.vault.azure.net, or https origins). Events and key URIs from any other "
-        "vault are rejected before any request is made. Required.",
+        "Comma-separated allowlist of the Key Vault / Managed HSM vaults the controller manages: vault names "
+        "(contoso-kv: a vault of the cloud CMK_ARM_ENDPOINT belongs to), hosts (contoso-kv.vault.azure.net, "
+        "contoso-hsm.managedhsm.azure.net) or https origins; a host of no known cloud must be marked "
+        "custom:https://host[:port] (loopback origins, the local sandbox's, need no mark). No wildcards. Events "
+        "and key URIs from any other vault are rejected before any request is made. Required.",
     ),
     SettingSpec(
         "CMK_SUBSCRIPTIONS",
@@ -143,6 +145,17 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "severity rises, and a resolved notice follows when it clears.",
     ),
     SettingSpec(
+        "CMK_ALERT_EVENTGRID_TOPIC",
+        "",
+        "Optional endpoint (https URL) of the Event Grid topic the alerts are published to, with the controller's "
+        "identity (EventGrid Data Sender; the topic accepts Entra tokens only). Empty: no topic.",
+    ),
+    SettingSpec(
+        "CMK_ALERT_EVENTGRID_MIN_SEVERITY",
+        "info",
+        "Least severe alert published to CMK_ALERT_EVENTGRID_TOPIC: critical, high, medium, low or info.",
+    ),
+    SettingSpec(
         "CMK_LOG_ANALYTICS_WORKSPACE",
         "",
         "Workspace id (GUID) of the Log Analytics workspace the vaults send AuditEvent logs to; used as evidence "
@@ -191,9 +204,29 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "50",
         "CMK-020 advises when more storage accounts than this share one key (1-10000).",
     ),
+    SettingSpec(
+        "CMK_AUDIT_ARCHIVE",
+        "",
+        "Storage account archive of the vaults' AuditEvent logs, as <account>/<container> (Azure's container is "
+        "insights-logs-auditevent): read for the vaults whose logs are not in CMK_LOG_ANALYTICS_WORKSPACE. "
+        "Empty: no archive.",
+    ),
+    SettingSpec(
+        "CMK_AUDIT_WINDOW_HOURS",
+        "24",
+        "How far back the audit analysis (cmkctl audit) looks for failed KeyWrap/KeyUnwrap/KeyGet. 1-720.",
+    ),
 )
 
 _KNOWN: Final = {spec.name: spec for spec in SETTINGS}
+# In Azure the platform replaces a Key Vault reference by the secret before the app starts; one that reaches the
+# app was not resolved, and the literal reference is not a usable value.
+_KEY_VAULT_REFERENCE: Final = "@Microsoft.KeyVault("
+_UNRESOLVED_REFERENCE: Final = (
+    "is an unresolved Key Vault reference: the platform could not read the secret. The app's "
+    "keyVaultReferenceIdentity must be allowed to get that secret (Key Vault Secrets User on it, or an access "
+    "policy with secret get) and the secret must exist; see docs/DEPLOYMENT.md"
+)
 _QUEUE_NAME = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
@@ -203,6 +236,17 @@ _CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$|^\$root$")
 
 @dataclass(frozen=True, slots=True)
 class RewrapTarget:
+    account: str
+    container: str
+
+    def __str__(self) -> str:
+        return f"{self.account}/{self.container}"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditArchive:
+    """The storage account and container the vaults' diagnostic settings archive AuditEvent logs to."""
+
     account: str
     container: str
 
@@ -233,6 +277,8 @@ class Settings:
     slack_webhook_url: str | None = None
     slack_min_severity: Severity = Severity.MEDIUM
     realert_after_hours: int = 24
+    alert_eventgrid_topic: str | None = None
+    alert_eventgrid_min_severity: Severity = Severity.INFO
     log_analytics_workspace: str | None = None
     log_analytics_endpoint: str = "https://api.loganalytics.io"
     report_container: str = "cmk-reports"
@@ -243,6 +289,9 @@ class Settings:
     min_rsa_key_size: int = 2048
     rewrap_window_hours: int = 24
     max_accounts_per_key: int = 50
+    #: The storage-account archive of the vaults' audit logs (CMK_AUDIT_ARCHIVE), None when not set.
+    audit_archive: AuditArchive | None = None
+    audit_window_hours: int = 24
 
     @property
     def vaults(self) -> tuple[str, ...]:
@@ -254,10 +303,13 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     """Read and validate every CMK_ setting; raise SettingsError naming the first invalid one."""
 
     def raw(name: str) -> str:
-        return environ.get(name, _KNOWN[name].default).strip()
+        value = environ.get(name, _KNOWN[name].default).strip()
+        if value.startswith(_KEY_VAULT_REFERENCE):
+            raise SettingsError(name, _UNRESOLVED_REFERENCE)
+        return value
 
     return Settings(
-        vault_policy=_parse_vaults(raw("CMK_VAULTS")),
+        vault_policy=_parse_vaults(raw("CMK_VAULTS"), arm_endpoint=raw("CMK_ARM_ENDPOINT")),
         subscriptions=_parse_list("CMK_SUBSCRIPTIONS", raw("CMK_SUBSCRIPTIONS"), _subscription),
         sweep_schedule=_parse_ncrontab(raw("CMK_SWEEP_SCHEDULE")),
         work_queue=_match("CMK_WORK_QUEUE", raw("CMK_WORK_QUEUE"), _QUEUE_NAME, "a queue name (3-57 "
@@ -280,6 +332,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         slack_webhook_url=_parse_webhook("CMK_SLACK_WEBHOOK_URL", raw("CMK_SLACK_WEBHOOK_URL")),
         slack_min_severity=_parse_severity("CMK_SLACK_MIN_SEVERITY", raw("CMK_SLACK_MIN_SEVERITY")),
         realert_after_hours=_parse_int("CMK_REALERT_AFTER_HOURS", raw("CMK_REALERT_AFTER_HOURS"), 1, 720),
+        alert_eventgrid_topic=(_parse_https_endpoint("CMK_ALERT_EVENTGRID_TOPIC", raw("CMK_ALERT_EVENTGRID_TOPIC"))
+                               if raw("CMK_ALERT_EVENTGRID_TOPIC") else None),
+        alert_eventgrid_min_severity=_parse_severity("CMK_ALERT_EVENTGRID_MIN_SEVERITY",
+                                                     raw("CMK_ALERT_EVENTGRID_MIN_SEVERITY")),
         log_analytics_workspace=(_subscription("CMK_LOG_ANALYTICS_WORKSPACE", raw("CMK_LOG_ANALYTICS_WORKSPACE"))
                                  if raw("CMK_LOG_ANALYTICS_WORKSPACE") else None),
         log_analytics_endpoint=_parse_https_endpoint("CMK_LOG_ANALYTICS_ENDPOINT", raw("CMK_LOG_ANALYTICS_ENDPOINT")),
@@ -292,17 +348,52 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
                                            ("2048", "3072", "4096"))),
         rewrap_window_hours=_parse_int("CMK_REWRAP_WINDOW_HOURS", raw("CMK_REWRAP_WINDOW_HOURS"), 1, 720),
         max_accounts_per_key=_parse_int("CMK_MAX_ACCOUNTS_PER_KEY", raw("CMK_MAX_ACCOUNTS_PER_KEY"), 1, 10000),
+        audit_archive=_parse_audit_archive(raw("CMK_AUDIT_ARCHIVE")),
+        audit_window_hours=_parse_int("CMK_AUDIT_WINDOW_HOURS", raw("CMK_AUDIT_WINDOW_HOURS"), 1, 720),
     )
 
 
-def _parse_vaults(value: str) -> VaultPolicy:
-    try:
-        policy = VaultPolicy.of(entry for entry in (part.strip() for part in value.split(",")) if entry)
-    except InvalidKeyId as err:
-        raise SettingsError("CMK_VAULTS", str(err)) from err
-    if not policy.vaults:
+#: Where a bare vault name lives, by the ARM endpoint of the cloud (CMK_ARM_ENDPOINT's host).
+_VAULT_DNS_BY_ARM_HOST: Final = {
+    "management.azure.com": "vault.azure.net",
+    "management.chinacloudapi.cn": "vault.azure.cn",
+    "management.usgovcloudapi.net": "vault.usgovcloudapi.net",
+}
+_CUSTOM_ORIGIN_MARK = "custom:"
+_HOW_TO_WRITE_A_VAULT = ("write a vault name (contoso-kv), its host (contoso-kv.vault.azure.net) or, for an origin "
+                         "of no known cloud, custom:https://host[:port]")
+
+
+def _parse_vaults(value: str, *, arm_endpoint: str) -> VaultPolicy:
+    """Every entry must name exactly one vault the controller can match events and key URIs against:
+    an entry that could never match (a wildcard, a misspelt host) stops the app instead of silently
+    rejecting every event."""
+    entries = [entry for entry in (part.strip() for part in value.split(",")) if entry]
+    if not entries:
         raise SettingsError("CMK_VAULTS", "is required: list the vaults the controller manages")
-    return policy
+    try:
+        return VaultPolicy.of(_vault_origin(entry, arm_endpoint) for entry in entries)
+    except InvalidKeyId as err:
+        raise SettingsError("CMK_VAULTS", f"{err}: {_HOW_TO_WRITE_A_VAULT}") from err
+
+
+def _vault_origin(entry: str, arm_endpoint: str) -> str:
+    if any(char in entry for char in "*?[]"):
+        raise InvalidKeyId(f"{entry[:80]!r} is a wildcard; list each vault")
+    if entry.lower().startswith(_CUSTOM_ORIGIN_MARK):
+        return normalise_origin(entry[len(_CUSTOM_ORIGIN_MARK):])
+    if not any(char in entry for char in ".:/"):  # a bare vault name
+        arm_host = (urlsplit(arm_endpoint).hostname or "").lower()
+        suffix = _VAULT_DNS_BY_ARM_HOST.get(arm_host)
+        if suffix is None:
+            raise InvalidKeyId(f"the vault name {entry[:80]!r} cannot be resolved: CMK_ARM_ENDPOINT {arm_endpoint} "
+                               "is no known cloud's")
+        return parse_vault_origin(f"{entry}.{suffix}").url
+    origin = normalise_origin(entry)
+    host = urlsplit(origin).hostname or ""
+    if _is_loopback(host.strip("[]")):
+        return origin  # the local sandbox's vaults: their own loopback origin each
+    return parse_vault_origin(origin).url  # a Key Vault / Managed HSM host of a known cloud, valid name
 
 
 def _parse_list(name: str, value: str, parse_one: Callable[[str, str], _T]) -> tuple[_T, ...]:
@@ -329,11 +420,14 @@ def _match(name: str, value: str, pattern: re.Pattern[str], expected: str, *, ma
     return value
 
 
+_DIGITS = re.compile(r"[0-9]{1,9}")
+
+
 def _parse_int(name: str, value: str, low: int, high: int) -> int:
-    try:
-        number = int(value)
-    except ValueError as err:
-        raise SettingsError(name, f"{value!r} is not an integer") from err
+    # int() also reads "1_0", "+5", " 7" and other scripts' digits: a setting is plain ASCII digits.
+    if not _DIGITS.fullmatch(value):
+        raise SettingsError(name, f"{value[:40]!r} is not an integer written with the digits 0-9 alone")
+    number = int(value)
     if not low <= number <= high:
         raise SettingsError(name, f"{number} is outside {low}-{high}")
     return number
@@ -373,7 +467,7 @@ def _parse_force_after(value: str, window_hours: str) -> int | None:
     name = "CMK_FORCE_ADOPTION_AFTER_MINUTES"
     if value.lower() == "off":
         return None
-    window_minutes = int(window_hours) * 60 if window_hours.isdigit() else 168 * 60
+    window_minutes = int(window_hours) * 60 if _DIGITS.fullmatch(window_hours) else 168 * 60
     return _parse_int(name, value, 0, window_minutes)
 
 
@@ -418,3 +512,10 @@ def _parse_ncrontab(value: str) -> str:
     except ncrontab.NcrontabError as err:
         raise SettingsError("CMK_SWEEP_SCHEDULE", str(err)) from err
     return value
+
+
+def _parse_audit_archive(value: str) -> AuditArchive | None:
+    if not value:
+        return None
+    target = _rewrap_target("CMK_AUDIT_ARCHIVE", value)  # the same <account>/<container> rules
+    return AuditArchive(target.account, target.container)

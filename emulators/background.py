@@ -23,6 +23,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Self, TypeVar
 
@@ -252,3 +253,14 @@ class ServerThread:
 
     def __exit__(self, *args: object) -> None:
         self.stop()
+
+
+def wait_for_records(read: Callable[[], list[T]], count: int, timeout: float, what: str) -> list[T]:
+    """Poll ``read`` until it holds at least ``count`` records (a recording endpoint's, for tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = read()
+        if len(records) >= count:
+            return records
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} received {len(read())} of {count} expected")

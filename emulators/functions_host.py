@@ -158,6 +158,7 @@ class FunctionsHost:
         from aiohttp import web
 
         app = web.Application(client_max_size=100 * 1024 * 1024)
+        app.router.add_get("/admin/host/ping", self._ping)
         app.router.add_get("/admin/host/status", self._status)
         app.router.add_post("/admin/functions/{name}", self._admin_invoke)
         app.router.add_route("*", "/runtime/webhooks/eventgrid", self._eventgrid)
@@ -174,9 +175,16 @@ class FunctionsHost:
             allowed += [self.keys["function"]]
         return any(secrets.compare_digest(supplied, key) for key in allowed)
 
+    async def _ping(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.Response(status=200)  # anonymous, as the real host's: says it is up, nothing more
+
     async def _status(self, request: Any) -> Any:
         from aiohttp import web
 
+        if not self._authorized(request, "admin"):  # admin routes need the master key, as on Azure
+            return web.Response(status=401)
         return web.json_response({"state": "Running", "functions": sorted(self.functions),
                                   "invocations": self.invocations})
 
@@ -228,11 +236,18 @@ class FunctionsHost:
             return web.Response(status=200, headers={"WebHook-Allowed-Origin": origin} if origin else {})
         if request.method != "POST":
             return web.Response(status=405)
+        body = await request.read()
+        if len(body) > MAX_EVENTGRID_DELIVERY_BYTES:
+            return web.Response(status=413, text="an Event Grid delivery is at most 1 MB")
         try:
-            payload = json.loads(await request.read())
-        except ValueError:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             return web.Response(status=400, text="body is not JSON")
         events = payload if isinstance(payload, list) else [payload]
+        if not events or not all(isinstance(item, dict) for item in events):
+            # The extension refuses a delivery it cannot bind (400: Event Grid dead-letters it at once)
+            # instead of failing it (5xx: Event Grid would retry it for a day).
+            return web.Response(status=400, text="a delivery is one event object or an array of them")
         kind = request.headers.get("aeg-event-type", "")
         if kind == "SubscriptionValidation":
             first = events[0] if events and isinstance(events[0], dict) else {}
@@ -404,6 +419,10 @@ def _match_route(template: str, path: str) -> dict[str, str] | None:
     return params
 
 
+#: Event Grid delivers at most 1 MB per request (an event or a batch).
+MAX_EVENTGRID_DELIVERY_BYTES = 1024 * 1024
+
+
 def _queue_message(**fields: Any) -> Any:
     from azure.functions.queue import QueueMessage
 
@@ -530,11 +549,14 @@ class LocalFunctionsHost:
                 raise RuntimeError(f"the Functions host exited: {self.log_path.read_text(errors='replace')[-2000:]}")
             if keys_path.exists() and keys_path.stat().st_size:
                 try:
-                    with urllib.request.urlopen(f"{self.url}/admin/host/status", timeout=2) as response:  # noqa: S310
+                    keys = json.loads(keys_path.read_text(encoding="utf-8"))
+                    status = urllib.request.Request(f"{self.url}/admin/host/status",  # noqa: S310 - loopback
+                                                    headers={"x-functions-key": keys["master"]})
+                    with urllib.request.urlopen(status, timeout=2) as response:  # noqa: S310
                         if response.status == 200:
-                            self.keys = json.loads(keys_path.read_text(encoding="utf-8"))
+                            self.keys = keys
                             return self
-                except OSError:
+                except (OSError, ValueError, KeyError):  # not up yet, or the keys file half written
                     pass
             time.sleep(0.1)
         self.stop()

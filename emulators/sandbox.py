@@ -442,6 +442,7 @@ class Orchestrator:
         values["CMK_VAULTS"] = ",".join(self.vault_origins())
         values["CMK_ARM_ENDPOINT"] = self.arm.url
         values["REQUESTS_CA_BUNDLE"] = str(self.bundle)
+        values["SSL_CERT_FILE"] = str(self.bundle)  # async clients (aiohttp) ignore REQUESTS_CA_BUNDLE
         values["CMK_ALERT_WEBHOOK_URL"] = f"{self.alerts.url}/cmk-alerts"  # the sandbox's webhook sink records them
         values["AZURE_CLIENT_ID"] = self.controller_identity.client_id
         values["CMK_LOG_ANALYTICS_WORKSPACE"] = self.audit.workspace_id  # the vaults' AuditEvent logs

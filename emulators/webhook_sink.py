@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from emulators.background import ServerThread
+from emulators.background import ServerThread, wait_for_records
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +57,7 @@ class WebhookSink:
             self._records.clear()
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[SinkRecord]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            records = self.records
-            if len(records) >= count:
-                return records
-            time.sleep(0.05)
-        raise TimeoutError(f"the sink received {len(self.records)} of {count} expected requests")
+        return wait_for_records(lambda: self.records, count, timeout, "the sink")
 
     async def _receive(self, request: web.Request) -> web.Response:
         raw = await request.read()

@@ -18,6 +18,9 @@ param deadLetterStorageAccountId string
 @description('main.bicep output DEAD_LETTER_CONTAINER_NAME.')
 param deadLetterContainerName string
 
+@description('main.bicep output CMK_RESOURCE_TOKEN: names this environment\'s event subscriptions.')
+param resourceToken string
+
 module keyEvents 'modules/key-events.bicep' = [for (source, index) in eventSources: {
   name: 'cmk-key-events-${uniqueString(functionAppId)}-${index}'
   scope: resourceGroup(source.subscriptionId, source.resourceGroup)
@@ -27,5 +30,6 @@ module keyEvents 'modules/key-events.bicep' = [for (source, index) in eventSourc
     functionName: functionName
     deadLetterStorageAccountId: deadLetterStorageAccountId
     deadLetterContainerName: deadLetterContainerName
+    resourceToken: resourceToken
   }
 }]

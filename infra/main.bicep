@@ -15,8 +15,11 @@ param location string
 @description('Resource group to create or reuse; empty: rg-<environmentName>.')
 param resourceGroupName string = ''
 
-@description('Vaults the controller manages: [{ "name", "resourceGroup", "subscriptionId" (default: this subscription), "accessPolicy": true for a vault without Azure RBAC, "systemTopicName" of an existing Event Grid system topic }].')
-param managedVaults array = []
+// No default and at least one entry: the app refuses to start without CMK_VAULTS, so a deployment without a vault
+// would report success with an app that loads no function. ARM rejects an empty list before creating anything.
+@minLength(1)
+@description('Vaults the controller manages (at least one): [{ "name", "resourceGroup", "subscriptionId" (default: this subscription), "accessPolicy": true for a vault without Azure RBAC, "systemTopicName" of an existing Event Grid system topic }].')
+param managedVaults array
 
 @description('Storage accounts whose CMK key version the controller may update (force adoption): [{ "name", "resourceGroup", "subscriptionId" }].')
 param targetStorageAccounts array = []
@@ -68,8 +71,8 @@ param auditEvidenceEnabled bool = false
 @description('CMK_LOG_ANALYTICS_ENDPOINT: Log Analytics query endpoint (https).')
 param cmkLogAnalyticsEndpoint string = 'https://api.loganalytics.io'
 
-@description('CMK_ALERT_WEBHOOK_URL: optional alert webhook. Such URLs carry a token: pass a Key Vault reference (@Microsoft.KeyVault(SecretUri=...)), never the URL itself.')
-param cmkAlertWebhookUrl string = ''
+@description('CMK_ALERT_WEBHOOK_URL, optional: the Key Vault secret that holds the alert webhook URL (such URLs carry a token), as { "vaultName", "secretName", "resourceGroup", "subscriptionId" (default: this subscription), "accessPolicy": true for a vault without Azure RBAC }. The app setting becomes a Key Vault reference resolved with the controller identity, which is granted read on that secret only.')
+param alertWebhookSecret object = {}
 
 @description('CMK_MAX_ACCOUNTS_PER_KEY: CMK-020 advises when more storage accounts than this share one key (1-10000).')
 param cmkMaxAccountsPerKey string = '50'
@@ -110,6 +113,18 @@ param cmkTeamsWebhookUrl string = ''
 @description('CMK_ALERT_WEBHOOK_MIN_SEVERITY: least severe alert sent to CMK_ALERT_WEBHOOK_URL (critical, high, medium, low, info).')
 param cmkAlertWebhookMinSeverity string = 'info'
 
+@description('CMK_ALERT_EVENTGRID_MIN_SEVERITY: least severe alert published to CMK_ALERT_EVENTGRID_TOPIC.')
+param cmkAlertEventgridMinSeverity string = 'info'
+
+@description('CMK_AUDIT_ARCHIVE: <account>/<container> where the vaults\' diagnostic settings archive AuditEvent logs, read for vaults whose logs are not in the workspace; empty: none.')
+param cmkAuditArchive string = ''
+
+@description('CMK_AUDIT_WINDOW_HOURS: how far back the audit analysis (cmkctl audit) looks for failed wraps and unwraps (1-720).')
+@minValue(1)
+@maxValue(720)
+param cmkAuditWindowHours int = 24
+
+
 @description('Create an Event Grid topic for the controller\'s alerts, with EventGrid Data Sender for the controller.')
 param alertTopicEnabled bool = false
 
@@ -124,7 +139,8 @@ param policyAssignmentsEnabled bool = false
 ])
 param storageSkuName string = 'Standard_LRS'
 
-@minValue(1)
+// Flex Consumption accepts 40-1000 (https://learn.microsoft.com/azure/azure-functions/flex-consumption-how-to#set-instance-limits).
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
@@ -153,6 +169,7 @@ var vaults = [for vault in managedVaults: {
   subscriptionId: contains(vault, 'subscriptionId') ? vault.subscriptionId : subscription().subscriptionId
   useAccessPolicy: contains(vault, 'accessPolicy') ? bool(vault.accessPolicy) : false
   // A vault can have only one Event Grid system topic: name an existing one (in the vault's resource group) to adopt it.
+  adoptSystemTopic: contains(vault, 'systemTopicName')
   systemTopicName: contains(vault, 'systemTopicName') ? vault.systemTopicName : 'evgt-${vault.name}-cmk'
 }]
 var accounts = [for account in targetStorageAccounts: {
@@ -166,6 +183,13 @@ var containers = [for target in rewrapTargets: {
   resourceGroup: target.resourceGroup
   subscriptionId: contains(target, 'subscriptionId') ? target.subscriptionId : subscription().subscriptionId
 }]
+
+// The alert webhook URL stays in its vault: the app setting is a Key Vault reference, which the platform resolves
+// with keyVaultReferenceIdentity (the controller identity), granted read on that one secret below.
+var webhookSecretConfigured = !empty(alertWebhookSecret)
+var webhookSecretSubscriptionId = webhookSecretConfigured && contains(alertWebhookSecret, 'subscriptionId') ? alertWebhookSecret.subscriptionId : subscription().subscriptionId
+var webhookSecretUsesAccessPolicy = webhookSecretConfigured && contains(alertWebhookSecret, 'accessPolicy') ? bool(alertWebhookSecret.accessPolicy) : false
+var webhookReference = webhookSecretConfigured ? '@Microsoft.KeyVault(SecretUri=https://${alertWebhookSecret.vaultName}${environment().suffixes.keyvaultDns}/secrets/${alertWebhookSecret.secretName}/)' : ''
 
 // App settings derived from the lists above, so a vault or container is never granted without being managed.
 var vaultHosts = [for vault in managedVaults: toLower('${vault.name}${environment().suffixes.keyvaultDns}')]
@@ -193,9 +217,10 @@ var accessPolicyWrapPermissions = empty(rewrapTargets) ? [] : [
   'wrapKey'
   'unwrapKey'
 ]
+var accessPolicyVaultIds = [for vault in filter(vaults, candidate => candidate.useAccessPolicy): resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.KeyVault/vaults', vault.name)]
 var accessPolicyKeyPermissions = concat(accessPolicyReadPermissions, accessPolicyRotatePermissions, accessPolicyWrapPermissions)
 
-resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+resource rg 'Microsoft.Resources/resourceGroups@2022-09-01' = {
   name: empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
   location: location
   tags: tags
@@ -266,7 +291,6 @@ module functionApp 'modules/function-app.bicep' = {
     cmkRewrapTargets: join(rewrapSettingEntries, ',')
     cmkArmEndpoint: cmkArmEndpoint
     cmkForceAdoptionAfterMinutes: cmkForceAdoptionAfterMinutes
-    cmkAlertWebhookUrl: cmkAlertWebhookUrl
     cmkMaxAccountsPerKey: cmkMaxAccountsPerKey
     cmkRewrapWindowHours: cmkRewrapWindowHours
     cmkMinRsaKeySize: cmkMinRsaKeySize
@@ -274,14 +298,19 @@ module functionApp 'modules/function-app.bicep' = {
     cmkExpiryWarningDays: cmkExpiryWarningDays
     cmkRequireCmk: cmkRequireCmk
     cmkReportContainer: cmkReportContainer
+    cmkAlertWebhookUrl: webhookReference
+    cmkAlertEventGridTopic: alertTopicEnabled ? alertTopic.outputs.endpoint : ''
     cmkRealertAfterHours: cmkRealertAfterHours
     cmkSlackMinSeverity: cmkSlackMinSeverity
     cmkSlackWebhookUrl: cmkSlackWebhookUrl
     cmkTeamsMinSeverity: cmkTeamsMinSeverity
     cmkTeamsWebhookUrl: cmkTeamsWebhookUrl
     cmkAlertWebhookMinSeverity: cmkAlertWebhookMinSeverity
+    cmkAlertEventgridMinSeverity: cmkAlertEventgridMinSeverity
     cmkLogAnalyticsWorkspace: auditEvidenceEnabled ? monitoring.outputs.workspaceCustomerId : ''
     cmkLogAnalyticsEndpoint: cmkLogAnalyticsEndpoint
+    cmkAuditArchive: cmkAuditArchive
+    cmkAuditWindowHours: cmkAuditWindowHours
   }
 }
 
@@ -329,9 +358,22 @@ module vaultIntegrations 'modules/vault-integration.bicep' = [for (vault, index)
     accessPolicyKeyPermissions: accessPolicyKeyPermissions
     workspaceId: monitoring.outputs.workspaceId
     systemTopicName: vault.systemTopicName
-    tags: tags
+    adoptSystemTopic: vault.adoptSystemTopic
+    adoptedTopic: (vault.adoptSystemTopic) ? reference(resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.EventGrid/systemTopics', vault.systemTopicName), '2022-06-15', 'Full') : {}
+    resourceToken: resourceToken
   }
 }]
+
+module alertWebhookSecretAccess 'modules/secret-reader-access.bicep' = if (webhookSecretConfigured) {
+  name: 'cmk-webhook-secret-${resourceToken}'
+  scope: resourceGroup(webhookSecretSubscriptionId, webhookSecretConfigured ? alertWebhookSecret.resourceGroup : rg.name)
+  params: {
+    vaultName: webhookSecretConfigured ? alertWebhookSecret.vaultName : ''
+    secretName: webhookSecretConfigured ? alertWebhookSecret.secretName : ''
+    useAccessPolicy: webhookSecretUsesAccessPolicy
+    principalId: identity.outputs.principalId
+  }
+}
 
 module deadLetterAccess 'modules/dead-letter-access.bicep' = [for (vault, index) in vaults: {
   name: 'cmk-deadletter-${index}'
@@ -398,4 +440,22 @@ output KEY_EVENT_SOURCES array = [for vault in vaults: {
   resourceGroup: vault.resourceGroup
   systemTopicName: vault.systemTopicName
 }]
+output CMK_RESOURCE_TOKEN string = resourceToken
+
+// What this environment adds outside its own resource group, for the predown hook (infra/hooks/predown.sh):
+// `azd down` deletes only the resource group it created. Flat lists of resource ids (no JSON parser needed).
+output CMK_VAULT_IDS array = [for vault in vaults: resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.KeyVault/vaults', vault.name)]
+output CMK_ACCESS_POLICY_VAULT_IDS array = union(accessPolicyVaultIds, webhookSecretUsesAccessPolicy ? [
+  resourceId(webhookSecretSubscriptionId, alertWebhookSecret.resourceGroup, 'Microsoft.KeyVault/vaults', alertWebhookSecret.vaultName)
+] : [])
+output CMK_EVENT_SUBSCRIPTION_IDS array = [for vault in vaults: '${resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.EventGrid/systemTopics', vault.systemTopicName)}/eventSubscriptions/cmk-controller-key-events-${resourceToken}']
+output CMK_CREATED_SYSTEM_TOPIC_IDS array = [for vault in filter(vaults, candidate => !candidate.adoptSystemTopic): resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.EventGrid/systemTopics', vault.systemTopicName)]
+output CMK_DIAGNOSTIC_SETTING_NAME string = 'cmk-controller-audit-${resourceToken}'
+output CMK_ROLE_SUBSCRIPTION_IDS array = union(readerScopes, [
+  subscription().subscriptionId
+], webhookSecretConfigured ? [
+  webhookSecretSubscriptionId
+] : [])
+output CMK_CUSTOM_ROLE_IDS array = customRoles.outputs.roleDefinitionIds
+output CMK_POLICY_ASSIGNMENT_IDS array = policyAssignmentsEnabled ? policy.outputs.assignmentIds : []
 output ALERT_TOPIC_ENDPOINT string = alertTopicEnabled ? alertTopic.outputs.endpoint : ''

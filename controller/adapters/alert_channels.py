@@ -1,4 +1,5 @@
-"""Alert channels: Microsoft Teams (Workflows webhook), Slack (incoming webhook), a generic JSON webhook.
+"""Alert channels: Microsoft Teams (Workflows webhook), Slack (incoming webhook), a generic JSON webhook,
+and an Event Grid custom topic (CloudEvents 1.0, the managed identity) that other systems subscribe to.
 
 Each channel turns a Notice into its payload (controller/alerts.py) and POSTs it. Redirects are never
 followed: a redirect would hand the alert, and any token in the URL, to whatever host the receiver
@@ -11,12 +12,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import requests
+from azure.core.credentials import TokenCredential
+from azure.core.messaging import CloudEvent
+from azure.eventgrid import EventGridPublisherClient
 
-from controller.alerts import ChannelKind, Notice, notice_json, slack_message, teams_card
+from controller.adapters.azure_errors import translated
+from controller.alerts import ChannelKind, Notice, cloud_event_type, notice_json, slack_message, teams_card
 from controller.errors import PermanentError, TransientError
+
+#: CloudEvents ``source`` of every alert the controller publishes.
+CLOUD_EVENT_SOURCE = "/cmk-controller/alerts"
 
 _PAYLOADS: dict[ChannelKind, Callable[[Notice], dict[str, object]]] = {
     ChannelKind.TEAMS: teams_card,
@@ -54,8 +62,31 @@ class WebhookChannel:
         raise PermanentError(f"the {self.kind.value} webhook refused the alert: HTTP {status}")
 
 
-if TYPE_CHECKING:  # mypy proves the adapter satisfies its port
+class EventGridTopicChannel:
+    """Publishes each notice as one CloudEvent to an Event Grid custom topic, as the managed identity
+    (EventGrid Data Sender on the topic). The event id is the notice's key, so a notice re-sent after
+    a crash is the same event to subscribers that dedupe on it."""
+
+    kind = ChannelKind.EVENT_GRID
+
+    def __init__(self, endpoint: str, credential: TokenCredential, **request_options: Any) -> None:
+        self._client = EventGridPublisherClient(endpoint, credential)
+        # Per request: the basic-topic client (azure-eventgrid 4.22) does not pass constructor options on.
+        # A redirect would hand the token-authenticated alert to another host: never follow one.
+        self._request_options = {**request_options, "permit_redirects": False}
+
+    def deliver(self, notice: Notice) -> None:
+        event = CloudEvent(source=CLOUD_EVENT_SOURCE, type=cloud_event_type(notice), data=notice_json(notice),
+                           subject=notice.alert.resource, id=notice.key)
+        with translated("publish the alert to the Event Grid topic"):
+            self._client.send([event], **self._request_options)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+if TYPE_CHECKING:  # mypy proves the adapters satisfy their port
     from controller.ports import AlertChannel
 
-    def _implements_port(adapter: WebhookChannel) -> AlertChannel:
+    def _implements_port(adapter: WebhookChannel | EventGridTopicChannel) -> AlertChannel:
         return adapter

@@ -15,7 +15,15 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from controller.errors import Conflict, Forbidden, NotFound, PermanentError, TransientError
+from controller.errors import (
+    Conflict,
+    Forbidden,
+    NotAuthenticated,
+    NotFound,
+    PermanentError,
+    TransientError,
+    Unreachable,
+)
 
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -37,6 +45,27 @@ def retry_after_seconds(err: HttpResponseError) -> float | None:
     return None
 
 
+_NETWORK_CAUSES = (
+    (("CERTIFICATE_VERIFY_FAILED", "certificate verify failed"),
+     "TLS: the server's certificate is not trusted (a private CA goes in REQUESTS_CA_BUNDLE)"),
+    (("SSL", "TLS"), "TLS handshake failed"),
+    (("Name or service not known", "getaddrinfo", "nodename nor servname", "No address associated"),
+     "DNS: the host name does not resolve"),
+    (("Connection refused",), "connection refused: nothing listens there"),
+    (("timed out", "Timeout"), "the connection timed out"),
+    (("Connection reset", "Connection aborted", "RemoteDisconnected"), "the connection was reset"),
+)
+
+
+def network_failure(err: Exception) -> str:
+    """What went wrong on the network, in a few words an operator can act on."""
+    text = str(err)
+    for needles, cause in _NETWORK_CAUSES:
+        if any(needle in text for needle in needles):
+            return cause
+    return f"cannot connect ({type(err).__name__})"
+
+
 @contextmanager
 def translated(what: str) -> Iterator[None]:
     """Run an SDK call; re-raise its failure as a controller error whose message names ``what``."""
@@ -47,9 +76,11 @@ def translated(what: str) -> Iterator[None]:
     except ResourceNotFoundError as err:
         raise NotFound(f"{what}: not found") from err
     except ClientAuthenticationError as err:
+        if err.status_code is None:  # no token at all: the credential's own words say why
+            raise NotAuthenticated(f"{what}: not logged in: {err.message}") from err
         raise Forbidden(f"{what}: authentication failed ({err.status_code})") from err
     except (ServiceRequestError, ServiceResponseError) as err:
-        raise TransientError(f"{what}: {type(err).__name__}") from err
+        raise Unreachable(f"{what}: {network_failure(err)}") from err
     except HttpResponseError as err:
         status = err.status_code or 0
         code = getattr(err, "error_code", None) or ""

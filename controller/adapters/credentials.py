@@ -9,12 +9,13 @@ azure-identity reads those two variables from the process environment when the c
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from azure.core.credentials import TokenCredential
-from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+from azure.core.credentials import AccessToken, TokenCredential
+from azure.core.exceptions import ClientAuthenticationError
+from azure.identity import AzureCliCredential, ManagedIdentityCredential
 
 from controller.model import VaultOrigin
 
@@ -36,10 +37,43 @@ def controller_credential(environ: Mapping[str, str]) -> TokenCredential:
 
 
 def operator_credential(environ: Mapping[str, str]) -> TokenCredential:
-    """For `cmkctl` run by a person: their Azure CLI / environment login, or the managed identity when
-    the CLI runs where one exists (a jump host, the sandbox's identity endpoint). Never a stored secret."""
-    return DefaultAzureCredential(managed_identity_client_id=controller_client_id(environ),
-                                  exclude_interactive_browser_credential=True)
+    """For `cmkctl` run by a person: their Azure CLI login, or the managed identity where one exists (a
+    jump host, an app's environment, the sandbox's identity endpoint). Never a stored secret."""
+    managed = ("the managed identity", ManagedIdentityCredential(client_id=controller_client_id(environ),
+                                                                 retry_total=1))
+    cli = ("the Azure CLI login", AzureCliCredential())
+    # Where an identity endpoint is configured (App Service, Functions, the sandbox) it is the one meant.
+    attempts = (managed, cli) if environ.get("IDENTITY_ENDPOINT") else (cli, managed)
+    return OperatorCredential(attempts)
+
+
+class OperatorCredential:
+    """Tries each credential in turn; when none gives a token, one line says which were tried, why each
+    failed, and how to log in (instead of the SDK's chain of warnings)."""
+
+    def __init__(self, attempts: Sequence[tuple[str, TokenCredential]]) -> None:
+        self._attempts = tuple(attempts)
+
+    def get_token(self, *scopes: str, claims: str | None = None, tenant_id: str | None = None,
+                  enable_cae: bool = False, **kwargs: Any) -> AccessToken:
+        return self._first(lambda credential: credential.get_token(
+            *scopes, claims=claims, tenant_id=tenant_id, enable_cae=enable_cae, **kwargs))
+
+    def _first(self, request: Callable[[TokenCredential], AccessToken]) -> AccessToken:
+        failures = []
+        for name, credential in self._attempts:
+            try:
+                return request(credential)
+            except ClientAuthenticationError as err:  # CredentialUnavailableError included
+                failures.append(f"{name}: {_first_line(err)}")
+        raise ClientAuthenticationError(
+            "no credential gave a token (" + "; ".join(failures) + "). Log in with `az login`, or run where the "
+            "controller's managed identity is available")
+
+
+def _first_line(err: ClientAuthenticationError) -> str:
+    text = str(err.message or err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
 
 
 def challenge_options(vaults: Sequence[str]) -> dict[str, bool]:

@@ -46,7 +46,6 @@ from controller.compliance.estate import (
     AccessPolicy,
     AccountEncryption,
     AttachedIdentity,
-    AuditLog,
     ContainerCensus,
     DeletedVault,
     DiagnosticSetting,
@@ -93,8 +92,6 @@ _SUBSCRIPTIONS_API = "2022-12-01"
 
 #: Account tag naming its client-side-encrypted containers (the same tag the re-wrap fan-out reads).
 REWRAP_CONTAINERS_TAG = "cmk-rewrap-containers"
-
-AuditQuery = Callable[[datetime], AuditLog]
 
 
 class _Failures:
@@ -148,7 +145,6 @@ class EstateGatherer:
         custom_origins: Sequence[str] = (),
         registered_containers: Sequence[RewrapTarget] = (),
         blob_stores: Callable[[str], BlobStore] | None = None,
-        audit: AuditQuery | None = None,
         workers: int = DEFAULT_WORKERS,
         key_vault_verify: str | bool = True,
     ) -> None:
@@ -159,7 +155,6 @@ class EstateGatherer:
         self._custom_origins = tuple(custom_origins)
         self._registered = tuple(registered_containers)
         self._blob_stores = blob_stores
-        self._audit = audit
         self._workers = workers
 
     def gather(self, subscriptions: Sequence[str], now: datetime) -> Estate:
@@ -178,15 +173,13 @@ class EstateGatherer:
         for part in per_subscription:
             definitions.update(part.role_definitions)
         census = self._census(accounts, failures)
-        query = self._audit
-        audit = failures.read("audit-logs", ReadAspect.AUDIT_LOGS, partial(query, now)) if query else None
         return Estate(
             gathered_at=now,
             storage_accounts=accounts,
             vaults=vaults,
             deleted_vaults=None if any(part is None for part in deleted)
             else tuple(vault for part in deleted if part is not None for vault in part),
-            audit=audit,
+            audit=None,  # the audit analysis's, added by the use case (service.run_compliance_sweep)
             user_assigned_identities=tuple(uai for part in per_subscription for uai in part.identities),
             role_definitions=tuple(definitions[key] for key in sorted(definitions)),
             subscriptions=tuple(part.subscription for part in per_subscription),

@@ -31,6 +31,7 @@ from controller.adapters.azure_errors import translated
 from controller.adapters.credentials import ArmConnection
 from controller.adapters.key_access import KeyAccess
 from controller.adapters.storage_control import ScopeSearch, StorageControl
+from controller.audit import principal_accounts
 from controller.errors import InvalidInput, InvalidKeyId, InvalidResourceId, NotFound, PermanentError
 from controller.model import (
     Consumer,
@@ -63,6 +64,12 @@ ALL_ACCOUNTS_QUERY = (
     "resources"
     " | where type =~ 'microsoft.storage/storageaccounts'"
     " | project id, name, type, location, tags, identity, properties"
+    " | order by id asc"
+)
+ACCOUNT_IDENTITIES_QUERY = (
+    "resources"
+    " | where type =~ 'microsoft.storage/storageaccounts'"
+    " | project id, name, identity"
     " | order by id asc"
 )
 VAULTS_QUERY = (
@@ -141,6 +148,18 @@ class Inventory:
         for observed in in_vault:
             keys.setdefault(observed.consumer.key.name.lower(), observed.consumer.key.versionless)
         return sorted(keys.values(), key=lambda key: key.name.lower())
+
+    # ---- identities ---------------------------------------------------------------------------------
+    def identity_principals(self) -> dict[str, tuple[str, ...]]:
+        """Principal id -> the storage accounts that authenticate as it: an account's system-assigned
+        identity, or a user-assigned identity the account uses (several accounts may share one)."""
+        try:
+            pairs = [(str(row.get("name") or ""), _mapping(row.get("identity"))) for row in
+                     self.query(ACCOUNT_IDENTITIES_QUERY)]
+        except PermanentError:
+            pairs = [(account.name or "", account.identity.as_dict() if account.identity else None)
+                     for subscription in self.subscriptions() for account in self.storage.list_accounts(subscription)]
+        return principal_accounts(pairs)
 
     # ---- vaults -------------------------------------------------------------------------------------
     def list_vaults(self) -> dict[VaultOrigin, VaultResourceId]:
@@ -303,3 +322,7 @@ class BlobEndpoints:
         with self._lock:
             self._cache[name] = endpoint
         return endpoint
+
+
+def _mapping(value: object) -> Mapping[str, object] | None:
+    return value if isinstance(value, Mapping) else None

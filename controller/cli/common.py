@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from typing import TypeAlias
 
 from controller import bootstrap
 from controller.adapters.credentials import operator_credential
+from controller.errors import ControllerError, InvalidInput, NotAuthenticated, Unreachable
 from controller.service import Dependencies
 
 #: Some work failed or was left undone (listed in the output).
 EXIT_FAILED = 1
 #: Invalid input: arguments, settings, a delivery; nothing was changed.
 EXIT_INVALID = 2
+#: A service could not be reached at all (DNS, TLS, connection): the message says which and why.
+EXIT_UNREACHABLE = 3
+
+
+def exit_status(err: ControllerError) -> int:
+    """The one meaning of each exit status for every command."""
+    if isinstance(err, InvalidInput | NotAuthenticated):  # bad input, or nobody logged in
+        return EXIT_INVALID
+    if isinstance(err, Unreachable):
+        return EXIT_UNREACHABLE
+    return EXIT_FAILED
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -29,3 +42,36 @@ def operator_dependencies(
         blob_endpoint=blob_endpoint,
         blob_connection_setting=blob_connection_setting,
     )
+
+
+EXIT_STATUS_HELP = """exit status:
+  0  ok
+  1  findings, or work that failed or was left undone (listed in the output)
+  2  bad input or configuration (including nobody logged in)
+  3  a service could not be reached (DNS, TLS, connection)"""
+
+
+def command(commands: Commands, name: str, *, help_text: str, examples: tuple[str, ...], notes: str = "") -> (
+        argparse.ArgumentParser):
+    """A sub-command whose --help ends with examples, any notes, and what its exit statuses mean."""
+    epilog = "examples:\n" + "".join(f"  {example}\n" for example in examples)
+    if notes:
+        epilog += "\n" + notes.rstrip("\n") + "\n"
+    return commands.add_parser(name, help=help_text, description=help_text, epilog=epilog + "\n" + EXIT_STATUS_HELP,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def bounded(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], float]:
+    """An argparse type for a number within [low, high]: a negative wait or a concurrency of a million
+    is refused as bad input (exit 2) instead of being taken literally."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:  # also refuses NaN, which compares false with everything
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}-{high:g}")
+        return value
+
+    return parse

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from controller.cli.common import EXIT_INVALID, Commands
+from controller.cli.common import EXIT_INVALID, Commands, command
 from controller.errors import InvalidEvent, SettingsError
 from controller.events import MAX_DELIVERY_BYTES, parse_delivery
 from controller.settings import load_settings
@@ -16,9 +16,11 @@ from controller.settings import load_settings
 def register(commands: Commands) -> None:
     events = commands.add_parser("events", help="work with Key Vault event deliveries")
     events_commands = events.add_subparsers(title="events commands")
-    parse = events_commands.add_parser(
-        "parse",
-        help="validate an Event Grid / CloudEvents delivery or dead-letter record and print the normalised events",
+    parse = command(
+        events_commands, "parse",
+        help_text="validate an Event Grid / CloudEvents delivery or dead-letter record and print the normalised events",
+        examples=("cmkctl events parse delivery.json",
+                  "cat dead-letter.json | cmkctl events parse - --vaults contoso-kv"),
     )
     parse.add_argument("file", help="a JSON file, or - for standard input")
     parse.add_argument(

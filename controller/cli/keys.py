@@ -16,9 +16,17 @@ from rich.console import Console
 from rich.table import Table
 
 from controller import reconciler, rotation, service
-from controller.cli.common import EXIT_FAILED, EXIT_INVALID, Commands, operator_dependencies
-from controller.errors import ControllerError, InvalidKeyId
+from controller.cli.common import EXIT_FAILED, Commands, bounded, command, exit_status, operator_dependencies
+from controller.errors import Conflict, ControllerError, TransientError
 from controller.model import KeyRef
+
+_EXAMPLES = {
+    "reconcile": ("cmkctl reconcile contoso-kv storage-cmk --dry-run",
+                  "cmkctl reconcile contoso-kv storage-cmk --json"),
+    "rotate": ("cmkctl rotate contoso-kv storage-cmk",
+               "cmkctl rotate contoso-kv.vault.azure.net storage-cmk --wait 300"),
+    "usage": ("cmkctl usage contoso-kv storage-cmk", "cmkctl usage contoso-kv storage-cmk --json"),
+}
 
 
 def register(commands: Commands) -> None:
@@ -28,14 +36,14 @@ def register(commands: Commands) -> None:
         ("rotate", _rotate, "rotate the key now and follow through until every consumer adopted it"),
         ("usage", _usage, "per key version: who uses it, and whether it is safe to disable"),
     ):
-        parser = commands.add_parser(name, help=help_text)
+        parser = command(commands, name, help_text=help_text, examples=_EXAMPLES[name])
         parser.add_argument("vault", help="vault host name or origin (must be in CMK_VAULTS)")
         parser.add_argument("key", help="key name")
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
         if name == "reconcile":
             parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
         if name == "rotate":
-            parser.add_argument("--wait", type=float, default=120.0,
+            parser.add_argument("--wait", type=bounded(float, 0, 86_400), default=120.0,
                                 help="seconds to wait for every consumer to adopt (default 120)")
         parser.set_defaults(run=_guarded(run))
 
@@ -46,14 +54,14 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
             return run(args)
         except ControllerError as err:
             print(f"cmkctl: {err}", file=sys.stderr)
-            return EXIT_INVALID if isinstance(err, InvalidKeyId) else EXIT_FAILED
+            if getattr(args, "json", False):  # --json always prints one JSON document
+                print(json.dumps({"error": str(err), "kind": type(err).__name__}))
+            return exit_status(err)
     return guarded
 
 
 def _key_and_deps(args: argparse.Namespace) -> tuple[KeyRef, reconciler.ReconcileDeps]:
     key, deps = _key_and_app(args)
-    if deps.reconcile is None:
-        raise ControllerError("the reconciler is not configured")
     return key, deps.reconcile
 
 
@@ -75,15 +83,29 @@ def _rotate(args: argparse.Namespace) -> int:
     new_version = deps.keys(key.vault).rotate_key(key).version
     print(f"rotated {key.uri}: new version {new_version}", file=sys.stderr)
     deadline = time.monotonic() + args.wait
+    raced: list[str] = []
     while True:
-        result = reconciler.reconcile_key(key, deps, target_version=new_version)
-        pending = [decision for decision in result.plan.decisions if decision.action is not rotation.Action.ADOPTED]
-        if not pending or time.monotonic() >= deadline:
+        try:
+            result: reconciler.ReconcileResult | None = reconciler.reconcile_key(key, deps, target_version=new_version)
+        except (TransientError, Conflict) as err:
+            # The function app handles the same rotation (its Event Grid event) at the same time: the
+            # ledger let the other writer win. Not a failure of the rotation: look again with fresh state.
+            raced.append(str(err))
+            result = None
+        if result is not None:
+            pending = [decision for decision in result.plan.decisions
+                       if decision.action is not rotation.Action.ADOPTED]
+            if not pending:
+                break
+            if all(decision.action in (rotation.Action.ALERT, rotation.Action.BLOCKED) for decision in pending):
+                break  # waiting cannot help: a human has to act
+        if time.monotonic() >= deadline:
             break
-        if all(decision.action in (rotation.Action.ALERT, rotation.Action.BLOCKED) for decision in pending):
-            break  # waiting cannot help: a human has to act
-        time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
-    _print_result(result, as_json=args.json, dry_run=False)
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    if result is None:  # out of time while others were writing: report what Azure holds now, change nothing
+        result = reconciler.reconcile_key(key, deps, target_version=new_version, dry_run=True)
+    pending = [decision for decision in result.plan.decisions if decision.action is not rotation.Action.ADOPTED]
+    _print_result(result, as_json=args.json, dry_run=False, extra={"new_version": new_version, "raced": raced})
     return 0 if not pending else EXIT_FAILED
 
 
@@ -101,16 +123,18 @@ def _usage(args: argparse.Namespace) -> int:
         ]}, indent=2))
         return 0
     _print_table(f"{key.uri}: versions (oldest first)", ["version", "consumers", "blobs", "safe", "why"], [
-        [usage.version, str(len(usage.consumers)), str(usage.blob_count), "yes" if usage.safe else "no",
+        [usage.version, str(len(usage.consumers)), "not counted" if usage.blob_count is None else str(usage.blob_count),
+         "yes" if usage.safe else "no",
          usage.message]
         for usage in usages
     ])
     return 0
 
 
-def _print_result(result: reconciler.ReconcileResult, *, as_json: bool, dry_run: bool) -> None:
+def _print_result(result: reconciler.ReconcileResult, *, as_json: bool, dry_run: bool,
+                  extra: dict[str, object] | None = None) -> None:
     if as_json:
-        print(json.dumps({**result.as_json(), "dry_run": dry_run}, indent=2))
+        print(json.dumps({**result.as_json(), "dry_run": dry_run, **(extra or {})}, indent=2))
         return
     target = result.plan.target.version if result.plan.target else "none"
     title = f"{result.key.uri} -> target {target}" + (" (dry run: nothing changed)" if dry_run else "")

@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from collections.abc import Sequence
 
-from controller.cli import events, keys, rewrap, sweep
+from controller.cli import audit, events, keys, rewrap, sweep
 from controller.cli.common import EXIT_INVALID
+
+#: 128 + SIGINT, as shells report a command stopped with Ctrl-C.
+EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The SDKs' own warnings (credential chains, retries) are not for the operator: the command says
+    # in one line what failed and what to do.
+    logging.getLogger("azure").setLevel(logging.ERROR)
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
         return EXIT_INVALID
-    result: int = args.run(args)
+    try:
+        result: int = args.run(args)
+    except KeyboardInterrupt:
+        print("cmkctl: interrupted (work done so far is checkpointed)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return result
 
 
@@ -25,5 +37,6 @@ def _parser() -> argparse.ArgumentParser:
     events.register(commands)
     rewrap.register(commands)
     keys.register(commands)
+    audit.register(commands)
     sweep.register(commands)
     return parser

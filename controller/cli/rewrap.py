@@ -18,7 +18,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from controller import service
-from controller.cli.common import EXIT_FAILED, EXIT_INVALID, Commands, operator_dependencies
+from controller.cli.common import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    Commands,
+    bounded,
+    command,
+    exit_status,
+    operator_dependencies,
+)
 from controller.errors import ControllerError, InvalidInput, InvalidKeyId, SettingsError
 from controller.model import KeyRef
 from controller.ports import RewrapProgress
@@ -38,17 +46,18 @@ environment:
   credentials            your Azure CLI / environment login, or the managed identity where one
                          exists (AZURE_CLIENT_ID; the local sandbox serves one): no secrets are read.
 
-exit status: 0 every blob wrapped by the key is on the target version (or would be, --dry-run);
-1 some blobs failed or have malformed envelopes (listed in the report); 2 invalid input.
+Exit 0 means every blob wrapped by the key is on the target version (or would be, with --dry-run);
+1 that some blobs failed or have malformed envelopes (listed in the report).
 """
 
 
 def register(commands: Commands) -> None:
-    rewrap = commands.add_parser(
-        "rewrap",
-        help="re-wrap (or rewrite) the client-side-encrypted blobs of a container onto a key version",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    rewrap = command(
+        commands, "rewrap",
+        help_text="re-wrap (or rewrite) the client-side-encrypted blobs of a container onto a key version",
+        examples=("cmkctl rewrap --account stdocs --container invoices --key contoso-kv/storage-cmk --dry-run",
+                  "cmkctl rewrap --account stdocs --container invoices --key contoso-kv/storage-cmk --mode rewrite"),
+        notes=_EPILOG,
     )
     rewrap.add_argument("--account", required=True, help="storage account name")
     rewrap.add_argument("--container", required=True, help="blob container")
@@ -63,7 +72,8 @@ def register(commands: Commands) -> None:
     )
     rewrap.add_argument("--to-version", help="target key version (default: the key's current version)")
     rewrap.add_argument("--mode", choices=[mode.value for mode in RewrapMode], default=RewrapMode.REWRAP.value)
-    rewrap.add_argument("--concurrency", type=int, default=8, help="blobs in flight (1-64, default 8)")
+    rewrap.add_argument("--concurrency", type=bounded(int, 1, MAX_CONCURRENCY), default=8,
+                        help=f"blobs in flight (1-{MAX_CONCURRENCY}, default 8)")
     rewrap.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
     rewrap.add_argument("--blob-endpoint", help="blob service URL (default: the account's, as Azure Resource Manager "
                                                 "reports it)")
@@ -110,7 +120,7 @@ def _rewrap(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     except ControllerError as err:
         print(f"cmkctl: rewrap failed: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_status(err)
     print(json.dumps([report.as_json() for report in reports], indent=2))
     return EXIT_FAILED if any(report.incomplete for report in reports) else 0
 

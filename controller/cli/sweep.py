@@ -6,13 +6,14 @@ subscription the identity can read), printed as a table for a person or as one o
 
 Exit status: 0 when no finding reaches ``--fail-on`` (default high), 1 when one does, 2 on bad input
 or when nothing could be evaluated (every resource read failed, or the subscriptions could not be
-listed).
+listed), 3 when Azure could not be reached at all.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import re
 import sys
 from contextlib import nullcontext
@@ -22,7 +23,15 @@ from rich.console import Console
 from rich.table import Table
 
 from controller import service
-from controller.cli.common import EXIT_FAILED, EXIT_INVALID, Commands, operator_dependencies
+from controller.cli.common import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_UNREACHABLE,
+    Commands,
+    command,
+    exit_status,
+    operator_dependencies,
+)
 from controller.compliance.formats import ReportFormat, render
 from controller.compliance.report import ComplianceReport
 from controller.errors import ControllerError
@@ -35,9 +44,12 @@ _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 
 def register(commands: Commands) -> None:
-    parser = commands.add_parser(
-        "sweep", help="evaluate every compliance rule over the estate and print the findings",
-        description="Read-only: raises no alert and stores no report (the timer does both).")
+    parser = command(
+        commands, "sweep", help_text="evaluate every compliance rule (docs/RULES.md) over the estate",
+        examples=("cmkctl sweep", "cmkctl sweep --subscription 00000000-0000-0000-0000-000000000001 --format json",
+                  "cmkctl sweep --format sarif --out cmk.sarif --fail-on critical"),
+        notes="Read-only: raises no alert and stores no report (the timer does both).\n"
+              "Exit 1: a finding at or above --fail-on; 2 also when nothing could be evaluated.")
     parser.add_argument("--subscription", action="append", type=_subscription, default=[], metavar="ID",
                         help="subscription to sweep (repeatable; default: CMK_SUBSCRIPTIONS, or every "
                         "subscription the identity can read)")
@@ -64,8 +76,11 @@ def _sweep(args: argparse.Namespace) -> int:
         with progress.status("sweeping the estate ...") if sys.stderr.isatty() else nullcontext():
             report = service.run_compliance_sweep(deps, args.subscription or deps.settings.subscriptions)
     except ControllerError as err:
+        # Nothing was swept: the subscriptions could not even be listed (or Azure not reached at all).
         print(f"cmkctl: {err}", file=sys.stderr)
-        return EXIT_INVALID
+        if args.format == ReportFormat.JSON.value:  # --format json always prints one JSON document
+            print(json.dumps({"error": str(err), "kind": type(err).__name__}))
+        return EXIT_UNREACHABLE if exit_status(err) == EXIT_UNREACHABLE else EXIT_INVALID
     output = render_output(report, args.format)
     if args.out is not None:
         args.out.write_text(output, encoding="utf-8")

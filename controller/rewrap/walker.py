@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
-from controller.errors import Conflict, NotFound, PermanentError, TransientError
+from controller.errors import Conflict, NotFound, PermanentError, TransientError, Unreachable
 from controller.logs import log_record
 from controller.model import KeyRef
 from controller.ports import BlobItem, BlobStore, RewrapCheckpoint, RewrapObserver, RewrapProgress
@@ -93,6 +93,12 @@ class Calls:
             self._wait()
             try:
                 value = operation()
+            except Unreachable:
+                # Not throttling: one quick retry for a dropped connection, then say what is wrong.
+                attempts += 1
+                if attempts >= min(2, self._max_attempts):
+                    raise
+                continue
             except TransientError as err:
                 attempts += 1
                 tally.throttled += 1

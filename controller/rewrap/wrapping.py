@@ -44,7 +44,8 @@ class RsaPublicKeyWrapper:
 def oaep_padding(algorithm: str) -> padding.OAEP:
     """The padding JOSE names: RSA-OAEP is OAEP with SHA-1 (and MGF1-SHA-1), RSA-OAEP-256 with SHA-256."""
     if algorithm == RSA_OAEP:
-        return padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)  # noqa: S303
+        # SHA-1 is what RSA-OAEP is (RFC 7518): envelopes written with it can only be re-wrapped with it.
+        return padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)  # noqa: S303 # nosec B303
     if algorithm == RSA_OAEP_256:
         return padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
     raise ValueError(f"{algorithm!r} is not a wrap algorithm the controller writes ({', '.join(WRAP_ALGORITHMS)})")

@@ -26,9 +26,9 @@ KeyImport, KeyGet, KeyList, KeyListVersions, KeyUpdate, KeyDelete, KeyGetDeleted
 KeyRecover, KeyPurge, KeyRotate, KeyGetRotationPolicy, KeyUpdateRotationPolicy, KeyEncrypt, KeyDecrypt,
 KeyWrap, KeyUnwrap, KeySign, KeyVerify, GetRandomBytes; "Authentication" for 401 challenges), operationVersion
 (api-version), category "AuditEvent", resultType (Success, Unauthorized, Forbidden, NotFound, BadRequest,
-Conflict, TooManyRequests ...), resultSignature (OK, Unauthorized, Forbidden, Not Found, Bad Request,
-Conflict, TooManyRequests ...), resultDescription (the error message), durationMs, callerIpAddress (the
-token's ip), correlationId (x-ms-client-request-id), identity.claim {oid, appid, tid,
+Conflict, TooManyRequests ...), resultSignature (.NET HttpStatusCode names: OK, Unauthorized, Forbidden,
+NotFound, BadRequest, Conflict, TooManyRequests ...), resultDescription (the error message), durationMs,
+callerIpAddress (the token's ip), correlationId (x-ms-client-request-id), identity.claim {oid, appid, tid,
 http://schemas.microsoft.com/identity/claims/objectidentifier, .../tenantid}, properties {id (key id),
 requestUri, httpStatusCode, clientInfo (User-Agent), isRbacAuthorized, isAccessPolicyMatch, trustedService,
 tlsVersion}. System records (identity None): KeyNewVersionCreatedEventGridNotification,

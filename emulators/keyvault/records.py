@@ -74,12 +74,11 @@ def vault_event(state: VaultState, event_type: str, when: datetime) -> VaultEven
 
 
 def result_signature(status: int) -> str:
+    """Key Vault writes the status as .NET's HttpStatusCode name: OK, Forbidden, NotFound, TooManyRequests."""
     if status == 0:
         return "ConnectionReset"
-    if status == 429:
-        return "TooManyRequests"
     try:
-        return HTTPStatus(status).phrase
+        return HTTPStatus(status).phrase.replace(" ", "").replace("-", "")
     except ValueError:
         return str(status)
 
@@ -89,7 +88,7 @@ def result_type(status: int) -> str:
         return "Failed"
     if status < 400:
         return "Success"
-    return RESULT_TYPES.get(status, result_signature(status).replace(" ", ""))
+    return RESULT_TYPES.get(status, result_signature(status))
 
 
 def identity_claim(principal: Principal | None) -> dict[str, Any] | None:

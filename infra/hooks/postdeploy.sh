@@ -15,14 +15,16 @@ set -euo pipefail
 : "${AZURE_FUNCTION_APP_ID:?}"
 : "${DEAD_LETTER_STORAGE_ACCOUNT_ID:?}"
 : "${DEAD_LETTER_CONTAINER_NAME:?}"
-sources="${KEY_EVENT_SOURCES:-[]}"
+: "${CMK_RESOURCE_TOKEN:?run azd provision first: main.bicep outputs CMK_RESOURCE_TOKEN}"
+: "${KEY_EVENT_SOURCES:?run azd provision first: main.bicep outputs KEY_EVENT_SOURCES}"
+# Seconds between attempts while the function is indexed and the endpoint warms up (tests set 0).
+retry_seconds="${CMK_HOOK_RETRY_SECONDS:-15}"
 function_name="on_key_event"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=infra/hooks/common.sh
+source "$root/infra/hooks/common.sh"
 
-if [[ -z "${sources//[[:space:]\[\]]/}" ]]; then
-  echo "postdeploy: no managed vaults (managedVaults is empty): no key event subscription to create."
-  exit 0
-fi
+require_az_login postdeploy
 
 # A Flex Consumption app indexes its functions shortly after the package lands: wait until Event Grid can see
 # the function, or it rejects the subscription.
@@ -33,11 +35,13 @@ for attempt in $(seq 1 20); do
     break
   fi
   if [[ "$attempt" == 20 ]]; then
-    echo "postdeploy: function $function_name not found on $AZURE_FUNCTION_APP_NAME after deployment" >&2
+    echo "postdeploy: function $function_name not found on $AZURE_FUNCTION_APP_NAME after deployment. If the app" \
+      "loaded no function, its logs name the setting that stopped it at start-up, e.g. an unresolved" \
+      "Key Vault reference; fix it, then run \`azd hooks run postdeploy\`." >&2
     exit 1
   fi
   echo "postdeploy: waiting for $function_name to be indexed ($attempt/20)..."
-  sleep 15
+  sleep "$retry_seconds"
 done
 
 parameters="$(mktemp)"
@@ -47,11 +51,12 @@ cat >"$parameters" <<JSON
   "\$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#",
   "contentVersion": "1.0.0.0",
   "parameters": {
-    "eventSources": { "value": $sources },
+    "eventSources": { "value": $KEY_EVENT_SOURCES },
     "functionAppId": { "value": "$AZURE_FUNCTION_APP_ID" },
     "functionName": { "value": "$function_name" },
     "deadLetterStorageAccountId": { "value": "$DEAD_LETTER_STORAGE_ACCOUNT_ID" },
-    "deadLetterContainerName": { "value": "$DEAD_LETTER_CONTAINER_NAME" }
+    "deadLetterContainerName": { "value": "$DEAD_LETTER_CONTAINER_NAME" },
+    "resourceToken": { "value": "$CMK_RESOURCE_TOKEN" }
   }
 }
 JSON
@@ -65,7 +70,7 @@ for attempt in 1 2 3; do
     echo "postdeploy: on_key_event subscribed to the key events of every managed vault."
     exit 0
   fi
-  echo "postdeploy: event subscription deployment failed (attempt $attempt/3); retrying in 30 s..." >&2
-  sleep 30
+  echo "postdeploy: event subscription deployment failed (attempt $attempt/3); retrying..." >&2
+  sleep "$((retry_seconds * 2))"
 done
 exit 1

@@ -7,7 +7,7 @@ param workspaceName string
 param applicationInsightsName string
 
 // Built-in role definition ids (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles).
-var storageBlobDataContributor = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'ba92f5b4-2d11-453d-a403-e96b0029c9fe')
+var storageBlobDataOwner = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b')
 var storageQueueDataContributor = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '974c5e8b-45b9-4653-ba55-5f855dd0fb88')
 var storageTableDataContributor = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3')
 var logAnalyticsReader = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '73c42c96-874c-492b-b04d-ab87d138a893')
@@ -17,7 +17,7 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
 
-resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
+resource workspace 'Microsoft.OperationalInsights/workspaces@2021-06-01' existing = {
   name: workspaceName
 }
 
@@ -26,12 +26,14 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 }
 
 // The Functions host keeps leases, timers and keys in containers it creates itself, and Flex Consumption reads
-// the deployment package from a container: Contributor (not Owner: no ACL management) on the app's own account.
+// the deployment package from a container. The documented role for identity-based host storage is Storage Blob
+// Data Owner (https://learn.microsoft.com/azure/azure-functions/functions-reference#connecting-to-host-storage-with-an-identity),
+// and both official Flex Consumption templates grant it; it is granted on the app's own account only.
 resource hostBlobs 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, principalId, storageBlobDataContributor)
+  name: guid(storage.id, principalId, storageBlobDataOwner)
   scope: storage
   properties: {
-    roleDefinitionId: storageBlobDataContributor
+    roleDefinitionId: storageBlobDataOwner
     principalId: principalId
     principalType: 'ServicePrincipal'
     description: 'cmk-controller: Functions host state and deployment package in its own storage account'

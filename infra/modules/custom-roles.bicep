@@ -103,3 +103,11 @@ resource rewrapRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = if (r
 output keyRoleGuid string = keyRole.name
 output storageEncryptionRoleGuid string = storageEncryptionEnabled ? storageEncryptionRole.name : ''
 output rewrapRoleGuid string = rewrapEnabled ? rewrapRole.name : ''
+// Full ids, for the predown hook: custom roles live at subscription scope, outside every resource group.
+output roleDefinitionIds array = concat([
+  keyRole.id
+], storageEncryptionEnabled ? [
+  storageEncryptionRole.id
+] : [], rewrapEnabled ? [
+  rewrapRole.id
+] : [])

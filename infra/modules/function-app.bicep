@@ -12,7 +12,8 @@ param storageAccountName string
 param deploymentContainerName string
 param applicationInsightsConnectionString string
 
-@minValue(1)
+@description('Flex Consumption accepts 40-1000.')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int
 
@@ -67,7 +68,7 @@ param cmkArmEndpoint string = 'https://management.azure.com'
 @description('CMK_FORCE_ADOPTION_AFTER_MINUTES: minutes before a lagging versionless consumer is forced to adopt (0-window, or off).')
 param cmkForceAdoptionAfterMinutes string = '0'
 
-@description('CMK_ALERT_WEBHOOK_URL: optional alert webhook, as a Key Vault reference.')
+@description('CMK_ALERT_WEBHOOK_URL: optional alert webhook, as a Key Vault reference resolved with the controller identity (keyVaultReferenceIdentity).')
 param cmkAlertWebhookUrl string = ''
 
 @description('CMK_MAX_ACCOUNTS_PER_KEY: CMK-020 advises when more storage accounts than this share one key (1-10000).')
@@ -91,6 +92,9 @@ param cmkRequireCmk string = 'all'
 @description('CMK_REPORT_CONTAINER: Blob container (in the app storage account) holding the compliance reports: latest.json and a dated history YYYY/MM/DD/<timestamp>.json.')
 param cmkReportContainer string = 'cmk-reports'
 
+@description('CMK_ALERT_EVENTGRID_MIN_SEVERITY: least severe alert published to CMK_ALERT_EVENTGRID_TOPIC.')
+param cmkAlertEventgridMinSeverity string = 'info'
+
 @description('CMK_REALERT_AFTER_HOURS: hours after which a persisting alert is notified again (1-720).')
 param cmkRealertAfterHours string = '24'
 
@@ -109,23 +113,43 @@ param cmkTeamsWebhookUrl string = ''
 @description('CMK_ALERT_WEBHOOK_MIN_SEVERITY: least severe alert sent to CMK_ALERT_WEBHOOK_URL (critical, high, medium, low, info).')
 param cmkAlertWebhookMinSeverity string = 'info'
 
+@description('CMK_ALERT_EVENTGRID_TOPIC: endpoint (https) of the optional Event Grid topic the alerts are published to; empty: none.')
+param cmkAlertEventGridTopic string = ''
+
 @description('CMK_LOG_ANALYTICS_WORKSPACE: workspace (customer) id the vaults send AuditEvent logs to; empty: no audit evidence.')
 param cmkLogAnalyticsWorkspace string = ''
 
 @description('CMK_LOG_ANALYTICS_ENDPOINT: Log Analytics query endpoint (https).')
 param cmkLogAnalyticsEndpoint string = 'https://api.loganalytics.io'
 
+@description('CMK_AUDIT_ARCHIVE: <account>/<container> archive of the vaults\' AuditEvent logs; empty: none.')
+param cmkAuditArchive string = ''
+
+@description('CMK_AUDIT_WINDOW_HOURS: how far back the audit analysis looks for failed wraps and unwraps (1-720).')
+@minValue(1)
+@maxValue(720)
+param cmkAuditWindowHours int = 24
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
 
 // Identity-based host storage: the host and the controller's ledger both use the user-assigned identity,
-// and no setting holds a connection string or key. AZURE_CLIENT_ID makes the SDK credentials pick the same
-// identity.
+// and no setting holds a connection string or key. The service URIs come from the account's own endpoints,
+// so they are right in every cloud (AzureWebJobsStorage__accountName alone implies core.windows.net).
+// AZURE_CLIENT_ID makes the SDK credentials pick the same identity.
 var appSettings = [
   {
-    name: 'AzureWebJobsStorage__accountName'
-    value: storage.name
+    name: 'AzureWebJobsStorage__blobServiceUri'
+    value: storage.properties.primaryEndpoints.blob
+  }
+  {
+    name: 'AzureWebJobsStorage__queueServiceUri'
+    value: storage.properties.primaryEndpoints.queue
+  }
+  {
+    name: 'AzureWebJobsStorage__tableServiceUri'
+    value: storage.properties.primaryEndpoints.table
   }
   {
     name: 'AzureWebJobsStorage__credential'
@@ -228,6 +252,10 @@ var appSettings = [
     value: cmkReportContainer
   }
   {
+    name: 'CMK_ALERT_EVENTGRID_MIN_SEVERITY'
+    value: cmkAlertEventgridMinSeverity
+  }
+  {
     name: 'CMK_REALERT_AFTER_HOURS'
     value: cmkRealertAfterHours
   }
@@ -252,12 +280,24 @@ var appSettings = [
     value: cmkAlertWebhookMinSeverity
   }
   {
+    name: 'CMK_ALERT_EVENTGRID_TOPIC'
+    value: cmkAlertEventGridTopic
+  }
+  {
     name: 'CMK_LOG_ANALYTICS_WORKSPACE'
     value: cmkLogAnalyticsWorkspace
   }
   {
     name: 'CMK_LOG_ANALYTICS_ENDPOINT'
     value: cmkLogAnalyticsEndpoint
+  }
+  {
+    name: 'CMK_AUDIT_ARCHIVE'
+    value: cmkAuditArchive
+  }
+  {
+    name: 'CMK_AUDIT_WINDOW_HOURS'
+    value: string(cmkAuditWindowHours)
   }
 ]
 
@@ -295,6 +335,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
   }
   properties: {
     serverFarmId: plan.id
+    // Key Vault references (CMK_ALERT_WEBHOOK_URL) are resolved with the user-assigned identity: the app has no
+    // system-assigned identity, which the platform would otherwise use.
+    keyVaultReferenceIdentity: identityId
     httpsOnly: true
     publicNetworkAccess: 'Enabled'
     siteConfig: {

@@ -8,13 +8,16 @@ param functionName string
 param deadLetterStorageAccountId string
 param deadLetterContainerName string
 
+@description('The azd environment\'s resource token: one subscription per environment on the vault\'s shared system topic.')
+param resourceToken string
+
 resource systemTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' existing = {
   name: systemTopicName
 }
 
 resource keyEvents 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = {
   parent: systemTopic
-  name: 'cmk-controller-key-events'
+  name: 'cmk-controller-key-events-${resourceToken}'
   properties: {
     eventDeliverySchema: 'EventGridSchema'
     destination: {

@@ -66,7 +66,7 @@ var definitions = [
   }
 ]
 
-resource assignments 'Microsoft.Authorization/policyAssignments@2024-04-01' = [for definition in definitions: {
+resource assignments 'Microsoft.Authorization/policyAssignments@2023-04-01' = [for definition in definitions: {
   name: guid(subscription().id, environmentName, definition.id)
   properties: {
     displayName: 'cmk-controller ${definition.rule}'
@@ -76,3 +76,5 @@ resource assignments 'Microsoft.Authorization/policyAssignments@2024-04-01' = [f
     parameters: definition.parameters
   }
 }]
+
+output assignmentIds array = [for (definition, index) in definitions: assignments[index].id]

@@ -17,7 +17,15 @@ param accessPolicyKeyPermissions array
 
 param workspaceId string
 param systemTopicName string
-param tags object
+
+@description('true: the system topic already exists (named in managedVaults) and is adopted: its identities and tags are kept.')
+param adoptSystemTopic bool
+
+@description('The adopted topic as it is before this deployment (reference(..., \'Full\') in main.bicep), or {} for a topic created here.')
+param adoptedTopic object = {}
+
+@description('The azd environment\'s resource token: names what this environment adds to the vault, so two environments managing one vault never take over each other\'s settings.')
+param resourceToken string
 
 var keyRoleDefinitionId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyRoleGuid)
 
@@ -56,7 +64,7 @@ resource keyAccessPolicy 'Microsoft.KeyVault/vaults/accessPolicies@2023-07-01' =
 
 // AuditEvent into resource-specific tables (AZKVAuditLogs): the controller's CMK-016 and CMK-017 read them.
 resource auditLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
-  name: 'cmk-controller-audit'
+  name: 'cmk-controller-audit-${resourceToken}'
   scope: vault
   properties: {
     workspaceId: workspaceId
@@ -70,13 +78,30 @@ resource auditLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = 
   }
 }
 
+// A vault has at most one system topic, shared by everything that subscribes to its events. An adopted topic
+// keeps what it has: its tags (no environment's are added: the topic is not this environment's), and its
+// user-assigned identities (a PUT replaces the identity block, and 2022-06-15 accepts 'SystemAssigned,
+// UserAssigned'); the system-assigned identity is added because dead-lettering uses it.
+var adoptedIdentity = contains(adoptedTopic, 'identity') ? adoptedTopic.identity : {}
+var adoptedIdentityType = contains(adoptedIdentity, 'type') ? adoptedIdentity.type : 'None'
+var keepsUserAssignedIdentities = contains(adoptedIdentityType, 'UserAssigned')
+var topicIdentity = keepsUserAssignedIdentities ? {
+  type: 'SystemAssigned, UserAssigned'
+  userAssignedIdentities: adoptedIdentity.userAssignedIdentities
+} : {
+  type: 'SystemAssigned'
+}
+var adoptedTags = contains(adoptedTopic, 'tags') ? adoptedTopic.tags : {}
+// A created topic is shared too, by every environment that manages the vault: no environment's tag on it.
+var sharedTopicTags = {
+  'cmk-controller': 'vault-key-events'
+}
+
 resource systemTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
   name: systemTopicName
   location: vault.location
-  tags: tags
-  identity: {
-    type: 'SystemAssigned'
-  }
+  tags: adoptSystemTopic ? adoptedTags : sharedTopicTags
+  identity: topicIdentity
   properties: {
     source: vault.id
     topicType: 'Microsoft.KeyVault.vaults'

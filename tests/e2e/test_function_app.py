@@ -92,6 +92,33 @@ def test_event_grid_webhook_handshake_then_events_are_claimed_once(host, azurite
     assert post(url.replace(host.keys["eventgrid_extension"], "wrong"), [key_event("grid-3")])[0] == 401
 
 
+def post_raw(url: str, body: bytes) -> int:
+    request = urllib.request.Request(url, data=body, method="POST",  # noqa: S310 - loopback test host
+                                     headers={"Content-Type": "application/json", "aeg-event-type": "Notification"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+@pytest.mark.parametrize("case", [
+    ("nested 10,000 deep", b"[" * 10_000 + b"]" * 10_000, 400),
+    ("an array of a number", b"[1]", 400),
+    ("200,000 integers", b"[" + b",".join(b"1" for _ in range(200_000)) + b"]", 400),
+    ("an empty array", b"[]", 400),
+    ("a string", b'"event"', 400),
+    ("not JSON", b"{", 400),
+    ("over 1 MB", b'[{"id": "' + b"x" * (1024 * 1024) + b'"}]', 413),
+])
+def test_the_event_grid_webhook_refuses_what_it_cannot_bind_with_4xx_never_5xx(host, azurite, names, case):
+    """A 5xx makes Event Grid retry the delivery for a day; a 400 dead-letters it at once."""
+    label, body, status = case
+    before = ledger_event_ids(azurite, names)
+    assert post_raw(host.eventgrid_webhook("on_key_event"), body) == status, label
+    assert ledger_event_ids(azurite, names) == before
+
+
 def test_http_events_endpoint_requires_the_function_key(host, azurite, names):
     url = f"{host.url}/api/events"
     assert post(url, [key_event("http-1")])[0] == 401
@@ -104,9 +131,31 @@ def test_http_events_endpoint_requires_the_function_key(host, azurite, names):
         assert json.loads(response.read())["status"] == "ok"
 
 
+def get_status(url: str, key: str | None) -> int:
+    request = urllib.request.Request(url, headers={"x-functions-key": key} if key else {})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback test host
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_admin_routes_need_the_master_key_as_on_azure(host):
+    status = f"{host.url}/admin/host/status"
+    assert get_status(status, None) == 401
+    assert get_status(status, host.keys["function"]) == 401
+    assert get_status(status, host.keys["master"]) == 200
+    assert get_status(f"{host.url}/admin/host/ping", None) == 200
+    run = f"{host.url}/admin/functions/compliance_sweep"
+    assert post(run, {"input": ""})[0] == 401
+    assert post(run, {"input": ""}, {"x-functions-key": host.keys["function"]})[0] == 401
+
+
 def test_timer_fires_on_its_schedule(host):
     def sweeps() -> int:
-        with urllib.request.urlopen(f"{host.url}/admin/host/status", timeout=10) as response:  # noqa: S310
+        request = urllib.request.Request(f"{host.url}/admin/host/status",  # noqa: S310 - loopback test host
+                                         headers={"x-functions-key": host.keys["master"]})
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             return json.loads(response.read())["invocations"]["compliance_sweep"]
 
     first = wait_for(sweeps)

@@ -188,3 +188,51 @@ def test_usage_reports_consumers_blobs_and_audited_unwraps_per_version(estate):
     assert any(consumer.endswith("/stcmkrevoked") for consumer in old["consumers"])  # never moved: still used
     assert old["safe_to_disable"] is False
     assert old["reason"] == "InUse"
+
+
+def test_cmkctl_rotate_racing_the_function_app_reports_the_outcome_not_the_race(estate):
+    """The rotation's own Event Grid event makes the function app reconcile the same key at the same
+    time as `cmkctl rotate` follows it through: the ledger lets one write, and the CLI reports what
+    happened (every consumer that may adopt did; the revoked one is left for a human), never a failure
+    of the race itself."""
+    import os
+    import subprocess
+    import sys
+
+    values = json.loads((estate["directory"] / "local.settings.json").read_text())["Values"]
+    vault = values["CMK_VAULTS"].split(",")[0]
+    cmkctl = Path(sys.executable).parent / "cmkctl"
+    done = subprocess.run(  # noqa: S603 - the project's own console script
+        [str(cmkctl), "rotate", vault, "storage-cmk", "--json", "--wait", "90"], capture_output=True, text=True,
+        timeout=180, env={**os.environ, **values}, check=False,
+    )
+    report = json.loads(done.stdout)  # exactly one JSON document
+    actions = {consumer["resource"].rsplit("/", 1)[-1]: consumer["action"] for consumer in report["consumers"]}
+    assert actions == {"stcmkauto": "adopted", "cmkscope": "adopted", "stcmkpinned": "adopted",
+                       "stcmkrevoked": "blocked"}, done.stderr
+    assert report["failures"] == []
+    assert done.returncode == 1  # the revoked consumer needs a human: said, not hidden
+    keys = estate["clients"].key_client(next(iter(estate["seeded"]["vaults"].values()))["uri"])
+    assert report["new_version"] == keys.get_key("storage-cmk").properties.version
+
+
+def test_cmkctl_audit_reads_the_vaults_audit_logs_through_the_workspace(estate):
+    """`cmkctl audit` with the function app's settings: the sandbox vault's records are found in the
+    workspace, and the exit status says whether any wrap/unwrap failed (each failure classified)."""
+    import os
+    import subprocess
+    import sys
+
+    values = json.loads((estate["directory"] / "local.settings.json").read_text())["Values"]
+    cmkctl = Path(sys.executable).parent / "cmkctl"
+    done = subprocess.run(  # noqa: S603 - the project's own console script
+        [str(cmkctl), "audit", "--since", "24h", "--format", "json"], capture_output=True, text=True, timeout=180,
+        env={**os.environ, **values}, check=False,
+    )
+    report = json.loads(done.stdout)
+    vault = values["CMK_VAULTS"].split(",")[0]
+    assert [source["vault"] for source in report["sources"] if source["records"] > 0] == [vault], done.stderr
+    assert report["partial"] is False
+    assert done.returncode == (1 if report["groups"] else 0)
+    classes = {"permission", "firewall", "key_disabled", "key_expired", "key_deleted", "throttled", "other"}
+    assert all(group["class"] in classes and group["remediation"] for group in report["groups"])

@@ -101,6 +101,9 @@ def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
         )
         assert exported["CMK_ARM_ENDPOINT"] == state["endpoints"]["arm"]
         assert exported["REQUESTS_CA_BUNDLE"] == state["caBundle"]
+        assert exported["SSL_CERT_FILE"] == state["caBundle"]
+        for secret_file in ("env", "local.settings.json"):  # they hold the identity endpoint's header
+            assert (directory / secret_file).stat().st_mode & 0o777 == 0o600
         assert exported["AZURE_CLIENT_ID"] == state["controllerIdentity"]["clientId"]
         assert "127.0.0.1" in exported["AzureWebJobsStorage"]
         assert {"CMK_WORK_QUEUE", "CMK_LEDGER_TABLE", "CMK_SWEEP_SCHEDULE"} <= set(exported)
@@ -243,6 +246,6 @@ def test_make_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     assert "cmkctl rewrap exited 0" in out and "after: 20 blobs" in out and "(latest)" in out
     assert "HTTP 403 KeyVaultEncryptionKeyNotFound" in out
     assert "bytes decrypted" in out
-    assert "failed KeyUnwrap call(s)" in out and "caller id-storage-cmk" in out
+    assert "KeyUnwrap HTTP 403 permission: caller id-storage-cmk" in out and "  fix: " in out
     assert "no sandbox process left" in out
     assert ProcessRecord(directory).read() == ([], [])

@@ -404,7 +404,7 @@ def test_audit_records_for_successes_and_failures(env: Env) -> None:
     assert record["callerIpAddress"] == "10.1.2.3"
     assert record["correlationId"]
     not_found = env.recorder.audits_of("KeyGet", status=404)
-    assert not_found and not_found[0]["resultSignature"] == "Not Found"
+    assert not_found and not_found[0]["resultSignature"] == "NotFound"
     assert not_found[0]["resultType"] == "NotFound"
     assert env.recorder.audits_of("KeyUnwrap", status=400)
     assert env.recorder.audits_of("KeyCreate", status=409)[0]["resultType"] == "Conflict"

@@ -49,7 +49,7 @@ EVENTS = [
     (180, OTHER_VAULT_ID, "KeyUnwrap", 403, STORAGE_APP),
     (600, VAULT_ID, "KeyCreate", 200, CONTROLLER_APP),
 ]
-STATUS_TEXT = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "TooManyRequests"}
+STATUS_TEXT = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 429: "TooManyRequests"}
 
 
 def audit_event(now: datetime, event: tuple[int, str, str, int, str]) -> dict[str, Any]:

@@ -201,3 +201,18 @@ def test_keys_in_use_of_a_vault(estate: Estate, graph_status: int | None) -> Non
             unused_vault = found.keys_in_use(world.origin("kv-inv-b"))
     assert in_use == [world.key("kv-inv", "cmk"), world.key("kv-inv", "other")]
     assert unused_vault == []
+
+
+@pytest.mark.parametrize("graph_status", [None, 403])
+def test_identity_principals_map_to_the_accounts_using_them(estate: Estate, graph_status: int | None) -> None:
+    """For the audit analysis: a failed unwrap's caller (object id) named as the storage account(s) it is."""
+    world = estate.world
+    own = next((a for a in world.storage(SUB_A).storage_accounts.list() if a.tags.get("audit") == "system"), None)
+    if own is None:
+        own = world.create_account(system=True, tags={"audit": "system"})
+    found, _ = inventory(estate)
+    with found, resource_graph_answering(estate, graph_status):
+        principals = found.identity_principals()
+    assert principals[own.identity.principal_id.lower()] == (own.name,)
+    shared = principals[world.identities["uai-inv"].principal_id.lower()]
+    assert len(shared) == estate.cmk_accounts  # the user-assigned identity of every CMK account

@@ -11,13 +11,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.data.tables import TableClient
 
-from controller.adapters.alert_channels import WebhookChannel
+from controller.adapters.alert_channels import EventGridTopicChannel, WebhookChannel
 from controller.adapters.alert_ledger import TableAlertLedger
 from controller.alert_desk import AlertDesk
 from controller.alerts import ChannelKind, ChannelRoute, after_failure, deliveries, evaluate
 from controller.errors import Conflict, PermanentError, TransientError
 from controller.model import Alert, Severity
 from controller.reasons import Reason
+from emulators.eventgrid_topic import EventGridTopicEmulator
+from emulators.keyvault.ca import SandboxCA
+from emulators.keyvault.credential import SandboxCredential
 from emulators.webhook_sink import WebhookSink
 from tests.unit.fakes import FakeClock
 
@@ -187,3 +190,36 @@ def test_open_remind_resolve_reach_teams_and_slack_and_a_failing_receiver_gets_i
     words = ("Alert", "Still failing", "Resolved")
     assert headlines == [f"{word} [critical] st1: IdentityLacksAccess" for word in words]
     assert [body["text"].split(" [")[0] for body in slack_bodies] == ["Alert", "Alert", "Still failing", "Resolved"]
+
+
+# ---- the Event Grid custom topic ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def topic(tmp_path) -> Iterator[tuple[EventGridTopicEmulator, SandboxCA]]:
+    ca = SandboxCA(tmp_path / "ca")
+    with EventGridTopicEmulator(ca) as emulator:
+        yield emulator, ca
+
+
+def test_the_unmodified_publisher_client_sends_the_notice_as_a_cloud_event_with_the_managed_identity(topic):
+    emulator, ca = topic
+    controller = SandboxCredential()
+    emulator.senders.add(controller.object_id)
+    EventGridTopicChannel(emulator.endpoint, controller, connection_verify=str(ca.ca_path)).deliver(notice())
+    [published] = emulator.wait_for(1)
+    event = published.event
+    assert (published.schema, published.sender) == ("CloudEvents", controller.object_id)
+    assert (event["type"], event["source"], event["subject"], event["specversion"]) == (
+        "CmkController.Alert.Opened", "/cmk-controller/alerts", "/subscriptions/s/st1", "1.0")
+    assert event["id"] == notice().key  # a re-sent notice is the same event to subscribers
+    assert event["data"]["fingerprint"] == "f" * 32
+    assert event["data"]["reason"] == "IdentityLacksAccess"
+
+
+def test_a_principal_without_the_sender_role_is_refused_and_nothing_is_published(topic):
+    emulator, ca = topic
+    with pytest.raises(PermanentError, match="403"):
+        channel = EventGridTopicChannel(emulator.endpoint, SandboxCredential(), connection_verify=str(ca.ca_path))
+        channel.deliver(notice())
+    assert emulator.events == [] and emulator.refused == [403]

@@ -110,8 +110,7 @@ def sweep(box: Sandbox) -> service.ComplianceReport:
     audit = LogAnalyticsAuditLog(world.cred, workspace_id=box.sink.workspace_id, endpoint=box.logs.endpoint,
                                  policy=world.policy)
     gatherer = EstateGatherer(world.connection(), key_vault_credential=world.cred, policy=world.policy,
-                              custom_origins=origins, key_vault_verify=world.arm.ca_path,
-                              audit=audit.failed_key_operations)
+                              custom_origins=origins, key_vault_verify=world.arm.ca_path)
     deps = fake_dependencies(settings, clock=world.arm.clock, notifier=FakeNotifier(), estate=gatherer,
                              reports=FakeReportStore(), audit=audit)
     return service.run_compliance_sweep(deps)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller.alerts import AlertState, Delivery, DeliveryReport, Notice
+from controller.audit import AuditFailureGroup, AuditReport, VaultSource, report_of
 from controller.compliance.estate import Estate
 from controller.errors import Conflict, TransientError
 from controller.model import (
@@ -189,12 +190,26 @@ class FakeNotifier:
 
 @dataclass
 class FakeAuditLog:
-    """Last successful unwraps per version; None stands for "no audit log configured"."""
+    """Last successful unwraps per version; None stands for "no audit log configured".
+
+    ``failure_groups`` None: no audit log configured; otherwise the groups every window reports.
+    ``asked`` records each failures() call (vaults, start, end).
+    """
 
     unwraps: dict[str, datetime] | None = None
+    failure_groups: list[AuditFailureGroup] | None = None
+    partial_detail: str | None = None
+    asked: list[tuple[tuple[str, ...], datetime, datetime]] = field(default_factory=list)
 
     def last_successful_unwraps(self, key: KeyRef) -> dict[str, datetime] | None:
         return self.unwraps
+
+    def failures(self, vaults: Sequence[str], *, start: datetime, end: datetime) -> AuditReport | None:
+        self.asked.append((tuple(vaults), start, end))
+        if self.failure_groups is None:
+            return None
+        return report_of(start, end, self.failure_groups, managed_vaults=vaults, partial_detail=self.partial_detail,
+                         sources=[VaultSource(vault, "AZKVAuditLogs", 1) for vault in vaults])
 
 
 @dataclass

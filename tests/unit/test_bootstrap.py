@@ -38,3 +38,15 @@ def test_missing_or_shared_key_storage_is_refused(environ):
         bootstrap.build({"CMK_VAULTS": "contoso.vault.azure.net", **environ})
     assert caught.value.setting == "AzureWebJobsStorage"
     assert "c2VjcmV0" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ({}, "NoAuditLog"),
+    ({"CMK_LOG_ANALYTICS_WORKSPACE": "5a9d4e2c-0000-4000-8000-00000000a0d1"}, "LogAnalyticsAuditLog"),
+    ({"CMK_AUDIT_ARCHIVE": "staudit/insights-logs-auditevent"}, "ArchiveAuditLog"),
+    ({"CMK_LOG_ANALYTICS_WORKSPACE": "5a9d4e2c-0000-4000-8000-00000000a0d1",
+      "CMK_AUDIT_ARCHIVE": "staudit/insights-logs-auditevent"}, "WorkspaceThenArchive"),
+])
+def test_the_audit_log_is_the_workspace_the_archive_both_or_none(extra, expected):
+    deps = bootstrap.build({"CMK_VAULTS": "contoso.vault.azure.net", "AzureWebJobsStorage": AZURITE, **extra})
+    assert type(deps.audit).__name__ == expected

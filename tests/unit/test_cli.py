@@ -77,3 +77,45 @@ def test_the_console_script_is_installed():
     )
     assert done.returncode == 0, done.stderr
     assert "validation_code" in done.stdout
+
+
+@pytest.mark.parametrize("argv", [["events", "parse"], ["reconcile"], ["rotate"], ["usage"], ["rewrap"]])
+def test_every_command_helps_with_examples_and_the_exit_statuses(argv, capsys):
+    from controller.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:\n  cmkctl " + argv[-1 if argv[0] != "events" else 0] in text
+    for status in ("  0  ok", "  1  findings", "  2  bad input", "  3  a service could not be reached"):
+        assert status in text
+    assert max(len(line) for line in text.splitlines()) <= 120
+
+
+@pytest.mark.parametrize("until", ["yesterday", "2026-12-01T09:00:00"])
+def test_audit_refuses_an_until_that_is_not_an_instant_with_a_zone(until, capsys):
+    from controller.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["audit", "--until", until])
+    assert done.value.code == 2
+    assert "--until" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["rotate", "contoso-kv", "k", "--wait", "-5"],
+    ["rotate", "contoso-kv", "k", "--wait", "nan"],
+    ["rotate", "contoso-kv", "k", "--wait", "1e12"],
+    ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "0"],
+    ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "1000000"],
+    ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "8.5"],
+])
+def test_negative_or_absurd_numbers_are_bad_input(argv, capsys):
+    from controller.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    error = capsys.readouterr().err
+    assert "outside" in error or "is not a number" in error

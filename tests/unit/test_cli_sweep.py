@@ -96,6 +96,16 @@ def test_subscriptions_that_cannot_be_listed_exit_2(use_estate, capsys):
     captured = capsys.readouterr()
     assert "HTTP 403" in captured.err
     assert captured.out == ""
+    assert main(["sweep", "--format", "json"]) == 2
+    assert json.loads(capsys.readouterr().out)["kind"] == "Forbidden"  # still exactly one JSON document
+
+
+def test_help_ends_with_examples_and_the_exit_statuses(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and "cmkctl sweep --format sarif" in out
+    assert out.rstrip().endswith("3  a service could not be reached (DNS, TLS, connection)")
 
 
 def test_the_table_fits_80_columns_and_names_each_finding(use_estate, capsys):

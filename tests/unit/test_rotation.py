@@ -617,6 +617,16 @@ def test_retirement_evidence() -> None:
     assert usages[V3].consumers == (consumers[2].resource_id,)
 
 
+def test_retirement_without_a_registered_container_says_blobs_were_not_counted() -> None:
+    usages = retirement(key_state(), (account(current=V3),), None, {}, now=T0, window=WINDOW)
+    assert {usage.blob_count for usage in usages} == {None}
+    assert all("no client-side-encrypted container is registered (CMK_REWRAP_TARGETS, or the account tag "
+               "cmk-rewrap-containers): blobs were not counted" in usage.message for usage in usages)
+    counted = retirement(key_state(), (account(current=V3),), {}, {}, now=T0, window=WINDOW)
+    assert {usage.blob_count for usage in counted} == {0}
+    assert not any("not counted" in usage.message for usage in counted)
+
+
 # --- values and settings -------------------------------------------------------------------------------
 
 

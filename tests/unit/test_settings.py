@@ -143,3 +143,83 @@ def test_alert_webhook_refuses_anything_else_without_echoing_it(url):
         load_settings({**BASE, "CMK_ALERT_WEBHOOK_URL": url})
     assert caught.value.setting == "CMK_ALERT_WEBHOOK_URL"
     assert "secret" not in str(caught.value)
+
+
+# ---- allowlist entries that could never match are refused at start-up ------------------------------------
+
+
+@pytest.mark.parametrize(("entry", "origin"), [
+    ("contoso-hr-kv", "https://contoso-hr-kv.vault.azure.net"),
+    ("Contoso-HR-KV", "https://contoso-hr-kv.vault.azure.net"),
+    ("contoso-hr-kv.vault.azure.net", "https://contoso-hr-kv.vault.azure.net"),
+    ("https://Contoso-HR-KV.vault.azure.net/", "https://contoso-hr-kv.vault.azure.net"),
+    ("contoso-hsm.managedhsm.azure.net", "https://contoso-hsm.managedhsm.azure.net"),
+    ("https://127.0.0.1:8443", "https://127.0.0.1:8443"),
+    ("custom:https://kv.stack.contoso.local:4443", "https://kv.stack.contoso.local:4443"),
+])
+def test_each_allowlist_entry_resolves_to_the_vault_it_names(entry, origin):
+    assert load_settings({"CMK_VAULTS": entry}).vaults == (origin,)
+
+
+@pytest.mark.parametrize(("arm", "origin"), [
+    ("https://management.chinacloudapi.cn", "https://contoso-kv.vault.azure.cn"),
+    ("https://management.usgovcloudapi.net", "https://contoso-kv.vault.usgovcloudapi.net"),
+])
+def test_a_bare_vault_name_resolves_in_the_configured_cloud(arm, origin):
+    assert load_settings({"CMK_VAULTS": "contoso-kv", "CMK_ARM_ENDPOINT": arm}).vaults == (origin,)
+
+
+@pytest.mark.parametrize(("entry", "fragment"), [
+    ("*", "wildcard"),
+    ("*.vault.azure.net", "wildcard"),
+    ("contoso-*", "wildcard"),
+    ("kv?", "wildcard"),
+    ("contoso-kv.vault.azure.com", "not a Key Vault or Managed HSM host"),
+    ("https://kv.example.com", "not a Key Vault or Managed HSM host"),
+    ("contoso.vault.azure.net:8443", "port"),
+    ("ab", "not a valid vault name"),
+    ("contoso--kv", "not a valid vault name"),
+])
+def test_an_entry_that_could_never_match_stops_the_app_with_what_to_write(entry, fragment):
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"CMK_VAULTS": f"good-kv, {entry}"})
+    message = str(caught.value)
+    assert caught.value.setting == "CMK_VAULTS"
+    assert fragment in message
+    assert "write a vault name (contoso-kv), its host (contoso-kv.vault.azure.net)" in message
+    assert "\n" not in message
+
+
+def test_a_bare_name_cannot_be_resolved_for_an_unknown_cloud():
+    with pytest.raises(SettingsError, match="cannot be resolved") as caught:
+        load_settings({"CMK_VAULTS": "contoso-kv", "CMK_ARM_ENDPOINT": "https://127.0.0.1:9443"})
+    assert caught.value.setting == "CMK_VAULTS"
+
+
+@pytest.mark.parametrize("value", ["1_0", "+5", "7 7", "٣", "1e2", "0x10", "10.0", "-1"])
+def test_numbers_are_plain_ascii_digits(value):
+    with pytest.raises(SettingsError, match="integer") as caught:
+        load_settings({**BASE, "CMK_EVENT_DEDUPE_HOURS": value})
+    assert caught.value.setting == "CMK_EVENT_DEDUPE_HOURS"
+
+
+def test_alert_eventgrid_topic_is_an_optional_https_endpoint():
+    assert load_settings(BASE).alert_eventgrid_topic is None
+    endpoint = "https://evgt-cmk-alerts.westeurope-1.eventgrid.azure.net/api/events"
+    assert load_settings({**BASE, "CMK_ALERT_EVENTGRID_TOPIC": endpoint}).alert_eventgrid_topic == endpoint
+    for invalid in ("http://evgt.example/api/events", "evgt-cmk-alerts", "https://u:p@evgt.example/api/events"):
+        with pytest.raises(SettingsError) as caught:
+            load_settings({**BASE, "CMK_ALERT_EVENTGRID_TOPIC": invalid})
+        assert caught.value.setting == "CMK_ALERT_EVENTGRID_TOPIC"
+
+
+@pytest.mark.parametrize("setting", ["CMK_ALERT_WEBHOOK_URL", "CMK_ALERT_EVENTGRID_TOPIC", "CMK_VAULTS"])
+def test_an_unresolved_key_vault_reference_names_the_setting_and_what_resolution_needs(setting):
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv-ops.vault.azure.net/secrets/cmk-webhook/)"
+    with pytest.raises(SettingsError) as caught:
+        load_settings({**BASE, setting: reference})
+    assert caught.value.setting == setting
+    message = str(caught.value)
+    assert "unresolved Key Vault reference" in message
+    assert "keyVaultReferenceIdentity" in message and "Key Vault Secrets User" in message
+    assert "cmk-webhook" not in message, "the reference names the secret: it is not echoed"

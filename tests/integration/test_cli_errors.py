@@ -1,0 +1,87 @@
+"""`cmkctl` as an operator meets failures: one line that names the cause, the same exit status everywhere
+(2 bad input or no login, 3 a service that cannot be reached), `--json` still one document, no SDK noise."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from emulators.eventgrid_topic import EventGridTopicEmulator
+from emulators.identity_endpoint import ManagedIdentityEndpoint
+from emulators.keyvault.ca import SandboxCA
+from emulators.keyvault.credential import Principal
+
+pytestmark = pytest.mark.integration
+
+CMKCTL = Path(sys.executable).parent / "cmkctl"
+CLIENT_ID = str(uuid.uuid4())
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def cmkctl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {key: value for key, value in os.environ.items()
+            if not key.startswith(("CMK_", "IDENTITY_", "AZURE_", "AzureWebJobs", "REQUESTS_CA", "SSL_CERT"))}
+    base["PATH"] = str(CMKCTL.parent)  # no `az` on the path: the Azure CLI login is not available
+    return subprocess.run([str(CMKCTL), *args], capture_output=True, text=True, timeout=120,  # noqa: S603
+                          env={**base, **env}, check=False)
+
+
+@pytest.fixture
+def identity() -> Iterator[dict[str, str]]:
+    """A managed identity the CLI can get tokens from, as on an Azure host (or the sandbox)."""
+    with ManagedIdentityEndpoint({CLIENT_ID: Principal(oid=str(uuid.uuid4()))}, default_client_id=CLIENT_ID) as mi:
+        yield {**mi.environ(), "AZURE_CLIENT_ID": CLIENT_ID}
+
+
+def settings(arm: str, vault: str) -> dict[str, str]:
+    return {"CMK_VAULTS": vault, "CMK_ARM_ENDPOINT": arm, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+
+
+def test_nobody_logged_in_says_what_was_tried_and_how_to_log_in(azurite):
+    port = closed_port()
+    done = cmkctl("reconcile", f"https://127.0.0.1:{port}", "k", "--json",
+                  env=settings(f"https://127.0.0.1:{port}", f"https://127.0.0.1:{port}"))
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "not logged in" in line and "the Azure CLI login" in line and "az login" in line
+    assert json.loads(done.stdout)["kind"] == "NotAuthenticated"
+
+
+def test_a_service_nothing_listens_on_is_unreachable_at_once(identity):
+    port = closed_port()
+    done = cmkctl("reconcile", f"https://127.0.0.1:{port}", "k", "--json",
+                  env={**identity, **settings(f"https://127.0.0.1:{port}", f"https://127.0.0.1:{port}")})
+    assert done.returncode == 3, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "connection refused" in line
+    assert json.loads(done.stdout)["kind"] == "Unreachable"
+
+
+def test_an_untrusted_certificate_is_named_as_a_tls_problem(identity, tmp_path):
+    with EventGridTopicEmulator(SandboxCA(tmp_path / "other-ca")) as untrusted:  # any HTTPS server we do not trust
+        origin = untrusted.endpoint.removesuffix("/api/events")
+        done = cmkctl("reconcile", origin, "k", env={**identity, **settings(origin, origin)})
+    assert done.returncode == 3, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "TLS" in line and "REQUESTS_CA_BUNDLE" in line
+
+
+def test_an_http_endpoint_where_https_is_needed_is_bad_configuration_not_a_traceback():
+    done = cmkctl("reconcile", "contoso-kv.vault.azure.net", "k",
+                  env=settings("http://127.0.0.1:1", "contoso-kv.vault.azure.net"))
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "CMK_ARM_ENDPOINT" in line and "Traceback" not in done.stderr
