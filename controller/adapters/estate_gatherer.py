@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -238,12 +239,17 @@ class EstateGatherer:
                 continue  # CMK-000 names the unparsable key URI of the account itself
             for container in containers:
                 name = f"{account.name}/{container}"
-                counted = failures.read(name, ReadAspect.BLOB_CENSUS, partial(
-                    wrapping_versions, stores(account.name), [container], key, policy=self._policy))
+                counted = failures.read(name, ReadAspect.BLOB_CENSUS,
+                                        partial(self._count, stores, account.name, container, key))
                 results.append(ContainerCensus(
                     account=account.name, container=container, key_uri=key.uri,
                     blobs_per_version=None if counted is None else {v.lower(): n for v, n in counted.items()}))
         return tuple(results)
+
+
+    def _count(self, stores: Callable[[str], BlobStore], account: str, container: str, key: KeyRef) -> Counter[str]:
+        """Blobs per version of ``key`` in one container (reaching the account's blob service may fail too)."""
+        return wrapping_versions(stores(account), [container], key, policy=self._policy)
 
 
 def _tagged_containers(account: StorageAccount) -> list[str]:

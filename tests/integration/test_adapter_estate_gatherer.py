@@ -13,6 +13,9 @@ from azure.mgmt.keyvault.models import NetworkRuleSet, VaultPatchParameters, Vau
 
 from controller.adapters.estate_gatherer import EstateGatherer
 from controller.compliance.estate import Estate, ReadAspect
+from controller.errors import Forbidden
+from controller.ports import BlobPage
+from controller.settings import RewrapTarget
 from tests.integration.adapter_world import CRYPTO_SERVICE_USER, RG, SUB_A, SUB_FORBIDDEN, World, running_arm
 
 pytestmark = pytest.mark.integration
@@ -117,3 +120,37 @@ def test_a_firewall_blinds_the_data_plane_only_and_a_refused_listing_is_a_read_f
     assert refused.resource == f"/subscriptions/{SUB_FORBIDDEN}"
     assert "403" in refused.reason
     assert len(estate.storage_accounts) == 1  # the readable subscription was swept all the same
+
+
+class ListingOnly:
+    """A customer account's blob service that holds no blob (the census counts nothing) or refuses."""
+
+    def __init__(self, refuse: bool) -> None:
+        self.refuse = refuse
+
+    def list_blobs(self, container: str, *, prefix: str | None, marker: str | None) -> BlobPage:
+        if self.refuse:
+            raise Forbidden(f"list blobs of {container}: HTTP 403 AuthorizationPermissionMismatch")
+        return BlobPage(items=(), next_marker=None)
+
+
+def test_registered_containers_are_counted_and_a_refused_census_is_a_read_failure(world: World) -> None:
+    build_shared_key_estate(world, accounts=2)
+    readable, refusing = sorted(account.name for account in world.storage().storage_accounts.list())
+    origins = [world.origin(name).url for name in world.vaults]
+    gatherer = EstateGatherer(
+        world.connection(), key_vault_credential=world.cred, policy=world.policy, custom_origins=origins,
+        key_vault_verify=world.arm.ca_path,
+        registered_containers=[RewrapTarget(readable, "secrets"), RewrapTarget(refusing, "secrets")],
+        blob_stores=lambda account: ListingOnly(refuse=account == refusing))  # type: ignore[arg-type,return-value]
+
+    estate = gatherer.gather([SUB_A], datetime.now(UTC))
+
+    census = {entry.account: entry for entry in estate.container_census}
+    assert census[readable].blobs_per_version == {}
+    assert census[refusing].blobs_per_version is None
+    assert census[readable].key_uri == f"{world.origin('kv-shared').url}/keys/cmk"
+    (failure,) = estate.read_failures
+    assert (failure.resource, failure.aspect, failure.status_code) == (
+        f"{refusing}/secrets", ReadAspect.BLOB_CENSUS, None)
+    assert "403" in failure.reason
