@@ -67,6 +67,7 @@ bench: setup
 	$(PY) bench/rotation_latency.py
 	$(PY) bench/rewrap_bench.py
 	$(PY) bench/audit_bench.py
+	$(PY) bench/sweep_bench.py
 
 clean: sandbox-down
 	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache .hypothesis .sandbox
