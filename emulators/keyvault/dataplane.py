@@ -7,8 +7,11 @@ throttling, counters and audit records.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+import secrets
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -30,7 +33,7 @@ CRYPTO_OPS = {
 MAX_PAGE = 25
 MUTATING = frozenset(
     {"KeyCreate", "KeyImport", "KeyUpdate", "KeyDelete", "KeyRecover", "KeyPurge", "KeyRotate",
-     "KeyUpdateRotationPolicy"}
+     "KeyUpdateRotationPolicy", "KeyRestore"}
 )  # fmt: skip
 
 
@@ -395,9 +398,58 @@ def _dispatch(
         if not isinstance(count, int) or not 1 <= count <= 128:
             raise bad_parameter("count must be between 1 and 128")
         return Result(200, {"value": crypto.b64u_encode(os.urandom(count))}, state.origin + "/rng")
-    if op in ("KeyBackup", "KeyRestore"):
-        raise bad_parameter(f"{op} is not supported by the sandbox vault")
+    if op == "KeyBackup":
+        entry = _active_entry(state, name)
+        blob = _BACKUPS.keep(state.subscription_id, entry)
+        return Result(200, {"value": blob}, f"{state.key_id(entry.name)}/backup")
+    if op == "KeyRestore":
+        return _restore(state, body)
     raise KeyVaultError(400, "BadParameter", f"Unsupported operation {op}")
+
+
+class _BackupStore:
+    """Key backups: the blob a client receives is an opaque random token; what it stands for (every
+    version, its material, attributes and rotation policy) stays in this process. Restorable, as in
+    Azure, only into a vault of the same subscription, and only while the sandbox runs."""
+
+    _PREFIX = "sbx-backup."
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[str, tuple[str, KeyEntry]] = {}
+
+    def keep(self, subscription_id: str, entry: KeyEntry) -> str:
+        token = self._PREFIX + secrets.token_urlsafe(32)
+        with self._lock:
+            self._kept[token] = (subscription_id.lower(), copy.deepcopy(entry))
+        return crypto.b64u_encode(token.encode("ascii"))
+
+    def find(self, blob: object) -> tuple[str, KeyEntry]:
+        try:
+            token = crypto.b64u_decode(str(blob)).decode("ascii")
+        except (ValueError, UnicodeDecodeError):
+            token = ""
+        with self._lock:
+            kept = self._kept.get(token)
+        if kept is None:
+            raise bad_parameter("The backup blob is not a key backup this service can read.")
+        return kept[0], copy.deepcopy(kept[1])
+
+
+_BACKUPS = _BackupStore()
+
+
+def _restore(state: VaultState, body: dict[str, Any]) -> Result:
+    subscription_id, entry = _BACKUPS.find(body.get("value"))
+    if subscription_id != state.subscription_id.lower():
+        raise KeyVaultError(400, "BadParameter", "The backup was taken in another subscription: a key backup can be "
+                                                 "restored only into a vault of the same subscription.")
+    _conflict_if_deleted(state, entry.name)
+    if entry.name.lower() in state.keys:
+        raise KeyVaultError(409, "Conflict", f"There was a conflict restoring the key '{entry.name}'. Key '"
+                                             f"{entry.name}' already exists in this vault.", "KeyAlreadyExists")
+    state.keys[entry.name.lower()] = entry
+    return Result(200, key_bundle(state, entry.name, entry.current), state.key_id(entry.name, entry.current.version))
 
 
 def _policy_body(state: VaultState, entry: KeyEntry) -> dict[str, Any]:
