@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -206,11 +207,23 @@ def _check_name(name: str) -> None:
         )
 
 
+#: Deleting and recovering a key take a few seconds in Azure: the SDK's pollers poll until it is done,
+#: and code that does not wait for them sees the key missing in between.
+PENDING_SECONDS = 2.0
+
+
 def _active_entry(state: VaultState, name: str) -> KeyEntry:
     entry = state.keys.get(name.lower())
-    if entry is None:
+    if entry is None or entry.recovering_until > time.monotonic():
         raise key_not_found(name)
     return entry
+
+
+def _deleted_entry(state: VaultState, name: str) -> DeletedKey:
+    deleted = state.deleted.get(name.lower())
+    if deleted is None or deleted.deleting_until > time.monotonic():
+        raise deleted_key_not_found(name)
+    return deleted
 
 
 def _version(state: VaultState, name: str, version: str) -> tuple[KeyEntry, KeyVersion]:
@@ -325,7 +338,9 @@ def _dispatch(
     if op == "KeyUpdate":
         return _update(state, name, version, body)
     if op == "KeyList":
-        items = [key_item(state, e.name, e.current, versioned=False) for e in state.keys.values()]
+        listed = time.monotonic()
+        items = [key_item(state, e.name, e.current, versioned=False) for e in state.keys.values()
+                 if e.recovering_until <= listed]
         return Result(200, _page(items, query, state.origin + "/keys", api_version), state.origin + "/keys")
     if op == "KeyListVersions":
         entry = _active_entry(state, name)
@@ -335,33 +350,30 @@ def _dispatch(
     if op == "KeyDelete":
         return _delete(state, name)
     if op == "KeyGetDeleted":
-        deleted = state.deleted.get(name.lower())
-        if deleted is None:
-            raise deleted_key_not_found(name)
+        deleted = _deleted_entry(state, name)
         entry = deleted.entry
         bundle = key_bundle(state, entry.name, entry.current) | deleted_extras(state, entry.name, deleted)
         return Result(200, bundle, state.key_id(entry.name, entry.current.version))
     if op == "KeyListDeleted":
+        listed = time.monotonic()
         items = [
             key_item(state, d.entry.name, d.entry.current, versioned=False) | deleted_extras(state, d.entry.name, d)
-            for d in state.deleted.values()
+            for d in state.deleted.values() if d.deleting_until <= listed
         ]
         return Result(
             200, _page(items, query, state.origin + "/deletedkeys", api_version), state.origin + "/deletedkeys"
         )
     if op == "KeyRecover":
-        deleted = state.deleted.pop(name.lower(), None)
-        if deleted is None:
-            raise deleted_key_not_found(name)
+        deleted = _deleted_entry(state, name)
+        del state.deleted[name.lower()]
+        deleted.entry.recovering_until = time.monotonic() + PENDING_SECONDS
         state.keys[name.lower()] = deleted.entry
         entry = deleted.entry
         return Result(
             200, key_bundle(state, entry.name, entry.current), state.key_id(entry.name, entry.current.version)
         )
     if op == "KeyPurge":
-        deleted = state.deleted.get(name.lower())
-        if deleted is None:
-            raise deleted_key_not_found(name)
+        deleted = _deleted_entry(state, name)
         if state.purge_protection or "Purgeable" not in state.recovery_level:
             raise forbidden(
                 f'Operation "purge" is not allowed because purge protection is enabled for this vault. Key Vault '
@@ -561,7 +573,8 @@ def _delete(state: VaultState, name: str) -> Result:
     if not state.enable_soft_delete:
         return Result(200, bundle, state.key_id(entry.name, entry.current.version))
     now = state.now_epoch()
-    deleted = DeletedKey(entry, now, now + state.soft_delete_retention_days * 86400)
+    deleted = DeletedKey(entry, now, now + state.soft_delete_retention_days * 86400,
+                         deleting_until=time.monotonic() + PENDING_SECONDS)
     state.deleted[name.lower()] = deleted
     return Result(
         200, bundle | deleted_extras(state, entry.name, deleted), state.key_id(entry.name, entry.current.version)

@@ -343,7 +343,11 @@ def test_invalid_rotation_policy_is_bad_parameter(env: Env) -> None:
 
 def test_delete_get_list_recover_purge(env: Env) -> None:
     key = env.client.create_rsa_key("doomed", size=2048)
-    deleted = env.client.begin_delete_key("doomed", _polling_interval=0).result()
+    deleting = env.client.begin_delete_key("doomed", _polling_interval=0.2)
+    deleted = deleting.result()  # as in Azure: the deleted key, before the deletion has completed
+    with pytest.raises(ResourceNotFoundError):
+        env.client.get_deleted_key("doomed")  # not listed yet: Azure takes a few seconds
+    deleting.wait()
     assert deleted.recovery_id == f"{env.vault.uri}deletedkeys/doomed"
     assert deleted.scheduled_purge_date == deleted.deleted_date + timedelta(days=7)
     assert deleted.properties.version == key.properties.version
@@ -355,10 +359,14 @@ def test_delete_get_list_recover_purge(env: Env) -> None:
         env.client.create_rsa_key("doomed", size=2048)
     assert info.value.status_code == 409
     assert info.value.error.code == "Conflict"
-    recovered = env.client.begin_recover_deleted_key("doomed", _polling_interval=0).result()
+    recovering = env.client.begin_recover_deleted_key("doomed", _polling_interval=0.2)
+    recovered = recovering.result()
     assert recovered.properties.version == key.properties.version
+    with pytest.raises(ResourceNotFoundError):
+        env.client.get_key("doomed")  # recovery in progress
+    recovering.wait()
     assert env.client.get_key("doomed").id == key.id
-    env.client.begin_delete_key("doomed", _polling_interval=0).result()
+    env.client.begin_delete_key("doomed", _polling_interval=0.2).wait()
     env.client.purge_deleted_key("doomed")
     with pytest.raises(ResourceNotFoundError):
         env.client.get_deleted_key("doomed")
