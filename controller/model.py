@@ -356,9 +356,7 @@ class Condition:
         return replace(self, status=status, reason=reason, message=message, last_transition=changed_at)
 
 
-# === Rotation planner inputs (controller/rotation.py) ===============================================
-# One appended section, so parallel additions elsewhere in this file do not collide. These are the
-# values the service gathers once (key versions, consumers, ledger intents) before the planner decides.
+# --- rotation planner inputs: what the service gathers once before controller/rotation.py decides ---
 
 
 class ConsumerKind(enum.StrEnum):
@@ -539,12 +537,7 @@ class ForceAdoptionIntent:
         _check_aware("started_at", self.started_at)
 
 
-# === end of rotation planner inputs =================================================================
-
-
-# === Adapter observations (controller/adapters: key_vault, storage_control, inventory, key_access) ===
-# One appended section, like the planner's: the values the Azure adapters return besides KeyState,
-# KeyVersionInfo and Consumer.
+# --- adapter observations: what the Azure adapters return besides KeyState, KeyVersionInfo, Consumer ---
 
 
 @dataclass(frozen=True, slots=True)
@@ -642,5 +635,3 @@ class ConsumerListing:
     source: InventorySource
     fallback_reason: str = ""
 
-
-# === end of adapter observations ====================================================================

@@ -85,6 +85,7 @@ from .kql import (
 
 RESOURCE_GRAPH_PATH = "/providers/Microsoft.ResourceGraph/resources"
 LOG_ANALYTICS_QUERY_PATH = "/v1/workspaces/{workspace_id}/query"
+LOG_ANALYTICS_BATCH_PATH = "/v1/$batch"
 PAGE_LIMIT = 1000
 LOG_ANALYTICS_MAX_ROWS = 500_000
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -524,11 +525,6 @@ class LogAnalyticsService:
     async def handle(self, request: web.Request) -> web.Response:
         if self.require_authorization and (denied := _missing_authorization(request)) is not None:
             return denied
-        workspace_id = request.match_info["workspace_id"]
-        if not _GUID.match(workspace_id):
-            return _json_response(
-                404, {"error": {"message": "The requested path does not exist", "code": "PathNotFoundError"}}
-            )
         if request.method == "GET":
             body: Any = {"query": request.query.get("query"), "timespan": request.query.get("timespan")}
         else:
@@ -536,19 +532,49 @@ class LogAnalyticsService:
                 body = await request.json()
             except (json.JSONDecodeError, UnicodeDecodeError):
                 body = None
+        status, answer = await self.answer(request.match_info["workspace_id"], body, request.headers.get("Prefer", ""))
+        return _json_response(status, answer)
+
+    async def handle_batch(self, request: web.Request) -> web.Response:
+        """POST /v1/$batch: each request answered as its own query would be, in one response."""
+        if self.require_authorization and (denied := _missing_authorization(request)) is not None:
+            return denied
+        try:
+            batch = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            batch = None
+        requests = batch.get("requests") if isinstance(batch, dict) else None
+        if not isinstance(requests, list) or not requests or not all(isinstance(r, dict) for r in requests):
+            return _la_error(400, "InvalidBatch", "requests must be a non-empty list of request objects.")
+        responses = []
+        for item in requests:
+            if item.get("path") != "/query" or str(item.get("method", "POST")).upper() != "POST":
+                status, answer = 400, _la_error_body("InvalidBatchRequest", "only POST /query requests are batched")
+            else:
+                headers = item.get("headers") if isinstance(item.get("headers"), dict) else {}
+                status, answer = await self.answer(str(item.get("workspace", "")), item.get("body"),
+                                                   str(headers.get("Prefer", "")))
+            responses.append({"id": item.get("id"), "status": status, "body": answer})
+        return _json_response(200, {"responses": responses})
+
+    async def answer(self, workspace_id: str, body: Any, prefer: str) -> tuple[int, dict[str, Any]]:
+        """One query's status and JSON answer, as the service gives it alone or within a batch."""
+        if not _GUID.match(workspace_id):
+            return 404, {"error": {"message": "The requested path does not exist", "code": "PathNotFoundError"}}
         if not isinstance(body, dict) or not isinstance(body.get("query"), str) or not body["query"].strip():
-            return _la_error(400, "InvalidQuery", "The query parameter is required and must be a non-empty string.")
+            return 400, _la_error_body("InvalidQuery",
+                                       "The query parameter is required and must be a non-empty string.")
         additional = body.get("workspaces") or []
         if not isinstance(additional, list) or not all(isinstance(w, str) for w in additional):
-            return _la_error(400, "InvalidWorkspaces", "workspaces must be a list of workspace ids.")
+            return 400, _la_error_body("InvalidWorkspaces", "workspaces must be a list of workspace ids.")
         timespan = body.get("timespan")
         if timespan is not None and not isinstance(timespan, str):
-            return _la_error(400, "InvalidTimespan", f"timespan {timespan!r}: an ISO 8601 duration or interval")
+            return 400, _la_error_body("InvalidTimespan", f"timespan {timespan!r}: an ISO 8601 duration or interval")
         if timespan:
             try:
                 parse_timespan(timespan, self.engine.now())
             except ValueError as err:
-                return _la_error(400, "InvalidTimespan", str(err))
+                return 400, _la_error_body("InvalidTimespan", str(err))
         started = asyncio.get_running_loop().time()
         try:
             result = await asyncio.get_running_loop().run_in_executor(
@@ -558,17 +584,10 @@ class LogAnalyticsService:
                 ),
             )
         except WorkspaceNotFound as err:
-            return _json_response(
-                404,
-                {
-                    "error": {
-                        "message": f"The workspace {err.args[0]} could not be found",
-                        "code": "WorkspaceNotFoundError",
-                    }
-                },
-            )
+            return 404, {"error": {"message": f"The workspace {err.args[0]} could not be found",
+                                   "code": "WorkspaceNotFoundError"}}
         except KqlQueryError as err:
-            return _json_response(400, _la_query_error(err))
+            return 400, _la_query_error(err)
         rows = result.rows
         response: dict[str, Any] = {}
         if len(rows) > self.max_rows:
@@ -584,7 +603,6 @@ class LogAnalyticsService:
                 ],
             }
         ]
-        prefer = request.headers.get("Prefer", "")
         if "include-statistics=true" in prefer:
             elapsed = asyncio.get_running_loop().time() - started
             response["statistics"] = {
@@ -592,7 +610,7 @@ class LogAnalyticsService:
             }
         if "include-render=true" in prefer:
             response["render"] = {}
-        return _json_response(200, {"tables": response.pop("tables"), **response})
+        return 200, {"tables": response.pop("tables"), **response}
 
 
 def _union(group: list[TableSource]) -> TableSource:
@@ -611,16 +629,12 @@ def _union(group: list[TableSource]) -> TableSource:
 
 
 def _la_error(status: int, inner_code: str, message: str) -> web.Response:
-    return _json_response(
-        status,
-        {
-            "error": {
-                "message": _BAD_ARGUMENT,
-                "code": "BadArgumentError",
-                "innererror": {"code": inner_code, "message": message},
-            }
-        },
-    )
+    return _json_response(status, _la_error_body(inner_code, message))
+
+
+def _la_error_body(inner_code: str, message: str) -> dict[str, Any]:
+    return {"error": {"message": _BAD_ARGUMENT, "code": "BadArgumentError",
+                      "innererror": {"code": inner_code, "message": message}}}
 
 
 def _la_query_error(err: KqlQueryError) -> dict[str, Any]:
@@ -677,6 +691,7 @@ def mount_log_analytics(app: web.Application, service: LogAnalyticsService) -> L
     """Add the Log Analytics query routes (POST and GET) to an aiohttp app."""
     app.router.add_route("POST", LOG_ANALYTICS_QUERY_PATH, service.handle)
     app.router.add_route("GET", LOG_ANALYTICS_QUERY_PATH, service.handle)
+    app.router.add_route("POST", LOG_ANALYTICS_BATCH_PATH, service.handle_batch)
 
     async def close(_app: web.Application) -> None:
         service.close()

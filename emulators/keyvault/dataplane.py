@@ -7,8 +7,12 @@ throttling, counters and audit records.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+import secrets
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -30,7 +34,7 @@ CRYPTO_OPS = {
 MAX_PAGE = 25
 MUTATING = frozenset(
     {"KeyCreate", "KeyImport", "KeyUpdate", "KeyDelete", "KeyRecover", "KeyPurge", "KeyRotate",
-     "KeyUpdateRotationPolicy"}
+     "KeyUpdateRotationPolicy", "KeyRestore"}
 )  # fmt: skip
 
 
@@ -203,11 +207,23 @@ def _check_name(name: str) -> None:
         )
 
 
+#: Deleting and recovering a key take a few seconds in Azure: the SDK's pollers poll until it is done,
+#: and code that does not wait for them sees the key missing in between.
+PENDING_SECONDS = 2.0
+
+
 def _active_entry(state: VaultState, name: str) -> KeyEntry:
     entry = state.keys.get(name.lower())
-    if entry is None:
+    if entry is None or entry.recovering_until > time.monotonic():
         raise key_not_found(name)
     return entry
+
+
+def _deleted_entry(state: VaultState, name: str) -> DeletedKey:
+    deleted = state.deleted.get(name.lower())
+    if deleted is None or deleted.deleting_until > time.monotonic():
+        raise deleted_key_not_found(name)
+    return deleted
 
 
 def _version(state: VaultState, name: str, version: str) -> tuple[KeyEntry, KeyVersion]:
@@ -322,7 +338,9 @@ def _dispatch(
     if op == "KeyUpdate":
         return _update(state, name, version, body)
     if op == "KeyList":
-        items = [key_item(state, e.name, e.current, versioned=False) for e in state.keys.values()]
+        listed = time.monotonic()
+        items = [key_item(state, e.name, e.current, versioned=False) for e in state.keys.values()
+                 if e.recovering_until <= listed]
         return Result(200, _page(items, query, state.origin + "/keys", api_version), state.origin + "/keys")
     if op == "KeyListVersions":
         entry = _active_entry(state, name)
@@ -332,33 +350,30 @@ def _dispatch(
     if op == "KeyDelete":
         return _delete(state, name)
     if op == "KeyGetDeleted":
-        deleted = state.deleted.get(name.lower())
-        if deleted is None:
-            raise deleted_key_not_found(name)
+        deleted = _deleted_entry(state, name)
         entry = deleted.entry
         bundle = key_bundle(state, entry.name, entry.current) | deleted_extras(state, entry.name, deleted)
         return Result(200, bundle, state.key_id(entry.name, entry.current.version))
     if op == "KeyListDeleted":
+        listed = time.monotonic()
         items = [
             key_item(state, d.entry.name, d.entry.current, versioned=False) | deleted_extras(state, d.entry.name, d)
-            for d in state.deleted.values()
+            for d in state.deleted.values() if d.deleting_until <= listed
         ]
         return Result(
             200, _page(items, query, state.origin + "/deletedkeys", api_version), state.origin + "/deletedkeys"
         )
     if op == "KeyRecover":
-        deleted = state.deleted.pop(name.lower(), None)
-        if deleted is None:
-            raise deleted_key_not_found(name)
+        deleted = _deleted_entry(state, name)
+        del state.deleted[name.lower()]
+        deleted.entry.recovering_until = time.monotonic() + PENDING_SECONDS
         state.keys[name.lower()] = deleted.entry
         entry = deleted.entry
         return Result(
             200, key_bundle(state, entry.name, entry.current), state.key_id(entry.name, entry.current.version)
         )
     if op == "KeyPurge":
-        deleted = state.deleted.get(name.lower())
-        if deleted is None:
-            raise deleted_key_not_found(name)
+        deleted = _deleted_entry(state, name)
         if state.purge_protection or "Purgeable" not in state.recovery_level:
             raise forbidden(
                 f'Operation "purge" is not allowed because purge protection is enabled for this vault. Key Vault '
@@ -395,9 +410,58 @@ def _dispatch(
         if not isinstance(count, int) or not 1 <= count <= 128:
             raise bad_parameter("count must be between 1 and 128")
         return Result(200, {"value": crypto.b64u_encode(os.urandom(count))}, state.origin + "/rng")
-    if op in ("KeyBackup", "KeyRestore"):
-        raise bad_parameter(f"{op} is not supported by the sandbox vault")
+    if op == "KeyBackup":
+        entry = _active_entry(state, name)
+        blob = _BACKUPS.keep(state.subscription_id, entry)
+        return Result(200, {"value": blob}, f"{state.key_id(entry.name)}/backup")
+    if op == "KeyRestore":
+        return _restore(state, body)
     raise KeyVaultError(400, "BadParameter", f"Unsupported operation {op}")
+
+
+class _BackupStore:
+    """Key backups: the blob a client receives is an opaque random token; what it stands for (every
+    version, its material, attributes and rotation policy) stays in this process. Restorable, as in
+    Azure, only into a vault of the same subscription, and only while the sandbox runs."""
+
+    _PREFIX = "sbx-backup."
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[str, tuple[str, KeyEntry]] = {}
+
+    def keep(self, subscription_id: str, entry: KeyEntry) -> str:
+        token = self._PREFIX + secrets.token_urlsafe(32)
+        with self._lock:
+            self._kept[token] = (subscription_id.lower(), copy.deepcopy(entry))
+        return crypto.b64u_encode(token.encode("ascii"))
+
+    def find(self, blob: object) -> tuple[str, KeyEntry]:
+        try:
+            token = crypto.b64u_decode(str(blob)).decode("ascii")
+        except (ValueError, UnicodeDecodeError):
+            token = ""
+        with self._lock:
+            kept = self._kept.get(token)
+        if kept is None:
+            raise bad_parameter("The backup blob is not a key backup this service can read.")
+        return kept[0], copy.deepcopy(kept[1])
+
+
+_BACKUPS = _BackupStore()
+
+
+def _restore(state: VaultState, body: dict[str, Any]) -> Result:
+    subscription_id, entry = _BACKUPS.find(body.get("value"))
+    if subscription_id != state.subscription_id.lower():
+        raise KeyVaultError(400, "BadParameter", "The backup was taken in another subscription: a key backup can be "
+                                                 "restored only into a vault of the same subscription.")
+    _conflict_if_deleted(state, entry.name)
+    if entry.name.lower() in state.keys:
+        raise KeyVaultError(409, "Conflict", f"There was a conflict restoring the key '{entry.name}'. Key '"
+                                             f"{entry.name}' already exists in this vault.", "KeyAlreadyExists")
+    state.keys[entry.name.lower()] = entry
+    return Result(200, key_bundle(state, entry.name, entry.current), state.key_id(entry.name, entry.current.version))
 
 
 def _policy_body(state: VaultState, entry: KeyEntry) -> dict[str, Any]:
@@ -509,7 +573,8 @@ def _delete(state: VaultState, name: str) -> Result:
     if not state.enable_soft_delete:
         return Result(200, bundle, state.key_id(entry.name, entry.current.version))
     now = state.now_epoch()
-    deleted = DeletedKey(entry, now, now + state.soft_delete_retention_days * 86400)
+    deleted = DeletedKey(entry, now, now + state.soft_delete_retention_days * 86400,
+                         deleting_until=time.monotonic() + PENDING_SECONDS)
     state.deleted[name.lower()] = deleted
     return Result(
         200, bundle | deleted_extras(state, entry.name, deleted), state.key_id(entry.name, entry.current.version)

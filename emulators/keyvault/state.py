@@ -66,6 +66,8 @@ class KeyEntry:
     name: str
     versions: list[KeyVersion] = field(default_factory=list)
     rotation_policy: dict[str, Any] | None = None  # {lifetimeActions, attributes{expiryTime, created, updated}}
+    #: While being recovered (time.monotonic() deadline), the key is not served yet, as in Azure.
+    recovering_until: float = 0.0
 
     @property
     def current(self) -> KeyVersion:
@@ -85,6 +87,8 @@ class DeletedKey:
     entry: KeyEntry
     deleted_date: int
     scheduled_purge_date: int
+    #: While the deletion is in progress (time.monotonic() deadline), the deleted key is not listed yet.
+    deleting_until: float = 0.0
 
 
 @dataclass

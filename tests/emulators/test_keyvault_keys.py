@@ -343,7 +343,11 @@ def test_invalid_rotation_policy_is_bad_parameter(env: Env) -> None:
 
 def test_delete_get_list_recover_purge(env: Env) -> None:
     key = env.client.create_rsa_key("doomed", size=2048)
-    deleted = env.client.begin_delete_key("doomed", _polling_interval=0).result()
+    deleting = env.client.begin_delete_key("doomed", _polling_interval=0.2)
+    deleted = deleting.result()  # as in Azure: the deleted key, before the deletion has completed
+    with pytest.raises(ResourceNotFoundError):
+        env.client.get_deleted_key("doomed")  # not listed yet: Azure takes a few seconds
+    deleting.wait()
     assert deleted.recovery_id == f"{env.vault.uri}deletedkeys/doomed"
     assert deleted.scheduled_purge_date == deleted.deleted_date + timedelta(days=7)
     assert deleted.properties.version == key.properties.version
@@ -355,10 +359,14 @@ def test_delete_get_list_recover_purge(env: Env) -> None:
         env.client.create_rsa_key("doomed", size=2048)
     assert info.value.status_code == 409
     assert info.value.error.code == "Conflict"
-    recovered = env.client.begin_recover_deleted_key("doomed", _polling_interval=0).result()
+    recovering = env.client.begin_recover_deleted_key("doomed", _polling_interval=0.2)
+    recovered = recovering.result()
     assert recovered.properties.version == key.properties.version
+    with pytest.raises(ResourceNotFoundError):
+        env.client.get_key("doomed")  # recovery in progress
+    recovering.wait()
     assert env.client.get_key("doomed").id == key.id
-    env.client.begin_delete_key("doomed", _polling_interval=0).result()
+    env.client.begin_delete_key("doomed", _polling_interval=0.2).wait()
     env.client.purge_deleted_key("doomed")
     with pytest.raises(ResourceNotFoundError):
         env.client.get_deleted_key("doomed")
@@ -472,3 +480,45 @@ def test_raw_protocol_errors(env: Env) -> None:
     assert status == 200 and len(body["value"]) == 1 and "$skiptoken=1" in str(body["nextLink"])
     status, body = call("/keys/raw-key//wrapkey?api-version=2025-07-01", good, method="POST")
     assert status == 400 and body["error"]["code"] == "BadParameter"  # no alg / value
+
+
+# ---- backup and restore ---------------------------------------------------------------------------------
+
+
+def other_vault(env: Env, name: str, subscription_id: str) -> KeyClient:
+    vault = env.kv.add_vault(name, subscription_id=subscription_id, resource_group="rg-keys",
+                             soft_delete_retention_days=7, purge_protection=False,
+                             access_policies=[{"objectId": CONTROLLER, "permissions": {"keys": ["all"]}}])
+    return KeyClient(vault.uri, env.credential, **client_kwargs(env.kv))
+
+
+def test_a_backup_restores_every_version_into_a_vault_of_the_same_subscription(env: Env) -> None:
+    name = "backed-up"
+    first = env.client.create_rsa_key(name, size=2048)
+    second = env.client.rotate_key(name)
+    wrapped = env.crypto(first.id).wrap_key(KeyWrapAlgorithm.rsa_oaep_256, b"k" * 32).encrypted_key
+    blob = env.client.backup_key(name)
+    assert isinstance(blob, bytes) and b"backed-up" not in blob  # opaque: no name, no key material
+
+    twin = other_vault(env, "kv-restore-same", env.vault.subscription_id)
+    restored = twin.restore_key_backup(blob)
+    assert (restored.name, restored.properties.version) == (name, second.properties.version)
+    versions = {props.version for props in twin.list_properties_of_key_versions(name)}
+    assert versions == {first.properties.version, second.properties.version}
+    old_in_twin = f"{twin.vault_url.rstrip('/')}/keys/{name}/{first.properties.version}"
+    unwrapped = CryptographyClient(old_in_twin, env.credential, **client_kwargs(env.kv)).unwrap_key(
+        KeyWrapAlgorithm.rsa_oaep_256, wrapped)
+    assert unwrapped.key == b"k" * 32  # the same material: what the original wrapped, the restore unwraps
+
+    with pytest.raises(ResourceExistsError):
+        twin.restore_key_backup(blob)  # the name is taken there now
+
+
+def test_a_backup_does_not_restore_into_another_subscription_or_from_garbage(env: Env) -> None:
+    env.client.create_rsa_key("stays-home", size=2048)
+    blob = env.client.backup_key("stays-home")
+    elsewhere = other_vault(env, "kv-restore-other", "bbbbbbbb-0000-0000-0000-000000000002")
+    with pytest.raises(HttpResponseError, match="same subscription"):
+        elsewhere.restore_key_backup(blob)
+    with pytest.raises(HttpResponseError, match="not a key backup"):
+        elsewhere.restore_key_backup(b"not a backup")

@@ -183,7 +183,9 @@ def test_soft_delete_with_purge_protection(env: Env) -> None:
     key = client.create_rsa_key("protected-key", size=2048)
     assert key.properties.recovery_level == "Recoverable"
     assert key.properties.recoverable_days == 90
-    deleted = client.begin_delete_key("protected-key", _polling_interval=0).result()
+    deleting = client.begin_delete_key("protected-key", _polling_interval=0.2)
+    deleted = deleting.result()
+    deleting.wait()
     assert deleted.scheduled_purge_date == deleted.deleted_date + timedelta(days=90)
     with pytest.raises(HttpResponseError) as info:
         client.purge_deleted_key("protected-key")

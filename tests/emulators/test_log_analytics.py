@@ -351,3 +351,22 @@ def test_malformed_timespan_is_a_bad_argument(la: LogAnalyticsEmulator, ca: Sand
     assert caught.value.code == 400
     error = json.loads(caught.value.read())["error"]
     assert (error["code"], error["innererror"]["code"]) == ("BadArgumentError", "InvalidTimespan")
+
+
+def test_query_batch_answers_each_query_as_alone_with_the_unmodified_client(
+        client: LogsQueryClient, la: LogAnalyticsEmulator) -> None:
+    from azure.monitor.query import LogsBatchQuery, LogsQueryError
+
+    alone = ok(client.query_workspace(la.workspace_id, FAILED_WRAPS, timespan=None))
+    answers = client.query_batch([
+        LogsBatchQuery(la.workspace_id, FAILED_WRAPS, timespan=None),
+        LogsBatchQuery(la.workspace_id, "AZKVAuditLogs | summarize count()", timespan=timedelta(days=3650)),
+        LogsBatchQuery(la.workspace_id, "AZKVAuditLogs | where", timespan=None),
+        LogsBatchQuery(str(uuid.uuid4()), "AZKVAuditLogs", timespan=None),
+    ])
+    first, counted, broken, unknown = answers
+    assert first.status == LogsQueryStatus.SUCCESS
+    assert [list(row) for row in first.tables[0].rows] == [list(row) for row in alone.tables[0].rows]
+    assert counted.status == LogsQueryStatus.SUCCESS and counted.tables[0].rows[0][0] == len(EVENTS)
+    assert isinstance(broken, LogsQueryError) and broken.code == "BadArgumentError"
+    assert isinstance(unknown, LogsQueryError) and unknown.code == "WorkspaceNotFoundError"

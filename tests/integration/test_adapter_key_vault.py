@@ -233,10 +233,10 @@ def test_sandbox_ca_is_trusted_through_requests_ca_bundle(env: Env, monkeypatch:
     monkeypatch.setenv("SSL_CERT_FILE", env.kv.ca_path)
     with KeyVaultKeys(env.origin, env.kv.credential(CONTROLLER), retry_total=0) as keys:
         untrusted = keys.get_key_state(env.key(name))
-        with pytest.raises(TransientError, match="ServiceRequestError"):
+        with pytest.raises(TransientError, match="TLS: the server's certificate is not trusted"):
             keys.rotate_key(env.key(name))
     assert not untrusted.reachable
-    assert "ServiceRequestError" in untrusted.unreachable_detail
+    assert "TLS: the server's certificate is not trusted" in untrusted.unreachable_detail
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", env.kv.ca_path)
     with KeyVaultKeys(env.origin, env.kv.credential(CONTROLLER), retry_total=0) as keys:
         assert len(keys.get_key_state(env.key(name)).versions) == 1
