@@ -313,12 +313,17 @@ def latest_report(deps: Dependencies) -> ComplianceReport | None:
     return parse_report(stored) if stored is not None else None
 
 
-def scheduled_sweep(deps: Dependencies) -> tuple[SweepReport, ComplianceReport]:
+def scheduled_sweep(deps: Dependencies) -> tuple[SweepReport, ComplianceReport | None]:
     """The timer: reconcile every key in use, then sweep the estate for compliance and keep the report,
-    then deliver the alerts both raised."""
+    then deliver the alerts both raised. A compliance sweep that cannot run (the subscriptions cannot be
+    listed, the report cannot be stored) is a failure of this sweep: the reconcile's alerts still leave."""
     sweep = _reconcile_sweep(deps)
-    compliance = run_compliance_sweep(deps)
-    store_report(compliance, deps)
+    compliance: ComplianceReport | None = None
+    try:
+        compliance = run_compliance_sweep(deps)
+        store_report(compliance, deps)
+    except ControllerError as err:
+        sweep = replace(sweep, failures=(*sweep.failures, f"compliance sweep: {err}"))
     return _deliver_alerts(sweep, deps), compliance
 
 

@@ -10,6 +10,7 @@ import pytest
 from controller import service
 from controller.compliance.report import ComplianceReport
 from controller.compliance.rules import RequireCmk
+from controller.errors import Forbidden
 from controller.model import Severity
 from controller.reasons import Reason
 from controller.settings import load_settings
@@ -137,6 +138,24 @@ def test_the_scheduled_sweep_reconciles_sweeps_stores_and_dispatches():
     assert reader.asked == [()]
     assert "latest.json" in reports.documents
     assert isinstance(compliance, ComplianceReport)
+    assert notifier.dispatches == 1
+
+
+class UnlistableEstate:
+    def gather(self, subscriptions, now):
+        raise Forbidden("list the subscriptions the identity can read: HTTP 403 AuthorizationFailed")
+
+
+def test_a_compliance_sweep_that_cannot_run_is_a_sweep_failure_and_alerts_still_leave():
+    deps, _, notifier, reports = deps_for(eb.estate())
+    deps = replace(deps, estate=UnlistableEstate())
+
+    sweep, compliance = service.scheduled_sweep(deps)
+
+    assert compliance is None
+    assert sweep.failures == ("compliance sweep: list the subscriptions the identity can read: HTTP 403 "
+                              "AuthorizationFailed",)
+    assert reports.documents == {}
     assert notifier.dispatches == 1
 
 
