@@ -23,7 +23,7 @@ from azure.mgmt.keyvault.models import (
 
 from emulators.arm import ArmEmulator
 from tests.emulators.test_arm_resources import ARM_SCOPE, CONTROLLER, ResponseLog, arm_request
-from tests.support.arm_contract import keyvault_keys_contract
+from tests.support.arm_contract import keyvault_contract, keyvault_keys_contract
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +126,6 @@ def test_arm_lists_keys_behind_a_firewall_and_not_soft_deleted_ones(env: Env) ->
 
 def test_no_vault_is_listed_as_deleted(env: Env) -> None:
     assert list(env.mgmt.vaults.list_deleted()) == []
+    status, body = next((status, body) for method, url, status, body in reversed(env.log.exchanges)
+                        if method == "GET" and "/deletedvaults" in url.lower())
+    keyvault_contract().validate("Vaults_ListDeleted", status, body)
