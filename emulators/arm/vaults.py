@@ -12,6 +12,7 @@ key has none; action types in ARM's lower case)."""
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from emulators.keyvault import KeyVaultEmulator, VaultState
@@ -181,13 +182,13 @@ class Vaults:
         state = self._existing_vault(subscription, group, name)
         with state.lock:
             return 200, {"value": [key_json(state, entry, entry.current) for entry in state.keys.values()
-                                   if entry.versions]}
+                                   if _served(entry)]}
 
     def _key(self, req: Request, subscription: str, group: str, name: str, key: str) -> tuple[int, Any]:
         state = self._existing_vault(subscription, group, name)
         with state.lock:
             entry = state.keys.get(key.lower())
-            if entry is None or not entry.versions:
+            if entry is None or not _served(entry):
                 raise errors.resource_not_found(KEY_TYPE, f"{name}/{key}", group)
             return 200, key_json(state, entry, entry.current)
 
@@ -195,7 +196,7 @@ class Vaults:
         state = self._existing_vault(subscription, group, name)
         with state.lock:
             entry = state.keys.get(key.lower())
-            if entry is None or not entry.versions:
+            if entry is None or not _served(entry):
                 raise errors.resource_not_found(KEY_TYPE, f"{name}/{key}", group)
             return 200, {"value": [key_json(state, entry, version, versioned=True) for version in entry.versions]}
 
@@ -204,7 +205,7 @@ class Vaults:
         state = self._existing_vault(subscription, group, name)
         with state.lock:
             entry = state.keys.get(key.lower())
-            found = entry.find(version) if entry is not None and version else None
+            found = entry.find(version) if entry is not None and _served(entry) and version else None
             if entry is None or found is None:
                 raise errors.resource_not_found(KEY_VERSION_TYPE, f"{name}/{key}/{version}", group)
             return 200, key_json(state, entry, found, versioned=True)
@@ -265,6 +266,11 @@ class Vaults:
 
 KEY_TYPE = "Microsoft.KeyVault/vaults/keys"
 KEY_VERSION_TYPE = "Microsoft.KeyVault/vaults/keys/versions"
+
+
+def _served(entry: KeyEntry) -> bool:
+    """A key with a version that is not still being recovered (the data plane does not serve it yet either)."""
+    return bool(entry.versions) and entry.recovering_until <= time.monotonic()
 
 
 def key_json(state: VaultState, entry: KeyEntry, version: KeyVersion, *, versioned: bool = False) -> dict[str, Any]:

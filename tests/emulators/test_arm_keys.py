@@ -114,7 +114,7 @@ def test_arm_lists_keys_behind_a_firewall_and_not_soft_deleted_ones(env: Env) ->
     _, keys = env.vault("kv-arm-keys-fw")
     keys.create_rsa_key("kept")
     keys.create_rsa_key("gone")
-    keys.begin_delete_key("gone").result()
+    keys.begin_delete_key("gone").wait()
     env.mgmt.vaults.update(RG, "kv-arm-keys-fw", VaultPatchParameters(properties=VaultPatchProperties(
         network_acls=NetworkRuleSet(default_action="Deny", bypass="None"))))
 

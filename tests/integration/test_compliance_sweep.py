@@ -198,7 +198,7 @@ def test_the_misconfigured_estate_yields_exactly_the_expected_findings(sandbox: 
     expiring = cmk_account(world, "kv-expiring", "cmk", "id-expiring", permissions=storage_permissions)
     vault_with_key(world, "kv-deleted", "cmk")
     deleted = cmk_account(world, "kv-deleted", "cmk", "id-deleted", permissions=storage_permissions)
-    world.key_client("kv-deleted").begin_delete_key("cmk").result()
+    world.key_client("kv-deleted").begin_delete_key("cmk").wait()  # until listed as deleted
     vault_with_key(world, "kv-unaudited", "cmk", audited=False)
     unaudited = cmk_account(world, "kv-unaudited", "cmk", "id-unaudited", permissions=storage_permissions)
 
