@@ -80,6 +80,8 @@ def test_cmk_005_keys_must_be_rsa_of_a_supported_size(kty: str, size: int, setti
     assert (result.rule, result.severity, result.resource) == ("CMK-005", Severity.CRITICAL, KEY_URI)
     assert result.evidence == {"reason": reason, "kty": kty, "key_size": size,
                                "minimum_size": settings.min_rsa_key_size}
+    assert result.title == (f"key storage-cmk is {kty} {size}: storage needs RSA of 2048, 3072, 4096 bits, "
+                            f"at least {settings.min_rsa_key_size}")
     kty_option = "RSA-HSM" if kty.upper().endswith("-HSM") else "RSA"
     assert (f"az keyvault key create --vault-name contoso-cmk --name storage-cmk --kty {kty_option} "
             f"--size {settings.min_rsa_key_size}") in result.remediation
