@@ -359,6 +359,8 @@ def test_cmk_020_isolation_advisory(subscriptions: tuple[str, ...], tenant2: str
     ({V1: 3, V2: 5}, VERSIONS, RuleSettings(), 3),
     ({V1.upper(): 3}, VERSIONS, RuleSettings(), 3),
     ({V1: 3}, (VERSIONS[0], key_version(V2, age=timedelta(hours=3))), RuleSettings(), None),
+    ({V1: 3}, (VERSIONS[0], key_version(V2, age=timedelta(hours=24))), RuleSettings(), None),
+    ({V1: 3}, (VERSIONS[0], key_version(V2, age=timedelta(hours=24, seconds=1))), RuleSettings(), 3),
     ({V1: 3}, (VERSIONS[0], key_version(V2, age=timedelta(hours=3))), RuleSettings(rewrap_window=timedelta(hours=2)),
      3),
 ])
