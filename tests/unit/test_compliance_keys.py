@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -299,6 +300,30 @@ def test_cmk_013_cannot_call_a_key_missing_without_the_listings(
     [entry] = not_evaluated(result)
     assert entry["rule"] == "CMK-013"
     assert entry["aspect"] == aspect
+
+
+OTHER_VAULT_ID = VAULT_ID.replace("contoso-cmk", "other-vault")
+
+
+@pytest.mark.parametrize(("deleted_vaults", "failures", "expected"), [
+    ((replace(deleted_vault(), name="other-vault", vault_id=OTHER_VAULT_ID),), (), "VaultMissing"),
+    ((), (ReadFailure(resource=OTHER_VAULT_ID, aspect=ReadAspect.VAULT, reason="denied"),), "VaultMissing"),
+    ((), (ReadFailure(resource=VAULT_ID.upper(), aspect=ReadAspect.VAULT, reason="denied"),), "CMK-000"),
+    ((replace(deleted_vault(), name="CONTOSO-CMK"),), (), "VaultSoftDeleted"),
+])
+def test_cmk_013_only_the_key_s_own_vault_counts(deleted_vaults: tuple[object, ...],
+                                                 failures: tuple[ReadFailure, ...], expected: str) -> None:
+    built = estate(vaults=(), deleted_vaults=deleted_vaults, read_failures=failures)  # type: ignore[arg-type]
+    result = only(run(cmk_013_key_exists, built))
+    assert (result.rule if expected == "CMK-000" else result.evidence["reason"]) == expected
+
+
+def test_cmk_013_a_sandbox_vault_is_never_matched_to_a_deleted_cloud_vault() -> None:
+    origin = "https://127.0.0.1:8443"
+    built = estate(accounts=(account(key_vault_uri=origin),), vaults=(), deleted_vaults=(deleted_vault(),),
+                   custom_origins=(origin,))
+    result = only(run(cmk_013_key_exists, built))
+    assert (result.resource, result.evidence["reason"]) == (f"{origin}/keys/storage-cmk", "VaultMissing")
 
 
 def test_cmk_013_also_covers_keys_of_registered_containers() -> None:
