@@ -1,0 +1,416 @@
+"""Key and data rules (CMK-005, 009, 010, 013, 018, 020) on hand-built estates."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from controller.compliance.estate import ReadAspect, ReadFailure, Subscription
+from controller.compliance.rules import RuleSettings
+from controller.compliance.rules.data import cmk_018_blobs_rewrapped
+from controller.compliance.rules.keys import (
+    cmk_005_key_type_and_size,
+    cmk_009_version_in_use_valid,
+    cmk_010_rotation_policy,
+    cmk_013_key_exists,
+    cmk_020_key_isolation,
+    parse_duration,
+)
+from controller.model import KeyVersionInfo, RotationLifetimeAction, Severity
+from tests.unit.estate_builders import (
+    KEY_URI,
+    NOW,
+    SUB,
+    SUB2,
+    TENANT,
+    TENANT2,
+    V1,
+    V2,
+    V3,
+    VAULT_ID,
+    VERSIONS,
+    account,
+    account_id,
+    census,
+    deleted_key,
+    deleted_vault,
+    estate,
+    key_version,
+    not_evaluated,
+    only,
+    rotation_policy,
+    run,
+    scope,
+    vault,
+    vault_key,
+)
+
+pytestmark = pytest.mark.unit
+
+ACCOUNT = account_id("acct1")
+
+
+def with_key(**key: object) -> object:
+    return estate(vaults=(vault(keys=(vault_key(**key),)),))  # type: ignore[arg-type]
+
+
+# --- CMK-005 --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kty", "size", "settings", "reason"), [
+    ("RSA", 3072, RuleSettings(), None),
+    ("rsa-hsm", 4096, RuleSettings(), None),
+    ("RSA", 2048, RuleSettings(), None),
+    ("EC", 256, RuleSettings(), "UnsupportedKeyType"),
+    ("EC-HSM", 384, RuleSettings(), "UnsupportedKeyType"),
+    ("oct", 256, RuleSettings(), "UnsupportedKeyType"),
+    ("RSA", 1024, RuleSettings(), "UnsupportedKeySize"),
+    ("RSA", 2560, RuleSettings(), "UnsupportedKeySize"),
+    ("RSA", 2048, RuleSettings(min_rsa_key_size=3072), "KeySizeBelowMinimum"),
+    ("RSA-HSM", 3072, RuleSettings(min_rsa_key_size=4096), "KeySizeBelowMinimum"),
+])
+def test_cmk_005_keys_must_be_rsa_of_a_supported_size(kty: str, size: int, settings: RuleSettings,
+                                                      reason: str | None) -> None:
+    findings = run(cmk_005_key_type_and_size, with_key(kty=kty, key_size=size), settings=settings)  # type: ignore[arg-type]
+    if reason is None:
+        assert findings == []
+        return
+    result = only(findings)
+    assert (result.rule, result.severity, result.resource) == ("CMK-005", Severity.CRITICAL, KEY_URI)
+    assert result.evidence == {"reason": reason, "kty": kty, "key_size": size,
+                               "minimum_size": settings.min_rsa_key_size}
+    assert result.title == (f"key storage-cmk is {kty} {size}: storage needs RSA of 2048, 3072, 4096 bits, "
+                            f"at least {settings.min_rsa_key_size}")
+    kty_option = "RSA-HSM" if kty.upper().endswith("-HSM") else "RSA"
+    assert (f"az keyvault key create --vault-name contoso-cmk --name storage-cmk --kty {kty_option} "
+            f"--size {settings.min_rsa_key_size}") in result.remediation
+
+
+def test_cmk_005_an_rsa_key_without_a_size_is_not_evaluable() -> None:
+    result = only(run(cmk_005_key_type_and_size, with_key(key_size=None)))  # type: ignore[arg-type]
+    assert (result.rule, result.resource) == ("CMK-000", KEY_URI)
+    assert not_evaluated(result)[0]["rule"] == "CMK-005"
+
+
+def test_key_rules_use_the_versionless_uri_with_a_lower_case_host() -> None:
+    shouting = estate(accounts=(account(key_vault_uri="HTTPS://CONTOSO-CMK.VAULT.AZURE.NET/"),),
+                      vaults=(vault(keys=(vault_key(kty="EC"),)),))
+    assert only(run(cmk_005_key_type_and_size, shouting)).resource == KEY_URI
+
+
+# --- CMK-009 --------------------------------------------------------------------------------------------
+
+
+def latest(**attributes: object) -> tuple[KeyVersionInfo, ...]:
+    return (VERSIONS[0], key_version(V2, age=timedelta(days=30), **attributes))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("versions", "settings", "reason", "severity"), [
+    (VERSIONS, RuleSettings(), None, None),
+    (latest(expires=NOW + timedelta(days=60)), RuleSettings(), None, None),
+    (latest(enabled=False), RuleSettings(), "VersionDisabled", Severity.CRITICAL),
+    (latest(expires=NOW - timedelta(minutes=1)), RuleSettings(), "VersionExpired", Severity.CRITICAL),
+    (latest(expires=NOW), RuleSettings(), "VersionExpired", Severity.CRITICAL),
+    (latest(not_before=NOW + timedelta(hours=1)), RuleSettings(), "VersionNotYetValid", Severity.CRITICAL),
+    (latest(not_before=NOW + timedelta(microseconds=1)), RuleSettings(), "VersionNotYetValid", Severity.CRITICAL),
+    (latest(not_before=NOW), RuleSettings(), None, None),
+    (latest(expires=NOW + timedelta(days=10)), RuleSettings(), "VersionExpiresSoon", Severity.MEDIUM),
+    (latest(expires=NOW + timedelta(days=30)), RuleSettings(), "VersionExpiresSoon", Severity.MEDIUM),
+    (latest(expires=NOW + timedelta(days=10)), RuleSettings(expiry_warning=timedelta(days=5)), None, None),
+])
+def test_cmk_009_the_version_in_use_must_be_usable(
+    versions: tuple[KeyVersionInfo, ...], settings: RuleSettings, reason: str | None, severity: Severity | None
+) -> None:
+    findings = run(cmk_009_version_in_use_valid, with_key(versions=versions), settings=settings)  # type: ignore[arg-type]
+    if reason is None:
+        assert findings == []
+        return
+    result = only(findings)
+    assert (result.rule, result.severity, result.resource) == ("CMK-009", severity, KEY_URI)
+    assert result.evidence["reason"] == reason
+    [problem] = result.evidence["versions"]  # type: ignore[misc]
+    assert problem["version"] == V2
+    assert problem["used_by"] == (ACCOUNT,)
+    assert problem["expires"] == (versions[1].expires.isoformat() if versions[1].expires else None)
+    expected = {
+        "VersionDisabled": f"az keyvault key set-attributes --vault-name contoso-cmk --name storage-cmk --version {V2} "
+                           "--enabled true",
+        "VersionExpired": "az keyvault key rotate --vault-name contoso-cmk --name storage-cmk",
+        "VersionExpiresSoon": "az keyvault key rotate --vault-name contoso-cmk --name storage-cmk",
+        "VersionNotYetValid": f"move the consumers of {V2} to a valid version",
+    }[reason]
+    assert expected in result.remediation
+
+
+def test_cmk_009_reports_every_version_in_use_and_is_critical_if_any_is() -> None:
+    versions = (key_version(V1, age=timedelta(days=60), expires=NOW + timedelta(days=3)),
+                key_version(V2, age=timedelta(days=30), enabled=False))
+    pinned = account("acct2", key_version=V1, current=f"{KEY_URI}/{V1}")
+    built = estate(accounts=(account(), pinned), vaults=(vault(keys=(vault_key(versions=versions),)),))
+    result = only(run(cmk_009_version_in_use_valid, built))
+    assert result.severity is Severity.CRITICAL
+    assert result.evidence["reason"] == "VersionDisabled"
+    assert [(p["version"], p["reason"], p["used_by"]) for p in result.evidence["versions"]] == [  # type: ignore[attr-defined]
+        (V1, "VersionExpiresSoon", (account_id("acct2"),)), (V2, "VersionDisabled", (ACCOUNT,))]
+
+
+def test_cmk_009_consumers_whose_version_is_unknown_or_unlisted_are_not_evaluable() -> None:
+    built = estate(accounts=(account(current=None), account("acct2", current=f"{KEY_URI}/{V3}")))
+    unknown, unlisted = run(cmk_009_version_in_use_valid, built)
+    assert unknown.resource == unlisted.resource == KEY_URI
+    [entry] = not_evaluated(unknown)
+    assert (entry["rule"], entry["reason"], entry["consumers"]) == ("CMK-009", "CurrentVersionUnknown", (ACCOUNT,))
+    [entry] = not_evaluated(unlisted)
+    assert (entry["reason"], entry["versions"], entry["consumers"]) == (
+        "VersionNotListed", (V3,), (account_id("acct2"),))
+
+
+def test_cmk_009_unlisted_versions_are_not_evaluable() -> None:
+    failure = ReadFailure(resource=KEY_URI.upper(), aspect=ReadAspect.KEY_VERSIONS, reason="Forbidden", status_code=403)
+    built = estate(vaults=(vault(keys=(vault_key(versions=None),)),), read_failures=(failure,))
+    [entry] = not_evaluated(only(run(cmk_009_version_in_use_valid, built)))
+    assert (entry["status_code"], entry["aspect"]) == (403, "key-versions")
+
+
+def test_cmk_009_a_pinned_version_counts_when_azure_reports_no_current_one() -> None:
+    built = estate(accounts=(account(key_version=V2, current=None),),
+                   vaults=(vault(keys=(vault_key(versions=latest(enabled=False)),)),))
+    assert only(run(cmk_009_version_in_use_valid, built)).evidence["reason"] == "VersionDisabled"
+
+
+# --- CMK-010 --------------------------------------------------------------------------------------------
+
+OLD = (key_version(V1, age=timedelta(days=200)), key_version(V2, age=timedelta(days=120)))
+NOTIFY = RotationLifetimeAction("Notify", time_before_expiry="P30D")
+
+
+@pytest.mark.parametrize(("policy", "versions", "settings", "fails"), [
+    (rotation_policy(), OLD, RuleSettings(), False),
+    (rotation_policy(RotationLifetimeAction("rotate", time_after_create="p3m")), OLD, RuleSettings(), False),
+    (rotation_policy(RotationLifetimeAction("Rotate", time_before_expiry="P30D"), expires_after="P90D"), OLD,
+     RuleSettings(), False),
+    (rotation_policy(RotationLifetimeAction("Rotate", time_before_expiry="P30D"), expires_after="P1Y"), OLD,
+     RuleSettings(), True),
+    (rotation_policy(RotationLifetimeAction("Rotate", time_before_expiry="P30D"), expires_after=None), OLD,
+     RuleSettings(), True),
+    (rotation_policy(RotationLifetimeAction("Notify", time_after_create="P30D")), OLD, RuleSettings(), True),
+    (rotation_policy(RotationLifetimeAction("Rotate", time_after_create="P1Y")), OLD, RuleSettings(), True),
+    (rotation_policy(RotationLifetimeAction("Rotate", time_after_create="P1Y")), VERSIONS, RuleSettings(), False),
+    (rotation_policy(RotationLifetimeAction("Notify", time_before_expiry="P30D")), VERSIONS,
+     RuleSettings(rotation_max_age=timedelta(days=20)), True),
+    (rotation_policy(), OLD, RuleSettings(rotation_max_age=timedelta(days=60)), True),
+    (rotation_policy(NOTIFY), (key_version(V2, age=timedelta(days=90)),), RuleSettings(), False),
+    (rotation_policy(NOTIFY), (key_version(V2, age=timedelta(days=90, seconds=1)),), RuleSettings(), True),
+    (rotation_policy(NOTIFY), (*OLD, key_version(V3, age=timedelta(days=10), enabled=False)), RuleSettings(), True),
+])
+def test_cmk_010_keys_rotate_within_the_maximum_age(policy: object, versions: tuple[KeyVersionInfo, ...],
+                                                    settings: RuleSettings, fails: bool) -> None:
+    findings = run(cmk_010_rotation_policy, with_key(policy=policy, versions=versions), settings=settings)  # type: ignore[arg-type]
+    if not fails:
+        assert findings == []
+        return
+    result = only(findings)
+    assert (result.rule, result.severity, result.resource) == ("CMK-010", Severity.MEDIUM, KEY_URI)
+    assert result.evidence["reason"] == "NoTimelyRotation"
+    assert result.evidence["current_version"] == V2  # the newest enabled version
+    current = next(info for info in versions if info.version == V2)
+    assert result.evidence["age_days"] == (NOW - current.created).days
+    assert result.evidence["max_age_days"] == settings.rotation_max_age.days
+    assert f'"timeAfterCreate":"P{settings.rotation_max_age.days}D"' in result.remediation
+    assert result.remediation.startswith(
+        "az keyvault key rotation-policy update --vault-name contoso-cmk --name storage-cmk --value ")
+
+
+def test_cmk_010_unread_policy_and_invalid_durations_are_not_evaluable() -> None:
+    unread = only(run(cmk_010_rotation_policy, with_key(policy_read=False)))  # type: ignore[arg-type]
+    assert not_evaluated(unread)[0]["aspect"] == "rotation-policy"
+    assert not_evaluated(unread)[0]["detail"] == f"the rotation-policy of {KEY_URI} was not read"
+    assert "getrotationpolicy" in unread.remediation
+    invalid = rotation_policy(RotationLifetimeAction("Rotate", time_after_create="ninety days"))
+    [entry] = not_evaluated(only(run(cmk_010_rotation_policy, with_key(policy=invalid))))  # type: ignore[arg-type]
+    assert entry["reason"] == "DurationInvalid"
+
+
+@pytest.mark.parametrize(("text", "days"), [
+    ("P90D", 90), ("p90d", 90), ("P2Y", 730), ("P3M", 90), ("P1Y6M", 545), ("P2W", 14), ("PT36H", 1.5),
+    ("P1DT12H", 1.5),
+])
+def test_iso_durations(text: str, days: float) -> None:
+    assert parse_duration(text) == timedelta(days=days)
+
+
+@pytest.mark.parametrize("text", ["", "P", "90D", "PT", "P1DT", "P-1D", "P1.5D", "P1D2"])
+def test_invalid_durations_are_rejected(text: str) -> None:
+    with pytest.raises(ValueError, match="ISO 8601"):
+        parse_duration(text)
+
+
+# --- CMK-013 --------------------------------------------------------------------------------------------
+
+
+def test_cmk_013_passes_when_the_key_exists() -> None:
+    assert run(cmk_013_key_exists, estate()) == []
+
+
+def test_cmk_013_soft_deleted_key_with_days_until_purge() -> None:
+    built = estate(accounts=(account(key_vault_uri="https://CONTOSO-CMK.vault.azure.net/"),),
+                   vaults=(vault(keys=(), deleted_keys=(deleted_key(purge_in=timedelta(days=12, hours=3)),)),))
+    result = only(run(cmk_013_key_exists, built))
+    assert (result.rule, result.severity, result.resource) == ("CMK-013", Severity.CRITICAL, KEY_URI)
+    assert result.evidence["reason"] == "KeySoftDeleted"
+    assert result.evidence["days_until_purge"] == 12
+    assert result.evidence["consumers"] == (ACCOUNT,)
+    assert result.remediation == "az keyvault key recover --vault-name contoso-cmk --name storage-cmk"
+
+
+@pytest.mark.parametrize(("vaults", "deleted_vaults", "failures", "reason"), [
+    ((vault(keys=()),), (), (), "KeyMissing"),
+    ((), (deleted_vault(),), (), "VaultSoftDeleted"),
+    ((), (), (), "VaultMissing"),
+])
+def test_cmk_013_missing_or_deleted_keys_and_vaults(vaults: tuple[object, ...], deleted_vaults: tuple[object, ...],
+                                                    failures: tuple[ReadFailure, ...], reason: str) -> None:
+    built = estate(vaults=vaults, deleted_vaults=deleted_vaults, read_failures=failures)  # type: ignore[arg-type]
+    result = only(run(cmk_013_key_exists, built))
+    assert (result.rule, result.severity, result.resource) == ("CMK-013", Severity.CRITICAL, KEY_URI)
+    assert result.evidence["reason"] == reason
+    if reason == "VaultSoftDeleted":
+        assert result.evidence["days_until_purge"] == 5
+        assert result.evidence["vault_id"] == VAULT_ID
+        assert result.remediation == "az keyvault recover --name contoso-cmk --location westeurope"
+    else:
+        assert "az keyvault key restore" in result.remediation
+
+
+@pytest.mark.parametrize(("vaults", "deleted_vaults", "failures", "aspect"), [
+    ((vault(keys=(), deleted_keys=None),), (), (), "deleted-keys"),
+    ((vault(keys=None),), (), (), "keys"),
+    ((), None, (), "deleted-vaults"),
+    ((), (), (ReadFailure(resource=f"/subscriptions/{SUB}", aspect=ReadAspect.VAULTS, reason="boom"),), "vaults"),
+])
+def test_cmk_013_cannot_call_a_key_missing_without_the_listings(
+    vaults: tuple[object, ...], deleted_vaults: tuple[object, ...] | None, failures: tuple[ReadFailure, ...],
+    aspect: str
+) -> None:
+    built = estate(vaults=vaults, deleted_vaults=deleted_vaults, read_failures=failures)  # type: ignore[arg-type]
+    result = only(run(cmk_013_key_exists, built))
+    assert (result.rule, result.resource) == ("CMK-000", KEY_URI)
+    [entry] = not_evaluated(result)
+    assert entry["rule"] == "CMK-013"
+    assert entry["aspect"] == aspect
+
+
+OTHER_VAULT_ID = VAULT_ID.replace("contoso-cmk", "other-vault")
+
+
+@pytest.mark.parametrize(("deleted_vaults", "failures", "expected"), [
+    ((replace(deleted_vault(), name="other-vault", vault_id=OTHER_VAULT_ID),), (), "VaultMissing"),
+    ((), (ReadFailure(resource=OTHER_VAULT_ID, aspect=ReadAspect.VAULT, reason="denied"),), "VaultMissing"),
+    ((), (ReadFailure(resource=VAULT_ID.upper(), aspect=ReadAspect.VAULT, reason="denied"),), "CMK-000"),
+    ((replace(deleted_vault(), name="CONTOSO-CMK"),), (), "VaultSoftDeleted"),
+])
+def test_cmk_013_only_the_key_s_own_vault_counts(deleted_vaults: tuple[object, ...],
+                                                 failures: tuple[ReadFailure, ...], expected: str) -> None:
+    built = estate(vaults=(), deleted_vaults=deleted_vaults, read_failures=failures)  # type: ignore[arg-type]
+    result = only(run(cmk_013_key_exists, built))
+    assert (result.rule if expected == "CMK-000" else result.evidence["reason"]) == expected
+
+
+def test_cmk_013_a_sandbox_vault_is_never_matched_to_a_deleted_cloud_vault() -> None:
+    origin = "https://127.0.0.1:8443"
+    built = estate(accounts=(account(key_vault_uri=origin),), vaults=(), deleted_vaults=(deleted_vault(),),
+                   custom_origins=(origin,))
+    result = only(run(cmk_013_key_exists, built))
+    assert (result.resource, result.evidence["reason"]) == (f"{origin}/keys/storage-cmk", "VaultMissing")
+
+
+def test_cmk_013_also_covers_keys_of_registered_containers() -> None:
+    other = "https://contoso-cmk.vault.azure.net/keys/blob-kek"
+    built = estate(container_census=(census({V1: 3}, key_uri=other),))
+    result = only(run(cmk_013_key_exists, built))
+    assert (result.resource, result.evidence["reason"]) == (other, "KeyMissing")
+    assert result.evidence["containers"] == ("acct1/secrets",)
+    assert result.evidence["consumers"] == ()
+
+
+def test_cmk_013_managed_hsm_keys_are_not_evaluable() -> None:
+    hsm = "https://contoso-hsm.managedhsm.azure.net/"
+    result = only(run(cmk_013_key_exists, estate(accounts=(account(key_vault_uri=hsm),))))
+    [entry] = not_evaluated(result)
+    assert result.resource == "https://contoso-hsm.managedhsm.azure.net/keys/storage-cmk"
+    assert entry["detail"] == "Managed HSM keys are not gathered"
+
+
+# --- CMK-020 --------------------------------------------------------------------------------------------
+
+
+def test_cmk_020_one_account_and_its_scopes_are_isolated() -> None:
+    assert run(cmk_020_key_isolation, estate(accounts=(account(scopes=(scope(),)),))) == []
+
+
+@pytest.mark.parametrize(("subscriptions", "tenant2", "limit", "reasons"), [
+    ((SUB, SUB2), TENANT, 50, ("KeySharedAcrossSubscriptions",)),
+    ((SUB, SUB2), TENANT2, 50, ("KeySharedAcrossTenants", "KeySharedAcrossSubscriptions")),
+    ((SUB, SUB, SUB), TENANT, 2, ("KeySharedByTooManyAccounts",)),
+    ((SUB, SUB), TENANT, 2, ()),
+])
+def test_cmk_020_isolation_advisory(subscriptions: tuple[str, ...], tenant2: str, limit: int,
+                                    reasons: tuple[str, ...]) -> None:
+    accounts = tuple(account(f"acct{number}", subscription=sub) for number, sub in enumerate(subscriptions))
+    subs = (Subscription(subscription_id=SUB, tenant_id=TENANT),
+            Subscription(subscription_id=SUB2.upper(), tenant_id=tenant2))
+    built = estate(accounts=accounts, subscriptions=subs)
+    findings = run(cmk_020_key_isolation, built, settings=RuleSettings(max_accounts_per_key=limit))
+    if not reasons:
+        assert findings == []
+        return
+    result = only(findings)
+    assert (result.rule, result.severity, result.resource) == ("CMK-020", Severity.INFO, KEY_URI)
+    assert result.evidence["reasons"] == reasons
+    assert result.evidence["accounts"] == len(subscriptions)
+    assert result.evidence["subscriptions"] == tuple(sorted(set(subscriptions)))
+    assert f"at most {limit} accounts" in result.remediation
+    assert result.evidence["tenants"] == tuple(sorted({TENANT, tenant2}))
+
+
+# --- CMK-018 --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("blobs", "versions", "settings", "stale"), [
+    ({V2: 5}, VERSIONS, RuleSettings(), None),
+    ({V1: 0, V2: 5}, VERSIONS, RuleSettings(), None),
+    ({V1: 3, V2: 5}, VERSIONS, RuleSettings(), 3),
+    ({V1.upper(): 3}, VERSIONS, RuleSettings(), 3),
+    ({V1: 3}, (VERSIONS[0], key_version(V2, age=timedelta(hours=3))), RuleSettings(), None),
+    ({V1: 3}, (VERSIONS[0], key_version(V2, age=timedelta(hours=24))), RuleSettings(), None),
+    ({V1: 3}, (VERSIONS[0], key_version(V2, age=timedelta(hours=24, seconds=1))), RuleSettings(), 3),
+    ({V1: 3}, (VERSIONS[0], key_version(V2, age=timedelta(hours=3))), RuleSettings(rewrap_window=timedelta(hours=2)),
+     3),
+])
+def test_cmk_018_blobs_must_be_rewrapped_after_the_window(
+    blobs: dict[str, int], versions: tuple[KeyVersionInfo, ...], settings: RuleSettings, stale: int | None
+) -> None:
+    built = estate(vaults=(vault(keys=(vault_key(versions=versions),)),), container_census=(census(blobs),))
+    findings = run(cmk_018_blobs_rewrapped, built, settings=settings)
+    if stale is None:
+        assert findings == []
+        return
+    result = only(findings)
+    assert (result.rule, result.severity, result.resource) == ("CMK-018", Severity.MEDIUM, "acct1/secrets")
+    assert result.evidence["stale_blobs"] == stale
+    assert result.evidence["latest_version"] == V2
+    assert result.evidence["blobs_per_version"][V1] == 3  # type: ignore[index]
+    assert result.remediation == (f"cmkctl rewrap --account acct1 --container secrets --key {KEY_URI} "
+                                  f"--to-version {V2}")
+
+
+@pytest.mark.parametrize(("built_census", "reason"), [
+    (census(None), "NotRead"),
+    (census({V1: 1}, key_uri="https://elsewhere.example.com/keys/k"), "KeyUriInvalid"),
+])
+def test_cmk_018_not_evaluable(built_census: object, reason: str) -> None:
+    result = only(run(cmk_018_blobs_rewrapped, estate(container_census=(built_census,))))  # type: ignore[arg-type]
+    [entry] = not_evaluated(result)
+    assert (result.resource, entry["rule"], entry["reason"]) == ("acct1/secrets", "CMK-018", reason)
