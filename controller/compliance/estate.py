@@ -54,10 +54,8 @@ def same_name(left: str | None, right: str | None) -> bool:
     return left.strip().lower() == right.strip().lower()
 
 
-def same_arm_id(left: str | None, right: str | None) -> bool:
+def same_arm_id(left: str, right: str) -> bool:
     """ARM ids compare case-insensitively and ignore a trailing slash."""
-    if left is None or right is None:
-        return left is right
     return left.strip().rstrip("/").lower() == right.strip().rstrip("/").lower()
 
 
@@ -515,8 +513,7 @@ class Estate:
     def failure(self, resource: str, *aspects: ReadAspect) -> ReadFailure | None:
         """The recorded read failure of ``resource`` (case-insensitive) for one of ``aspects``, if any."""
         return next((failure for failure in self.read_failures
-                     if same_arm_id(failure.resource, resource) and (not aspects or failure.aspect in aspects)),
-                    None)
+                     if failure.aspect in aspects and same_arm_id(failure.resource, resource)), None)
 
     def failures_of(self, aspect: ReadAspect) -> tuple[ReadFailure, ...]:
         return tuple(failure for failure in self.read_failures if failure.aspect is aspect)

@@ -269,6 +269,15 @@ def test_cmk_006_an_unparseable_key_uri_is_not_evaluable() -> None:
     assert entry["key_uri"] == "https://contoso.example.com/keys/storage-cmk"
 
 
+@pytest.mark.parametrize(("key_vault_uri", "key_name"), [(None, KEY_NAME), (VAULT_ORIGIN, None), (VAULT_ORIGIN, "")])
+def test_cmk_006_an_account_naming_no_vault_or_key_is_not_evaluable(key_vault_uri: str | None,
+                                                                    key_name: str | None) -> None:
+    built = estate(accounts=(account(key_vault_uri=key_vault_uri, key_name=key_name),))
+    [entry] = not_evaluated(only(run(cmk_006_identity_can_use_key, built)))
+    assert (entry["reason"], entry["key_uri"]) == ("KeyUriInvalid", "")
+    assert entry["detail"] == "encryption.keyvaultproperties names no key vault URI and key name"
+
+
 def test_cmk_006_unread_keys_are_not_evaluable_and_missing_keys_are_left_to_cmk_013() -> None:
     unread = estate(vaults=(vault(keys=None),))
     [entry] = not_evaluated(only(run(cmk_006_identity_can_use_key, unread)))

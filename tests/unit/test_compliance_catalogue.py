@@ -187,6 +187,7 @@ def test_evaluate_needs_an_aware_clock_and_valid_settings() -> None:
         RuleSettings(adoption_window=timedelta(0))
     with pytest.raises(ValueError, match="max_accounts_per_key"):
         RuleSettings(max_accounts_per_key=0)
+    assert RuleSettings(max_accounts_per_key=1, min_rsa_key_size=4096).max_accounts_per_key == 1
 
 
 # --- properties ------------------------------------------------------------------------------------------

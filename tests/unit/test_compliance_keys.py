@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -80,6 +81,8 @@ def test_cmk_005_keys_must_be_rsa_of_a_supported_size(kty: str, size: int, setti
     assert (result.rule, result.severity, result.resource) == ("CMK-005", Severity.CRITICAL, KEY_URI)
     assert result.evidence == {"reason": reason, "kty": kty, "key_size": size,
                                "minimum_size": settings.min_rsa_key_size}
+    assert result.title == (f"key storage-cmk is {kty} {size}: storage needs RSA of 2048, 3072, 4096 bits, "
+                            f"at least {settings.min_rsa_key_size}")
     kty_option = "RSA-HSM" if kty.upper().endswith("-HSM") else "RSA"
     assert (f"az keyvault key create --vault-name contoso-cmk --name storage-cmk --kty {kty_option} "
             f"--size {settings.min_rsa_key_size}") in result.remediation
@@ -299,6 +302,30 @@ def test_cmk_013_cannot_call_a_key_missing_without_the_listings(
     assert entry["aspect"] == aspect
 
 
+OTHER_VAULT_ID = VAULT_ID.replace("contoso-cmk", "other-vault")
+
+
+@pytest.mark.parametrize(("deleted_vaults", "failures", "expected"), [
+    ((replace(deleted_vault(), name="other-vault", vault_id=OTHER_VAULT_ID),), (), "VaultMissing"),
+    ((), (ReadFailure(resource=OTHER_VAULT_ID, aspect=ReadAspect.VAULT, reason="denied"),), "VaultMissing"),
+    ((), (ReadFailure(resource=VAULT_ID.upper(), aspect=ReadAspect.VAULT, reason="denied"),), "CMK-000"),
+    ((replace(deleted_vault(), name="CONTOSO-CMK"),), (), "VaultSoftDeleted"),
+])
+def test_cmk_013_only_the_key_s_own_vault_counts(deleted_vaults: tuple[object, ...],
+                                                 failures: tuple[ReadFailure, ...], expected: str) -> None:
+    built = estate(vaults=(), deleted_vaults=deleted_vaults, read_failures=failures)  # type: ignore[arg-type]
+    result = only(run(cmk_013_key_exists, built))
+    assert (result.rule if expected == "CMK-000" else result.evidence["reason"]) == expected
+
+
+def test_cmk_013_a_sandbox_vault_is_never_matched_to_a_deleted_cloud_vault() -> None:
+    origin = "https://127.0.0.1:8443"
+    built = estate(accounts=(account(key_vault_uri=origin),), vaults=(), deleted_vaults=(deleted_vault(),),
+                   custom_origins=(origin,))
+    result = only(run(cmk_013_key_exists, built))
+    assert (result.resource, result.evidence["reason"]) == (f"{origin}/keys/storage-cmk", "VaultMissing")
+
+
 def test_cmk_013_also_covers_keys_of_registered_containers() -> None:
     other = "https://contoso-cmk.vault.azure.net/keys/blob-kek"
     built = estate(container_census=(census({V1: 3}, key_uri=other),))
@@ -357,6 +384,8 @@ def test_cmk_020_isolation_advisory(subscriptions: tuple[str, ...], tenant2: str
     ({V1: 3, V2: 5}, VERSIONS, RuleSettings(), 3),
     ({V1.upper(): 3}, VERSIONS, RuleSettings(), 3),
     ({V1: 3}, (VERSIONS[0], key_version(V2, age=timedelta(hours=3))), RuleSettings(), None),
+    ({V1: 3}, (VERSIONS[0], key_version(V2, age=timedelta(hours=24))), RuleSettings(), None),
+    ({V1: 3}, (VERSIONS[0], key_version(V2, age=timedelta(hours=24, seconds=1))), RuleSettings(), 3),
     ({V1: 3}, (VERSIONS[0], key_version(V2, age=timedelta(hours=3))), RuleSettings(rewrap_window=timedelta(hours=2)),
      3),
 ])

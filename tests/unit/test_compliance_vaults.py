@@ -108,7 +108,8 @@ def setting(*logs: LogSetting, workspace: str | None = WORKSPACE, storage: str |
     ((setting(LogSetting(enabled=True, category_group="AUDIT"), workspace=None, storage=WORKSPACE),), False),
     ((), True),
     ((setting(LogSetting(enabled=False, category="AuditEvent")),), True),
-    ((setting(LogSetting(enabled=True, category="AzurePolicyEvaluationDetails")),), True),
+    ((setting(LogSetting(enabled=True, category="AzurePolicyEvaluationDetails"),
+              LogSetting(enabled=True, category_group="metrics-only")),), True),
     ((setting(LogSetting(enabled=True, category="AuditEvent"), workspace=None),), True),
 ])
 def test_cmk_016_audit_events_must_go_somewhere(settings: tuple[DiagnosticSetting, ...], fails: bool) -> None:
@@ -119,7 +120,10 @@ def test_cmk_016_audit_events_must_go_somewhere(settings: tuple[DiagnosticSettin
     result = only(findings)
     assert (result.rule, result.severity, result.resource) == ("CMK-016", Severity.MEDIUM, VAULT_ID)
     assert result.evidence["reason"] == "NoAuditDiagnostics"
-    assert len(result.evidence["diagnostic_settings"]) == len(settings)  # type: ignore[arg-type]
+    assert result.evidence["diagnostic_settings"] == tuple(
+        {"name": "diag", "destination": item.destination,
+         "enabled_logs": tuple(log.category or log.category_group for log in item.logs if log.enabled)}
+        for item in settings)
     assert f"--resource {VAULT_ID}" in result.remediation
     assert '"categoryGroup":"audit"' in result.remediation
 
@@ -134,8 +138,9 @@ def test_cmk_016_unread_diagnostic_settings_are_not_evaluable() -> None:
 
 
 def group(*, operation: str = "KeyUnwrap", status: int = 403, failure_class: FailureClass = FailureClass.PERMISSION,
-          count: int = 4, vault_id: str = VAULT_ID, caller: str = PRINCIPAL) -> AuditFailureGroup:
-    return AuditFailureGroup(vault_id=vault_id, key_name=KEY_NAME, key_version=V1, caller=caller,
+          count: int = 4, vault_id: str = VAULT_ID, caller: str = PRINCIPAL,
+          version: str | None = V1) -> AuditFailureGroup:
+    return AuditFailureGroup(vault_id=vault_id, key_name=KEY_NAME, key_version=version, caller=caller,
                              operation=operation, status_code=status, failure_class=failure_class, count=count,
                              first_seen=NOW - timedelta(hours=5), last_seen=NOW - timedelta(hours=1))
 
@@ -153,20 +158,22 @@ def test_cmk_017_passes_when_the_logs_were_gathered_and_show_no_failure() -> Non
 def test_cmk_017_groups_failures_by_vault_with_classes_and_evidence() -> None:
     throttled = group(operation="keywrap", status=429, failure_class=FailureClass.THROTTLED, count=10,
                       vault_id=VAULT_ID.upper())
-    built = estate(audit=audit(group(), throttled, group(operation="KeyDelete", status=404, count=7)))
+    unversioned = group(status=400, failure_class=FailureClass.OTHER, count=1, version=None)
+    built = estate(audit=audit(group(), throttled, group(operation="KeyDelete", status=404, count=7), unversioned))
     result = only(run(cmk_017_failed_key_operations, built))
     assert (result.rule, result.severity, result.resource) == ("CMK-017", Severity.CRITICAL, VAULT_ID)
-    assert result.evidence["failed_operations"] == 14
-    assert result.evidence["classes"] == ("permission", "throttled")
+    assert result.evidence["failed_operations"] == 15
+    assert result.evidence["classes"] == ("permission", "throttled", "other")
     assert result.evidence["source"] == "AZKVAuditLogs"
     groups = result.evidence["groups"]
-    assert [(entry["operation"], entry["status_code"], entry["count"]) for entry in groups] == [  # type: ignore[attr-defined]
-        ("KeyUnwrap", 403, 4), ("keywrap", 429, 10)]
-    assert groups[0]["caller"] == PRINCIPAL  # type: ignore[index]
-    assert groups[0]["first_seen"] == (NOW - timedelta(hours=5)).isoformat()  # type: ignore[index]
+    assert [(entry["operation"], entry["status_code"], entry["count"], entry["version"])  # type: ignore[attr-defined]
+            for entry in groups] == [("KeyUnwrap", 400, 1, None), ("KeyUnwrap", 403, 4, V1), ("keywrap", 429, 10, V1)]
+    assert groups[1]["caller"] == PRINCIPAL  # type: ignore[index]
+    assert groups[1]["first_seen"] == (NOW - timedelta(hours=5)).isoformat()  # type: ignore[index]
     assert "Key Vault Crypto Service Encryption User" in result.remediation
     assert "reduce the request rate" in result.remediation
-    assert "14 failed key operations on vault contoso-cmk" in result.title
+    assert result.title == "15 failed key operations on vault contoso-cmk: permission, throttled, other"
+    assert "look up the failed requests" in result.remediation
 
 
 def test_cmk_017_a_vault_outside_the_estate_is_reported_under_the_logged_id() -> None:
