@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from controller import audit
-from controller.compliance.estate import AuditFailureGroup, AuditLog, FailureClass
+from controller.compliance.estate import AuditFailureGroup, AuditLog
 
-_CLASSES: Mapping[audit.FailureClass, FailureClass] = {
-    audit.FailureClass.PERMISSION: FailureClass.PERMISSION,
-    audit.FailureClass.FIREWALL: FailureClass.FIREWALL,
-    audit.FailureClass.KEY_DISABLED: FailureClass.KEY_DISABLED_OR_EXPIRED,
-    audit.FailureClass.KEY_EXPIRED: FailureClass.KEY_DISABLED_OR_EXPIRED,
-    audit.FailureClass.KEY_DELETED: FailureClass.KEY_DELETED,
-    audit.FailureClass.THROTTLED: FailureClass.THROTTLED,
-    audit.FailureClass.OTHER: FailureClass.OTHER,
-}
 #: The operation a group is reported under: a failed unwrap or wrap is what cuts a consumer off.
 _PREFERRED = ("KeyUnwrap", "KeyWrap")
 
@@ -31,7 +20,7 @@ def audit_evidence(report: audit.AuditReport) -> AuditLog:
             operation=next((operation for operation in _PREFERRED if operation in group.operations),
                            group.operations[0] if group.operations else ""),
             status_code=group.status_code,
-            failure_class=_CLASSES[group.failure_class],
+            failure_class=group.failure_class,
             count=group.count,
             first_seen=group.first_seen,
             last_seen=group.last_seen,

@@ -34,7 +34,7 @@ Where each part comes from (for the gatherer)
     Subscription        subscriptions.get (tenantId); management-group ancestry when readable
     ContainerCensus     controller.blob_census.wrapping_versions over each registered container
     AuditLog            Log Analytics (AZKVAuditLogs / AzureDiagnostics) failed KeyWrap/KeyUnwrap,
-                        grouped; ``classify_failure`` gives each group's class
+                        grouped and classified by controller.audit (one FailureClass for both)
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from controller.audit import FailureClass
 from controller.model import DeletedKeyInfo, KeyRotationPolicyInfo, KeyVersionInfo
 
 
@@ -424,38 +425,6 @@ class ContainerCensus:
     @property
     def name(self) -> str:
         return f"{self.account}/{self.container}"
-
-
-class FailureClass(enum.StrEnum):
-    """Why a KeyWrap/KeyUnwrap failed, as classified from the audit record."""
-
-    PERMISSION = "permission"
-    FIREWALL = "firewall"
-    KEY_DISABLED_OR_EXPIRED = "key-disabled-or-expired"
-    KEY_DELETED = "key-deleted"
-    THROTTLED = "throttled"
-    OTHER = "other"
-
-
-def classify_failure(status_code: int, result_signature: str = "", result_description: str = "") -> FailureClass:
-    """Classify a failed key operation from its audit record (for the gatherer).
-
-    Key Vault answers a firewall block with 403 ForbiddenByFirewall (or a description naming the
-    client address), an access denial with 401/403, a disabled, expired or not-yet-valid key with 403
-    or 400 and a description saying so, a deleted key with 404, throttling with 429.
-    """
-    text = f"{result_signature} {result_description}".lower()
-    if status_code == 429:
-        return FailureClass.THROTTLED
-    if status_code == 404:
-        return FailureClass.KEY_DELETED
-    if "firewall" in text or "client address" in text or "not authorized to access this vault" in text:
-        return FailureClass.FIREWALL
-    if any(words in text for words in ("disabled", "expired", "not yet valid", "not valid before")):
-        return FailureClass.KEY_DISABLED_OR_EXPIRED
-    if status_code in (401, 403):
-        return FailureClass.PERMISSION
-    return FailureClass.OTHER
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -238,5 +238,5 @@ def test_the_misconfigured_estate_yields_exactly_the_expected_findings(sandbox: 
     }
     classes = {finding.resource.rsplit("/", 1)[-1]: finding.evidence["classes"]
                for finding in report.findings if finding.rule == "CMK-017"}
-    assert classes == {"kv-revoked": ["permission"], "kv-firewall": ["firewall"], "kv-deleted": ["key-deleted"]}
+    assert classes == {"kv-revoked": ["permission"], "kv-firewall": ["firewall"], "kv-deleted": ["key_deleted"]}
     assert {finding.rule for finding in report.findings if finding.rule == "CMK-014"} == {"CMK-014"}

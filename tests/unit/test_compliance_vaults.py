@@ -6,16 +6,15 @@ from datetime import timedelta
 
 import pytest
 
+from controller.audit import FailureClass
 from controller.compliance.estate import (
     AuditFailureGroup,
     AuditLog,
     DiagnosticSetting,
-    FailureClass,
     LogSetting,
     NetworkAcls,
     ReadAspect,
     ReadFailure,
-    classify_failure,
 )
 from controller.compliance.rules.vaults import (
     cmk_003_soft_delete,
@@ -189,18 +188,3 @@ def test_cmk_017_logs_not_gathered_are_one_cmk_000() -> None:
     assert "Log Analytics Reader on the workspace, and CMK_LOG_ANALYTICS_WORKSPACE set" in result.remediation
     failed_query = ReadFailure(resource=WORKSPACE, aspect=ReadAspect.AUDIT_LOGS, reason="query timed out")
     assert run(cmk_017_failed_key_operations, estate(audit=None, read_failures=(failed_query,))) == []
-
-
-@pytest.mark.parametrize(("status", "signature", "description", "expected"), [
-    (429, "TooManyRequests", "", FailureClass.THROTTLED),
-    (404, "NotFound", "Key not found", FailureClass.KEY_DELETED),
-    (403, "ForbiddenByFirewall", "Client address is not authorized", FailureClass.FIREWALL),
-    (403, "Forbidden", "Operation unwrapKey is not permitted: key is disabled", FailureClass.KEY_DISABLED_OR_EXPIRED),
-    (400, "BadParameter", "The key has expired", FailureClass.KEY_DISABLED_OR_EXPIRED),
-    (403, "Forbidden", "Caller is not authorized to perform action", FailureClass.PERMISSION),
-    (401, "Unauthorized", "", FailureClass.PERMISSION),
-    (500, "InternalServerError", "", FailureClass.OTHER),
-])
-def test_failed_key_operations_are_classified(status: int, signature: str, description: str,
-                                              expected: FailureClass) -> None:
-    assert classify_failure(status, signature, description) is expected

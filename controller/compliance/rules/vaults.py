@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from controller.audit import FailureClass
 from controller.compliance.estate import (
     AuditFailureGroup,
     DiagnosticSetting,
-    FailureClass,
     ReadAspect,
     Vault,
     same_arm_id,
@@ -40,7 +40,8 @@ _AUDIT_GROUPS = ("audit", "allLogs")
 _FAILURE_REMEDIATION = {
     FailureClass.PERMISSION: "grant the caller Key Vault Crypto Service Encryption User on the key (CMK-006)",
     FailureClass.FIREWALL: "let trusted Azure services bypass the vault firewall (CMK-007)",
-    FailureClass.KEY_DISABLED_OR_EXPIRED: "enable the key version or rotate the key and adopt it (CMK-009)",
+    FailureClass.KEY_DISABLED: "enable the key version or rotate the key and adopt it (CMK-009)",
+    FailureClass.KEY_EXPIRED: "rotate the key and adopt the new version; an expired version cannot wrap (CMK-009)",
     FailureClass.KEY_DELETED: "recover the deleted key: az keyvault key recover (CMK-013)",
     FailureClass.THROTTLED: "reduce the request rate (consumers per key, CMK-020) or spread keys over vaults",
     FailureClass.OTHER: "look up the failed requests in the vault's AuditEvent logs",
