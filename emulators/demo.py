@@ -448,6 +448,27 @@ def audit_failures(demo: Demo) -> None:
         demo.say(f"  fix: {group['remediation']}")
 
 
+#: Where `make demo` leaves the compliance report it produced.
+REPORT_COPY = sandbox.PROJECT_ROOT / ".sandbox" / "demo-compliance-report.html"
+
+
+def compliance_sweep(demo: Demo) -> None:
+    demo.step("cmkctl sweep: every compliance rule over the estate, as a table and an HTML report")
+    table = cmkctl(demo, "sweep")
+    if table.returncode not in (0, 1):  # 1: findings at or above high, as this estate has
+        raise DemoFailed(f"cmkctl sweep failed:\n{(table.stderr or table.stdout)[-2000:]}")
+    for line in table.stdout.rstrip().splitlines():
+        demo.say(line)
+    html = demo.directory / "compliance-report.html"
+    written = cmkctl(demo, "sweep", "--format", "html", "--out", str(html))
+    if written.returncode not in (0, 1) or not html.is_file():
+        raise DemoFailed(f"cmkctl sweep --format html failed:\n{(written.stderr or written.stdout)[-2000:]}")
+    # Kept where it outlives the demo's temporary sandbox (.sandbox/ is ignored by git).
+    REPORT_COPY.parent.mkdir(parents=True, exist_ok=True)
+    REPORT_COPY.write_bytes(html.read_bytes())
+    demo.say(f"HTML report: {REPORT_COPY.relative_to(sandbox.PROJECT_ROOT)} (self-contained: open it in a browser)")
+
+
 def stop_sandbox(demo: Demo) -> None:
     demo.step("sandbox down (what `python -m emulators down` runs)")
     report = sandbox.stop(demo.directory)
@@ -468,6 +489,7 @@ STEPS: list[Callable[[Demo], None]] = [
     revoke,
     restore,
     audit_failures,
+    compliance_sweep,
     stop_sandbox,
 ]
 

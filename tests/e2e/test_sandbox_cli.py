@@ -247,5 +247,7 @@ def test_make_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     assert "HTTP 403 KeyVaultEncryptionKeyNotFound" in out
     assert "bytes decrypted" in out
     assert "KeyUnwrap HTTP 403 permission: caller id-storage-cmk" in out and "  fix: " in out
+    assert "CMK-012" in out and "HTML report: .sandbox/demo-compliance-report.html" in out
+    assert "<table" in (ROOT / ".sandbox" / "demo-compliance-report.html").read_text(encoding="utf-8")
     assert "no sandbox process left" in out
     assert ProcessRecord(directory).read() == ([], [])
