@@ -68,3 +68,43 @@ class Reason(enum.StrEnum):
     COMPLIANCE_FINDING = "ComplianceFinding"
     #: A compliance rule could not be evaluated on a resource (CMK-000: something could not be read).
     COMPLIANCE_NOT_EVALUATED = "ComplianceNotEvaluated"
+    # compliance findings: the "reason" a rule records in a finding's evidence (controller/compliance/rules)
+    # CMK-000
+    NOT_READ = "NotRead"
+    KEY_URI_INVALID = "KeyUriInvalid"
+    IDENTITY_PRINCIPAL_UNKNOWN = "IdentityPrincipalUnknown"
+    CURRENT_VERSION_UNKNOWN = "CurrentVersionUnknown"
+    VERSION_NOT_LISTED = "VersionNotListed"
+    DURATION_INVALID = "DurationInvalid"
+    # accounts and scopes
+    NOT_CMK = "NotCustomerManaged"
+    USER_ASSIGNED_NOT_ATTACHED = "UserAssignedIdentityNotAttached"
+    SYSTEM_ASSIGNED_OFF = "SystemAssignedIdentityOff"
+    REGION_MISMATCH = "RegionMismatch"
+    PINNED_VERSION = "PinnedVersion"
+    SERVICE_KEY_FOR_QUEUE_OR_TABLE = "ServiceKeyForQueueOrTable"
+    GEO_REDUNDANT = "GeoRedundant"
+    SCOPE_SOURCE_NOT_KEY_VAULT = "ScopeSourceNotKeyVault"
+    SCOPE_DISABLED = "ScopeDisabled"
+    # vaults
+    SOFT_DELETE_OFF = "SoftDeleteOff"
+    RETENTION_OUT_OF_RANGE = "RetentionOutOfRange"
+    PURGE_PROTECTION_OFF = "PurgeProtectionOff"
+    FIREWALL_BLOCKS_STORAGE = "FirewallBlocksStorage"
+    NO_AUDIT_DIAGNOSTICS = "NoAuditDiagnostics"
+    KEY_OPERATIONS_FAILED = "KeyOperationsFailed"
+    # keys
+    UNSUPPORTED_KEY_TYPE = "UnsupportedKeyType"
+    UNSUPPORTED_KEY_SIZE = "UnsupportedKeySize"
+    KEY_SIZE_BELOW_MINIMUM = "KeySizeBelowMinimum"
+    VERSION_EXPIRES_SOON = "VersionExpiresSoon"
+    NO_TIMELY_ROTATION = "NoTimelyRotation"
+    KEY_SOFT_DELETED = "KeySoftDeleted"
+    KEY_MISSING = "KeyMissing"
+    VAULT_SOFT_DELETED = "VaultSoftDeleted"
+    VAULT_MISSING = "VaultMissing"
+    KEY_SHARED_ACROSS_SUBSCRIPTIONS = "KeySharedAcrossSubscriptions"
+    KEY_SHARED_ACROSS_TENANTS = "KeySharedAcrossTenants"
+    KEY_SHARED_BY_TOO_MANY_ACCOUNTS = "KeySharedByTooManyAccounts"
+    # data
+    BLOBS_WRAPPED_BY_OLD_VERSION = "BlobsWrappedByOldVersion"

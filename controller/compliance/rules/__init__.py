@@ -5,7 +5,8 @@ sorts the findings (severity, rule, resource). No rule performs I/O.
 """
 
 from controller.compliance.rules.catalogue import CATALOGUE, Rule, Summary, evaluate, summarise
-from controller.compliance.rules.context import EXEMPT_TAG, REQUIRED_TAG, Reason, RequireCmk, RuleContext, RuleSettings
+from controller.compliance.rules.context import EXEMPT_TAG, REQUIRED_TAG, RequireCmk, RuleContext, RuleSettings
+from controller.reasons import Reason
 
 __all__ = [
     "CATALOGUE",

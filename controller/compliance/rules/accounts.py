@@ -26,7 +26,6 @@ from controller.compliance.resolve import ConsumerView, KeyStatus, find_version,
 from controller.compliance.rules.context import (
     EXEMPT_TAG,
     REQUIRED_TAG,
-    Reason,
     RequireCmk,
     RuleContext,
     RuleSettings,
@@ -39,6 +38,7 @@ from controller.compliance.rules.context import (
     not_read,
 )
 from controller.model import ConsumerKind, IdentityAccess, KeyRef
+from controller.reasons import Reason
 
 _GEO_REDUNDANT_SKUS = ("grs", "gzrs")  # Standard_GRS, Standard_RAGRS, Standard_GZRS, Standard_RAGZRS
 

@@ -11,6 +11,7 @@ from controller.compliance.estate import Estate, ReadAspect, ReadFailure, arm_na
 from controller.compliance.findings import Finding
 from controller.compliance.resolve import EstateIndex, KeyLookup, index
 from controller.model import Severity
+from controller.reasons import Reason
 
 #: Account tag that puts an account in scope of CMK-001 when CMK_REQUIRE_CMK is "tagged".
 REQUIRED_TAG = "cmk-required"
@@ -50,58 +51,6 @@ class RequireCmk(enum.StrEnum):
 
     ALL = "all"  # every account, except those tagged cmk-exempt=true
     TAGGED = "tagged"  # only accounts tagged cmk-required=true (and not cmk-exempt=true)
-
-
-class Reason(enum.StrEnum):
-    """The closed set of reasons a rule records in a finding's evidence ("reason" / "failed_checks")."""
-
-    # CMK-000
-    NOT_READ = "NotRead"
-    KEY_URI_INVALID = "KeyUriInvalid"
-    IDENTITY_PRINCIPAL_UNKNOWN = "IdentityPrincipalUnknown"
-    ACCESS_NOT_EVALUATED = "AccessNotEvaluated"
-    CURRENT_VERSION_UNKNOWN = "CurrentVersionUnknown"
-    VERSION_NOT_LISTED = "VersionNotListed"
-    DURATION_INVALID = "DurationInvalid"
-    NO_USABLE_VERSION = "NoUsableVersion"
-    # accounts and scopes
-    NOT_CMK = "NotCustomerManaged"
-    USER_ASSIGNED_NOT_ATTACHED = "UserAssignedIdentityNotAttached"
-    SYSTEM_ASSIGNED_OFF = "SystemAssignedIdentityOff"
-    IDENTITY_LACKS_ACCESS = "IdentityLacksAccess"
-    REGION_MISMATCH = "RegionMismatch"
-    PINNED_VERSION = "PinnedVersion"
-    PINNED_TO_OLD_VERSION = "PinnedToOldVersion"
-    ADOPTION_OVERDUE = "AdoptionOverdue"
-    SERVICE_KEY_FOR_QUEUE_OR_TABLE = "ServiceKeyForQueueOrTable"
-    GEO_REDUNDANT = "GeoRedundant"
-    SCOPE_SOURCE_NOT_KEY_VAULT = "ScopeSourceNotKeyVault"
-    SCOPE_DISABLED = "ScopeDisabled"
-    # vaults
-    SOFT_DELETE_OFF = "SoftDeleteOff"
-    RETENTION_OUT_OF_RANGE = "RetentionOutOfRange"
-    PURGE_PROTECTION_OFF = "PurgeProtectionOff"
-    FIREWALL_BLOCKS_STORAGE = "FirewallBlocksStorage"
-    NO_AUDIT_DIAGNOSTICS = "NoAuditDiagnostics"
-    KEY_OPERATIONS_FAILED = "KeyOperationsFailed"
-    # keys
-    UNSUPPORTED_KEY_TYPE = "UnsupportedKeyType"
-    UNSUPPORTED_KEY_SIZE = "UnsupportedKeySize"
-    KEY_SIZE_BELOW_MINIMUM = "KeySizeBelowMinimum"
-    VERSION_DISABLED = "VersionDisabled"
-    VERSION_EXPIRED = "VersionExpired"
-    VERSION_NOT_YET_VALID = "VersionNotYetValid"
-    VERSION_EXPIRES_SOON = "VersionExpiresSoon"
-    NO_TIMELY_ROTATION = "NoTimelyRotation"
-    KEY_SOFT_DELETED = "KeySoftDeleted"
-    KEY_MISSING = "KeyMissing"
-    VAULT_SOFT_DELETED = "VaultSoftDeleted"
-    VAULT_MISSING = "VaultMissing"
-    KEY_SHARED_ACROSS_SUBSCRIPTIONS = "KeySharedAcrossSubscriptions"
-    KEY_SHARED_ACROSS_TENANTS = "KeySharedAcrossTenants"
-    KEY_SHARED_BY_TOO_MANY_ACCOUNTS = "KeySharedByTooManyAccounts"
-    # data
-    BLOBS_WRAPPED_BY_OLD_VERSION = "BlobsWrappedByOldVersion"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,6 @@ from controller.compliance.estate import ReadAspect
 from controller.compliance.findings import Finding
 from controller.compliance.resolve import KeyStatus, latest_usable, parse_configured_key
 from controller.compliance.rules.context import (
-    Reason,
     RuleContext,
     Unevaluable,
     finding,
@@ -15,6 +14,7 @@ from controller.compliance.rules.context import (
     not_evaluable,
     not_read,
 )
+from controller.reasons import Reason
 
 
 def cmk_018_blobs_rewrapped(context: RuleContext) -> list[Finding]:

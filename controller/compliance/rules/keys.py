@@ -18,7 +18,6 @@ from controller.compliance.resolve import (
     parse_configured_key,
 )
 from controller.compliance.rules.context import (
-    Reason,
     RuleContext,
     Unevaluable,
     finding,
@@ -28,6 +27,7 @@ from controller.compliance.rules.context import (
     not_read,
 )
 from controller.model import KeyRef, KeyVersionInfo, Severity
+from controller.reasons import Reason
 
 #: Key types Azure Storage accepts for a customer-managed key.
 SUPPORTED_KEY_TYPES = ("RSA", "RSA-HSM")

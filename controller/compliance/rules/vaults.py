@@ -16,7 +16,6 @@ from controller.compliance.estate import (
 )
 from controller.compliance.findings import Finding
 from controller.compliance.rules.context import (
-    Reason,
     RuleContext,
     Unevaluable,
     az_names,
@@ -25,6 +24,7 @@ from controller.compliance.rules.context import (
     not_evaluable,
     not_read,
 )
+from controller.reasons import Reason
 
 #: The soft-delete retention Key Vault accepts, in days.
 RETENTION_DAYS = range(7, 91)
