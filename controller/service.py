@@ -14,8 +14,8 @@ from controller import reconciler, rotation
 from controller.audit import AuditReport, checked_window
 from controller.blob_census import wrapping_versions
 from controller.compliance import drift, rules
-from controller.compliance.drift import DriftFocus
 from controller.compliance.audit_evidence import audit_evidence
+from controller.compliance.drift import DriftFocus
 from controller.compliance.estate import Estate, ReadAspect, ReadFailure
 from controller.compliance.findings import Finding
 from controller.compliance.formats import render_json

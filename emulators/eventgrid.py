@@ -268,7 +268,9 @@ class WebhookSubscription:
         ):
             return False
         subject = event.subject.lower()
-        if not (subject.startswith(self.subject_begins_with.lower()) and subject.endswith(self.subject_ends_with.lower())):
+        if not subject.startswith(self.subject_begins_with.lower()):
+            return False
+        if not subject.endswith(self.subject_ends_with.lower()):
             return False
         return all(advanced.matches(event) for advanced in self.advanced_filters)
 

@@ -46,7 +46,7 @@ def _operation(path: str, method: str) -> tuple[str, str, str, str] | None:
     if len(pairs) < 2 or len(pairs) % 2:
         return None
     types = "/".join([namespace, *pairs[0::2]])
-    resource_id = "/" + "/".join(segments[: at + 1] + [namespace, *pairs])
+    resource_id = "/" + "/".join([*segments[: at + 1], namespace, *pairs])
     if action is not None:
         return ACTION_SUCCESS, f"{types}/{action}/action", resource_id, namespace
     if method == "DELETE":

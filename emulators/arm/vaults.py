@@ -205,8 +205,9 @@ class Vaults:
         self.keyvault.remove_vault(state.name)
 
     def _list_deleted_vaults(self, req: Request, subscription: str) -> tuple[int, Any]:
+        prefix = f"/subscriptions/{subscription.lower()}/"
         return 200, {"value": [entry for entry in self.deleted.values()
-                               if entry["properties"]["vaultId"].lower().startswith(f"/subscriptions/{subscription.lower()}/")]}
+                               if entry["properties"]["vaultId"].lower().startswith(prefix)]}
 
     def _list_keys(self, req: Request, subscription: str, group: str, name: str) -> tuple[int, Any]:
         state = self._existing_vault(subscription, group, name)

@@ -238,7 +238,8 @@ class FakeEstateReader:
             raise self.failure
         listed = [ListedVault(id=vault.id, vault_uri=vault.vault_uri) for vault in self.estate.vaults]
         selection = select(focus, self.estate.storage_accounts, listed)
-        accounts = tuple(account for account in self.estate.storage_accounts if account.id.lower() in selection.accounts)
+        accounts = tuple(account for account in self.estate.storage_accounts
+                         if account.id.lower() in selection.accounts)
         wanted = selection.vaults | scope_vaults(accounts, listed)
         partial = replace(self.estate, storage_accounts=accounts, audit=None, container_census=(),
                           vaults=tuple(vault for vault in self.estate.vaults if vault.id.lower() in wanted))

@@ -241,7 +241,8 @@ class TriggerEvent:
 
 
 def test_the_trigger_argument_is_validated_the_same_way():
-    raw = arm_event(operation="Microsoft.KeyVault/vaults/delete", event_type="Microsoft.Resources.ResourceDeleteSuccess")
+    raw = arm_event(operation="Microsoft.KeyVault/vaults/delete",
+                    event_type="Microsoft.Resources.ResourceDeleteSuccess")
     event = TriggerEvent(raw["id"], raw["topic"], raw["subject"], raw["eventType"],
                          datetime(2026, 12, 3, tzinfo=UTC), "2", raw["data"])
     parsed = parse_functions_resource_event(event, subscriptions=())
