@@ -97,6 +97,7 @@ WATCHED_OPERATION_PREFIXES = (
     "Microsoft.Storage/storageAccounts/",
     "Microsoft.Authorization/roleAssignments/",
 )
+READ_ONLY_ACTIONS = ("/listKeys/action", "/listAccountSas/action", "/listServiceSas/action")
 
 
 class SandboxError(RuntimeError):
@@ -625,6 +626,7 @@ class Orchestrator:
                     included_event_types=EVENT_TYPES,
                     advanced_filters=(
                         AdvancedFilter("StringBeginsWith", "data.operationName", WATCHED_OPERATION_PREFIXES),
+                        AdvancedFilter("StringNotContains", "data.operationName", READ_ONLY_ACTIONS),
                     ),
                     topic=f"/subscriptions/{subscription}",
                     system_topic_name=f"sub-{subscription}",
