@@ -18,6 +18,10 @@ own session) starts, on loopback and free ports:
   API below, which ``python -m emulators seed`` uses for a scenario's ``eventSubscriptions``), or else
   automatically as ``<vault>-on-key-event`` (on_key_event, Event Grid schema, the key event types,
   dead-letter container ``key-events-deadletter``), as the post-deploy hook subscribes managed vaults;
+  and every subscription's resource events (the emulated ARM's, topic ``/subscriptions/{id}``) as
+  ``<subscription>-on-resource-event`` (on_resource_event, the three resource event types, filtered on
+  ``data.operationName`` like infra/modules/resource-events.bicep). A deleted vault does not restart the
+  host (no app setting changes); a new one does;
 * a control API (plain HTTP, loopback, no auth; ``endpoints.control`` in the state file)::
 
       GET  /_sandbox/status                      component health
