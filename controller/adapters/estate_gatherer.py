@@ -206,18 +206,23 @@ class EstateGatherer:
             subscriptions = self._subscriptions()
         with ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="drift") as pool:
             readers = [_SubscriptionReader(self, sub, failures, pool) for sub in subscriptions]
-            listings = [reader.listings() for reader in readers]
+            listings = [wait() for wait in [reader.listings() for reader in readers]]
             accounts = [account for listing in listings for account in listing.accounts]
             vault_items = [item for listing in listings for item in listing.vault_items]
             listed = [ListedVault(id=item.id, vault_uri=item.properties.vault_uri or "") for item in vault_items]
             selection = select(focus, [summary for _, summary in accounts], listed)
-            read_accounts = [future.result() for future in [
-                pool.submit(listing.reader._account, item) for listing in listings
-                for item, summary in listing.accounts if summary.id.lower() in selection.accounts]]
-            wanted_vaults = selection.vaults | scope_vaults(read_accounts, listed)
-            read_vaults = [future.result() for future in [
-                pool.submit(listing.reader._vault, item) for listing in listings for item in listing.vault_items
-                if item.id.lower() in wanted_vaults]]
+            account_reads = [pool.submit(listing.reader._account, item) for listing in listings
+                             for item, summary in listing.accounts if summary.id.lower() in selection.accounts]
+            vault_reads = {item.id.lower(): pool.submit(listing.reader._vault, item) for listing in listings
+                           for item in listing.vault_items if item.id.lower() in selection.vaults}
+            read_accounts = [future.result() for future in account_reads]
+            # The vaults the touched accounts' encryption scopes use are known once their scopes are read.
+            used_by_scopes = scope_vaults(read_accounts, listed) - vault_reads.keys()
+            for listing in listings:
+                for item in listing.vault_items:
+                    if item.id.lower() in used_by_scopes:
+                        vault_reads[item.id.lower()] = pool.submit(listing.reader._vault, item)
+            read_vaults = [future.result() for future in vault_reads.values()]
         deleted = [listing.deleted_vaults for listing in listings]
         definitions: dict[str, RoleDefinition] = {}
         for reader in readers:
@@ -373,18 +378,21 @@ class _SubscriptionReader:
         return _SubscriptionPart(Subscription(subscription_id=self.sub, tenant_id=tenant), read_accounts,
                                  read_vaults, deleted, identities, definitions)
 
-    def listings(self) -> _Listings:
-        """The listings only, for a focused gather (EstateGatherer.gather_focus)."""
+    def listings(self) -> Callable[[], _Listings]:
+        """Start the listings of a focused gather (EstateGatherer.gather_focus) on the pool, all four at
+        once; the returned call waits for them. Called from the gathering thread, never from the pool."""
         scope = f"/subscriptions/{self.sub}"
         read = self.failures.read
-        accounts = read(scope, ReadAspect.STORAGE_ACCOUNTS, lambda: [
-            (item, _account_summary(item)) for item in self.storage.storage_accounts.list()]) or []
-        vaults = read(scope, ReadAspect.VAULTS, lambda: list(self.keyvault.vaults.list_by_subscription())) or []
-        deleted = read(scope, ReadAspect.DELETED_VAULTS, lambda: tuple(
+        accounts = self.pool.submit(read, scope, ReadAspect.STORAGE_ACCOUNTS, lambda: [
+            (item, _account_summary(item)) for item in self.storage.storage_accounts.list()])
+        vaults = self.pool.submit(read, scope, ReadAspect.VAULTS,
+                                  lambda: list(self.keyvault.vaults.list_by_subscription()))
+        deleted = self.pool.submit(read, scope, ReadAspect.DELETED_VAULTS, lambda: tuple(
             _deleted_vault(item) for item in self.keyvault.vaults.list_deleted()))
-        identities = read(scope, ReadAspect.USER_ASSIGNED_IDENTITIES, lambda: [
-            _identity(item) for item in self.msi.user_assigned_identities.list_by_subscription()]) or []
-        return _Listings(self, accounts, vaults, deleted, identities)
+        identities = self.pool.submit(read, scope, ReadAspect.USER_ASSIGNED_IDENTITIES, lambda: [
+            _identity(item) for item in self.msi.user_assigned_identities.list_by_subscription()])
+        return lambda: _Listings(self, accounts.result() or [], vaults.result() or [], deleted.result(),
+                                 identities.result() or [])
 
     def definitions(self) -> dict[str, RoleDefinition]:
         with self._definition_lock:
