@@ -101,10 +101,6 @@ class DriftTarget:
     kind: TargetKind
     resource_id: str
 
-    @property
-    def subscription_id(self) -> str:
-        return self.resource_id.strip("/").split("/")[1]
-
 
 @dataclass(frozen=True, slots=True)
 class ResourceEvent:

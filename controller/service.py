@@ -349,7 +349,7 @@ def handle_resource_events(events: Sequence[ResourceEvent], deps: Dependencies) 
     report = DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates, focus=focus,
                          findings=result.findings)
     log_record(log, logging.INFO, "drift re-evaluated", {
-        **report.as_json(), "operations": sorted({event.operation_name for event in claimed})})
+        **report.as_json(), "events": [event.as_json() for event in claimed]})
     return report
 
 
