@@ -165,6 +165,8 @@ class EstateGatherer:
         self._registered = tuple(registered_containers)
         self._blob_stores = blob_stores
         self._workers = workers
+        self._clients: dict[tuple[type, str], Any] = {}
+        self._clients_lock = threading.Lock()
 
     def gather(self, subscriptions: Sequence[str], now: datetime) -> Estate:
         """The estate of ``subscriptions`` (empty: every subscription the identity can list). Raises a
@@ -262,7 +264,15 @@ class EstateGatherer:
     # --- shared helpers used by the per-subscription reader ------------------------------------------
 
     def mgmt(self, client: type[T], subscription: str) -> T:
-        return client(self._arm.credential, subscription, **self._arm.client_options())  # type: ignore[call-arg]
+        """One management client per type and subscription for the gatherer's life: every sweep and
+        focused gather reuses its connections (a resource event is handled in seconds, not handshakes)."""
+        with self._clients_lock:
+            key = (client, subscription.lower())
+            if key not in self._clients:
+                self._clients[key] = client(self._arm.credential, subscription,  # type: ignore[call-arg]
+                                            **self._arm.client_options())
+            found: T = self._clients[key]
+            return found
 
     def deleted_keys(self, vault_uri: str) -> tuple[DeletedKeyInfo, ...]:
         origin = parse_vault_origin(vault_uri, custom_origins=self._custom_origins)
