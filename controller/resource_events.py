@@ -315,11 +315,11 @@ def _subject(subject: object, subscription: str, event_id: str) -> str:
 
 
 def _segments(resource_id: str) -> list[str] | None:
-    """The path segments of an ARM id; None when one is empty or not a plausible name."""
+    """The path segments of an ARM id; None when one is empty, only dots, or not a plausible name."""
     if not resource_id.startswith("/"):
         return None
     segments = resource_id.strip().rstrip("/").split("/")[1:]
-    if any(not _SEGMENT.fullmatch(segment) for segment in segments):
+    if any(not _SEGMENT.fullmatch(segment) or set(segment) == {"."} for segment in segments):
         return None
     return segments
 

@@ -171,6 +171,7 @@ _DROP = object()
     ("subject", "contoso-cmk", RejectReason.BAD_SUBJECT),
     ("subject", f"{VAULT}/accessPolicies", RejectReason.BAD_SUBJECT),
     ("subject", f"{VAULT}/../../x", RejectReason.BAD_SUBJECT),
+    ("subject", f"{RG}/providers/Microsoft.KeyVault/vaults/../accessPolicies/add", RejectReason.BAD_SUBJECT),
     ("subject", VAULT.replace("rg-keys", "rg\tkeys"), RejectReason.BAD_SUBJECT),
     ("subject", VAULT + "é", RejectReason.BAD_SUBJECT),
     ("subject", VAULT + "/x" * 2000, RejectReason.BAD_SUBJECT),
