@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from controller.errors import InvalidEvent
 from controller.events import RejectReason
@@ -255,3 +257,36 @@ def test_the_trigger_argument_is_validated_the_same_way():
     with pytest.raises(InvalidEvent) as caught:
         parse_functions_resource_event(object(), subscriptions=())  # type: ignore[arg-type]
     assert caught.value.reason == RejectReason.UNKNOWN_SCHEMA
+
+
+# --- whatever arrives ---------------------------------------------------------------------------------
+
+DOMAIN_TEXT = st.sampled_from([
+    "Microsoft.Resources.ResourceWriteSuccess", "Microsoft.Resources.ResourceDeleteSuccess",
+    "Microsoft.Resources.ResourceActionSuccess", f"/subscriptions/{SUB}", VAULT, ACCOUNT, f"{VAULT}/keys/k",
+    "Microsoft.KeyVault/vaults/write", "Microsoft.Storage/storageAccounts/listKeys/action", "Succeeded", SUB,
+    "/providers/", "", " ", "..",
+]) | st.text(max_size=40)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | DOMAIN_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(DOMAIN_TEXT, inner, max_size=4), max_leaves=12)
+MEMBER_NAMES = st.sampled_from(["id", "topic", "subject", "eventType", "eventTime", "data", "specversion", "type",
+                                "source", "subscriptionId", "resourceUri", "operationName", "status",
+                                "resourceProvider", "tenantId"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+@given(base=st.just(arm_event()), path=st.lists(MEMBER_NAMES, min_size=1, max_size=2), value=JSON_VALUES)
+def test_any_mutation_is_accepted_ignored_or_rejected_with_a_known_reason(base, path, value):
+    event = copy.deepcopy(base)
+    node = event if path[0] != "data" or len(path) == 1 else event["data"]
+    node[path[-1]] = value
+    try:
+        parsed = parse(event)
+    except InvalidEvent as err:
+        assert err.reason in set(RejectReason)
+        return
+    assert isinstance(parsed, ResourceEvent | IgnoredEvent)
+    if isinstance(parsed, ResourceEvent):  # whatever was accepted agrees with itself
+        assert parsed.subscription_id == SUB
+        assert parsed.target.resource_id.startswith(f"/subscriptions/{SUB}")
