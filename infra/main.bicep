@@ -398,6 +398,28 @@ module deadLetterAccess 'modules/dead-letter-access.bicep' = [for (vault, index)
   }
 }]
 
+// Resource events of this subscription (ARM writes, deletes, actions): drift caught in seconds.
+module subscriptionTopic 'modules/subscription-topic.bicep' = {
+  name: 'cmk-subscription-topic-${resourceToken}'
+  scope: rg
+  params: {
+    name: 'evgt-sub-cmk-${resourceToken}'
+    tags: {
+      'cmk-controller': 'resource-events'
+    }
+  }
+}
+
+module subscriptionTopicDeadLetterAccess 'modules/dead-letter-access.bicep' = {
+  name: 'cmk-deadletter-subscription-${resourceToken}'
+  scope: rg
+  params: {
+    principalId: subscriptionTopic.outputs.principalId
+    storageAccountName: storage.outputs.name
+    containerName: deadLetterContainerName
+  }
+}
+
 module storageEncryptionAccess 'modules/storage-encryption-access.bicep' = [for (account, index) in accounts: {
   name: 'cmk-account-${resourceToken}-${index}'
   scope: resourceGroup(account.subscriptionId, account.resourceGroup)
@@ -453,6 +475,11 @@ output KEY_EVENT_SOURCES array = [for vault in vaults: {
   resourceGroup: vault.resourceGroup
   systemTopicName: vault.systemTopicName
 }]
+output RESOURCE_EVENT_SOURCE object = {
+  subscriptionId: subscription().subscriptionId
+  resourceGroup: rg.name
+  systemTopicName: subscriptionTopic.outputs.name
+}
 output CMK_RESOURCE_TOKEN string = resourceToken
 
 // What this environment adds outside its own resource group, for the predown hook (infra/hooks/predown.sh):

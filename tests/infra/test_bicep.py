@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from pycep import BicepParser
 
+from controller.resource_events import RESOURCE_EVENT_TYPES, WATCHED_OPERATION_PREFIXES
 from controller.settings import SETTINGS
 
 pytestmark = pytest.mark.unit
@@ -574,6 +575,26 @@ def test_key_event_subscription_retries_and_dead_letters_with_identity():
     assert parse(INFRA / "events.bicep")["parameters"]["functionName"]["default"] == "on_key_event"
     # The controller remembers processed events longer than Event Grid keeps retrying them.
     assert int(SETTING_DEFAULTS["CMK_EVENT_DEDUPE_HOURS"]) * 60 > properties["retryPolicy"]["eventTimeToLiveInMinutes"]
+
+
+def test_resource_event_subscription_takes_only_what_the_rules_read_from_the_subscription_topic():
+    (_, topic), = resources(module("subscription-topic.bicep"), "Microsoft.EventGrid/systemTopics")
+    assert body(topic)["properties"]["topicType"] == "Microsoft.Resources.Subscriptions"
+    assert body(topic)["identity"] == {"type": "SystemAssigned"}
+    template = module("resource-events.bicep")
+    ((_, subscription),) = resources(template, "Microsoft.EventGrid/systemTopics/eventSubscriptions")
+    properties = body(subscription)["properties"]
+    assert properties["destination"]["properties"]["resourceId"] == "${functionAppId}/functions/${functionName}"
+    assert template["parameters"]["functionName"]["default"] == "on_resource_event"
+    assert set(properties["filter"]["includedEventTypes"]) == set(RESOURCE_EVENT_TYPES)
+    begins = next(item for item in properties["filter"]["advancedFilters"]
+                  if item["operatorType"] == "StringBeginsWith")
+    assert begins["key"] == "data.operationName"
+    assert set(begins["values"]) == set(WATCHED_OPERATION_PREFIXES)
+    assert properties["retryPolicy"] == {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440}
+    assert properties["deadLetterWithResourceIdentity"]["identity"] == {"type": "SystemAssigned"}
+    assert "deadLetterDestination" not in properties, "dead-lettering must not use a storage key"
+    assert "RESOURCE_EVENT_SOURCE" in parse(INFRA / "main.bicep")["outputs"]
 
 
 def test_azd_runs_the_event_subscription_hook_after_deploy():
