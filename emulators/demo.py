@@ -1,18 +1,30 @@
 """`make demo`: the sandbox end to end, showing what the controller and the emulated Azure do today.
 
-``python -m emulators.demo [--dir DIR] [--keep]`` starts a sandbox (a temporary directory unless --dir),
-seeds the "rotation" scenario, rotates the key, follows the Key Vault event through Event Grid to
-on_key_event and the function's ledger, shows what the controller's reconciler did (ARM writes, consumer
-verdicts, the alert its webhook received), shows what each storage account reports before and after the
-storage service's daily key poll, re-wraps the client-side-encrypted blobs with ``cmkctl rewrap`` (as
-the controller's managed identity), revokes the storage identity's access and shows the blob endpoints
-refusing requests, restores it, queries the vault's audit logs for the failed unwraps, and stops the
-sandbox. Every value printed comes from a response of the emulated services (unmodified SDK clients)
-or from the sandbox's own records; nothing is assumed.
+``python -m emulators.demo [--dir DIR] [--keep] [--stories rotation,hospital,saas]
+[--saas-accounts-per-tenant N] [--summary PATH]`` starts a sandbox (a temporary directory unless --dir) and
+tells three stories, each loaded through the unmodified SDK clients from emulators/scenarios/:
 
-The steps are functions in ``STEPS``, run in order over one ``Demo``: a new capability of the controller
-(for example a reconciler forcing adoption right after the event) is one more function inserted
-where it belongs.
+* rotation: seeds the "rotation" scenario, rotates the key, follows the Key Vault event through Event Grid
+  to on_key_event and the function's ledger, shows what the controller's reconciler did (ARM writes,
+  consumer verdicts, the alert its webhook received), what each storage account reports before and after
+  the storage service's daily key poll, re-wraps the client-side-encrypted blobs with ``cmkctl rewrap`` (as
+  the controller's managed identity), revokes the storage identity's access and shows the blob endpoints
+  refusing requests, and restores it;
+* hospital: an HSM-backed key rotated every 90 days by its policy, accounts using their system-assigned
+  identities; the vault firewall turned on by accident (the accounts refuse requests), fixed by letting
+  trusted Microsoft services through;
+* saas: a key and a user-assigned identity per tenant, a hundred accounts; one tenant's identity loses
+  unwrapKey and that tenant's accounts, only those, refuse requests.
+
+Then ``cmkctl audit`` shows the failed unwraps (403s: firewall, permission) classified, the function app's
+timer sweep runs (through the local host's admin API) and its alerts reach the webhook sink, and the
+report it stored is fetched from the ``report`` function as JSON and HTML. Every value printed comes from
+a response of the emulated services or from the sandbox's own records; nothing is assumed. Every outcome
+printed is also written as JSON to ``--summary`` (default ``.sandbox/demo-summary.json``, the HTML report
+beside it): tests assert that, not the text.
+
+The steps are functions in ``STEPS``, run in order over one ``Demo``: a new capability of the controller is
+one more function inserted where it belongs.
 """
 
 from __future__ import annotations
@@ -739,10 +751,12 @@ def timer_sweep(demo: Demo) -> None:
              + ", ".join(f"{count} {severity}" for severity, count in by_severity.most_common()))
     for reason, group in _by_reason(alerts).items():
         more = f" (and {len(group) - 1} more)" if len(group) > 1 else ""
-        demo.say(f"{group[0].get('severity')} {reason}: {group[0].get('title') or group[0].get('message')}{more}")
+        first = group[0]
+        demo.say(f"{first.get('severity')} {reason} {str(first.get('resource')).rsplit('/', 1)[-1]}: "
+                 f"{first.get('message')}{more}")
     demo.summary["alerts"] = {
         "received": len(alerts), "bySeverity": dict(by_severity),
-        "alerts": [{key: alert.get(key) for key in ("severity", "reason", "resource", "title", "fingerprint")}
+        "alerts": [{key: alert.get(key) for key in ("severity", "reason", "resource", "message", "fingerprint")}
                    for alert in alerts],
     }
 
