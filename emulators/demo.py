@@ -556,7 +556,7 @@ def hospital_seed(demo: Demo) -> None:
     policy = key_client.get_key_rotation_policy(key_name)
     rotate = next(action for action in policy.lifetime_actions if str(action.action).lower().endswith("rotate"))
     key_type = str(getattr(key.key_type, "value", key.key_type))
-    size = key.key.n and len(key.key.n) * 8
+    size = len(key.key.n) * 8  # the RSA modulus, in bits
     demo.say(f"key {key_name}: {key_type} {size} bits (HSM-protected), rotated {rotate.time_after_create} after "
              f"creation by its rotation policy, expires {policy.expires_in} after")
     accounts = {name: {"identity": "SystemAssigned", "principalId": account["principalId"]}
