@@ -668,6 +668,8 @@ def checked_window(window: timedelta, *, what: str = "the audit window") -> time
 
 
 _WIDTH = 80
+#: A wide table's lines are as long as their content.
+_UNBOUNDED = 10_000
 
 
 def _fit(text: str, width: int) -> str:
@@ -679,34 +681,48 @@ def _short_vault(vault: str) -> str:
     return host.split(".", 1)[0] if ".vault." in host or ".managedhsm." in host else host
 
 
-def render_table(report: AuditReport) -> str:
-    """The report for a terminal: at most 80 columns, most severe groups first, one remediation per class."""
+def render_table(report: AuditReport, *, wide: bool = False) -> str:
+    """The report for a terminal: at most 80 columns, most severe groups first, one remediation per class.
+    ``wide``: vaults, versions and callers whole, each column as wide as its longest value."""
+    width = _UNBOUNDED if wide else _WIDTH
+    vault_name = (lambda vault: vault) if wide else _short_vault
     lines = [
         f"Key Vault audit failures, {_iso(report.start)} .. {_iso(report.end)}",
         f"{report.failures} failed request(s) in {len(report.groups)} group(s)",
     ]
     if report.partial:
-        lines += textwrap.wrap(f"PARTIAL RESULT: {report.partial_detail}", _WIDTH)
+        lines += textwrap.wrap(f"PARTIAL RESULT: {report.partial_detail}", width)
     for source in report.sources:
-        lines.append(_fit(f"  {_short_vault(source.vault)}: {source.records} record(s) in {source.source}", _WIDTH))
+        lines.append(_fit(f"  {vault_name(source.vault)}: {source.records} record(s) in {source.source}", width))
     if report.vaults_without_logs:
         lines += textwrap.wrap("No audit records in the window for: " + ", ".join(report.vaults_without_logs)
-                               + " (check the vaults' diagnostic settings)", _WIDTH)
+                               + " (check the vaults' diagnostic settings)", width)
     if not report.groups:
         lines.append("No failed KeyWrap, KeyUnwrap or KeyGet.")
         return "\n".join(lines) + "\n"
-    row = "{:<12} {:>6}  {:<26}  {:<18}  {:<11}"
-    lines += ["", row.format("CLASS", "COUNT", "VAULT/KEY/VERSION", "CALLER", "LAST (UTC)").rstrip()]
-    for group in report.groups:
-        key = "/".join(part for part in (_short_vault(group.vault), group.key, group.version[:8]) if part)
-        caller = ", ".join(group.storage_accounts) or group.caller or group.caller_app_id or "-"
-        lines.append(row.format(_fit(group.failure_class.value, 12), group.count, _fit(key, 26),
-                                _fit(caller, 18), f"{group.last_seen.astimezone(UTC):%m-%d %H:%M}"))
+    header = ("CLASS", "COUNT", "VAULT/KEY/VERSION", "CALLER", "LAST (UTC)")
+    rows = [(group.failure_class.value, str(group.count),
+             "/".join(part for part in (vault_name(group.vault), group.key,
+                                        group.version if wide else group.version[:8]) if part),
+             ", ".join(group.storage_accounts) or group.caller or group.caller_app_id or "-",
+             f"{group.last_seen.astimezone(UTC):%m-%d %H:%M}") for group in report.groups]
+    widths = ([max(len(row[column]) for row in (header, *rows)) for column in range(len(header))] if wide
+              else [12, 6, 26, 18, 11])
+    lines += ["", _table_row(header, widths).rstrip()]
+    lines += [_table_row(row, widths) for row in rows]
     lines.append("")
     for failure_class in dict.fromkeys(group.failure_class for group in report.groups):
-        lines += textwrap.wrap(f"{failure_class.value}: {failure_class.remediation}", _WIDTH,
+        lines += textwrap.wrap(f"{failure_class.value}: {failure_class.remediation}", width,
                                subsequent_indent="  ", break_on_hyphens=False)
     return "\n".join(lines) + "\n"
+
+
+def _table_row(cells: tuple[str, ...], widths: list[int]) -> str:
+    """CLASS, COUNT (right-aligned), VAULT/KEY/VERSION, CALLER, LAST: each cell cut to its column."""
+    fitted = [_fit(cell, width) for cell, width in zip(cells, widths, strict=True)]
+    count = f"{fitted[1]:>{widths[1]}}"
+    return f"{fitted[0]:<{widths[0]}} {count}  " + "  ".join(
+        f"{cell:<{width}}" for cell, width in zip(fitted[2:], widths[2:], strict=True))
 
 
 def render_json(report: AuditReport) -> str:

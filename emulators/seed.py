@@ -10,8 +10,10 @@ API (the ARM emulator has no Event Grid resource provider).
 
 Principals in a scenario: ``$operator`` (the person seeding; ``operator.objectId``), ``$controller``
 (the controller's user-assigned identity, created by the sandbox at start) and ``identity:<name>`` (a
-scenario identity). The result (names, ids, key versions, blob names) is returned and written to
-``<dir>/seed-<scenario>.json``; every value in it comes from a service response.
+scenario identity); a storage account's ``identity`` is a scenario identity's name or ``$system`` (its own
+system-assigned identity), and a storage account with ``count`` stands for that many. The result (names,
+ids, key versions, blob names) is returned and written to ``<dir>/seed-<scenario>.json``; every value in it
+comes from a service response.
 """
 
 from __future__ import annotations
@@ -320,17 +322,20 @@ class Seeder:
         }
 
     def create_keys(self) -> None:
-        from azure.core.exceptions import ResourceNotFoundError
         from azure.keyvault.keys import KeyRotationLifetimeAction, KeyRotationPolicy, KeyRotationPolicyAction
 
+        existing: dict[str, set[str]] = {}
         for spec in self.scenario.get("keys") or []:
             vault = self.vaults[spec["vault"]]
             client = self.clients.key_client(vault.properties.vault_uri)
-            try:
+            if spec["vault"] not in existing:  # listed, not probed: a probe's 404 would be a failure in the audit log
+                existing[spec["vault"]] = {key.name for key in client.list_properties_of_keys()}
+            if spec["name"] in existing[spec["vault"]]:
                 key = client.get_key(spec["name"])
                 self.log(f"key {key.name}: exists ({key.properties.version})")
-            except ResourceNotFoundError:
-                key = client.create_rsa_key(spec["name"], size=int(spec.get("size") or 2048), hardware_protected=False)
+            else:
+                key = client.create_rsa_key(spec["name"], size=int(spec.get("size") or 2048),
+                                            hardware_protected=bool(spec.get("hsm")))
                 key_type = getattr(key.key_type, "value", key.key_type)
                 self.log(f"key {key.name}: created {key_type} {spec.get('size')}, version {key.properties.version}")
             policy_spec = spec.get("rotationPolicy")
@@ -367,15 +372,16 @@ class Seeder:
             KeyVaultProperties,
             Sku,
             StorageAccountCreateParameters,
+            StorageAccountUpdateParameters,
             UserAssignedIdentity,
         )
 
         accounts = self.result.setdefault("storageAccounts", {})
-        for spec in self.scenario.get("storageAccounts") or []:
-            uai = self.identities[spec["identity"]]
+        for spec in account_specs(self.scenario):
             cmk = spec["cmk"]
             key = self.keys[(cmk["vault"], cmk["key"])]
             vault_uri = self.vaults[cmk["vault"]].properties.vault_uri
+            system_assigned = spec["identity"] == SYSTEM_ASSIGNED
             encryption = Encryption(
                 key_source="Microsoft.Keyvault",
                 key_vault_properties=KeyVaultProperties(
@@ -383,8 +389,16 @@ class Seeder:
                     key_version=key.properties.version if cmk.get("pinned") else "",
                     key_vault_uri=vault_uri,
                 ),
-                encryption_identity=EncryptionIdentity(encryption_user_assigned_identity=uai.id),
+                encryption_identity=None if system_assigned else EncryptionIdentity(
+                    encryption_user_assigned_identity=self.identities[spec["identity"]].id),
             )
+            if system_assigned:
+                # As in Azure: the account's own identity exists only once the account does, so the account is
+                # created with Microsoft-managed keys, its identity is granted the key, then the CMK is set.
+                identity = Identity(type="SystemAssigned")
+            else:
+                uai = self.identities[spec["identity"]]
+                identity = Identity(type="UserAssigned", user_assigned_identities={uai.id: UserAssignedIdentity()})
             account = self.clients.storage.storage_accounts.begin_create(
                 spec["resourceGroup"],
                 spec["name"],
@@ -392,11 +406,16 @@ class Seeder:
                     sku=Sku(name=spec.get("sku") or "Standard_LRS"),
                     kind=spec.get("kind") or "StorageV2",
                     location=self.location,
-                    identity=Identity(type="UserAssigned", user_assigned_identities={uai.id: UserAssignedIdentity()}),
-                    encryption=encryption,
+                    identity=identity,
+                    encryption=None if system_assigned else encryption,
                     tags=spec.get("tags"),
                 ),
             ).result()
+            if system_assigned:
+                self.grant_access_policy(cmk["vault"], account.identity.principal_id, list(spec["grantKeys"]))
+                account = self.clients.storage.storage_accounts.update(
+                    spec["resourceGroup"], spec["name"], StorageAccountUpdateParameters(encryption=encryption)
+                )
             self.accounts[spec["name"]] = account
             kvp = account.encryption.key_vault_properties
             mode = f"pinned to {kvp.key_version}" if kvp.key_version else "automatic version updates"
@@ -421,11 +440,30 @@ class Seeder:
                 )
             accounts[account.name] = {
                 "id": account.id,
+                "principalId": account.identity.principal_id if system_assigned else None,
                 "resourceGroup": spec["resourceGroup"],
                 "blobEndpoint": account.primary_endpoints.blob,
                 "keyVersion": kvp.key_version or "",
                 "encryptionScopes": scopes,
             }
+
+    def grant_access_policy(self, vault_name: str, object_id: str, keys: list[str]) -> None:
+        """Add an access policy entry (azure-mgmt-keyvault update_access_policy, kind add) to a vault."""
+        from azure.mgmt.keyvault.models import (
+            AccessPolicyEntry,
+            AccessPolicyUpdateKind,
+            Permissions,
+            VaultAccessPolicyParameters,
+            VaultAccessPolicyProperties,
+        )
+
+        vault = self.vaults[vault_name]
+        entry = AccessPolicyEntry(tenant_id=self.tenant, object_id=object_id,
+                                  permissions=Permissions(keys_property=keys))
+        self.clients.keyvault_mgmt.vaults.update_access_policy(
+            self._group_of(vault.id), vault.name, AccessPolicyUpdateKind.ADD,
+            VaultAccessPolicyParameters(properties=VaultAccessPolicyProperties(access_policies=[entry])),
+        )
 
     def create_roles(self) -> None:
         from azure.mgmt.authorization.models import Permission, RoleAssignmentCreateParameters, RoleDefinition
@@ -551,6 +589,32 @@ class Seeder:
     def _group_of(resource_id: str) -> str:
         parts = resource_id.split("/")
         return parts[[p.lower() for p in parts].index("resourcegroups") + 1]
+
+
+#: A storage account's ``identity`` that is its own system-assigned identity (granted ``grantKeys`` on its
+#: key's vault through an access policy before the CMK is set).
+SYSTEM_ASSIGNED = "$system"
+
+
+def account_specs(scenario: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scenario's storage accounts, a spec with ``count`` standing for that many accounts named by
+    formatting its ``name`` with ``n`` = 1..count (``"stcontoso{n:03d}"``): a fleet without a list of a hundred."""
+    specs: list[dict[str, Any]] = []
+    for spec in scenario.get("storageAccounts") or []:
+        count = spec.get("count")
+        if count is None:
+            specs.append(spec)
+            continue
+        if "{n" not in spec["name"]:
+            raise SandboxError(f"storage account {spec['name']!r} has a count but no {{n}} in its name")
+        template = {name: value for name, value in spec.items() if name != "count"}
+        specs += [template | {"name": spec["name"].format(n=n)} for n in range(1, int(count) + 1)]
+    return specs
+
+
+def seed_document(directory: Path, scenario: dict[str, Any], *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Load a scenario given as a document (one of emulators/scenarios/, possibly resized by the caller)."""
+    return Seeder(directory, scenario, log=log).run()
 
 
 def seed(directory: Path, scenario_name: str, *, log: Callable[[str], None] = print) -> dict[str, Any]:

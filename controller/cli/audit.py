@@ -13,6 +13,7 @@ import sys
 from datetime import datetime
 
 from controller import audit, service
+from controller.cli import tables
 from controller.cli.common import (
     EXIT_FAILED,
     EXIT_INVALID,
@@ -39,6 +40,7 @@ def register(commands: Commands) -> None:
                         help="end of the window, ISO 8601 with a zone (default: now), to look at a past incident")
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="an 80-column table (default) or one JSON document")
+    tables.add_wide_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if report is None:
         return _fail("no audit log configured: set CMK_LOG_ANALYTICS_WORKSPACE or CMK_AUDIT_ARCHIVE",
                      "NotConfigured", EXIT_INVALID, as_json=as_json)
-    sys.stdout.write(audit.render_json(report) if as_json else audit.render_table(report))
+    sys.stdout.write(audit.render_json(report) if as_json else audit.render_table(report, wide=args.wide))
     if report.partial:
         print(f"cmkctl: partial result: {report.partial_detail}", file=sys.stderr)
     if report.groups:

@@ -12,10 +12,10 @@ import sys
 import time
 from collections.abc import Callable
 
-from rich.console import Console
 from rich.table import Table
 
 from controller import reconciler, rotation, service
+from controller.cli import tables
 from controller.cli.common import EXIT_FAILED, Commands, bounded, command, exit_status, operator_dependencies
 from controller.errors import Conflict, ControllerError, TransientError
 from controller.model import KeyRef
@@ -40,6 +40,7 @@ def register(commands: Commands) -> None:
         parser.add_argument("vault", help="vault host name or origin (must be in CMK_VAULTS)")
         parser.add_argument("key", help="key name")
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        tables.add_wide_option(parser)
         if name == "reconcile":
             parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
         if name == "rotate":
@@ -74,7 +75,7 @@ def _key_and_app(args: argparse.Namespace) -> tuple[KeyRef, service.Dependencies
 def _reconcile(args: argparse.Namespace) -> int:
     key, deps = _key_and_deps(args)
     result = reconciler.reconcile_key(key, deps, dry_run=args.dry_run)
-    _print_result(result, as_json=args.json, dry_run=args.dry_run)
+    _print_result(result, as_json=args.json, dry_run=args.dry_run, wide=args.wide)
     return EXIT_FAILED if result.failures else 0
 
 
@@ -105,7 +106,8 @@ def _rotate(args: argparse.Namespace) -> int:
     if result is None:  # out of time while others were writing: report what Azure holds now, change nothing
         result = reconciler.reconcile_key(key, deps, target_version=new_version, dry_run=True)
     pending = [decision for decision in result.plan.decisions if decision.action is not rotation.Action.ADOPTED]
-    _print_result(result, as_json=args.json, dry_run=False, extra={"new_version": new_version, "raced": raced})
+    _print_result(result, as_json=args.json, dry_run=False, wide=args.wide,
+                  extra={"new_version": new_version, "raced": raced})
     return 0 if not pending else EXIT_FAILED
 
 
@@ -122,33 +124,36 @@ def _usage(args: argparse.Namespace) -> int:
             for usage in usages
         ]}, indent=2))
         return 0
-    _print_table(f"{key.uri}: versions (oldest first)", ["version", "consumers", "blobs", "safe", "why"], [
-        [usage.version, str(len(usage.consumers)), "not counted" if usage.blob_count is None else str(usage.blob_count),
-         "yes" if usage.safe else "no",
+    _print_table(f"{tables.key(key.uri, wide=args.wide)}: versions (oldest first)",
+                 ["version", "consumers", "blobs", "safe", "why"], [
+        [tables.version(usage.version, wide=args.wide), str(len(usage.consumers)),
+         "not counted" if usage.blob_count is None else str(usage.blob_count), "yes" if usage.safe else "no",
          usage.message]
         for usage in usages
-    ])
+    ], wide=args.wide)
     return 0
 
 
-def _print_result(result: reconciler.ReconcileResult, *, as_json: bool, dry_run: bool,
+def _print_result(result: reconciler.ReconcileResult, *, as_json: bool, dry_run: bool, wide: bool,
                   extra: dict[str, object] | None = None) -> None:
     if as_json:
         print(json.dumps({**result.as_json(), "dry_run": dry_run, **(extra or {})}, indent=2))
         return
-    target = result.plan.target.version if result.plan.target else "none"
-    title = f"{result.key.uri} -> target {target}" + (" (dry run: nothing changed)" if dry_run else "")
-    rows = [[decision.consumer.resource_id.rsplit("/", 1)[-1], decision.action.value, decision.reason.value,
-             decision.consumer.current_version or "unknown"] for decision in result.plan.decisions]
-    _print_table(title, ["consumer", "action", "reason", "current version"], rows)
+    target = tables.version(result.plan.target.version, wide=wide) if result.plan.target else "none"
+    title = f"{tables.key(result.key.uri, wide=wide)} -> target {target}" + (
+        " (dry run: nothing changed)" if dry_run else "")
+    rows = [[tables.resource(decision.consumer.resource_id, wide=wide), decision.action.value, decision.reason.value,
+             tables.version(decision.consumer.current_version, wide=wide) if decision.consumer.current_version
+             else "unknown"] for decision in result.plan.decisions]
+    _print_table(title, ["consumer", "action", "reason", "current version"], rows, wide=wide)
     for failure in result.failures:
         print(f"failed: {failure}", file=sys.stderr)
 
 
-def _print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+def _print_table(title: str, columns: list[str], rows: list[list[str]], *, wide: bool) -> None:
     table = Table(title=title)
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=wide)
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    tables.console(wide=wide).print(table)

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controller import service
+from controller.cli import tables
 from controller.cli.common import (
     EXIT_FAILED,
     EXIT_INVALID,
@@ -38,8 +39,6 @@ from controller.errors import ControllerError
 from controller.model import Severity
 
 TABLE = "table"
-#: A person's terminal is assumed to be at least this wide; the table never needs more.
-TABLE_WIDTH = 80
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 
 
@@ -55,6 +54,7 @@ def register(commands: Commands) -> None:
                         "subscription the identity can read)")
     parser.add_argument("--format", choices=[TABLE, *(member.value for member in ReportFormat)], default=TABLE,
                         help="table (default) for a person, or a report format (json, md, sarif, html)")
+    tables.add_wide_option(parser)
     parser.add_argument("--out", type=Path, metavar="PATH", help="write the output to PATH instead of stdout")
     parser.add_argument("--fail-on", type=Severity, choices=list(Severity), default=Severity.HIGH,
                         metavar="SEVERITY", help="exit 1 when a finding is at least this severe: "
@@ -81,7 +81,7 @@ def _sweep(args: argparse.Namespace) -> int:
         if args.format == ReportFormat.JSON.value:  # --format json always prints one JSON document
             print(json.dumps({"error": str(err), "kind": type(err).__name__}))
         return EXIT_UNREACHABLE if exit_status(err) == EXIT_UNREACHABLE else EXIT_INVALID
-    output = render_output(report, args.format)
+    output = render_output(report, args.format, wide=args.wide)
     if args.out is not None:
         args.out.write_text(output, encoding="utf-8")
     else:
@@ -99,35 +99,28 @@ def nothing_evaluated(report: ComplianceReport) -> bool:
     return cannot and report.not_evaluable >= report.resources_evaluated
 
 
-def render_output(report: ComplianceReport, output_format: str) -> str:
+def render_output(report: ComplianceReport, output_format: str, *, wide: bool = False) -> str:
     if output_format != TABLE:
         return render(report, ReportFormat(output_format))
     text = io.StringIO()
-    _print_table(report, Console(file=text, width=TABLE_WIDTH, color_system=None))
+    _print_table(report, tables.console(wide=wide, file=text), wide=wide)
     return text.getvalue()
 
 
-def _print_table(report: ComplianceReport, console: Console) -> None:
+def _print_table(report: ComplianceReport, console: Console, *, wide: bool) -> None:
     summary = report.summary
     counts = ", ".join(f"{count} {severity.value}" for severity, count in summary.by_severity.items() if count)
     console.print(f"{summary.finding_count} findings ({counts or 'none'}) over {report.resources_evaluated} "
                   f"resources; {report.not_evaluable} not evaluable")
     if not report.findings:
         return
-    table = Table(show_lines=False, expand=True)
+    table = Table(show_lines=False, expand=not wide)
     table.add_column("Severity", no_wrap=True)
     table.add_column("Rule", no_wrap=True)
-    table.add_column("Resource", overflow="fold", ratio=2)
-    table.add_column("Finding", overflow="fold", ratio=3)
+    table.add_column("Resource", overflow="fold", ratio=2, no_wrap=wide)
+    table.add_column("Finding", overflow="fold", ratio=3, no_wrap=wide)
     for finding in report.findings:
-        table.add_row(finding.severity.value, finding.rule, _short(finding.resource), finding.title)
+        table.add_row(finding.severity.value, finding.rule, tables.resource(finding.resource, wide=wide),
+                      finding.title)
     console.print(table)
-
-
-def _short(resource: str) -> str:
-    """An ARM id's last two segments pairs (``vaults/kv1``) or a URI as is: enough to find it again."""
-    if resource.startswith("/subscriptions/"):
-        parts = resource.strip("/").split("/")
-        return "/".join(parts[-2:]) if len(parts) % 2 == 0 else resource
-    return resource
 

@@ -223,31 +223,72 @@ def test_the_command_line_documents_its_exit_codes_and_answers_without_a_sandbox
     assert down.returncode == 0 and "no sandbox in" in down.stdout
 
 
-@pytest.mark.timeout(180)
-def test_make_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
-    """What `make demo` runs: every step reports what the services answered, and nothing is left running."""
+@pytest.mark.timeout(600)
+def test_make_demo_tells_its_three_stories_and_cleans_up(tmp_path: Path) -> None:
+    """What `make demo` runs (the SaaS fleet at 2 accounts per tenant instead of 25), asserted from the JSON
+    summary the demo writes of every outcome it prints; nothing is left running."""
     directory = tmp_path / "demo"
+    summary_path = tmp_path / "out" / "demo-summary.json"
     result = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "emulators.demo", "--dir", str(directory)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=False,
+        [sys.executable, "-m", "emulators.demo", "--dir", str(directory), "--saas-accounts-per-tenant", "2",
+         "--summary", str(summary_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=590, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    assert ": delivered after" in out
-    assert "on_key_event logged: key event accepted" in out
-    assert "Adopted: account stcmkauto" in out and "alert webhook received: high PinnedToOldVersion stcmkpinned" in out
-    after_poll = out.split("after the poll", 1)[1]
-    assert "stcmkauto    (versionless)" in after_poll and "[latest]" in after_poll
-    assert "(pinned" in after_poll and "[OLD]" in after_poll
-    assert "cmkctl rewrap exited 0" in out and "after: 20 blobs" in out and "(latest)" in out
-    assert "HTTP 403 KeyVaultEncryptionKeyNotFound" in out
-    assert "bytes decrypted" in out
-    assert "KeyUnwrap HTTP 403 permission: caller id-storage-cmk" in out and "  fix: " in out
-    assert "CMK-012" in out and "HTML report: .sandbox/demo-compliance-report.html" in out
-    assert "<table" in (ROOT / ".sandbox" / "demo-compliance-report.html").read_text(encoding="utf-8")
-    assert "no sandbox process left" in out
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    assert summary["stories"] == ["rotation", "hospital", "saas"]
+
+    rotation = summary["rotation"]
+    event = rotation["event"]
+    assert event["state"] == "delivered" and event["claimedInLedger"]
+    assert event["accepted"]["version"] == rotation["newVersion"] != rotation["previousVersion"]
+    reasons = {consumer["reason"] for consumer in rotation["reconcile"]["consumers"]}
+    assert {"Adopted", "PinnedToOldVersion"} <= reasons
+    assert {"severity": "high", "reason": "PinnedToOldVersion", "resource": "stcmkpinned"} in \
+        rotation["reconcile"]["alerts"]
+    after = rotation["afterPoll"]
+    assert after["stcmkauto"] == {"mode": "versionless", "inUse": rotation["newVersion"], "latest": True}
+    assert after["stcmkpinned"]["mode"] == "pinned" and not after["stcmkpinned"]["latest"]
+    assert rotation["rewrap"]["exitCode"] == 0 and rotation["rewrap"]["after"] == {rotation["newVersion"]: 20}
+    assert set(rotation["revoked"]["accounts"].values()) == {"HTTP 403 KeyVaultEncryptionKeyNotFound"}
+    assert rotation["revoked"]["blobRead"].startswith("HTTP 403")
+    assert set(rotation["restored"]["accounts"].values()) == {"ok"} and rotation["restored"]["blobRead"] == "decrypted"
+
+    hospital = summary["hospital"]
+    assert hospital["key"] | {"name": None} == {"name": None, "type": "RSA-HSM", "size": 3072, "rotateAfter": "P90D",
+                                                "expiresIn": "P1Y"}
+    hospital_accounts = set(hospital["accounts"])
+    assert all(account["identity"] == "SystemAssigned" and account["principalId"]
+               for account in hospital["accounts"].values())
+    assert hospital["outage"]["firewall"] == {"defaultAction": "Deny", "bypass": "None"}
+    assert hospital["outage"]["refused"] == len(hospital_accounts) == 3
+    assert hospital["fixed"]["firewall"] == {"defaultAction": "Deny", "bypass": "AzureServices"}
+    assert hospital["fixed"]["refused"] == 0
+
+    saas = summary["saas"]
+    assert saas["accounts"] == 8 and set(saas["tenants"]) == {"contoso", "fabrikam", "northwind", "tailspin"}
+    assert len({tenant["key"] for tenant in saas["tenants"].values()}) == 4
+    assert saas["revokedTenant"] == "fabrikam" and saas["revokedIdentityPermissions"] == ["get", "wrapKey"]
+    assert saas["refusedByTenant"] == {"contoso": 0, "fabrikam": 2, "northwind": 0, "tailspin": 0}
+
+    groups = summary["audit"]["groups"]
+    hospital_vault = hospital["vault"].rstrip("/")
+    firewall = [g for g in groups if g["class"] == "firewall" and g["vault"].rstrip("/") == hospital_vault]
+    assert {account for g in firewall for account in g["storageAccounts"]} == hospital_accounts
+    assert all(g["statusCode"] == 403 and g["operations"] == ["KeyUnwrap"] for g in firewall)
+    denied = [g for g in groups if g["class"] == "permission" and g["caller"] == "id-tenant-fabrikam"]
+    assert denied and denied[0]["statusCode"] == 403 and denied[0]["storageAccounts"] == ["stfabrikam001",
+                                                                                         "stfabrikam002"]
+    assert not [g for g in groups if g["class"] == "key_deleted"]  # seeding probes nothing that is not there
+
+    sweep = summary["sweep"]
+    cannot_unwrap = {f["resource"].rsplit("/", 1)[-1] for f in sweep["serious"] if f["rule"] == "CMK-006"}
+    assert cannot_unwrap == {"stfabrikam001", "stfabrikam002"}
+    assert "<table" in Path(sweep["htmlReport"]).read_text(encoding="utf-8")
+    assert Path(sweep["htmlReport"]).parent == summary_path.parent
+    alerts = summary["alerts"]["alerts"]
+    assert {a["resource"].rsplit("/", 1)[-1] for a in alerts if a["reason"] == "IdentityLacksAccess"} == \
+        {"stfabrikam001", "stfabrikam002"}
+    assert any(a["reason"] == "ComplianceFinding" and a["severity"] == "critical" for a in alerts)
+    assert "no sandbox process left" in result.stdout
     assert ProcessRecord(directory).read() == ([], [])

@@ -339,6 +339,14 @@ def test_the_table_fits_80_columns_and_says_what_to_do():
     assert "https://kv-other.vault.azure.net" in text
 
 
+def test_wide_prints_vaults_keys_versions_and_callers_whole():
+    report = sample_report()
+    text = audit.render_table(report, wide=True)
+    assert "stcontosoprodwesteurope1" in text and "..." not in text
+    assert all(f"{group.vault}/{group.key}/{group.version}".rstrip("/") in text for group in report.groups)
+    assert max(len(line) for line in text.splitlines()) > 80
+
+
 def test_an_empty_report_says_so():
     text = audit.render_table(audit.report_of(NOW - timedelta(hours=1), NOW, [], managed_vaults=[]))
     assert "No failed KeyWrap, KeyUnwrap or KeyGet." in text

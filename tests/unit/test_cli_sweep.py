@@ -118,6 +118,13 @@ def test_the_table_fits_80_columns_and_names_each_finding(use_estate, capsys):
     assert out.splitlines()[0].startswith("1 findings (1 high) over ")
 
 
+def test_wide_prints_each_resource_id_whole_on_one_line(use_estate, capsys):
+    use_estate(purge_protection_off())
+    main(["sweep", "--wide"])
+    out = capsys.readouterr().out
+    assert any(eb.VAULT_ID in line for line in out.splitlines())
+
+
 def test_out_writes_the_file_and_nothing_to_stdout(use_estate, capsys, tmp_path):
     use_estate(eb.estate())
     target = tmp_path / "report.sarif"

@@ -1,0 +1,84 @@
+"""Every table-printing cmkctl command fits 80 columns (ids shortened) and prints ids whole with --wide."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from controller.cli import keys as keys_command
+from controller.cli import main, tables
+from controller.model import Consumer, ConsumerKind, IdentityAccess, KeyRef, KeyVersionInfo, VaultOrigin
+from controller.settings import load_settings
+from tests.unit.fakes import FakeClock, FakeStorage, FakeVault, fake_dependencies, fake_reconcile_deps
+
+pytestmark = pytest.mark.unit
+
+VAULT = VaultOrigin("https://kv-contoso-cmk-prod-weu1.vault.azure.net")
+KEY = KeyRef(VAULT, "storage-account-encryption-key-production")
+OLD, NEW = "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
+NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
+GROUP = ("/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-contoso-production-storage-weu"
+         "/providers/Microsoft.Storage/storageAccounts")
+
+
+def consumers() -> dict[str, Consumer]:
+    account = Consumer(ConsumerKind.ACCOUNT, f"{GROUP}/stcontosoprodweu0001", "stcontosoprodweu0001", KEY,
+                       KEY.with_version(OLD), identity_access=IdentityAccess.GRANTED)
+    scope = Consumer(ConsumerKind.SCOPE, f"{GROUP}/stcontosoprodweu0001/encryptionScopes/scope-invoices-2026",
+                     "stcontosoprodweu0001", KEY.with_version(OLD), KEY.with_version(OLD),
+                     scope_name="scope-invoices-2026", identity_access=IdentityAccess.GRANTED)
+    return {consumer.id: consumer for consumer in (account, scope)}
+
+
+@pytest.fixture
+def key_commands(monkeypatch):
+    clock = FakeClock(NOW)
+    vault = FakeVault([KeyVersionInfo(OLD, enabled=True, created=NOW - timedelta(days=90)),
+                       KeyVersionInfo(NEW, enabled=True, created=NOW - timedelta(hours=1))], clock=clock)
+    storage = FakeStorage(consumers())
+    deps = fake_dependencies(load_settings({"CMK_VAULTS": VAULT.url}), clock=clock,
+                             reconcile=fake_reconcile_deps(storage, vault, clock=clock))
+    monkeypatch.setattr(keys_command, "operator_dependencies", lambda: deps)
+
+
+def widest(text: str) -> int:
+    return max(len(line) for line in text.splitlines())
+
+
+@pytest.mark.parametrize("argv", [["reconcile", "v", "k"], ["rotate", "v", "k"], ["usage", "v", "k"], ["audit"],
+                                  ["sweep"]])
+def test_every_table_printing_command_offers_wide(argv, capsys):
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    assert "--wide" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["usage", "reconcile"])
+def test_key_tables_fit_80_columns_with_ids_shortened_and_whole_with_wide(command, key_commands, capsys):
+    extra = ["--dry-run"] if command == "reconcile" else []
+    main([command, VAULT.url, KEY.name, *extra])
+    narrow = capsys.readouterr().out
+    assert widest(narrow) <= 80, narrow
+    assert f"│ {OLD[:8]} " in narrow  # the version column: a short version
+    main([command, VAULT.url, KEY.name, *extra, "--wide"])
+    wide = capsys.readouterr().out
+    assert f"│ {OLD} " in wide
+    assert widest(wide) > 80  # not folded: each id on one line
+    if command == "reconcile":
+        assert "/subscriptions/" not in narrow and "│ stcontosoprodweu0001/encryp" in narrow  # parent/type/name
+        assert f"{GROUP}/stcontosoprodweu0001/encryptionScopes/scope-invoices-2026" in wide
+
+
+def test_resource_ids_keep_their_type_and_name_and_a_child_its_parent():
+    assert tables.resource(f"{GROUP}/st1", wide=False) == "storageAccounts/st1"
+    assert tables.resource(f"{GROUP}/st1/encryptionScopes/s1", wide=False) == "st1/encryptionScopes/s1"
+    assert tables.resource(f"{GROUP}/st1", wide=True) == f"{GROUP}/st1"
+    assert tables.resource("https://kv.vault.azure.net", wide=False) == "https://kv.vault.azure.net"
+
+
+def test_key_identifiers_are_vault_key_and_short_version():
+    assert tables.key(KEY.with_version(NEW).uri, wide=False) == (
+        "kv-contoso-cmk-prod-weu1/storage-account-encryption-key-production/fedcba98")
+    assert tables.key(KEY.uri, wide=True) == KEY.uri
+    assert tables.version(None, wide=False) == "-"
