@@ -199,8 +199,8 @@ def missing_key_alert(missing: MissingKey, consumers: Sequence[str]) -> Alert:
               f"{len(consumers)} storage consumer(s)",
         resource=missing.key_id,
         reason=Reason.KEY_SOFT_DELETED if deleted else Reason.KEY_PURGED,
-        message=(f"Key Vault logged {operation} of {missing.key_id} at {_iso(missing.at)} by {missing.by or 'unknown'}. "
-                 f"In use by: {', '.join(consumers)}. {remedy}"),
+        message=(f"Key Vault logged {operation} of {missing.key_id} at {_iso(missing.at)} by "
+                 f"{missing.by or 'unknown'}. In use by: {', '.join(consumers)}. {remedy}"),
         fingerprint=fingerprint("missing-key", missing.key_id.lower()),
         details={"key": missing.key_id, "status": missing.status.value, "operation": operation,
                  "at": _iso(missing.at), "by": missing.by, "consumers": list(consumers),
