@@ -17,7 +17,7 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.monitor.query import LogsQueryClient, LogsQueryPartialResult, LogsQueryResult, LogsQueryStatus
 
-from emulators.audit import AuditSink
+from emulators.audit import SANDBOX_WORKSPACE_RESOURCE_ID, AuditSink, DiagnosticRoute
 from emulators.clock import SandboxClock
 from emulators.keyvault.ca import SandboxCA
 from emulators.keyvault.credential import SandboxCredential
@@ -94,6 +94,9 @@ def clock() -> SandboxClock:
 
 def filled_sink(clock: SandboxClock) -> AuditSink:
     sink = AuditSink()
+    for vault in (VAULT_ID, OTHER_VAULT_ID):  # two diagnostic settings each: to both tables of the workspace
+        sink.set_routes(vault, [DiagnosticRoute(workspace=SANDBOX_WORKSPACE_RESOURCE_ID, dedicated=True),
+                                DiagnosticRoute(workspace=SANDBOX_WORKSPACE_RESOURCE_ID)])
     now = clock.now()
     for event in EVENTS:
         sink.publish(audit_event(now, event))
