@@ -1,0 +1,145 @@
+"""Key deletion from the audit logs against the sandbox: a key that a storage account uses is deleted through
+the unmodified azure-keyvault-keys SDK, the audit timer (service.scheduled_audit) finds the KeyDelete in the
+vault's AZKVAuditLogs through the unmodified LogsQueryClient and alerts, critical, naming the account; the
+recovery resolves it. The vault logs there because a diagnostic setting (azure-mgmt-monitor) says so: a vault
+without one has no rows, and the analysis says its logs are not collected. Checkpoint and alerts live in a
+ledger table in Azurite."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from azure.data.tables import TableClient
+from azure.mgmt.monitor import MonitorManagementClient
+from azure.mgmt.monitor.models import DiagnosticSettingsResource, LogSettings
+
+from controller import service
+from controller.adapters.alert_ledger import TableAlertLedger
+from controller.adapters.audit_checkpoint import TableAuditCheckpoint
+from controller.adapters.audit_log import LogAnalyticsAuditLog
+from controller.adapters.inventory import ConsumerDirectory, Inventory
+from controller.adapters.storage_control import StorageControl
+from controller.alert_desk import AlertDesk
+from controller.alerts import ChannelKind, ChannelRoute, Transition
+from controller.model import Severity
+from controller.settings import load_settings
+from emulators.audit import AZKV_AUDIT_LOGS, AZURE_DIAGNOSTICS, AuditSink
+from emulators.azurite import Azurite
+from emulators.kql import audit_tables
+from emulators.query_endpoints import LogAnalyticsEmulator
+from tests.integration.adapter_world import RG, STORAGE_KEY_PERMISSIONS, SUB_A, World, running_arm
+from tests.unit.fakes import FakeChannel, fake_dependencies, fake_reconcile_deps
+
+pytestmark = pytest.mark.integration
+
+WORKSPACE = f"/subscriptions/{SUB_A}/resourceGroups/{RG}/providers/Microsoft.OperationalInsights/workspaces/logs"
+
+
+@dataclass
+class Sandbox:
+    world: World
+    sink: AuditSink
+    logs: LogAnalyticsEmulator
+    ledger: TableClient
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    with running_arm(tmp_path) as (arm, faults):
+        sink = AuditSink(arm.bus, workspace_resource_id=WORKSPACE)
+        arm.audit = sink
+        with LogAnalyticsEmulator(arm.ca, tables=audit_tables(sink), workspace_id=sink.workspace_id,
+                                  clock=arm.clock) as logs:
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", arm.ca_path)  # LogsQueryClient trusts the sandbox CA
+            ledger = TableClient.from_connection_string(azurite.connection_string,
+                                                        table_name=f"audit{uuid.uuid4().hex[:12]}")
+            yield Sandbox(World(arm, faults), sink, logs, ledger)
+
+
+def audited_vault_with_key_in_use(world: World, vault: str) -> str:
+    """A vault whose diagnostic setting sends AuditEvent to the workspace, and a key an account encrypts with."""
+    world.create_vault(vault)
+    MonitorManagementClient(world.cred, SUB_A, **world.mgmt_kwargs()).diagnostic_settings.create_or_update(
+        world.vaults[vault].id, "audit-to-workspace",
+        DiagnosticSettingsResource(workspace_id=WORKSPACE, log_analytics_destination_type="Dedicated",
+                                   logs=[LogSettings(category_group="audit", enabled=True)]))
+    world.key_client(vault).create_rsa_key("cmk", size=2048)
+    world.create_identity(f"id-{vault}")
+    world.grant_policy(vault, world.identities[f"id-{vault}"].principal_id, STORAGE_KEY_PERMISSIONS)
+    account = world.create_account(uai=f"id-{vault}")
+    world.enable_cmk(account, vault, "cmk", uai=f"id-{vault}")
+    return str(account.name)
+
+
+def audit_timer(box: Sandbox, vaults: list[str]) -> tuple[service.Dependencies, FakeChannel]:
+    world = box.world
+    origins = ",".join(world.origin(vault).url for vault in vaults)
+    settings = load_settings({"CMK_VAULTS": origins, "CMK_SUBSCRIPTIONS": SUB_A,
+                              "CMK_LOG_ANALYTICS_WORKSPACE": box.sink.workspace_id})
+    inventory = Inventory(world.connection(), StorageControl(world.connection(), policy=world.policy),
+                          subscriptions=(SUB_A,), policy=world.policy)
+    channel = FakeChannel()
+    desk = AlertDesk(TableAlertLedger(box.ledger), {ChannelKind.WEBHOOK: (ChannelRoute(ChannelKind.WEBHOOK), channel)},
+                     world.arm.clock, realert_after=timedelta(hours=24))
+    audit = LogAnalyticsAuditLog(world.cred, workspace_id=box.sink.workspace_id, endpoint=box.logs.endpoint,
+                                 policy=world.policy, principals=inventory.identity_principals)
+    reconcile = replace(fake_reconcile_deps(clock=world.arm.clock, notifier=desk),
+                        inventory=ConsumerDirectory(inventory, world.connection()))
+    deps = fake_dependencies(settings, clock=world.arm.clock, notifier=desk, audit=audit, reconcile=reconcile,
+                             audit_checkpoint=TableAuditCheckpoint(box.ledger))
+    return deps, channel
+
+
+def test_a_deleted_key_in_use_is_found_in_the_audit_logs_alerted_and_resolved_by_its_recovery(
+        sandbox: Sandbox) -> None:
+    world = sandbox.world
+    account = audited_vault_with_key_in_use(world, "kv-deleted")
+    deps, channel = audit_timer(sandbox, ["kv-deleted"])
+    assert service.scheduled_audit(deps).missing_keys == ()  # the first scan: nothing deleted yet
+    keys = world.key_client("kv-deleted")
+
+    keys.begin_delete_key("cmk").wait()  # the SDK's poller polls until the deletion completes
+    world.arm.keyvault.advance_clock(timedelta(minutes=15))
+    deleted = service.scheduled_audit(deps)
+
+    key_id = f"{world.origin('kv-deleted').url}/keys/cmk"
+    assert (deleted.outcome, deleted.missing_keys) == ("scanned", (key_id,))
+    ((transition, alert),) = [(notice.transition, notice.alert) for notice in channel.received]
+    assert (transition, alert.severity, alert.resource) == (Transition.OPENED, Severity.CRITICAL, key_id)
+    assert f"account {account}" in alert.message
+    assert "az keyvault key recover --vault-name kv-deleted --name cmk" in alert.message
+
+    keys.begin_recover_deleted_key("cmk").wait()
+    world.arm.keyvault.advance_clock(timedelta(minutes=15))
+    recovered = service.scheduled_audit(deps)
+
+    assert recovered.missing_keys == ()
+    # (the recovery poller's GETs answered 404 until the key was back: CMK-017 reports those on their own)
+    assert [notice.transition for notice in channel.received if notice.alert.fingerprint == alert.fingerprint] == [
+        Transition.OPENED, Transition.RESOLVED]
+    assert sandbox.ledger.get_entity("audit-scan", "checkpoint")["Chunks"] == 1
+
+
+def test_a_vault_without_a_diagnostic_setting_has_no_rows_and_its_logs_are_reported_missing(
+        sandbox: Sandbox) -> None:
+    world = sandbox.world
+    world.create_vault("kv-silent")
+    keys = world.key_client("kv-silent")
+    keys.create_rsa_key("cmk", size=2048)
+    keys.begin_delete_key("cmk").wait()
+    vault_id = world.vaults["kv-silent"].id.lower()
+
+    for table in (AZKV_AUDIT_LOGS, AZURE_DIAGNOSTICS):
+        assert [row for row in sandbox.sink.rows(table) if row["_ResourceId"] == vault_id] == []
+    deps, channel = audit_timer(sandbox, ["kv-silent"])
+    result = service.scheduled_audit(deps)
+    report = deps.audit.failures(deps.settings.vaults, start=result.start, end=result.end)
+
+    assert result.missing_keys == () and channel.received == []
+    assert report is not None and report.vaults_without_logs == (world.origin("kv-silent").url,)
+    assert report.key_operations == ()
