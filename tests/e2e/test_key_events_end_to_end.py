@@ -49,6 +49,7 @@ def sandbox(azurite, tmp_path_factory):
             "CMK_LEDGER_TABLE": table,
             "CMK_WORK_QUEUE": f"work-{uuid.uuid4().hex[:8]}",
             "CMK_SWEEP_SCHEDULE": "0 0 */6 * * *",
+            "CMK_AUDIT_SCHEDULE": "0 */15 * * * *",
         }
         with LocalFunctionsHost(ROOT, values, work_dir=tmp_path_factory.mktemp("host")) as host:
             status = eventgrid.create_subscription(WebhookSubscription(
