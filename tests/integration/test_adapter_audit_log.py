@@ -227,6 +227,11 @@ def assert_every_class(report: audit.AuditReport, sandbox: Sandbox, source: str)
     assert by_key["k-throttled"].status_code == 429 and by_key["k-throttled"].result_signature == "TooManyRequests"
     assert {s.vault: s.source for s in report.sources} == {vault: source for vault in sandbox.vaults}
     assert report.vaults_without_logs == ()
+    # the KeyDelete of k-deleted (through KeyClient.begin_delete_key), found in the same source
+    (deletion,) = report.key_operations
+    assert (deletion.vault, deletion.key, deletion.operation, deletion.source) == (
+        origin(sandbox.policies), "k-deleted", audit.KEY_DELETE, source)
+    assert deletion.caller == CONTROLLER and sandbox.start <= deletion.at <= sandbox.end
 
 
 def test_every_failure_class_is_classified_from_azkvauditlogs(sandbox: Sandbox) -> None:
