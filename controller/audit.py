@@ -326,6 +326,11 @@ class AuditReport:
     def failures(self) -> int:
         return sum(group.count for group in self.groups)
 
+    @property
+    def missing_keys(self) -> tuple[KeyOperation, ...]:
+        """The keys whose latest operation in the window deleted or purged them."""
+        return tuple(op for op in self.key_operations if op.operation in (KEY_DELETE, KEY_PURGE))
+
     def as_json(self) -> dict[str, object]:
         by_class: dict[str, int] = {}
         for group in self.groups:
