@@ -633,13 +633,20 @@ def scan_audit(deps: Dependencies, window: timedelta | None = None, *, until: da
 # --- the audit timer ------------------------------------------------------------------------------------
 
 
+class AuditScanOutcome(enum.StrEnum):
+    #: The window was read and the checkpoint moved.
+    SCANNED = "scanned"
+    #: Another instance saved the checkpoint first: it sends the alerts of this window.
+    SUPERSEDED = "superseded"
+    #: No workspace nor archive is configured.
+    NOT_CONFIGURED = "not_configured"
+
+
 @dataclass(frozen=True, slots=True)
 class AuditScanResult:
     """What one run of the audit timer did."""
 
-    #: scanned: the window was read and the checkpoint moved; superseded: another instance saved the
-    #: checkpoint first (it sends the alerts); not_configured: no workspace nor archive.
-    outcome: str
+    outcome: AuditScanOutcome
     start: datetime | None = None
     end: datetime | None = None
     missing_keys: tuple[str, ...] = ()
@@ -647,7 +654,7 @@ class AuditScanResult:
     partial: bool = False
 
     def as_json(self) -> dict[str, object]:
-        return {"outcome": self.outcome, "start": self.start.isoformat() if self.start else None,
+        return {"outcome": self.outcome.value, "start": self.start.isoformat() if self.start else None,
                 "end": self.end.isoformat() if self.end else None, "missing_keys": list(self.missing_keys),
                 "failure_alerts": self.failure_alerts, "partial": self.partial}
 
@@ -666,20 +673,20 @@ def scheduled_audit(deps: Dependencies) -> AuditScanResult:
     start, end = audit_watch.scan_window(watch, deps.clock.now(), window)
     report = deps.audit.failures(deps.settings.vaults, start=start, end=end)
     if report is None:
-        return AuditScanResult("not_configured")
+        return AuditScanResult(AuditScanOutcome.NOT_CONFIGURED)
     step = audit_watch.advance(watch, report, window=window)
     try:
         deps.audit_checkpoint.save(step.watch)
     except Conflict:
         log_record(log, logging.INFO, "audit scan superseded: another instance scanned this window",
                    {"start": start.isoformat(), "end": end.isoformat()})
-        return AuditScanResult("superseded", start, end)
+        return AuditScanResult(AuditScanOutcome.SUPERSEDED, start, end)
     consumers = _consumer_names(deps)
     for purged in step.newly_purged:
         if names := consumers(purged):
             deps.notifier.send(audit_watch.purge_alert(purged, names))
     deps.notifier.sync(audit_watch.AUDIT_ALERT_SCOPE, audit_watch.current_alerts(step.watch, consumers))
-    result = AuditScanResult("scanned", start, end, tuple(sorted(step.watch.missing_keys)),
+    result = AuditScanResult(AuditScanOutcome.SCANNED, start, end, tuple(sorted(step.watch.missing_keys)),
                              len(step.watch.failures), report.partial)
     log_record(log, logging.WARNING if step.watch.missing_keys or report.partial else logging.INFO,
                "audit scan", {**result.as_json(), "vaults_without_logs": list(report.vaults_without_logs),
@@ -693,7 +700,11 @@ def _consumer_names(deps: Dependencies) -> Callable[[audit_watch.MissingKey], li
 
     def names(missing: audit_watch.MissingKey) -> list[str]:
         if missing.key_id not in known:
-            key = deps.settings.vault_policy.allowed_key(missing.key_id)
+            try:
+                key = deps.settings.vault_policy.allowed_key(missing.key_id)
+            except InvalidInput:  # its vault left CMK_VAULTS since: no longer ours to alert on
+                known[missing.key_id] = []
+                return []
             known[missing.key_id] = sorted(
                 f"scope {consumer.scope_name} of account {consumer.account_name}" if consumer.scope_name
                 else f"account {consumer.account_name}"

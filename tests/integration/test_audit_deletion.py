@@ -108,7 +108,7 @@ def test_a_deleted_key_in_use_is_found_in_the_audit_logs_alerted_and_resolved_by
     deleted = service.scheduled_audit(deps)
 
     key_id = f"{world.origin('kv-deleted').url}/keys/cmk"
-    assert (deleted.outcome, deleted.missing_keys) == ("scanned", (key_id,))
+    assert (deleted.outcome, deleted.missing_keys) == (service.AuditScanOutcome.SCANNED, (key_id,))
     ((transition, alert),) = [(notice.transition, notice.alert) for notice in channel.received]
     assert (transition, alert.severity, alert.resource) == (Transition.OPENED, Severity.CRITICAL, key_id)
     assert f"account {account}" in alert.message

@@ -357,15 +357,18 @@ class FakeChannel:
 @dataclass
 class FakeAuditCheckpoint:
     """The audit checkpoint with the Table adapter's concurrency: a save fails with Conflict when another
-    instance (``saved_elsewhere``) saved since this one's load."""
+    instance saved since this one's load (``race_after_load``: another instance saves right after each load)."""
 
     watch: AuditWatch = field(default_factory=AuditWatch)
+    race_after_load: bool = False
     version: int = 0
     read_version: int = 0
     saves: int = 0
 
     def load(self) -> AuditWatch:
         self.read_version = self.version
+        if self.race_after_load:
+            self.version += 1
         return self.watch
 
     def save(self, watch: AuditWatch) -> None:
@@ -373,6 +376,3 @@ class FakeAuditCheckpoint:
             raise Conflict("the audit checkpoint changed since it was read")
         self.watch, self.version, self.read_version = watch, self.version + 1, self.version + 1
         self.saves += 1
-
-    def saved_elsewhere(self, watch: AuditWatch) -> None:
-        self.watch, self.version = watch, self.version + 1

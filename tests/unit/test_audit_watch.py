@@ -195,7 +195,7 @@ def test_a_deleted_key_in_use_is_alerted_critical_then_resolved_by_its_recovery(
     recovered = service.scheduled_audit(deps)
 
     assert (first.outcome, first.missing_keys, quiet.missing_keys, recovered.missing_keys) == (
-        "scanned", (KEY_ID,), (KEY_ID,), ())
+        service.AuditScanOutcome.SCANNED, (KEY_ID,), (KEY_ID,), ())
     assert [(n.transition, n.alert.severity) for n in channel.received] == [
         (Transition.OPENED, Severity.CRITICAL), (Transition.RESOLVED, Severity.CRITICAL)]
     assert "account stcmk, account stlake" in channel.received[0].alert.message
@@ -206,20 +206,21 @@ def test_a_deleted_key_in_use_is_alerted_critical_then_resolved_by_its_recovery(
 
 
 def test_an_instance_that_lost_the_checkpoint_race_sends_nothing():
-    clock, checkpoint = FakeClock(T0), FakeAuditCheckpoint()
+    clock = FakeClock(T0)
+    checkpoint = FakeAuditCheckpoint(race_after_load=True)  # another instance saves while this one reads the logs
     log = FakeAuditLog(failure_groups=[], key_operations=[operation(audit.KEY_DELETE, T0 - timedelta(minutes=4))])
     deps, notifier = audit_deps(log, checkpoint, clock)
-    loading = checkpoint.load
-
-    def load_then_lose_the_race() -> AuditWatch:
-        watch = loading()
-        checkpoint.saved_elsewhere(watch)  # another instance saves while this one reads the logs
-        return watch
-
-    checkpoint.load = load_then_lose_the_race  # type: ignore[method-assign]
     result = service.scheduled_audit(deps)
-    assert result.outcome == "superseded"
-    assert notifier.alerts == [] and notifier.scopes == {}
+    assert result.outcome is service.AuditScanOutcome.SUPERSEDED
+    assert checkpoint.saves == 0 and notifier.alerts == [] and notifier.scopes == {}
+
+
+def test_a_key_of_a_vault_no_longer_managed_is_not_alerted():
+    clock, checkpoint = FakeClock(T0), FakeAuditCheckpoint()
+    gone = KeyOperation("https://kv-gone.vault.azure.net", "/x", "cmk", audit.KEY_DELETE, T0, OPERATOR, "", "archive")
+    deps, notifier = audit_deps(FakeAuditLog(failure_groups=[], key_operations=[gone]), checkpoint, clock)
+    service.scheduled_audit(deps)
+    assert notifier.scopes == {audit_watch.AUDIT_ALERT_SCOPE: []}
 
 
 def test_a_purge_after_the_deletion_alert_adds_a_one_shot_notice():
@@ -239,5 +240,5 @@ def test_a_purge_after_the_deletion_alert_adds_a_one_shot_notice():
 def test_without_an_audit_log_the_timer_says_so_and_keeps_no_checkpoint():
     clock, checkpoint = FakeClock(T0), FakeAuditCheckpoint()
     deps, notifier = audit_deps(FakeAuditLog(), checkpoint, clock)
-    assert service.scheduled_audit(deps).outcome == "not_configured"
+    assert service.scheduled_audit(deps).outcome is service.AuditScanOutcome.NOT_CONFIGURED
     assert checkpoint.saves == 0 and notifier.scopes == {}
