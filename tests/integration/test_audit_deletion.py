@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from azure.data.tables import TableClient
@@ -45,20 +44,23 @@ class Sandbox:
     world: World
     sink: AuditSink
     logs: LogAnalyticsEmulator
-    ledger: TableClient
+    azurite: Azurite
+
+    def new_ledger(self) -> TableClient:
+        return TableClient.from_connection_string(self.azurite.connection_string,
+                                                  table_name=f"audit{uuid.uuid4().hex[:12]}")
 
 
-@pytest.fixture
-def sandbox(tmp_path: Path, azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
-    with running_arm(tmp_path) as (arm, faults):
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory, azurite: Azurite) -> Iterator[Sandbox]:
+    """One emulated ARM for the module (each test has vaults and a ledger table of its own)."""
+    with running_arm(tmp_path_factory.mktemp("audit-deletion")) as (arm, faults), pytest.MonkeyPatch.context() as patch:
         sink = AuditSink(arm.bus, workspace_resource_id=WORKSPACE)
         arm.audit = sink
         with LogAnalyticsEmulator(arm.ca, tables=audit_tables(sink), workspace_id=sink.workspace_id,
                                   clock=arm.clock) as logs:
-            monkeypatch.setenv("REQUESTS_CA_BUNDLE", arm.ca_path)  # LogsQueryClient trusts the sandbox CA
-            ledger = TableClient.from_connection_string(azurite.connection_string,
-                                                        table_name=f"audit{uuid.uuid4().hex[:12]}")
-            yield Sandbox(World(arm, faults), sink, logs, ledger)
+            patch.setenv("REQUESTS_CA_BUNDLE", arm.ca_path)  # LogsQueryClient trusts the sandbox CA
+            yield Sandbox(World(arm, faults), sink, logs, azurite)
 
 
 def audited_vault_with_key_in_use(world: World, vault: str) -> str:
@@ -76,7 +78,8 @@ def audited_vault_with_key_in_use(world: World, vault: str) -> str:
     return str(account.name)
 
 
-def audit_timer(box: Sandbox, vaults: list[str]) -> tuple[service.Dependencies, FakeChannel]:
+def audit_timer(box: Sandbox, vaults: list[str], ledger: TableClient) -> tuple[service.Dependencies, FakeChannel]:
+    """The audit timer's dependencies: the real adapters, its checkpoint and alerts in ``ledger``."""
     world = box.world
     origins = ",".join(world.origin(vault).url for vault in vaults)
     settings = load_settings({"CMK_VAULTS": origins, "CMK_SUBSCRIPTIONS": SUB_A,
@@ -84,14 +87,14 @@ def audit_timer(box: Sandbox, vaults: list[str]) -> tuple[service.Dependencies, 
     inventory = Inventory(world.connection(), StorageControl(world.connection(), policy=world.policy),
                           subscriptions=(SUB_A,), policy=world.policy)
     channel = FakeChannel()
-    desk = AlertDesk(TableAlertLedger(box.ledger), {ChannelKind.WEBHOOK: (ChannelRoute(ChannelKind.WEBHOOK), channel)},
+    desk = AlertDesk(TableAlertLedger(ledger), {ChannelKind.WEBHOOK: (ChannelRoute(ChannelKind.WEBHOOK), channel)},
                      world.arm.clock, realert_after=timedelta(hours=24))
     audit = LogAnalyticsAuditLog(world.cred, workspace_id=box.sink.workspace_id, endpoint=box.logs.endpoint,
                                  policy=world.policy, principals=inventory.identity_principals)
     reconcile = replace(fake_reconcile_deps(clock=world.arm.clock, notifier=desk),
                         inventory=ConsumerDirectory(inventory, world.connection()))
     deps = fake_dependencies(settings, clock=world.arm.clock, notifier=desk, audit=audit, reconcile=reconcile,
-                             audit_checkpoint=TableAuditCheckpoint(box.ledger))
+                             audit_checkpoint=TableAuditCheckpoint(ledger))
     return deps, channel
 
 
@@ -99,7 +102,8 @@ def test_a_deleted_key_in_use_is_found_in_the_audit_logs_alerted_and_resolved_by
         sandbox: Sandbox) -> None:
     world = sandbox.world
     account = audited_vault_with_key_in_use(world, "kv-deleted")
-    deps, channel = audit_timer(sandbox, ["kv-deleted"])
+    ledger = sandbox.new_ledger()
+    deps, channel = audit_timer(sandbox, ["kv-deleted"], ledger)
     assert service.scheduled_audit(deps).missing_keys == ()  # the first scan: nothing deleted yet
     keys = world.key_client("kv-deleted")
 
@@ -122,7 +126,7 @@ def test_a_deleted_key_in_use_is_found_in_the_audit_logs_alerted_and_resolved_by
     # (the recovery poller's GETs answered 404 until the key was back: CMK-017 reports those on their own)
     assert [notice.transition for notice in channel.received if notice.alert.fingerprint == alert.fingerprint] == [
         Transition.OPENED, Transition.RESOLVED]
-    assert sandbox.ledger.get_entity("audit-scan", "checkpoint")["Chunks"] == 1
+    assert ledger.get_entity("audit-scan", "checkpoint")["Chunks"] == 1
 
 
 def test_a_vault_without_a_diagnostic_setting_has_no_rows_and_its_logs_are_reported_missing(
@@ -136,7 +140,7 @@ def test_a_vault_without_a_diagnostic_setting_has_no_rows_and_its_logs_are_repor
 
     for table in (AZKV_AUDIT_LOGS, AZURE_DIAGNOSTICS):
         assert [row for row in sandbox.sink.rows(table) if row["_ResourceId"] == vault_id] == []
-    deps, channel = audit_timer(sandbox, ["kv-silent"])
+    deps, channel = audit_timer(sandbox, ["kv-silent"], sandbox.new_ledger())
     result = service.scheduled_audit(deps)
     report = deps.audit.failures(deps.settings.vaults, start=result.start, end=result.end)
 
