@@ -137,12 +137,22 @@ class RowLog:
     def ndjson(self, start: int, stop: int) -> str:
         """Rows [start, stop) as the engine's spool (newline-delimited JSON in DuckDB's value forms)."""
         with self._lock:
-            columns = [(c.name, c.type, self._data[c.name][start:stop]) for c in self.columns]
+            columns = [(c.name, _spooler(c.type), self._data[c.name][start:stop]) for c in self.columns]
         lines = [
-            json.dumps({name: _spool_value(values[index], kind) for name, kind, values in columns}, default=str)
+            json.dumps({name: spool(values[index]) for name, spool, values in columns}, default=str)
             for index in range(stop - start)
         ]
         return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _spooler(kind: str) -> Callable[[Any], Any]:
+    """``_spool_value`` for one column type, with the common values (already in spool form) passed through."""
+    passes = {"string": str, "long": int, "int": int, "real": float, "bool": bool}.get(kind)
+    if kind == "dynamic":
+        return lambda value: value
+    if passes is None:
+        return lambda value: _spool_value(value, kind)
+    return lambda value: value if value is None or type(value) is passes else _spool_value(value, kind)
 
 
 @dataclass(frozen=True)
