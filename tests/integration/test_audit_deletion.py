@@ -2,8 +2,9 @@
 the unmodified azure-keyvault-keys SDK, the audit timer (service.scheduled_audit) finds the KeyDelete in the
 vault's AZKVAuditLogs through the unmodified LogsQueryClient and alerts, critical, naming the account; the
 recovery resolves it. The vault logs there because a diagnostic setting (azure-mgmt-monitor) says so: a vault
-without one has no rows, and the analysis says its logs are not collected. Checkpoint and alerts live in a
-ledger table in Azurite."""
+without one has no rows, and the analysis says its logs are not collected; one naming a storage account
+archives the records in its insights-logs-auditevent container, where the archive reader finds the deletion.
+Checkpoint and alerts live in a ledger table in Azurite."""
 
 from __future__ import annotations
 
@@ -16,16 +17,17 @@ import pytest
 from azure.data.tables import TableClient
 from azure.mgmt.monitor import MonitorManagementClient
 from azure.mgmt.monitor.models import DiagnosticSettingsResource, LogSettings
+from azure.storage.blob import BlobServiceClient
 
 from controller import service
 from controller.adapters.alert_ledger import TableAlertLedger
 from controller.adapters.audit_checkpoint import TableAuditCheckpoint
-from controller.adapters.audit_log import LogAnalyticsAuditLog
+from controller.adapters.audit_log import ArchiveAuditLog, LogAnalyticsAuditLog
 from controller.adapters.inventory import ConsumerDirectory, Inventory
 from controller.adapters.storage_control import StorageControl
 from controller.alert_desk import AlertDesk
 from controller.alerts import ChannelKind, ChannelRoute, Transition
-from controller.model import Severity
+from controller.model import Severity, parse_vault_resource_id
 from controller.settings import load_settings
 from emulators.audit import AZKV_AUDIT_LOGS, AZURE_DIAGNOSTICS, AuditSink
 from emulators.azurite import Azurite
@@ -55,12 +57,14 @@ class Sandbox:
 def sandbox(tmp_path_factory: pytest.TempPathFactory, azurite: Azurite) -> Iterator[Sandbox]:
     """One emulated ARM for the module (each test has vaults and a ledger table of its own)."""
     with running_arm(tmp_path_factory.mktemp("audit-deletion")) as (arm, faults), pytest.MonkeyPatch.context() as patch:
-        sink = AuditSink(arm.bus, workspace_resource_id=WORKSPACE)
+        sink = AuditSink(arm.bus, connection_string=azurite.connection_string, workspace_resource_id=WORKSPACE,
+                         flush_interval_seconds=3600).start()  # flushed by the test that reads the archive
         arm.audit = sink
         with LogAnalyticsEmulator(arm.ca, tables=audit_tables(sink), workspace_id=sink.workspace_id,
                                   clock=arm.clock) as logs:
             patch.setenv("REQUESTS_CA_BUNDLE", arm.ca_path)  # LogsQueryClient trusts the sandbox CA
             yield Sandbox(World(arm, faults), sink, logs, azurite)
+        sink.stop()
 
 
 def audited_vault_with_key_in_use(world: World, vault: str) -> str:
@@ -147,3 +151,31 @@ def test_a_vault_without_a_diagnostic_setting_has_no_rows_and_its_logs_are_repor
     assert result.missing_keys == () and channel.received == []
     assert report is not None and report.vaults_without_logs == (world.origin("kv-silent").url,)
     assert report.key_operations == ()
+
+
+def test_a_setting_naming_a_storage_account_archives_the_deletion_where_the_archive_reader_finds_it(
+        sandbox: Sandbox) -> None:
+    world = sandbox.world
+    world.create_vault("kv-archived")
+    archive_account = world.create_account()
+    MonitorManagementClient(world.cred, SUB_A, **world.mgmt_kwargs()).diagnostic_settings.create_or_update(
+        world.vaults["kv-archived"].id, "audit-to-archive",
+        DiagnosticSettingsResource(storage_account_id=archive_account.id,
+                                   logs=[LogSettings(category="AuditEvent", enabled=True)]))
+    keys = world.key_client("kv-archived")
+    keys.create_rsa_key("cmk", size=2048)
+    start = world.arm.clock.now() - timedelta(minutes=1)
+    keys.begin_delete_key("cmk").wait()
+    sandbox.sink.flush()
+
+    container = BlobServiceClient.from_connection_string(sandbox.azurite.connection_string).get_container_client(
+        sandbox.sink.archive_container(archive_account.name))  # the account's insights-logs-auditevent
+    origin = world.origin("kv-archived")
+    archive = ArchiveAuditLog(lambda: container, vault_ids=lambda: {
+        origin: parse_vault_resource_id(world.vaults["kv-archived"].id)})
+    report = archive.failures([origin.url], start=start, end=world.arm.clock.now() + timedelta(minutes=1))
+
+    assert [(op.key, op.operation, op.source) for op in report.missing_keys] == [("cmk", "KeyDelete", "archive")]
+    assert report.vaults_without_logs == ()
+    vault_id = world.vaults["kv-archived"].id.lower()
+    assert [row for row in sandbox.sink.rows(AZKV_AUDIT_LOGS) if row["_ResourceId"] == vault_id] == []
