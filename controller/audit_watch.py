@@ -120,11 +120,12 @@ def scan_window(watch: AuditWatch, now: datetime, window: timedelta) -> tuple[da
     """The window the next scan reads: from the previous scan's end (less the ingestion grace) to now.
 
     The first scan reads the audit window; after a long pause at most 30 days (the longest window a
-    query takes), so a scan stays one bounded query.
+    query takes), so a scan stays one bounded query; never less than the ingestion grace.
     """
     earliest = now - audit.MAX_WINDOW
     start = watch.scanned_until - INGESTION_GRACE if watch.scanned_until is not None else now - window
-    return max(start, earliest), now
+    # an instance whose clock runs behind the one that saved still reads a (short) window
+    return min(max(start, earliest), now - INGESTION_GRACE), now
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,6 +112,8 @@ def test_the_first_scan_reads_the_audit_window_and_a_long_pause_at_most_thirty_d
     assert audit_watch.scan_window(AuditWatch(), T0, WINDOW) == (T0 - WINDOW, T0)
     long_ago = AuditWatch(scanned_until=T0 - timedelta(days=90))
     assert audit_watch.scan_window(long_ago, T0, WINDOW) == (T0 - audit.MAX_WINDOW, T0)
+    ahead = AuditWatch(scanned_until=T0 + timedelta(minutes=30))  # saved by an instance whose clock runs ahead
+    assert audit_watch.scan_window(ahead, T0, WINDOW) == (T0 - audit_watch.INGESTION_GRACE, T0)
 
 
 def test_failure_alerts_stay_open_within_the_window_and_expire_after_it():
