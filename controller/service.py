@@ -239,8 +239,9 @@ def run_compliance_sweep(deps: Dependencies, subscriptions: Sequence[str] | None
     """Gather the estate once, evaluate every rule of RULES.md, and report per key who uses which version.
 
     ``subscriptions`` None sweeps the configured scope (CMK_SUBSCRIPTIONS; empty: every subscription the
-    identity can read) and syncs the alerts: every finding at or above high is an open alert keyed by
-    the finding's fingerprint, and an alert whose finding is gone is resolved. An explicit subset (the
+    identity can read) and syncs the alerts: every finding at or above high (but CMK-017's, which the
+    audit timer sends) is an open alert keyed by the finding's fingerprint, and an alert whose finding is
+    gone is resolved. An explicit subset (the
     operator's ``cmkctl sweep --subscription``) leaves the alerts alone: it cannot tell a fixed finding
     from one outside the subset.
     """
