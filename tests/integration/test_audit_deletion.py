@@ -117,6 +117,10 @@ def test_a_deleted_key_in_use_is_found_in_the_audit_logs_alerted_and_resolved_by
 
     key_id = f"{world.origin('kv-deleted').url}/keys/cmk"
     assert (deleted.outcome, deleted.missing_keys) == (service.AuditScanOutcome.SCANNED, (key_id,))
+    (row,) = [row for row in sandbox.sink.rows(AZKV_AUDIT_LOGS) if row["OperationName"] == "KeyDelete"
+              and row["_ResourceId"] == world.vaults["kv-deleted"].id.lower()]
+    assert (row["Id"], row["HttpStatusCode"], row["ResultSignature"]) == (key_id, 200, "OK")  # as Key Vault logs it
+    assert row["RequestUri"].startswith(f"{key_id}?api-version=")
     ((transition, alert),) = [(notice.transition, notice.alert) for notice in channel.received]
     assert (transition, alert.severity, alert.resource) == (Transition.OPENED, Severity.CRITICAL, key_id)
     assert f"account {account}" in alert.message
