@@ -34,6 +34,9 @@ from controller.model import Severity
 
 #: The operations whose failure means a consumer cannot use its key (wrap, unwrap, or read it to start).
 WATCHED_OPERATIONS: tuple[str, ...] = ("KeyWrap", "KeyUnwrap", "KeyGet")
+#: The operations that take a key away from its consumers or give it back (Key Vault publishes no event for them).
+KEY_DELETE, KEY_PURGE, KEY_RECOVER = "KeyDelete", "KeyPurge", "KeyRecover"
+DELETION_OPERATIONS: tuple[str, ...] = (KEY_DELETE, KEY_PURGE, KEY_RECOVER)
 #: The audit window: default and bounds (hours), shared by CMK_AUDIT_WINDOW_HOURS and ``--since``.
 DEFAULT_WINDOW = timedelta(hours=24)
 MIN_WINDOW = timedelta(hours=1)
@@ -259,6 +262,33 @@ def _group_order(group: AuditFailureGroup) -> tuple[int, int, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyOperation:
+    """The latest successful KeyDelete, KeyPurge or KeyRecover of one key in the window.
+
+    Only the latest matters: it says where the key stands (deleted, purged, back). ``key`` is the key's
+    name in lower case (Key Vault names are case-insensitive); ``caller`` / ``caller_app_id`` who did it.
+    """
+
+    vault: str
+    vault_resource_id: str
+    key: str
+    operation: str
+    at: datetime
+    caller: str
+    caller_app_id: str
+    source: str
+
+    @property
+    def key_id(self) -> str:
+        return f"{self.vault}/keys/{self.key}"
+
+    def as_json(self) -> dict[str, object]:
+        return {"vault": self.vault, "vaultResourceId": self.vault_resource_id, "key": self.key,
+                "keyId": self.key_id, "operation": self.operation, "at": _iso(self.at), "caller": self.caller,
+                "callerAppId": self.caller_app_id, "source": self.source}
+
+
+@dataclass(frozen=True, slots=True)
 class VaultSource:
     """Where one vault's audit records were found in the window, and how many."""
 
@@ -276,6 +306,7 @@ class AuditReport:
     ``sources``: per vault, the table (or the archive) its records were read from.
     ``vaults_without_logs``: managed vaults with no audit record at all in the window (no diagnostic
     setting, or one that sends elsewhere): their failures cannot be seen.
+    ``key_operations``: per key, the latest successful KeyDelete / KeyPurge / KeyRecover in the window.
     """
 
     start: datetime
@@ -285,6 +316,7 @@ class AuditReport:
     partial_detail: str | None = None
     sources: tuple[VaultSource, ...] = ()
     vaults_without_logs: tuple[str, ...] = ()
+    key_operations: tuple[KeyOperation, ...] = ()
 
     @property
     def window(self) -> timedelta:
@@ -293,6 +325,11 @@ class AuditReport:
     @property
     def failures(self) -> int:
         return sum(group.count for group in self.groups)
+
+    @property
+    def missing_keys(self) -> tuple[KeyOperation, ...]:
+        """The keys whose latest operation in the window deleted or purged them."""
+        return tuple(op for op in self.key_operations if op.operation in (KEY_DELETE, KEY_PURGE))
 
     def as_json(self) -> dict[str, object]:
         by_class: dict[str, int] = {}
@@ -306,19 +343,21 @@ class AuditReport:
             "sources": [{"vault": s.vault, "source": s.source, "records": s.records} for s in self.sources],
             "vaultsWithoutLogs": list(self.vaults_without_logs),
             "groups": [group.as_json() for group in self.groups],
+            "keyOperations": [operation.as_json() for operation in self.key_operations],
         }
 
 
 def report_of(start: datetime, end: datetime, groups: Iterable[AuditFailureGroup], *,
               sources: Iterable[VaultSource] = (), managed_vaults: Iterable[str] = (),
-              partial_detail: str | None = None) -> AuditReport:
-    """An AuditReport: groups ordered most severe first, vaults with no record listed."""
+              partial_detail: str | None = None, key_operations: Iterable[KeyOperation] = ()) -> AuditReport:
+    """An AuditReport: groups ordered most severe first, vaults with no record listed, key operations by time."""
     source_list = tuple(sorted(sources, key=lambda s: (s.vault, s.source)))
     seen = {s.vault for s in source_list if s.records > 0}
     return AuditReport(
         start=start, end=end, groups=tuple(sorted(groups, key=_group_order)),
         partial=partial_detail is not None, partial_detail=partial_detail, sources=source_list,
         vaults_without_logs=tuple(sorted(v for v in dict.fromkeys(managed_vaults) if v not in seen)),
+        key_operations=tuple(sorted(key_operations, key=lambda op: (op.at, op.key_id))),
     )
 
 
@@ -327,12 +366,14 @@ def merge_reports(primary: AuditReport, fallback: AuditReport) -> AuditReport:
     missing = set(primary.vaults_without_logs)
     extra_groups = [g for g in fallback.groups if g.vault in missing]
     extra_sources = [s for s in fallback.sources if s.vault in missing]
+    extra_operations = [op for op in fallback.key_operations if op.vault in missing]
     details = [d for d in (primary.partial_detail, fallback.partial_detail if extra_sources else None) if d]
     return report_of(
         primary.start, primary.end, [*primary.groups, *extra_groups],
         sources=[*primary.sources, *extra_sources],
         managed_vaults=[*primary.vaults_without_logs, *(s.vault for s in primary.sources)],
         partial_detail="; ".join(details) if details else None,
+        key_operations=[*primary.key_operations, *extra_operations],
     )
 
 
@@ -394,19 +435,23 @@ def _kql_list(values: Iterable[str]) -> str:
     return ", ".join(_kql_string(value) for value in values)
 
 
-def _normalised_union(vaults: Sequence[str], *, failures_only: bool) -> str:
-    """Both table forms projected to one shape, restricted to the managed vaults (by the key URI's origin).
+def _normalised_union(vaults: Sequence[str], *, operations: Sequence[str] = (), failed: bool | None = None) -> str:
+    """Both table forms projected to one shape, restricted to the managed vaults (by the key URI's origin),
+    and to ``operations`` (all when empty) that failed (True: status >= 400), succeeded (False) or either (None).
 
     AzureDiagnostics spreads the identity claim over typed columns (…_g for guids) and stores the status
     as a real; AZKVAuditLogs keeps the claim as a dynamic Identity column and the status as an int.
     """
     if not vaults:
         raise InvalidInput("no vaults to query the audit logs of")
-    operations = _kql_list(WATCHED_OPERATIONS)
-    dedicated_filter = (f"| where OperationName in ({operations}) and HttpStatusCode >= 400\n   "
-                        if failures_only else "")
-    legacy_filter = (f"| where OperationName in ({operations}) and httpStatusCode_d >= 400\n   "
-                     if failures_only else "")
+
+    def where(status_column: str) -> str:
+        conditions = [f"OperationName in ({_kql_list(operations)})"] if operations else []
+        if failed is not None:
+            conditions.append(f"{status_column} {'>=' if failed else '<'} 400")
+        return f"| where {' and '.join(conditions)}\n   " if conditions else ""
+
+    dedicated_filter, legacy_filter = where("HttpStatusCode"), where("httpStatusCode_d")
     return f"""union isfuzzy=true
   ({AZKV_AUDIT_LOGS}
    {dedicated_filter}| project Source = '{AZKV_AUDIT_LOGS}', TimeGenerated, VaultResourceId = tolower(_ResourceId),
@@ -426,7 +471,7 @@ def _normalised_union(vaults: Sequence[str], *, failures_only: bool) -> str:
 
 def detection_query(vaults: Sequence[str]) -> str:
     """Per table form and managed vault: how many audit records it holds in the window."""
-    return _normalised_union(vaults, failures_only=False) + "\n| summarize Records = count() by Source, Vault"
+    return _normalised_union(vaults) + "\n| summarize Records = count() by Source, Vault"
 
 
 def failure_query(vaults: Sequence[str]) -> str:
@@ -439,7 +484,7 @@ def failure_query(vaults: Sequence[str]) -> str:
     marker = "case(" + ", ".join(
         f"ResultDescription contains {_kql_string(m.phrase)}, 'm{i}'" for i, m in enumerate(_MARKERS)) + ", '')"
     return (
-        _normalised_union(vaults, failures_only=True)
+        _normalised_union(vaults, operations=WATCHED_OPERATIONS, failed=True)
         + "\n| extend KeyName = extract('/keys/([^/?]+)', 1, ObjectId),"
         + " KeyVersion = extract('/keys/[^/?]+/([^/?]+)', 1, ObjectId),"
         + f"\n         Marker = {marker}"
@@ -448,6 +493,40 @@ def failure_query(vaults: Sequence[str]) -> str:
         + "\n            CallerApp = take_any(CallerApp)"
         + "\n    by Source, Vault, VaultResourceId, KeyName, KeyVersion, Caller, StatusCode, ResultSignature, Marker"
     )
+
+
+#: The key a KeyDelete (``/keys/<name>``), KeyRecover (``/keys/<name>/<version>``) or KeyPurge
+#: (``/deletedkeys/<name>``) names in its ``id``.
+_DELETION_KEY_KQL = "'/(?:deleted)?keys/([^/?]+)'"
+_DELETION_KEY = re.compile(r"^/(?:deleted)?keys/(?P<name>[^/?]+)", re.IGNORECASE)
+
+
+def deletion_query(vaults: Sequence[str]) -> str:
+    """Per key of the managed vaults: its latest successful KeyDelete, KeyPurge or KeyRecover, aggregated
+    in KQL (one row per key that was deleted, purged or recovered in the window)."""
+    return (
+        _normalised_union(vaults, operations=DELETION_OPERATIONS, failed=False)
+        + f"\n| extend KeyName = tolower(extract({_DELETION_KEY_KQL}, 1, ObjectId))"
+        + "\n| where isnotempty(KeyName)"
+        + "\n| summarize arg_max(TimeGenerated, OperationName, Caller, CallerApp)"
+        + " by Source, Vault, VaultResourceId, KeyName"
+    )
+
+
+def key_operations_from_rows(rows: Iterable[Mapping[str, object]]) -> list[KeyOperation]:
+    """Key operations from the rows of ``deletion_query``; a row without a time or a known operation is skipped."""
+    found: list[KeyOperation] = []
+    for row in rows:
+        when, operation = _time(row.get("TimeGenerated")), _text(row.get("OperationName"))
+        if when is None or operation not in DELETION_OPERATIONS:
+            continue
+        found.append(KeyOperation(
+            vault=_text(row.get("Vault")), vault_resource_id=_text(row.get("VaultResourceId")),
+            key=_text(row.get("KeyName")).lower(), operation=operation, at=when,
+            caller=_text(row.get("Caller")).lower(), caller_app_id=_text(row.get("CallerApp")).lower(),
+            source=_text(row.get("Source")),
+        ))
+    return found
 
 
 def sources_from_rows(rows: Iterable[Mapping[str, object]]) -> list[VaultSource]:
@@ -543,6 +622,7 @@ class FailureAggregator:
         self._start, self._end = start, end
         self._source = source
         self._groups: dict[tuple[str, ...], _Accumulator] = {}
+        self._latest: dict[tuple[str, str, str], KeyOperation] = {}  # (vault, vault id, key) -> latest deletion op
         self.records: dict[str, int] = {}  # vault -> records seen in the window (any operation)
         self.unreadable = 0  # records that were not JSON objects with a time and an object id
 
@@ -558,9 +638,12 @@ class FailureAggregator:
         if event.vault not in self._vaults or not self._start <= event.time <= self._end:
             return
         self.records[event.vault] = self.records.get(event.vault, 0) + 1
+        path = event.object_id[len(event.vault):] if event.object_id.lower().startswith(event.vault) else ""
+        if event.operation in DELETION_OPERATIONS and event.status_code < 400:
+            self._add_key_operation(event, path)
+            return
         if event.operation not in WATCHED_OPERATIONS or event.status_code < 400:
             return
-        path = event.object_id[len(event.vault):] if event.object_id.lower().startswith(event.vault) else ""
         key_match = _KEY_PATH.match(path)
         name = key_match.group("name") if key_match else ""
         version = (key_match.group("version") or "") if key_match else ""
@@ -575,6 +658,20 @@ class FailureAggregator:
         found.first_seen = min(found.first_seen, event.time)
         found.last_seen = max(found.last_seen, event.time)
         found.operations.add(event.operation)
+
+    def _add_key_operation(self, event: AuditEventView, path: str) -> None:
+        named = _DELETION_KEY.match(path)
+        if named is None:
+            return
+        key = named.group("name").lower()
+        held = self._latest.get((event.vault, event.vault_resource_id, key))
+        if held is None or event.time >= held.at:
+            self._latest[(event.vault, event.vault_resource_id, key)] = KeyOperation(
+                vault=event.vault, vault_resource_id=event.vault_resource_id, key=key, operation=event.operation,
+                at=event.time, caller=event.caller, caller_app_id=event.caller_app_id, source=self._source)
+
+    def key_operations(self) -> list[KeyOperation]:
+        return list(self._latest.values())
 
     def groups(self) -> list[AuditFailureGroup]:
         rows = [
@@ -697,6 +794,9 @@ def render_table(report: AuditReport, *, wide: bool = False) -> str:
     if report.vaults_without_logs:
         lines += textwrap.wrap("No audit records in the window for: " + ", ".join(report.vaults_without_logs)
                                + " (check the vaults' diagnostic settings)", width)
+    for operation in report.key_operations:
+        lines.append(_fit(f"  {operation.operation:<10} {_short_vault(operation.vault)}/{operation.key} at "
+                          f"{operation.at.astimezone(UTC):%m-%d %H:%M} by {operation.caller or '-'}", width))
     if not report.groups:
         lines.append("No failed KeyWrap, KeyUnwrap or KeyGet.")
         return "\n".join(lines) + "\n"

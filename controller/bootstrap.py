@@ -25,6 +25,7 @@ from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64E
 from controller import reconciler, rotation
 from controller.adapters.alert_channels import EventGridTopicChannel, WebhookChannel
 from controller.adapters.alert_ledger import TableAlertLedger
+from controller.adapters.audit_checkpoint import TableAuditCheckpoint
 from controller.adapters.audit_log import ArchiveAuditLog, LogAnalyticsAuditLog, NoAuditLog, WorkspaceThenArchive
 from controller.adapters.blob_store import AzureBlobStore, pooled_transport
 from controller.adapters.credentials import ArmConnection, challenge_options, controller_credential
@@ -137,6 +138,7 @@ def build(
         reconcile=reconcile,
         blob_stores=lambda account: AzureBlobStore(blob_services(account, 8)),
         audit=audit,
+        audit_checkpoint=TableAuditCheckpoint(storage.table(settings.ledger_table)),
         estate=gatherer,
         reports=BlobReportStore(storage.container(settings.report_container)),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from controller.alerts import AlertState, Delivery, DeliveryReport, Notice
 from controller.audit import AuditReport
@@ -26,6 +26,9 @@ from controller.model import (
     VaultOrigin,
 )
 from controller.rewrap.work import RewrapWorkItem
+
+if TYPE_CHECKING:  # controller.audit_watch builds on the reconciler, which builds on these ports
+    from controller.audit_watch import AuditWatch
 
 
 class Clock(Protocol):
@@ -338,7 +341,20 @@ class AuditLog(Protocol):
 
     def failures(self, vaults: Sequence[str], *, start: datetime, end: datetime) -> AuditReport | None:
         """Failed KeyWrap/KeyUnwrap/KeyGet of ``vaults`` (origins) in [start, end], grouped and classified
-        (CMK-017); None when no audit log is configured."""
+        (CMK-017), with each key's latest KeyDelete/KeyPurge/KeyRecover (``key_operations``); None when no
+        audit log is configured."""
+        ...
+
+
+class AuditCheckpoint(Protocol):
+    """The audit timer's checkpoint in the ledger (controller/audit_watch.py), written ETag-conditionally."""
+
+    def load(self) -> AuditWatch:
+        """The last saved checkpoint (an empty one before the first scan); remembers what was read."""
+        ...
+
+    def save(self, watch: AuditWatch) -> None:
+        """Replace the checkpoint; Conflict when another instance saved one since this one's load."""
         ...
 
 

@@ -100,6 +100,8 @@ class Reason(enum.StrEnum):
     VERSION_EXPIRES_SOON = "VersionExpiresSoon"
     NO_TIMELY_ROTATION = "NoTimelyRotation"
     KEY_SOFT_DELETED = "KeySoftDeleted"
+    #: The audit log shows a KeyPurge of a key in use: it cannot be recovered (the audit timer's alerts).
+    KEY_PURGED = "KeyPurged"
     KEY_MISSING = "KeyMissing"
     VAULT_SOFT_DELETED = "VaultSoftDeleted"
     VAULT_MISSING = "VaultMissing"

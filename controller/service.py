@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from controller import reconciler, rotation
+from controller import audit_watch, reconciler, rotation
 from controller.audit import AuditReport, checked_window
 from controller.blob_census import wrapping_versions
 from controller.compliance import drift, rules
@@ -29,6 +29,7 @@ from controller.events import IntakeResult, parse_delivery
 from controller.logs import log_record
 from controller.model import Alert, Consumer, ConsumerKind, KeyEvent, KeyEventKind, KeyRef, Severity
 from controller.ports import (
+    AuditCheckpoint,
     AuditLog,
     BlobStore,
     Clock,
@@ -106,8 +107,10 @@ class Dependencies:
     rewrap: RewrapBackend
     #: Blob data plane of a storage account by name (census of client-side-encrypted containers).
     blob_stores: Callable[[str], BlobStore]
-    #: Key Vault audit logs (last successful unwrap per version).
+    #: Key Vault audit logs (last successful unwrap per version, failures, key deletions).
     audit: AuditLog
+    #: The audit timer's checkpoint in the ledger (scheduled_audit).
+    audit_checkpoint: AuditCheckpoint
     #: The compliance sweep's snapshot of the estate.
     estate: EstateReader
     #: Where compliance reports are kept (CMK_REPORT_CONTAINER).
@@ -239,8 +242,9 @@ def run_compliance_sweep(deps: Dependencies, subscriptions: Sequence[str] | None
     """Gather the estate once, evaluate every rule of RULES.md, and report per key who uses which version.
 
     ``subscriptions`` None sweeps the configured scope (CMK_SUBSCRIPTIONS; empty: every subscription the
-    identity can read) and syncs the alerts: every finding at or above high is an open alert keyed by
-    the finding's fingerprint, and an alert whose finding is gone is resolved. An explicit subset (the
+    identity can read) and syncs the alerts: every finding at or above high (but CMK-017's, which the
+    audit timer sends) is an open alert keyed by the finding's fingerprint, and an alert whose finding is
+    gone is resolved. An explicit subset (the
     operator's ``cmkctl sweep --subscription``) leaves the alerts alone: it cannot tell a fixed finding
     from one outside the subset.
     """
@@ -277,13 +281,19 @@ def _with_audit_evidence(estate: Estate, deps: Dependencies) -> Estate:
     return estate if report is None else replace(estate, audit=audit_evidence(report))
 
 
+#: Rules whose alerts another timer sends: CMK-017 (failed key operations) comes from the audit timer
+#: (scheduled_audit), within minutes and per key; the sweep's report still lists its findings.
+ALERTED_ELSEWHERE = frozenset({"CMK-017"})
+
+
 def compliance_alerts(report: ComplianceReport) -> list[Alert]:
     """One alert per finding at or above COMPLIANCE_ALERT_SEVERITY, keyed by the finding's fingerprint."""
     return finding_alerts(report.findings)
 
 
 def finding_alerts(findings: Iterable[Finding]) -> list[Alert]:
-    """The alerts of findings at or above COMPLIANCE_ALERT_SEVERITY (the sweep's and drift's alike)."""
+    """The alerts of findings at or above COMPLIANCE_ALERT_SEVERITY (the sweep's and drift's alike), except the
+    rules in ALERTED_ELSEWHERE."""
     return [
         Alert(
             severity=finding.severity,
@@ -296,7 +306,7 @@ def finding_alerts(findings: Iterable[Finding]) -> list[Alert]:
             details={"rule": finding.rule, "evidence": dict(finding.evidence)},
         )
         for finding in findings
-        if finding.severity.at_least(COMPLIANCE_ALERT_SEVERITY)
+        if finding.severity.at_least(COMPLIANCE_ALERT_SEVERITY) and finding.rule not in ALERTED_ELSEWHERE
     ]
 
 
@@ -685,3 +695,87 @@ def scan_audit(deps: Dependencies, window: timedelta | None = None, *, until: da
             "partial": report.partial, "vaults_without_logs": list(report.vaults_without_logs),
         })
     return report
+
+
+# --- the audit timer ------------------------------------------------------------------------------------
+
+
+class AuditScanOutcome(enum.StrEnum):
+    #: The window was read and the checkpoint moved.
+    SCANNED = "scanned"
+    #: Another instance saved the checkpoint first: it sends the alerts of this window.
+    SUPERSEDED = "superseded"
+    #: No workspace nor archive is configured.
+    NOT_CONFIGURED = "not_configured"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditScanResult:
+    """What one run of the audit timer did."""
+
+    outcome: AuditScanOutcome
+    start: datetime | None = None
+    end: datetime | None = None
+    missing_keys: tuple[str, ...] = ()
+    failure_alerts: int = 0
+    partial: bool = False
+
+    def as_json(self) -> dict[str, object]:
+        return {"outcome": self.outcome.value, "start": self.start.isoformat() if self.start else None,
+                "end": self.end.isoformat() if self.end else None, "missing_keys": list(self.missing_keys),
+                "failure_alerts": self.failure_alerts, "partial": self.partial}
+
+
+def scheduled_audit(deps: Dependencies) -> AuditScanResult:
+    """The audit timer (CMK_AUDIT_SCHEDULE): read the vaults' audit logs since the last scan, move the
+    checkpoint (ETag-conditional: one instance wins a window), then sync the audit alerts: a deleted or
+    purged key that storage uses (critical, naming the accounts and the remedy; resolved by a KeyRecover),
+    and the CMK-017 failures of the audit window.
+
+    Saving before alerting loses nothing: a crash after the save leaves the level in the checkpoint and
+    the next run syncs it; the desk notifies a transition once whoever syncs it.
+    """
+    window = timedelta(hours=deps.settings.audit_window_hours)
+    watch = deps.audit_checkpoint.load()
+    start, end = audit_watch.scan_window(watch, deps.clock.now(), window)
+    report = deps.audit.failures(deps.settings.vaults, start=start, end=end)
+    if report is None:
+        return AuditScanResult(AuditScanOutcome.NOT_CONFIGURED)
+    step = audit_watch.advance(watch, report, window=window)
+    try:
+        deps.audit_checkpoint.save(step.watch)
+    except Conflict:
+        log_record(log, logging.INFO, "audit scan superseded: another instance scanned this window",
+                   {"start": start.isoformat(), "end": end.isoformat()})
+        return AuditScanResult(AuditScanOutcome.SUPERSEDED, start, end)
+    consumers = _consumer_names(deps)
+    for purged in step.newly_purged:
+        if names := consumers(purged):
+            deps.notifier.send(audit_watch.purge_alert(purged, names))
+    deps.notifier.sync(audit_watch.AUDIT_ALERT_SCOPE, audit_watch.current_alerts(step.watch, consumers))
+    result = AuditScanResult(AuditScanOutcome.SCANNED, start, end, tuple(sorted(step.watch.missing_keys)),
+                             len(step.watch.failures), report.partial)
+    log_record(log, logging.WARNING if step.watch.missing_keys or report.partial else logging.INFO,
+               "audit scan", {**result.as_json(), "vaults_without_logs": list(report.vaults_without_logs),
+                              "partial_detail": report.partial_detail})
+    return result
+
+
+def _consumer_names(deps: Dependencies) -> Callable[[audit_watch.MissingKey], list[str]]:
+    """Who uses a missing key, by name (read once per key and scan)."""
+    known: dict[str, list[str]] = {}
+
+    def names(missing: audit_watch.MissingKey) -> list[str]:
+        if missing.key_id not in known:
+            try:
+                key = deps.settings.vault_policy.allowed_key(missing.key_id)
+            except InvalidInput:  # its vault left CMK_VAULTS since: no longer ours to alert on
+                known[missing.key_id] = []
+                return []
+            known[missing.key_id] = sorted(
+                f"scope {consumer.scope_name} of account {consumer.account_name}" if consumer.scope_name
+                else f"account {consumer.account_name}"
+                for consumer in deps.reconcile.inventory.consumers_of(key))
+        return known[missing.key_id]
+
+    return names

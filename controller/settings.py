@@ -212,6 +212,12 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "Empty: no archive.",
     ),
     SettingSpec(
+        "CMK_AUDIT_SCHEDULE",
+        "0 */15 * * * *",
+        "NCRONTAB (six fields, with seconds) schedule of the audit timer: it reads the vaults' audit logs since its "
+        "last run and alerts on deleted or purged keys in use (resolved on KeyRecover) and on CMK-017 failures.",
+    ),
+    SettingSpec(
         "CMK_AUDIT_WINDOW_HOURS",
         "24",
         "How far back the audit analysis (cmkctl audit) looks for failed KeyWrap/KeyUnwrap/KeyGet. 1-720.",
@@ -292,6 +298,7 @@ class Settings:
     #: The storage-account archive of the vaults' audit logs (CMK_AUDIT_ARCHIVE), None when not set.
     audit_archive: AuditArchive | None = None
     audit_window_hours: int = 24
+    audit_schedule: str = "0 */15 * * * *"
 
     @property
     def vaults(self) -> tuple[str, ...]:
@@ -311,7 +318,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     return Settings(
         vault_policy=_parse_vaults(raw("CMK_VAULTS"), arm_endpoint=raw("CMK_ARM_ENDPOINT")),
         subscriptions=_parse_list("CMK_SUBSCRIPTIONS", raw("CMK_SUBSCRIPTIONS"), _subscription),
-        sweep_schedule=_parse_ncrontab(raw("CMK_SWEEP_SCHEDULE")),
+        sweep_schedule=_parse_ncrontab("CMK_SWEEP_SCHEDULE", raw("CMK_SWEEP_SCHEDULE")),
         work_queue=_match("CMK_WORK_QUEUE", raw("CMK_WORK_QUEUE"), _QUEUE_NAME, "a queue name (3-57 "
                           "lower-case letters, digits, single hyphens)", max_len=57),
         ledger_table=_match("CMK_LEDGER_TABLE", raw("CMK_LEDGER_TABLE"), _TABLE_NAME,
@@ -350,6 +357,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         max_accounts_per_key=_parse_int("CMK_MAX_ACCOUNTS_PER_KEY", raw("CMK_MAX_ACCOUNTS_PER_KEY"), 1, 10000),
         audit_archive=_parse_audit_archive(raw("CMK_AUDIT_ARCHIVE")),
         audit_window_hours=_parse_int("CMK_AUDIT_WINDOW_HOURS", raw("CMK_AUDIT_WINDOW_HOURS"), 1, 720),
+        audit_schedule=_parse_ncrontab("CMK_AUDIT_SCHEDULE", raw("CMK_AUDIT_SCHEDULE")),
     )
 
 
@@ -506,11 +514,11 @@ def _parse_webhook(name: str, value: str) -> str | None:
     return value
 
 
-def _parse_ncrontab(value: str) -> str:
+def _parse_ncrontab(name: str, value: str) -> str:
     try:
         ncrontab.parse(value)
     except ncrontab.NcrontabError as err:
-        raise SettingsError("CMK_SWEEP_SCHEDULE", str(err)) from err
+        raise SettingsError(name, str(err)) from err
     return value
 
 

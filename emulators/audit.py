@@ -1,22 +1,27 @@
 """Where Key Vault AuditEvent records go: the diagnostic-log archive and the Log Analytics tables.
 
 Subscribes to the sandbox bus (``SandboxBus.on_audit``); the Key Vault emulator publishes one record
-per request, in the resource-log shape Azure writes. A vault's records are kept only when the vault
-has a diagnostic setting (``enable_diagnostics``; the sandbox default is on), the two ways Azure
-keeps them:
+per request, in the resource-log shape Azure writes. As in Azure, a vault's records are kept only
+where its diagnostic settings send them (``set_routes``; the ARM emulator's Microsoft.Insights
+diagnostic settings call it, emulators/arm/insights.py): a vault without one logs nowhere.
 
-1. Archive to a storage account (Azurite): container ``insights-logs-auditevent``, one append blob
-   per vault and hour at ``resourceId=/SUBSCRIPTIONS/{SUB}/RESOURCEGROUPS/{RG}/PROVIDERS/
-   MICROSOFT.KEYVAULT/VAULTS/{NAME}/y=YYYY/m=MM/d=DD/h=HH/m=00/PT1H.json``, one JSON record per line.
-   Records are batched and appended by a background thread every ``flush_interval_seconds``, on
-   ``flush()`` and on ``stop()``; a failed append is retried at the next flush.
-2. Rows of a Log Analytics workspace, in memory: the legacy ``AzureDiagnostics`` table and the
-   resource-specific ``AZKVAuditLogs`` table, each with a typed column list (``TABLE_COLUMNS``) for
-   the Log Analytics query emulator. Values are Python values by column type: datetime (aware, UTC),
-   string/guid (str), int/long (int), real (float), bool (bool), dynamic (dict or list); missing
-   values are None.
+1. Archive to a storage account (``DiagnosticRoute.archive_account``): the account's container
+   ``insights-logs-auditevent`` (in Azurite, ``<account>-insights-logs-auditevent``: the layout the
+   ARM emulator's blob endpoints serve, emulators/arm/blobproxy.py), one append blob per vault and hour
+   at ``resourceId=/SUBSCRIPTIONS/{SUB}/RESOURCEGROUPS/{RG}/PROVIDERS/MICROSOFT.KEYVAULT/VAULTS/{NAME}/
+   y=YYYY/m=MM/d=DD/h=HH/m=00/PT1H.json``, one JSON record per line. Records are batched and appended
+   by a background thread every ``flush_interval_seconds``, on ``flush()`` and on ``stop()``; a failed
+   append is retried at the next flush.
+2. Rows of the sandbox's Log Analytics workspace (``DiagnosticRoute.workspace`` names its ARM id,
+   ``workspace_resource_id``): ``AZKVAuditLogs`` when the setting's ``logAnalyticsDestinationType`` is
+   ``Dedicated``, the legacy ``AzureDiagnostics`` otherwise, each a typed column list
+   (``TABLE_COLUMNS``) kept column by column (``emulators.kql.RowLog``) for the Log Analytics query
+   emulator. Values are Python values by column type: datetime (aware, UTC), string/guid (str),
+   int/long (int), real (float), bool (bool), dynamic (dict or list); missing values are None. A
+   setting naming another workspace sends its rows to a workspace the sandbox does not host: dropped.
 
-``publish`` (the bus callback) never blocks on I/O and never raises into the publisher.
+``publish`` (the bus callback) never blocks on I/O and never raises into the publisher. Every record
+is counted per caller whatever the routes (``records_by_caller``: the sandbox's request counters).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -35,9 +41,10 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobServiceClient
 
 from emulators.bus import AuditRecord, SandboxBus
+from emulators.kql import RowLog
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,11 @@ AZURE_DIAGNOSTICS = "AzureDiagnostics"
 AZKV_AUDIT_LOGS = "AZKVAuditLogs"
 DEDICATED = "Dedicated"  # logAnalyticsDestinationType of a resource-specific diagnostic setting
 SANDBOX_WORKSPACE_ID = "5a9d4e2c-0000-4000-8000-00000000a0d1"
+#: The sandbox workspace's ARM id, as a diagnostic setting's ``workspaceId`` names it.
+SANDBOX_WORKSPACE_RESOURCE_ID = (
+    "/subscriptions/5a9d0000-0000-4000-8000-00000000c0de/resourceGroups/rg-cmk-controller"
+    "/providers/Microsoft.OperationalInsights/workspaces/log-cmk-controller"
+)
 _MAX_APPEND_BYTES = 4 * 1024 * 1024  # one append block
 _VAULT_ID = re.compile(
     r"^/subscriptions/(?P<subscription>[^/]+)/resourcegroups/(?P<group>[^/]+)"
@@ -121,17 +133,17 @@ class VaultId:
 
 
 @dataclass(frozen=True, slots=True)
-class DiagnosticSetting:
-    """A vault's diagnostic setting for the AuditEvent category.
+class DiagnosticRoute:
+    """Where one diagnostic setting of a vault sends its AuditEvent records.
 
-    ``destination_type``: None sends workspace rows to both tables (sandbox convenience);
-    ``"AzureDiagnostics"`` to the legacy table only; ``"Dedicated"`` to AZKVAuditLogs only.
+    ``workspace``: the ARM id of the Log Analytics workspace (None: none); ``dedicated``: to its
+    AZKVAuditLogs table (logAnalyticsDestinationType Dedicated), else to AzureDiagnostics;
+    ``archive_account``: the storage account name whose insights-logs-auditevent container gets them.
     """
 
-    vault_resource_id: str
-    archive: bool = True
-    workspace: bool = True
-    destination_type: str | None = None
+    workspace: str | None = None
+    dedicated: bool = False
+    archive_account: str | None = None
 
 
 def record_time(record: AuditRecord) -> datetime:
@@ -226,10 +238,10 @@ def azkv_audit_logs_row(record: AuditRecord, *, workspace_id: str = SANDBOX_WORK
 
 
 class AuditSink:
-    """Diagnostic settings of the sandbox's vaults and the two places their audit records land.
+    """Diagnostic settings of the sandbox's vaults and the places their audit records land.
 
-    Without ``connection_string`` nothing is archived (rows are still kept). ``diagnostics_by_default``
-    treats a vault with no explicit setting as archiving to storage and sending to the workspace.
+    Without ``connection_string`` nothing is archived (rows are still kept). The sink hosts one
+    workspace: ``workspace_id`` (its GUID, what queries name) at ``workspace_resource_id``.
     """
 
     def __init__(
@@ -237,25 +249,24 @@ class AuditSink:
         bus: SandboxBus | None = None,
         *,
         connection_string: str | None = None,
-        container: str = ARCHIVE_CONTAINER,
         workspace_id: str = SANDBOX_WORKSPACE_ID,
-        diagnostics_by_default: bool = True,
+        workspace_resource_id: str = SANDBOX_WORKSPACE_RESOURCE_ID,
         flush_interval_seconds: float = 1.0,
     ) -> None:
         self._connection_string = connection_string
-        self._container_name = container
         self.workspace_id = workspace_id
-        self._diagnostics_by_default = diagnostics_by_default
+        self.workspace_resource_id = workspace_resource_id
         self._flush_interval = flush_interval_seconds
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._settings: dict[str, DiagnosticSetting] = {}
-        self._rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLE_COLUMNS}
-        self._pending: list[tuple[str, str]] = []  # (blob name, JSON line), in arrival order
-        self._created_blobs: set[str] = set()
-        self._container: ContainerClient | None = None
+        self._routes: dict[str, tuple[DiagnosticRoute, ...]] = {}
+        self._logs: dict[str, RowLog] = {name: RowLog(columns) for name, columns in TABLE_COLUMNS.items()}
+        self._pending: list[tuple[str, str, str]] = []  # (container, blob name, JSON line), in arrival order
+        self._created: set[tuple[str, str]] = set()  # containers ("", name) and blobs (container, name) made
+        self._service: BlobServiceClient | None = None
         self._stopping = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._by_caller: dict[str, int] = {}
         self.rejected = 0
         self.archived = 0
         if bus is not None:
@@ -270,11 +281,7 @@ class AuditSink:
         if self._flusher is not None:
             return self
         if self._connection_string:
-            service = BlobServiceClient.from_connection_string(self._connection_string)
-            container = service.get_container_client(self._container_name)
-            with contextlib.suppress(ResourceExistsError):  # another sink (or an earlier run) created it
-                container.create_container()
-            self._container = container
+            self._service = BlobServiceClient.from_connection_string(self._connection_string)
         self._stopping.clear()
         self._flusher = threading.Thread(target=self._flush_periodically, name="audit-archive", daemon=True)
         self._flusher.start()
@@ -286,9 +293,9 @@ class AuditSink:
         if flusher is not None:
             flusher.join(timeout=30)
         self.flush()
-        if self._container is not None:
-            self._container.close()
-            self._container = None
+        if self._service is not None:
+            self._service.close()
+            self._service = None
 
     def __enter__(self) -> AuditSink:
         return self.start()
@@ -303,40 +310,30 @@ class AuditSink:
 
     # -- diagnostic settings ---------------------------------------------------------------------
 
-    def enable_diagnostics(
-        self,
-        vault_resource_id: str,
-        *,
-        archive: bool = True,
-        workspace: bool = True,
-        destination_type: str | None = None,
-    ) -> DiagnosticSetting:
-        if destination_type not in (None, AZURE_DIAGNOSTICS, DEDICATED):
-            raise AuditError(f"destination type {destination_type!r}: None, AzureDiagnostics or Dedicated")
+    def set_routes(self, vault_resource_id: str, routes: Iterable[DiagnosticRoute]) -> tuple[DiagnosticRoute, ...]:
+        """The vault's diagnostic settings now (one route per setting that sends AuditEvent); none: nowhere."""
         vault = VaultId.parse(vault_resource_id)
-        setting = DiagnosticSetting(vault.resource_id, archive, workspace, destination_type)
+        chosen = tuple(route for route in routes if route.workspace or route.archive_account)
         with self._lock:
-            self._settings[vault.key] = setting
-        return setting
+            if chosen:
+                self._routes[vault.key] = chosen
+            else:
+                self._routes.pop(vault.key, None)
+        return chosen
 
-    def disable_diagnostics(self, vault_resource_id: str) -> None:
-        self.enable_diagnostics(vault_resource_id, archive=False, workspace=False)
-
-    def diagnostic_setting(self, vault_resource_id: str) -> DiagnosticSetting | None:
-        """The vault's effective setting (None: its records are not kept anywhere)."""
+    def routes(self, vault_resource_id: str) -> tuple[DiagnosticRoute, ...]:
         vault = VaultId.parse(vault_resource_id)
         with self._lock:
-            setting = self._settings.get(vault.key)
-        if setting is None and self._diagnostics_by_default:
-            setting = DiagnosticSetting(vault.resource_id)
-        if setting is None or not (setting.archive or setting.workspace):
-            return None
-        return setting
+            return self._routes.get(vault.key, ())
+
+    def archive_container(self, account: str) -> str:
+        """The Azurite container behind ``account``'s insights-logs-auditevent (emulators/arm/blobproxy.py)."""
+        return f"{account.lower()}-{ARCHIVE_CONTAINER}"
 
     # -- records ---------------------------------------------------------------------------------
 
     def publish(self, record: AuditRecord) -> None:
-        """The bus callback: keep the record as the vault's diagnostic setting says. Never raises."""
+        """The bus callback: keep the record as the vault's diagnostic settings say. Never raises."""
         try:
             self._accept(record)
         except Exception as err:  # a bad record must not fail the Key Vault request that logged it
@@ -344,12 +341,15 @@ class AuditSink:
                 self.rejected += 1
             logger.warning("audit record rejected: %s", err)
 
-    def rows(self, table: str) -> list[dict[str, Any]]:
-        """Copies of the table's rows, in ingestion order."""
+    def log(self, table: str) -> RowLog:
+        """The workspace table's rows (what the Log Analytics emulator queries)."""
         if table not in TABLE_COLUMNS:
             raise AuditError(f"no table {table!r}: {sorted(TABLE_COLUMNS)}")
-        with self._lock:
-            return copy.deepcopy(self._rows[table])
+        return self._logs[table]
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        """Copies of the table's rows, in ingestion order."""
+        return copy.deepcopy(self.log(table).rows())
 
     @staticmethod
     def columns(table: str) -> tuple[Column, ...]:
@@ -357,26 +357,35 @@ class AuditSink:
             raise AuditError(f"no table {table!r}: {sorted(TABLE_COLUMNS)}")
         return TABLE_COLUMNS[table]
 
+    def records_by_caller(self, *, reset: bool = False) -> dict[str, int]:
+        """Records published per caller object id ("azure": Key Vault's own), whatever the routes."""
+        with self._lock:
+            counts = dict(self._by_caller)
+            if reset:
+                self._by_caller.clear()
+        return counts
+
     def flush(self) -> None:
         """Append every pending record to its archive blob now."""
         with self._flush_lock:
-            container = self._container
-            if container is None:  # not started: records wait for start()
+            service = self._service
+            if service is None:  # not started: records wait for start()
                 return
             with self._lock:
                 pending, self._pending = self._pending, []
             if not pending:
                 return
-            by_blob: OrderedDict[str, list[str]] = OrderedDict()
-            for blob_name, line in pending:
-                by_blob.setdefault(blob_name, []).append(line)
-            failed: list[tuple[str, str]] = []
-            for blob_name, lines in by_blob.items():
+            by_blob: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
+            for container, blob_name, line in pending:
+                by_blob.setdefault((container, blob_name), []).append(line)
+            failed: list[tuple[str, str, str]] = []
+            for (container, blob_name), lines in by_blob.items():
                 try:
-                    self._append(container, blob_name, lines)
+                    self._append(service, container, blob_name, lines)
                 except AzureError as err:
-                    logger.warning("audit archive append to %s failed (retried at next flush): %s", blob_name, err)
-                    failed.extend((blob_name, line) for line in lines)
+                    logger.warning("audit archive append to %s/%s failed (retried at next flush): %s",
+                                   container, blob_name, err)
+                    failed.extend((container, blob_name, line) for line in lines)
                 else:
                     with self._lock:
                         self.archived += len(lines)
@@ -388,29 +397,35 @@ class AuditSink:
 
     def _accept(self, record: AuditRecord) -> None:
         vault = VaultId.parse(str(record.get("resourceId", "")))
-        setting = self.diagnostic_setting(vault.resource_id)
-        if setting is None:
-            return
         moment = record_time(record)
-        line = json.dumps(record, separators=(",", ":"), default=str) if setting.archive else None
-        new_rows: list[tuple[str, dict[str, Any]]] = []
-        if setting.workspace:
-            if setting.destination_type in (None, AZURE_DIAGNOSTICS):
-                new_rows.append((AZURE_DIAGNOSTICS, azure_diagnostics_row(record, workspace_id=self.workspace_id)))
-            if setting.destination_type in (None, DEDICATED):
-                new_rows.append((AZKV_AUDIT_LOGS, azkv_audit_logs_row(record, workspace_id=self.workspace_id)))
+        claim = _dict(_dict(record.get("identity")).get("claim"))
+        caller = str(claim.get("oid") or claim.get(_OBJECT_ID_CLAIM) or "azure")
+        routes = self.routes(vault.resource_id)
+        tables = {AZKV_AUDIT_LOGS if route.dedicated else AZURE_DIAGNOSTICS for route in routes
+                  if route.workspace and route.workspace.lower() == self.workspace_resource_id.lower()}
+        new_rows = [(table, (azkv_audit_logs_row if table == AZKV_AUDIT_LOGS else azure_diagnostics_row)(
+            record, workspace_id=self.workspace_id)) for table in sorted(tables)]
+        accounts = sorted({route.archive_account.lower() for route in routes if route.archive_account})
+        line = json.dumps(record, separators=(",", ":"), default=str) if accounts else ""
         with self._lock:
-            for table, row in new_rows:
-                self._rows[table].append(row)
-            if line is not None and self._connection_string and not self._stopping.is_set():
-                self._pending.append((archive_blob_name(vault, moment), line))
+            self._by_caller[caller] = self._by_caller.get(caller, 0) + 1
+            if self._connection_string and not self._stopping.is_set():
+                blob = archive_blob_name(vault, moment)
+                self._pending.extend((self.archive_container(account), blob, line) for account in accounts)
+        for table, row in new_rows:
+            self._logs[table].append(row)
 
-    def _append(self, container: ContainerClient, blob_name: str, lines: list[str]) -> None:
+    def _append(self, service: BlobServiceClient, container_name: str, blob_name: str, lines: list[str]) -> None:
+        container = service.get_container_client(container_name)
+        if ("", container_name) not in self._created:
+            with contextlib.suppress(ResourceExistsError):  # another sink (or an earlier run) created it
+                container.create_container()
+            self._created.add(("", container_name))
         blob = container.get_blob_client(blob_name)
-        if blob_name not in self._created_blobs:
+        if (container_name, blob_name) not in self._created:
             with contextlib.suppress(ResourceExistsError):  # an earlier flush (or sink) created it
                 blob.create_append_blob(match_condition=MatchConditions.IfMissing)
-            self._created_blobs.add(blob_name)
+            self._created.add((container_name, blob_name))
         chunk: list[bytes] = []
         size = 0
         for line in lines:

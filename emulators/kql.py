@@ -101,23 +101,91 @@ def _column(spec: ColumnSpec) -> ColumnInfo:
     return ColumnInfo(name, kind)
 
 
+class RowLog:
+    """An append-only table kept in memory column by column (a list per column, values shared, no dict
+    per row). A ``KqlEngine`` loads into DuckDB only the rows appended since its previous query, so a
+    large log (the audit bench's million rows) is read once, not per query. Thread-safe."""
+
+    def __init__(self, columns: Iterable[ColumnSpec]) -> None:
+        self.columns = tuple(_column(c) for c in columns)
+        self.id = uuid.uuid4().hex
+        self._data: dict[str, list[Any]] = {c.name: [] for c in self.columns}
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        self.extend((row,))
+
+    def extend(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        with self._lock:
+            for row in rows:
+                for name, values in self._data.items():
+                    values.append(row.get(name))
+                self._count += 1
+
+    def rows(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]:
+        """Rows [start, stop) as dicts (copies of the row structure; values are the stored objects)."""
+        with self._lock:
+            end = self._count if stop is None else min(stop, self._count)
+            names = list(self._data)
+            columns = [self._data[name][start:end] for name in names]
+        return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)] if columns else []
+
+    def ndjson(self, start: int, stop: int) -> str:
+        """Rows [start, stop) as the engine's spool (newline-delimited JSON in DuckDB's value forms)."""
+        with self._lock:
+            columns = [(c.name, _spooler(c.type), self._data[c.name][start:stop]) for c in self.columns]
+        lines = [
+            json.dumps({name: spool(values[index]) for name, spool, values in columns}, default=str)
+            for index in range(stop - start)
+        ]
+        return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _spooler(kind: str) -> Callable[[Any], Any]:
+    """``_spool_value`` for one column type, with the common values (already in spool form) passed through."""
+    passes = {"string": str, "long": int, "int": int, "real": float, "bool": bool}.get(kind)
+    if kind == "dynamic":
+        return lambda value: value
+    if passes is None:
+        return lambda value: _spool_value(value, kind)
+    return lambda value: value if value is None or type(value) is passes else _spool_value(value, kind)
+
+
 @dataclass(frozen=True)
 class TableSource:
     """One queryable table: its name, typed columns and a callable returning its current rows.
 
     Rows are mappings from column name to a Python value (see the module docstring); columns a row
-    lacks are null, keys the schema does not declare are ignored.
+    lacks are null, keys the schema does not declare are ignored. A table backed by ``logs`` (RowLogs
+    with these columns, e.g. one per workspace a union draws on) is loaded incrementally and filtered
+    by time in DuckDB; ``rows`` then reads the logs.
     """
 
     name: str
     columns: tuple[ColumnInfo, ...]
     rows: Callable[[], Iterable[Mapping[str, Any]]]
+    logs: tuple[RowLog, ...] = ()
 
     @classmethod
     def of(
         cls, name: str, columns: Iterable[ColumnSpec], rows: Callable[[], Iterable[Mapping[str, Any]]]
     ) -> TableSource:
         return cls(name, tuple(_column(c) for c in columns), rows)
+
+    @classmethod
+    def of_logs(cls, name: str, logs: Sequence[RowLog]) -> TableSource:
+        if not logs or any(log.columns != logs[0].columns for log in logs):
+            raise ValueError(f"table {name!r}: one or more row logs with the same columns")
+
+        def rows() -> Iterable[Mapping[str, Any]]:
+            for log in logs:
+                yield from log.rows()
+
+        return cls(name, logs[0].columns, rows, tuple(logs))
 
     def column(self, name: str) -> ColumnInfo | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -158,11 +226,9 @@ def resources_table(snapshot: Callable[[], Iterable[Mapping[str, Any]]], *, name
 
 
 class AuditRows(Protocol):
-    """What emulators.audit.AuditSink offers: typed columns and current rows per table."""
+    """What emulators.audit.AuditSink offers: its workspace's tables as row logs."""
 
-    def rows(self, table: str) -> list[dict[str, Any]]: ...
-
-    def columns(self, table: str) -> Sequence[_NamedTyped]: ...
+    def log(self, table: str) -> RowLog: ...
 
 
 AUDIT_TABLES = ("AzureDiagnostics", "AZKVAuditLogs")
@@ -170,10 +236,7 @@ AUDIT_TABLES = ("AzureDiagnostics", "AZKVAuditLogs")
 
 def audit_tables(sink: AuditRows, names: Iterable[str] = AUDIT_TABLES) -> list[TableSource]:
     """The Log Analytics tables an AuditSink keeps (AzureDiagnostics, AZKVAuditLogs) as table sources."""
-    return [
-        TableSource.of(name, sink.columns(name), lambda name=name: sink.rows(name))  # type: ignore[misc]
-        for name in names
-    ]
+    return [TableSource.of_logs(name, [sink.log(name)]) for name in names]
 
 
 @dataclass(frozen=True)
@@ -203,13 +266,20 @@ class KqlQueryError(Exception):
 
 
 RowFilter = Callable[[str, Mapping[str, Any]], bool]
+#: The column a time range (a Log Analytics timespan) filters on.
+TIME_COLUMN = "TimeGenerated"
+_STORE = "store"  # the schema of the stored tables; queries see views named as the tables
+_LOAD_BATCH = 50_000  # rows of a log spooled and inserted at a time
 
 
 class KqlEngine:
-    """Runs KQL over table sources; one DuckDB connection, reloaded when the sources' content changes.
+    """Runs KQL over table sources on one DuckDB connection.
 
-    Thread-safe (one query at a time per engine). ``close()`` releases the connection and its spool
-    directory.
+    Each source is stored once in a table of its own (schema ``store``): a RowLog-backed source gets
+    only the rows appended since the previous query, any other source is reloaded when its content
+    changed. Each query then sees views named as its sources, over those tables (the union of a
+    source's logs), filtered by ``time_range`` in DuckDB. Thread-safe (one query at a time per engine).
+    ``close()`` releases the connection and its spool directory.
     """
 
     def __init__(self, tables: Iterable[TableSource], *, clock: Clock | None = None) -> None:
@@ -217,7 +287,9 @@ class KqlEngine:
         self._clock = clock
         self._lock = threading.Lock()
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._loaded: str | None = None  # fingerprint of what the connection holds
+        self._stored: dict[str, int | str] = {}  # stored table -> rows loaded (a log) or content digest
+        self._views: set[str] = set()  # the sources (lower-case names) a view exists for
+        self._view_names: dict[str, str] = {}
         self._spool = Path(tempfile.mkdtemp(prefix="kql-"))
 
     @property
@@ -232,7 +304,8 @@ class KqlEngine:
             if self._con is not None:
                 self._con.close()
                 self._con = None
-                self._loaded = None
+                self._stored.clear()
+                self._views.clear()
         shutil.rmtree(self._spool, ignore_errors=True)
 
     def query(
@@ -242,19 +315,18 @@ class KqlEngine:
         row_filter: RowFilter | None = None,
         tables: Iterable[TableSource] | None = None,
         now: dt.datetime | None = None,
+        time_range: tuple[dt.datetime, dt.datetime] | None = None,
     ) -> QueryResult:
-        """Run ``text``. ``row_filter(table, row)`` scopes the source rows (subscriptions, a timespan);
-        ``tables`` replaces the engine's sources for this query; ``now`` pins ``now()``/``ago()``."""
+        """Run ``text``. ``row_filter(table, row)`` scopes the rows of sources not backed by logs
+        (subscriptions); ``time_range`` keeps the rows whose TimeGenerated is in [start, end] (tables
+        without that column are whole); ``tables`` replaces the engine's sources for this query; ``now``
+        pins ``now()``/``ago()``."""
         if not text or not text.strip():
             raise KqlQueryError("syntax", "the query is empty")
         sources = {t.name.lower(): t for t in tables} if tables is not None else self._tables
         moment = now or self.now()
-        spooled = {name: _ndjson(source, row_filter) for name, source in sources.items()}
-        fingerprint = hashlib.sha256(
-            json.dumps({name: [_schema_sql(sources[name]), body] for name, body in sorted(spooled.items())}).encode()
-        ).hexdigest()
         with self._lock:
-            con = self._load(sources, spooled, fingerprint)
+            con = self._prepare(sources, row_filter, time_range)
             try:
                 relation = duckdb_kql.kql(con, text, query_now=moment)
                 columns = tuple(
@@ -283,45 +355,105 @@ class KqlEngine:
 
     # -- loading ---------------------------------------------------------------------------------
 
-    def _load(
-        self, sources: Mapping[str, TableSource], spooled: Mapping[str, str], fingerprint: str
+    def _prepare(
+        self,
+        sources: Mapping[str, TableSource],
+        row_filter: RowFilter | None,
+        time_range: tuple[dt.datetime, dt.datetime] | None,
     ) -> duckdb.DuckDBPyConnection:
-        if self._con is not None and self._loaded == fingerprint:
-            return self._con
-        if self._con is not None:
-            self._con.close()
-        self._con, self._loaded = None, None
-        con = duckdb_kql.connect()
-        try:
-            for key, source in sources.items():
-                self._load_table(con, source, spooled[key], self._spool / f"{key}.json")
-        except BaseException:
-            con.close()
-            raise
-        self._con, self._loaded = con, fingerprint
+        """Bring the stored tables up to date and point one view per source at them."""
+        if self._con is None:
+            self._con = duckdb_kql.connect()
+            self._con.execute(f"CREATE SCHEMA {_STORE}")
+        con = self._con
+        for view in self._views - set(sources):
+            con.execute(f"DROP VIEW IF EXISTS {_quote(self._view_names.pop(view))}")
+        self._views &= set(sources)
+        for key, source in sources.items():
+            column = source.column(TIME_COLUMN)
+            timed = time_range is not None and column is not None and column.type == "datetime"
+            if source.logs:
+                stored = [self._append_log(con, log) for log in source.logs]
+            else:
+                scoped = _time_filter(row_filter, time_range if timed else None)
+                stored = [self._reload(con, key, source, _ndjson(source, scoped))]
+                timed = False  # filtered while spooling
+            selects = [f"SELECT {_select_list(source)} FROM {table}" for table in stored]  # noqa: S608 - quoted
+            where = ""
+            if timed and time_range is not None:
+                start, end = (_timestamp_literal(moment) for moment in time_range)
+                where = f" WHERE {_quote(TIME_COLUMN)} BETWEEN {start} AND {end}"
+            body = " UNION ALL ".join(f"({select}{where})" for select in selects)
+            con.execute(f"CREATE OR REPLACE VIEW {_quote(source.name)} AS {body}")
+            self._views.add(key)
+            self._view_names[key] = source.name
         return con
 
-    @staticmethod
-    def _load_table(con: duckdb.DuckDBPyConnection, source: TableSource, ndjson: str, path: Path) -> None:
+    def _append_log(self, con: duckdb.DuckDBPyConnection, log: RowLog) -> str:
+        table = f"{_STORE}.{_quote('log_' + log.id)}"
+        loaded = self._stored.get(table)
+        if not isinstance(loaded, int):
+            con.execute(f"CREATE TABLE {table} ({_schema_sql(log.columns)})")
+            loaded = 0
+        count = len(log)
+        for start in range(loaded, count, _LOAD_BATCH):  # a bounded spool however large the backlog
+            stop = min(start + _LOAD_BATCH, count)
+            self._insert(con, table, log.columns, log.ndjson(start, stop))
+            self._stored[table] = stop
+        self._stored[table] = count
+        return table
+
+    def _reload(self, con: duckdb.DuckDBPyConnection, key: str, source: TableSource, ndjson: str) -> str:
+        table = f"{_STORE}.{_quote('src_' + hashlib.sha256(key.encode()).hexdigest()[:16])}"
+        digest = hashlib.sha256((_schema_sql(source.columns) + "\x00" + ndjson).encode()).hexdigest()
+        if self._stored.get(table) != digest:
+            con.execute(f"CREATE OR REPLACE TABLE {table} ({_schema_sql(source.columns)})")
+            self._insert(con, table, source.columns, ndjson)
+            self._stored[table] = digest
+        return table
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[ColumnInfo], ndjson: str) -> None:
         # read_json over a spool file loads thousands of rows in milliseconds; executemany takes seconds.
-        table = _quote(source.name)
-        con.execute(f"CREATE TABLE {table} ({_schema_sql(source)})")
         if not ndjson:
             return
+        path = self._spool / f"{uuid.uuid4().hex}.json"
         path.write_text(ndjson, encoding="utf-8")
-        columns = ", ".join(f"{_literal(c.name)}: {_literal(KUSTO_TO_DUCKDB[c.type])}" for c in source.columns)
+        typed = ", ".join(f"{_literal(c.name)}: {_literal(KUSTO_TO_DUCKDB[c.type])}" for c in columns)
         try:
             con.execute(
                 f"INSERT INTO {table} SELECT * FROM read_json(?, format='newline_delimited', "  # noqa: S608 - quoted
-                f"columns={{{columns}}}, timestampformat='%Y-%m-%dT%H:%M:%S.%f')",
+                f"columns={{{typed}}}, timestampformat='%Y-%m-%dT%H:%M:%S.%f')",
                 [str(path)],
             )
         finally:
             path.unlink()
 
 
-def _schema_sql(source: TableSource) -> str:
-    return ", ".join(f"{_quote(c.name)} {KUSTO_TO_DUCKDB[c.type]}" for c in source.columns)
+def _time_filter(row_filter: RowFilter | None, time_range: tuple[dt.datetime, dt.datetime] | None) -> RowFilter | None:
+    if time_range is None:
+        return row_filter
+    start, end = time_range
+
+    def in_range(table: str, row: Mapping[str, Any]) -> bool:
+        moment = as_utc(row.get(TIME_COLUMN))
+        return moment is not None and start <= moment <= end and (row_filter is None or row_filter(table, row))
+
+    return in_range
+
+
+def _select_list(source: TableSource) -> str:
+    return ", ".join(_quote(c.name) for c in source.columns)
+
+
+def _timestamp_literal(moment: dt.datetime) -> str:
+    utc = as_utc(moment)
+    if utc is None:
+        raise ValueError(f"not a time: {moment!r}")
+    return f"TIMESTAMP '{utc.replace(tzinfo=None).strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+
+
+def _schema_sql(columns: Sequence[ColumnInfo]) -> str:
+    return ", ".join(f"{_quote(c.name)} {KUSTO_TO_DUCKDB[c.type]}" for c in columns)
 
 
 def _quote(name: str) -> str:

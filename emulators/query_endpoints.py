@@ -448,7 +448,6 @@ def parse_timespan(text: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetim
     raise ValueError(f"not an ISO 8601 interval: {text!r}")
 
 
-TIME_COLUMN = "TimeGenerated"
 _BAD_ARGUMENT = "The request had some invalid properties"
 
 
@@ -497,18 +496,8 @@ class LogAnalyticsService:
         Raises WorkspaceNotFound, KqlQueryError, or ValueError (a malformed timespan).
         """
         tables = self._tables([workspace_id, *additional_workspaces])
-        row_filter = None
-        if timespan:
-            start, end = parse_timespan(timespan, self.engine.now())
-            timed = {t.name for t in tables if (c := t.column(TIME_COLUMN)) is not None and c.type == "datetime"}
-
-            def row_filter(table: str, row: Mapping[str, Any]) -> bool:
-                if table not in timed:
-                    return True
-                moment = as_utc(row.get(TIME_COLUMN))
-                return moment is not None and start <= moment <= end
-
-        return self.engine.query(query, row_filter=row_filter, tables=tables)
+        time_range = parse_timespan(timespan, self.engine.now()) if timespan else None
+        return self.engine.query(query, tables=tables, time_range=time_range)
 
     def _tables(self, workspace_ids: Sequence[str]) -> list[TableSource]:
         with self._lock:
@@ -616,6 +605,8 @@ class LogAnalyticsService:
 def _union(group: list[TableSource]) -> TableSource:
     if len(group) == 1:
         return group[0]
+    if all(table.logs and table.columns == group[0].columns for table in group):
+        return TableSource.of_logs(group[0].name, [log for table in group for log in table.logs])
     columns: dict[str, ColumnInfo] = {}
     for table in group:
         for column in table.columns:

@@ -310,12 +310,15 @@ class Seeder:
                     vault.id,
                     setting["name"],
                     DiagnosticSettingsResource(
-                        workspace_id=setting["workspace"],
+                        workspace_id=setting.get("workspace"),
+                        storage_account_id=setting.get("storageAccountId"),
                         logs=[LogSettings(category_group=setting.get("categoryGroup") or "audit", enabled=True)],
                         log_analytics_destination_type=setting.get("destinationType"),
                     ),
                 )
-                self.log(f"  diagnostic setting {created.name} -> {created.workspace_id.rsplit('/', 1)[-1]}")
+                targets = [target.rsplit("/", 1)[-1] for target in (created.workspace_id, created.storage_account_id)
+                           if target]
+                self.log(f"  diagnostic setting {created.name} -> {', '.join(targets)}")
         self.result["vaults"] = {
             name: {"id": v.id, "uri": v.properties.vault_uri, "resourceGroup": self._group_of(v.id)}
             for name, v in self.vaults.items()

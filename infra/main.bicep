@@ -114,6 +114,9 @@ param cmkTeamsMinSeverity string = 'medium'
 @description('CMK_ALERT_WEBHOOK_MIN_SEVERITY: least severe alert sent to CMK_ALERT_WEBHOOK_URL (critical, high, medium, low, info).')
 param cmkAlertWebhookMinSeverity string = 'info'
 
+@description('CMK_AUDIT_SCHEDULE: NCRONTAB schedule of the audit timer (deleted/purged keys in use, CMK-017 failures)')
+param cmkAuditSchedule string = '0 */15 * * * *'
+
 @description('CMK_ALERT_EVENTGRID_MIN_SEVERITY: least severe alert published to CMK_ALERT_EVENTGRID_TOPIC.')
 param cmkAlertEventgridMinSeverity string = 'info'
 
@@ -318,6 +321,7 @@ module functionApp 'modules/function-app.bicep' = {
     cmkTeamsMinSeverity: cmkTeamsMinSeverity
     cmkTeamsWebhookUrl: webhookReferences[1]
     cmkAlertWebhookMinSeverity: cmkAlertWebhookMinSeverity
+    cmkAuditSchedule: cmkAuditSchedule
     cmkAlertEventgridMinSeverity: cmkAlertEventgridMinSeverity
     cmkLogAnalyticsWorkspace: auditEvidenceEnabled ? monitoring.outputs.workspaceCustomerId : ''
     cmkLogAnalyticsEndpoint: cmkLogAnalyticsEndpoint

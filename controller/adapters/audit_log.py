@@ -2,8 +2,9 @@
 table AZKVAuditLogs first, the legacy AzureDiagnostics table when a vault still sends there; and on a
 storage-account archive of the same records (``insights-logs-auditevent``, hourly PT1H.json blobs).
 
-Failed wraps and unwraps (``failures``) are aggregated where the records are: in KQL on Log Analytics
-(the rows returned grow with the groups, not the records), while streaming on the archive.
+Failed wraps and unwraps (``failures``), and each key's latest KeyDelete / KeyPurge / KeyRecover (the
+report's ``key_operations``), are aggregated where the records are: in KQL on Log Analytics (the rows
+returned grow with the groups and keys, not the records), while streaming on the archive.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ class LogAnalyticsAuditLog:
         return latest
 
     def failures(self, vaults: Sequence[str], *, start: datetime, end: datetime) -> audit.AuditReport:
-        """Failed KeyWrap/KeyUnwrap/KeyGet of ``vaults`` in [start, end], from the table that holds each
-        vault's logs. A partial answer is reported as such (``partial``), with the rows it did return."""
+        """Failed KeyWrap/KeyUnwrap/KeyGet of ``vaults`` in [start, end] and their keys' latest deletion or
+        recovery, from the table that holds each vault's logs. A partial answer is reported as such
+        (``partial``), with the rows it did return."""
         problems: list[str] = []
         found = audit.sources_from_rows(self._query(audit.detection_query(vaults), start, end, problems))
         candidates = audit.groups_from_rows(self._query(audit.failure_query(vaults), start, end, problems))
@@ -89,10 +91,14 @@ class LogAnalyticsAuditLog:
                                                  if g.vault not in detected)])
         groups = [group for group in candidates
                   if (source := chosen.get(group.vault)) is not None and source.source == group.source]
+        operations = [op for op in audit.key_operations_from_rows(
+                          self._query(audit.deletion_query(vaults), start, end, problems))
+                      if (source := chosen.get(op.vault)) is not None and source.source == op.source]
         if self._principals is not None:
             groups = audit.attribute_storage_accounts(groups, self._principals())
         return audit.report_of(start, end, groups, sources=chosen.values(), managed_vaults=vaults,
-                               partial_detail="; ".join(problems) if problems else None)
+                               partial_detail="; ".join(problems) if problems else None,
+                               key_operations=operations)
 
     def _query(self, kql: str, start: datetime, end: datetime, problems: list[str]) -> list[dict[str, object]]:
         with translated("query the Key Vault audit logs"):
@@ -153,7 +159,8 @@ class ArchiveAuditLog:
         if self._principals is not None:
             groups = audit.attribute_storage_accounts(groups, self._principals())
         return audit.report_of(start, end, groups, sources=aggregator.sources(), managed_vaults=vaults,
-                               partial_detail="; ".join(problems) if problems else None)
+                               partial_detail="; ".join(problems) if problems else None,
+                               key_operations=aggregator.key_operations())
 
     def _blobs_of(self, vault_resource_id: str, start: datetime, end: datetime) -> Iterator[str]:
         wanted = {audit.archive_prefix(vault_resource_id, hour) for hour in audit.archive_hours(start, end)}

@@ -1,5 +1,6 @@
 """`cmkctl audit [--since 24h] [--format table|json]`: failed KeyWrap/KeyUnwrap/KeyGet in the managed
-vaults' audit logs, grouped and classified with a remediation per class (CMK-017).
+vaults' audit logs, grouped and classified with a remediation per class (CMK-017), and the keys deleted,
+purged or recovered in the window.
 
 Reads CMK_LOG_ANALYTICS_WORKSPACE (both table forms) and/or CMK_AUDIT_ARCHIVE through the same
 composition root as the function app, authenticated as the person running it.
@@ -32,7 +33,8 @@ def register(commands: Commands) -> None:
         commands, "audit", help_text="failed wraps, unwraps and key reads in the vaults' audit logs, classified",
         examples=("cmkctl audit", "cmkctl audit --since 7d --format json",
                   "cmkctl audit --since 6h --until 2026-12-01T09:00:00Z"),
-        notes="Exit 1 lists the failures found; 3 also means the logs were read only in part and showed none.",
+        notes="Exit 1 lists the failures found or a key deleted or purged (and not recovered) in the window; 3 "
+              "also means the logs were read only in part and showed none.",
     )
     parser.add_argument("--since", metavar="DURATION", default=None,
                         help="how far back: <n>h or <n>d, 1h to 30d (default: CMK_AUDIT_WINDOW_HOURS)")
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(audit.render_json(report) if as_json else audit.render_table(report, wide=args.wide))
     if report.partial:
         print(f"cmkctl: partial result: {report.partial_detail}", file=sys.stderr)
-    if report.groups:
+    if report.groups or report.missing_keys:
         return EXIT_FAILED
     return EXIT_UNREACHABLE if report.partial else 0
 

@@ -1,5 +1,7 @@
-"""Timer trigger: the periodic sweep (level-based safety net behind the events), then the compliance
-sweep, whose report is kept in CMK_REPORT_CONTAINER (served by the HTTP ``report`` function)."""
+"""Timer triggers: the periodic sweep (level-based safety net behind the events), then the compliance
+sweep, whose report is kept in CMK_REPORT_CONTAINER (served by the HTTP ``report`` function); and the
+audit timer (CMK_AUDIT_SCHEDULE), which reads the vaults' audit logs since its last run for deleted,
+purged and recovered keys and failed key operations."""
 
 from __future__ import annotations
 
@@ -20,3 +22,11 @@ def compliance_sweep(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log_record(log, logging.WARNING, "sweep is running late", {"past_due": True})
     service.scheduled_sweep(bootstrap.dependencies())
+
+
+@blueprint.function_name("audit_scan")
+@blueprint.timer_trigger(arg_name="timer", schedule="%CMK_AUDIT_SCHEDULE%", run_on_startup=False, use_monitor=True)
+def audit_scan(timer: func.TimerRequest) -> None:
+    if timer.past_due:
+        log_record(log, logging.WARNING, "audit scan is running late", {"past_due": True})
+    service.scheduled_audit(bootstrap.dependencies())

@@ -1,10 +1,16 @@
 """Microsoft.Insights: diagnostic settings on any resource; for vaults they configure the audit sink
-(``emulators.audit.AuditSink``): where the vault's AuditEvent records go."""
+(``emulators.audit.AuditSink``): where the vault's AuditEvent records go, as in Azure. A vault without
+a setting that enables the AuditEvent category (or the category group audit or allLogs) logs nowhere;
+each such setting sends the records to its workspace (``logAnalyticsDestinationType`` Dedicated:
+AZKVAuditLogs, otherwise AzureDiagnostics) and to its storage account's insights-logs-auditevent
+archive."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+from emulators.audit import DEDICATED, DiagnosticRoute
 
 from . import errors
 from .model import compact
@@ -64,31 +70,24 @@ class DiagnosticSettings:
         """Tell the audit sink (emulators/audit.py) where the vault's AuditEvent records go now."""
         if self.audit is None or "/providers/microsoft.keyvault/vaults/" not in resource_id.lower():
             return
-        archive = workspace = False
-        destinations: set[str] = set()
+        routes = []
         for (rid, _), setting in self.settings.items():
-            if rid != resource_id.lower():
-                continue
             props = setting.get("properties", {})
-            logs = props.get("logs") or []
-            audited = any(
-                entry.get("enabled")
-                and (
-                    str(entry.get("category") or "").lower() == "auditevent"
-                    or str(entry.get("categoryGroup") or "").lower() in ("audit", "alllogs")
-                )
-                for entry in logs
-            )
-            if not audited:
+            if rid != resource_id.lower() or not _sends_audit_events(props.get("logs") or []):
                 continue
-            archive = archive or bool(props.get("storageAccountId"))
-            if props.get("workspaceId"):
-                workspace = True
-                destinations.add(
-                    "Dedicated" if props.get("logAnalyticsDestinationType") == "Dedicated" else "AzureDiagnostics"
-                )
-        if not (archive or workspace):
-            self.audit.disable_diagnostics(resource_id)
-            return
-        destination = destinations.pop() if len(destinations) == 1 else None
-        self.audit.enable_diagnostics(resource_id, archive=archive, workspace=workspace, destination_type=destination)
+            storage = str(props.get("storageAccountId") or "")
+            routes.append(DiagnosticRoute(
+                workspace=str(props.get("workspaceId") or "") or None,
+                dedicated=str(props.get("logAnalyticsDestinationType") or "").lower() == DEDICATED.lower(),
+                archive_account=storage.rstrip("/").rsplit("/", 1)[-1] or None,
+            ))
+        self.audit.set_routes(resource_id, routes)
+
+
+def _sends_audit_events(logs: list[Any]) -> bool:
+    return any(
+        isinstance(entry, dict) and entry.get("enabled")
+        and (str(entry.get("category") or "").lower() == "auditevent"
+             or str(entry.get("categoryGroup") or "").lower() in ("audit", "alllogs"))
+        for entry in logs
+    )

@@ -567,18 +567,18 @@ def _update(state: VaultState, name: str, version: str, body: dict[str, Any]) ->
 
 
 def _delete(state: VaultState, name: str) -> Result:
+    # Key Vault logs a KeyDelete with the key's versionless id (every version goes): properties.id
+    # https://<vault>/keys/<name>, as the request named it.
     entry = _active_entry(state, name)
     del state.keys[name.lower()]
     bundle = key_bundle(state, entry.name, entry.current)
     if not state.enable_soft_delete:
-        return Result(200, bundle, state.key_id(entry.name, entry.current.version))
+        return Result(200, bundle, state.key_id(entry.name))
     now = state.now_epoch()
     deleted = DeletedKey(entry, now, now + state.soft_delete_retention_days * 86400,
                          deleting_until=time.monotonic() + PENDING_SECONDS)
     state.deleted[name.lower()] = deleted
-    return Result(
-        200, bundle | deleted_extras(state, entry.name, deleted), state.key_id(entry.name, entry.current.version)
-    )
+    return Result(200, bundle | deleted_extras(state, entry.name, deleted), state.key_id(entry.name))
 
 
 def _crypto(state: VaultState, route: Route, body: dict[str, Any]) -> Result:

@@ -71,6 +71,9 @@ param cmkForceAdoptionAfterMinutes string = '0'
 @description('CMK_ALERT_WEBHOOK_URL: optional alert webhook, as a Key Vault reference resolved with the controller identity (keyVaultReferenceIdentity).')
 param cmkAlertWebhookUrl string = ''
 
+@description('CMK_AUDIT_SCHEDULE: NCRONTAB schedule of the audit timer (deleted/purged keys in use, CMK-017 failures)')
+param cmkAuditSchedule string = '0 */15 * * * *'
+
 @description('CMK_MAX_ACCOUNTS_PER_KEY: CMK-020 advises when more storage accounts than this share one key (1-10000).')
 param cmkMaxAccountsPerKey string = '50'
 
@@ -222,6 +225,10 @@ var appSettings = [
   {
     name: 'CMK_ALERT_WEBHOOK_URL'
     value: cmkAlertWebhookUrl
+  }
+  {
+    name: 'CMK_AUDIT_SCHEDULE'
+    value: cmkAuditSchedule
   }
   {
     name: 'CMK_MAX_ACCOUNTS_PER_KEY'

@@ -15,7 +15,7 @@ from azure.data.tables import TableClient
 from azure.keyvault.keys import KeyClient
 from azure.storage.blob import ContainerClient
 
-from emulators.audit import ARCHIVE_CONTAINER, AZKV_AUDIT_LOGS, AuditSink
+from emulators.audit import AZKV_AUDIT_LOGS, SANDBOX_WORKSPACE_RESOURCE_ID, AuditSink, DiagnosticRoute
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
 from emulators.eventgrid import EventGridEmulator, WebhookSubscription
@@ -27,6 +27,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR = "0a000000-0000-0000-0000-0000000000a1"
+ARCHIVE_ACCOUNT = f"stlogs{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +40,16 @@ def sandbox(azurite, tmp_path_factory):
         AuditSink(bus, connection_string=azurite.connection_string, flush_interval_seconds=0.2) as audit,
     ):
         vault = keyvault.add_vault("kv-e2e", access_policies=[{"objectId": OPERATOR, "permissions": {"keys": ["all"]}}])
+        # the vault's diagnostic settings: to the workspace (resource-specific table) and to a storage archive
+        audit.set_routes(vault.resource_id, [DiagnosticRoute(workspace=SANDBOX_WORKSPACE_RESOURCE_ID, dedicated=True),
+                                             DiagnosticRoute(archive_account=ARCHIVE_ACCOUNT)])
         values = {
             "AzureWebJobsStorage": azurite.connection_string,
             "CMK_VAULTS": vault.origin,
             "CMK_LEDGER_TABLE": table,
             "CMK_WORK_QUEUE": f"work-{uuid.uuid4().hex[:8]}",
             "CMK_SWEEP_SCHEDULE": "0 0 */6 * * *",
+            "CMK_AUDIT_SCHEDULE": "0 */15 * * * *",
         }
         with LocalFunctionsHost(ROOT, values, work_dir=tmp_path_factory.mktemp("host")) as host:
             status = eventgrid.create_subscription(WebhookSubscription(
@@ -85,7 +90,8 @@ def test_the_vault_audit_trail_is_archived_and_queryable(sandbox):
     audit.flush()
     operations = {row["OperationName"] for row in audit.rows(AZKV_AUDIT_LOGS)}
     assert {"KeyCreate", "KeyRotate"} <= operations
-    archive = ContainerClient.from_connection_string(sandbox["azurite"].connection_string, ARCHIVE_CONTAINER)
+    archive = ContainerClient.from_connection_string(sandbox["azurite"].connection_string,
+                                                     audit.archive_container(ARCHIVE_ACCOUNT))
     lines = [json.loads(line) for blob in archive.list_blobs()
              for line in archive.download_blob(blob.name).readall().decode().splitlines() if line]
     assert {"KeyCreate", "KeyRotate"} <= {record["operationName"] for record in lines}

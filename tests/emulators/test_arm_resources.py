@@ -360,14 +360,15 @@ def test_role_definitions_and_assignments_feed_vault_rbac(env: Env) -> None:
 def test_diagnostic_settings_on_a_vault(env: Env) -> None:
     from azure.mgmt.monitor.models import DiagnosticSettingsResource, LogSettings
 
-    from emulators.audit import DEDICATED, AuditSink
+    from emulators.audit import AuditSink, DiagnosticRoute
 
     env.keyvault.vaults.begin_create_or_update(RG, "kv-arm-diag", _vault_params()).result()
     vault_id = env.arm.keyvault.vault("kv-arm-diag").resource_id
-    sink = AuditSink(diagnostics_by_default=False)
+    sink = AuditSink()
     env.arm.audit = sink
-    assert sink.diagnostic_setting(vault_id) is None
+    assert sink.routes(vault_id) == ()  # as in Azure: no diagnostic setting, no logs
     workspace = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.OperationalInsights/workspaces/law"
+    archive = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Storage/storageAccounts/stlogs"
     setting = env.monitor.diagnostic_settings.create_or_update(
         vault_id,
         "to-law",
@@ -378,14 +379,19 @@ def test_diagnostic_settings_on_a_vault(env: Env) -> None:
         ),
     )
     assert setting.workspace_id == workspace
-    configured = sink.diagnostic_setting(vault_id)
-    assert configured is not None
-    assert (configured.workspace, configured.archive, configured.destination_type) == (True, False, DEDICATED)
-    assert [s.name for s in env.monitor.diagnostic_settings.list(vault_id)] == ["to-law"]
+    env.monitor.diagnostic_settings.create_or_update(
+        vault_id, "to-archive",
+        DiagnosticSettingsResource(storage_account_id=archive, logs=[LogSettings(category="AuditEvent", enabled=True)]))
+    env.monitor.diagnostic_settings.create_or_update(  # metrics only: sends no AuditEvent record
+        vault_id, "metrics", DiagnosticSettingsResource(workspace_id=workspace, logs=[]))
+    assert set(sink.routes(vault_id)) == {DiagnosticRoute(workspace=workspace, dedicated=True),
+                                         DiagnosticRoute(archive_account="stlogs")}
+    assert sorted(s.name for s in env.monitor.diagnostic_settings.list(vault_id)) == ["metrics", "to-archive", "to-law"]
     assert env.monitor.diagnostic_settings.get(vault_id, "to-law").logs[0].category_group == "audit"
-    env.monitor.diagnostic_settings.delete(vault_id, "to-law")
-    assert list(env.monitor.diagnostic_settings.list(vault_id)) == []
-    assert sink.diagnostic_setting(vault_id) is None
+    for name in ("to-law", "to-archive"):
+        env.monitor.diagnostic_settings.delete(vault_id, name)
+    assert [s.name for s in env.monitor.diagnostic_settings.list(vault_id)] == ["metrics"]
+    assert sink.routes(vault_id) == ()
     env.arm.audit = None
 
 

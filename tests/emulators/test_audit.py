@@ -16,9 +16,11 @@ from emulators.audit import (
     ARCHIVE_CONTAINER,
     AZKV_AUDIT_LOGS,
     AZURE_DIAGNOSTICS,
+    SANDBOX_WORKSPACE_RESOURCE_ID,
     TABLE_COLUMNS,
     AuditError,
     AuditSink,
+    DiagnosticRoute,
 )
 from emulators.azurite import Azurite
 from emulators.bus import AuditRecord, SandboxBus
@@ -38,6 +40,21 @@ PYTHON_TYPES: dict[str, tuple[type, ...]] = {
     "bool": (bool,),
     "dynamic": (dict, list),
 }
+
+
+#: The storage account the archiving diagnostic settings name (its container in Azurite: staudit-insights-...).
+ACCOUNT = "staudit"
+#: What a vault's diagnostic settings say, as emulators/arm/insights.py passes them: archive to ACCOUNT,
+#: and to the sandbox workspace's two tables (one setting with each destination type).
+EVERYWHERE = (DiagnosticRoute(archive_account=ACCOUNT),
+              DiagnosticRoute(workspace=SANDBOX_WORKSPACE_RESOURCE_ID, dedicated=True),
+              DiagnosticRoute(workspace=SANDBOX_WORKSPACE_RESOURCE_ID))
+
+
+def logged(sink: AuditSink, vault: str) -> str:
+    """A new vault whose diagnostic settings send its audit records everywhere."""
+    sink.set_routes(vault_id(vault), EVERYWHERE)
+    return vault
 
 
 def vault_id(vault: str) -> str:
@@ -101,7 +118,9 @@ def bus() -> SandboxBus:
 
 @pytest.fixture
 def archive(azurite: Azurite) -> ContainerClient:
-    return BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client(ARCHIVE_CONTAINER)
+    # The account's insights-logs-auditevent container, where Azurite keeps it (emulators/arm/blobproxy.py).
+    return BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client(
+        f"{ACCOUNT}-{ARCHIVE_CONTAINER}")
 
 
 @pytest.fixture
@@ -114,7 +133,7 @@ def sink(bus: SandboxBus, azurite: Azurite) -> Iterator[AuditSink]:
 def test_records_are_archived_as_json_lines_in_hourly_append_blobs(
     sink: AuditSink, bus: SandboxBus, archive: ContainerClient
 ) -> None:
-    vault = unique_vault()
+    vault = logged(sink, unique_vault())
     first = audit_record(vault)
     second = audit_record(vault, time_="2026-11-30T04:59:59.9999999Z", operation="KeyWrap")
     next_hour = audit_record(vault, time_="2026-11-30T05:00:00.0000001Z", status=403)
@@ -138,6 +157,7 @@ def test_later_batches_append_to_the_same_blob_and_stop_flushes(
     vault = unique_vault()
     records = [audit_record(vault, operation=f"Key{n}") for n in ("Get", "Wrap", "Unwrap")]
     with AuditSink(bus, connection_string=azurite.connection_string, flush_interval_seconds=60) as sink:
+        logged(sink, vault)
         bus.publish_audit(records[0])
         sink.flush()
         bus.publish_audit(records[1])
@@ -153,6 +173,7 @@ def test_background_flush_archives_without_being_asked(
 ) -> None:
     vault = unique_vault()
     with AuditSink(bus, connection_string=azurite.connection_string, flush_interval_seconds=0.05) as sink:
+        logged(sink, vault)
         bus.publish_audit(audit_record(vault))
         deadline = time.monotonic() + 10
         while sink.archived == 0:
@@ -162,7 +183,7 @@ def test_background_flush_archives_without_being_asked(
 
 
 def test_rows_carry_exactly_the_typed_columns_of_both_tables(sink: AuditSink, bus: SandboxBus) -> None:
-    vault = unique_vault()
+    vault = logged(sink, unique_vault())
     record = audit_record(vault, status=403)
     bus.publish_audit(record)
 
@@ -220,36 +241,38 @@ def test_rows_carry_exactly_the_typed_columns_of_both_tables(sink: AuditSink, bu
 def test_only_vaults_with_a_diagnostic_setting_are_kept(
     bus: SandboxBus, azurite: Azurite, archive: ContainerClient
 ) -> None:
-    archived_only, dedicated_only, silent = unique_vault(), unique_vault(), unique_vault()
-    with AuditSink(
-        bus, connection_string=azurite.connection_string, diagnostics_by_default=False, flush_interval_seconds=60
-    ) as sink:
-        sink.enable_diagnostics(vault_id(archived_only), workspace=False)
-        sink.enable_diagnostics(vault_id(dedicated_only), archive=False, destination_type="Dedicated")
-        for vault in (archived_only, dedicated_only, silent):
+    archived_only, dedicated_only, elsewhere, silent = (unique_vault() for _ in range(4))
+    other_workspace = SANDBOX_WORKSPACE_RESOURCE_ID.replace("log-cmk-controller", "log-elsewhere")
+    with AuditSink(bus, connection_string=azurite.connection_string, flush_interval_seconds=60) as sink:
+        sink.set_routes(vault_id(archived_only), [DiagnosticRoute(archive_account=ACCOUNT)])
+        sink.set_routes(vault_id(dedicated_only), [DiagnosticRoute(workspace=SANDBOX_WORKSPACE_RESOURCE_ID.upper(),
+                                                                   dedicated=True)])
+        sink.set_routes(vault_id(elsewhere), [DiagnosticRoute(workspace=other_workspace)])
+        for vault in (archived_only, dedicated_only, elsewhere, silent):
             bus.publish_audit(audit_record(vault))
         sink.flush()
         legacy = {row["Resource"] for row in sink.rows(AZURE_DIAGNOSTICS)}
         dedicated = {row["_ResourceId"] for row in sink.rows(AZKV_AUDIT_LOGS)}
-    assert legacy == set()
+        assert sink.routes(vault_id(silent)) == ()
+        assert sum(sink.records_by_caller().values()) == 4  # every request is counted, logged or not
+    assert legacy == set()  # the other workspace's rows are not the sandbox workspace's
     assert dedicated == {vault_id(dedicated_only).lower()}
     assert len(list(archive.list_blobs(name_starts_with=archive_prefix(archived_only)))) == 1
-    assert list(archive.list_blobs(name_starts_with=archive_prefix(dedicated_only))) == []
-    assert list(archive.list_blobs(name_starts_with=archive_prefix(silent))) == []
-    assert sink.diagnostic_setting(vault_id(silent)) is None
+    for unarchived in (dedicated_only, elsewhere, silent):
+        assert list(archive.list_blobs(name_starts_with=archive_prefix(unarchived))) == []
 
 
-def test_disabling_diagnostics_stops_collection(sink: AuditSink, bus: SandboxBus) -> None:
-    vault = unique_vault()
+def test_removing_the_diagnostic_settings_stops_collection(sink: AuditSink, bus: SandboxBus) -> None:
+    vault = logged(sink, unique_vault())
     bus.publish_audit(audit_record(vault))
-    sink.disable_diagnostics(vault_id(vault))
+    sink.set_routes(vault_id(vault), [])
     bus.publish_audit(audit_record(vault))
     assert len([r for r in sink.rows(AZKV_AUDIT_LOGS) if vault in r["_ResourceId"]]) == 1
-    assert sink.diagnostic_setting(vault_id(vault)) is None
+    assert sink.routes(vault_id(vault)) == ()
 
 
 def test_a_malformed_record_is_rejected_without_failing_the_publisher(sink: AuditSink, bus: SandboxBus) -> None:
-    bus.publish_audit({"time": "not a time", "resourceId": vault_id(unique_vault())})
+    bus.publish_audit({"time": "not a time", "resourceId": vault_id(logged(sink, unique_vault()))})
     bus.publish_audit({"time": "2026-11-30T04:21:07Z", "resourceId": "/subscriptions/x/storageAccounts/y"})
     assert sink.rejected == 2
 
@@ -260,6 +283,4 @@ def test_tables_and_settings_are_checked() -> None:
     with pytest.raises(AuditError):
         sink.rows("AzureActivity")
     with pytest.raises(AuditError):
-        sink.enable_diagnostics(vault_id("kv"), destination_type="Elsewhere")
-    with pytest.raises(AuditError):
-        sink.enable_diagnostics("/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/storageAccounts/z")
+        sink.set_routes("/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/storageAccounts/z", EVERYWHERE)

@@ -10,18 +10,18 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.monitor.query import LogsQueryClient, LogsQueryPartialResult, LogsQueryResult, LogsQueryStatus
 
-from emulators.audit import AuditSink
+from emulators.audit import SANDBOX_WORKSPACE_RESOURCE_ID, AuditSink, DiagnosticRoute
 from emulators.clock import SandboxClock
 from emulators.keyvault.ca import SandboxCA
 from emulators.keyvault.credential import SandboxCredential
-from emulators.kql import TableSource, audit_tables
+from emulators.kql import KqlEngine, RowLog, TableSource, audit_tables
 from emulators.query_endpoints import LogAnalyticsEmulator, parse_timespan
 
 pytestmark = pytest.mark.integration
@@ -94,6 +94,9 @@ def clock() -> SandboxClock:
 
 def filled_sink(clock: SandboxClock) -> AuditSink:
     sink = AuditSink()
+    for vault in (VAULT_ID, OTHER_VAULT_ID):  # two diagnostic settings each: to both tables of the workspace
+        sink.set_routes(vault, [DiagnosticRoute(workspace=SANDBOX_WORKSPACE_RESOURCE_ID, dedicated=True),
+                                DiagnosticRoute(workspace=SANDBOX_WORKSPACE_RESOURCE_ID)])
     now = clock.now()
     for event in EVENTS:
         sink.publish(audit_event(now, event))
@@ -370,3 +373,35 @@ def test_query_batch_answers_each_query_as_alone_with_the_unmodified_client(
     assert counted.status == LogsQueryStatus.SUCCESS and counted.tables[0].rows[0][0] == len(EVENTS)
     assert isinstance(broken, LogsQueryError) and broken.code == "BadArgumentError"
     assert isinstance(unknown, LogsQueryError) and unknown.code == "WorkspaceNotFoundError"
+
+
+class CountingLog(RowLog):
+    """A RowLog that remembers which ranges of rows were spooled into DuckDB."""
+
+    def __init__(self) -> None:
+        super().__init__([("TimeGenerated", "datetime"), ("OperationName", "string"), ("Identity", "dynamic")])
+        self.spooled: list[tuple[int, int]] = []
+
+    def ndjson(self, start: int, stop: int) -> str:
+        self.spooled.append((start, stop))
+        return super().ndjson(start, stop)
+
+
+def test_a_row_log_is_loaded_once_then_only_what_was_appended_and_timespans_filter_in_duckdb() -> None:
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    first, second = CountingLog(), CountingLog()  # one log per workspace, unioned as one table
+    first.extend({"TimeGenerated": now - timedelta(hours=hours), "OperationName": "KeyUnwrap",
+                  "Identity": {"claim": {"oid": "a"}}} for hours in (1, 30))
+    second.append({"TimeGenerated": now - timedelta(minutes=5), "OperationName": "KeyWrap"})
+    engine = KqlEngine([TableSource.of_logs("AZKVAuditLogs", [first, second])])
+    try:
+        count = "AZKVAuditLogs | summarize count() by OperationName, Caller = tostring(Identity.claim.oid)"
+        # (tostring of a null is "", as in Kusto)
+        assert sorted(engine.query(count).rows) == [["KeyUnwrap", "a", 2], ["KeyWrap", "", 1]]
+        first.append({"TimeGenerated": now, "OperationName": "KeyDelete"})
+        day = (now - timedelta(hours=24), now)
+        assert sorted(engine.query("AZKVAuditLogs | project OperationName", time_range=day).rows) == [
+            ["KeyDelete"], ["KeyUnwrap"], ["KeyWrap"]]
+        assert first.spooled == [(0, 2), (2, 3)] and second.spooled == [(0, 1)]
+    finally:
+        engine.close()

@@ -25,7 +25,13 @@ from controller.adapters.audit_log import ArchiveAuditLog, LogAnalyticsAuditLog,
 from controller.audit import FailureClass
 from controller.model import VaultOrigin, normalise_origin, parse_vault_resource_id
 from controller.vault_policy import VaultPolicy
-from emulators.audit import AZKV_AUDIT_LOGS, AZURE_DIAGNOSTICS, AuditSink
+from emulators.audit import (
+    AZKV_AUDIT_LOGS,
+    AZURE_DIAGNOSTICS,
+    SANDBOX_WORKSPACE_RESOURCE_ID,
+    AuditSink,
+    DiagnosticRoute,
+)
 from emulators.azurite import Azurite
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
@@ -164,9 +170,8 @@ def produce_failures(kv: KeyVaultEmulator, policies: VaultState, rbac: VaultStat
 def sandbox(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     clock = SandboxClock()
     bus = SandboxBus()
-    container_name = f"auditlogs-{uuid.uuid4().hex[:12]}"
-    sink = AuditSink(bus, connection_string=azurite.connection_string, container=container_name,
-                     flush_interval_seconds=3600)
+    account = f"staudit{uuid.uuid4().hex[:12]}"  # this module's own archive account
+    sink = AuditSink(bus, connection_string=azurite.connection_string, flush_interval_seconds=3600)
     dedicated_workspace, legacy_workspace = str(uuid.uuid4()), str(uuid.uuid4())
     with sink, KeyVaultEmulator(clock, bus, directory=tmp_path_factory.mktemp("kv-audit")) as kv:
         storage_policies = [AccessPolicy(principal, kv.tenant_id, keys=list(STORAGE_KEY_PERMISSIONS))
@@ -177,6 +182,11 @@ def sandbox(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Itera
             RoleAssignment(CONTROLLER, CRYPTO_OFFICER, ""),
             RoleAssignment(IDENTITIES["k-rbac"][0], SERVICE_ENCRYPTION_USER, ""),
         ])
+        for vault in (policies, rbac):  # the vaults' diagnostic settings: archive and both tables of the workspace
+            sink.set_routes(vault.resource_id, [
+                DiagnosticRoute(archive_account=account),
+                DiagnosticRoute(workspace=SANDBOX_WORKSPACE_RESOURCE_ID, dedicated=True),
+                DiagnosticRoute(workspace=SANDBOX_WORKSPACE_RESOURCE_ID)])
         start = clock.now() - timedelta(minutes=1)
         produce_failures(kv, policies, rbac)
         end = clock.now() + timedelta(minutes=1)
@@ -188,8 +198,8 @@ def sandbox(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Itera
         service = BlobServiceClient.from_connection_string(azurite.connection_string)
         with LogAnalyticsEmulator(kv.ca, tables=audit_tables(sink), workspace_id=sink.workspace_id,
                                   workspaces=workspaces, clock=clock) as la:
-            yield Sandbox(kv, sink, la, service.get_container_client(container_name), policies, rbac, start, end,
-                          dedicated_workspace, legacy_workspace)
+            yield Sandbox(kv, sink, la, service.get_container_client(sink.archive_container(account)), policies, rbac,
+                          start, end, dedicated_workspace, legacy_workspace)
 
 
 def classes_by_key(report: audit.AuditReport) -> dict[str, set[FailureClass]]:
@@ -217,6 +227,11 @@ def assert_every_class(report: audit.AuditReport, sandbox: Sandbox, source: str)
     assert by_key["k-throttled"].status_code == 429 and by_key["k-throttled"].result_signature == "TooManyRequests"
     assert {s.vault: s.source for s in report.sources} == {vault: source for vault in sandbox.vaults}
     assert report.vaults_without_logs == ()
+    # the KeyDelete of k-deleted (through KeyClient.begin_delete_key), found in the same source
+    (deletion,) = report.key_operations
+    assert (deletion.vault, deletion.key, deletion.operation, deletion.source) == (
+        origin(sandbox.policies), "k-deleted", audit.KEY_DELETE, source)
+    assert deletion.caller == CONTROLLER and sandbox.start <= deletion.at <= sandbox.end
 
 
 def test_every_failure_class_is_classified_from_azkvauditlogs(sandbox: Sandbox) -> None:

@@ -60,7 +60,7 @@ class Sandbox:
 @pytest.fixture
 def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
     with running_arm(tmp_path) as (arm, faults):
-        sink = AuditSink(arm.bus, diagnostics_by_default=False)
+        sink = AuditSink(arm.bus, workspace_resource_id=WORKSPACE.format(sub=SUB_A, rg=RG))
         arm.audit = sink
         with LogAnalyticsEmulator(arm.ca, tables=audit_tables(sink), workspace_id=sink.workspace_id) as logs:
             monkeypatch.setenv("REQUESTS_CA_BUNDLE", arm.ca_path)  # LogsQueryClient trusts the sandbox CA

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller.alerts import AlertState, Delivery, DeliveryReport, Notice
-from controller.audit import AuditFailureGroup, AuditReport, VaultSource, report_of
+from controller.audit import AuditFailureGroup, AuditReport, KeyOperation, VaultSource, report_of
+from controller.audit_watch import AuditWatch
 from controller.compliance.drift import DriftFocus, FocusedEstate, ListedVault, coverage_of, scope_vaults, select
 from controller.compliance.estate import Estate
 from controller.errors import Conflict, TransientError
@@ -196,12 +197,14 @@ class FakeAuditLog:
     """Last successful unwraps per version; None stands for "no audit log configured".
 
     ``failure_groups`` None: no audit log configured; otherwise the groups every window reports.
+    ``key_operations``: deletions and recoveries, each reported by the windows that contain its time.
     ``asked`` records each failures() call (vaults, start, end).
     """
 
     unwraps: dict[str, datetime] | None = None
     failure_groups: list[AuditFailureGroup] | None = None
     partial_detail: str | None = None
+    key_operations: list[KeyOperation] = field(default_factory=list)
     asked: list[tuple[tuple[str, ...], datetime, datetime]] = field(default_factory=list)
 
     def last_successful_unwraps(self, key: KeyRef) -> dict[str, datetime] | None:
@@ -212,7 +215,8 @@ class FakeAuditLog:
         if self.failure_groups is None:
             return None
         return report_of(start, end, self.failure_groups, managed_vaults=vaults, partial_detail=self.partial_detail,
-                         sources=[VaultSource(vault, "AZKVAuditLogs", 1) for vault in vaults])
+                         sources=[VaultSource(vault, "AZKVAuditLogs", 1) for vault in vaults],
+                         key_operations=[op for op in self.key_operations if start <= op.at <= end])
 
 
 @dataclass
@@ -298,7 +302,8 @@ def fake_dependencies(settings: Settings, **overrides: Any) -> Dependencies:
     values: dict[str, Any] = {
         "settings": settings, "clock": clock, "ledger": FakeLedger(), "notifier": notifier, "work_queue": queue,
         "reconcile": reconcile, "rewrap": NotExpected("rewrap"), "blob_stores": NotExpected("blob_stores"),
-        "audit": FakeAuditLog(), "estate": NotExpected("estate"), "reports": NotExpected("reports"),
+        "audit": FakeAuditLog(), "audit_checkpoint": NotExpected("audit_checkpoint"), "estate": NotExpected("estate"),
+        "reports": NotExpected("reports"),
     }
     values.update(overrides)
     return Dependencies(**values)
@@ -369,3 +374,27 @@ class FakeChannel:
             self.failures -= 1
             raise TransientError("HTTP 503")
         self.received.append(notice)
+
+
+@dataclass
+class FakeAuditCheckpoint:
+    """The audit checkpoint with the Table adapter's concurrency: a save fails with Conflict when another
+    instance saved since this one's load (``race_after_load``: another instance saves right after each load)."""
+
+    watch: AuditWatch = field(default_factory=AuditWatch)
+    race_after_load: bool = False
+    version: int = 0
+    read_version: int = 0
+    saves: int = 0
+
+    def load(self) -> AuditWatch:
+        self.read_version = self.version
+        if self.race_after_load:
+            self.version += 1
+        return self.watch
+
+    def save(self, watch: AuditWatch) -> None:
+        if self.version != self.read_version:
+            raise Conflict("the audit checkpoint changed since it was read")
+        self.watch, self.version, self.read_version = watch, self.version + 1, self.version + 1
+        self.saves += 1

@@ -128,6 +128,39 @@ def test_the_detection_query_counts_records_per_table_and_vault():
     assert "HttpStatusCode >= 400" not in query
 
 
+def test_the_deletion_query_keeps_each_keys_latest_successful_delete_purge_or_recover():
+    query = audit.deletion_query([VAULT])
+    assert "'KeyDelete', 'KeyPurge', 'KeyRecover'" in query
+    assert "HttpStatusCode < 400" in query and "httpStatusCode_d < 400" in query  # a refused purge changes nothing
+    assert "extract('/(?:deleted)?keys/([^/?]+)', 1, ObjectId)" in query  # /keys/<name> and /deletedkeys/<name>
+    assert query.rstrip().endswith("| summarize arg_max(TimeGenerated, OperationName, Caller, CallerApp)"
+                                   " by Source, Vault, VaultResourceId, KeyName")
+    operations = audit.key_operations_from_rows([
+        {"Source": "AZKVAuditLogs", "Vault": VAULT, "VaultResourceId": "/x", "KeyName": "CMK",
+         "TimeGenerated": "2026-11-30T10:00:00.1234567Z", "OperationName": "KeyPurge", "Caller": "ABC"},
+        {"Source": "AZKVAuditLogs", "Vault": VAULT, "KeyName": "other", "TimeGenerated": None,
+         "OperationName": "KeyDelete"},
+        {"Source": "AZKVAuditLogs", "Vault": VAULT, "KeyName": "other", "TimeGenerated": "2026-11-30T10:00:00Z",
+         "OperationName": "KeyCreate"},
+    ])
+    assert [(op.key, op.operation, op.caller, op.key_id) for op in operations] == [
+        ("cmk", "KeyPurge", "abc", f"{VAULT}/keys/cmk")]
+
+
+def test_deleted_keys_are_in_the_table_and_the_json():
+    deleted = audit.KeyOperation(VAULT, "/x", "cmk", audit.KEY_DELETE, NOW, STORAGE_MI, "", "AZKVAuditLogs")
+    recovered = audit.KeyOperation(VAULT, "/x", "back", audit.KEY_RECOVER, NOW, STORAGE_MI, "", "AZKVAuditLogs")
+    report = audit.report_of(NOW - timedelta(hours=1), NOW, [], managed_vaults=[VAULT],
+                             key_operations=[recovered, deleted])
+    assert report.missing_keys == (deleted,)
+    text = audit.render_table(report)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "  KeyDelete  kv-cmk/cmk at" in text and "  KeyRecover kv-cmk/back at" in text
+    document = json.loads(audit.render_json(report))
+    assert {(op["key"], op["operation"]) for op in document["keyOperations"]} == {
+        ("cmk", "KeyDelete"), ("back", "KeyRecover")}
+
+
 def test_kql_string_literals_are_escaped():
     assert "'https://x\\'y'" in audit.detection_query(["https://x'y"])
 

@@ -84,8 +84,8 @@ def test_function_app_refuses_to_start_with_invalid_settings(monkeypatch):
 
 def test_indexing_names_triggers_and_bindings(app):
     functions = {function.get_function_name(): function for function in app.get_functions()}
-    assert set(functions) == {"on_key_event", "on_resource_event", "compliance_sweep", "process_work", "health",
-                              "events", "report"}
+    assert set(functions) == {"on_key_event", "on_resource_event", "compliance_sweep", "audit_scan", "process_work",
+                              "health", "events", "report"}
 
     def bindings(name):
         return {binding.name: binding.get_dict_repr() for binding in functions[name].get_bindings()}
@@ -97,6 +97,9 @@ def test_indexing_names_triggers_and_bindings(app):
     assert timer["type"] == "timerTrigger"
     assert timer["schedule"] == "%CMK_SWEEP_SCHEDULE%"
     assert timer["runOnStartup"] is False
+    audit_timer = bindings("audit_scan")["timer"]
+    assert (audit_timer["type"], audit_timer["schedule"]) == ("timerTrigger", "%CMK_AUDIT_SCHEDULE%")
+    assert audit_timer["runOnStartup"] is False
 
     work = bindings("process_work")
     assert work["message"]["type"] == "queueTrigger"

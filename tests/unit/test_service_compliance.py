@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 
 from controller import service
+from controller.audit import AuditFailureGroup, FailureClass
 from controller.compliance.report import ComplianceReport
 from controller.compliance.rules import RequireCmk
 from controller.errors import Forbidden
@@ -178,3 +179,18 @@ def test_version_rows_need_the_keys_versions():
     report = service.run_compliance_sweep(deps)
 
     assert [(key.key, key.versions) for key in report.keys] == [(eb.KEY_URI, ())]
+
+
+def test_failed_key_operations_stay_in_the_report_but_their_alerts_come_from_the_audit_timer():
+    failed = AuditFailureGroup(
+        vault=eb.VAULT_ORIGIN, vault_resource_id=eb.VAULT_ID.lower(), key=eb.KEY_NAME, version=eb.V2,
+        caller="b1", caller_app_id="", operations=("KeyUnwrap",), status_code=404, result_signature="NotFound",
+        failure_class=FailureClass.KEY_DELETED, cause="the key or version is not in the vault", count=4,
+        first_seen=eb.NOW - timedelta(hours=1), last_seen=eb.NOW, sample_description="was not found in this key vault",
+        source="AZKVAuditLogs")
+    deps, _, notifier, _ = deps_for(eb.estate(), audit=FakeAuditLog(failure_groups=[failed]))
+
+    report = service.run_compliance_sweep(deps)
+
+    assert [finding.severity for finding in report.findings if finding.rule == "CMK-017"] == [Severity.CRITICAL]
+    assert [alert for alert in notifier.scopes["compliance"] if alert.details.get("rule") == "CMK-017"] == []

@@ -70,6 +70,8 @@ def test_lists_are_parsed():
         ("CMK_SWEEP_SCHEDULE", "0 0 * * * MON;", "not a valid"),
         ("CMK_SWEEP_SCHEDULE", "0 0 0 30 2 *", "never fires"),
         ("CMK_SWEEP_SCHEDULE", "0 0 */0 * * *", "positive"),
+        ("CMK_AUDIT_SCHEDULE", "*/15 * * * *", "six"),
+        ("CMK_AUDIT_SCHEDULE", "0 0 0 30 2 *", "never fires"),
         ("CMK_WORK_QUEUE", "Work_Queue", "queue name"),
         ("CMK_WORK_QUEUE", "a" * 58, "queue name"),
         ("CMK_LEDGER_TABLE", "1table", "table name"),
@@ -93,6 +95,8 @@ def test_an_invalid_value_fails_naming_the_setting(name, value, fragment):
 def test_ncrontab_accepts_steps_ranges_lists_and_names():
     for schedule in ("*/30 * * * * *", "0 0 9-17 * * MON-FRI", "0 15,45 */2 1 1-6 *", "0 0 0 * * 0"):
         assert load_settings({**BASE, "CMK_SWEEP_SCHEDULE": schedule}).sweep_schedule == schedule
+        assert load_settings({**BASE, "CMK_AUDIT_SCHEDULE": schedule}).audit_schedule == schedule
+    assert load_settings(BASE).audit_schedule == "0 */15 * * * *"
 
 
 # --- CMK_ARM_ENDPOINT (controller/adapters: storage_control, inventory, key_access) ----------------------------
