@@ -3,19 +3,24 @@
 What is read, and through what (the management SDKs unless said otherwise):
     per subscription    the subscription (tenant), storage accounts, vaults, deleted vaults and
                         user-assigned identities: one paged listing each
-    per account         its encryption scopes (one paged listing)
+    per sweep           the encryption scopes of every account: one Resource Graph query (``resources``,
+                        type microsoft.storage/storageaccounts/encryptionscopes; 1,000 rows a page);
+                        only when Resource Graph refuses or fails, one paged listing per account
     per vault           keys (``Microsoft.KeyVault/vaults/keys``: type, size, current attributes and the
                         rotation policy) and each key's versions, through ARM, so that a vault firewall
                         does not blind the sweep; its diagnostic settings; the role assignments that
                         apply to it (inherited ones included: ``list_for_scope`` without ``atScope()``);
                         its soft-deleted keys from the data plane (the only place they are listed)
     per role definition the definition, once, however many assignments name it
+    per sweep           the subscriptions' management-group ancestry (azure-mgmt-managementgroups
+                        ``entities.list``: getEntities, each subscription's ``parentNameChain``), only
+                        when a role assignment at a management-group scope was read
     per registered container  the census of the key versions wrapping its blobs (controller.blob_census)
 
-Cost: O(subscriptions + accounts + vaults + keys + role definitions + containers + pages); every vault
-and key is read once however many accounts use it. Reads run on a small thread pool. A read that fails
-is recorded as a ``ReadFailure`` (what, why, the HTTP status) and the sweep goes on: the rules turn it
-into a CMK-000 finding.
+Cost: O(subscriptions + vaults + keys + role definitions + containers + pages) requests (plus one per
+account when Resource Graph cannot answer); every vault and key is read once however many accounts use
+it. Reads run on a small thread pool. A read that fails is recorded as a ``ReadFailure`` (what, why, the
+HTTP status) and the sweep goes on: the rules turn it into a CMK-000 finding.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -35,14 +40,19 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.core.rest import HttpRequest
 from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.mgmt.keyvault import KeyVaultManagementClient
+from azure.mgmt.managementgroups import ManagementGroupsMgmtClient
 from azure.mgmt.monitor import MonitorManagementClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
+from azure.mgmt.resourcegraph import ResourceGraphClient
 from azure.mgmt.storage import StorageManagementClient
+from azure.mgmt.storage.models import EncryptionScope as SdkEncryptionScope
 
 from controller.adapters.azure_errors import translated
 from controller.adapters.credentials import ArmConnection
 from controller.adapters.key_vault import KeyVaultKeys
+from controller.adapters.resource_graph import query_rows
 from controller.blob_census import wrapping_versions
+from controller.compliance.access import is_management_group_scope
 from controller.compliance.estate import (
     AccessPolicy,
     AccountEncryption,
@@ -86,13 +96,28 @@ from controller.vault_policy import VaultPolicy
 
 T = TypeVar("T")
 
-#: Small on purpose: ARM throttles per principal, and a sweep is not latency-bound.
-DEFAULT_WORKERS = 4
+#: Small on purpose: ARM throttles per principal (reads: 250 per 5 minutes refilling at 4 a second per
+#: subscription and principal), and a sweep is not latency-bound.
+DEFAULT_WORKERS = 8
 #: The subscriptions API version the tenant id is read with (GET /subscriptions/{id}).
 _SUBSCRIPTIONS_API = "2022-12-01"
 
 #: Account tag naming its client-side-encrypted containers (the same tag the re-wrap fan-out reads).
 REWRAP_CONTAINERS_TAG = "cmk-rewrap-containers"
+
+#: What a failed management-group read names (CMK-000): the tenant-level listing of the hierarchy.
+_GET_ENTITIES = "/providers/Microsoft.Management/getEntities"
+
+#: Every encryption scope of the swept subscriptions, in the shape ARM lists them.
+ENCRYPTION_SCOPES_QUERY = (
+    "resources"
+    " | where type =~ 'microsoft.storage/storageaccounts/encryptionscopes'"
+    " | project id, name, type, properties"
+    " | order by id asc"
+)
+
+#: Encryption scopes per storage account (its ARM id, lower case), as one Resource Graph query found them.
+ScopesByAccount = dict[str, list[SdkEncryptionScope]]
 
 
 class _Failures:
@@ -164,15 +189,21 @@ class EstateGatherer:
         failures = _Failures()
         if not subscriptions:
             subscriptions = self._subscriptions()
+        scopes = self._graph_scopes(subscriptions)
         with ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="estate") as pool:
             # Subscriptions one after the other (there are few); their accounts and vaults on the pool.
-            per_subscription = [_SubscriptionReader(self, sub, failures, pool).read() for sub in subscriptions]
+            per_subscription = [_SubscriptionReader(self, sub, failures, pool, scopes).read()
+                                for sub in subscriptions]
         accounts = tuple(account for part in per_subscription for account in part.accounts)
         vaults = tuple(vault for part in per_subscription for vault in part.vaults)
         deleted = [part.deleted_vaults for part in per_subscription]
         definitions: dict[str, RoleDefinition] = {}
         for part in per_subscription:
             definitions.update(part.role_definitions)
+        swept = tuple(part.subscription for part in per_subscription)
+        if any(is_management_group_scope(assignment.scope)
+               for vault in vaults for assignment in vault.role_assignments or ()):
+            swept = self._with_ancestry(swept, failures)
         census = self._census(accounts, failures)
         return Estate(
             gathered_at=now,
@@ -183,7 +214,7 @@ class EstateGatherer:
             audit=None,  # the audit analysis's, added by the use case (service.run_compliance_sweep)
             user_assigned_identities=tuple(uai for part in per_subscription for uai in part.identities),
             role_definitions=tuple(definitions[key] for key in sorted(definitions)),
-            subscriptions=tuple(part.subscription for part in per_subscription),
+            subscriptions=swept,
             container_census=census,
             read_failures=tuple(failures.items),
             custom_origins=self._custom_origins,
@@ -205,6 +236,39 @@ class EstateGatherer:
                     break
                 request = HttpRequest("GET", str(page["nextLink"]))
         return sorted({str(item["subscriptionId"]).lower() for item in listed if item.get("subscriptionId")})
+
+    def _graph_scopes(self, subscriptions: Sequence[str]) -> ScopesByAccount | None:
+        """Every encryption scope of ``subscriptions`` by account, from one Resource Graph query; None when
+        Resource Graph cannot answer (refused, throttled, unreachable): each account's scopes are then
+        listed through ARM, so that nothing goes unread."""
+        found: ScopesByAccount = {}
+        try:
+            with ResourceGraphClient(self._arm.credential, **self._arm.client_options()) as graph:
+                for row in query_rows(graph, ENCRYPTION_SCOPES_QUERY, [sub.lower() for sub in subscriptions]):
+                    # <account id>/encryptionScopes/<name>
+                    account_id = str(row.get("id") or "").rsplit("/", 2)[0]
+                    found.setdefault(account_id.lower(), []).append(SdkEncryptionScope(dict(row)))
+        except (AzureError, ControllerError):
+            return None
+        return found
+
+    def _with_ancestry(self, subscriptions: tuple[Subscription, ...],
+                       failures: _Failures) -> tuple[Subscription, ...]:
+        """The subscriptions with their management groups, nearest first up to the tenant root group, from
+        one paged getEntities listing; unchanged (ancestry unknown) when it cannot be read."""
+        chains: dict[str, tuple[str, ...]] = {}
+
+        def read() -> None:
+            with translated("list the management-group hierarchy (getEntities)"), ManagementGroupsMgmtClient(
+                    self._arm.credential, **self._arm.client_options()) as client:
+                for entity in client.entities.list():
+                    properties = entity.properties
+                    if (entity.type or "").lower() == "/subscriptions" and entity.name and properties is not None:
+                        chains[entity.name.lower()] = tuple(reversed(properties.parent_name_chain or ()))
+
+        failures.read(_GET_ENTITIES, ReadAspect.MANAGEMENT_GROUPS, read)
+        return tuple(replace(subscription, management_groups=chains.get(subscription.subscription_id.lower()))
+                     for subscription in subscriptions)
 
     # --- shared helpers used by the per-subscription reader ------------------------------------------
 
@@ -271,11 +335,12 @@ class _SubscriptionReader:
     """Everything of one subscription; per-account and per-vault reads go to the shared pool."""
 
     def __init__(self, gatherer: EstateGatherer, subscription: str, failures: _Failures,
-                 pool: ThreadPoolExecutor) -> None:
+                 pool: ThreadPoolExecutor, scopes: ScopesByAccount | None) -> None:
         self.g = gatherer
         self.sub = subscription
         self.failures = failures
         self.pool = pool
+        self.scopes = scopes
         self.storage = gatherer.mgmt(StorageManagementClient, subscription)
         self.keyvault = gatherer.mgmt(KeyVaultManagementClient, subscription)
         self.authz = gatherer.mgmt(AuthorizationManagementClient, subscription)
@@ -319,8 +384,12 @@ class _SubscriptionReader:
 
     def _account(self, item: Any) -> StorageAccount:
         group = arm_resource_group(item.id)
-        scopes = self.failures.read(item.id, ReadAspect.ENCRYPTION_SCOPES, lambda: tuple(
-            _scope(scope) for scope in self.storage.encryption_scopes.list(group, item.name)))
+        if self.scopes is not None:
+            scopes: tuple[EncryptionScope, ...] | None = tuple(
+                _scope(scope) for scope in self.scopes.get(item.id.lower(), ()))
+        else:
+            scopes = self.failures.read(item.id, ReadAspect.ENCRYPTION_SCOPES, lambda: tuple(
+                _scope(scope) for scope in self.storage.encryption_scopes.list(group, item.name)))
         return StorageAccount(
             id=item.id,
             name=item.name,

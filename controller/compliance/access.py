@@ -78,11 +78,17 @@ def allows(permission: RolePermission, action: str) -> bool:
     )
 
 
+def is_management_group_scope(scope: str) -> bool:
+    """``/providers/Microsoft.Management/managementGroups/<group>`` (any case)."""
+    segments = arm_segments(scope)
+    return segments[:3] == _MANAGEMENT_GROUP_SCOPE and len(segments) == 4
+
+
 def scope_covers(scope: str, resource_id: str, management_groups: tuple[str, ...] | None) -> bool | None:
     """Does an assignment at ``scope`` apply to ``resource_id``? None when it cannot be told (a
     management-group scope and the subscription's ancestry unknown)."""
     scope_segments = arm_segments(scope)
-    if scope_segments[:3] == _MANAGEMENT_GROUP_SCOPE and len(scope_segments) == 4:
+    if is_management_group_scope(scope):
         if management_groups is None:
             return None
         return any(same_name(scope_segments[3], group) for group in management_groups)

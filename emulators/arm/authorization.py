@@ -1,10 +1,13 @@
 """Microsoft.Authorization: built-in and custom role definitions, role assignments at any scope.
 
-ARM RBAC itself is not enforced; the assignments are fed to the vaults' RBAC checks (``sync``)."""
+ARM RBAC itself is not enforced; the assignments are fed to the vaults' RBAC checks (``sync``). An
+assignment applies at and below its scope; a management-group scope applies to every subscription (and
+group) under that group, as ``management_group_covers`` (the Microsoft.Management provider) says."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +69,12 @@ class Authorization:
         self.role_assignments: dict[str, RoleAssignmentRecord] = {}  # name (guid) -> assignment
         self.custom_roles: dict[str, dict[str, Any]] = {}
         self._arm_assignment_names: set[str] = set()  # every assignment ARM ever fed to the vaults
+        # (management-group scope, resource) -> is the resource under that group; set by the router.
+        self.management_group_covers: Callable[[str, str], bool] = lambda scope, resource: False
+
+    def covers(self, scope: str, resource: str) -> bool:
+        """An assignment at ``scope`` applies to ``resource`` (at or below it, management groups included)."""
+        return within(scope, resource) or self.management_group_covers(scope, resource)
 
     def routes(self) -> list[Route]:
         return [
@@ -81,7 +90,7 @@ class Authorization:
             relevant = [
                 RoleAssignment(r.principal_id, r.role_definition_id, r.scope, id=r.name)
                 for r in self.role_assignments.values()
-                if within(r.scope, state.resource_id) or within(state.resource_id, r.scope)
+                if self.covers(r.scope, state.resource_id) or within(state.resource_id, r.scope)
             ]
             with state.lock:
                 own = [a for a in state.role_assignments if a.id not in self._arm_assignment_names]
@@ -186,8 +195,8 @@ class Authorization:
         for record in self.role_assignments.values():
             if principal and record.principal_id.lower() != principal.group(1).lower():
                 continue
-            above = within(record.scope, scope)
-            below = within(scope, record.scope)
+            above = self.covers(record.scope, scope)
+            below = self.covers(scope, record.scope)
             if above or (below and not at_scope):
                 out.append(record.to_json())
         return 200, {"value": out}

@@ -71,9 +71,38 @@ def test_each_vault_and_key_is_read_once_however_many_accounts_use_it(world: Wor
     assert sum(path.endswith("/providers/microsoft.keyvault/vaults") for path in paths) == 1
     assert sum(path.endswith("/providers/microsoft.storage/storageaccounts") for path in paths) == 1
     assert sum("/keys" in path and "/kv-rbac/" in path for path in paths) == 1 + 1  # list, 1 x versions
-    assert requests("GET", "/encryptionscopes") == 6  # one listing per account
+    assert requests("GET", "/encryptionscopes") == 0  # every account's scopes in one Resource Graph query
+    assert world.faults.resource_graph_queries == 1
     definitions = [path for verb, path in world.faults.requests if "/roledefinitions/" in path]
     assert len(definitions) == len(set(definitions))  # each role definition once
+
+
+def scope_view(estate: Estate) -> dict[str, list[tuple[str, str, str, str | None, str | None]]]:
+    return {account.name: [(scope.id, scope.name, scope.source, scope.key_uri, scope.current_versioned_key_identifier)
+                           for scope in account.encryption_scopes or ()]
+            for account in estate.storage_accounts}
+
+
+def test_encryption_scopes_come_from_resource_graph_as_the_per_account_listing_gives_them(world: World) -> None:
+    build_shared_key_estate(world, accounts=3)
+    first, second, _ = sorted(world.storage().storage_accounts.list(), key=lambda account: account.name)
+    key_uri = f"{world.origin('kv-shared').url}/keys/cmk"
+    world.create_scope(first, "scopea", key_uri)
+    world.create_scope(first, "scopeb", key_uri)
+    world.create_scope(second, "scopec", key_uri)
+    world.faults.requests.clear()
+
+    from_graph = gather(world, SUB_A)
+    assert world.faults.requests_matching("GET", "/encryptionscopes") == 0
+
+    world.faults.resource_graph_status = 403  # the identity may not query Resource Graph: list per account
+    from_listing = gather(world, SUB_A)
+
+    assert world.faults.requests_matching("GET", "/encryptionscopes") == 3
+    assert from_graph.read_failures == from_listing.read_failures == ()
+    assert scope_view(from_graph) == scope_view(from_listing)
+    assert sorted(len(scopes) for scopes in scope_view(from_graph).values()) == [0, 1, 2]
+    assert all(scope[4] for scopes in scope_view(from_graph).values() for scope in scopes)  # versioned key id
 
 
 def test_keys_versions_rotation_policy_and_vault_properties_come_through_arm(world: World) -> None:
