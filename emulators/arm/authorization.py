@@ -88,7 +88,8 @@ class Authorization:
         """Feed ARM role assignments to each vault (those at or above the vault, or on its keys)."""
         for state in list(self.keyvault.vaults.values()):
             relevant = [
-                RoleAssignment(r.principal_id, r.role_definition_id, r.scope, id=r.name)
+                RoleAssignment(r.principal_id, r.role_definition_id, self._scope_for_vault(r.scope, state.resource_id),
+                               id=r.name)
                 for r in self.role_assignments.values()
                 if self.covers(r.scope, state.resource_id) or within(state.resource_id, r.scope)
             ]
@@ -97,6 +98,13 @@ class Authorization:
                 state.role_assignments = own + relevant
                 for guid, definition in self.custom_roles.items():
                     state.role_definitions.setdefault(guid, definition)
+
+    def _scope_for_vault(self, scope: str, vault_id: str) -> str:
+        """The scope as the vault's data plane can match it: the vault only knows resource-id prefixes, so a
+        management-group assignment that covers the vault is handed over at the vault's subscription."""
+        if within(scope, vault_id) or within(vault_id, scope):
+            return scope
+        return "/" + "/".join(vault_id.strip("/").split("/")[:2])
 
     def _role(self, guid: str) -> tuple[dict[str, Any], bool] | None:
         if guid in roles.BUILTIN_ROLES:

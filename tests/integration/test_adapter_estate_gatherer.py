@@ -10,10 +10,19 @@ from pathlib import Path
 import pytest
 from azure.keyvault.keys import KeyRotationLifetimeAction, KeyRotationPolicy, KeyRotationPolicyAction
 from azure.mgmt.keyvault.models import NetworkRuleSet, VaultPatchParameters, VaultPatchProperties
+from azure.mgmt.managementgroups import ManagementGroupsMgmtClient
+from azure.mgmt.managementgroups.models import (
+    CreateManagementGroupDetails,
+    CreateManagementGroupProperties,
+    CreateManagementGroupRequest,
+    CreateParentGroupInfo,
+)
 
 from controller.adapters.estate_gatherer import EstateGatherer
+from controller.compliance.access import key_access
 from controller.compliance.estate import Estate, ReadAspect
 from controller.errors import Forbidden
+from controller.model import IdentityAccess
 from controller.ports import BlobPage
 from controller.settings import RewrapTarget
 from tests.integration.adapter_world import CRYPTO_SERVICE_USER, RG, SUB_A, SUB_FORBIDDEN, World, running_arm
@@ -183,3 +192,36 @@ def test_registered_containers_are_counted_and_a_refused_census_is_a_read_failur
     assert (failure.resource, failure.aspect, failure.status_code) == (
         f"{refusing}/secrets", ReadAspect.BLOB_CENSUS, None)
     assert "403" in failure.reason
+
+
+def test_a_grant_at_a_management_group_counts_once_the_ancestry_is_read(world: World) -> None:
+    world.create_vault("kv-rbac", rbac=True)
+    world.key_client("kv-rbac").create_rsa_key("cmk", size=2048)
+    identity = world.create_identity("id-mg")
+    world.faults.requests.clear()
+    before = gather(world, SUB_A)
+    assert world.faults.requests_matching("POST", "/getentities") == 0  # no MG-scope grant: not read
+    assert before.subscriptions[0].management_groups is None
+
+    groups = ManagementGroupsMgmtClient(world.cred, **world.mgmt_kwargs())
+    groups.management_groups.begin_create_or_update("mg-data", CreateManagementGroupRequest(
+        properties=CreateManagementGroupProperties(display_name="Data", details=CreateManagementGroupDetails(
+            parent=CreateParentGroupInfo(id=f"/providers/Microsoft.Management/managementGroups/{world.tenant}"))))
+    ).result()
+    groups.management_group_subscriptions.create("mg-data", SUB_A)
+    scope = "/providers/Microsoft.Management/managementGroups/mg-data"
+    world.assign_role(scope, identity.principal_id, CRYPTO_SERVICE_USER)
+    world.faults.requests.clear()
+
+    estate = gather(world, SUB_A)
+
+    assert world.faults.requests_matching("POST", "/getentities") == 1
+    assert estate.read_failures == ()
+    assert estate.subscriptions[0].management_groups == ("mg-data", world.tenant)  # nearest first
+    vault = next(vault for vault in estate.vaults if vault.name == "kv-rbac")
+    assert scope in {assignment.scope for assignment in vault.role_assignments or ()}
+    result = key_access(vault, "cmk", identity.principal_id,
+                        role_definitions={definition.guid: definition for definition in estate.role_definitions},
+                        subscription=estate.subscriptions[0])
+    assert result.access is IdentityAccess.GRANTED
+    assert any(scope in grant for grant in result.granted_by)
