@@ -25,7 +25,6 @@ HTTP status) and the sweep goes on: the rules turn it into a CMK-000 finding.
 
 from __future__ import annotations
 
-import enum
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,21 +39,21 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.core.rest import HttpRequest
 from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.mgmt.keyvault import KeyVaultManagementClient
-from azure.mgmt.managementgroups import ManagementGroupsMgmtClient
 from azure.mgmt.monitor import MonitorManagementClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
 from azure.mgmt.resourcegraph import ResourceGraphClient
 from azure.mgmt.storage import StorageManagementClient
 from azure.mgmt.storage.models import EncryptionScope as SdkEncryptionScope
 
+from controller.adapters.access_reads import get_role_definition, list_assignments, read_ancestry, vault_from_sdk
 from controller.adapters.azure_errors import translated
 from controller.adapters.credentials import ArmConnection
 from controller.adapters.key_vault import KeyVaultKeys
 from controller.adapters.resource_graph import query_rows
+from controller.adapters.storage_control import sdk_text
 from controller.blob_census import wrapping_versions
 from controller.compliance.access import is_management_group_scope
 from controller.compliance.estate import (
-    AccessPolicy,
     AccountEncryption,
     AttachedIdentity,
     ContainerCensus,
@@ -65,12 +64,9 @@ from controller.compliance.estate import (
     KeyVaultProperties,
     LogSetting,
     ManagedIdentity,
-    NetworkAcls,
     ReadAspect,
     ReadFailure,
-    RoleAssignment,
     RoleDefinition,
-    RolePermission,
     StorageAccount,
     Subscription,
     UserAssignedIdentity,
@@ -256,18 +252,9 @@ class EstateGatherer:
                        failures: _Failures) -> tuple[Subscription, ...]:
         """The subscriptions with their management groups, nearest first up to the tenant root group, from
         one paged getEntities listing; unchanged (ancestry unknown) when it cannot be read."""
-        chains: dict[str, tuple[str, ...]] = {}
-
-        def read() -> None:
-            with translated("list the management-group hierarchy (getEntities)"), ManagementGroupsMgmtClient(
-                    self._arm.credential, **self._arm.client_options()) as client:
-                for entity in client.entities.list():
-                    properties = entity.properties
-                    if (entity.type or "").lower() == "/subscriptions" and entity.name and properties is not None:
-                        chains[entity.name.lower()] = tuple(reversed(properties.parent_name_chain or ()))
-
-        failures.read(_GET_ENTITIES, ReadAspect.MANAGEMENT_GROUPS, read)
-        return tuple(replace(subscription, management_groups=chains.get(subscription.subscription_id.lower()))
+        chains = failures.read(_GET_ENTITIES, ReadAspect.MANAGEMENT_GROUPS, partial(
+            read_ancestry, self._arm, [subscription.subscription_id for subscription in subscriptions])) or {}
+        return tuple(replace(subscription, management_groups=chains.get(subscription.subscription_id))
                      for subscription in subscriptions)
 
     # --- shared helpers used by the per-subscription reader ------------------------------------------
@@ -411,30 +398,12 @@ class _SubscriptionReader:
         keys = read(item.id, ReadAspect.KEYS, lambda: self._keys(group, item.name, props.vault_uri))
         diagnostics = read(item.id, ReadAspect.DIAGNOSTIC_SETTINGS, lambda: tuple(
             _diagnostic(setting) for setting in self.monitor.diagnostic_settings.list(item.id)))
-        assignments = read(item.id, ReadAspect.ROLE_ASSIGNMENTS, lambda: tuple(
-            _assignment(entry) for entry in self.authz.role_assignments.list_for_scope(item.id)))
+        assignments = read(item.id, ReadAspect.ROLE_ASSIGNMENTS, partial(list_assignments, self.authz, item.id))
         for assignment in assignments or ():
             self._definition(assignment.role_definition_id)
         deleted = read(item.id, ReadAspect.DELETED_KEYS, lambda: self.g.deleted_keys(props.vault_uri))
-        acls = props.network_acls
-        return Vault(
-            id=item.id,
-            name=item.name,
-            location=item.location or "",
-            vault_uri=props.vault_uri or "",
-            tenant_id=props.tenant_id,
-            enable_soft_delete=props.enable_soft_delete is not False,
-            soft_delete_retention_in_days=props.soft_delete_retention_in_days,
-            enable_purge_protection=bool(props.enable_purge_protection),
-            enable_rbac_authorization=bool(props.enable_rbac_authorization),
-            network_acls=None if acls is None else NetworkAcls(default_action=_text(acls.default_action) or "Allow",
-                                                               bypass=_text(acls.bypass) or "None"),
-            access_policies=tuple(_access_policy(entry) for entry in props.access_policies or ()),
-            keys=keys,
-            deleted_keys=deleted,
-            diagnostic_settings=diagnostics,
-            role_assignments=assignments,
-        )
+        return vault_from_sdk(item, role_assignments=assignments, keys=keys, deleted_keys=deleted,
+                              diagnostic_settings=diagnostics)
 
     def _keys(self, group: str, vault: str, vault_uri: str) -> tuple[VaultKey, ...]:
         """Every key of the vault through ARM, each with its versions (one paged listing per key)."""
@@ -447,7 +416,7 @@ class _SubscriptionReader:
             uri = props.key_uri or f"{vault_uri.rstrip('/')}/keys/{name}"
             keys.append(VaultKey(
                 name=name,
-                kty=_text(props.kty),
+                kty=sdk_text(props.kty),
                 key_size=props.key_size,
                 versions=versions,
                 rotation_policy=_rotation_policy(self.g.key_ref(uri).versionless, props.rotation_policy),
@@ -465,28 +434,13 @@ class _SubscriptionReader:
                 return
             self._definitions[guid] = None
         found = self.failures.read(role_definition_id, ReadAspect.ROLE_DEFINITION,
-                                   lambda: self.authz.role_definitions.get_by_id(role_definition_id))
+                                   partial(get_role_definition, self.authz, role_definition_id))
         if found is not None:
             with self._definition_lock:
-                self._definitions[guid] = RoleDefinition(
-                    id=found.id or role_definition_id,
-                    role_name=found.role_name or "",
-                    role_type=_text(found.role_type) or "CustomRole",
-                    permissions=tuple(RolePermission(data_actions=tuple(p.data_actions or ()),
-                                                     not_data_actions=tuple(p.not_data_actions or ()))
-                                      for p in found.permissions or ()),
-                )
+                self._definitions[guid] = found
 
 
 # --- SDK model -> estate value ----------------------------------------------------------------------------
-
-
-def _text(value: object) -> str:
-    """An SDK enum member or a plain string as Azure spelled it ("" for None): str() of a generated enum
-    member is its Python name (``KeySource.MICROSOFT_KEYVAULT``), its value is Azure's word."""
-    if value is None:
-        return ""
-    return str(value.value) if isinstance(value, enum.Enum) else str(value)
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -504,7 +458,7 @@ def _managed_identity(identity: Any) -> ManagedIdentity:
         return ManagedIdentity()
     attached: Mapping[str, Any] = identity.user_assigned_identities or {}
     return ManagedIdentity(
-        type=_text(identity.type) or "None",
+        type=sdk_text(identity.type) or "None",
         principal_id=identity.principal_id,
         tenant_id=identity.tenant_id,
         user_assigned=tuple(AttachedIdentity(resource_id=rid, principal_id=entry.principal_id,
@@ -518,7 +472,7 @@ def _encryption(encryption: Any) -> AccountEncryption:
     kv = encryption.key_vault_properties
     services = encryption.services
     return AccountEncryption(
-        key_source=_text(encryption.key_source) or "Microsoft.Storage",
+        key_source=sdk_text(encryption.key_source) or "Microsoft.Storage",
         key_vault_properties=None if kv is None else KeyVaultProperties(
             key_name=kv.key_name,
             key_version=kv.key_version,
@@ -534,7 +488,7 @@ def _encryption(encryption: Any) -> AccountEncryption:
 
 
 def _key_type(service: Any) -> str | None:
-    return None if service is None or service.key_type is None else _text(service.key_type)
+    return None if service is None or service.key_type is None else sdk_text(service.key_type)
 
 
 def _scope(scope: Any) -> EncryptionScope:
@@ -542,21 +496,11 @@ def _scope(scope: Any) -> EncryptionScope:
     return EncryptionScope(
         id=scope.id,
         name=scope.name,
-        source=_text(scope.source) or "Microsoft.Storage",
-        state=_text(scope.state) or "Enabled",
+        source=sdk_text(scope.source) or "Microsoft.Storage",
+        state=sdk_text(scope.state) or "Enabled",
         key_uri=kv.key_uri if kv is not None else None,
         current_versioned_key_identifier=kv.current_versioned_key_identifier if kv is not None else None,
         last_key_rotation_timestamp=_aware(kv.last_key_rotation_timestamp) if kv is not None else None,
-    )
-
-
-def _access_policy(entry: Any) -> AccessPolicy:
-    permissions = entry.permissions
-    return AccessPolicy(
-        object_id=entry.object_id,
-        tenant_id=entry.tenant_id,
-        application_id=entry.application_id,
-        keys=tuple(_text(permission) for permission in (permissions.keys_property if permissions else None) or ()),
     )
 
 
@@ -588,11 +532,6 @@ def _diagnostic(setting: Any) -> DiagnosticSetting:
     )
 
 
-def _assignment(entry: Any) -> RoleAssignment:
-    return RoleAssignment(scope=entry.scope, principal_id=entry.principal_id,
-                          role_definition_id=entry.role_definition_id, condition=entry.condition)
-
-
 def _version(entry: Any) -> KeyVersionInfo:
     props = entry.properties
     attributes = props.attributes
@@ -618,7 +557,7 @@ def _rotation_policy(key: KeyRef, policy: Any) -> KeyRotationPolicyInfo:
         key=key,
         lifetime_actions=tuple(
             RotationLifetimeAction(
-                action=_text(action.action.type if action.action is not None else None),
+                action=sdk_text(action.action.type if action.action is not None else None),
                 time_after_create=action.trigger.time_after_create if action.trigger is not None else None,
                 time_before_expiry=action.trigger.time_before_expiry if action.trigger is not None else None,
             )

@@ -10,13 +10,6 @@ from pathlib import Path
 import pytest
 from azure.keyvault.keys import KeyRotationLifetimeAction, KeyRotationPolicy, KeyRotationPolicyAction
 from azure.mgmt.keyvault.models import NetworkRuleSet, VaultPatchParameters, VaultPatchProperties
-from azure.mgmt.managementgroups import ManagementGroupsMgmtClient
-from azure.mgmt.managementgroups.models import (
-    CreateManagementGroupDetails,
-    CreateManagementGroupProperties,
-    CreateManagementGroupRequest,
-    CreateParentGroupInfo,
-)
 
 from controller.adapters.estate_gatherer import EstateGatherer
 from controller.compliance.access import key_access
@@ -203,13 +196,7 @@ def test_a_grant_at_a_management_group_counts_once_the_ancestry_is_read(world: W
     assert world.faults.requests_matching("POST", "/getentities") == 0  # no MG-scope grant: not read
     assert before.subscriptions[0].management_groups is None
 
-    groups = ManagementGroupsMgmtClient(world.cred, **world.mgmt_kwargs())
-    groups.management_groups.begin_create_or_update("mg-data", CreateManagementGroupRequest(
-        properties=CreateManagementGroupProperties(display_name="Data", details=CreateManagementGroupDetails(
-            parent=CreateParentGroupInfo(id=f"/providers/Microsoft.Management/managementGroups/{world.tenant}"))))
-    ).result()
-    groups.management_group_subscriptions.create("mg-data", SUB_A)
-    scope = "/providers/Microsoft.Management/managementGroups/mg-data"
+    scope = world.place_in_management_group("mg-data")
     world.assign_role(scope, identity.principal_id, CRYPTO_SERVICE_USER)
     world.faults.requests.clear()
 
