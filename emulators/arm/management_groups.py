@@ -166,6 +166,18 @@ class ManagementGroups:
             }),
         }
 
+    def _counts(self, group: ManagementGroup) -> dict[str, int]:
+        """numberOfChildren / numberOfChildGroups / numberOfDescendants of a group entity."""
+        name = group.name.lower()
+        child_groups = [g for g in self.groups.values() if (g.parent or "").lower() == name]
+        subscriptions = [sub for sub in self._subscriptions() if self._parent_of(sub) == name]
+        below = [g for g in self.groups.values() if g is not group and group in self._chain(g.name)]
+        below_subscriptions = [sub for sub in self._subscriptions()
+                               if any(g.name.lower() == name for g in self._chain(self._parent_of(sub)))]
+        return {"numberOfDescendants": len(below) + len(below_subscriptions),
+                "numberOfChildren": len(child_groups) + len(subscriptions),
+                "numberOfChildGroups": len(child_groups)}
+
     # ---- routes ---------------------------------------------------------------------------------------
     def _group(self, req: Request, name: str) -> tuple[int, Any]:
         if req.method == "PUT":
@@ -203,10 +215,12 @@ class ManagementGroups:
         return 200, self._subscription_json(subscription.lower())
 
     def _entities(self, req: Request) -> tuple[int, Any]:
-        entities = [
-            self._entity_json(group.id, group.name, GROUP_TYPE, group.display_name, group.parent)
-            for group in self.groups.values()
-        ] + [
+        entities = []
+        for group in self.groups.values():
+            entity = self._entity_json(group.id, group.name, GROUP_TYPE, group.display_name, group.parent)
+            entity["properties"].update(self._counts(group))
+            entities.append(entity)
+        entities += [
             self._entity_json(f"/subscriptions/{sub}", sub, SUBSCRIPTION_ENTITY_TYPE, sub, self._parent_of(sub))
             for sub in self._subscriptions()
         ]

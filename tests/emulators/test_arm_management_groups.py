@@ -101,6 +101,8 @@ def test_get_entities_gives_every_subscriptions_parent_chain_root_first(env: Env
     assert outside.properties.parent_name_chain == [root]
     assert entities["mg-child"].type == "Microsoft.Management/managementGroups"
     assert entities["mg-child"].properties.parent_name_chain == [root, "mg-parent"]
+    parent = entities["mg-parent"].properties
+    assert (parent.number_of_children, parent.number_of_child_groups, parent.number_of_descendants) == (1, 1, 2)
 
 
 def test_an_assignment_at_a_management_group_reaches_the_subscriptions_below_it(env: Env) -> None:
