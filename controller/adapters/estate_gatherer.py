@@ -6,6 +6,8 @@ What is read, and through what (the management SDKs unless said otherwise):
     per sweep           the encryption scopes of every account: one Resource Graph query (``resources``,
                         type microsoft.storage/storageaccounts/encryptionscopes; 1,000 rows a page);
                         only when Resource Graph refuses or fails, one paged listing per account
+                        (Resource Graph follows ARM within minutes: a scope created just before a
+                        sweep may only be seen by the next one)
     per vault           keys (``Microsoft.KeyVault/vaults/keys``: type, size, current attributes and the
                         rotation policy) and each key's versions, through ARM, so that a vault firewall
                         does not blind the sweep; its diagnostic settings; the role assignments that
