@@ -94,8 +94,8 @@ from controller.vault_policy import VaultPolicy
 
 T = TypeVar("T")
 
-#: Small on purpose: ARM throttles per principal (reads: 250 per 5 minutes refilling at 4 a second per
-#: subscription and principal), and a sweep is not latency-bound.
+#: Small on purpose: ARM throttles reads per principal and subscription, and a sweep is not latency-bound;
+#: 8 rather than 4 because most of a worker's time is waiting for ARM (bench/sweep_bench.py).
 DEFAULT_WORKERS = 8
 #: The subscriptions API version the tenant id is read with (GET /subscriptions/{id}).
 _SUBSCRIPTIONS_API = "2022-12-01"
