@@ -9,8 +9,8 @@ Start it with a Key Vault emulator and (optionally) Azurite::
                                           credential_scopes=["https://management.azure.com/.default"])
 
 The unmodified azure-mgmt-storage, -keyvault, -authorization, -msi, -monitor (6.x, diagnostic
-settings) and -managementgroups clients work against ``arm.url``; any api-version is accepted, answers use the storage.json
-2025-01-01 / keyvault.json 2024-11-01 shapes. PUTs answer 200/201 with the final body
+settings) and -managementgroups clients work against ``arm.url``; any api-version is accepted, answers
+use the storage.json 2025-01-01 / keyvault.json 2024-11-01 shapes. PUTs answer 200/201 with the final body
 (provisioningState Succeeded), so LRO pollers complete at once. ARM only checks that a bearer token is
 present (and decodes sandbox tokens); ARM RBAC is not enforced.
 
