@@ -188,8 +188,8 @@ def _verdict(result: AccessResult, vault: Vault, principal: str, unreadable: lis
                                             + ", ".join(result.missing))
     if result.access is IdentityAccess.GRANTED:
         return AccessVerdict(IdentityAccess.GRANTED, "RBAC: " + "; ".join(
-            f"{arm_name(grant.role_definition_id)} ({name}) at {grant.scope}"
-            for grant, name in zip(result.grants, result.granted_by, strict=True)))
+            f"{arm_name(grant.role_definition_id)}: {granted}"  # "<role GUID>: <role name> at <scope>"
+            for grant, granted in zip(result.grants, result.granted_by, strict=True)))
     if result.access is IdentityAccess.UNKNOWN:
         return AccessVerdict(IdentityAccess.UNKNOWN, "RBAC: not evaluated: " + "; ".join(
             [*result.unevaluated, *unreadable]))
