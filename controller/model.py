@@ -9,6 +9,7 @@ configured custom origins (the local sandbox's) before anything else is done wit
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -51,6 +52,9 @@ def _has_unsafe_characters(text: str) -> bool:
     return not text.isascii() or any(char.isspace() or not char.isprintable() for char in text)
 
 
+# Cached: every key URI a sweep parses is compared with every configured custom origin (a pure function of
+# the text; failures raise and are not cached).
+@functools.lru_cache(maxsize=4096)
 def normalise_origin(value: str) -> str:
     """Return ``https://host[:port]`` (lower-case host, default port dropped) for a vault origin.
 

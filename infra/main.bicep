@@ -219,7 +219,8 @@ var readerScopes = empty(readerSubscriptionIds) ? [
   subscription().subscriptionId
 ] : readerSubscriptionIds
 
-// Access-policy twin of the custom key role, for vaults that do not use Azure RBAC.
+// Access-policy twin of the custom key role, for vaults that do not use Azure RBAC ('list' also lists the
+// deleted keys the compliance sweep reads).
 var accessPolicyReadPermissions = [
   'get'
   'list'

@@ -3,24 +3,28 @@
 What is read, and through what (the management SDKs unless said otherwise):
     per subscription    the subscription (tenant), storage accounts, vaults, deleted vaults and
                         user-assigned identities: one paged listing each
-    per account         its encryption scopes (one paged listing)
+    per account         its encryption scopes (one paged listing). Not from Resource Graph: that Azure
+                        indexes ``storageaccounts/encryptionscopes`` in its ``resources`` table is not
+                        documented, and an unindexed type would answer "no scopes" rather than fail,
+                        so a CMK-001/002 gap would go unseen; ARM's listing is the documented source
     per vault           keys (``Microsoft.KeyVault/vaults/keys``: type, size, current attributes and the
                         rotation policy) and each key's versions, through ARM, so that a vault firewall
                         does not blind the sweep; its diagnostic settings; the role assignments that
                         apply to it (inherited ones included: ``list_for_scope`` without ``atScope()``);
                         its soft-deleted keys from the data plane (the only place they are listed)
     per role definition the definition, once, however many assignments name it
+    per sweep           the subscriptions' management-group ancestry (azure-mgmt-managementgroups
+                        ``entities.list``: getEntities, each subscription's ``parentNameChain``), only
+                        when a role assignment at a management-group scope was read
     per registered container  the census of the key versions wrapping its blobs (controller.blob_census)
 
-Cost: O(subscriptions + accounts + vaults + keys + role definitions + containers + pages); every vault
-and key is read once however many accounts use it. Reads run on a small thread pool. A read that fails
-is recorded as a ``ReadFailure`` (what, why, the HTTP status) and the sweep goes on: the rules turn it
-into a CMK-000 finding.
+Cost: O(subscriptions + accounts + vaults + keys + role definitions + containers + pages) requests, never
+O(accounts x keys); every vault and key is read once however many accounts use it. Reads run on a small thread pool. A read that fails is recorded as a ``ReadFailure`` (what, why, the
+HTTP status) and the sweep goes on: the rules turn it into a CMK-000 finding.
 """
 
 from __future__ import annotations
 
-import enum
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,10 +43,13 @@ from azure.mgmt.monitor import MonitorManagementClient
 from azure.mgmt.msi import ManagedServiceIdentityClient
 from azure.mgmt.storage import StorageManagementClient
 
+from controller.adapters.access_reads import get_role_definition, list_assignments, read_ancestry, vault_from_sdk
 from controller.adapters.azure_errors import translated
 from controller.adapters.credentials import ArmConnection
 from controller.adapters.key_vault import KeyVaultKeys
+from controller.adapters.storage_control import sdk_text
 from controller.blob_census import wrapping_versions
+from controller.compliance.access import is_management_group_scope
 from controller.compliance.drift import (
     DriftFocus,
     FocusedEstate,
@@ -52,7 +59,6 @@ from controller.compliance.drift import (
     select,
 )
 from controller.compliance.estate import (
-    AccessPolicy,
     AccountEncryption,
     AttachedIdentity,
     ContainerCensus,
@@ -63,12 +69,9 @@ from controller.compliance.estate import (
     KeyVaultProperties,
     LogSetting,
     ManagedIdentity,
-    NetworkAcls,
     ReadAspect,
     ReadFailure,
-    RoleAssignment,
     RoleDefinition,
-    RolePermission,
     StorageAccount,
     Subscription,
     UserAssignedIdentity,
@@ -94,13 +97,18 @@ from controller.vault_policy import VaultPolicy
 
 T = TypeVar("T")
 
-#: Small on purpose: ARM throttles per principal, and a sweep is not latency-bound.
-DEFAULT_WORKERS = 4
+#: Small on purpose: ARM throttles reads per principal and subscription, and a sweep is not latency-bound;
+#: 8 rather than 4 because most of a worker's time is waiting for ARM (bench/sweep_bench.py).
+DEFAULT_WORKERS = 8
 #: The subscriptions API version the tenant id is read with (GET /subscriptions/{id}).
 _SUBSCRIPTIONS_API = "2022-12-01"
 
 #: Account tag naming its client-side-encrypted containers (the same tag the re-wrap fan-out reads).
 REWRAP_CONTAINERS_TAG = "cmk-rewrap-containers"
+
+#: What a failed management-group read names (CMK-000): the tenant-level listing of the hierarchy.
+_GET_ENTITIES = "/providers/Microsoft.Management/getEntities"
+
 
 
 class _Failures:
@@ -183,6 +191,10 @@ class EstateGatherer:
         definitions: dict[str, RoleDefinition] = {}
         for part in per_subscription:
             definitions.update(part.role_definitions)
+        swept = tuple(part.subscription for part in per_subscription)
+        if any(is_management_group_scope(assignment.scope)
+               for vault in vaults for assignment in vault.role_assignments or ()):
+            swept = self._with_ancestry(swept, failures)
         census = self._census(accounts, failures)
         return Estate(
             gathered_at=now,
@@ -193,7 +205,7 @@ class EstateGatherer:
             audit=None,  # the audit analysis's, added by the use case (service.run_compliance_sweep)
             user_assigned_identities=tuple(uai for part in per_subscription for uai in part.identities),
             role_definitions=tuple(definitions[key] for key in sorted(definitions)),
-            subscriptions=tuple(part.subscription for part in per_subscription),
+            subscriptions=swept,
             container_census=census,
             read_failures=tuple(failures.items),
             custom_origins=self._custom_origins,
@@ -260,6 +272,15 @@ class EstateGatherer:
                     break
                 request = HttpRequest("GET", str(page["nextLink"]))
         return sorted({str(item["subscriptionId"]).lower() for item in listed if item.get("subscriptionId")})
+
+    def _with_ancestry(self, subscriptions: tuple[Subscription, ...],
+                       failures: _Failures) -> tuple[Subscription, ...]:
+        """The subscriptions with their management groups, nearest first up to the tenant root group, from
+        one paged getEntities listing; unchanged (ancestry unknown) when it cannot be read."""
+        chains = failures.read(_GET_ENTITIES, ReadAspect.MANAGEMENT_GROUPS, partial(
+            read_ancestry, self._arm, [subscription.subscription_id for subscription in subscriptions])) or {}
+        return tuple(replace(subscription, management_groups=chains.get(subscription.subscription_id))
+                     for subscription in subscriptions)
 
     # --- shared helpers used by the per-subscription reader ------------------------------------------
 
@@ -437,30 +458,12 @@ class _SubscriptionReader:
         keys = read(item.id, ReadAspect.KEYS, lambda: self._keys(group, item.name, props.vault_uri))
         diagnostics = read(item.id, ReadAspect.DIAGNOSTIC_SETTINGS, lambda: tuple(
             _diagnostic(setting) for setting in self.monitor.diagnostic_settings.list(item.id)))
-        assignments = read(item.id, ReadAspect.ROLE_ASSIGNMENTS, lambda: tuple(
-            _assignment(entry) for entry in self.authz.role_assignments.list_for_scope(item.id)))
+        assignments = read(item.id, ReadAspect.ROLE_ASSIGNMENTS, partial(list_assignments, self.authz, item.id))
         for assignment in assignments or ():
             self._definition(assignment.role_definition_id)
         deleted = read(item.id, ReadAspect.DELETED_KEYS, lambda: self.g.deleted_keys(props.vault_uri))
-        acls = props.network_acls
-        return Vault(
-            id=item.id,
-            name=item.name,
-            location=item.location or "",
-            vault_uri=props.vault_uri or "",
-            tenant_id=props.tenant_id,
-            enable_soft_delete=props.enable_soft_delete is not False,
-            soft_delete_retention_in_days=props.soft_delete_retention_in_days,
-            enable_purge_protection=bool(props.enable_purge_protection),
-            enable_rbac_authorization=bool(props.enable_rbac_authorization),
-            network_acls=None if acls is None else NetworkAcls(default_action=_text(acls.default_action) or "Allow",
-                                                               bypass=_text(acls.bypass) or "None"),
-            access_policies=tuple(_access_policy(entry) for entry in props.access_policies or ()),
-            keys=keys,
-            deleted_keys=deleted,
-            diagnostic_settings=diagnostics,
-            role_assignments=assignments,
-        )
+        return vault_from_sdk(item, role_assignments=assignments, keys=keys, deleted_keys=deleted,
+                              diagnostic_settings=diagnostics)
 
     def _keys(self, group: str, vault: str, vault_uri: str) -> tuple[VaultKey, ...]:
         """Every key of the vault through ARM, each with its versions (one paged listing per key)."""
@@ -473,7 +476,7 @@ class _SubscriptionReader:
             uri = props.key_uri or f"{vault_uri.rstrip('/')}/keys/{name}"
             keys.append(VaultKey(
                 name=name,
-                kty=_text(props.kty),
+                kty=sdk_text(props.kty),
                 key_size=props.key_size,
                 versions=versions,
                 rotation_policy=_rotation_policy(self.g.key_ref(uri).versionless, props.rotation_policy),
@@ -491,28 +494,13 @@ class _SubscriptionReader:
                 return
             self._definitions[guid] = None
         found = self.failures.read(role_definition_id, ReadAspect.ROLE_DEFINITION,
-                                   lambda: self.authz.role_definitions.get_by_id(role_definition_id))
+                                   partial(get_role_definition, self.authz, role_definition_id))
         if found is not None:
             with self._definition_lock:
-                self._definitions[guid] = RoleDefinition(
-                    id=found.id or role_definition_id,
-                    role_name=found.role_name or "",
-                    role_type=_text(found.role_type) or "CustomRole",
-                    permissions=tuple(RolePermission(data_actions=tuple(p.data_actions or ()),
-                                                     not_data_actions=tuple(p.not_data_actions or ()))
-                                      for p in found.permissions or ()),
-                )
+                self._definitions[guid] = found
 
 
 # --- SDK model -> estate value ----------------------------------------------------------------------------
-
-
-def _text(value: object) -> str:
-    """An SDK enum member or a plain string as Azure spelled it ("" for None): str() of a generated enum
-    member is its Python name (``KeySource.MICROSOFT_KEYVAULT``), its value is Azure's word."""
-    if value is None:
-        return ""
-    return str(value.value) if isinstance(value, enum.Enum) else str(value)
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -530,7 +518,7 @@ def _managed_identity(identity: Any) -> ManagedIdentity:
         return ManagedIdentity()
     attached: Mapping[str, Any] = identity.user_assigned_identities or {}
     return ManagedIdentity(
-        type=_text(identity.type) or "None",
+        type=sdk_text(identity.type) or "None",
         principal_id=identity.principal_id,
         tenant_id=identity.tenant_id,
         user_assigned=tuple(AttachedIdentity(resource_id=rid, principal_id=entry.principal_id,
@@ -544,7 +532,7 @@ def _encryption(encryption: Any) -> AccountEncryption:
     kv = encryption.key_vault_properties
     services = encryption.services
     return AccountEncryption(
-        key_source=_text(encryption.key_source) or "Microsoft.Storage",
+        key_source=sdk_text(encryption.key_source) or "Microsoft.Storage",
         key_vault_properties=None if kv is None else KeyVaultProperties(
             key_name=kv.key_name,
             key_version=kv.key_version,
@@ -560,7 +548,7 @@ def _encryption(encryption: Any) -> AccountEncryption:
 
 
 def _key_type(service: Any) -> str | None:
-    return None if service is None or service.key_type is None else _text(service.key_type)
+    return None if service is None or service.key_type is None else sdk_text(service.key_type)
 
 
 def _scope(scope: Any) -> EncryptionScope:
@@ -568,21 +556,11 @@ def _scope(scope: Any) -> EncryptionScope:
     return EncryptionScope(
         id=scope.id,
         name=scope.name,
-        source=_text(scope.source) or "Microsoft.Storage",
-        state=_text(scope.state) or "Enabled",
+        source=sdk_text(scope.source) or "Microsoft.Storage",
+        state=sdk_text(scope.state) or "Enabled",
         key_uri=kv.key_uri if kv is not None else None,
         current_versioned_key_identifier=kv.current_versioned_key_identifier if kv is not None else None,
         last_key_rotation_timestamp=_aware(kv.last_key_rotation_timestamp) if kv is not None else None,
-    )
-
-
-def _access_policy(entry: Any) -> AccessPolicy:
-    permissions = entry.permissions
-    return AccessPolicy(
-        object_id=entry.object_id,
-        tenant_id=entry.tenant_id,
-        application_id=entry.application_id,
-        keys=tuple(_text(permission) for permission in (permissions.keys_property if permissions else None) or ()),
     )
 
 
@@ -614,11 +592,6 @@ def _diagnostic(setting: Any) -> DiagnosticSetting:
     )
 
 
-def _assignment(entry: Any) -> RoleAssignment:
-    return RoleAssignment(scope=entry.scope, principal_id=entry.principal_id,
-                          role_definition_id=entry.role_definition_id, condition=entry.condition)
-
-
 def _version(entry: Any) -> KeyVersionInfo:
     props = entry.properties
     attributes = props.attributes
@@ -644,7 +617,7 @@ def _rotation_policy(key: KeyRef, policy: Any) -> KeyRotationPolicyInfo:
         key=key,
         lifetime_actions=tuple(
             RotationLifetimeAction(
-                action=_text(action.action.type if action.action is not None else None),
+                action=sdk_text(action.action.type if action.action is not None else None),
                 time_after_create=action.trigger.time_after_create if action.trigger is not None else None,
                 time_before_expiry=action.trigger.time_before_expiry if action.trigger is not None else None,
             )

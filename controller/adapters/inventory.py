@@ -4,8 +4,8 @@ Resource Graph (azure-mgmt-resourcegraph) answers "every storage account that us
 and "every vault" in one paged query over all subscriptions (1,000 rows a page, continued with skip
 tokens). The key is matched here, not in KQL: ``keyvaulturi`` is stored as the customer wrote it
 (trailing slash, case, an explicit :443), so it is compared as a normalised origin. Encryption scopes
-are not in Resource Graph's ``resources`` table: they are listed per candidate account through
-StorageControl (O(accounts) ARM calls, see storage_control.ScopeSearch).
+are listed per candidate account through StorageControl (O(accounts) ARM calls, see
+storage_control.ScopeSearch).
 
 When Resource Graph refuses (403: the identity lacks Microsoft.ResourceGraph/resources/read, or the
 cloud has no Resource Graph: 400/404) the same answer comes from listing each subscription's
@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 from azure.core.rest import HttpRequest
 from azure.mgmt.keyvault import KeyVaultManagementClient
 from azure.mgmt.resourcegraph import ResourceGraphClient
-from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
 from azure.mgmt.storage.models import StorageAccount
 
 from controller.adapters.azure_errors import translated
 from controller.adapters.credentials import ArmConnection
 from controller.adapters.key_access import KeyAccess
+from controller.adapters.resource_graph import PAGE_ROWS, query_rows
 from controller.adapters.storage_control import ScopeSearch, StorageControl
 from controller.audit import principal_accounts
 from controller.errors import InvalidInput, InvalidKeyId, InvalidResourceId, NotFound, PermanentError
@@ -45,9 +45,6 @@ from controller.model import (
 )
 from controller.vault_policy import VaultPolicy
 
-#: Resource Graph's largest page, and its limit of subscriptions per request.
-_PAGE_ROWS = 1000
-_SUBSCRIPTIONS_PER_QUERY = 1000
 _SUBSCRIPTIONS_API_VERSION = "2022-12-01"
 # Listing subscriptions needs only an ARM pipeline (azure-mgmt-resource is not a dependency): a management
 # client's send_request provides one; the subscription id it is built with is not part of that request.
@@ -90,10 +87,10 @@ class Inventory:
         *,
         subscriptions: Sequence[str] = (),
         policy: VaultPolicy,
-        page_rows: int = _PAGE_ROWS,
+        page_rows: int = PAGE_ROWS,
     ) -> None:
-        if not 1 <= page_rows <= _PAGE_ROWS:
-            raise ValueError(f"page_rows must be 1-{_PAGE_ROWS}")
+        if not 1 <= page_rows <= PAGE_ROWS:
+            raise ValueError(f"page_rows must be 1-{PAGE_ROWS}")
         self._page_rows = page_rows
         self._arm = arm
         self.storage = storage
@@ -201,34 +198,11 @@ class Inventory:
     # ---- Resource Graph and subscriptions -----------------------------------------------------------
     def query(self, kql: str) -> Iterator[Mapping[str, Any]]:
         """Rows of a Resource Graph query over the configured subscriptions, every page."""
-        chunks: list[list[str] | None] = (
-            [
-                list(self._subscriptions[start : start + _SUBSCRIPTIONS_PER_QUERY])
-                for start in range(0, len(self._subscriptions), _SUBSCRIPTIONS_PER_QUERY)
-            ]
-            if self._subscriptions
-            else [None]
-        )
-        for subscriptions in chunks:
-            skip_token: str | None = None
-            while True:
-                request = QueryRequest(
-                    query=kql,
-                    subscriptions=subscriptions,
-                    options=QueryRequestOptions(
-                        result_format="objectArray", top=self._page_rows, skip_token=skip_token
-                    ),
-                )
-                with translated("Resource Graph query"):
-                    self.resource_graph_queries += 1
-                    response = self._graph.resources(request)
-                if str(response.result_truncated).lower() == "true":
-                    raise PermanentError("Resource Graph truncated the result and gave no skip token")
-                data: Any = response.data  # objectArray: a list of row objects
-                yield from (row for row in data or () if isinstance(row, Mapping))
-                skip_token = response.skip_token
-                if not skip_token:
-                    break
+        yield from query_rows(self._graph, kql, self._subscriptions, page_rows=self._page_rows,
+                              on_page=self._count_graph_query)
+
+    def _count_graph_query(self) -> None:
+        self.resource_graph_queries += 1
 
     def subscriptions(self) -> tuple[str, ...]:
         """CMK_SUBSCRIPTIONS, or (when empty) every subscription the identity can read."""

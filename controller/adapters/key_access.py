@@ -1,36 +1,35 @@
-"""Can a consumer's encryption identity get, wrapKey and unwrapKey its key? (RULES.md CMK-006)
+"""Can a consumer's encryption identity get, wrapKey and unwrapKey its key? (RULES.md CMK-006, for the reconciler)
 
-Access-policy vaults (azure-mgmt-keyvault ``vaults.get`` -> ``accessPolicies``): the identity's
-entries (objectId, case-insensitive; compound entries with an applicationId do not grant the
-identity alone) together must carry get, wrapKey and unwrapKey (``all`` grants everything).
+What is read goes through the one reader the compliance sweep uses too (adapters/access_reads.py): the
+vault (``vaults.get``), on an RBAC vault the role assignments that apply to it (``list_for_scope`` at the
+vault: at, above and below it, management groups included), the role definitions those of the identity
+name, and, when one of them sits at a management group, the subscriptions' management-group ancestry
+(getEntities). The decision is the pure evaluator's (controller.compliance.access.key_access): access
+policies (``all`` grants everything, compound entries do not count, names compare case-insensitively),
+RBAC data actions with wildcards minus notDataActions, one permission block per needed action, scopes
+from the key up to the tenant root group. ABAC conditions, unreadable role definitions and an unknown
+ancestry make the verdict UNKNOWN unless what could be decided already grants. Deny assignments are not
+read.
 
-RBAC vaults (azure-mgmt-authorization): role assignments of the identity at the key, the vault, its
-resource group or subscription (or above), whose role definitions' permissions carry
-``Microsoft.KeyVault/vaults/keys/read``, ``.../keys/wrap/action`` and ``.../keys/unwrap/action`` in
-``dataActions`` (wildcards allowed) and not in ``notDataActions``. Each needed action must come from
-one permission block of one role (that is how Azure unions roles). Assignments with an ABAC
-condition are not evaluated: if only they could grant, the verdict is UNKNOWN. Deny assignments are
-not read.
-
-Cost per run: one ``vaults.get`` per vault, one role-assignment listing per RBAC vault (at the vault
-scope, which returns the assignments above, at and below it; key-scoped ones are matched per key) and
-one ``get_by_id`` per distinct role definition, whatever the number of consumers. The vault's ARM id
-comes from ``vault_ids`` (Inventory.list_vaults: Resource Graph, or the vault listings), read once.
+Cost per run: one ``vaults.get`` per vault, one role-assignment listing per RBAC vault, one ``get_by_id``
+per distinct role definition and at most one getEntities, whatever the number of consumers. The vault's
+ARM id comes from ``vault_ids`` (Inventory.list_vaults: Resource Graph, or the vault listings), read once.
 Anything unreadable yields IdentityAccess.UNKNOWN with the reason, never a silent grant or denial.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.mgmt.keyvault import KeyVaultManagementClient
 
+from controller.adapters.access_reads import get_role_definition, list_assignments, read_ancestry, vault_from_sdk
 from controller.adapters.azure_errors import translated
 from controller.adapters.credentials import ArmConnection
-from controller.adapters.storage_control import sdk_text
+from controller.compliance.access import AccessResult, is_management_group_scope, key_access
+from controller.compliance.estate import RoleAssignment, RoleDefinition, Subscription, Vault, arm_name, same_name
 from controller.errors import ControllerError
 from controller.model import (
     AccessVerdict,
@@ -43,47 +42,13 @@ from controller.model import (
     VaultResourceId,
 )
 
-#: Access-policy key permissions Azure Storage needs.
-POLICY_PERMISSIONS: tuple[str, ...] = ("get", "wrapkey", "unwrapkey")
-#: RBAC data actions Azure Storage needs (those of Key Vault Crypto Service Encryption User).
-DATA_ACTIONS: tuple[str, ...] = (
-    "Microsoft.KeyVault/vaults/keys/read",
-    "Microsoft.KeyVault/vaults/keys/wrap/action",
-    "Microsoft.KeyVault/vaults/keys/unwrap/action",
-)
-
 
 @dataclass(frozen=True, slots=True)
-class _Assignment:
-    principal_id: str
-    scope: str  # lower case, no trailing slash
-    role_definition_id: str
-    conditional: bool
+class _VaultRead:
+    """One vault as read for access decisions, or why it could not be read."""
 
-
-@dataclass(frozen=True, slots=True)
-class _Permission:
-    data_actions: tuple[str, ...]
-    not_data_actions: tuple[str, ...]
-
-    def allows(self, action: str) -> bool:
-        return any(_matches(pattern, action) for pattern in self.data_actions) and not any(
-            _matches(pattern, action) for pattern in self.not_data_actions
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _VaultAccess:
-    """What was read about one vault: its permission model and the grants relevant to storage."""
-
-    rbac: bool
-    policies: tuple[tuple[str, frozenset[str]], ...] = ()  # (objectId lower, key permissions lower)
-    assignments: tuple[_Assignment, ...] = ()
-    unreadable: str = ""  # why the vault could not be evaluated
-
-
-def _matches(pattern: str, action: str) -> bool:
-    return fnmatch.fnmatchcase(action.lower(), pattern.lower())
+    vault: Vault | None
+    unreadable: str = ""
 
 
 class KeyAccess:
@@ -96,8 +61,9 @@ class KeyAccess:
         self._vault_ids_source = vault_ids
         self._vault_ids: Mapping[VaultOrigin, VaultResourceId] | None = None
         self._vault_ids_error = ""
-        self._vaults: dict[str, _VaultAccess] = {}
-        self._roles: dict[str, tuple[_Permission, ...] | str] = {}  # id lower -> permissions, or why unreadable
+        self._vaults: dict[str, _VaultRead] = {}
+        self._roles: dict[str, RoleDefinition | str] = {}  # id lower -> definition, or why unreadable
+        self._ancestry: dict[str, tuple[str, ...] | None] = {}  # subscription lower -> groups (None: unknown)
         self._keyvault_clients: dict[str, KeyVaultManagementClient] = {}
         self._authz_clients: dict[str, AuthorizationManagementClient] = {}
 
@@ -128,13 +94,20 @@ class KeyAccess:
         if vault_id is None:
             reason = self._vault_ids_error or "not found among the inventoried subscriptions' vaults"
             return AccessVerdict(IdentityAccess.UNKNOWN, f"vault {key.vault.url}: {reason}")
-        vault = self._vault_access(vault_id)
-        if vault.unreadable:
-            return AccessVerdict(IdentityAccess.UNKNOWN, vault.unreadable)
-        principal = identity.principal_id.lower()
-        if not vault.rbac:
-            return _policy_verdict(vault, principal, vault_id)
-        return self._rbac_verdict(vault, principal, f"{vault_id.id}/keys/{key.name}".lower())
+        read = self._vault_read(vault_id)
+        if read.vault is None:
+            return AccessVerdict(IdentityAccess.UNKNOWN, read.unreadable)
+        vault, principal = read.vault, identity.principal_id
+        own = [assignment for assignment in read.vault.role_assignments or ()
+               if same_name(assignment.principal_id, principal)]
+        definitions, unreadable = self._definitions(own, vault_id.subscription_id)
+        subscription = Subscription(
+            subscription_id=vault_id.subscription_id,
+            management_groups=self._groups_of(vault_id.subscription_id)
+            if any(is_management_group_scope(assignment.scope) for assignment in own) else None,
+        )
+        result = key_access(vault, key.name, principal, role_definitions=definitions, subscription=subscription)
+        return _verdict(result, vault, principal.lower(), unreadable)
 
     # ---- reading ------------------------------------------------------------------------------------
     def _vault_id(self, origin: VaultOrigin) -> VaultResourceId | None:
@@ -160,103 +133,64 @@ class KeyAccess:
             self._authz_clients[subscription] = client
         return client
 
-    def _vault_access(self, vault_id: VaultResourceId) -> _VaultAccess:
+    def _vault_read(self, vault_id: VaultResourceId) -> _VaultRead:
         cached = self._vaults.get(vault_id.id.lower())
         if cached is None:
             try:
-                cached = self._read_vault(vault_id)
+                with translated(f"get vault {vault_id.name}"):
+                    item = self._keyvault(vault_id.subscription_id).vaults.get(vault_id.resource_group, vault_id.name)
+                assignments = (list_assignments(self._authz(vault_id.subscription_id), vault_id.id)
+                               if item.properties.enable_rbac_authorization else None)
+                cached = _VaultRead(vault_from_sdk(item, role_assignments=assignments))
             except ControllerError as err:
-                cached = _VaultAccess(rbac=False, unreadable=f"could not read {vault_id.id}: {err}")
+                cached = _VaultRead(None, unreadable=f"could not read {vault_id.id}: {err}")
             self._vaults[vault_id.id.lower()] = cached
         return cached
 
-    def _read_vault(self, vault_id: VaultResourceId) -> _VaultAccess:
-        with translated(f"get vault {vault_id.name}"):
-            vault = self._keyvault(vault_id.subscription_id).vaults.get(vault_id.resource_group, vault_id.name)
-        properties = vault.properties
-        if properties.enable_rbac_authorization:
-            return _VaultAccess(rbac=True, assignments=tuple(self._assignments(vault_id)))
-        policies = tuple(
-            (entry.object_id.lower(), frozenset(sdk_text(p).lower() for p in (entry.permissions.keys_property or ())))
-            for entry in properties.access_policies or ()
-            if entry.object_id and not entry.application_id  # a compound entry needs that application too
-        )
-        return _VaultAccess(rbac=False, policies=policies)
+    def _definitions(
+        self, assignments: list[RoleAssignment], subscription: str
+    ) -> tuple[dict[str, RoleDefinition], list[str]]:
+        """The role definitions the assignments name (each read once per run), by lower-case GUID, and
+        why those that could not be read could not."""
+        definitions: dict[str, RoleDefinition] = {}
+        unreadable: list[str] = []
+        for assignment in assignments:
+            key = assignment.role_definition_id.lower()
+            if key not in self._roles:
+                try:
+                    self._roles[key] = get_role_definition(self._authz(subscription), assignment.role_definition_id)
+                except ControllerError as err:
+                    self._roles[key] = f"role definition {assignment.role_definition_id} is unreadable: {err}"
+            found = self._roles[key]
+            if isinstance(found, str):
+                unreadable.append(found)
+            else:
+                definitions[arm_name(assignment.role_definition_id).lower()] = found
+        return definitions, unreadable
 
-    def _assignments(self, vault_id: VaultResourceId) -> Iterable[_Assignment]:
-        with translated(f"list role assignments of vault {vault_id.name}"):
-            listed = list(self._authz(vault_id.subscription_id).role_assignments.list_for_scope(vault_id.id))
-        for assignment in listed:
-            if assignment.principal_id and assignment.scope and assignment.role_definition_id:
-                yield _Assignment(
-                    principal_id=assignment.principal_id.lower(),
-                    scope=assignment.scope.rstrip("/").lower(),
-                    role_definition_id=assignment.role_definition_id,
-                    conditional=bool(assignment.condition),
-                )
-
-    def _role(self, role_definition_id: str, subscription: str) -> tuple[_Permission, ...] | str:
-        key = role_definition_id.lower()
-        cached = self._roles.get(key)
-        if cached is None:
+    def _groups_of(self, subscription: str) -> tuple[str, ...] | None:
+        """The subscription's management groups (one getEntities per run); None when unreadable."""
+        if subscription.lower() not in self._ancestry:
             try:
-                with translated(f"get role definition {role_definition_id}"):
-                    definition = self._authz(subscription).role_definitions.get_by_id(role_definition_id)
-                cached = tuple(
-                    _Permission(tuple(block.data_actions or ()), tuple(block.not_data_actions or ()))
-                    for block in definition.permissions or ()
-                )
-            except ControllerError as err:
-                cached = f"role definition {role_definition_id} is unreadable: {err}"
-            self._roles[key] = cached
-        return cached
-
-    # ---- deciding -----------------------------------------------------------------------------------
-    def _rbac_verdict(self, vault: _VaultAccess, principal: str, key_scope: str) -> AccessVerdict:
-        vault_scope = key_scope.rsplit("/keys/", 1)[0]
-        subscription = vault_scope.split("/")[2]
-        granted: set[str] = set()
-        evidence: list[str] = []
-        unevaluated: list[str] = []
-        for assignment in vault.assignments:
-            applies = assignment.scope == key_scope or _within(assignment.scope, vault_scope)
-            if assignment.principal_id != principal or not applies:
-                continue
-            if assignment.conditional:
-                unevaluated.append(f"conditional assignment at {assignment.scope}")
-                continue
-            role = self._role(assignment.role_definition_id, subscription)
-            if isinstance(role, str):
-                unevaluated.append(role)
-                continue
-            allowed = {action for action in DATA_ACTIONS if any(block.allows(action) for block in role)}
-            if allowed:
-                evidence.append(f"{assignment.role_definition_id.rsplit('/', 1)[-1]} at {assignment.scope}")
-            granted |= allowed
-        missing = [action for action in DATA_ACTIONS if action not in granted]
-        if not missing:
-            return AccessVerdict(IdentityAccess.GRANTED, "RBAC: " + "; ".join(evidence))
-        if unevaluated:
-            return AccessVerdict(IdentityAccess.UNKNOWN, "RBAC: not evaluated: " + "; ".join(unevaluated))
-        return AccessVerdict(IdentityAccess.DENIED, f"RBAC: principal {principal} lacks {', '.join(missing)}")
+                self._ancestry.update({sub.lower(): groups for sub, groups in
+                                       read_ancestry(self._arm, [subscription]).items()})
+            except ControllerError:
+                self._ancestry[subscription.lower()] = None  # the evaluator says what it could not decide
+        return self._ancestry[subscription.lower()]
 
 
-def _within(scope: str, resource: str) -> bool:
-    """True when a role assignment at ``scope`` applies to ``resource`` (at or above it)."""
-    return scope in ("", "/") or resource == scope or resource.startswith(scope + "/")
-
-
-def _policy_verdict(vault: _VaultAccess, principal: str, vault_id: VaultResourceId) -> AccessVerdict:
-    permissions: set[str] = set()
-    for object_id, granted in vault.policies:
-        if object_id == principal:
-            permissions |= granted
-    if "all" in permissions:
-        return AccessVerdict(IdentityAccess.GRANTED, f"access policy of {vault_id.name}: all")
-    missing = [permission for permission in POLICY_PERMISSIONS if permission not in permissions]
-    if missing:
-        return AccessVerdict(
-            IdentityAccess.DENIED,
-            f"access policy of {vault_id.name}: principal {principal} lacks {', '.join(missing)}",
-        )
-    return AccessVerdict(IdentityAccess.GRANTED, f"access policy of {vault_id.name}: get, wrapKey, unwrapKey")
+def _verdict(result: AccessResult, vault: Vault, principal: str, unreadable: list[str]) -> AccessVerdict:
+    """The evaluator's result as the reconciler's verdict, with its evidence."""
+    if result.model == "access-policy":
+        if result.access is IdentityAccess.GRANTED:
+            return AccessVerdict(IdentityAccess.GRANTED, f"{vault.name}: " + "; ".join(result.granted_by))
+        return AccessVerdict(result.access, f"access policy of {vault.name}: principal {principal} lacks "
+                                            + ", ".join(result.missing))
+    if result.access is IdentityAccess.GRANTED:
+        return AccessVerdict(IdentityAccess.GRANTED, "RBAC: " + "; ".join(
+            f"{arm_name(grant.role_definition_id)}: {granted}"  # "<role GUID>: <role name> at <scope>"
+            for grant, granted in zip(result.grants, result.granted_by, strict=True)))
+    if result.access is IdentityAccess.UNKNOWN:
+        return AccessVerdict(IdentityAccess.UNKNOWN, "RBAC: not evaluated: " + "; ".join(
+            [*result.unevaluated, *unreadable]))
+    return AccessVerdict(IdentityAccess.DENIED, f"RBAC: principal {principal} lacks {', '.join(result.missing)}")

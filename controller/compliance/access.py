@@ -64,6 +64,7 @@ class AccessResult:
     granted_by: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     unevaluated: tuple[str, ...] = ()
+    grants: tuple[RoleAssignment, ...] = ()  # RBAC: the assignments behind ``granted_by``
 
 
 def action_matches(pattern: str, action: str) -> bool:
@@ -78,11 +79,17 @@ def allows(permission: RolePermission, action: str) -> bool:
     )
 
 
+def is_management_group_scope(scope: str) -> bool:
+    """``/providers/Microsoft.Management/managementGroups/<group>`` (any case)."""
+    segments = arm_segments(scope)
+    return segments[:3] == _MANAGEMENT_GROUP_SCOPE and len(segments) == 4
+
+
 def scope_covers(scope: str, resource_id: str, management_groups: tuple[str, ...] | None) -> bool | None:
     """Does an assignment at ``scope`` apply to ``resource_id``? None when it cannot be told (a
     management-group scope and the subscription's ancestry unknown)."""
     scope_segments = arm_segments(scope)
-    if scope_segments[:3] == _MANAGEMENT_GROUP_SCOPE and len(scope_segments) == 4:
+    if is_management_group_scope(scope):
         if management_groups is None:
             return None
         return any(same_name(scope_segments[3], group) for group in management_groups)
@@ -109,6 +116,7 @@ def key_access(
     key_scope = f"{vault.id.rstrip('/')}/keys/{key_name}"
     granted: set[str] = set()
     granted_by: list[str] = []
+    grants: list[RoleAssignment] = []
     unevaluated: list[str] = []
     for assignment in vault.role_assignments:
         if not same_name(assignment.principal_id, principal_id):
@@ -130,13 +138,14 @@ def key_access(
         allowed = {action for action in NEEDED_DATA_ACTIONS if any(allows(block, action) for block in role.permissions)}
         if allowed:
             granted_by.append(f"{role.role_name} at {assignment.scope}")
+            grants.append(assignment)
             granted |= allowed
     missing = tuple(action for action in NEEDED_DATA_ACTIONS if action not in granted)
     if not missing:
-        return AccessResult(IdentityAccess.GRANTED, "rbac", granted_by=tuple(granted_by))
+        return AccessResult(IdentityAccess.GRANTED, "rbac", granted_by=tuple(granted_by), grants=tuple(grants))
     access = IdentityAccess.UNKNOWN if unevaluated else IdentityAccess.DENIED
     return AccessResult(access, "rbac", granted_by=tuple(granted_by), missing=missing,
-                        unevaluated=tuple(unevaluated))
+                        unevaluated=tuple(unevaluated), grants=tuple(grants))
 
 
 def _role(assignment: RoleAssignment, role_definitions: Mapping[str, RoleDefinition]) -> RoleDefinition | None:

@@ -8,9 +8,9 @@ Start it with a Key Vault emulator and (optionally) Azurite::
         storage = StorageManagementClient(cred, SUB, base_url=arm.url, connection_verify=arm.ca_path,
                                           credential_scopes=["https://management.azure.com/.default"])
 
-The unmodified azure-mgmt-storage, -keyvault, -authorization, -msi and -monitor (6.x, diagnostic
-settings) clients work against ``arm.url``; any api-version is accepted, answers use the storage.json
-2025-01-01 / keyvault.json 2024-11-01 shapes. PUTs answer 200/201 with the final body
+The unmodified azure-mgmt-storage, -keyvault, -authorization, -msi, -monitor (6.x, diagnostic
+settings) and -managementgroups clients work against ``arm.url``; any api-version is accepted, answers
+use the storage.json 2025-01-01 / keyvault.json 2024-11-01 shapes. PUTs answer 200/201 with the final body
 (provisioningState Succeeded), so LRO pollers complete at once. ARM only checks that a bearer token is
 present (and decodes sandbox tokens); ARM RBAC is not enforced.
 
@@ -24,6 +24,11 @@ What is emulated (one module per resource provider behind the router in ``emulat
 * user-assigned identities (principalId/clientId), built-in role definitions (``roles.py``), custom
   role definitions, role assignments at any scope, fed to the vaults' RBAC checks;
 * diagnostic settings on any resource; for vaults they configure ``emulators.audit.AuditSink``;
+* management groups (``management_groups.py``, azure-mgmt-managementgroups 2.x): the hierarchy under the
+  tenant root group, subscriptions moved into groups, ``getEntities`` with each entity's parent chain;
+  role assignments at a group's scope reach the subscriptions below it (listings and the vaults' RBAC);
+* Resource Graph's ``resources`` rows include encryption scopes (``resources_snapshot``); the ARM
+  ``/resources`` listing shows top-level resources only;
 * per-account blob endpoints (``blobproxy.py``): ``https://127.0.0.1:<port>/<account>/``, HTTPS proxies
   in front of Azurite. Every account maps to Azurite's devstoreaccount1 with its containers prefixed
   ``<account>-`` (translated both ways; Azurite needs no restart for new accounts); SharedKey

@@ -1,10 +1,13 @@
 """Microsoft.Authorization: built-in and custom role definitions, role assignments at any scope.
 
-ARM RBAC itself is not enforced; the assignments are fed to the vaults' RBAC checks (``sync``)."""
+ARM RBAC itself is not enforced; the assignments are fed to the vaults' RBAC checks (``sync``). An
+assignment applies at and below its scope; a management-group scope applies to every subscription (and
+group) under that group, as ``management_group_covers`` (the Microsoft.Management provider) says."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +69,12 @@ class Authorization:
         self.role_assignments: dict[str, RoleAssignmentRecord] = {}  # name (guid) -> assignment
         self.custom_roles: dict[str, dict[str, Any]] = {}
         self._arm_assignment_names: set[str] = set()  # every assignment ARM ever fed to the vaults
+        # (management-group scope, resource) -> is the resource under that group; set by the router.
+        self.management_group_covers: Callable[[str, str], bool] = lambda scope, resource: False
+
+    def covers(self, scope: str, resource: str) -> bool:
+        """An assignment at ``scope`` applies to ``resource`` (at or below it, management groups included)."""
+        return within(scope, resource) or self.management_group_covers(scope, resource)
 
     def routes(self) -> list[Route]:
         return [
@@ -79,15 +88,23 @@ class Authorization:
         """Feed ARM role assignments to each vault (those at or above the vault, or on its keys)."""
         for state in list(self.keyvault.vaults.values()):
             relevant = [
-                RoleAssignment(r.principal_id, r.role_definition_id, r.scope, id=r.name)
+                RoleAssignment(r.principal_id, r.role_definition_id, self._scope_for_vault(r.scope, state.resource_id),
+                               id=r.name)
                 for r in self.role_assignments.values()
-                if within(r.scope, state.resource_id) or within(state.resource_id, r.scope)
+                if self.covers(r.scope, state.resource_id) or within(state.resource_id, r.scope)
             ]
             with state.lock:
                 own = [a for a in state.role_assignments if a.id not in self._arm_assignment_names]
                 state.role_assignments = own + relevant
                 for guid, definition in self.custom_roles.items():
                     state.role_definitions.setdefault(guid, definition)
+
+    def _scope_for_vault(self, scope: str, vault_id: str) -> str:
+        """The scope as the vault's data plane can match it: the vault only knows resource-id prefixes, so a
+        management-group assignment that covers the vault is handed over at the vault's subscription."""
+        if within(scope, vault_id) or within(vault_id, scope):
+            return scope
+        return "/" + "/".join(vault_id.strip("/").split("/")[:2])
 
     def _role(self, guid: str) -> tuple[dict[str, Any], bool] | None:
         if guid in roles.BUILTIN_ROLES:
@@ -186,8 +203,8 @@ class Authorization:
         for record in self.role_assignments.values():
             if principal and record.principal_id.lower() != principal.group(1).lower():
                 continue
-            above = within(record.scope, scope)
-            below = within(scope, record.scope)
+            above = self.covers(record.scope, scope)
+            below = self.covers(scope, record.scope)
             if above or (below and not at_scope):
                 out.append(record.to_json())
         return 200, {"value": out}

@@ -9,6 +9,7 @@ module per resource provider, each holding its own resources and routes (``routi
 * ``vaults``           Microsoft.KeyVault: vaults and access policies
 * ``authorization``    Microsoft.Authorization: role definitions and assignments
 * ``insights``         Microsoft.Insights: diagnostic settings
+* ``management_groups`` Microsoft.Management: the management-group hierarchy and ``getEntities``
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from . import errors
 from .authorization import Authorization
 from .identities import Identities
 from .insights import DiagnosticSettings
+from .management_groups import ManagementGroups
 from .model import ResourceGroup, StorageAccount, UserAssignedIdentity
 from .resource_events import resource_event
 from .resource_groups import ResourceGroups
@@ -97,6 +99,10 @@ class ArmEmulator:
         )
         self.storage.bindings = self._bindings
         self.authorization = Authorization(keyvault, self.clock)
+        self.management_groups = ManagementGroups(
+            tenant_id, lambda: {subscription for subscription, _ in self.resource_groups.groups})
+        self.authorization.management_group_covers = self.management_groups.covers
+        self.management_groups.on_change = self._hierarchy_changed
         self.vaults = Vaults(self.resource_groups, keyvault, self.authorization)
         self.diagnostic_settings = DiagnosticSettings(audit, self._resource_exists)
         self._tick_task: asyncio.Task[None] | None = None
@@ -248,12 +254,19 @@ class ArmEmulator:
 
     # ---- Resource Graph ------------------------------------------------------------------------------
     def resources_snapshot(self) -> list[dict[str, Any]]:
-        """Every resource in Resource Graph's ``resources`` table shape."""
+        """Every resource in Resource Graph's ``resources`` table shape, encryption scopes included
+        (type ``microsoft.storage/storageaccounts/encryptionscopes``, name the scope's own)."""
         rows: list[dict[str, Any]] = []
         with self._lock:
             self.vaults.sync()
             documents: list[tuple[dict[str, Any], str, str]] = []
             documents += [(a.to_json(), a.subscription_id, a.resource_group) for a in self.accounts.values()]
+            # Child resources Resource Graph indexes too (``GET /resources`` lists only top-level ones).
+            documents += [
+                (scope.to_json(a.id), a.subscription_id, a.resource_group)
+                for a in self.accounts.values()
+                for scope in a.scopes.values()
+            ]
             documents += [
                 (i.to_json(), i.subscription_id, i.resource_group) for i in self.identities.all()
             ]
@@ -400,7 +413,13 @@ class ArmEmulator:
             *self.storage_accounts.routes(),
             *self.vaults.routes(),
             *self.identities.routes(),
+            *self.management_groups.routes(),
         ]
+
+    def _hierarchy_changed(self) -> None:
+        """A group or subscription moved: the vaults' RBAC sees management-group assignments anew."""
+        if self.authorization.role_assignments:
+            self.authorization.sync()
 
     # ---- direct set-up (sandbox and tests, without an ARM request) -------------------------------------
     def ensure_resource_group(self, subscription: str, name: str, location: str = "westeurope") -> ResourceGroup:

@@ -107,6 +107,8 @@ class ResourceGroups:
         for row in self.resources():
             if row["subscriptionId"].lower() != subscription.lower() or (wanted and row["type"] != wanted):
                 continue
+            if row["type"].count("/") > 1:
+                continue  # a child resource (an encryption scope): ARM lists top-level resources only
             fields = {k: row[k] for k in ("id", "name", "location", "tags", "kind", "sku", "identity")}
             rows.append(compact(fields | {"type": CANONICAL_TYPES.get(row["type"], row["type"])}))
         return 200, {"value": rows}

@@ -1,7 +1,7 @@
 // Custom roles that carry exactly the actions the controller performs, where every built-in role is wider:
-// - keys: read keys and rotation policies on the managed vaults (Key Vault Crypto Officer would also allow
-//   create, delete, purge, import, backup, sign, decrypt, ...); rotate only when auto-rotation is on; wrap and
-//   unwrap only when client-side-encrypted containers are registered for re-wrap.
+// - keys: read keys, rotation policies and deleted keys on the managed vaults (Key Vault Crypto Officer would
+//   also allow create, delete, purge, import, backup, sign, decrypt, ...); rotate only when auto-rotation is on;
+//   wrap and unwrap only when client-side-encrypted containers are registered for re-wrap.
 // - storage encryption: read a storage account and update its encryption properties (force adoption of a new
 //   key version), read and update encryption scopes. Storage Account Contributor would also allow listKeys,
 //   regenerateKey, delete, network rules, ...
@@ -21,9 +21,12 @@ param storageEncryptionEnabled bool
 
 var assignableScopes = [for subscriptionId in assignableSubscriptionIds: '/subscriptions/${subscriptionId}']
 
+// deletedKeys/read: the compliance sweep lists each vault's soft-deleted keys on the data plane (the only
+// place they are listed; everything else it reads through ARM with Reader).
 var keyReadActions = [
   'Microsoft.KeyVault/vaults/keys/read'
   'Microsoft.KeyVault/vaults/keyrotationpolicies/read'
+  'Microsoft.KeyVault/vaults/deletedKeys/read'
 ]
 var keyRotateActions = autoRotate ? [
   'Microsoft.KeyVault/vaults/keys/rotate/action'

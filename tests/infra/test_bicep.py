@@ -81,7 +81,11 @@ ALLOWED_CUSTOM_ASSIGNMENTS = {
     ("rewrap-access.bicep", "rewrapRoleGuid"): "Microsoft.Storage/storageAccounts/blobServices/containers",
 }
 
-KEY_READ = {"Microsoft.KeyVault/vaults/keys/read", "Microsoft.KeyVault/vaults/keyrotationpolicies/read"}
+KEY_READ = {
+    "Microsoft.KeyVault/vaults/keys/read",
+    "Microsoft.KeyVault/vaults/keyrotationpolicies/read",
+    "Microsoft.KeyVault/vaults/deletedKeys/read",  # the compliance sweep's one data-plane read
+}
 KEY_ROTATE = {"Microsoft.KeyVault/vaults/keys/rotate/action"}
 KEY_WRAP = {"Microsoft.KeyVault/vaults/keys/wrap/action", "Microsoft.KeyVault/vaults/keys/unwrap/action"}
 STORAGE_ENCRYPTION = {

@@ -31,6 +31,13 @@ from azure.mgmt.keyvault.models import (
     VaultCreateOrUpdateParameters,
     VaultProperties,
 )
+from azure.mgmt.managementgroups import ManagementGroupsMgmtClient
+from azure.mgmt.managementgroups.models import (
+    CreateManagementGroupDetails,
+    CreateManagementGroupProperties,
+    CreateManagementGroupRequest,
+    CreateParentGroupInfo,
+)
 from azure.mgmt.msi import ManagedServiceIdentityClient
 from azure.mgmt.msi.models import Identity as MsiIdentity
 from azure.mgmt.storage import StorageManagementClient
@@ -224,6 +231,17 @@ class World:
                 principal_type="ServicePrincipal",
             ),
         )
+
+    def place_in_management_group(self, group: str, subscription: str = SUB_A) -> str:
+        """Create ``group`` under the tenant root group (azure-mgmt-managementgroups) and move ``subscription``
+        under it; returns the group's scope."""
+        groups = ManagementGroupsMgmtClient(self.cred, **self.mgmt_kwargs())
+        root = f"/providers/Microsoft.Management/managementGroups/{self.tenant}"
+        groups.management_groups.begin_create_or_update(group, CreateManagementGroupRequest(
+            properties=CreateManagementGroupProperties(display_name=group, details=CreateManagementGroupDetails(
+                parent=CreateParentGroupInfo(id=root))))).result()
+        groups.management_group_subscriptions.create(group, subscription)
+        return f"/providers/Microsoft.Management/managementGroups/{group}"
 
     def grant_policy(self, vault: str, principal: str, permissions: list[str] | None = None) -> None:
         entry = AccessPolicyEntry(

@@ -12,9 +12,11 @@ from azure.keyvault.keys import KeyRotationLifetimeAction, KeyRotationPolicy, Ke
 from azure.mgmt.keyvault.models import NetworkRuleSet, VaultPatchParameters, VaultPatchProperties
 
 from controller.adapters.estate_gatherer import EstateGatherer
+from controller.compliance.access import key_access
 from controller.compliance.drift import DriftFocus
 from controller.compliance.estate import Estate, ReadAspect
 from controller.errors import Forbidden
+from controller.model import IdentityAccess
 from controller.ports import BlobPage
 from controller.resource_events import DriftTarget, TargetKind
 from controller.settings import RewrapTarget
@@ -73,9 +75,34 @@ def test_each_vault_and_key_is_read_once_however_many_accounts_use_it(world: Wor
     assert sum(path.endswith("/providers/microsoft.keyvault/vaults") for path in paths) == 1
     assert sum(path.endswith("/providers/microsoft.storage/storageaccounts") for path in paths) == 1
     assert sum("/keys" in path and "/kv-rbac/" in path for path in paths) == 1 + 1  # list, 1 x versions
-    assert requests("GET", "/encryptionscopes") == 6  # one listing per account
+    assert requests("GET", "/encryptionscopes") == 6  # each account's scopes: ARM's listing, the documented source
     definitions = [path for verb, path in world.faults.requests if "/roledefinitions/" in path]
     assert len(definitions) == len(set(definitions))  # each role definition once
+
+
+def scope_view(estate: Estate) -> dict[str, list[tuple[str, str, str, str | None, str | None]]]:
+    return {account.name: [(scope.id, scope.name, scope.source, scope.key_uri, scope.current_versioned_key_identifier)
+                           for scope in account.encryption_scopes or ()]
+            for account in estate.storage_accounts}
+
+
+def test_encryption_scopes_come_from_each_accounts_listing_never_from_resource_graph(world: World) -> None:
+    """Resource Graph is not documented to index encryption scopes: an unindexed type would answer "none"."""
+    build_shared_key_estate(world, accounts=3)
+    first, second, _ = sorted(world.storage().storage_accounts.list(), key=lambda account: account.name)
+    key_uri = f"{world.origin('kv-shared').url}/keys/cmk"
+    world.create_scope(first, "scopea", key_uri)
+    world.create_scope(first, "scopeb", key_uri)
+    world.create_scope(second, "scopec", key_uri)
+    world.faults.requests.clear()
+
+    estate = gather(world, SUB_A)
+
+    assert world.faults.requests_matching("GET", "/encryptionscopes") == 3
+    assert world.faults.resource_graph_queries == 0
+    assert estate.read_failures == ()
+    assert sorted(len(scopes) for scopes in scope_view(estate).values()) == [0, 1, 2]
+    assert all(scope[4] for scopes in scope_view(estate).values() for scope in scopes)  # versioned key id
 
 
 def test_keys_versions_rotation_policy_and_vault_properties_come_through_arm(world: World) -> None:
@@ -188,3 +215,28 @@ def test_a_focused_gather_reads_only_the_touched_vault_and_its_consumers_in_full
                            if account.name != other.name)  # every other account uses kv-shared
     assert not focused.coverage.covers("CMK-006", shared_consumer)
     assert not focused.coverage.covers("CMK-017", world.vaults["kv-rbac"].id)
+def test_a_grant_at_a_management_group_counts_once_the_ancestry_is_read(world: World) -> None:
+    world.create_vault("kv-rbac", rbac=True)
+    world.key_client("kv-rbac").create_rsa_key("cmk", size=2048)
+    identity = world.create_identity("id-mg")
+    world.faults.requests.clear()
+    before = gather(world, SUB_A)
+    assert world.faults.requests_matching("POST", "/getentities") == 0  # no MG-scope grant: not read
+    assert before.subscriptions[0].management_groups is None
+
+    scope = world.place_in_management_group("mg-data")
+    world.assign_role(scope, identity.principal_id, CRYPTO_SERVICE_USER)
+    world.faults.requests.clear()
+
+    estate = gather(world, SUB_A)
+
+    assert world.faults.requests_matching("POST", "/getentities") == 1
+    assert estate.read_failures == ()
+    assert estate.subscriptions[0].management_groups == ("mg-data", world.tenant)  # nearest first
+    vault = next(vault for vault in estate.vaults if vault.name == "kv-rbac")
+    assert scope in {assignment.scope for assignment in vault.role_assignments or ()}
+    result = key_access(vault, "cmk", identity.principal_id,
+                        role_definitions={definition.guid: definition for definition in estate.role_definitions},
+                        subscription=estate.subscriptions[0])
+    assert result.access is IdentityAccess.GRANTED
+    assert any(scope in grant for grant in result.granted_by)

@@ -171,6 +171,20 @@ def test_a_role_without_data_actions_and_other_scopes_do_not_grant(estate: Estat
     assert verdict.access is IdentityAccess.DENIED
 
 
+def test_a_grant_at_a_management_group_above_the_subscription_counts(estate: Estate) -> None:
+    oid = principal()
+    scope = estate.world.place_in_management_group("mg-keys")
+    estate.world.assign_role(scope, oid, CRYPTO_SERVICE_USER)
+    estate.world.faults.requests.clear()
+    with estate.access() as access:
+        verdict = access.evaluate(estate.key("kv-rbac"), identity(oid))
+        unrelated = access.evaluate(estate.key("kv-rbac"), identity(principal()))
+    assert verdict.access is IdentityAccess.GRANTED, verdict.reason
+    assert CRYPTO_SERVICE_USER in verdict.reason and scope in verdict.reason
+    assert unrelated.access is IdentityAccess.DENIED
+    assert estate.world.faults.requests_matching("POST", "/getentities") == 1  # the ancestry, once
+
+
 def test_an_access_policy_does_not_count_on_an_rbac_vault(estate: Estate) -> None:
     oid = principal()
     with estate.access() as access:

@@ -4,9 +4,15 @@ ARM, gathered by the real gatherer (ARM, the Key Vault data plane, Log Analytics
 The misconfigured estate holds what Azure lets a customer reach: an access-policy permission revoked after
 setup, a firewall without the trusted-services bypass, a detached identity, pinned and lagging accounts, a
 key about to expire, a soft-deleted key, a vault without diagnostic settings; and what must NOT be a
-finding: RBAC granted at resource-group scope, the ``all`` permission and mixed-case permissions. (An
-upper-case vault host cannot be built here: the sandbox's vault hosts are IP addresses.) The sweep runs two
-hours after the setup, past its one-hour adoption window, and yields exactly the expected findings.
+finding: RBAC granted at resource-group scope, the ``all`` permission and mixed-case permissions. The sweep
+runs two hours after the setup, past its one-hour adoption window, and yields exactly the expected findings.
+
+Key URIs spelled differently: the sandbox's vault hosts are IP addresses, which have no case, so an
+upper-case vault host cannot be built; a DNS alias (``localhost``) would be another origin, not the same
+vault. The closest variant Azure accepts is built instead: an account configured with the key name in upper
+case and the vault URI with an upper-case scheme and no trailing slash, and an encryption scope whose key URI
+has an upper-case scheme and key name and a trailing slash. (The emulated storage service stores
+``keyvaulturi`` normalised, lower-case scheme and host with a trailing slash; the key name stays as written.)
 """
 
 from __future__ import annotations
@@ -29,7 +35,15 @@ from azure.mgmt.keyvault.models import (
 )
 from azure.mgmt.monitor import MonitorManagementClient
 from azure.mgmt.monitor.models import DiagnosticSettingsResource, LogSettings
-from azure.mgmt.storage.models import Identity, StorageAccountUpdateParameters
+from azure.mgmt.storage.models import (
+    Encryption,
+    EncryptionIdentity,
+    EncryptionScope,
+    EncryptionScopeKeyVaultProperties,
+    Identity,
+    KeyVaultProperties,
+    StorageAccountUpdateParameters,
+)
 
 from controller import service
 from controller.adapters.audit_log import LogAnalyticsAuditLog
@@ -240,3 +254,32 @@ def test_the_misconfigured_estate_yields_exactly_the_expected_findings(sandbox: 
                for finding in report.findings if finding.rule == "CMK-017"}
     assert classes == {"kv-revoked": ["permission"], "kv-firewall": ["firewall"], "kv-deleted": ["key_deleted"]}
     assert {finding.rule for finding in report.findings if finding.rule == "CMK-014"} == {"CMK-014"}
+
+
+def test_a_key_uri_spelled_differently_is_the_same_key(sandbox: Sandbox) -> None:
+    world = sandbox.world
+    vault_with_key(world, "kv-case", "cmk")
+    host = world.vaults["kv-case"].properties.vault_uri.split("://", 1)[1].rstrip("/")
+    plain = cmk_account(world, "kv-case", "cmk", "id-case-plain", permissions=["get", "wrapKey", "unwrapKey"])
+    identity = world.create_identity("id-case-variant")
+    world.grant_policy("kv-case", identity.principal_id, ["get", "wrapKey", "unwrapKey"])
+    variant = world.create_account(uai="id-case-variant")
+    stored = world.storage().storage_accounts.update(RG, variant.name, StorageAccountUpdateParameters(
+        encryption=Encryption(key_source="Microsoft.Keyvault",
+                              key_vault_properties=KeyVaultProperties(key_name="CMK", key_vault_uri=f"HTTPS://{host}"),
+                              encryption_identity=EncryptionIdentity(encryption_user_assigned_identity=identity.id))))
+    assert stored.encryption.key_vault_properties.key_name == "CMK"
+    scope = world.storage().encryption_scopes.put(RG, plain.name, "casescope", EncryptionScope(  # type: ignore[attr-defined]
+        source="Microsoft.KeyVault", key_vault_properties=EncryptionScopeKeyVaultProperties(
+            key_uri=f"HTTPS://{host}/keys/CMK/")))
+    later(world)
+
+    report = sweep(sandbox)
+
+    assert [finding for finding in report.findings if finding.severity.at_least(Severity.LOW)] == []
+    (key,) = report.keys  # one key, however its consumers spell it
+    assert key.key.lower() == f"https://{host}/keys/cmk"
+    (version,) = key.versions
+    assert {user.lower() for user in version.used_by} == {
+        plain.id.lower(), stored.id.lower(), scope.id.lower()}  # type: ignore[attr-defined]
+    assert not version.safe_to_disable
