@@ -137,7 +137,8 @@ def _repoint(document: Any, targets: Targets) -> Any:
         return [_repoint(item, targets) for item in document]
     if isinstance(document, dict):
         repointed = {}
-        for name, value in document.items():
+        for name, original in document.items():
+            value = original
             if name in ("topic", "source") and isinstance(value, str) and "Microsoft.KeyVault/vaults/" in value:
                 value = targets.vault_topic
             elif name in ("subject", "ObjectName") and isinstance(value, str) and "/" not in value:
@@ -233,6 +234,7 @@ class Mutator:
 
     def _unicode_confusable(self, document: Any) -> bytes:
         raw = json.dumps(document, ensure_ascii=False)
-        swaps = {"KeyVault": "KeyVau\u13deT", "vault": "v\u0430ult", "Key": "K\u0435y", "127.0.0.1": "\uff11\uff12\uff17.0.0.1"}
+        swaps = {"KeyVault": "KeyVau\u13deT", "vault": "v\u0430ult", "Key": "K\u0435y",
+                 "127.0.0.1": "\uff11\uff12\uff17.0.0.1"}
         old = self.random.choice(list(swaps))
         return raw.replace(old, swaps[old]).encode()
