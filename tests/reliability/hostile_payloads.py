@@ -119,6 +119,26 @@ def deliveries(targets: Targets) -> st.SearchStrategy[Any]:
     return st.one_of(event, st.lists(event, min_size=1, max_size=4), json_values())
 
 
+def forged_events(targets: Targets, versions: dict[str, str], count: int, seed: int) -> list[dict[str, Any]]:
+    """Well-formed events about the managed vault's real keys that are not true: versions the vault never
+    made, and expiry of keys that are live (``versions``: each key's current version)."""
+    chooser = random.Random(seed)
+    vault_name = targets.vault_topic.rsplit("/", 1)[-1]
+    events = []
+    for index in range(count):
+        key = targets.keys[index % len(targets.keys)]
+        event_type = KEY_EVENT_TYPES[index % len(KEY_EVENT_TYPES)]
+        version = versions[key] if event_type != KEY_EVENT_TYPES[0] else f"{chooser.getrandbits(128):032x}"
+        events.append({
+            "id": f"forged-{seed}-{index}", "topic": targets.vault_topic, "subject": key, "eventType": event_type,
+            "eventTime": "2026-11-30T12:00:00Z", "dataVersion": "1", "metadataVersion": "1",
+            "data": {"Id": f"{targets.vault_origin}/keys/{key}/{version}", "VaultName": vault_name,
+                     "ObjectType": "Key", "ObjectName": key, "Version": version, "NBF": 1764460800,
+                     "EXP": 1764460800 + 3600},
+        })
+    return events
+
+
 # -- the mutation corpus --------------------------------------------------------------------------
 
 def corpus(targets: Targets) -> list[Any]:

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from tests.reliability.conftest import VAULT, Estate, Size, key_name, post
-from tests.reliability.hostile_payloads import Mutator, Targets, deliveries
+from tests.reliability.hostile_payloads import Mutator, Targets, deliveries, forged_events
 from tests.support.loopback_listener import LoopbackListener
 
 pytestmark = pytest.mark.reliability
@@ -90,6 +90,14 @@ def test_hostile_payloads_get_4xx_or_2xx_cause_no_action_and_reach_nothing_outsi
         for index in range(size.hostile_payloads - generated):
             send(mutator.next(), index)
 
+        # Forged but well-formed: the controller checks each against the vault (reads) and changes nothing.
+        versions = {name: estate.seeded["keys"][f"{VAULT}/{name}"]["version"] for name in targets.keys}
+        forged = forged_events(targets, versions, count=max(12, size.hostile_payloads // 40), seed=14)
+        for index, event in enumerate(forged):
+            url = estate.events_url if index % 2 else estate.eventgrid_webhook()
+            status, answer = post(url, json.dumps([event]).encode(), {"aeg-event-type": "Notification"})
+            assert status == 200, (status, answer[:300])
+
         refusals = {
             "oversized": (b'[{"id": "' + b"x" * (1024 * 1024) + b'"}]', 413),
             "nested 100,000 deep": (b"[" * 100_000 + b"]" * 100_000, 400),
@@ -125,7 +133,7 @@ def test_hostile_payloads_get_4xx_or_2xx_cause_no_action_and_reach_nothing_outsi
 
     figures = {
         "payloads": size.hostile_payloads, "generated": generated, "mutated": size.hostile_payloads - generated,
-        "queue_items": queued, "poisoned": poisoned,
+        "forged_events": len(forged), "queue_items": queued, "poisoned": poisoned,
         "events_statuses": dict(sorted(statuses["events"].items())),
         "webhook_statuses": dict(sorted(statuses["webhook"].items())),
         "rejected_by_reason": dict(rejected.most_common()),
@@ -143,6 +151,7 @@ def test_hostile_payloads_get_4xx_or_2xx_cause_no_action_and_reach_nothing_outsi
     assert len(poison_alerts) == len(alerts_raised), [alert["title"] for alert in alerts_raised][:5]
     assert len(poison_alerts) == len(set(poison_alerts)) == poisoned
     assert read_only(dict(vault_delta)), vault_delta
+    assert vault_delta["KeyListVersions"] > 0  # the forged events were checked against the vault, not trusted
     assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
     assert "(Failed" not in log
     assert "failed on attempt" not in log  # a hostile queue item goes to poison at once, never retried
