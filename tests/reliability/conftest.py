@@ -31,6 +31,9 @@ SIZE_VARIABLE = "CMK_RELIABILITY_SIZE"
 RESOURCE_GROUP = "rg-cmk-reliability"
 VAULT = "kv-cmk-reliability"
 PINNED_TAG = {"cmk-pinned-policy": "update"}
+#: A container of client-side-encrypted blobs on the first account, re-wrapped when its key rotates: the
+#: content keys the security scenario searches every log, alert and report for.
+REWRAP_ACCOUNT, REWRAP_CONTAINER = "strel000", "documents"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +49,15 @@ class Size:
     #: Delivery: new versions per key, and how many times each of their events is delivered.
     versions_per_key: int
     deliveries_per_event: int
+    #: Client-side-encrypted blobs in the re-wrapped container.
+    encrypted_blobs: int
 
 
 SIZES = {
     "ci": Size("ci", hostile_payloads=400, hostile_queue_items=60, keys=4, consumers=12,
-               versions_per_key=3, deliveries_per_event=5),
+               versions_per_key=3, deliveries_per_event=5, encrypted_blobs=4),
     "full": Size("full", hostile_payloads=10_000, hostile_queue_items=1_000, keys=20, consumers=100,
-                 versions_per_key=10, deliveries_per_event=5),
+                 versions_per_key=10, deliveries_per_event=5, encrypted_blobs=20),
 }
 
 
@@ -100,12 +105,17 @@ def reliability_scenario(size: Size) -> dict[str, Any]:
         }
         for index in range(size.consumers)
     ]
+    spec["storageAccounts"][0]["tags"] = {"cmk-rewrap-containers": REWRAP_CONTAINER}
+    spec["containers"] = [{
+        "account": REWRAP_ACCOUNT, "name": REWRAP_CONTAINER,
+        "clientSideEncryption": {"vault": VAULT, "key": key_name(0), "version": "2.0"},
+        "blobs": {"count": size.encrypted_blobs, "prefix": "secret-", "sizeBytes": 512},
+    }]
     operator_role = spec["roleDefinitions"][0]["name"]
     spec["roleAssignments"] = [
         {"principal": "$controller", "role": "Reader", "scope": "subscription"},
         {"principal": "$controller", "role": operator_role, "scope": f"resourceGroup:{RESOURCE_GROUP}"},
     ]
-    spec["containers"] = []
     spec["eventSubscriptions"][0] |= {"name": f"{VAULT}-on-key-event", "vault": VAULT}
     return spec
 

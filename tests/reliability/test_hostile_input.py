@@ -2,9 +2,11 @@
 ``events`` function, the Event Grid webhook of the local Functions host and the work queue.
 
 Promise: no 5xx, no unhandled exception in the host, no action (no ARM write, no Key Vault write, no
-alert but the one telling of each item parked on the poison queue), and no outbound request at all to what hostile events name: loopback listeners stand where
-other hosts, userinfo tricks and plain http point, and must see no connection. Oversized and deeply
-nested bodies are refused with a 4xx (a queue item goes to poison at once, with its reason).
+alert but the one telling of each item parked on the poison queue), and no outbound request at all to
+what hostile events name: loopback listeners stand where other hosts, userinfo tricks and plain http
+point, and must see no connection. Forged but well-formed events about the managed keys are checked
+against the vault and change nothing. Oversized and deeply nested bodies are refused with a 4xx (a
+queue item goes to poison at once, with its reason).
 """
 
 from __future__ import annotations
