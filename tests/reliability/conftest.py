@@ -1,7 +1,7 @@
 """The reliability suite's shared estate: one sandbox (emulated Azure plus the controller's function app
 on the local Functions host) seeded once for every scenario of the directory.
 
-Size: ``CMK_RELIABILITY_SIZE=ci`` (the default, what ``make test`` runs) or ``full`` (``make
+Size: ``RELIABILITY_SIZE=ci`` (the default, what ``make test`` runs) or ``full`` (``make
 reliability``). Each scenario prints one JSON line of figures (``report_figures``), visible in the
 test output whatever pytest's capture setting.
 """
@@ -27,7 +27,7 @@ from azure.storage.queue import QueueClient
 from emulators import sandbox
 from emulators.seed import SandboxClients, Seeder, load_scenario
 
-SIZE_VARIABLE = "CMK_RELIABILITY_SIZE"
+SIZE_VARIABLE = "RELIABILITY_SIZE"
 RESOURCE_GROUP = "rg-cmk-reliability"
 VAULT = "kv-cmk-reliability"
 PINNED_TAG = {"cmk-pinned-policy": "update"}
