@@ -54,7 +54,7 @@ class Size:
 
 
 SIZES = {
-    "ci": Size("ci", hostile_payloads=400, hostile_queue_items=60, keys=4, consumers=12,
+    "ci": Size("ci", hostile_payloads=300, hostile_queue_items=40, keys=4, consumers=12,
                versions_per_key=3, deliveries_per_event=5, encrypted_blobs=4),
     "full": Size("full", hostile_payloads=10_000, hostile_queue_items=1_000, keys=20, consumers=100,
                  versions_per_key=10, deliveries_per_event=5, encrypted_blobs=20),
