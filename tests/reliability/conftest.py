@@ -54,8 +54,8 @@ class Size:
 
 
 SIZES = {
-    "ci": Size("ci", hostile_payloads=300, hostile_queue_items=40, keys=4, consumers=12,
-               versions_per_key=3, deliveries_per_event=5, encrypted_blobs=4),
+    "ci": Size("ci", hostile_payloads=200, hostile_queue_items=30, keys=4, consumers=8,
+               versions_per_key=2, deliveries_per_event=5, encrypted_blobs=4),
     "full": Size("full", hostile_payloads=10_000, hostile_queue_items=1_000, keys=20, consumers=100,
                  versions_per_key=10, deliveries_per_event=5, encrypted_blobs=20),
 }
