@@ -8,11 +8,11 @@ import os
 
 import azure.functions as func
 
-from controller.functions import http, key_events, sweep, work
+from controller.functions import http, key_events, resource_events, sweep, work
 from controller.settings import load_settings
 
 load_settings(os.environ)
 
 app = func.FunctionApp()
-for module in (key_events, sweep, work, http):
+for module in (key_events, resource_events, sweep, work, http):
     app.register_functions(module.blueprint)

@@ -54,10 +54,10 @@ class AlertDesk:
             alert, self._ledger.load(alerts.ONE_SHOT_SCOPE, alert.fingerprint),
             now=self._clock.now(), realert_after=self._realert_after))
 
-    def sync(self, scope: str, current: Sequence[Alert]) -> None:
+    def sync(self, scope: str, current: Sequence[Alert], *, within: Callable[[Alert], bool] | None = None) -> None:
         self._decide_and_commit(lambda: alerts.evaluate(
             scope, current, self._ledger.load_scope(scope), now=self._clock.now(),
-            realert_after=self._realert_after))
+            realert_after=self._realert_after, within=within))
 
     # ---- delivery ------------------------------------------------------------------------------------
     def dispatch(self, *, limit: int = DISPATCH_BATCH) -> DeliveryReport:

@@ -18,7 +18,7 @@ notices go wherever the opening went). Nothing here does I/O; ``now`` is passed 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -87,8 +87,12 @@ class Evaluation:
 
 
 def evaluate(scope: str, current: Iterable[Alert], known: Iterable[AlertState], *, now: datetime,
-             realert_after: timedelta) -> Evaluation:
-    """Level-based: ``current`` is every alert of ``scope`` that holds now; ``known`` what the ledger has."""
+             realert_after: timedelta, within: Callable[[Alert], bool] | None = None) -> Evaluation:
+    """Level-based: ``current`` is every alert of ``scope`` that holds now; ``known`` what the ledger has.
+
+    ``within`` narrows a partial evaluation (drift: a few resources re-read): only open alerts it
+    accepts are resolved when missing from ``current``; the others were not looked at. None: the
+    evaluation saw the whole scope."""
     if scope == ONE_SHOT_SCOPE:
         raise ValueError("one-shot alerts go through fire(), not evaluate()")
     by_fingerprint = {state.fingerprint: state for state in known if state.scope == scope}
@@ -108,6 +112,8 @@ def evaluate(scope: str, current: Iterable[Alert], known: Iterable[AlertState], 
             notices.append(notice)
     for fingerprint, state in sorted(by_fingerprint.items()):
         if fingerprint in seen or state.status is not AlertStatus.OPEN:
+            continue
+        if within is not None and not within(state.alert):
             continue
         resolved = replace(state, status=AlertStatus.RESOLVED, resolved_at=now, last_notified_at=now,
                            notifications=state.notifications + 1)

@@ -101,6 +101,11 @@ class RejectReason(enum.StrEnum):
     TOPIC_MISMATCH = "topic_mismatch"  # topic / source names another vault
     SUBJECT_MISMATCH = "subject_mismatch"  # subject names another object
     BAD_TIMESTAMP = "bad_timestamp"  # NBF / EXP is not epoch seconds within 1970-9999
+    # The content of one Azure Resource Manager resource event (controller/resource_events.py).
+    BAD_SUBJECT = "bad_subject"  # subject is not an ARM resource id of the topic's subscription
+    BAD_OPERATION = "bad_operation"  # data.operationName is not <provider>/<type>/<write|delete|action>
+    OPERATION_MISMATCH = "operation_mismatch"  # operationName names another resource type or event kind
+    NOT_SUCCEEDED = "not_succeeded"  # data.status of a ...Success event is not Succeeded
 
 
 @dataclass(frozen=True, slots=True)

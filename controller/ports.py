@@ -6,13 +6,14 @@ hand-written fakes (tests/unit/fakes.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from controller.alerts import AlertState, Delivery, DeliveryReport, Notice
 from controller.audit import AuditReport
+from controller.compliance.drift import DriftFocus, FocusedEstate
 from controller.compliance.estate import Estate
 from controller.model import (
     Alert,
@@ -323,9 +324,10 @@ class Notifier(Protocol):
         """A one-shot alert (nothing will clear it): notified once, again only after the re-alert interval."""
         ...
 
-    def sync(self, scope: str, alerts: Sequence[Alert]) -> None:
+    def sync(self, scope: str, alerts: Sequence[Alert], *, within: Callable[[Alert], bool] | None = None) -> None:
         """Every alert that holds now in ``scope`` (e.g. one key's consumers): new ones are opened,
-        lasting ones reminded of after the re-alert interval, missing ones resolved."""
+        lasting ones reminded of after the re-alert interval, missing ones resolved. ``within``: a
+        partial evaluation resolves only the missing alerts it accepts (None: the whole scope)."""
         ...
 
     def dispatch(self) -> DeliveryReport:
@@ -353,6 +355,11 @@ class EstateReader(Protocol):
     def gather(self, subscriptions: Sequence[str], now: datetime) -> Estate:
         """One snapshot of ``subscriptions`` (empty: every subscription the identity can read). What
         cannot be read is recorded in ``Estate.read_failures``; this raises only when nothing could be."""
+        ...
+
+    def gather_focus(self, subscriptions: Sequence[str], focus: DriftFocus, now: datetime) -> FocusedEstate:
+        """Only what ``focus`` touches, and what its rules need (compliance.drift.select), read in
+        full; the rest of ``subscriptions`` only listed. Raises like ``gather``."""
         ...
 
 

@@ -13,9 +13,11 @@ from datetime import UTC, datetime, timedelta
 from controller import reconciler, rotation
 from controller.audit import AuditReport, checked_window
 from controller.blob_census import wrapping_versions
-from controller.compliance import rules
+from controller.compliance import drift, rules
 from controller.compliance.audit_evidence import audit_evidence
+from controller.compliance.drift import DriftFocus
 from controller.compliance.estate import Estate, ReadAspect, ReadFailure
+from controller.compliance.findings import Finding
 from controller.compliance.formats import render_json
 from controller.compliance.report import ComplianceReport, iso_timestamp, parse_report
 from controller.compliance.resolve import index
@@ -40,6 +42,7 @@ from controller.ports import (
     WorkQueue,
 )
 from controller.reasons import Reason
+from controller.resource_events import ResourceEvent
 from controller.rewrap.budget import BudgetedBlobStore, BudgetExhausted, TimeBudget
 from controller.rewrap.outcomes import Outcome as BlobOutcome
 from controller.rewrap.outcomes import RewrapReport
@@ -276,6 +279,11 @@ def _with_audit_evidence(estate: Estate, deps: Dependencies) -> Estate:
 
 def compliance_alerts(report: ComplianceReport) -> list[Alert]:
     """One alert per finding at or above COMPLIANCE_ALERT_SEVERITY, keyed by the finding's fingerprint."""
+    return finding_alerts(report.findings)
+
+
+def finding_alerts(findings: Iterable[Finding]) -> list[Alert]:
+    """The alerts of findings at or above COMPLIANCE_ALERT_SEVERITY (the sweep's and drift's alike)."""
     return [
         Alert(
             severity=finding.severity,
@@ -287,9 +295,67 @@ def compliance_alerts(report: ComplianceReport) -> list[Alert]:
             fingerprint=finding.fingerprint,
             details={"rule": finding.rule, "evidence": dict(finding.evidence)},
         )
-        for finding in report.findings
+        for finding in findings
         if finding.severity.at_least(COMPLIANCE_ALERT_SEVERITY)
     ]
+
+
+# --- drift: resource events re-evaluate the rules of what they touch -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DriftReport:
+    """What one batch of resource events did: events handled and dropped as duplicates, what was
+    re-read, and the findings that hold now for it."""
+
+    events: tuple[str, ...]
+    duplicates: tuple[str, ...] = ()
+    focus: DriftFocus | None = None
+    findings: tuple[Finding, ...] = ()
+
+    def as_json(self) -> dict[str, object]:
+        return {"events": list(self.events), "duplicates": list(self.duplicates),
+                "focus": self.focus.as_json() if self.focus else None,
+                "findings": [{"rule": item.rule, "resource": item.resource, "severity": item.severity.value}
+                             for item in self.findings]}
+
+
+def handle_resource_events(events: Sequence[ResourceEvent], deps: Dependencies) -> DriftReport:
+    """Drift in seconds: re-read only what the events touched (and what its rules need), re-evaluate
+    only their rules, and sync the compliance alerts for exactly what was re-evaluated.
+
+    An event is a trigger, never the truth: whatever it says, Azure's current state decides, so a
+    duplicate or an out-of-order delivery converges to the same alerts. Event ids are claimed (a
+    redelivery is dropped); a failure to read releases them and propagates, so Event Grid retries.
+    """
+    now = deps.clock.now()
+    ttl = timedelta(hours=deps.settings.event_dedupe_hours)
+    claimed = [event for event in events if deps.ledger.claim_event(event.event_id, now=now, ttl=ttl)]
+    duplicates = tuple(event.event_id for event in events if event not in claimed)
+    if not claimed:
+        log_record(log, logging.INFO, "resource events dropped as duplicates", {"events": list(duplicates)})
+        return DriftReport(events=(), duplicates=duplicates)
+    focus = DriftFocus.of(event.target for event in claimed)
+    try:
+        focused = deps.estate.gather_focus(deps.settings.subscriptions, focus, now)
+        result = drift.evaluate_drift(focused.estate, focused.coverage, rule_settings(deps.settings), now)
+        coverage = result.coverage
+        deps.notifier.sync(COMPLIANCE_ALERT_SCOPE, finding_alerts(result.findings),
+                           within=lambda alert: coverage.covers(_rule_of(alert), alert.resource))
+    except ControllerError:
+        for event in claimed:
+            deps.ledger.release_event(event.event_id)
+        raise
+    report = DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates, focus=focus,
+                         findings=result.findings)
+    log_record(log, logging.INFO, "drift re-evaluated", {
+        **report.as_json(), "events": [event.as_json() for event in claimed]})
+    return report
+
+
+def _rule_of(alert: Alert) -> str | None:
+    rule = alert.details.get("rule")
+    return rule if isinstance(rule, str) else None
 
 
 def report_history_name(generated_at: datetime) -> str:

@@ -16,9 +16,10 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class VaultEvent:
-    """A Key Vault system event before it is put in a delivery schema (Event Grid or CloudEvents).
-
-    ``data`` is exactly Key Vault's event data: Id, VaultName, ObjectType, ObjectName, Version, NBF, EXP.
+    """A system event before it is put in a delivery schema (Event Grid or CloudEvents): a Key Vault
+    event (topic: the vault; ``data`` exactly Key Vault's: Id, VaultName, ObjectType, ObjectName,
+    Version, NBF, EXP) or an Azure Resource Manager resource event (topic: ``/subscriptions/{id}``;
+    subject: the resource id; ``data`` ARM's, ``data_version`` 2), published by emulators/arm.
     """
 
     event_id: str
@@ -27,6 +28,7 @@ class VaultEvent:
     subject: str  # the object name (key name; vault name for VaultAccessPolicyChanged)
     event_time: datetime
     data: dict[str, Any]
+    data_version: str = "1"
 
 
 AuditRecord = dict[str, Any]

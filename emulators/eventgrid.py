@@ -145,7 +145,7 @@ def event_grid_envelope(event: VaultEvent) -> dict[str, Any]:
         "eventType": event.event_type,
         "eventTime": format_event_time(event.event_time),
         "data": event.data,
-        "dataVersion": "1",
+        "dataVersion": event.data_version,
         "metadataVersion": "1",
     }
 
@@ -162,13 +162,69 @@ def cloud_event_envelope(event: VaultEvent) -> dict[str, Any]:
     }
 
 
+ADVANCED_OPERATORS = (
+    "StringBeginsWith", "StringEndsWith", "StringContains", "StringIn",
+    "StringNotBeginsWith", "StringNotEndsWith", "StringNotContains", "StringNotIn",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AdvancedFilter:
+    """One of Event Grid's string advanced filters: ``key`` is ``eventType``, ``subject``, ``topic``,
+    ``id`` or a ``data.`` path. Comparisons ignore case, as Event Grid's do; a missing key (or one that
+    is not a string) matches no positive operator and every negated one."""
+
+    operator_type: str
+    key: str
+    values: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.operator_type not in ADVANCED_OPERATORS:
+            raise EventGridError(f"advanced filter operator {self.operator_type!r}: one of {ADVANCED_OPERATORS}")
+        if not self.values:
+            raise EventGridError("an advanced filter needs at least one value")
+
+    def matches(self, event: VaultEvent) -> bool:
+        value = _event_value(event, self.key)
+        negated = self.operator_type.startswith("StringNot")
+        if not isinstance(value, str):
+            return negated
+        text = value.lower()
+        wanted = [candidate.lower() for candidate in self.values]
+        test = self.operator_type.removeprefix("StringNot").removeprefix("String")
+        if test == "BeginsWith":
+            found = any(text.startswith(candidate) for candidate in wanted)
+        elif test == "EndsWith":
+            found = any(text.endswith(candidate) for candidate in wanted)
+        elif test == "Contains":
+            found = any(candidate in text for candidate in wanted)
+        else:  # In
+            found = text in wanted
+        return found != negated
+
+
+def _event_value(event: VaultEvent, key: str) -> object:
+    envelope: dict[str, Any] = {"eventtype": event.event_type, "subject": event.subject, "topic": event.topic,
+                                "id": event.event_id}
+    if not key.lower().startswith("data."):
+        return envelope.get(key.lower())
+    node: object = event.data
+    for part in key.split(".")[1:]:
+        if not isinstance(node, dict):
+            return None
+        node = next((value for name, value in node.items() if name.lower() == part.lower()), None)
+    return node
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookSubscription:
     """An Event Grid event subscription with a webhook destination.
 
-    ``topic`` restricts it to one vault (the vault's ARM id, as in a system topic on that vault);
-    None listens to every vault of the sandbox. ``system_topic_name`` names the topic in dead-letter
-    blob paths (default: the vault's name). ``retry_time_scale`` compresses the retry schedule.
+    ``topic`` restricts it to one vault (the vault's ARM id, as in a system topic on that vault) or,
+    for Azure Resource Manager's resource events, to one subscription (``/subscriptions/{id}``, as in a
+    ``Microsoft.Resources.Subscriptions`` system topic); None listens to every vault of the sandbox
+    (Key Vault events only). ``system_topic_name`` names the topic in dead-letter blob paths (default:
+    the topic's last segment). ``retry_time_scale`` compresses the retry schedule.
     """
 
     name: str
@@ -177,6 +233,7 @@ class WebhookSubscription:
     included_event_types: tuple[str, ...] | None = None
     subject_begins_with: str = ""
     subject_ends_with: str = ""
+    advanced_filters: tuple[AdvancedFilter, ...] = ()
     topic: str | None = None
     system_topic_name: str | None = None
     max_delivery_attempts: int = 30
@@ -204,12 +261,18 @@ class WebhookSubscription:
     def matches(self, event: VaultEvent) -> bool:
         if self.topic is not None and self.topic.lower() != event.topic.lower():
             return False
+        if self.topic is None and "/providers/microsoft.keyvault/" not in event.topic.lower():
+            return False
         if self.included_event_types is not None and not any(
             wanted.lower() == event.event_type.lower() for wanted in self.included_event_types
         ):
             return False
         subject = event.subject.lower()
-        return subject.startswith(self.subject_begins_with.lower()) and subject.endswith(self.subject_ends_with.lower())
+        if not subject.startswith(self.subject_begins_with.lower()):
+            return False
+        if not subject.endswith(self.subject_ends_with.lower()):
+            return False
+        return all(advanced.matches(event) for advanced in self.advanced_filters)
 
     def topic_name_for(self, event: VaultEvent) -> str:
         return self.system_topic_name or event.topic.rstrip("/").rsplit("/", 1)[-1]

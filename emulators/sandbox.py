@@ -18,6 +18,10 @@ own session) starts, on loopback and free ports:
   API below, which ``python -m emulators seed`` uses for a scenario's ``eventSubscriptions``), or else
   automatically as ``<vault>-on-key-event`` (on_key_event, Event Grid schema, the key event types,
   dead-letter container ``key-events-deadletter``), as the post-deploy hook subscribes managed vaults;
+  and every subscription's resource events (the emulated ARM's, topic ``/subscriptions/{id}``) as
+  ``<subscription>-on-resource-event`` (on_resource_event, the three resource event types, filtered on
+  ``data.operationName`` like infra/modules/resource-events.bicep). A deleted vault does not restart the
+  host (no app setting changes); a new one does;
 * a control API (plain HTTP, loopback, no auth; ``endpoints.control`` in the state file)::
 
       GET  /_sandbox/status                      component health
@@ -89,6 +93,15 @@ KEY_EVENT_TYPES = (
     "Microsoft.KeyVault.KeyExpired",
 )
 RECONCILE_SECONDS = 1.0
+# The subscription system topic's event subscription (infra/modules/resource-events.bicep declares the same).
+RESOURCE_EVENT_FUNCTION = "on_resource_event"
+RESOURCE_EVENT_DEAD_LETTER_CONTAINER = "resource-events-deadletter"
+WATCHED_OPERATION_PREFIXES = (
+    "Microsoft.KeyVault/vaults/",
+    "Microsoft.Storage/storageAccounts/",
+    "Microsoft.Authorization/roleAssignments/",
+)
+READ_ONLY_ACTIONS = ("/listKeys/action", "/listAccountSas/action", "/listServiceSas/action")
 
 
 class SandboxError(RuntimeError):
@@ -531,8 +544,9 @@ class Orchestrator:
                 self._stop_functions()
                 changed = True
             # A host that failed for these vaults is not restarted in a loop: status shows why; a vault change retries.
+            # A deleted vault changes no app setting (in Azure neither): only a new vault restarts the host.
             wanted = self.functions_enabled and origins and origins != self._functions_failed_for
-            if wanted and (self._functions is None or origins != self._functions_vaults):
+            if wanted and (self._functions is None or not set(origins) <= set(self._functions_vaults)):
                 self._restart_functions(origins)
                 changed = True
             if self._functions is not None:
@@ -592,6 +606,35 @@ class Orchestrator:
                     dead_letter_container=spec.dead_letter_container,
                     max_delivery_attempts=spec.max_delivery_attempts,
                     event_ttl_minutes=spec.event_ttl_minutes,
+                )
+            )
+            created = True
+        return self._ensure_resource_event_subscriptions(existing, force=force) or created
+
+    def _ensure_resource_event_subscriptions(self, existing: dict[str, Any], *, force: bool) -> bool:
+        """Every subscription's system topic (Microsoft.Resources.Subscriptions) delivers its resource events
+        on vaults, storage accounts and role assignments to on_resource_event, as the post-deploy hook does."""
+        from emulators.arm.resource_events import EVENT_TYPES
+        from emulators.eventgrid import AdvancedFilter, WebhookSubscription
+
+        created = False
+        for subscription in sorted({sub for sub, _ in list(self.arm.resource_groups.groups)}):
+            name = f"{subscription}-on-resource-event"
+            status = existing.get(name.lower())
+            if status is not None and status.provisioning_state == "Succeeded" and not force:
+                continue
+            self.eventgrid.create_subscription(
+                WebhookSubscription(
+                    name=name,
+                    endpoint_url=self._functions.eventgrid_webhook(RESOURCE_EVENT_FUNCTION),
+                    included_event_types=EVENT_TYPES,
+                    advanced_filters=(
+                        AdvancedFilter("StringBeginsWith", "data.operationName", WATCHED_OPERATION_PREFIXES),
+                        AdvancedFilter("StringNotContains", "data.operationName", READ_ONLY_ACTIONS),
+                    ),
+                    topic=f"/subscriptions/{subscription}",
+                    system_topic_name=f"sub-{subscription}",
+                    dead_letter_container=RESOURCE_EVENT_DEAD_LETTER_CONTAINER,
                 )
             )
             created = True

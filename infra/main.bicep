@@ -74,6 +74,12 @@ param cmkLogAnalyticsEndpoint string = 'https://api.loganalytics.io'
 @description('CMK_ALERT_WEBHOOK_URL, optional: the Key Vault secret that holds the alert webhook URL (such URLs carry a token), as { "vaultName", "secretName", "resourceGroup", "subscriptionId" (default: this subscription), "accessPolicy": true for a vault without Azure RBAC }. The app setting becomes a Key Vault reference resolved with the controller identity, which is granted read on that secret only.')
 param alertWebhookSecret object = {}
 
+@description('CMK_TEAMS_WEBHOOK_URL, optional: the Key Vault secret that holds the Microsoft Teams Workflows webhook URL, in the shape of alertWebhookSecret.')
+param teamsWebhookSecret object = {}
+
+@description('CMK_SLACK_WEBHOOK_URL, optional: the Key Vault secret that holds the Slack incoming webhook URL, in the shape of alertWebhookSecret.')
+param slackWebhookSecret object = {}
+
 @description('CMK_MAX_ACCOUNTS_PER_KEY: CMK-020 advises when more storage accounts than this share one key (1-10000).')
 param cmkMaxAccountsPerKey string = '50'
 
@@ -101,14 +107,9 @@ param cmkRealertAfterHours string = '24'
 @description('CMK_SLACK_MIN_SEVERITY: least severe alert sent to Slack.')
 param cmkSlackMinSeverity string = 'medium'
 
-@description('CMK_SLACK_WEBHOOK_URL: optional Slack incoming webhook. Such URLs carry a token: pass a Key Vault reference, never the URL itself.')
-param cmkSlackWebhookUrl string = ''
-
 @description('CMK_TEAMS_MIN_SEVERITY: least severe alert sent to Teams.')
 param cmkTeamsMinSeverity string = 'medium'
 
-@description('CMK_TEAMS_WEBHOOK_URL: optional Microsoft Teams Workflows webhook. Such URLs carry a token: pass a Key Vault reference, never the URL itself.')
-param cmkTeamsWebhookUrl string = ''
 
 @description('CMK_ALERT_WEBHOOK_MIN_SEVERITY: least severe alert sent to CMK_ALERT_WEBHOOK_URL (critical, high, medium, low, info).')
 param cmkAlertWebhookMinSeverity string = 'info'
@@ -184,12 +185,23 @@ var containers = [for target in rewrapTargets: {
   subscriptionId: contains(target, 'subscriptionId') ? target.subscriptionId : subscription().subscriptionId
 }]
 
-// The alert webhook URL stays in its vault: the app setting is a Key Vault reference, which the platform resolves
-// with keyVaultReferenceIdentity (the controller identity), granted read on that one secret below.
-var webhookSecretConfigured = !empty(alertWebhookSecret)
-var webhookSecretSubscriptionId = webhookSecretConfigured && contains(alertWebhookSecret, 'subscriptionId') ? alertWebhookSecret.subscriptionId : subscription().subscriptionId
-var webhookSecretUsesAccessPolicy = webhookSecretConfigured && contains(alertWebhookSecret, 'accessPolicy') ? bool(alertWebhookSecret.accessPolicy) : false
-var webhookReference = webhookSecretConfigured ? '@Microsoft.KeyVault(SecretUri=https://${alertWebhookSecret.vaultName}${environment().suffixes.keyvaultDns}/secrets/${alertWebhookSecret.secretName}/)' : ''
+// Webhook URLs carry tokens, so each stays in its vault: its app setting is a Key Vault reference, which the platform
+// resolves with keyVaultReferenceIdentity (the controller identity), granted read on that one secret below. Each
+// secret's optional properties get their defaults here; vaultName, secretName and resourceGroup are required.
+var webhookSecretDefaults = {
+  subscriptionId: subscription().subscriptionId
+  accessPolicy: false
+}
+var webhookSecrets = [
+  union(webhookSecretDefaults, alertWebhookSecret, { setting: 'CMK_ALERT_WEBHOOK_URL', configured: !empty(alertWebhookSecret) })
+  union(webhookSecretDefaults, teamsWebhookSecret, { setting: 'CMK_TEAMS_WEBHOOK_URL', configured: !empty(teamsWebhookSecret) })
+  union(webhookSecretDefaults, slackWebhookSecret, { setting: 'CMK_SLACK_WEBHOOK_URL', configured: !empty(slackWebhookSecret) })
+]
+var configuredWebhookSecrets = filter(webhookSecrets, secret => secret.configured)
+// In the order of webhookSecrets (checkov's Bicep parser knows no map() or toObject()).
+var webhookReferences = [for secret in webhookSecrets: (secret.configured) ? '@Microsoft.KeyVault(SecretUri=https://${secret.vaultName}${environment().suffixes.keyvaultDns}/secrets/${secret.secretName}/)' : '']
+var webhookSecretAccessPolicyVaultIds = [for secret in filter(configuredWebhookSecrets, candidate => bool(candidate.accessPolicy)): resourceId(secret.subscriptionId, secret.resourceGroup, 'Microsoft.KeyVault/vaults', secret.vaultName)]
+var webhookSecretSubscriptionIds = [for secret in configuredWebhookSecrets: secret.subscriptionId]
 
 // App settings derived from the lists above, so a vault or container is never granted without being managed.
 var vaultHosts = [for vault in managedVaults: toLower('${vault.name}${environment().suffixes.keyvaultDns}')]
@@ -298,13 +310,13 @@ module functionApp 'modules/function-app.bicep' = {
     cmkExpiryWarningDays: cmkExpiryWarningDays
     cmkRequireCmk: cmkRequireCmk
     cmkReportContainer: cmkReportContainer
-    cmkAlertWebhookUrl: webhookReference
+    cmkAlertWebhookUrl: webhookReferences[0]
     cmkAlertEventGridTopic: alertTopicEnabled ? alertTopic.outputs.endpoint : ''
     cmkRealertAfterHours: cmkRealertAfterHours
     cmkSlackMinSeverity: cmkSlackMinSeverity
-    cmkSlackWebhookUrl: cmkSlackWebhookUrl
+    cmkSlackWebhookUrl: webhookReferences[2]
     cmkTeamsMinSeverity: cmkTeamsMinSeverity
-    cmkTeamsWebhookUrl: cmkTeamsWebhookUrl
+    cmkTeamsWebhookUrl: webhookReferences[1]
     cmkAlertWebhookMinSeverity: cmkAlertWebhookMinSeverity
     cmkAlertEventgridMinSeverity: cmkAlertEventgridMinSeverity
     cmkLogAnalyticsWorkspace: auditEvidenceEnabled ? monitoring.outputs.workspaceCustomerId : ''
@@ -364,16 +376,17 @@ module vaultIntegrations 'modules/vault-integration.bicep' = [for (vault, index)
   }
 }]
 
-module alertWebhookSecretAccess 'modules/secret-reader-access.bicep' = if (webhookSecretConfigured) {
-  name: 'cmk-webhook-secret-${resourceToken}'
-  scope: resourceGroup(webhookSecretSubscriptionId, webhookSecretConfigured ? alertWebhookSecret.resourceGroup : rg.name)
+module webhookSecretAccess 'modules/secret-reader-access.bicep' = [for (secret, index) in configuredWebhookSecrets: {
+  name: 'cmk-webhook-secret-${index}-${resourceToken}'
+  scope: resourceGroup(secret.subscriptionId, secret.resourceGroup)
   params: {
-    vaultName: webhookSecretConfigured ? alertWebhookSecret.vaultName : ''
-    secretName: webhookSecretConfigured ? alertWebhookSecret.secretName : ''
-    useAccessPolicy: webhookSecretUsesAccessPolicy
+    vaultName: secret.vaultName
+    secretName: secret.secretName
+    setting: secret.setting
+    useAccessPolicy: bool(secret.accessPolicy)
     principalId: identity.outputs.principalId
   }
-}
+}]
 
 module deadLetterAccess 'modules/dead-letter-access.bicep' = [for (vault, index) in vaults: {
   name: 'cmk-deadletter-${index}'
@@ -384,6 +397,28 @@ module deadLetterAccess 'modules/dead-letter-access.bicep' = [for (vault, index)
     containerName: deadLetterContainerName
   }
 }]
+
+// Resource events of this subscription (ARM writes, deletes, actions): drift caught in seconds.
+module subscriptionTopic 'modules/subscription-topic.bicep' = {
+  name: 'cmk-subscription-topic-${resourceToken}'
+  scope: rg
+  params: {
+    name: 'evgt-sub-cmk-${resourceToken}'
+    tags: {
+      'cmk-controller': 'resource-events'
+    }
+  }
+}
+
+module subscriptionTopicDeadLetterAccess 'modules/dead-letter-access.bicep' = {
+  name: 'cmk-deadletter-subscription-${resourceToken}'
+  scope: rg
+  params: {
+    principalId: subscriptionTopic.outputs.principalId
+    storageAccountName: storage.outputs.name
+    containerName: deadLetterContainerName
+  }
+}
 
 module storageEncryptionAccess 'modules/storage-encryption-access.bicep' = [for (account, index) in accounts: {
   name: 'cmk-account-${resourceToken}-${index}'
@@ -440,22 +475,23 @@ output KEY_EVENT_SOURCES array = [for vault in vaults: {
   resourceGroup: vault.resourceGroup
   systemTopicName: vault.systemTopicName
 }]
+output RESOURCE_EVENT_SOURCE object = {
+  subscriptionId: subscription().subscriptionId
+  resourceGroup: rg.name
+  systemTopicName: subscriptionTopic.outputs.name
+}
 output CMK_RESOURCE_TOKEN string = resourceToken
 
 // What this environment adds outside its own resource group, for the predown hook (infra/hooks/predown.sh):
 // `azd down` deletes only the resource group it created. Flat lists of resource ids (no JSON parser needed).
 output CMK_VAULT_IDS array = [for vault in vaults: resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.KeyVault/vaults', vault.name)]
-output CMK_ACCESS_POLICY_VAULT_IDS array = union(accessPolicyVaultIds, webhookSecretUsesAccessPolicy ? [
-  resourceId(webhookSecretSubscriptionId, alertWebhookSecret.resourceGroup, 'Microsoft.KeyVault/vaults', alertWebhookSecret.vaultName)
-] : [])
+output CMK_ACCESS_POLICY_VAULT_IDS array = union(accessPolicyVaultIds, webhookSecretAccessPolicyVaultIds)
 output CMK_EVENT_SUBSCRIPTION_IDS array = [for vault in vaults: '${resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.EventGrid/systemTopics', vault.systemTopicName)}/eventSubscriptions/cmk-controller-key-events-${resourceToken}']
 output CMK_CREATED_SYSTEM_TOPIC_IDS array = [for vault in filter(vaults, candidate => !candidate.adoptSystemTopic): resourceId(vault.subscriptionId, vault.resourceGroup, 'Microsoft.EventGrid/systemTopics', vault.systemTopicName)]
 output CMK_DIAGNOSTIC_SETTING_NAME string = 'cmk-controller-audit-${resourceToken}'
 output CMK_ROLE_SUBSCRIPTION_IDS array = union(readerScopes, [
   subscription().subscriptionId
-], webhookSecretConfigured ? [
-  webhookSecretSubscriptionId
-] : [])
+], webhookSecretSubscriptionIds)
 output CMK_CUSTOM_ROLE_IDS array = customRoles.outputs.roleDefinitionIds
 output CMK_POLICY_ASSIGNMENT_IDS array = policyAssignmentsEnabled ? policy.outputs.assignmentIds : []
 output ALERT_TOPIC_ENDPOINT string = alertTopicEnabled ? alertTopic.outputs.endpoint : ''

@@ -25,7 +25,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -43,6 +43,14 @@ from controller.adapters.azure_errors import translated
 from controller.adapters.credentials import ArmConnection
 from controller.adapters.key_vault import KeyVaultKeys
 from controller.blob_census import wrapping_versions
+from controller.compliance.drift import (
+    DriftFocus,
+    FocusedEstate,
+    ListedVault,
+    coverage_of,
+    scope_vaults,
+    select,
+)
 from controller.compliance.estate import (
     AccessPolicy,
     AccountEncryption,
@@ -157,6 +165,8 @@ class EstateGatherer:
         self._registered = tuple(registered_containers)
         self._blob_stores = blob_stores
         self._workers = workers
+        self._clients: dict[tuple[type, str], Any] = {}
+        self._clients_lock = threading.Lock()
 
     def gather(self, subscriptions: Sequence[str], now: datetime) -> Estate:
         """The estate of ``subscriptions`` (empty: every subscription the identity can list). Raises a
@@ -189,6 +199,51 @@ class EstateGatherer:
             custom_origins=self._custom_origins,
         )
 
+    def gather_focus(self, subscriptions: Sequence[str], focus: DriftFocus, now: datetime) -> FocusedEstate:
+        """The part of the estate a few resource events touched (compliance.drift): every subscription's
+        accounts, vaults, deleted vaults and identities listed (one paged listing each), then only the
+        selected vaults and accounts read in full, the way ``gather`` reads them."""
+        failures = _Failures()
+        if not subscriptions:
+            subscriptions = self._subscriptions()
+        with ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="drift") as pool:
+            readers = [_SubscriptionReader(self, sub, failures, pool) for sub in subscriptions]
+            listings = [wait() for wait in [reader.listings() for reader in readers]]
+            accounts = [account for listing in listings for account in listing.accounts]
+            vault_items = [item for listing in listings for item in listing.vault_items]
+            listed = [ListedVault(id=item.id, vault_uri=item.properties.vault_uri or "") for item in vault_items]
+            selection = select(focus, [summary for _, summary in accounts], listed)
+            account_reads = [pool.submit(listing.reader._account, item) for listing in listings
+                             for item, summary in listing.accounts if summary.id.lower() in selection.accounts]
+            vault_reads = {item.id.lower(): pool.submit(listing.reader._vault, item) for listing in listings
+                           for item in listing.vault_items if item.id.lower() in selection.vaults}
+            read_accounts = [future.result() for future in account_reads]
+            # The vaults the touched accounts' encryption scopes use are known once their scopes are read.
+            used_by_scopes = scope_vaults(read_accounts, listed) - vault_reads.keys()
+            for listing in listings:
+                for item in listing.vault_items:
+                    if item.id.lower() in used_by_scopes:
+                        vault_reads[item.id.lower()] = pool.submit(listing.reader._vault, item)
+            read_vaults = [future.result() for future in vault_reads.values()]
+        deleted = [listing.deleted_vaults for listing in listings]
+        definitions: dict[str, RoleDefinition] = {}
+        for reader in readers:
+            definitions.update(reader.definitions())
+        estate = Estate(
+            gathered_at=now,
+            storage_accounts=tuple(read_accounts),
+            vaults=tuple(read_vaults),
+            deleted_vaults=None if any(part is None for part in deleted)
+            else tuple(vault for part in deleted if part is not None for vault in part),
+            audit=None,  # drift never evaluates CMK-017 (compliance.drift.SWEEP_ONLY_RULES)
+            user_assigned_identities=tuple(uai for listing in listings for uai in listing.identities),
+            role_definitions=tuple(definitions[key] for key in sorted(definitions)),
+            subscriptions=tuple(Subscription(subscription_id=sub) for sub in subscriptions),
+            read_failures=tuple(failures.items),
+            custom_origins=self._custom_origins,
+        )
+        return FocusedEstate(estate, coverage_of(estate, selection, listed))
+
     def _subscriptions(self) -> list[str]:
         # Any management client sends a tenant-level request; none of them models GET /subscriptions (that
         # is azure-mgmt-resource's, not a dependency), and the subscription id it is built with is unused.
@@ -209,7 +264,15 @@ class EstateGatherer:
     # --- shared helpers used by the per-subscription reader ------------------------------------------
 
     def mgmt(self, client: type[T], subscription: str) -> T:
-        return client(self._arm.credential, subscription, **self._arm.client_options())  # type: ignore[call-arg]
+        """One management client per type and subscription for the gatherer's life: every sweep and
+        focused gather reuses its connections (a resource event is handled in seconds, not handshakes)."""
+        with self._clients_lock:
+            key = (client, subscription.lower())
+            if key not in self._clients:
+                self._clients[key] = client(self._arm.credential, subscription,  # type: ignore[call-arg]
+                                            **self._arm.client_options())
+            found: T = self._clients[key]
+            return found
 
     def deleted_keys(self, vault_uri: str) -> tuple[DeletedKeyInfo, ...]:
         origin = parse_vault_origin(vault_uri, custom_origins=self._custom_origins)
@@ -252,9 +315,31 @@ class EstateGatherer:
         return wrapping_versions(stores(account), [container], key, policy=self._policy)
 
 
+def _account_summary(item: Any) -> StorageAccount:
+    """An account as its listing shows it (encryption and identity), its scopes not read."""
+    return StorageAccount(
+        id=item.id, name=item.name, location=item.location or "",
+        sku=item.sku.name if item.sku is not None else "", kind=item.kind or "StorageV2",
+        tags=dict(item.tags or {}), identity=_managed_identity(item.identity),
+        encryption=_encryption(item.encryption), encryption_scopes=None,
+    )
+
+
 def _tagged_containers(account: StorageAccount) -> list[str]:
     tagged = account.tag(REWRAP_CONTAINERS_TAG) or ""
     return [container.strip() for container in tagged.split(";") if container.strip()]
+
+
+@dataclass
+class _Listings:
+    """A subscription's listings for a focused gather: accounts (the SDK item and its estate value,
+    scopes not read), vault items, deleted vaults and identities."""
+
+    reader: _SubscriptionReader
+    accounts: list[tuple[Any, StorageAccount]]
+    vault_items: list[Any]
+    deleted_vaults: tuple[DeletedVault, ...] | None
+    identities: list[UserAssignedIdentity]
 
 
 @dataclass
@@ -299,9 +384,29 @@ class _SubscriptionReader:
             _identity(item) for item in self.msi.user_assigned_identities.list_by_subscription()]) or []
         read_accounts = [future.result() for future in accounts or ()]
         read_vaults = [future.result() for future in vaults or ()]  # they read the role definitions
-        definitions = {guid: found for guid, found in self._definitions.items() if found is not None}
+        definitions = self.definitions()
         return _SubscriptionPart(Subscription(subscription_id=self.sub, tenant_id=tenant), read_accounts,
                                  read_vaults, deleted, identities, definitions)
+
+    def listings(self) -> Callable[[], _Listings]:
+        """Start the listings of a focused gather (EstateGatherer.gather_focus) on the pool, all four at
+        once; the returned call waits for them. Called from the gathering thread, never from the pool."""
+        scope = f"/subscriptions/{self.sub}"
+        read = self.failures.read
+        accounts = self.pool.submit(read, scope, ReadAspect.STORAGE_ACCOUNTS, lambda: [
+            (item, _account_summary(item)) for item in self.storage.storage_accounts.list()])
+        vaults = self.pool.submit(read, scope, ReadAspect.VAULTS,
+                                  lambda: list(self.keyvault.vaults.list_by_subscription()))
+        deleted = self.pool.submit(read, scope, ReadAspect.DELETED_VAULTS, lambda: tuple(
+            _deleted_vault(item) for item in self.keyvault.vaults.list_deleted()))
+        identities = self.pool.submit(read, scope, ReadAspect.USER_ASSIGNED_IDENTITIES, lambda: [
+            _identity(item) for item in self.msi.user_assigned_identities.list_by_subscription()])
+        return lambda: _Listings(self, accounts.result() or [], vaults.result() or [], deleted.result(),
+                                 identities.result() or [])
+
+    def definitions(self) -> dict[str, RoleDefinition]:
+        with self._definition_lock:
+            return {guid: found for guid, found in self._definitions.items() if found is not None}
 
     def _tenant(self) -> str | None:
         """The subscription's tenant; None (unknown) when it cannot be read: it only feeds CMK-020's
@@ -321,17 +426,7 @@ class _SubscriptionReader:
         group = arm_resource_group(item.id)
         scopes = self.failures.read(item.id, ReadAspect.ENCRYPTION_SCOPES, lambda: tuple(
             _scope(scope) for scope in self.storage.encryption_scopes.list(group, item.name)))
-        return StorageAccount(
-            id=item.id,
-            name=item.name,
-            location=item.location or "",
-            sku=item.sku.name if item.sku is not None else "",
-            kind=item.kind or "StorageV2",
-            tags=dict(item.tags or {}),
-            identity=_managed_identity(item.identity),
-            encryption=_encryption(item.encryption),
-            encryption_scopes=scopes,
-        )
+        return replace(_account_summary(item), encryption_scopes=scopes)
 
     # --- vaults ---------------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from .authorization import Authorization
 from .identities import Identities
 from .insights import DiagnosticSettings
 from .model import ResourceGroup, StorageAccount, UserAssignedIdentity
+from .resource_events import resource_event
 from .resource_groups import ResourceGroups
 from .routing import Request, Route, new_id
 from .storage import KeyBinding, Principal, StorageKeyService
@@ -351,7 +352,8 @@ class ArmEmulator:
             raise errors.ArmError(
                 400, "InvalidRequestContent", "The request content was invalid and could not be deserialized."
             ) from exc
-        req = Request(request.method, request.path, dict(request.query), body)
+        caller = decode_token(request.headers["Authorization"].partition(" ")[2].strip())  # checked by _middleware
+        req = Request(request.method, request.path, dict(request.query), body, caller=caller, url=str(request.url))
         loop = asyncio.get_running_loop()
         status, payload = await loop.run_in_executor(None, self.dispatch, req)
         if payload is None:
@@ -372,10 +374,22 @@ class ArmEmulator:
                 raise errors.ArmError(405, "MethodNotAllowed", f"The method '{req.method}' is not allowed on '{path}'.")
             with self._lock:
                 self.vaults.sync()
-                return handler(req, *match.groups())
+                status, payload = handler(req, *match.groups())
+            self._publish_resource_event(req, status)
+            return status, payload
         raise errors.ArmError(
             404, "InvalidResourceType", f"The resource type could not be found for the request path '{req.path}'."
         )
+
+    def _publish_resource_event(self, req: Request, status: int) -> None:
+        """ARM's resource event for a successful change (a DELETE answering 204 deleted nothing)."""
+        succeeded = status in (200, 201, 202) if req.method != "DELETE" else status in (200, 202)
+        if req.method not in ("PUT", "PATCH", "DELETE", "POST") or not succeeded:
+            return
+        event = resource_event(method=req.method, path=req.path, url=req.url or req.path, caller=req.caller,
+                               tenant_id=self.tenant_id, now=self.clock.now())
+        if event is not None:
+            self.bus.publish_event(event)
 
     def _routes(self) -> list[Route]:
         # Diagnostic settings and authorization hang below any resource id: matched before everything else.

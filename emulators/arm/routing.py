@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from emulators.keyvault.credential import Principal
+
 SEG = r"([^/]+)"
 SUB = rf"/subscriptions/{SEG}"
 RG = rf"{SUB}/resourcegroups/{SEG}"
@@ -24,6 +26,8 @@ class Request:
     path: str
     query: dict[str, str]
     body: Any
+    caller: Principal | None = None  # who sent it (the resource events' claims)
+    url: str = ""
 
 
 Handler = Callable[..., tuple[int, Any]]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import timedelta
 from typing import Any
 
 from emulators.keyvault import KeyVaultEmulator, VaultState
@@ -23,6 +24,7 @@ from .authorization import Authorization
 from .model import VAULT_TYPE, ResourceGroup, vault_json
 from .resource_groups import ResourceGroups
 from .routing import RG, SEG, SUB, Request, Route
+from .storage import iso
 
 VAULT = rf"{RG}/providers/microsoft\.keyvault/vaults/{SEG}"
 ACCESS_POLICY_KINDS = ("add", "replace", "remove")
@@ -36,12 +38,13 @@ class Vaults:
         self.authorization = authorization
         self.tags: dict[str, dict[str, str]] = {}  # lower-case resource id -> the vault's ARM tags
         self._known: set[str] = set()
+        self.deleted: dict[str, dict[str, Any]] = {}  # lower-case name -> the soft-deleted vault (DeletedVault)
 
     def routes(self) -> list[Route]:
         return [
             (("GET",), rf"{SUB}/providers/microsoft\.keyvault/vaults", self._list_vaults),
             (("GET",), rf"{RG}/providers/microsoft\.keyvault/vaults", self._list_vaults),
-            (("GET", "PUT", "PATCH"), VAULT, self._vault),
+            (("GET", "PUT", "PATCH", "DELETE"), VAULT, self._vault),
             (("PUT",), rf"{VAULT}/accesspolicies/{SEG}", self._access_policy),
             (("GET",), rf"{SUB}/providers/microsoft\.keyvault/deletedvaults", self._list_deleted_vaults),
             (("GET",), rf"{VAULT}/keys", self._list_keys),
@@ -86,6 +89,12 @@ class Vaults:
 
     def _vault(self, req: Request, subscription: str, group: str, name: str) -> tuple[int, Any]:
         state = self._find_vault(subscription, group, name)
+        if req.method == "DELETE":
+            if state is None:
+                self.groups.get(subscription, group)
+                return 204, None  # Vaults_Delete: 204 when there was nothing to delete
+            self._delete_vault(state)
+            return 200, None
         if req.method == "GET":
             if state is None:
                 self.groups.get(subscription, group)
@@ -174,9 +183,31 @@ class Vaults:
             raise errors.resource_not_found(VAULT_TYPE, name, group)
         return state
 
+    def _delete_vault(self, state: VaultState) -> None:
+        """Vaults_Delete: the vault goes (its origin stops answering) and, soft delete being always on,
+        is listed as deleted until its scheduled purge date (purge is not emulated)."""
+        now = self.keyvault.clock.now()
+        self.deleted[state.name.lower()] = {
+            "id": f"/subscriptions/{state.subscription_id}/providers/Microsoft.KeyVault/locations/{state.location}"
+                  f"/deletedVaults/{state.name}",
+            "name": state.name,
+            "type": "Microsoft.KeyVault/deletedVaults",
+            "properties": {
+                "vaultId": state.resource_id,
+                "location": state.location,
+                "deletionDate": iso(now),
+                "scheduledPurgeDate": iso(now + timedelta(days=state.soft_delete_retention_days)),
+                "purgeProtectionEnabled": bool(state.purge_protection),
+                "tags": dict(self.tags.get(state.resource_id.lower(), {})),
+            },
+        }
+        self._known.discard(state.name.lower())
+        self.keyvault.remove_vault(state.name)
+
     def _list_deleted_vaults(self, req: Request, subscription: str) -> tuple[int, Any]:
-        # Vaults are never deleted through this emulator (no Vaults_Delete route), so none is soft-deleted.
-        return 200, {"value": []}
+        prefix = f"/subscriptions/{subscription.lower()}/"
+        return 200, {"value": [entry for entry in self.deleted.values()
+                               if entry["properties"]["vaultId"].lower().startswith(prefix)]}
 
     def _list_keys(self, req: Request, subscription: str, group: str, name: str) -> tuple[int, Any]:
         state = self._existing_vault(subscription, group, name)

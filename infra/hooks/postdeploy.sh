@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# azd postdeploy hook: subscribe the deployed on_key_event function to each managed vault's key events.
+# azd postdeploy hook: subscribe the deployed on_key_event function to each managed vault's key events, and
+# on_resource_event to the subscription's resource events (drift).
 # Runs after `azd deploy` because Event Grid validates the function when the subscription is created. It
 # deploys infra/events.bicep (Bicep, not ad-hoc CLI calls) so that the retry policy, the included event types
 # and the identity-based dead-lettering are declared in code. No key or secret is read: the AzureFunction
@@ -17,6 +18,7 @@ set -euo pipefail
 : "${DEAD_LETTER_CONTAINER_NAME:?}"
 : "${CMK_RESOURCE_TOKEN:?run azd provision first: main.bicep outputs CMK_RESOURCE_TOKEN}"
 : "${KEY_EVENT_SOURCES:?run azd provision first: main.bicep outputs KEY_EVENT_SOURCES}"
+: "${RESOURCE_EVENT_SOURCE:?run azd provision first: main.bicep outputs RESOURCE_EVENT_SOURCE}"
 # Seconds between attempts while the function is indexed and the endpoint warms up (tests set 0).
 retry_seconds="${CMK_HOOK_RETRY_SECONDS:-15}"
 function_name="on_key_event"
@@ -52,6 +54,7 @@ cat >"$parameters" <<JSON
   "contentVersion": "1.0.0.0",
   "parameters": {
     "eventSources": { "value": $KEY_EVENT_SOURCES },
+    "resourceEventSource": { "value": $RESOURCE_EVENT_SOURCE },
     "functionAppId": { "value": "$AZURE_FUNCTION_APP_ID" },
     "functionName": { "value": "$function_name" },
     "deadLetterStorageAccountId": { "value": "$DEAD_LETTER_STORAGE_ACCOUNT_ID" },
@@ -67,7 +70,8 @@ for attempt in 1 2 3; do
       --name "cmk-key-events-${AZURE_ENV_NAME:-controller}" \
       --template-file "$root/infra/events.bicep" --parameters "@$parameters" \
       --only-show-errors --output none; then
-    echo "postdeploy: on_key_event subscribed to the key events of every managed vault."
+    echo "postdeploy: on_key_event subscribed to the key events of every managed vault, on_resource_event to" \
+      "the subscription's resource events."
     exit 0
   fi
   echo "postdeploy: event subscription deployment failed (attempt $attempt/3); retrying..." >&2

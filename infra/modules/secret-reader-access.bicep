@@ -1,9 +1,11 @@
-// Lets the controller identity read the one Key Vault secret that holds the alert webhook URL, so that the
-// platform can resolve the CMK_ALERT_WEBHOOK_URL Key Vault reference (the app's keyVaultReferenceIdentity).
+// Lets the controller identity read the one Key Vault secret that holds an alert webhook URL, so that the
+// platform can resolve the app setting's Key Vault reference (the app's keyVaultReferenceIdentity).
 // On an Azure RBAC vault: Key Vault Secrets User on that secret only. On an access-policy vault, access policies
 // cannot be narrowed to one secret: the policy allows get on the vault's secrets (documented in docs/DEPLOYMENT.md).
 param vaultName string
 param secretName string
+@description('The app setting whose Key Vault reference names this secret.')
+param setting string
 param useAccessPolicy bool
 param principalId string
 
@@ -25,7 +27,7 @@ resource secretReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if 
     roleDefinitionId: keyVaultSecretsUser
     principalId: principalId
     principalType: 'ServicePrincipal'
-    description: 'cmk-controller: resolve the CMK_ALERT_WEBHOOK_URL Key Vault reference (this secret only)'
+    description: 'cmk-controller: resolve the ${setting} Key Vault reference (this secret only)'
   }
 }
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pycep import BicepParser
 
+from controller.resource_events import RESOURCE_EVENT_TYPES, WATCHED_OPERATION_PREFIXES
 from controller.settings import SETTINGS
 
 pytestmark = pytest.mark.unit
@@ -143,6 +144,10 @@ def accessor(expression: Any) -> list[Any] | None:
     return [operands["operand_1"], *(rest if rest is not None else [operands["operand_2"]])]
 
 
+# The deployment's subscription wherever an expression calls subscription().
+SUBSCRIPTION = "00000000-0000-0000-0000-00000000000a"
+
+
 class Scope:
     """Names visible to an expression: parameters (with given values or their defaults) and variables."""
 
@@ -183,11 +188,21 @@ class Scope:
             return [self.evaluate(item) for item in expression]
         if expression == {}:
             return {}
+        if isinstance(expression, dict) and expression.get("type") == "lambda_expression":
+            return self.closure(expression["detail"])
+        path = accessor(expression)
+        if path is not None:
+            value = self.evaluate(path[0])
+            for name in path[1:]:
+                value = value[name]
+            return value
         if isinstance(expression, dict) and "loop_type" in expression:
-            items = self.evaluate(expression["loop_type"]["detail"]["array_name"])
-            if items:
-                raise Unsupported("for-expression over a non-empty array")
-            return []
+            detail = expression["loop_type"]["detail"]
+            results = []
+            for index, item in enumerate(self.evaluate(detail["array_name"])):
+                names = {detail["item_name"]: item, **({detail["index_name"]: index} if "index_name" in detail else {})}
+                results.append(type(self)(self.template, {**self.values, **names}).evaluate(expression["config"]))
+            return results
         called = function(expression)
         if called is not None:
             name, arguments = called
@@ -200,17 +215,43 @@ class Scope:
                 return not self.evaluate(arguments["item_to_test"])
             if name == "contains":
                 return self.evaluate(arguments["item_to_find"]) in self.evaluate(arguments["container"])
+            if name == "subscription":
+                return {"subscriptionId": SUBSCRIPTION, "id": f"/subscriptions/{SUBSCRIPTION}"}
+            if name == "bool":
+                return bool(self.evaluate(arguments["arg_1"]))
+            if name == "union":
+                values = [self.evaluate(argument) for argument in arguments.values()]
+                if all(isinstance(value, list) for value in values):
+                    return list(dict.fromkeys(item for value in values for item in value))
+                merged: dict[str, Any] = {}
+                for value in values:
+                    merged.update(value)
+                return merged
+            if name == "filter":
+                keep = self.evaluate(arguments["expression"])
+                return [item for item in self.evaluate(arguments["input_array"]) if keep(item)]
             raise Unsupported(f"function {name}")
         operator = expression.get("operator", {}) if isinstance(expression, dict) else {}
         if operator.get("type") == "not":
             return not self.evaluate(operator["operands"]["bool_value"])
         if operator.get("type") == "and":
             return all(self.evaluate(operand) for operand in operator["operands"].values())
+        if operator.get("type") == "index_accessor":
+            operands = operator["operands"]
+            return self.evaluate(operands["operand_1"])[self.evaluate(operands["operand_2"])]
         if operator.get("type") == "conditional":
             operands = operator["operands"]
             branch = "true_value" if self.evaluate(operands["condition"]) else "false_value"
             return self.evaluate(operands[branch])
+        if isinstance(expression, dict) and "operator" not in expression and "function" not in expression:
+            return {key: self.evaluate(value) for key, value in expression.items()}
         raise Unsupported(json.dumps(expression)[:200])
+
+    def closure(self, detail: Mapping[str, Any]) -> Callable[[Any], Any]:
+        """A lambda `item => expression` as a Python function of one argument."""
+        return lambda item: type(self)(self.template, {**self.values, detail["var_1"]: item}).evaluate(
+            detail["expression"]
+        )
 
 
 def app_settings() -> dict[str, Any]:
@@ -536,6 +577,26 @@ def test_key_event_subscription_retries_and_dead_letters_with_identity():
     assert int(SETTING_DEFAULTS["CMK_EVENT_DEDUPE_HOURS"]) * 60 > properties["retryPolicy"]["eventTimeToLiveInMinutes"]
 
 
+def test_resource_event_subscription_takes_only_what_the_rules_read_from_the_subscription_topic():
+    (_, topic), = resources(module("subscription-topic.bicep"), "Microsoft.EventGrid/systemTopics")
+    assert body(topic)["properties"]["topicType"] == "Microsoft.Resources.Subscriptions"
+    assert body(topic)["identity"] == {"type": "SystemAssigned"}
+    template = module("resource-events.bicep")
+    ((_, subscription),) = resources(template, "Microsoft.EventGrid/systemTopics/eventSubscriptions")
+    properties = body(subscription)["properties"]
+    assert properties["destination"]["properties"]["resourceId"] == "${functionAppId}/functions/${functionName}"
+    assert template["parameters"]["functionName"]["default"] == "on_resource_event"
+    assert set(properties["filter"]["includedEventTypes"]) == set(RESOURCE_EVENT_TYPES)
+    begins = next(item for item in properties["filter"]["advancedFilters"]
+                  if item["operatorType"] == "StringBeginsWith")
+    assert begins["key"] == "data.operationName"
+    assert set(begins["values"]) == set(WATCHED_OPERATION_PREFIXES)
+    assert properties["retryPolicy"] == {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440}
+    assert properties["deadLetterWithResourceIdentity"]["identity"] == {"type": "SystemAssigned"}
+    assert "deadLetterDestination" not in properties, "dead-lettering must not use a storage key"
+    assert "RESOURCE_EVENT_SOURCE" in parse(INFRA / "main.bicep")["outputs"]
+
+
 def test_azd_runs_the_event_subscription_hook_after_deploy():
     azure_yaml = (ROOT / "azure.yaml").read_text(encoding="utf-8")
     for line in ("project: .", "language: python", "host: function", "postdeploy:"):
@@ -628,8 +689,11 @@ def test_an_adopted_system_topic_keeps_its_identities_and_tags():
     assert accessor(identity["true_value"]["userAssignedIdentities"]) == ["adoptedIdentity", "userAssignedIdentities"]
     assert identity["false_value"] == {"type": "SystemAssigned"}
     tags = topic["tags"]["operator"]["operands"]
-    assert (tags["condition"], tags["true_value"], tags["false_value"]) == ("adoptSystemTopic", "adoptedTags",
-                                                                             "sharedTopicTags")
+    assert (tags["condition"], tags["true_value"], tags["false_value"]) == (
+        "adoptSystemTopic",
+        "adoptedTags",
+        "sharedTopicTags",
+    )
     assert "azd-env-name" not in json.dumps(template["variables"]["sharedTopicTags"]), "shared by every environment"
     call = body(parse(INFRA / "main.bicep")["modules"]["vaultIntegrations"])["params"]
     adopted = call["adoptedTopic"]["operator"]["operands"]
@@ -647,9 +711,19 @@ def test_the_alert_topic_endpoint_reaches_the_app_and_the_identity_may_publish()
     ((_, sender),) = resources(module("alert-topic.bicep"), "Microsoft.Authorization/roleAssignments")
     assert body(sender)["scope"] == "topic"
     assert body(parse(INFRA / "main.bicep")["modules"]["alertTopic"])["params"]["principalId"] == {
-        "operator": {"type": "property_accessor", "operands": {
-            "operand_1": "identity", "operand_2": {"operator": {"type": "property_accessor", "operands": {
-                "operand_1": "outputs", "operand_2": "principalId"}}}}}}
+        "operator": {
+            "type": "property_accessor",
+            "operands": {
+                "operand_1": "identity",
+                "operand_2": {
+                    "operator": {
+                        "type": "property_accessor",
+                        "operands": {"operand_1": "outputs", "operand_2": "principalId"},
+                    }
+                },
+            },
+        }
+    }
 
 
 def test_the_webhook_key_vault_reference_can_be_resolved():
@@ -657,10 +731,17 @@ def test_the_webhook_key_vault_reference_can_be_resolved():
     app = body(dict(resources(module("function-app.bicep"), "Microsoft.Web/sites"))["app"])
     assert app["properties"]["keyVaultReferenceIdentity"] == "identityId"
     main = parse(INFRA / "main.bicep")
-    assert body(main["modules"]["functionApp"])["params"]["cmkAlertWebhookUrl"] == "webhookReference"
-    assert "cmkAlertWebhookUrl" not in main["parameters"], "a raw reference would have no grant behind it"
-    access = main["modules"]["alertWebhookSecretAccess"]
-    assert access["config"]["condition"] == "webhookSecretConfigured"
+    call = body(main["modules"]["functionApp"])["params"]
+    for parameter, setting in (
+        ("cmkAlertWebhookUrl", "CMK_ALERT_WEBHOOK_URL"),
+        ("cmkTeamsWebhookUrl", "CMK_TEAMS_WEBHOOK_URL"),
+        ("cmkSlackWebhookUrl", "CMK_SLACK_WEBHOOK_URL"),
+    ):
+        index = call[parameter]["operator"]["operands"]["operand_2"]
+        assert Scope(main).evaluate("webhookSecrets")[index]["setting"] == setting
+        assert parameter not in main["parameters"], "a raw reference would have no grant behind it"
+    access = main["modules"]["webhookSecretAccess"]
+    assert access["config"]["loop_type"]["detail"]["array_name"] == "configuredWebhookSecrets"
     assert accessor(body(access)["params"]["principalId"]) == ["identity", "outputs", "principalId"]
     template = module("secret-reader-access.bicep")
     ((_, grant),) = resources(template, "Microsoft.Authorization/roleAssignments")

@@ -120,6 +120,8 @@ def azd_outputs() -> dict[str, str]:
         "DEAD_LETTER_STORAGE_ACCOUNT_ID": f"{staging_group}/Microsoft.Storage/storageAccounts/stcmkstagingtoken1",
         "DEAD_LETTER_CONTAINER_NAME": "key-events-deadletter",
         "KEY_EVENT_SOURCES": json.dumps(sources),
+        "RESOURCE_EVENT_SOURCE": json.dumps({"subscriptionId": HOME_SUBSCRIPTION, "resourceGroup": "rg-staging",
+                                             "systemTopicName": f"evgt-sub-cmk-{TOKEN}"}),
         "CMK_RESOURCE_TOKEN": TOKEN,
         "CMK_VAULT_IDS": json.dumps(VAULTS),
         "CMK_ACCESS_POLICY_VAULT_IDS": json.dumps([POLICY_VAULT]),
@@ -238,6 +240,7 @@ def test_postdeploy_deploys_the_event_subscriptions_with_this_environments_token
     parameters = {name: value["value"] for name, value in deployment["parameters"].items()}
     assert parameters["resourceToken"] == TOKEN
     assert parameters["eventSources"] == json.loads(azd_outputs()["KEY_EVENT_SOURCES"])
+    assert parameters["resourceEventSource"] == json.loads(azd_outputs()["RESOURCE_EVENT_SOURCE"])
     assert parameters["functionAppId"] == azd_outputs()["AZURE_FUNCTION_APP_ID"]
     from tests.infra.test_bicep import INFRA, parse  # the events.bicep parameters, by name
 

@@ -12,9 +12,11 @@ from azure.keyvault.keys import KeyRotationLifetimeAction, KeyRotationPolicy, Ke
 from azure.mgmt.keyvault.models import NetworkRuleSet, VaultPatchParameters, VaultPatchProperties
 
 from controller.adapters.estate_gatherer import EstateGatherer
+from controller.compliance.drift import DriftFocus
 from controller.compliance.estate import Estate, ReadAspect
 from controller.errors import Forbidden
 from controller.ports import BlobPage
+from controller.resource_events import DriftTarget, TargetKind
 from controller.settings import RewrapTarget
 from tests.integration.adapter_world import CRYPTO_SERVICE_USER, RG, SUB_A, SUB_FORBIDDEN, World, running_arm
 
@@ -154,3 +156,35 @@ def test_registered_containers_are_counted_and_a_refused_census_is_a_read_failur
     assert (failure.resource, failure.aspect, failure.status_code) == (
         f"{refusing}/secrets", ReadAspect.BLOB_CENSUS, None)
     assert "403" in failure.reason
+
+
+def gatherer_for(world: World) -> EstateGatherer:
+    origins = [world.origin(name).url for name in world.vaults]
+    return EstateGatherer(world.connection(), key_vault_credential=world.cred, policy=world.policy,
+                          custom_origins=origins, key_vault_verify=world.arm.ca_path)
+
+
+def test_a_focused_gather_reads_only_the_touched_vault_and_its_consumers_in_full(world: World) -> None:
+    build_shared_key_estate(world, accounts=3)
+    rbac_user = world.create_identity("id-rbac")
+    other = world.create_account(uai="id-rbac")
+    world.assign_role(world.vaults["kv-rbac"].id, rbac_user.principal_id, CRYPTO_SERVICE_USER)
+    world.enable_cmk(other, "kv-rbac", "cmk", uai="id-rbac")
+    world.faults.requests.clear()
+
+    focus = DriftFocus.of([DriftTarget(TargetKind.VAULT, world.vaults["kv-rbac"].id.lower())])
+    focused = gatherer_for(world).gather_focus([SUB_A], focus, datetime.now(UTC))
+
+    estate = focused.estate
+    assert estate.read_failures == ()
+    assert [vault.name for vault in estate.vaults] == ["kv-rbac"]
+    assert [account.name for account in estate.storage_accounts] == [other.name]
+    assert estate.storage_accounts[0].encryption_scopes == ()  # read in full: its scopes listed
+    requests = world.faults.requests_matching
+    assert requests("GET", "/vaults/kv-shared/keys") == 0  # the untouched vault is only listed
+    assert requests("GET", "/encryptionscopes") == 1
+    assert focused.coverage.covers("CMK-006", other.id)
+    shared_consumer = next(account.id for account in gather(world, SUB_A).storage_accounts
+                           if account.name != other.name)  # every other account uses kv-shared
+    assert not focused.coverage.covers("CMK-006", shared_consumer)
+    assert not focused.coverage.covers("CMK-017", world.vaults["kv-rbac"].id)

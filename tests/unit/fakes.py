@@ -9,6 +9,7 @@ from typing import Any
 
 from controller.alerts import AlertState, Delivery, DeliveryReport, Notice
 from controller.audit import AuditFailureGroup, AuditReport, VaultSource, report_of
+from controller.compliance.drift import DriftFocus, FocusedEstate, ListedVault, coverage_of, scope_vaults, select
 from controller.compliance.estate import Estate
 from controller.errors import Conflict, TransientError
 from controller.model import (
@@ -174,14 +175,16 @@ class FakeNotifier:
 
     alerts: list[Alert] = field(default_factory=list)
     scopes: dict[str, list[Alert]] = field(default_factory=dict)
+    within: dict[str, Callable[[Alert], bool] | None] = field(default_factory=dict)
     dispatches: int = 0
 
     def send(self, alert: Alert) -> None:
         self.alerts.append(alert)
 
-    def sync(self, scope: str, alerts: Sequence[Alert]) -> None:
+    def sync(self, scope: str, alerts: Sequence[Alert], *, within: Callable[[Alert], bool] | None = None) -> None:
         self.alerts.extend(alerts)
         self.scopes[scope] = list(alerts)
+        self.within[scope] = within
 
     def dispatch(self) -> DeliveryReport:
         self.dispatches += 1
@@ -214,14 +217,33 @@ class FakeAuditLog:
 
 @dataclass
 class FakeEstateReader:
-    """Hands out ``estate`` and records the subscriptions each sweep asked for."""
+    """Hands out ``estate`` and records the subscriptions each sweep asked for; a focused gather is
+    the part of ``estate`` that compliance.drift selects, as the gatherer reads it (``focused`` records
+    each focus). ``failure`` is raised by every read when set."""
 
     estate: Estate
     asked: list[tuple[str, ...]] = field(default_factory=list)
+    focused: list[DriftFocus] = field(default_factory=list)
+    failure: Exception | None = None
 
     def gather(self, subscriptions: Sequence[str], now: datetime) -> Estate:
         self.asked.append(tuple(subscriptions))
+        if self.failure is not None:
+            raise self.failure
         return self.estate
+
+    def gather_focus(self, subscriptions: Sequence[str], focus: DriftFocus, now: datetime) -> FocusedEstate:
+        self.focused.append(focus)
+        if self.failure is not None:
+            raise self.failure
+        listed = [ListedVault(id=vault.id, vault_uri=vault.vault_uri) for vault in self.estate.vaults]
+        selection = select(focus, self.estate.storage_accounts, listed)
+        accounts = tuple(account for account in self.estate.storage_accounts
+                         if account.id.lower() in selection.accounts)
+        wanted = selection.vaults | scope_vaults(accounts, listed)
+        partial = replace(self.estate, storage_accounts=accounts, audit=None, container_census=(),
+                          vaults=tuple(vault for vault in self.estate.vaults if vault.id.lower() in wanted))
+        return FocusedEstate(partial, coverage_of(partial, selection, listed))
 
 
 @dataclass

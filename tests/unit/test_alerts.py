@@ -93,6 +93,18 @@ def test_other_scopes_are_never_resolved_by_an_evaluation():
     assert result.notices == () and result.states == ()
 
 
+def test_a_partial_evaluation_resolves_only_the_alerts_within_what_it_evaluated():
+    opened = alerts.evaluate(SCOPE, [alert("st1"), alert("st2")], [], now=T0, realert_after=DAY)
+    partial = alerts.evaluate(SCOPE, [], opened.states, now=T0 + timedelta(hours=1), realert_after=DAY,
+                              within=lambda held: held.resource.endswith("/st1"))
+    assert [(notice.transition, notice.alert.fingerprint) for notice in partial.notices] == [
+        (Transition.RESOLVED, "fp-st1")]
+    new = alerts.evaluate(SCOPE, [alert("st3")], opened.states, now=T0 + timedelta(hours=1), realert_after=DAY,
+                          within=lambda held: False)
+    assert [(notice.transition, notice.alert.fingerprint) for notice in new.notices] == [
+        (Transition.OPENED, "fp-st3")]  # a partial evaluation still opens what it found
+
+
 def test_duplicate_fingerprints_in_one_evaluation_keep_the_most_severe():
     result = alerts.evaluate(SCOPE, [alert(severity=Severity.LOW), alert(severity=Severity.HIGH)], [], now=T0,
                              realert_after=DAY)

@@ -84,12 +84,14 @@ def test_function_app_refuses_to_start_with_invalid_settings(monkeypatch):
 
 def test_indexing_names_triggers_and_bindings(app):
     functions = {function.get_function_name(): function for function in app.get_functions()}
-    assert set(functions) == {"on_key_event", "compliance_sweep", "process_work", "health", "events", "report"}
+    assert set(functions) == {"on_key_event", "on_resource_event", "compliance_sweep", "process_work", "health",
+                              "events", "report"}
 
     def bindings(name):
         return {binding.name: binding.get_dict_repr() for binding in functions[name].get_bindings()}
 
     assert bindings("on_key_event")["event"]["type"] == "eventGridTrigger"
+    assert bindings("on_resource_event")["event"]["type"] == "eventGridTrigger"
 
     timer = bindings("compliance_sweep")["timer"]
     assert timer["type"] == "timerTrigger"
@@ -159,6 +161,34 @@ def test_on_key_event_acknowledges_rejected_and_ignored_events_without_claiming(
     messages = [record.getMessage() for record in caplog.records]
     assert any(message.startswith("key event rejected") and "vault_not_allowed" in message for message in messages)
     assert any(message.startswith("event ignored") for message in messages)
+
+
+def resource_event(event_id: str, *, subject: str = estate_builders.VAULT_ID,
+                   operation: str = "Microsoft.KeyVault/vaults/write") -> func.EventGridEvent:
+    data = {"resourceUri": subject, "operationName": operation, "status": "Succeeded",
+            "subscriptionId": estate_builders.SUB, "tenantId": estate_builders.TENANT, "claims": {}}
+    return func.EventGridEvent(
+        id=event_id, data=data, topic=f"/subscriptions/{estate_builders.SUB}", subject=subject,
+        event_type="Microsoft.Resources.ResourceWriteSuccess", event_time=datetime(2026, 12, 3, tzinfo=UTC),
+        data_version="2")
+
+
+def test_on_resource_event_re_evaluates_once_and_acknowledges_rejected_and_ignored_events(app, ledger, caplog):
+    handler = user_function(app, "on_resource_event")
+    with caplog.at_level(logging.INFO, logger="controller"):
+        handler(resource_event("arm-1"))
+        handler(resource_event("arm-1"))  # redelivered
+        handler(resource_event("arm-2", operation="Microsoft.KeyVault/vaults/delete"))  # a write is not a delete
+        handler(resource_event("arm-3", subject=f"/subscriptions/{estate_builders.SUB}/resourceGroups/rg"
+                               "/providers/Microsoft.Web/sites/app", operation="Microsoft.Web/sites/write"))
+    assert list(ledger.claims) == ["arm-1"]
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum(message.startswith("drift re-evaluated") for message in messages) == 1
+    assert any(message.startswith("resource events dropped as duplicates") for message in messages)
+    assert any(message.startswith("resource event rejected") and "operation_mismatch" in message
+               for message in messages)
+    assert any(message.startswith("resource event ignored") and "Microsoft.Web/sites" in message
+               for message in messages)
 
 
 def test_on_key_event_propagates_transient_failures_so_event_grid_retries(app, ledger):

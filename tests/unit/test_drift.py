@@ -1,0 +1,179 @@
+"""Drift: what resource events make the controller re-read, and the targeted re-evaluation and alerts
+(controller/compliance/drift.py, service.handle_resource_events) over hand-built estates and fakes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from controller import service
+from controller.alert_desk import AlertDesk
+from controller.alerts import ChannelKind, ChannelRoute, Transition
+from controller.compliance.drift import DRIFT_RULES, DriftFocus, ListedVault, select
+from controller.compliance.estate import NetworkAcls
+from controller.errors import TransientError
+from controller.model import Severity
+from controller.resource_events import DriftTarget, ResourceEvent, ResourceEventKind, TargetKind
+from controller.settings import load_settings
+from tests.unit import estate_builders as eb
+from tests.unit.fakes import FakeAlertLedger, FakeChannel, FakeClock, FakeEstateReader, FakeLedger, fake_dependencies
+
+pytestmark = pytest.mark.unit
+
+OTHER_VAULT_NAME = "fabrikam-cmk"
+OTHER_VAULT_ID = eb.VAULT_ID.replace(eb.VAULT_NAME, OTHER_VAULT_NAME)
+OTHER_VAULT_URI = eb.VAULT_URI.replace(eb.VAULT_NAME, OTHER_VAULT_NAME)
+FIREWALL_ON = NetworkAcls(default_action="Deny", bypass="None")
+
+
+def two_vault_estate(**vault_overrides: object):
+    """acct1 uses contoso-cmk; acct2 uses fabrikam-cmk (both compliant unless overridden)."""
+    first = eb.vault(**vault_overrides)
+    second = eb.vault(name=OTHER_VAULT_NAME, vault_id=OTHER_VAULT_ID, vault_uri=OTHER_VAULT_URI)
+    accounts = (eb.account("acct1"),
+                eb.account("acct2", key_vault_uri=OTHER_VAULT_URI,
+                           current=f"{OTHER_VAULT_URI.rstrip('/')}/keys/{eb.KEY_NAME}/{eb.V2}"))
+    return eb.estate(accounts=accounts, vaults=(first, second))
+
+
+def listed(estate):
+    return [ListedVault(id=vault.id, vault_uri=vault.vault_uri) for vault in estate.vaults]
+
+
+def event(target: DriftTarget, event_id: str = "e1", *, kind: ResourceEventKind = ResourceEventKind.WRITE):
+    return ResourceEvent(event_id=event_id, kind=kind, event_type="Microsoft.Resources.ResourceWriteSuccess",
+                         subscription_id=eb.SUB, resource_id=target.resource_id,
+                         operation_name=f"Microsoft.KeyVault/vaults/{kind.value}", target=target, event_time=eb.NOW)
+
+
+VAULT_CHANGED = DriftTarget(TargetKind.VAULT, eb.VAULT_ID.lower())
+
+
+# --- what is read ---------------------------------------------------------------------------------------
+
+
+def test_a_vault_event_reads_the_vault_and_every_account_using_it_but_not_the_others():
+    estate = two_vault_estate()
+    chosen = select(DriftFocus.of([VAULT_CHANGED]), estate.storage_accounts, listed(estate))
+    assert chosen.vaults == {eb.VAULT_ID.lower()}
+    assert chosen.accounts == {eb.account_id("acct1").lower()}
+    assert chosen.gone == frozenset()
+
+
+def test_an_account_event_reads_the_account_its_vault_and_that_vault_s_other_consumers():
+    estate = two_vault_estate()
+    estate = replace(estate, storage_accounts=(*estate.storage_accounts, eb.account("acct3")))
+    chosen = select(DriftFocus.of([DriftTarget(TargetKind.ACCOUNT, eb.account_id("acct1").lower())]),
+                    estate.storage_accounts, listed(estate))
+    assert chosen.vaults == {eb.VAULT_ID.lower()}
+    assert chosen.accounts == {eb.account_id("acct1").lower(), eb.account_id("acct3").lower()}
+
+
+def test_a_deleted_vault_reads_every_account_whose_key_names_no_listed_vault():
+    estate = two_vault_estate()
+    remaining = [vault for vault in listed(estate) if vault.id != eb.VAULT_ID]
+    chosen = select(DriftFocus.of([VAULT_CHANGED]), estate.storage_accounts, remaining)
+    assert chosen.vaults == frozenset()
+    assert chosen.accounts == {eb.account_id("acct1").lower()}
+    assert chosen.gone == {eb.VAULT_ID.lower()}
+
+
+def test_a_role_assignment_on_a_resource_group_touches_every_vault_below_it():
+    estate = two_vault_estate()
+    group = eb.VAULT_ID.split("/providers/")[0].lower()
+    chosen = select(DriftFocus.of([DriftTarget(TargetKind.SCOPE, group)]), estate.storage_accounts, listed(estate))
+    assert chosen.vaults == {eb.VAULT_ID.lower(), OTHER_VAULT_ID.lower()}
+
+
+def test_sweep_only_rules_are_never_re_evaluated_by_drift():
+    assert {rule.id for rule in DRIFT_RULES}.isdisjoint({"CMK-017", "CMK-018", "CMK-020"})
+
+
+# --- the use case -----------------------------------------------------------------------------------------
+
+
+def drift_deps(estate, *, desk: bool = False):
+    settings = load_settings({"CMK_VAULTS": f"{eb.VAULT_ORIGIN},https://{OTHER_VAULT_NAME}.vault.azure.net"})
+    clock = FakeClock(eb.NOW)
+    reader = FakeEstateReader(estate)
+    ledger = FakeAlertLedger()
+    channel = FakeChannel()
+    overrides = {}
+    if desk:
+        overrides["notifier"] = AlertDesk(ledger, {ChannelKind.WEBHOOK: (ChannelRoute(ChannelKind.WEBHOOK), channel)},
+                                          clock, realert_after=timedelta(hours=24))
+    deps = fake_dependencies(settings, clock=clock, estate=reader, **overrides)
+    return deps, reader, channel
+
+
+def opened(channel: FakeChannel) -> list[tuple[str, str]]:
+    return [(notice.alert.details["rule"], notice.alert.resource) for notice in channel.received  # type: ignore[misc]
+            if notice.transition is Transition.OPENED]
+
+
+def resolved(channel: FakeChannel) -> list[tuple[str, str]]:
+    return [(notice.alert.details["rule"], notice.alert.resource) for notice in channel.received  # type: ignore[misc]
+            if notice.transition is Transition.RESOLVED]
+
+
+def test_a_firewall_turned_on_opens_its_alert_and_turning_it_off_resolves_it():
+    deps, reader, channel = drift_deps(two_vault_estate(network_acls=FIREWALL_ON), desk=True)
+
+    report = service.handle_resource_events([event(VAULT_CHANGED)], deps)
+
+    assert [(item.rule, item.resource) for item in report.findings] == [("CMK-007", eb.VAULT_ID)]
+    assert opened(channel) == [("CMK-007", eb.VAULT_ID)]
+    reader.estate = two_vault_estate()
+    service.handle_resource_events([event(VAULT_CHANGED, "e2")], deps)
+    assert resolved(channel) == [("CMK-007", eb.VAULT_ID)]
+
+
+def test_a_partial_re_evaluation_never_resolves_alerts_of_resources_it_did_not_evaluate():
+    broken_second = replace(two_vault_estate(), vaults=(
+        eb.vault(), eb.vault(name=OTHER_VAULT_NAME, vault_id=OTHER_VAULT_ID, vault_uri=OTHER_VAULT_URI,
+                             network_acls=FIREWALL_ON, enable_purge_protection=False)))
+    deps, reader, channel = drift_deps(broken_second, desk=True)
+    service.run_compliance_sweep(deps)  # the sweep opens the second vault's alerts
+    assert set(opened(channel)) >= {("CMK-007", OTHER_VAULT_ID), ("CMK-004", OTHER_VAULT_ID)}
+
+    service.handle_resource_events([event(VAULT_CHANGED)], deps)  # the first vault changed: nothing wrong
+
+    assert resolved(channel) == []
+    assert reader.focused == [DriftFocus(vaults=frozenset({eb.VAULT_ID.lower()}))]
+
+
+def test_a_deleted_vault_is_a_critical_cmk_013_for_the_keys_accounts_use():
+    estate = two_vault_estate()
+    gone = replace(estate, vaults=tuple(vault for vault in estate.vaults if vault.id != eb.VAULT_ID))
+    deps, _, channel = drift_deps(gone, desk=True)
+
+    report = service.handle_resource_events([event(VAULT_CHANGED, kind=ResourceEventKind.DELETE)], deps)
+
+    deletion = [item for item in report.findings if item.rule == "CMK-013"]
+    assert [(item.resource, item.severity) for item in deletion] == [(eb.KEY_URI, Severity.CRITICAL)]
+    assert ("CMK-013", eb.KEY_URI) in opened(channel)
+
+
+def test_redelivered_and_out_of_order_events_converge_on_azure_s_current_state():
+    deps, reader, channel = drift_deps(two_vault_estate(network_acls=FIREWALL_ON), desk=True)
+    later, earlier = event(VAULT_CHANGED, "later"), event(VAULT_CHANGED, "earlier")
+
+    service.handle_resource_events([later], deps)
+    duplicate = service.handle_resource_events([later], deps)
+    service.handle_resource_events([earlier], deps)  # older news: Azure's state still decides
+
+    assert duplicate.events == () and duplicate.duplicates == ("later",)
+    assert opened(channel) == [("CMK-007", eb.VAULT_ID)]  # opened once, whatever was redelivered
+    assert len(reader.focused) == 2
+
+
+def test_a_failed_read_releases_the_claims_so_event_grid_retries():
+    deps, reader, _ = drift_deps(two_vault_estate())
+    reader.failure = TransientError("ARM throttled")
+    with pytest.raises(TransientError):
+        service.handle_resource_events([event(VAULT_CHANGED)], deps)
+    assert isinstance(deps.ledger, FakeLedger) and deps.ledger.claims == {}
+    reader.failure = None
+    assert service.handle_resource_events([event(VAULT_CHANGED)], deps).events == ("e1",)
