@@ -8,7 +8,7 @@ DEPS_HASH := $(shell cat requirements.txt requirements-dev.txt pyproject.toml | 
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: setup lint iac test test-unit test-integration test-e2e sandbox sandbox-down demo sdk-samples bench bench-sweep-10k clean
+.PHONY: setup lint iac test test-unit test-integration test-e2e reliability deps-audit sandbox sandbox-down demo sdk-samples bench bench-sweep-10k clean
 
 # chromium (Debian's package): the browser test of the HTML compliance report.
 setup: $(STAMP) $(NODE_STAMP)
@@ -47,6 +47,23 @@ test-integration: setup
 
 test-e2e: setup
 	$(VENV)/bin/pytest -m e2e
+
+# The reliability suite (tests/reliability/) at full size; `make test` runs it at its CI size. Each scenario
+# prints one JSON line of figures.
+reliability: setup
+	RELIABILITY_SIZE=full $(VENV)/bin/pytest tests/reliability -m reliability --timeout=3600
+
+# The dependency set against known vulnerabilities (pip-audit, PyPI's advisory service). Where that service
+# cannot be reached within a few seconds (an offline machine), the review is skipped with a message saying
+# so instead of hanging or failing.
+PIP_AUDIT_SERVICE ?= https://pypi.org/pypi/pip/json
+deps-audit: $(STAMP)
+	@if timeout 8 $(PY) -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
+			'$(PIP_AUDIT_SERVICE)' >/dev/null 2>&1; then \
+		$(VENV)/bin/pip-audit --skip-editable --progress-spinner off; \
+	else \
+		echo "deps-audit: SKIPPED: pip-audit's vulnerability service ($(PIP_AUDIT_SERVICE)) cannot be reached from here"; \
+	fi
 
 # The local sandbox (emulated Azure, README "Local sandbox"), a program of its own run from the checkout:
 # started in the background in .sandbox/; then `source .sandbox/env` and

@@ -8,6 +8,8 @@ and delivers what is due. Ordering is what makes it safe:
   dedupe on ``Notice.key``) but never loses one;
 * a delivery leaves the outbox only when its channel accepted it; a failure is retried with
   back-off on every later dispatch (every invocation and the timer), so nothing is ever dropped;
+* a dispatch claims each due delivery in the ledger before delivering it (a lease: an instance that
+  dies holding one only delays it), so concurrent invocations deliver a notice once, not once each;
 * a concurrent instance that changed the same states first makes our save fail with Conflict: we
   re-read and decide again, so two instances never both notify the same transition.
 
@@ -33,6 +35,8 @@ log = logging.getLogger("controller.alerts")
 _LEVELS = {Severity.CRITICAL: logging.CRITICAL, Severity.HIGH: logging.ERROR, Severity.MEDIUM: logging.WARNING}
 #: Deliveries attempted per dispatch; the rest wait for the next one (an invocation stays short).
 DISPATCH_BATCH = 50
+#: How long a claimed delivery is this instance's: longer than a channel's slowest answer.
+CLAIM_LEASE = timedelta(minutes=5)
 
 
 class AlertDesk:
@@ -68,6 +72,8 @@ class AlertDesk:
                 errors.append(f"{delivery.channel.value}: channel no longer configured")
                 self._ledger.reschedule(alerts.after_failure(delivery, "channel not configured", now))
                 continue
+            if not self._ledger.claim(delivery, now + CLAIM_LEASE):
+                continue  # another instance is delivering it
             try:
                 channel.deliver(delivery.notice)
             except (TransientError, PermanentError) as err:

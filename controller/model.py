@@ -446,12 +446,17 @@ class KeyState:
 
     ``reachable`` False means the vault could not be read (firewall, DNS, 5xx after retries):
     ``versions`` is then empty or stale and the planner decides nothing.
+
+    ``current_version`` is the version the vault serves for the versionless key (what Azure Storage's
+    automatic updates adopt), when it was read: Key Vault reports creation times to the second, so two
+    versions made within one second tie on creation and only the vault knows which is newer.
     """
 
     key: KeyRef
     versions: tuple[KeyVersionInfo, ...]
     reachable: bool = True
     unreachable_detail: str = ""
+    current_version: str | None = None
 
     def __post_init__(self) -> None:
         if self.key.is_versioned:
@@ -467,9 +472,11 @@ class KeyState:
 
     @property
     def latest_enabled(self) -> KeyVersionInfo | None:
-        """The newest enabled version by creation time (it may still be not yet valid, or expired)."""
+        """The newest enabled version by creation time, the vault's current one first on a tie (it may
+        still be not yet valid, or expired)."""
         enabled = [info for info in self.versions if info.enabled]
-        return max(enabled, key=lambda info: info.order) if enabled else None
+        return max(enabled, key=lambda info: (info.created, info.version == self.current_version, info.version)
+                   ) if enabled else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -296,6 +296,13 @@ class AlertLedger(Protocol):
         """Deliveries whose next attempt is at or before ``now``, oldest first."""
         ...
 
+    def claim(self, delivery: Delivery, until: datetime) -> bool:
+        """Take ``delivery`` (as ``due`` returned it to this instance) until ``until``: its next attempt
+        moves there, so other instances' ``due`` skip it. Conditional on the row being unchanged since
+        that read: False when another instance claimed, delivered or rescheduled it first. A claim left
+        by an instance that died expires at ``until`` and the delivery is due again."""
+        ...
+
     def delivered(self, delivery: Delivery) -> None:
         """Mark the delivery made (kept, so the same notice is never owed again)."""
         ...

@@ -311,9 +311,10 @@ def _choose_target(
         candidates.append(named)
     if not candidates:
         return _Verdict(Action.BLOCKED, Reason.NO_USABLE_VERSION, f"{key.key.uri} has no enabled version")
-    # Key Vault reports creation times to the second: on a tie, the event's version wins (Key Vault
-    # announced it, so it is at least as new as anything listed with the same second).
-    target = max(candidates, key=lambda info: (info.created, info.version == requested, info.version))
+    # Key Vault reports creation times to the second: on a tie the vault's current version wins (the
+    # truth), then the event's version (announced, so at least as new as a listed one of the same second).
+    target = max(candidates, key=lambda info: (info.created, info.version == key.current_version,
+                                               info.version == requested, info.version))
     if not target.enabled:
         return _Verdict(Action.BLOCKED, Reason.TARGET_VERSION_DISABLED,
                         f"target version {target.version} (created {_at(target.created)}) is disabled")

@@ -4,7 +4,9 @@ Alert states: one partition per scope (hashed), one row per fingerprint; every w
 on the ETag this instance read (or on the row not existing), so two instances cannot both record the
 same transition: the loser gets Conflict and the desk decides again on what the winner wrote.
 The outbox: one partition, one row per delivery (channel + notice), created once and marked when
-delivered, so the same notice decided twice (two instances, a retried invocation) is owed once.
+delivered, so the same notice decided twice (two instances, a retried invocation) is owed once; an
+instance claims a row (ETag-conditional, moving its next attempt a lease ahead) before delivering it,
+so two instances dispatching at once deliver it once.
 A row this version cannot read (written by a newer controller, or damaged) is logged and skipped:
 for a state the desk then treats the alert as new (one extra notice, nothing lost).
 """
@@ -53,6 +55,7 @@ class TableAlertLedger:
     def __init__(self, table: TableClient) -> None:
         self._table = table
         self._etags: dict[tuple[str, str], str] = {}
+        self._outbox_etags: dict[str, str] = {}  # per outbox row: the ETag ``due`` read, for ``claim``
         self._ensure_table = CreatedOnce(table.create_table, f"table {table.table_name}")
 
     # ---- states ---------------------------------------------------------------------------------------
@@ -126,8 +129,24 @@ class TableAlertLedger:
                 deliveries.append(_delivery_from(entity))
             except (KeyError, TypeError, ValueError):
                 log.warning("skipped an unreadable alert delivery (row %s)", entity["RowKey"])
+                continue
+            self._outbox_etags[str(entity["RowKey"])] = str(entity.metadata["etag"])
         deliveries.sort(key=lambda delivery: (delivery.next_attempt or now, delivery.key))
         return deliveries[:limit]
+
+    def claim(self, delivery: Delivery, until: datetime) -> bool:
+        row = _digest(delivery.key)
+        etag = self._outbox_etags.pop(row, None)
+        if etag is None:
+            return False  # not read by this instance's ``due``: nothing to claim against
+        try:
+            with translated("claim an alert delivery"):
+                self._table.update_entity({"PartitionKey": _OUTBOX, "RowKey": row, "NextAttempt": until},
+                                          mode=UpdateMode.MERGE, etag=etag,
+                                          match_condition=MatchConditions.IfNotModified)
+        except (Conflict, NotFound):
+            return False  # another instance took it (or delivered it) first
+        return True
 
     def delivered(self, delivery: Delivery) -> None:
         # Kept, marked: a late duplicate decision of the same transition finds it and owes nothing.

@@ -90,7 +90,17 @@ class KeyVaultKeys:
             # Firewall or permission (403), DNS / connection failures, 5xx after the SDK's retries: the
             # planner records the vault as unreachable and changes nothing.
             return KeyState(key=key.versionless, versions=(), reachable=False, unreachable_detail=str(err))
-        return KeyState(key=key.versionless, versions=tuple(_version_info(properties) for properties in listed))
+        versions = tuple(_version_info(properties) for properties in listed)
+        return KeyState(key=key.versionless, versions=versions, current_version=self._current_on_a_tie(key, versions))
+
+    def _current_on_a_tie(self, key: KeyRef, versions: tuple[KeyVersionInfo, ...]) -> str | None:
+        """The vault's current version when the newest enabled versions share their creation second (only
+        the vault can order them); None otherwise (the listing orders them: no extra call)."""
+        enabled = sorted((info.created for info in versions if info.enabled), reverse=True)
+        if len(enabled) < 2 or enabled[0] != enabled[1]:
+            return None
+        with translated(f"get {key.versionless.uri}"):
+            return str(self._client.get_key(key.name).properties.version or "") or None
 
     def rotate_key(self, key: KeyRef) -> KeyVersionInfo:
         """Create a new version (Key Vault's rotate: same type, size and rotation policy's expiry)."""

@@ -348,7 +348,8 @@ class StorageControl:
         if ids.scope is None:
             return self._set_account_key(ids, account, consumer, target)
         scope = self._get_scope(ids)
-        _check_unchanged(consumer, scope_key(scope, self._policy))
+        fresh = scope_consumer(account, scope, self._policy)
+        _check_unchanged(consumer, scope_key(scope, self._policy), fresh.consumer if fresh else None)
         if scope_key(scope, self._policy) == target:
             observed = scope_consumer(account, scope, self._policy)
         else:
@@ -369,7 +370,8 @@ class StorageControl:
         self, ids: StorageResourceId, account: StorageAccount, consumer: Consumer, target: KeyRef
     ) -> ObservedConsumer:
         current = account_key(account, self._policy)
-        _check_unchanged(consumer, current)
+        fresh = account_consumer(account, self._policy)
+        _check_unchanged(consumer, current, fresh.consumer if fresh else None)
         if current == target:
             return _written(account_consumer(account, self._policy), consumer)
         encryption = account.encryption
@@ -407,10 +409,15 @@ def _identity_as_read(configured: EncryptionIdentity | None) -> EncryptionIdenti
     return EncryptionIdentity(**fields)
 
 
-def _check_unchanged(consumer: Consumer, configured: KeyRef | None) -> None:
+def _check_unchanged(consumer: Consumer, configured: KeyRef | None, fresh: Consumer | None) -> None:
+    """Conflict unless the consumer is still as the plan read it: the key it is configured with and the
+    version it uses (a versionless consumer another instance already moved looks the same configured)."""
     if configured is None or not configured.same_key(consumer.key) or configured.version != consumer.key.version:
         now = configured.uri if configured else "no Key Vault key"
         raise Conflict(f"{consumer.resource_id} changed since it was read: it is configured with {now}")
+    in_use = fresh.current_key if fresh is not None else None
+    if consumer.current_key is not None and in_use is not None and in_use.version != consumer.current_key.version:
+        raise Conflict(f"{consumer.resource_id} changed since it was read: it uses {in_use.uri}")
 
 
 def _written(observed: ObservedConsumer | None, consumer: Consumer) -> ObservedConsumer:

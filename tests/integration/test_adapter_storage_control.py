@@ -222,6 +222,27 @@ def test_a_consumer_changed_by_someone_else_is_not_written(estate: Estate) -> No
     assert reread.consumer.pinned_version == someone_pinned
 
 
+
+def test_a_consumer_another_instance_already_moved_is_not_written_again(estate: Estate) -> None:
+    """Found by the delivery reliability scenario: a reconciler working from a consumer read before another
+    instance's forced adoption (pin, then versionless again) pinned and restored it a second time, since
+    the key it is configured with looked unchanged. The version in use is part of what was read."""
+    control, world = estate.control, estate.world
+    world.enable_cmk(estate.other_key, "kv-sc", "other", version="", uai="uai-sc")
+    observed = control.get_consumer(estate.other_key.id)
+    assert observed is not None
+    stale = observed.consumer
+    newer = world.key_client("kv-sc").create_rsa_key("other", size=2048).properties.version or ""
+    world.enable_cmk(estate.other_key, "kv-sc", "other", version=newer, uai="uai-sc")  # the other instance: pin
+    world.enable_cmk(estate.other_key, "kv-sc", "other", version="", uai="uai-sc")  # ... and restore
+    world.faults.writes.clear()
+    with pytest.raises(Conflict, match="changed since it was read"):
+        control.pin_key_version(stale, newer)
+    assert world.faults.writes == []
+    reread = control.get_consumer(estate.other_key.id)
+    assert reread is not None
+    assert (reread.consumer.pinned_version, reread.consumer.current_version) == (None, newer)
+
 def test_get_consumer_of_a_missing_account_or_scope_is_not_found(estate: Estate) -> None:
     missing = f"/subscriptions/{SUB_A}/resourceGroups/{RG}/providers/Microsoft.Storage/storageAccounts/stmissing0000"
     with pytest.raises(NotFound):

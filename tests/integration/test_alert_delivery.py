@@ -93,6 +93,52 @@ def test_two_instances_cannot_both_record_the_same_transition(table):
     assert TableAlertLedger(table).load(SCOPE, ALERT.fingerprint) == later.states[0]
 
 
+
+class _CountingChannel:
+    """Records each notice; while delivering the first, another instance dispatches (as two function
+    invocations of the host do at the same moment)."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.while_delivering: AlertDesk | None = None
+
+    def deliver(self, notice) -> None:
+        self.received.append(notice.key)
+        other, self.while_delivering = self.while_delivering, None
+        if other is not None:
+            other.dispatch()
+
+
+def test_two_instances_dispatching_at_once_deliver_each_notice_once(table):
+    """Found by the hostile-input reliability scenario: concurrent invocations each read the same owed
+    row and each posted it (one poisoned work item alerted 7 times)."""
+    clock = FakeClock(T0)
+    channel = _CountingChannel()
+    channels = {ChannelKind.WEBHOOK: (ChannelRoute(ChannelKind.WEBHOOK), channel)}
+    evaluation = evaluate(SCOPE, [ALERT], [], now=T0, realert_after=DAY)
+    TableAlertLedger(table).save(evaluation.states, deliveries(evaluation.notices, [ChannelRoute(ChannelKind.WEBHOOK)]))
+    first = AlertDesk(TableAlertLedger(table), channels, clock, realert_after=DAY)
+    channel.while_delivering = AlertDesk(TableAlertLedger(table), channels, clock, realert_after=DAY)
+    first.dispatch()
+    assert len(channel.received) == 1
+    clock.advance(DAY)  # long after any claim: delivered is delivered
+    assert AlertDesk(TableAlertLedger(table), channels, clock, realert_after=DAY).dispatch().delivered == 0
+    assert len(channel.received) == 1
+
+
+def test_a_claim_left_by_a_crashed_instance_expires_and_the_notice_is_delivered(table):
+    evaluation = evaluate(SCOPE, [ALERT], [], now=T0, realert_after=DAY)
+    [owed] = deliveries(evaluation.notices, [ChannelRoute(ChannelKind.WEBHOOK)])
+    TableAlertLedger(table).save(evaluation.states, [owed])
+    crashed = TableAlertLedger(table)
+    [due] = crashed.due(T0, limit=10)
+    assert crashed.claim(due, T0 + timedelta(minutes=5))  # then the instance dies before delivering
+    other = TableAlertLedger(table)
+    assert other.due(T0 + timedelta(minutes=1), limit=10) == []
+    [again] = other.due(T0 + timedelta(minutes=5), limit=10)
+    assert other.claim(again, T0 + timedelta(minutes=10))
+    assert not crashed.claim(due, T0 + timedelta(minutes=10))  # its read is stale: it lost the row
+
 # ---- the channels --------------------------------------------------------------------------------
 
 

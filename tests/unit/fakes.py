@@ -353,6 +353,13 @@ class FakeAlertLedger:
         due = [delivery for delivery in self.pending() if (delivery.next_attempt or now) <= now]
         return sorted(due, key=lambda delivery: (delivery.next_attempt or now, delivery.key))[:limit]
 
+    def claim(self, delivery: Delivery, until: datetime) -> bool:
+        # As the Table ledger's ETag condition: only the delivery exactly as ``due`` returned it.
+        if delivery.key in self.sent or self.outbox.get(delivery.key) != delivery:
+            return False
+        self.outbox[delivery.key] = replace(delivery, next_attempt=until)
+        return True
+
     def delivered(self, delivery: Delivery) -> None:
         self.sent.add(delivery.key)
 

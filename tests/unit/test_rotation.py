@@ -695,3 +695,24 @@ def test_on_a_creation_time_tie_the_events_version_is_the_target():
                   settings=PlannerSettings())
     assert result.target is not None
     assert result.target.version == low
+
+
+def test_on_a_creation_time_tie_the_vaults_current_version_is_the_target_whatever_the_event_names():
+    """Found by the delivery reliability scenario: two versions made within one second (Key Vault reports
+    creation to the second) and a late event for the older one made it the target: consumers were pinned
+    back to it, and Azure's own automatic update moved them forward again, round after round."""
+    same_second = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+    older, newer = "f" * 32, "0" * 31 + "1"  # the version strings order the other way round
+    key_state = KeyState(
+        KeyRef(VaultOrigin("https://contoso-cmk.vault.azure.net"), "storage-cmk"),
+        (KeyVersionInfo(older, enabled=True, created=same_second),
+         KeyVersionInfo(newer, enabled=True, created=same_second)),
+        current_version=newer,
+    )
+    assert key_state.latest_enabled is not None
+    assert key_state.latest_enabled.version == newer
+    for requested in (older, newer, None):
+        result = plan(key_state, [], LedgerView(), target_version=requested, now=same_second + timedelta(minutes=1),
+                      settings=PlannerSettings())
+        assert result.target is not None
+        assert result.target.version == newer
