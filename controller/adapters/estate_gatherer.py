@@ -19,8 +19,9 @@ What is read, and through what (the management SDKs unless said otherwise):
     per registered container  the census of the key versions wrapping its blobs (controller.blob_census)
 
 Cost: O(subscriptions + accounts + vaults + keys + role definitions + containers + pages) requests, never
-O(accounts x keys); every vault and key is read once however many accounts use it. Reads run on a small thread pool. A read that fails is recorded as a ``ReadFailure`` (what, why, the
-HTTP status) and the sweep goes on: the rules turn it into a CMK-000 finding.
+O(accounts x keys); every vault and key is read once however many accounts use it. Reads run on a small
+thread pool. A read that fails is recorded as a ``ReadFailure`` (what, why, the HTTP status) and the sweep
+goes on: the rules turn it into a CMK-000 finding.
 """
 
 from __future__ import annotations
