@@ -216,6 +216,18 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "24",
         "How far back the audit analysis (cmkctl audit) looks for failed KeyWrap/KeyUnwrap/KeyGet. 1-720.",
     ),
+    SettingSpec(
+        "CMK_WRITE_CONCURRENCY",
+        "16",
+        "Consumers of one key written at the same time (1-64). ARM answers a storage write after about a "
+        "second, so writes overlap; their rate is ARM's, paced by the throttling budget ARM reports.",
+    ),
+    SettingSpec(
+        "CMK_RECONCILE_TIME_BUDGET_SECONDS",
+        "480",
+        "No write is started after this many seconds of one reconcile (30-3600; keep it under the host's "
+        "functionTimeout, 10 minutes): what is left continues in another invocation through the work queue.",
+    ),
 )
 
 _KNOWN: Final = {spec.name: spec for spec in SETTINGS}
@@ -292,6 +304,8 @@ class Settings:
     #: The storage-account archive of the vaults' audit logs (CMK_AUDIT_ARCHIVE), None when not set.
     audit_archive: AuditArchive | None = None
     audit_window_hours: int = 24
+    write_concurrency: int = 16
+    reconcile_time_budget_seconds: int = 480
 
     @property
     def vaults(self) -> tuple[str, ...]:
@@ -350,6 +364,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         max_accounts_per_key=_parse_int("CMK_MAX_ACCOUNTS_PER_KEY", raw("CMK_MAX_ACCOUNTS_PER_KEY"), 1, 10000),
         audit_archive=_parse_audit_archive(raw("CMK_AUDIT_ARCHIVE")),
         audit_window_hours=_parse_int("CMK_AUDIT_WINDOW_HOURS", raw("CMK_AUDIT_WINDOW_HOURS"), 1, 720),
+        write_concurrency=_parse_int("CMK_WRITE_CONCURRENCY", raw("CMK_WRITE_CONCURRENCY"), 1, 64),
+        reconcile_time_budget_seconds=_parse_int("CMK_RECONCILE_TIME_BUDGET_SECONDS",
+                                                 raw("CMK_RECONCILE_TIME_BUDGET_SECONDS"), 30, 3600),
     )
 
 

@@ -113,6 +113,12 @@ param cmkTeamsWebhookUrl string = ''
 @description('CMK_ALERT_WEBHOOK_MIN_SEVERITY: least severe alert sent to CMK_ALERT_WEBHOOK_URL (critical, high, medium, low, info).')
 param cmkAlertWebhookMinSeverity string = 'info'
 
+@description('CMK_RECONCILE_TIME_BUDGET_SECONDS: Seconds after which one reconcile starts no write (30-3600); the rest continues through the work queue.')
+param cmkReconcileTimeBudgetSeconds string = '480'
+
+@description('CMK_WRITE_CONCURRENCY: Consumers of one key written at the same time (1-64), paced by the budget ARM reports.')
+param cmkWriteConcurrency string = '16'
+
 @description('CMK_ALERT_EVENTGRID_MIN_SEVERITY: least severe alert published to CMK_ALERT_EVENTGRID_TOPIC.')
 param cmkAlertEventgridMinSeverity string = 'info'
 
@@ -306,6 +312,8 @@ module functionApp 'modules/function-app.bicep' = {
     cmkTeamsMinSeverity: cmkTeamsMinSeverity
     cmkTeamsWebhookUrl: cmkTeamsWebhookUrl
     cmkAlertWebhookMinSeverity: cmkAlertWebhookMinSeverity
+    cmkReconcileTimeBudgetSeconds: cmkReconcileTimeBudgetSeconds
+    cmkWriteConcurrency: cmkWriteConcurrency
     cmkAlertEventgridMinSeverity: cmkAlertEventgridMinSeverity
     cmkLogAnalyticsWorkspace: auditEvidenceEnabled ? monitoring.outputs.workspaceCustomerId : ''
     cmkLogAnalyticsEndpoint: cmkLogAnalyticsEndpoint

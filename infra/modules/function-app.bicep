@@ -71,6 +71,12 @@ param cmkForceAdoptionAfterMinutes string = '0'
 @description('CMK_ALERT_WEBHOOK_URL: optional alert webhook, as a Key Vault reference resolved with the controller identity (keyVaultReferenceIdentity).')
 param cmkAlertWebhookUrl string = ''
 
+@description('CMK_RECONCILE_TIME_BUDGET_SECONDS: Seconds after which one reconcile starts no write (30-3600); the rest continues through the work queue.')
+param cmkReconcileTimeBudgetSeconds string = '480'
+
+@description('CMK_WRITE_CONCURRENCY: Consumers of one key written at the same time (1-64), paced by the budget ARM reports.')
+param cmkWriteConcurrency string = '16'
+
 @description('CMK_MAX_ACCOUNTS_PER_KEY: CMK-020 advises when more storage accounts than this share one key (1-10000).')
 param cmkMaxAccountsPerKey string = '50'
 
@@ -222,6 +228,14 @@ var appSettings = [
   {
     name: 'CMK_ALERT_WEBHOOK_URL'
     value: cmkAlertWebhookUrl
+  }
+  {
+    name: 'CMK_RECONCILE_TIME_BUDGET_SECONDS'
+    value: cmkReconcileTimeBudgetSeconds
+  }
+  {
+    name: 'CMK_WRITE_CONCURRENCY'
+    value: cmkWriteConcurrency
   }
   {
     name: 'CMK_MAX_ACCOUNTS_PER_KEY'
