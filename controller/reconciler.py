@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -269,6 +270,8 @@ class _Run:
         self.seen_fresh: set[str] = set()  # consumers whose state this run read from ARM itself
         self.conflicts: Counter[str] = Counter()
         self.transient: TransientError | None = None
+        self._started_any = False  # the first write of a run always starts: every run makes progress
+        self._lock = threading.Lock()
 
     def execute(self, pending: Sequence[rotation.Decision], result: ReconcileResult) -> dict[str, Consumer | None]:
         """Run the decisions' writes, ``limits.concurrency`` at a time; return the changed consumers
@@ -308,10 +311,17 @@ class _Run:
                 self.seen_fresh.add(outcome.updated.id)
         return changed
 
+    def _out_of_time(self) -> bool:
+        with self._lock:
+            if self._started_any and self.deadline is not None and self.deps.clock.now() >= self.deadline:
+                return True
+            self._started_any = True
+            return False
+
     def _attempt(self, decision: rotation.Decision) -> _Outcome:
         consumer = decision.consumer
         outcome = _Outcome(consumer)
-        if self.deadline is not None and self.deps.clock.now() >= self.deadline:
+        if self._out_of_time():
             outcome.deferred = True
             return outcome
         try:

@@ -4,7 +4,7 @@ Azure Resource Manager throttles each subscription (and tenant) per region with 
 operation kind (reads, writes, deletes) and reports what is left on every answer
 (``x-ms-ratelimit-remaining-subscription-writes``, ``-tenant-writes``, ...); an empty bucket answers
 429 with Retry-After. ``ArmPacer`` is an azure-core pipeline policy placed after the retry policy, so
-it sees every attempt of every management client built from one ``ArmConnection``:
+through ``policy()`` it sees every attempt of every management client built from one ``ArmConnection``:
 
 * while the reported budget is above ``reserve``, requests go at once (the burst is used);
 * at or below it, requests of that subscription and kind are spaced ``interval`` apart, and the
@@ -85,11 +85,11 @@ class PacerStats:
                 "waited_seconds": round(self.waited_seconds, 3), "by_kind": dict(self.by_kind)}
 
 
-class ArmPacer(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generic policy, sync transport
-    """See the module docstring. Thread-safe: one pacer serves every worker and client of a connection."""
+class ArmPacer:
+    """See the module docstring. Thread-safe: one pacer serves every worker and client of a connection,
+    each client through its own ``policy()`` (a pipeline policy belongs to exactly one pipeline)."""
 
     def __init__(self, *, reserve: int = DEFAULT_RESERVE) -> None:
-        super().__init__()
         if reserve < 1:
             raise ValueError("the pacer's reserve must be at least 1")
         self.reserve = reserve
@@ -97,19 +97,11 @@ class ArmPacer(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generic po
         self._lock = threading.Lock()
         self.stats = PacerStats()
 
-    def send(self, request: PipelineRequest) -> PipelineResponse:  # type: ignore[type-arg]
-        http = request.http_request
-        kind = operation_kind(http.method, http.url)
-        match = _SUBSCRIPTION.search(http.url)
-        lane_key = ((match.group(1).lower() if match else ""), kind)
-        repeated = bool(request.context.get("arm_pacer_sent"))
-        request.context["arm_pacer_sent"] = True
-        self._wait_for_slot(lane_key, repeated=repeated)
-        response: PipelineResponse = self.next.send(request)  # type: ignore[type-arg]
-        self._observe(lane_key, response.http_response.status_code, response.http_response.headers)
-        return response
+    def policy(self) -> PacingPolicy:
+        """A pipeline policy for one client, pacing through this pacer."""
+        return PacingPolicy(self)
 
-    def _wait_for_slot(self, lane_key: tuple[str, str], *, repeated: bool) -> None:
+    def wait_for_slot(self, lane_key: tuple[str, str], *, repeated: bool) -> None:
         with self._lock:
             lane = self._lanes.setdefault(lane_key, _Lane())
             now = time.monotonic()
@@ -127,7 +119,7 @@ class ArmPacer(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generic po
         if start > now:
             time.sleep(start - now)
 
-    def _observe(self, lane_key: tuple[str, str], status: int, headers: Any) -> None:
+    def observe(self, lane_key: tuple[str, str], status: int, headers: Any) -> None:
         kind = lane_key[1]
         reported = [headers.get(_REMAINING.format(scope=scope, kind=kind)) for scope in ("subscription", "tenant")]
         budgets = [int(value) for value in reported if value is not None and value.isdigit()]
@@ -149,3 +141,23 @@ class ArmPacer(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generic po
                 lane.interval = min(_MAX_INTERVAL, lane.interval * _WIDEN + _STEP)
             elif lane.remaining > self.reserve:
                 lane.interval *= _NARROW
+
+
+class PacingPolicy(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generic policy, sync transport
+    """Placed after the retry policy: every attempt waits for its slot and reports what ARM answered."""
+
+    def __init__(self, pacer: ArmPacer) -> None:
+        super().__init__()
+        self._pacer = pacer
+
+    def send(self, request: PipelineRequest) -> PipelineResponse:  # type: ignore[type-arg]
+        http = request.http_request
+        kind = operation_kind(http.method, http.url)
+        match = _SUBSCRIPTION.search(http.url)
+        lane_key = ((match.group(1).lower() if match else ""), kind)
+        repeated = bool(request.context.get("arm_pacer_sent"))
+        request.context["arm_pacer_sent"] = True
+        self._pacer.wait_for_slot(lane_key, repeated=repeated)
+        response: PipelineResponse = self.next.send(request)  # type: ignore[type-arg]
+        self._pacer.observe(lane_key, response.http_response.status_code, response.http_response.headers)
+        return response

@@ -111,5 +111,5 @@ class ArmConnection:
             "credential_scopes": [self.scope],
             "connection_verify": self.connection_verify,
             "retry_total": self.retry_total,
-            "per_retry_policies": [self.pacer],
+            "per_retry_policies": [self.pacer.policy()],
         }

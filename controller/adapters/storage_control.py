@@ -34,6 +34,7 @@ import re
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,8 @@ from controller.vault_policy import VaultPolicy
 KEY_SOURCE_KEYVAULT = "microsoft.keyvault"
 #: Consumers of one subscription refreshed with its paged listing rather than one read each.
 LIST_FROM = 5
+#: Encryption-scope listings in flight at once while looking for a key's consumers.
+SCOPE_LISTINGS = 16
 #: Seconds a state read from ARM (a refresh, a write's answer) stands in for the read before a write.
 FRESH_FOR = 120.0
 
@@ -325,16 +328,24 @@ class StorageControl:
         *,
         scopes: ScopeSearch = ScopeSearch.CMK_ACCOUNTS,
     ) -> Iterator[ObservedConsumer]:
-        """Accounts and encryption scopes among ``accounts`` whose configured key satisfies ``wanted``."""
-        for account in accounts:
+        """Accounts and encryption scopes among ``accounts`` whose configured key satisfies ``wanted``.
+
+        Encryption scopes are listed per account (Resource Graph has none): SCOPE_LISTINGS at a time,
+        paced like every ARM read (adapters/arm_pacing.py)."""
+        candidates = list(accounts)
+        searched = [account for account in candidates
+                    if scopes is ScopeSearch.ALL_ACCOUNTS or uses_key_vault(account)]
+        with ThreadPoolExecutor(max_workers=SCOPE_LISTINGS, thread_name_prefix="scopes") as pool:
+            listings = dict(zip((id(account) for account in searched), pool.map(self.list_scopes, searched),
+                                strict=True))
+        for account in candidates:
             observed = account_consumer(account, self._policy)
             if observed is not None and wanted(observed.consumer.key):
                 yield observed
-            if scopes is ScopeSearch.ALL_ACCOUNTS or uses_key_vault(account):
-                for scope in self.list_scopes(account):
-                    scoped = scope_consumer(account, scope, self._policy)
-                    if scoped is not None and wanted(scoped.consumer.key):
-                        yield scoped
+            for scope in listings.get(id(account), ()):
+                scoped = scope_consumer(account, scope, self._policy)
+                if scoped is not None and wanted(scoped.consumer.key):
+                    yield scoped
 
     def get_account(self, resource_id: str) -> StorageAccount:
         ids = parse_storage_resource_id(resource_id)

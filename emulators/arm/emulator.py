@@ -104,12 +104,18 @@ class ArmEmulator:
         self._started_keyvault = False
         self._request_counts: dict[str, dict[str, int]] = {}
         self._request_counts_lock = threading.Lock()
+        # Azure's throttling and latency (throttling.py); None: every request is answered at once.
+        self.throttling: ArmThrottling | None = None
+        self.set_limits(limits)
+        self.app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[self._middleware])
+
+    def set_limits(self, limits: LimitsSettings | None) -> ArmThrottling | None:
+        """Switch Azure's throttling and latency on (fresh, full buckets) or off, e.g. after building an estate."""
         if limits is not None and limits.scale != self.clock.rate:
             raise ValueError(f"ARM limits scaled {limits.scale}x need a sandbox clock at that rate "
                              f"(it runs at {self.clock.rate}x)")
-        # Azure's throttling and latency (throttling.py); None: every request is answered at once.
         self.throttling = ArmThrottling(limits, self.clock) if limits is not None else None
-        self.app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[self._middleware])
+        return self.throttling
 
     @property
     def accounts(self) -> dict[str, StorageAccount]:

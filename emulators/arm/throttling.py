@@ -37,6 +37,7 @@ import enum
 import math
 import re
 import threading
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -215,6 +216,8 @@ class ArmThrottling:
         self._buckets: dict[tuple[str, str, str, OperationKind], _Bucket] = {}
         self._lock = threading.Lock()
         self.throttled = 0  # 429s answered, for benchmarks and tests
+        #: Every admitted request: (sandbox time, kind, method, lower-case path), for benchmarks and tests.
+        self.admitted: list[tuple[float, OperationKind, str, str]] = []
 
     def _now(self) -> float:
         return self._clock.now().timestamp()
@@ -239,6 +242,7 @@ class ArmThrottling:
             if not empty:
                 for _, bucket in scoped:
                     bucket.tokens -= 1.0
+                self.admitted.append((now, kind, method.upper(), path.lower().rstrip("/")))
             else:
                 self.throttled += 1
             headers = {f"x-ms-ratelimit-remaining-{scope}-{kind.value}": str(int(bucket.tokens))
@@ -248,6 +252,11 @@ class ArmThrottling:
             return Admission(kind, headers, retry_after=self._clock.real_seconds(wait), scope=empty[0][0])
         latency = self.settings.latency.get(latency_operation(kind, path), 0.0)
         return Admission(kind, headers, delay=self._clock.real_seconds(latency))
+
+    def writes_per_resource(self) -> Counter[str]:
+        """Admitted writes (PUT, PATCH, POST) per lower-case resource path."""
+        with self._lock:
+            return Counter(path for _, kind, _, path in self.admitted if kind is OperationKind.WRITES)
 
     def drain(self, subscription: str, kind: OperationKind) -> None:
         """Empty one subscription bucket, as another client using up the budget would (tests, benches)."""
