@@ -96,7 +96,7 @@ def instance(estate: AdoptionEstate, connection_string: str, *, table: str, queu
         queue=StorageWorkQueue(queue_client),
         notifier=AlertDesk(TableAlertLedger(alert_table), {}, arm.clock, realert_after=timedelta(hours=24)),
         clock=arm.clock,
-        planner=rotation.PlannerSettings(force_versionless_after=timedelta(0), pinned_policy=rotation.PinnedPolicy.ALERT),
+        planner=rotation.PlannerSettings(force_versionless_after=timedelta(0)),
         limits=reconciler.ExecutionLimits(concurrency=concurrency, time_budget=time_budget, owner=owner),
     )
     return Instance(deps, connection, inventory, [storage, inventory, ledger_table, alert_table, queue_client])
