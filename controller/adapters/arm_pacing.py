@@ -8,12 +8,12 @@ through ``policy()`` it sees every attempt of every management client built from
 
 * while the reported budget is above ``reserve``, requests go at once (the burst is used);
 * at or below it, requests of that subscription and kind are spaced ``interval`` apart, and the
-  interval adapts to what the headers say: wider while the budget keeps falling below half the
-  reserve, narrower while it stays above the reserve. A bucket kept between empty and full is
-  refilled at exactly its refill rate, so the achieved rate is ARM's refill rate, whatever it is;
-* a 429 holds every request of that subscription and kind until its Retry-After has passed, then
-  lets them out one interval apart (the interval at least the Retry-After): no retry storm. The
-  retry itself is azure-core's RetryPolicy, which honours the same Retry-After.
+  interval adapts to what the headers say: wider while the budget is below half the reserve and
+  not rising, narrower while it rises or is above the reserve. A bucket kept between empty and full
+  is refilled at exactly its refill rate, so the achieved rate is ARM's refill rate, whatever it is;
+* a 429 holds every request of that subscription and kind until its Retry-After has passed and
+  widens the interval to at least the Retry-After (for an empty bucket, the time one token takes),
+  then lets them out one interval apart: no retry storm. The retry itself is azure-core's RetryPolicy, which honours the same Retry-After.
 
 The counters (``stats``) let benchmarks and ``cmkctl`` report attempts, throttled answers and waits.
 """
@@ -37,7 +37,7 @@ _RETRY_HEADERS = (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001), ("r
 #: Budget (tokens) below which requests are spaced rather than sent at once.
 DEFAULT_RESERVE = 20
 #: How much the spacing grows (while the budget keeps falling) or shrinks (while it recovers) per answer.
-_WIDEN, _NARROW, _STEP = 1.1, 0.9, 0.001
+_WIDEN, _NARROW, _STEP = 1.1, 0.7, 0.001
 _MAX_INTERVAL = 30.0
 
 
@@ -65,7 +65,8 @@ def retry_after(headers: Any) -> float | None:
 class _Lane:
     """One subscription's (or the tenant's) bucket of one kind, as this process observes it."""
 
-    remaining: int | None = None
+    remaining: int | None = None  # the last reported budget, less the requests sent since
+    reported: int | None = None  # the last budget ARM reported
     interval: float = 0.0
     next_slot: float = 0.0
     blocked_until: float = 0.0
@@ -131,17 +132,18 @@ class ArmPacer:
                 self.stats.throttled += 1
                 lane.blocked_until = max(lane.blocked_until, now + wait)
                 lane.next_slot = max(lane.next_slot, lane.blocked_until)
-                lane.interval = min(_MAX_INTERVAL, max(lane.interval * 2, wait, _STEP))
-                lane.remaining = 0
+                # The bucket is empty: one request per Retry-After, until the budget reported rises again.
+                lane.interval = min(_MAX_INTERVAL, max(lane.interval, wait))
+                lane.remaining = lane.reported = 0
                 return
             if not budgets:
                 return
-            lane.remaining = min(budgets)
-            if lane.remaining < self.reserve / 2:
+            budget, previous = min(budgets), lane.reported
+            lane.remaining = lane.reported = budget
+            if budget > self.reserve or (previous is not None and budget > previous):
+                lane.interval *= _NARROW  # plenty, or refilling faster than spent: speed up
+            elif budget < self.reserve / 2:
                 lane.interval = min(_MAX_INTERVAL, lane.interval * _WIDEN + _STEP)
-            elif lane.remaining > self.reserve:
-                lane.interval *= _NARROW
-
 
 class PacingPolicy(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generic policy, sync transport
     """Placed after the retry policy: every attempt waits for its slot and reports what ARM answered."""

@@ -245,7 +245,7 @@ class ArmThrottling:
                 self.admitted.append((now, kind, method.upper(), path.lower().rstrip("/")))
             else:
                 self.throttled += 1
-            headers = {f"x-ms-ratelimit-remaining-{scope}-{kind.value}": str(int(bucket.tokens))
+            headers = {f"x-ms-ratelimit-remaining-{scope}-{kind.value}": str(max(0, int(bucket.tokens)))
                        for scope, bucket in scoped}
         if empty:
             wait = max(bucket.wait_for_token() for _, bucket in empty)
@@ -258,7 +258,10 @@ class ArmThrottling:
         with self._lock:
             return Counter(path for _, kind, _, path in self.admitted if kind is OperationKind.WRITES)
 
-    def drain(self, subscription: str, kind: OperationKind) -> None:
-        """Empty one subscription bucket, as another client using up the budget would (tests, benches)."""
+    def drain(self, subscription: str, kind: OperationKind, *, for_seconds: float = 0.0) -> None:
+        """Empty one subscription bucket, as another client using up the budget would (tests, benches):
+        with ``for_seconds`` (sandbox seconds) it stays empty that long, as if that client kept taking
+        every token refilled meanwhile."""
         with self._lock:
-            self._bucket("subscription", subscription, kind, self._now()).tokens = 0.0
+            bucket = self._bucket("subscription", subscription, kind, self._now())
+            bucket.tokens = -for_seconds * bucket.limit.refill_per_second

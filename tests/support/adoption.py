@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -42,11 +42,13 @@ CONTROLLER = "c0000000-0000-4000-8000-00000000c0de"
 
 
 @contextmanager
-def scaled_arm(directory: Path, *, scale: float) -> Iterator[ArmEmulator]:
+def scaled_arm(directory: Path, *, scale: float, middlewares: Sequence[Any] = ()) -> Iterator[ArmEmulator]:
     """An emulated ARM (and vaults) whose sandbox clock runs ``scale`` times faster, Resource Graph
-    mounted, limits still off (``set_limits`` after building the estate)."""
+    mounted, limits still off (``set_limits`` after building the estate). ``middlewares`` run inside
+    the emulator's own (after a request was admitted)."""
     keyvault = KeyVaultEmulator(SandboxClock(rate=scale), SandboxBus(), directory=directory)
     arm = ArmEmulator(keyvault=keyvault, storage_tick_seconds=3600)
+    arm.app.middlewares.extend(middlewares)
     graph = mount_resource_graph(arm.app, arm.resources_snapshot,
                                  resource_containers=arm.resource_containers_snapshot, clock=arm.clock)
     try:
