@@ -13,7 +13,8 @@ through ``policy()`` it sees every attempt of every management client built from
   is refilled at exactly its refill rate, so the achieved rate is ARM's refill rate, whatever it is;
 * a 429 holds every request of that subscription and kind until its Retry-After has passed and
   widens the interval to at least the Retry-After (for an empty bucket, the time one token takes),
-  then lets them out one interval apart: no retry storm. The retry itself is azure-core's RetryPolicy, which honours the same Retry-After.
+  then lets them out one interval apart: no retry storm. The retry itself is azure-core's
+  RetryPolicy, which honours the same Retry-After.
 
 The counters (``stats``) let benchmarks and ``cmkctl`` report attempts, throttled answers and waits.
 """
