@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
 
 from controller import reconciler, rotation
@@ -114,7 +115,11 @@ def continuations(connection_string: str, queue: str) -> list[dict[str, Any]]:
     client = work_queue_client(connection_string, queue)
     items = []
     with client:
-        for message in client.receive_messages(max_messages=32):
+        try:
+            messages = list(client.receive_messages(max_messages=32))
+        except ResourceNotFoundError:
+            return []  # nothing was ever enqueued
+        for message in messages:
             items.append(json.loads(message.content))
             client.delete_message(message)
     return items

@@ -149,8 +149,8 @@ class FakeRotationLedger:
     version_conditions: dict[str, tuple[Condition, ...]] = field(default_factory=dict)
     intent_log: list[tuple[str, str]] = field(default_factory=list)
     condition_saves: int = 0
-    #: (consumer id, write) -> (owner, until): the write claims, as the Table ledger keeps them.
-    claims: dict[tuple[str, str], tuple[str, datetime]] = field(default_factory=dict)
+    #: consumer id -> (owner, until): the write claims, one per consumer as the Table ledger keeps them.
+    claims: dict[str, tuple[str, datetime]] = field(default_factory=dict)
 
     def load(self, key: KeyRef) -> RotationRecord:
         return RotationRecord(tuple(self.intents.values()), dict(self.consumer_conditions),
@@ -162,10 +162,10 @@ class FakeRotationLedger:
 
     def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
                     until: datetime) -> bool:
-        held = self.claims.get((consumer_id.lower(), write))
+        held = self.claims.get(consumer_id.lower())
         if held is not None and held[0] != owner and held[1] > now:
             return False
-        self.claims[(consumer_id.lower(), write)] = (owner, until)
+        self.claims[consumer_id.lower()] = (owner, until)
         return True
 
     def save_conditions(self, key, consumer_conditions, version_conditions) -> None:
