@@ -68,6 +68,7 @@ bench: setup
 	$(PY) bench/rewrap_bench.py
 	$(PY) bench/audit_bench.py
 	$(PY) bench/sweep_bench.py
+	$(PY) bench/adoption_scale.py --consumers 1000
 
 clean: sandbox-down
 	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache .hypothesis .sandbox
