@@ -75,8 +75,11 @@ KEY_SOURCE_KEYVAULT = "microsoft.keyvault"
 LIST_FROM = 5
 #: Encryption-scope listings in flight at once while looking for a key's consumers.
 SCOPE_LISTINGS = 16
-#: Seconds a state read from ARM (a refresh, a write's answer) stands in for the read before a write.
-FRESH_FOR = 120.0
+#: Seconds a state read from ARM (a refresh, a write's answer) stands in for the read before a write:
+#: long enough for a round of a thousand writes at ARM's 10 per second to need no read of its own
+#: (the reconciler's write claims keep the controller's other instances off meanwhile; someone else's
+#: change inside this window is overwritten, where a read before each write would have caught it).
+FRESH_FOR = 600.0
 
 _STORAGE_ID = re.compile(
     r"/subscriptions/(?P<sub>[0-9a-f-]{36})/resourcegroups/(?P<rg>[-\w.()]{1,90})"
