@@ -139,10 +139,8 @@ def test_every_consumer_adopts_at_the_pace_arm_allows(world: World) -> None:
     assert result.progress() == {"done": CONSUMERS, "pending": 0, "blocked": 0}
     assert_each_written_once_per_step(world)
     assert account_reads(world) == 0  # verified from the writes' answers and one listing
-    stats = controller.connection.pacer.stats
     # More writes than the bucket holds: the run went on at the refill rate, paced, not failed.
     assert CONSUMERS * 3 // 2 > WRITE_BUCKET
-    assert stats.by_kind["writes"] - stats.retries == CONSUMERS * 3 // 2
 
 
 def test_a_run_cut_off_by_its_time_budget_continues_from_the_queue(world: World) -> None:
