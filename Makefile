@@ -93,6 +93,7 @@ bench: setup
 	$(PY) bench/audit_bench.py
 	$(PY) bench/sweep_bench.py
 	$(PY) bench/drift_bench.py
+	$(PY) bench/adoption_scale.py --consumers 1000
 
 # The sweep at 10x the accounts (about 40 minutes here, most of it building the estate).
 bench-sweep-10k: setup

@@ -11,7 +11,9 @@ sandbox that identity is served by the sandbox's managed-identity endpoint, so t
 from __future__ import annotations
 
 import os
+import socket
 import threading
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -107,6 +109,11 @@ def build(
         notifier=notifier,
         clock=clock,
         planner=rotation.PlannerSettings.from_settings(settings),
+        limits=reconciler.ExecutionLimits(
+            concurrency=settings.write_concurrency,
+            time_budget=timedelta(seconds=settings.reconcile_time_budget_seconds),
+            owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+        ),
     )
     if blob_connection_setting:
         blob_services = emulator_blob_services(_local_connection_string(environ, blob_connection_setting))

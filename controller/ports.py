@@ -242,6 +242,13 @@ class ConsumerInventory(Protocol):
         which lags writes by minutes."""
         ...
 
+    def refresh(self, consumers: Sequence[Consumer]) -> list[Consumer | None]:
+        """``consumers`` as ARM holds them now, in the same order (None: gone, or no longer on a Key
+        Vault key), read in as few requests as possible (a subscription's paged listing rather than
+        one read per consumer); their identity's access is kept as gathered. The states read are
+        what ``ConsumerControl.set_key`` checks its write against, so a write needs no read of its own."""
+        ...
+
 
 class ConsumerControl(Protocol):
     def set_key(self, consumer: Consumer, key: KeyRef) -> Consumer:
@@ -265,6 +272,14 @@ class RotationLedger(Protocol):
 
     def save_intent(self, key: KeyRef, intent: ForceAdoptionIntent) -> None:
         """Durably record a forced-adoption step; must complete before the consumer is written."""
+        ...
+
+    def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
+                    until: datetime) -> bool:
+        """Atomically claim one consumer's write (``write``: the key URI being set) for ``owner`` until
+        ``until``; False when another owner holds a claim on that consumer lasting beyond ``now``. Two
+        instances reconciling the same key therefore never send the same write twice; the claim of a
+        crashed instance lapses."""
         ...
 
     def save_conditions(

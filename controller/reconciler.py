@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -63,6 +65,29 @@ _ALERT_SEVERITY = {
 
 
 @dataclass(frozen=True, slots=True)
+class ExecutionLimits:
+    """How one reconcile spends ARM's budget and its invocation's time.
+
+    ``concurrency``: consumers written at the same time. ARM's write latency (about a second for a
+    storage account) overlaps; the pace is ARM's, kept by the adapters' pacer (adapters/arm_pacing.py).
+    ``time_budget``: no write is started after this long; what is left continues through the work
+    queue (None: no limit). ``owner`` names this instance in the ledger's write claims and
+    ``claim_for`` is how long a claim keeps other instances off a consumer.
+    """
+
+    concurrency: int = 1
+    time_budget: timedelta | None = None
+    owner: str = "controller"
+    claim_for: timedelta = timedelta(minutes=10)
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.time_budget is not None and self.time_budget <= timedelta(0):
+            raise ValueError("time_budget must be positive")
+
+
+@dataclass(frozen=True, slots=True)
 class ReconcileDeps:
     keys: Callable[[VaultOrigin], KeyVaultReader]
     inventory: ConsumerInventory
@@ -72,6 +97,7 @@ class ReconcileDeps:
     notifier: Notifier
     clock: Clock
     planner: rotation.PlannerSettings
+    limits: ExecutionLimits = ExecutionLimits()
 
 
 @dataclass(slots=True)
@@ -85,11 +111,22 @@ class ReconcileResult:
     conflicts: list[str] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     next_check: datetime | None = None
+    #: Writes not started because the time budget ran out (they continue through the work queue).
+    deferred: int = 0
+    #: Consumers another instance holds a live write claim on (it writes them; this run does not).
+    claimed_elsewhere: list[str] = field(default_factory=list)
+
+    def progress(self) -> dict[str, int]:
+        """done / pending / blocked consumers of the key, as the last plan sees them."""
+        return progress(self.plan)
 
     def as_json(self) -> dict[str, object]:
         return {
             "key": self.key.uri,
             "target_version": self.plan.target.version if self.plan.target else None,
+            "progress": self.progress(),
+            "deferred": self.deferred,
+            "claimed_elsewhere": list(self.claimed_elsewhere),
             "rounds": self.rounds,
             "writes": list(self.writes),
             "failures": list(self.failures),
@@ -135,46 +172,26 @@ def reconcile_key(
         result.next_check = plan.next_check
         return result
 
-    transient: TransientError | None = None
-    failed: set[str] = set()  # a consumer that failed is not retried within this run
-    conflicts: Counter[str] = Counter()
+    started = deps.clock.now()
+    run = _Run(key, deps, intents, started)
     for round_number in range(1, MAX_ROUNDS + 1):
         result.rounds = round_number
-        pending = [decision for decision in plan.writes if decision.consumer.id not in failed]
+        pending = [decision for decision in plan.writes
+                   if decision.consumer.id not in run.failed and decision.consumer.id not in run.left]
         if not pending:
             break
-        changed: dict[str, Consumer | None] = {}  # None: no longer a consumer of this key
-        for decision in pending:
-            consumer = decision.consumer
-            try:
-                try:
-                    updated = _execute(decision, key, deps, intents, result)
-                except Conflict as err:
-                    # Someone changed the consumer between our read and our write: their change wins.
-                    # Re-read it from ARM and let the next round plan from what it holds now.
-                    conflicts[consumer.id] += 1
-                    result.conflicts.append(f"{consumer.resource_id}: {err}")
-                    log_record(log, logging.INFO, "consumer changed concurrently", {
-                        "resource": consumer.resource_id, "reason": Reason.CONSUMER_CHANGED.value,
-                        "action": decision.action.value})
-                    if conflicts[consumer.id] >= MAX_CONFLICTS_PER_CONSUMER:
-                        failed.add(consumer.id)
-                        continue
-                    updated = deps.inventory.reread(consumer)
-                    if updated is None or not updated.key.same_key(key):
-                        changed[consumer.id] = None
-                        continue
-            except TransientError as err:
-                transient = transient or err
-                failed.add(consumer.id)
-                result.failures.append(f"{consumer.resource_id}: {err}")
-            except PermanentError as err:
-                failed.add(consumer.id)
-                result.failures.append(f"{consumer.resource_id}: {err}")
-                result.alerts.append(_failure_alert(decision, err))
-            else:
-                if updated is not None:
-                    changed[updated.id] = updated
+        # Verify against ARM itself (Resource Graph lags writes) in as few reads as possible, then
+        # decide again from what ARM holds now: a consumer someone else already moved is not written.
+        fresh = _refreshed([decision for decision in pending if decision.consumer.id not in run.seen_fresh], deps)
+        run.seen_fresh.update(fresh)
+        if fresh:
+            consumers = [current for current in (fresh.get(consumer.id, consumer) for consumer in consumers)
+                         if current is not None]
+            plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
+            result.plan = plan
+            pending = [decision for decision in plan.writes
+                       if decision.consumer.id not in run.failed and decision.consumer.id not in run.left]
+        changed = run.execute(pending, result)
         if not changed:
             break
         consumers = [current for current in (changed.get(consumer.id, consumer) for consumer in consumers)
@@ -182,6 +199,9 @@ def reconcile_key(
         plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
         result.plan = plan
 
+    transient, conflicts = run.transient, run.conflicts
+    result.deferred = len(run.deferred)
+    result.claimed_elsewhere = sorted(run.claimed_elsewhere)
     _record_conditions(key, plan, record, deps)
     result.alerts.extend(_alerts(plan))
     # Level-based: what is not raised now for this key's consumers has cleared and is resolved.
@@ -191,13 +211,158 @@ def reconcile_key(
         # The consumers that kept changing under us are looked at again shortly, with fresh state.
         prompt = deps.clock.now() + deps.planner.verify_interval
         result.next_check = min(result.next_check, prompt) if result.next_check else prompt
+    if run.deferred:
+        # Out of this invocation's time: the rest continues at once in another invocation, which
+        # re-plans from ARM and the ledger (what is done is not written again).
+        _continue(key, len(run.deferred), deps)
     if transient is not None:
         # Everything that could be done was done; the host retries the rest (idempotently).
         raise TransientError(f"reconcile {key.uri}: {transient}", retry_after=transient.retry_after) from transient
-    if result.next_check is not None:
+    if result.next_check is not None and not run.deferred:
         _schedule(key, result.next_check, deps)
     log_record(log, logging.INFO, "key reconciled", result.as_json())
     return result
+
+
+def progress(plan: rotation.Plan) -> dict[str, int]:
+    """Consumers done (on the target as configured), pending (being or to be moved, or waiting for
+    Azure) and blocked (a human has to act: alerts and blocked decisions)."""
+    counts = {"done": 0, "pending": 0, "blocked": 0}
+    for decision in plan.decisions:
+        if decision.action in _ALERT_SEVERITY:
+            counts["blocked"] += 1
+        elif decision.action is rotation.Action.ADOPTED and not decision.writes_consumer:
+            counts["done"] += 1
+        else:
+            counts["pending"] += 1
+    return counts
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What happened to one consumer's write; merged into the result in plan order."""
+
+    consumer: Consumer
+    updated: Consumer | None = None
+    gone: bool = False
+    written: str | None = None
+    conflict: str | None = None
+    failure: str | None = None
+    transient: TransientError | None = None
+    alert: Alert | None = None
+    deferred: bool = False
+    claimed_elsewhere: bool = False
+    gave_up: bool = False  # lost too many races to someone else's changes
+
+
+class _Run:
+    """One reconcile's writes: bounded concurrency, the time budget, the ledger's claims."""
+
+    def __init__(self, key: KeyRef, deps: ReconcileDeps, intents: dict[str, ForceAdoptionIntent],
+                 started: datetime) -> None:
+        self.key, self.deps, self.intents = key, deps, intents
+        budget = deps.limits.time_budget
+        self.deadline = started + budget if budget is not None else None
+        self.failed: set[str] = set()  # a consumer that failed is not retried within this run
+        self.left: set[str] = set()  # deferred or claimed elsewhere: not this run's any more
+        self.deferred: set[str] = set()
+        self.claimed_elsewhere: set[str] = set()
+        self.seen_fresh: set[str] = set()  # consumers whose state this run read from ARM itself
+        self.conflicts: Counter[str] = Counter()
+        self.transient: TransientError | None = None
+        self._started_any = False  # the first write of a run always starts: every run makes progress
+        self._lock = threading.Lock()
+
+    def execute(self, pending: Sequence[rotation.Decision], result: ReconcileResult) -> dict[str, Consumer | None]:
+        """Run the decisions' writes, ``limits.concurrency`` at a time; return the changed consumers
+        (None: no longer a consumer of this key)."""
+        workers = min(self.deps.limits.concurrency, len(pending))
+        if workers <= 1:
+            outcomes = [self._attempt(decision) for decision in pending]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
+                outcomes = list(pool.map(self._attempt, pending))
+        changed: dict[str, Consumer | None] = {}
+        for decision, outcome in zip(pending, outcomes, strict=True):
+            consumer_id = outcome.consumer.id
+            if outcome.deferred or outcome.claimed_elsewhere:
+                self.left.add(consumer_id)
+                (self.deferred if outcome.deferred else self.claimed_elsewhere).add(consumer_id)
+                continue
+            if outcome.conflict is not None:
+                result.conflicts.append(outcome.conflict)
+                log_record(log, logging.INFO, "consumer changed concurrently", {
+                    "resource": outcome.consumer.resource_id, "reason": Reason.CONSUMER_CHANGED.value,
+                    "action": decision.action.value})
+            if outcome.written is not None:
+                result.writes.append(outcome.written)
+            if outcome.failure is not None:
+                self.failed.add(consumer_id)
+                result.failures.append(outcome.failure)
+                self.transient = self.transient or outcome.transient
+                if outcome.alert is not None:
+                    result.alerts.append(outcome.alert)
+            elif outcome.gave_up:
+                self.failed.add(consumer_id)
+            elif outcome.gone:
+                changed[consumer_id] = None
+            elif outcome.updated is not None:
+                changed[outcome.updated.id] = outcome.updated
+                self.seen_fresh.add(outcome.updated.id)
+        return changed
+
+    def _out_of_time(self) -> bool:
+        with self._lock:
+            if self._started_any and self.deadline is not None and self.deps.clock.now() >= self.deadline:
+                return True
+            self._started_any = True
+            return False
+
+    def _attempt(self, decision: rotation.Decision) -> _Outcome:
+        consumer = decision.consumer
+        outcome = _Outcome(consumer)
+        if self._out_of_time():
+            outcome.deferred = True
+            return outcome
+        try:
+            now = self.deps.clock.now()
+            if decision.set_key is not None and not self.deps.ledger.claim_write(
+                    self.key, consumer.id, decision.set_key.uri, owner=self.deps.limits.owner, now=now,
+                    until=now + self.deps.limits.claim_for):
+                outcome.claimed_elsewhere = True
+                return outcome
+            try:
+                outcome.updated = _execute(decision, self.key, self.deps, self.intents, outcome)
+            except Conflict as err:
+                # Someone changed the consumer between our read and our write: their change wins.
+                # Re-read it from ARM and let the next round plan from what it holds now.
+                self.conflicts[consumer.id] += 1
+                outcome.conflict = f"{consumer.resource_id}: {err}"
+                if self.conflicts[consumer.id] >= MAX_CONFLICTS_PER_CONSUMER:
+                    outcome.gave_up = True
+                    return outcome
+                updated = self.deps.inventory.reread(consumer)
+                if updated is None or not updated.key.same_key(self.key):
+                    outcome.gone = True
+                else:
+                    outcome.updated = updated
+        except TransientError as err:
+            outcome.failure, outcome.transient = f"{consumer.resource_id}: {err}", err
+        except PermanentError as err:
+            outcome.failure = f"{consumer.resource_id}: {err}"
+            outcome.alert = _failure_alert(decision, err)
+        return outcome
+
+
+def _refreshed(pending: Sequence[rotation.Decision], deps: ReconcileDeps) -> dict[str, Consumer | None]:
+    """The pending writes' consumers as ARM holds them now (None: gone, or no longer on a Key Vault
+    key), for the consumers that a write is about to change."""
+    targets = [decision.consumer for decision in pending if decision.set_key is not None]
+    if not targets:
+        return {}
+    current = deps.inventory.refresh(targets)
+    return {consumer.id: fresh if fresh is None or fresh.key.same_key(consumer.key) else None
+            for consumer, fresh in zip(targets, current, strict=True)}
 
 
 def _plan(
@@ -221,7 +386,7 @@ def _execute(
     key: KeyRef,
     deps: ReconcileDeps,
     intents: dict[str, ForceAdoptionIntent],
-    result: ReconcileResult,
+    outcome: _Outcome,
 ) -> Consumer | None:
     """Intent first, then the consumer, then the completing intent: a crash in between is repaired
     by the next run, which finds the intent and continues from it."""
@@ -231,7 +396,7 @@ def _execute(
     updated: Consumer | None = None
     if decision.set_key is not None:
         updated = deps.control.set_key(decision.consumer, decision.set_key)
-        result.writes.append(f"{decision.consumer.resource_id} -> {decision.set_key.uri}")
+        outcome.written = f"{decision.consumer.resource_id} -> {decision.set_key.uri}"
         log_record(log, logging.INFO, "consumer key updated", {
             "resource": decision.consumer.resource_id, "key": decision.set_key.uri,
             "action": decision.action.value, "reason": decision.reason.value,
@@ -297,6 +462,12 @@ def _failure_alert(decision: rotation.Decision, err: PermanentError) -> Alert:
 
 def fingerprint(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def _continue(key: KeyRef, left: int, deps: ReconcileDeps) -> None:
+    """A continuation: the next invocation re-plans from ARM and the ledger and writes what is left."""
+    log_record(log, logging.INFO, "reconcile continues in another invocation", {"key": key.uri, "left": left})
+    deps.queue.enqueue({"kind": "reconcile", "key": key.uri, "continuation": True, "left": left})
 
 
 def _schedule(key: KeyRef, when: datetime, deps: ReconcileDeps) -> None:

@@ -222,6 +222,18 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "24",
         "How far back the audit analysis (cmkctl audit) looks for failed KeyWrap/KeyUnwrap/KeyGet. 1-720.",
     ),
+    SettingSpec(
+        "CMK_WRITE_CONCURRENCY",
+        "16",
+        "Consumers of one key written at the same time (1-64). ARM answers a storage write after about a "
+        "second, so writes overlap; their rate is ARM's, paced by the throttling budget ARM reports.",
+    ),
+    SettingSpec(
+        "CMK_RECONCILE_TIME_BUDGET_SECONDS",
+        "480",
+        "No write is started after this many seconds of one reconcile (30-3600; keep it under the host's "
+        "functionTimeout, 10 minutes): what is left continues in another invocation through the work queue.",
+    ),
 )
 
 _KNOWN: Final = {spec.name: spec for spec in SETTINGS}
@@ -299,6 +311,8 @@ class Settings:
     audit_archive: AuditArchive | None = None
     audit_window_hours: int = 24
     audit_schedule: str = "0 */15 * * * *"
+    write_concurrency: int = 16
+    reconcile_time_budget_seconds: int = 480
 
     @property
     def vaults(self) -> tuple[str, ...]:
@@ -358,6 +372,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         audit_archive=_parse_audit_archive(raw("CMK_AUDIT_ARCHIVE")),
         audit_window_hours=_parse_int("CMK_AUDIT_WINDOW_HOURS", raw("CMK_AUDIT_WINDOW_HOURS"), 1, 720),
         audit_schedule=_parse_ncrontab("CMK_AUDIT_SCHEDULE", raw("CMK_AUDIT_SCHEDULE")),
+        write_concurrency=_parse_int("CMK_WRITE_CONCURRENCY", raw("CMK_WRITE_CONCURRENCY"), 1, 64),
+        reconcile_time_budget_seconds=_parse_int("CMK_RECONCILE_TIME_BUDGET_SECONDS",
+                                                 raw("CMK_RECONCILE_TIME_BUDGET_SECONDS"), 30, 3600),
     )
 
 

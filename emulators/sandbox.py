@@ -331,6 +331,7 @@ class Orchestrator:
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         from emulators.arm import ArmEmulator
+        from emulators.arm.throttling import LIMITS_ENV, LimitsSettings
         from emulators.audit import AuditSink
         from emulators.azurite import Azurite
         from emulators.bus import SandboxBus
@@ -350,7 +351,9 @@ class Orchestrator:
         ca = SandboxCA(self.directory / CA_DIR, persist=True)
         self.ca = ca
         self.bundle = write_ca_bundle(self.directory / CA_BUNDLE, ca.ca_path)
-        self.clock, self.bus = SandboxClock(), SandboxBus()
+        # SANDBOX_ARM_LIMITS: Azure's ARM throttling and latency, the sandbox clock scaled with them.
+        limits = LimitsSettings.parse(os.environ.get(LIMITS_ENV, ""))
+        self.clock, self.bus = SandboxClock(rate=limits.scale if limits else 1.0), SandboxBus()
 
         self.azurite = Azurite(location=self.directory / "azurite", host=self.host, process_record=self.processes)
         self.azurite.start()
@@ -361,7 +364,8 @@ class Orchestrator:
         self._push("audit", self.audit.stop)
 
         self.keyvault = KeyVaultEmulator(self.clock, self.bus, ca, host=self.host)
-        self.arm = ArmEmulator(keyvault=self.keyvault, azurite=self.azurite, audit=self.audit, host=self.host)
+        self.arm = ArmEmulator(keyvault=self.keyvault, azurite=self.azurite, audit=self.audit, host=self.host,
+                               limits=limits)
         mount_resource_graph(
             self.arm.app,
             self.arm.resources_snapshot,

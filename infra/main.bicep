@@ -117,6 +117,12 @@ param cmkAlertWebhookMinSeverity string = 'info'
 @description('CMK_AUDIT_SCHEDULE: NCRONTAB schedule of the audit timer (deleted/purged keys in use, CMK-017 failures)')
 param cmkAuditSchedule string = '0 */15 * * * *'
 
+@description('CMK_RECONCILE_TIME_BUDGET_SECONDS: Seconds after which one reconcile starts no write (30-3600); the rest continues through the work queue.')
+param cmkReconcileTimeBudgetSeconds string = '480'
+
+@description('CMK_WRITE_CONCURRENCY: Consumers of one key written at the same time (1-64), paced by the budget ARM reports.')
+param cmkWriteConcurrency string = '16'
+
 @description('CMK_ALERT_EVENTGRID_MIN_SEVERITY: least severe alert published to CMK_ALERT_EVENTGRID_TOPIC.')
 param cmkAlertEventgridMinSeverity string = 'info'
 
@@ -323,6 +329,8 @@ module functionApp 'modules/function-app.bicep' = {
     cmkTeamsWebhookUrl: webhookReferences[1]
     cmkAlertWebhookMinSeverity: cmkAlertWebhookMinSeverity
     cmkAuditSchedule: cmkAuditSchedule
+    cmkReconcileTimeBudgetSeconds: cmkReconcileTimeBudgetSeconds
+    cmkWriteConcurrency: cmkWriteConcurrency
     cmkAlertEventgridMinSeverity: cmkAlertEventgridMinSeverity
     cmkLogAnalyticsWorkspace: auditEvidenceEnabled ? monitoring.outputs.workspaceCustomerId : ''
     cmkLogAnalyticsEndpoint: cmkLogAnalyticsEndpoint

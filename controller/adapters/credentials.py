@@ -10,13 +10,14 @@ azure-identity reads those two variables from the process environment when the c
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from azure.core.credentials import AccessToken, TokenCredential
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import AzureCliCredential, ManagedIdentityCredential
 
+from controller.adapters.arm_pacing import ArmPacer
 from controller.model import VaultOrigin
 
 #: Where the identity's client id is read from, first match wins. Unset: the system-assigned identity.
@@ -89,13 +90,15 @@ class ArmConnection:
     """How the management clients reach Azure Resource Manager (CMK_ARM_ENDPOINT) and authenticate.
 
     Tokens are requested for ``<endpoint>/.default``: the public cloud's, another cloud's or the
-    sandbox's ARM audience, whichever endpoint is configured.
+    sandbox's ARM audience, whichever endpoint is configured. Every client built from one connection
+    shares its ``pacer`` (arm_pacing.py): ARM's throttling budget is per subscription, not per client.
     """
 
     credential: TokenCredential
     endpoint: str = "https://management.azure.com"
     connection_verify: str | bool = True
     retry_total: int = 3
+    pacer: ArmPacer = field(default_factory=ArmPacer, compare=False)
 
     @property
     def scope(self) -> str:
@@ -108,4 +111,5 @@ class ArmConnection:
             "credential_scopes": [self.scope],
             "connection_verify": self.connection_verify,
             "retry_total": self.retry_total,
+            "per_retry_policies": [self.pacer.policy()],
         }

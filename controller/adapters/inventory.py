@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from azure.core.rest import HttpRequest
@@ -243,6 +244,11 @@ class ConsumerDirectory:
 
     def keys_in_use(self, vault: VaultOrigin) -> list[KeyRef]:
         return self._inventory.keys_in_use(vault, scopes=self._scopes)
+
+    def refresh(self, consumers: Sequence[Consumer]) -> list[Consumer | None]:
+        states = self._inventory.storage.current_states([consumer.resource_id for consumer in consumers])
+        return [None if observed is None else replace(observed.consumer, identity_access=consumer.identity_access)
+                for consumer, observed in zip(consumers, states, strict=True)]
 
     def reread(self, consumer: Consumer) -> Consumer | None:
         try:

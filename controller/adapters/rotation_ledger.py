@@ -5,6 +5,9 @@ intent and the last recorded conditions, and per key version its conditions: ``l
 partition query. Every write is ETag-conditional against what this instance last read or wrote, so
 two instances reconciling the same key cannot silently overwrite each other: the loser gets a
 TransientError and its invocation is retried against fresh state.
+
+Write claims (one row per consumer: owner, the write, until when) keep two instances off the same
+consumer: a claim is created atomically, and taken over only when it has lapsed, ETag-conditionally.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ log = logging.getLogger("controller.adapters.rotation_ledger")
 _INTENT = "intent"
 _CONSUMER_CONDITIONS = "consumer"
 _VERSION_CONDITIONS = "version"
+_CLAIM = "claim"
 
 
 def _digest(text: str) -> str:
@@ -105,6 +109,32 @@ class TableRotationLedger:
         self._write(key, _INTENT, intent.consumer_id, {
             "TargetVersion": intent.target_version, "Step": intent.step.value, "StartedAt": intent.started_at,
         })
+
+    def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
+                    until: datetime) -> bool:
+        self._ensure_table()
+        partition, row = _partition(key), _row(_CLAIM, consumer_id)
+        entity = {"PartitionKey": partition, "RowKey": row, "Kind": _CLAIM, "Subject": consumer_id,
+                  "Key": key.versionless.uri, "Write": write, "Owner": owner, "Until": until}
+        what = f"claim a write of {consumer_id}"
+        try:
+            with translated(what):
+                self._table.create_entity(entity)
+        except Conflict:
+            pass  # a claim exists: ours, lapsed, or someone else's
+        else:
+            return True
+        with translated(what):
+            held = self._table.get_entity(partition, row)
+        if held.get("Owner") != owner and held.get("Until") is not None and held["Until"] > now:
+            return False
+        try:
+            with translated(what):
+                self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=held.metadata["etag"],
+                                          match_condition=MatchConditions.IfNotModified)
+        except Conflict:
+            return False  # another instance took the lapsed claim over first
+        return True
 
     def save_conditions(
         self,

@@ -14,16 +14,28 @@ updates on sends ``keyversion: ""`` explicitly: ARM treats an omitted keyversion
 PATCH. Before writing, the consumer is re-read and compared with the caller's view; when someone else
 changed its key meanwhile the write is refused with Conflict (their configuration wins).
 
+The state a write is checked against is ARM's own (never Resource Graph's, which lags writes by
+minutes): what ``current_states`` just read for the consumers about to be written (a subscription's
+paged listing when it has at least ``LIST_FROM`` of them), or the answer of this adapter's previous
+write to the consumer (a storage update returns the account, so a pin is verified, and then
+restored, without a read). Such a state is used once, and only within ``FRESH_FOR``; otherwise the
+write reads the consumer first.
+
 Cost: listing a subscription's consumers is one paged storage-accounts listing plus one scope
-listing per candidate account (O(accounts)); a write is one read and one PATCH (scopes: one more
-read of the account for its identity and tags).
+listing per candidate account (O(accounts)); refreshing N consumers before writing them is one paged
+listing per subscription (scopes: one read each); a write is one PATCH, plus one read when no fresh
+state stands in for it (scopes: one more read of the account for its identity and tags).
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -43,7 +55,7 @@ from azure.mgmt.storage.models import (
 
 from controller.adapters.azure_errors import translated
 from controller.adapters.credentials import ArmConnection
-from controller.errors import Conflict, InvalidKeyId, InvalidResourceId
+from controller.errors import Conflict, InvalidKeyId, InvalidResourceId, NotFound
 from controller.model import (
     Consumer,
     ConsumerKind,
@@ -59,6 +71,15 @@ from controller.model import (
 from controller.vault_policy import VaultPolicy
 
 KEY_SOURCE_KEYVAULT = "microsoft.keyvault"
+#: Consumers of one subscription refreshed with its paged listing rather than one read each.
+LIST_FROM = 5
+#: Encryption-scope listings in flight at once while looking for a key's consumers.
+SCOPE_LISTINGS = 16
+#: Seconds a state read from ARM (a refresh, a write's answer) stands in for the read before a write:
+#: long enough for a round of a thousand writes at ARM's 10 per second to need no read of its own
+#: (the reconciler's write claims keep the controller's other instances off meanwhile; someone else's
+#: change inside this window is overwritten, where a read before each write would have caught it).
+FRESH_FOR = 600.0
 
 _STORAGE_ID = re.compile(
     r"/subscriptions/(?P<sub>[0-9a-f-]{36})/resourcegroups/(?P<rg>[-\w.()]{1,90})"
@@ -243,6 +264,9 @@ class StorageControl:
         self._arm = arm
         self._policy = policy
         self._clients: dict[str, StorageManagementClient] = {}
+        # resource id (lower case) -> (monotonic time read, the account or scope as ARM answered)
+        self._fresh: dict[str, tuple[float, StorageAccount | EncryptionScope]] = {}
+        self._lock = threading.Lock()  # the reconciler writes consumers from several threads
 
     def close(self) -> None:
         for client in self._clients.values():
@@ -257,11 +281,24 @@ class StorageControl:
 
     def _client(self, subscription_id: str) -> StorageManagementClient:
         key = subscription_id.lower()
-        client = self._clients.get(key)
-        if client is None:
-            client = StorageManagementClient(self._arm.credential, key, **self._arm.client_options())
-            self._clients[key] = client
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = StorageManagementClient(self._arm.credential, key, **self._arm.client_options())
+                self._clients[key] = client
         return client
+
+    def _remember(self, resource_id: str, state: StorageAccount | EncryptionScope) -> None:
+        with self._lock:
+            self._fresh[resource_id.lower()] = (time.monotonic(), state)
+
+    def _recent(self, resource_id: str) -> StorageAccount | EncryptionScope | None:
+        """A state read from ARM within FRESH_FOR, used once (the next write of it reads again)."""
+        with self._lock:
+            held = self._fresh.pop(resource_id.lower(), None)
+        if held is None or time.monotonic() - held[0] > FRESH_FOR:
+            return None
+        return held[1]
 
     # ---- reads --------------------------------------------------------------------------------------
     def list_accounts(self, subscription_id: str) -> list[StorageAccount]:
@@ -294,16 +331,24 @@ class StorageControl:
         *,
         scopes: ScopeSearch = ScopeSearch.CMK_ACCOUNTS,
     ) -> Iterator[ObservedConsumer]:
-        """Accounts and encryption scopes among ``accounts`` whose configured key satisfies ``wanted``."""
-        for account in accounts:
+        """Accounts and encryption scopes among ``accounts`` whose configured key satisfies ``wanted``.
+
+        Encryption scopes are listed per account (Resource Graph has none): SCOPE_LISTINGS at a time,
+        paced like every ARM read (adapters/arm_pacing.py)."""
+        candidates = list(accounts)
+        searched = [account for account in candidates
+                    if scopes is ScopeSearch.ALL_ACCOUNTS or uses_key_vault(account)]
+        with ThreadPoolExecutor(max_workers=SCOPE_LISTINGS, thread_name_prefix="scopes") as pool:
+            listings = dict(zip((id(account) for account in searched), pool.map(self.list_scopes, searched),
+                                strict=True))
+        for account in candidates:
             observed = account_consumer(account, self._policy)
             if observed is not None and wanted(observed.consumer.key):
                 yield observed
-            if scopes is ScopeSearch.ALL_ACCOUNTS or uses_key_vault(account):
-                for scope in self.list_scopes(account):
-                    scoped = scope_consumer(account, scope, self._policy)
-                    if scoped is not None and wanted(scoped.consumer.key):
-                        yield scoped
+            for scope in listings.get(id(account), ()):
+                scoped = scope_consumer(account, scope, self._policy)
+                if scoped is not None and wanted(scoped.consumer.key):
+                    yield scoped
 
     def get_account(self, resource_id: str) -> StorageAccount:
         ids = parse_storage_resource_id(resource_id)
@@ -327,6 +372,46 @@ class StorageControl:
             return account_consumer(account, self._policy)
         return scope_consumer(account, self._get_scope(ids), self._policy)
 
+    def current_states(self, resource_ids: Sequence[str]) -> list[ObservedConsumer | None]:
+        """The accounts and scopes as ARM holds them now, in order (None: gone, or not on a Key Vault
+        key); remembered as the state the next write of each is checked against (module docstring)."""
+        parsed = [parse_storage_resource_id(resource_id) for resource_id in resource_ids]
+        per_subscription = Counter(ids.subscription_id for ids in parsed)
+        listed = {subscription for subscription, count in per_subscription.items() if count >= LIST_FROM}
+        accounts: dict[str, StorageAccount | None] = {}
+        for subscription in sorted(listed):
+            for listed_account in self.list_accounts(subscription):
+                if listed_account.id:
+                    accounts[listed_account.id.lower()] = listed_account
+        states: list[ObservedConsumer | None] = []
+        for ids in parsed:
+            account_id = ids.account_id.lower()
+            if account_id not in accounts:
+                accounts[account_id] = None if ids.subscription_id in listed else self._account_or_none(ids)
+            account = accounts[account_id]
+            if account is None:
+                states.append(None)
+                continue
+            if ids.scope is None:
+                self._remember(ids.account_id, account)
+                states.append(account_consumer(account, self._policy))
+                continue
+            try:
+                scope = self._get_scope(ids)
+            except NotFound:
+                states.append(None)
+                continue
+            self._remember(ids.account_id, account)
+            self._remember(f"{ids.account_id}/encryptionScopes/{ids.scope}", scope)
+            states.append(scope_consumer(account, scope, self._policy))
+        return states
+
+    def _account_or_none(self, ids: StorageResourceId) -> StorageAccount | None:
+        try:
+            return self.get_account(ids.account_id)
+        except NotFound:
+            return None
+
     # ---- writes -------------------------------------------------------------------------------------
     def set_key(self, consumer: Consumer, key: KeyRef) -> Consumer:
         """ports.ConsumerControl: pin ``key``'s version, or (versionless ``key``) turn automatic updates on."""
@@ -344,10 +429,13 @@ class StorageControl:
 
     def _set_key(self, consumer: Consumer, target: KeyRef) -> ObservedConsumer:
         ids = parse_storage_resource_id(consumer.resource_id)
-        account = self.get_account(ids.account_id)
+        recent_account = self._recent(ids.account_id)
+        account = recent_account if isinstance(recent_account, StorageAccount) else self.get_account(ids.account_id)
         if ids.scope is None:
             return self._set_account_key(ids, account, consumer, target)
-        scope = self._get_scope(ids)
+        scope_id = f"{ids.account_id}/encryptionScopes/{ids.scope}"
+        recent_scope = self._recent(scope_id)
+        scope = recent_scope if isinstance(recent_scope, EncryptionScope) else self._get_scope(ids)
         fresh = scope_consumer(account, scope, self._policy)
         _check_unchanged(consumer, scope_key(scope, self._policy), fresh.consumer if fresh else None)
         if scope_key(scope, self._policy) == target:
@@ -363,6 +451,8 @@ class StorageControl:
                 updated = self._client(ids.subscription_id).encryption_scopes.patch(
                     ids.resource_group, ids.account, ids.scope, patch
                 )
+            self._remember(scope_id, updated)
+            self._remember(ids.account_id, account)
             observed = scope_consumer(account, updated, self._policy)
         return _written(observed, consumer)
 
@@ -395,6 +485,7 @@ class StorageControl:
         )
         with translated(f"update encryption of storage account {ids.account}"):
             updated = self._client(ids.subscription_id).storage_accounts.update(ids.resource_group, ids.account, patch)
+        self._remember(ids.account_id, updated)  # the answer is the account: the next step needs no read
         return _written(account_consumer(updated, self._policy), consumer)
 
 

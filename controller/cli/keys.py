@@ -22,6 +22,7 @@ from controller.model import KeyRef
 
 _EXAMPLES = {
     "reconcile": ("cmkctl reconcile contoso-kv storage-cmk --dry-run",
+                  "cmkctl reconcile contoso-kv storage-cmk --dry-run --summary",
                   "cmkctl reconcile contoso-kv storage-cmk --json"),
     "rotate": ("cmkctl rotate contoso-kv storage-cmk",
                "cmkctl rotate contoso-kv.vault.azure.net storage-cmk --wait 300"),
@@ -43,6 +44,8 @@ def register(commands: Commands) -> None:
         tables.add_wide_option(parser)
         if name == "reconcile":
             parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+            parser.add_argument("--summary", action="store_true",
+                                help="only the done / pending / blocked counts (large keys: no row per consumer)")
         if name == "rotate":
             parser.add_argument("--wait", type=bounded(float, 0, 86_400), default=120.0,
                                 help="seconds to wait for every consumer to adopt (default 120)")
@@ -75,8 +78,36 @@ def _key_and_app(args: argparse.Namespace) -> tuple[KeyRef, service.Dependencies
 def _reconcile(args: argparse.Namespace) -> int:
     key, deps = _key_and_deps(args)
     result = reconciler.reconcile_key(key, deps, dry_run=args.dry_run)
-    _print_result(result, as_json=args.json, dry_run=args.dry_run, wide=args.wide)
+    if args.summary:
+        _print_summary(result, as_json=args.json, dry_run=args.dry_run)
+    else:
+        _print_result(result, as_json=args.json, dry_run=args.dry_run, wide=args.wide)
     return EXIT_FAILED if result.failures else 0
+
+
+def _print_summary(result: reconciler.ReconcileResult, *, as_json: bool, dry_run: bool) -> None:
+    """done / pending / blocked, and what this run left to the work queue or to another instance."""
+    summary = {"key": result.key.uri, "target_version": result.plan.target.version if result.plan.target else None,
+               **result.progress(), "writes": len(result.writes), "failures": len(result.failures),
+               "deferred": result.deferred, "claimed_elsewhere": len(result.claimed_elsewhere), "dry_run": dry_run}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    print(_progress_line(result) + (" (dry run: nothing changed)" if dry_run else ""))
+    for failure in result.failures:
+        print(f"failed: {failure}", file=sys.stderr)
+
+
+def _progress_line(result: reconciler.ReconcileResult) -> str:
+    counts = result.progress()
+    target = result.plan.target.version if result.plan.target else "none"
+    line = (f"{result.key.uri} -> target {target}: {counts['done']} done, {counts['pending']} pending, "
+            f"{counts['blocked']} blocked")
+    if result.deferred:
+        line += f"; {result.deferred} writes continue in another invocation (work queue)"
+    if result.claimed_elsewhere:
+        line += f"; {len(result.claimed_elsewhere)} being written by another instance"
+    return line
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -146,6 +177,7 @@ def _print_result(result: reconciler.ReconcileResult, *, as_json: bool, dry_run:
              tables.version(decision.consumer.current_version, wide=wide) if decision.consumer.current_version
              else "unknown"] for decision in result.plan.decisions]
     _print_table(title, ["consumer", "action", "reason", "current version"], rows, wide=wide)
+    print(_progress_line(result))
     for failure in result.failures:
         print(f"failed: {failure}", file=sys.stderr)
 

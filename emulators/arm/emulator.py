@@ -42,6 +42,7 @@ from .resource_groups import ResourceGroups
 from .routing import Request, Route, new_id
 from .storage import KeyBinding, Principal, StorageKeyService
 from .storage_accounts import StorageAccounts
+from .throttling import ArmThrottling, LimitsSettings
 from .vaults import Vaults
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class ArmEmulator:
         key_poll_interval: timedelta = timedelta(days=1),
         unwrap_interval: timedelta = timedelta(hours=1),
         storage_tick_seconds: float = 1.0,
+        limits: LimitsSettings | None = None,
     ) -> None:
         if keyvault is None:
             keyvault = KeyVaultEmulator(clock, bus, ca, tenant_id=tenant_id)
@@ -109,7 +111,18 @@ class ArmEmulator:
         self._started_keyvault = False
         self._request_counts: dict[str, dict[str, int]] = {}
         self._request_counts_lock = threading.Lock()
+        # Azure's throttling and latency (throttling.py); None: every request is answered at once.
+        self.throttling: ArmThrottling | None = None
+        self.set_limits(limits)
         self.app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[self._middleware])
+
+    def set_limits(self, limits: LimitsSettings | None) -> ArmThrottling | None:
+        """Switch Azure's throttling and latency on (fresh, full buckets) or off, e.g. after building an estate."""
+        if limits is not None and limits.scale != self.clock.rate:
+            raise ValueError(f"ARM limits scaled {limits.scale}x need a sandbox clock at that rate "
+                             f"(it runs at {self.clock.rate}x)")
+        self.throttling = ArmThrottling(limits, self.clock) if limits is not None else None
+        return self.throttling
 
     @property
     def accounts(self) -> dict[str, StorageAccount]:
@@ -314,7 +327,15 @@ class ArmEmulator:
         try:
             principal = self._authenticate(request)
             self._count(principal, request.method)
+            admission = self.throttling.admit(request.method, request.path, self.tenant_id) if self.throttling else None
+            if admission is not None:
+                headers.update(admission.headers)
+                if admission.throttled:
+                    return web.json_response(admission.throttled_body(), status=429,
+                                             headers={**headers, **admission.throttled_headers()})
             response = await handler(request)
+            if admission is not None and admission.delay > 0:
+                await asyncio.sleep(admission.delay)  # the operation's latency: concurrent callers overlap
         except errors.ArmError as exc:
             return web.json_response(exc.body(), status=exc.status, headers=headers)
         except web.HTTPException:

@@ -157,6 +157,7 @@ class StorageKeyService:
         self.lock = threading.RLock()
         self._cycle_lock = threading.Lock()  # one cycle at a time (timer and tests); taken before ARM's lock
         self._clients: dict[tuple[str, str], Any] = {}
+        self._crypto_clients: dict[tuple[str, str], Any] = {}
         # The ARM emulator registers a callable listing (binding, principal resolver) for every CMK binding.
         self.bindings: Callable[[], Iterator[tuple[KeyBinding, Callable[[], Principal | None]]]] = lambda: iter(())
 
@@ -194,10 +195,16 @@ class StorageKeyService:
     def _crypto_client(self, kid: str, principal: Principal) -> Any:
         from azure.keyvault.keys.crypto import CryptographyClient
 
-        client = CryptographyClient(kid, self.credential(principal), **self._client_kwargs())
-        # Azure Storage performs wrap and unwrap in the vault (its KeyWrap records are in the vault's audit
-        # log); the SDK would otherwise fetch the public key and wrap locally, bypassing the wrapKey check.
-        client._initialized = True
+        # One client (and connection pool) per key version and principal: a new TLS connection for every
+        # wrap and unwrap made each CMK write cost several handshakes (the scale tests write thousands).
+        cache_key = (kid, principal.principal_id)
+        client = self._crypto_clients.get(cache_key)
+        if client is None:
+            client = CryptographyClient(kid, self.credential(principal), **self._client_kwargs())
+            # Azure Storage performs wrap and unwrap in the vault (its KeyWrap records are in the vault's audit
+            # log); the SDK would otherwise fetch the public key and wrap locally, bypassing the wrapKey check.
+            client._initialized = True
+            self._crypto_clients[cache_key] = client
         return client
 
     # ---- the calls to the vault ---------------------------------------------------------------------
@@ -356,9 +363,10 @@ class StorageKeyService:
         return touched
 
     def close(self) -> None:
-        for client in self._clients.values():
+        for client in [*self._clients.values(), *self._crypto_clients.values()]:
             client.close()
         self._clients.clear()
+        self._crypto_clients.clear()
 
 
 def new_account_key() -> str:

@@ -74,6 +74,12 @@ param cmkAlertWebhookUrl string = ''
 @description('CMK_AUDIT_SCHEDULE: NCRONTAB schedule of the audit timer (deleted/purged keys in use, CMK-017 failures)')
 param cmkAuditSchedule string = '0 */15 * * * *'
 
+@description('CMK_RECONCILE_TIME_BUDGET_SECONDS: Seconds after which one reconcile starts no write (30-3600); the rest continues through the work queue.')
+param cmkReconcileTimeBudgetSeconds string = '480'
+
+@description('CMK_WRITE_CONCURRENCY: Consumers of one key written at the same time (1-64), paced by the budget ARM reports.')
+param cmkWriteConcurrency string = '16'
+
 @description('CMK_MAX_ACCOUNTS_PER_KEY: CMK-020 advises when more storage accounts than this share one key (1-10000).')
 param cmkMaxAccountsPerKey string = '50'
 
@@ -229,6 +235,14 @@ var appSettings = [
   {
     name: 'CMK_AUDIT_SCHEDULE'
     value: cmkAuditSchedule
+  }
+  {
+    name: 'CMK_RECONCILE_TIME_BUDGET_SECONDS'
+    value: cmkReconcileTimeBudgetSeconds
+  }
+  {
+    name: 'CMK_WRITE_CONCURRENCY'
+    value: cmkWriteConcurrency
   }
   {
     name: 'CMK_MAX_ACCOUNTS_PER_KEY'

@@ -81,6 +81,7 @@ class Faults:
 
     resource_graph_status: int | None = None  # e.g. 403: Resource Graph refuses every query
     resource_graph_queries: int = 0
+    resource_graph_subscriptions: list[int] = field(default_factory=list)  # subscriptions named per query
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, lower-case path) of every request
     writes: list[tuple[str, str, Any]] = field(default_factory=list)  # (method, path, JSON body) of PATCH/PUT
 
@@ -103,6 +104,8 @@ def running_arm(directory: Path) -> Iterator[tuple[ArmEmulator, Faults]]:
 
     async def resource_graph(request: web.Request) -> web.StreamResponse:
         faults.resource_graph_queries += 1
+        body = json.loads(await request.read() or b"{}")
+        faults.resource_graph_subscriptions.append(len(body.get("subscriptions") or ()))
         if faults.resource_graph_status is not None:
             return _arm_error(faults.resource_graph_status, "AuthorizationFailed", "Resource Graph refused (fault)")
         return await graph.handle(request)

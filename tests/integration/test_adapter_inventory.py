@@ -119,6 +119,17 @@ def test_resource_graph_pages_with_skip_tokens(estate: Estate) -> None:
         assert found.resource_graph_queries == 4  # 8 CMK accounts, 2 a page
 
 
+def test_more_than_a_thousand_subscriptions_are_queried_in_batches_of_a_thousand(estate: Estate) -> None:
+    # Resource Graph takes at most 1,000 subscriptions per query: 1,001 configured ones are two queries.
+    others = [f"{index:08x}-0000-4000-8000-000000000000" for index in range(999)]
+    found, _ = inventory(estate, subscriptions=[SUB_A, *others, SUB_B])
+    estate.world.faults.resource_graph_subscriptions.clear()
+    with found:
+        listing = found.list_consumers(estate.world.key("kv-inv", "cmk"))
+        assert {observed.consumer.resource_id.lower() for observed in listing.consumers} == estate.expected
+    assert estate.world.faults.resource_graph_subscriptions == [1000, 1]
+
+
 def test_subscriptions_limit_the_inventory(estate: Estate) -> None:
     found, _ = inventory(estate, subscriptions=[SUB_B])
     with found:

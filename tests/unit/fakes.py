@@ -103,6 +103,7 @@ class FakeStorage:
     writes: list[tuple[str, str]] = field(default_factory=list)
     inventory_reads: int = 0
     rereads: int = 0
+    refreshes: int = 0
 
     def consumers_of(self, key: KeyRef) -> list[Consumer]:
         self.inventory_reads += 1
@@ -115,6 +116,10 @@ class FakeStorage:
     def reread(self, consumer: Consumer) -> Consumer | None:
         self.rereads += 1
         return self.consumers.get(consumer.id)
+
+    def refresh(self, consumers: Sequence[Consumer]) -> list[Consumer | None]:
+        self.refreshes += 1
+        return [self.consumers.get(consumer.id) for consumer in consumers]
 
     def set_key(self, consumer: Consumer, key: KeyRef) -> Consumer:
         if consumer.id in self.fail_for:
@@ -146,6 +151,8 @@ class FakeRotationLedger:
     version_conditions: dict[str, tuple[Condition, ...]] = field(default_factory=dict)
     intent_log: list[tuple[str, str]] = field(default_factory=list)
     condition_saves: int = 0
+    #: consumer id -> (owner, until): the write claims, one per consumer as the Table ledger keeps them.
+    claims: dict[str, tuple[str, datetime]] = field(default_factory=dict)
 
     def load(self, key: KeyRef) -> RotationRecord:
         return RotationRecord(tuple(self.intents.values()), dict(self.consumer_conditions),
@@ -154,6 +161,14 @@ class FakeRotationLedger:
     def save_intent(self, key: KeyRef, intent: ForceAdoptionIntent) -> None:
         self.intents[intent.consumer_id] = intent
         self.intent_log.append((intent.consumer_id, intent.step.value))
+
+    def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
+                    until: datetime) -> bool:
+        held = self.claims.get(consumer_id.lower())
+        if held is not None and held[0] != owner and held[1] > now:
+            return False
+        self.claims[consumer_id.lower()] = (owner, until)
+        return True
 
     def save_conditions(self, key, consumer_conditions, version_conditions) -> None:
         self.consumer_conditions = dict(consumer_conditions)

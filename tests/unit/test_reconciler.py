@@ -342,3 +342,96 @@ def test_a_consumer_that_keeps_changing_is_left_for_a_prompt_recheck():
     assert flappy not in {consumer for consumer, _ in w.storage.writes}
     assert result.next_check == w.clock.now() + w.deps.planner.verify_interval
     assert w.queue.items == [({"kind": "reconcile", "key": KEY.uri}, w.deps.planner.verify_interval)]
+
+
+# --- at scale: concurrent writes, the time budget, write claims ------------------------------------------
+
+
+def with_limits(w: World, **limits: object) -> World:
+    w.deps = replace(w.deps, limits=reconciler.ExecutionLimits(**limits))  # type: ignore[arg-type]
+    return w
+
+
+def estate_of(count: int) -> list[Consumer]:
+    """Half lagging versionless accounts, half pinned with the update policy."""
+    return [account(f"stv{index:02d}") if index % 2 else account(f"stp{index:02d}", pinned=OLD)
+            for index in range(count)]
+
+
+def test_concurrent_writes_end_where_sequential_ones_do_and_report_in_plan_order():
+    sequential = world(*estate_of(8))
+    concurrent = with_limits(world(*estate_of(8)), concurrency=4)
+    first = reconciler.reconcile_key(KEY, sequential.deps, target_version=NEW)
+    second = reconciler.reconcile_key(KEY, concurrent.deps, target_version=NEW)
+    assert concurrent.storage.consumers == sequential.storage.consumers
+    assert second.writes == first.writes  # merged in plan order, whatever order the threads finished in
+    assert sorted(concurrent.storage.writes) == sorted(sequential.storage.writes)
+    assert second.progress() == {"done": 8, "pending": 0, "blocked": 0}
+
+
+class SlowStorage(FakeStorage):
+    """Every write takes a minute of the (fake) clock."""
+
+    clock: FakeClock
+
+    def set_key(self, consumer: Consumer, key: KeyRef) -> Consumer:
+        self.clock.advance(timedelta(minutes=1))
+        return super().set_key(consumer, key)
+
+
+def test_writes_past_the_time_budget_continue_through_the_queue_and_finish():
+    w = world()
+    slow = SlowStorage({consumer.id: consumer for consumer in estate_of(6)})
+    slow.clock = w.clock
+    w.storage = slow
+    w.deps = replace(w.deps, inventory=slow, control=slow,
+                     limits=reconciler.ExecutionLimits(time_budget=timedelta(seconds=150)))
+
+    first = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert len(first.writes) == 3  # started at 0, 1 and 2 minutes; the rest is past the budget
+    assert first.deferred == 3
+    assert first.progress()["pending"] > 0
+    [(item, delay)] = [(item, delay) for item, delay in w.queue.items if item.get("continuation")]
+    assert item == {"kind": "reconcile", "key": KEY.uri, "continuation": True, "left": 3}
+    assert delay is None  # at once: the next invocation takes over
+
+    runs = 1
+    while any(item.get("continuation") for item, _ in w.queue.items):
+        w.queue.items.clear()
+        result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+        runs += 1
+    assert result.progress() == {"done": 6, "pending": 0, "blocked": 0}
+    assert runs > 1
+    written = [consumer for consumer, _ in slow.writes]
+    assert sorted(written.count(consumer) for consumer in set(written)) == [1, 1, 1, 2, 2, 2]  # never twice
+
+
+def test_every_run_starts_at_least_one_write_however_small_the_budget():
+    w = world()
+    slow = SlowStorage({consumer.id: consumer for consumer in estate_of(2)})
+    slow.clock = w.clock
+    w.deps = replace(w.deps, inventory=slow, control=slow,
+                     limits=reconciler.ExecutionLimits(time_budget=timedelta(seconds=1)))
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert len(result.writes) == 1
+    assert result.deferred == 1
+
+
+def test_a_consumer_another_instance_claimed_is_left_to_it():
+    w = with_limits(world(account("stmine"), account("sttheirs")), owner="instance-a")
+    theirs = state(w, "sttheirs")
+    w.ledger.claims[theirs.id] = ("instance-b", w.clock.now() + timedelta(minutes=5))
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert [consumer for consumer, _ in w.storage.writes] == [state(w, "stmine").id] * 2
+    assert result.claimed_elsewhere == [theirs.id]
+    assert result.failures == []
+    assert result.progress() == {"done": 1, "pending": 1, "blocked": 0}
+
+
+def test_a_lapsed_claim_of_a_crashed_instance_is_taken_over():
+    w = with_limits(world(account("stfree")), owner="instance-a")
+    consumer = state(w, "stfree")
+    w.ledger.claims[consumer.id] = ("crashed", w.clock.now() - timedelta(seconds=1))
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert result.claimed_elsewhere == []
+    assert state(w, "stfree").current_version == NEW

@@ -1,0 +1,222 @@
+"""Adoption at scale: one key's consumers adopted under ARM's throttling and latency, scaled.
+
+The emulated ARM applies Azure's token buckets and latencies on a sandbox clock running SCALE times
+faster (emulators/arm/throttling.py); the write bucket is smaller than Azure's (WRITE_BUCKET tokens,
+WRITE_REFILL per second) so that a CI-sized estate (CONSUMERS accounts on one key, half versionless,
+half pinned with the update policy) exhausts its burst and runs at the refill rate within seconds.
+The full sizes with Azure's own limits are bench/adoption_scale.py. Each test rotates the key and
+adopts the new version with the controller's real adapters (tests/support/adoption.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from controller import reconciler, service
+from controller.errors import TransientError
+from controller.settings import load_settings
+from emulators.adoption_estate import AdoptionEstate
+from emulators.arm import ArmEmulator
+from emulators.arm.throttling import BucketLimit, LimitsSettings, OperationKind
+from tests.support.adoption import (
+    CONTROLLER,
+    azure_limits,
+    build,
+    continuations,
+    instance,
+    key_of,
+    new_names,
+    scaled_arm,
+)
+from tests.unit.fakes import fake_dependencies
+
+pytestmark = pytest.mark.integration
+
+SCALE = 5.0
+CONSUMERS = 40
+WRITE_BUCKET, WRITE_REFILL = 40, 2.0
+
+
+@dataclass
+class Storm:
+    """Another client taking the subscription's whole write budget for a while, once armed."""
+
+    arm: ArmEmulator | None = None
+    subscription: str = ""
+    armed: bool = False
+    fired: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        # Runs after the emulator admitted the request: the first admitted write of the run empties the
+        # bucket for the next three sandbox seconds, so the writes behind it are answered 429.
+        with self.lock:
+            fire = self.armed and request.method == "PATCH" and self.arm is not None and self.arm.throttling
+            if fire:
+                self.armed = False
+                self.fired += 1
+        if fire and self.arm is not None and self.arm.throttling is not None:
+            self.arm.throttling.drain(self.subscription, OperationKind.WRITES, for_seconds=3.0)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+
+@dataclass
+class World:
+    arm: ArmEmulator
+    estate: AdoptionEstate
+    connection_string: str
+    storm: Storm
+
+
+@pytest.fixture(scope="module")
+def world(azurite: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    storm = Storm()
+    with scaled_arm(Path(tmp_path_factory.mktemp("adoption")), scale=SCALE, middlewares=[storm.middleware]) as arm:
+        estate = build(arm, consumers=CONSUMERS, controller_oid=CONTROLLER)
+        storm.arm, storm.subscription = arm, estate.subscription
+        yield World(arm, estate, azurite.connection_string, storm)
+
+
+def ci_limits(arm: ArmEmulator) -> LimitsSettings:
+    azure = azure_limits(arm)
+    limits = {**azure.limits, OperationKind.WRITES: BucketLimit(WRITE_BUCKET, WRITE_REFILL)}
+    return LimitsSettings(limits, azure.latency, azure.scale, azure.region)
+
+
+def rotated(world: World) -> str:
+    """A new key version, and fresh buckets (what earlier tests spent does not carry over)."""
+    version = world.estate.rotate()
+    world.arm.set_limits(ci_limits(world.arm))
+    return version
+
+
+def writes_per_account(world: World) -> dict[str, int]:
+    throttling = world.arm.throttling
+    assert throttling is not None
+    return {path.rsplit("/", 1)[-1]: count for path, count in throttling.writes_per_resource().items()
+            if "/storageaccounts/" in path}
+
+
+def assert_each_written_once_per_step(world: World) -> None:
+    """A pinned consumer takes one write (the pin), a versionless one two (pin, restore): never more."""
+    writes = writes_per_account(world)
+    assert {name: writes.get(name, 0) for name in world.estate.pinned} == dict.fromkeys(world.estate.pinned, 1)
+    assert {name: writes.get(name, 0) for name in world.estate.versionless} == dict.fromkeys(
+        world.estate.versionless, 2)
+
+
+def account_reads(world: World) -> int:
+    """GETs of single storage accounts: verification reads that the write answers make unnecessary."""
+    throttling = world.arm.throttling
+    assert throttling is not None
+    single = re.compile(r"/storageaccounts/[a-z0-9]+$")
+    return sum(1 for _, kind, method, path in throttling.admitted if method == "GET" and single.search(path))
+
+
+def test_every_consumer_adopts_at_the_pace_arm_allows(world: World) -> None:
+    version = rotated(world)
+    table, queue = new_names()
+    controller = instance(world.estate, world.connection_string, table=table, queue=queue, owner="a")
+    try:
+        result = reconciler.reconcile_key(key_of(world.estate), controller.deps)
+    finally:
+        controller.close()
+
+    assert world.estate.adoption(version).complete
+    assert result.failures == []
+    assert result.progress() == {"done": CONSUMERS, "pending": 0, "blocked": 0}
+    assert_each_written_once_per_step(world)
+    assert account_reads(world) == 0  # verified from the writes' answers and one listing
+    # More writes than the bucket holds: the run went on at the refill rate, paced, not failed.
+    assert CONSUMERS * 3 // 2 > WRITE_BUCKET
+
+
+def test_a_run_cut_off_by_its_time_budget_continues_from_the_queue(world: World) -> None:
+    version = rotated(world)
+    table, queue = new_names()
+    # Eight sandbox seconds: about half of what the writes take, four at a time, a second each.
+    controller = instance(world.estate, world.connection_string, table=table, queue=queue, owner="a",
+                          concurrency=4, time_budget=timedelta(seconds=8))
+    deps = fake_dependencies(load_settings({"CMK_VAULTS": key_of(world.estate).vault.url}),
+                             reconcile=controller.deps)
+    try:
+        first = reconciler.reconcile_key(key_of(world.estate), controller.deps)
+        assert first.deferred > 0
+        assert not world.estate.adoption(version).complete
+        invocations = 1
+        while items := [item for item in continuations(world.connection_string, queue) if item.get("continuation")]:
+            assert [item["kind"] for item in items] == ["reconcile"]
+            service.process_work(json.dumps(items[0]), deps)  # as the queue trigger runs it
+            invocations += 1
+            assert invocations < CONSUMERS * 2, "the continuations made no progress"
+    finally:
+        controller.close()
+
+    assert world.estate.adoption(version).complete
+    assert invocations > 1
+    assert_each_written_once_per_step(world)
+
+
+def test_two_instances_on_one_key_never_write_a_consumer_twice(world: World) -> None:
+    version = rotated(world)
+    table, queue = new_names()
+    instances = [instance(world.estate, world.connection_string, table=table, queue=queue, owner=owner)
+                 for owner in ("instance-a", "instance-b")]
+    results: list[object] = []
+
+    def run(index: int) -> None:
+        try:
+            results.append(reconciler.reconcile_key(key_of(world.estate), instances[index].deps))
+        except TransientError as err:  # the other instance changed the ledger: the host retries
+            results.append(err)
+
+    try:
+        threads = [threading.Thread(target=run, args=(index,)) for index in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # What an instance left to the other (its claims) is done; a retried run finds nothing to write.
+        again = reconciler.reconcile_key(key_of(world.estate), instances[0].deps)
+    finally:
+        for controller in instances:
+            controller.close()
+
+    assert len(results) == 2
+    assert world.estate.adoption(version).complete
+    assert again.writes == []
+    assert_each_written_once_per_step(world)
+
+
+def test_a_429_storm_is_ridden_out(world: World) -> None:
+    version = rotated(world)
+    table, queue = new_names()
+    controller = instance(world.estate, world.connection_string, table=table, queue=queue, owner="a")
+    world.storm.armed = True
+    try:
+        result = reconciler.reconcile_key(key_of(world.estate), controller.deps)
+    finally:
+        world.storm.armed = False
+        controller.close()
+
+    assert world.storm.fired == 1
+    stats = controller.connection.pacer.stats
+    assert stats.throttled > 0  # the storm was felt ...
+    assert result.failures == []  # ... and no request failed for good
+    assert world.estate.adoption(version).complete
+    assert_each_written_once_per_step(world)
+    # No retry storm: held back until Retry-After, the writes behind the storm were throttled at most
+    # once per worker, not once per retry of every write.
+    assert stats.throttled <= controller.deps.limits.concurrency
