@@ -29,6 +29,9 @@ from controller.rewrap.strategies import STAGING_PREFIX
 
 #: Azure returns at most 5,000 blobs per List Blobs page.
 MAX_PAGE_SIZE = 5000
+#: The first page of a listing is short, so that work starts at once: the re-wrap walker lists each
+#: following (full) page while it works on the one before.
+FIRST_PAGE_SIZE = 250
 _PROXY_SETTINGS = tuple(
     name for base in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY") for name in (base, base.lower())
 )
@@ -108,10 +111,11 @@ class AzureBlobStore:
             return client
 
     def list_blobs(self, container: str, *, prefix: str | None, marker: str | None) -> BlobPage:
+        page_size = self._page_size if marker else min(self._page_size, FIRST_PAGE_SIZE)
         with translated(f"list blobs of {container}"):
             pages = (
                 self._container(container)
-                .list_blobs(name_starts_with=prefix or None, include=["metadata"], results_per_page=self._page_size)
+                .list_blobs(name_starts_with=prefix or None, include=["metadata"], results_per_page=page_size)
                 .by_page(continuation_token=marker)
             )
             items = tuple(
