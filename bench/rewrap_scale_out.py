@@ -151,7 +151,7 @@ def run_job(bench: Any, world: Any, container: str, *, workers: int, concurrency
     config = {
         "origin": world.vault.origin, "oid": bench.OID, "ca_path": world.vault.ca_path,
         "connection_string": world.connection_string, "queue": queue_name, "table": table_name,
-        "concurrency": concurrency, "job_id": job_id_of(item, target), "timeout_s": timeout_s,
+        "concurrency": concurrency, "job_id": job_id_of(item), "timeout_s": timeout_s,
     }
     deps = worker_dependencies(config)
     world.vault.reset_counters()

@@ -544,6 +544,7 @@ def plan_rewrap(
     concurrency: int = 8,
     dry_run: bool = False,
     encryption_scope: str | None = None,
+    scale_out: bool = False,
 ) -> list[RewrapWorkItem]:
     """The work items of a re-wrap (or rewrite) job onto ``key`` (a versionless key: its current version).
 
@@ -552,7 +553,7 @@ def plan_rewrap(
     deps.settings.vault_policy.check(key.vault)
     target = deps.rewrap.target_version(key)
     return split_job(targets=targets, key_id=target.uri, prefixes=prefixes, mode=mode, concurrency=concurrency,
-                     dry_run=dry_run, encryption_scope=encryption_scope)
+                     dry_run=dry_run, encryption_scope=encryption_scope, scale_out=scale_out)
 
 
 def run_rewrap_item(
@@ -602,7 +603,7 @@ def _list_pages(item: RewrapWorkItem, deps: Dependencies) -> RewrapWorkResult:
     claimed or done). TransientError propagates (the queue redelivers; the listing resumes).
     """
     ports = deps.rewrap.open(item)
-    job_id = job_id_of(item, ports.wrapper.key_id)
+    job_id = job_id_of(item)
     listing = deps.rewrap_jobs.listing(job_id)
     budget = TimeBudget(deps.clock, deps.rewrap_budget_seconds) if deps.rewrap_budget_seconds is not None else None
     listed_now = 0
@@ -635,7 +636,7 @@ def run_rewrap_page(page: RewrapPageItem, deps: Dependencies) -> RewrapWorkResul
     """
     job = page.job
     ports = deps.rewrap.open(job)
-    job_id = job_id_of(job, ports.wrapper.key_id)
+    job_id = job_id_of(job)
     worker = uuid.uuid4().hex
     claim = deps.rewrap_jobs.claim_page(job_id, page.number, worker=worker,
                                         lease_seconds=deps.rewrap_page_lease_seconds)
@@ -691,7 +692,7 @@ def _finish_if_done(item: RewrapWorkItem, job_id: str, deps: Dependencies) -> Jo
 
 def rewrap_job_progress(item: RewrapWorkItem, deps: Dependencies) -> JobProgress:
     """A scale-out job's progress across its workers (``cmkctl rewrap --scale-out --follow``)."""
-    return deps.rewrap_jobs.progress(job_id_of(item, item.key_id))
+    return deps.rewrap_jobs.progress(job_id_of(item))
 
 
 def enqueue_rewrap(items: list[RewrapWorkItem], deps: Dependencies) -> int:

@@ -70,9 +70,9 @@ class RewrapPageItem:
         }
 
 
-def job_id_of(item: RewrapWorkItem, target_key_id: str) -> str:
+def job_id_of(item: RewrapWorkItem) -> str:
     """The scale-out job's id (the ledger's key): mode, account, container, prefix and target version."""
-    return f"scale|{item.mode.value}|{item.account}|{item.container}|{item.prefix or ''}|{target_key_id}"
+    return f"scale|{item.mode.value}|{item.account}|{item.container}|{item.prefix or ''}|{item.key_id}"
 
 
 def page_items(
