@@ -524,15 +524,18 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller figures (a smoke run, ~1 minute)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=4, help="worker processes of the scale-out run")
-    parser.add_argument("--worker-concurrency", type=int, default=4, help="blobs in flight per scale-out worker")
+    parser.add_argument("--worker-concurrency", type=int, default=2, help="blobs in flight per scale-out worker")
+    parser.add_argument("--vault-latency-ms", type=int, default=100, help="unwrap latency in the scale-out run")
+    parser.add_argument("--page-size", type=int, default=50, help="blobs per page of the scale-out job")
     args = parser.parse_args()
     # The naive rewrite runs over the same 1 MiB blobs as the re-wrap it is compared with (a short run of a
     # few waves of workers would charge it ramp-up and tail effects the longer re-wrap run amortizes).
     small, large = (2000, 200) if not args.quick else (300, 30)
     rewrite_subset = large
     throttle_blobs, scaled_limit, scaled_window = (600, 200, 10.0) if not args.quick else (150, 40, 2.0)
-    memory_sizes = (2000, 20000) if not args.quick else (1000, 10000)
-    scale_blobs, scale_window = (1500, 10.0) if not args.quick else (400, 2.0)
+    # Both sizes span several pages: the walker holds the page it works on and the next one it lists.
+    memory_sizes = (2000, 20000) if not args.quick else (2000, 10000)
+    scale_blobs, scale_window = (900, 10.0) if not args.quick else (300, 2.0)
 
     results: dict[str, Any] = {"bench": "rewrap", "quick": args.quick, "concurrency": args.concurrency}
     with tempfile.TemporaryDirectory(prefix="rewrap-bench-") as tmp, Azurite(in_memory=True) as azurite:
@@ -590,7 +593,7 @@ def main() -> int:
             log(f"scale-out: 1 worker, then {args.workers} workers against the vault throttled to 2.5x its pace")
             results["scale_out"] = rewrap_scale_out.scale_out(
                 sys.modules[__name__], world, "scale", workers=args.workers, concurrency=args.worker_concurrency,
-                window=scale_window, timeout_s=900,
+                page_size=args.page_size, window=scale_window, latency_ms=args.vault_latency_ms, timeout_s=900,
             )
             log("memory with synthesized pages")
             wrapper = fetch_public_wrapper(world.vault_clients(), old)

@@ -5,8 +5,11 @@
 A scale-out job (``scale_out`` work item) goes on an Azurite work queue; each worker process takes one
 message at a time and hands it to ``service.process_work`` with the real adapters (queue, ledger table,
 blob store, vault), exactly as the function app's queue trigger does, until the job is finished.
-First one worker alone sets the pace (blobs per second, unthrottled); then the vault is throttled to
-2.5 times that rate and N workers re-wrap the container onto a fresh version. Reported: the achieved
+The vault answers each unwrap after ``latency_ms`` (a Key Vault round trip, 100 ms by default), so a
+worker's pace is bounded by its blobs in flight, as it is in Azure where workers run on machines of
+their own, and not by this shared machine's two cores. First one worker alone sets the pace (unwraps
+per second while it works, unthrottled); then the vault is throttled to 2.5 times that pace and N
+workers re-wrap the container onto a fresh version. Reported: the achieved
 rate of successful unwraps over whole throttling windows against the limit, throttled responses,
 failed blobs, and the job report's counts against the listing.
 """
@@ -86,6 +89,7 @@ def worker_dependencies(config: dict[str, Any]) -> service.Dependencies:
             vault_clients=vault_clients,
             blob_service=emulator_blob_services(config["connection_string"]),
             checkpoint=TableRewrapCheckpoint(table),
+            page_size=config["page_size"],
         ),
         rewrap_jobs=TableRewrapJobLedger(table, clock=clock),
         blob_stores=NotUsedByWorkers("blob_stores"),  # type: ignore[arg-type]
@@ -100,6 +104,7 @@ def worker(config: dict[str, Any]) -> int:
     deps = worker_dependencies(config)
     queue = work_queue_client(config["connection_string"], config["queue"])
     job_id = config["job_id"]
+    print("ready", flush=True)  # the job is enqueued once every worker is up: no ramp-up in the windows
     statuses: dict[str, int] = {}
     deadline = time.monotonic() + config["timeout_s"]
     while time.monotonic() < deadline:
@@ -123,6 +128,17 @@ class Counters:
 
     samples: list[tuple[float, int]]
 
+    def active_rate(self) -> float:
+        """Unwraps per second from the first successful unwrap to the last (process start-up and the
+        wait for the job's end left out): one worker's own pace."""
+        started = next((t for t, ok in self.samples if ok > 0), None)
+        final = self.samples[-1][1]
+        ended = next((t for t, ok in self.samples if ok >= final), None)
+        if started is None or ended is None or ended <= started:
+            return 0.0
+        first_ok = next(ok for t, ok in self.samples if t >= started)
+        return (final - first_ok) / (ended - started)
+
     def rate_over_whole_windows(self, window: float) -> float:
         started = next((t for t, ok in self.samples if ok > 0), None)
         if started is None:
@@ -141,8 +157,8 @@ def successful_unwraps(counters: dict[str, Any]) -> int:
     return int(counters["byOperation"].get("KeyUnwrap", 0)) - int(counters["throttled"])
 
 
-def run_job(bench: Any, world: Any, container: str, *, workers: int, concurrency: int, timeout_s: float,
-            window: float | None = None) -> dict[str, Any]:
+def run_job(bench: Any, world: Any, container: str, *, workers: int, concurrency: int, page_size: int,
+            timeout_s: float, window: float | None = None) -> dict[str, Any]:
     """Enqueue a scale-out job onto a fresh version; N worker processes work it. Its report and rates."""
     target = world.new_version()
     queue_name = f"scale-{uuid.uuid4().hex[:10]}"
@@ -151,9 +167,21 @@ def run_job(bench: Any, world: Any, container: str, *, workers: int, concurrency
     config = {
         "origin": world.vault.origin, "oid": bench.OID, "ca_path": world.vault.ca_path,
         "connection_string": world.connection_string, "queue": queue_name, "table": table_name,
-        "concurrency": concurrency, "job_id": job_id_of(item), "timeout_s": timeout_s,
+        "concurrency": concurrency, "job_id": job_id_of(item), "timeout_s": timeout_s, "page_size": page_size,
     }
     deps = worker_dependencies(config)
+    work_queue_client(world.connection_string, queue_name).create_queue()  # workers poll it from the start
+    processes = [
+        subprocess.Popen(  # noqa: S603 - this module, as a worker
+            [sys.executable, str(Path(__file__).resolve()), "worker", json.dumps(config)],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )
+        for _ in range(workers)
+    ]
+    for process in processes:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError("a scale-out worker did not start")
     world.vault.reset_counters()
     service.enqueue_rewrap([item], deps)
     samples: list[tuple[float, int]] = []
@@ -167,13 +195,6 @@ def run_job(bench: Any, world: Any, container: str, *, workers: int, concurrency
     sampler = threading.Thread(target=sample, daemon=True)
     started = time.monotonic()
     sampler.start()
-    processes = [
-        subprocess.Popen(  # noqa: S603 - this module, as a worker
-            [sys.executable, str(Path(__file__).resolve()), "worker", json.dumps(config)],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        )
-        for _ in range(workers)
-    ]
     outputs = [process.communicate(timeout=timeout_s + 60)[0] for process in processes]
     elapsed = time.monotonic() - started
     stop.set()
@@ -195,11 +216,12 @@ def run_job(bench: Any, world: Any, container: str, *, workers: int, concurrency
         "pages_failed": progress.pages_failed,
         "counts": report["counts"],
         "counts_add_up_to_listing": progress.blobs == bench_blob_count(world, container),
-        "kv_unwraps_per_blob": round(int(counters["byOperation"].get("KeyUnwrap", 0)) / max(progress.blobs, 1), 4),
+        "kv_unwraps_per_blob": round(successful_unwraps(counters) / max(progress.blobs, 1), 4),
         "throttled_responses": int(counters["throttled"]),
         "failed_blobs": failed,
         "worker_statuses": [json.loads(output.strip().splitlines()[-1]) for output in outputs if output.strip()],
     }
+    result["active_unwraps_per_s"] = round(Counters(samples).active_rate(), 1)
     if window is not None:
         result["achieved_unwraps_per_s"] = round(Counters(samples).rate_over_whole_windows(window), 1)
     return result
@@ -209,16 +231,29 @@ def bench_blob_count(world: Any, container: str) -> int:
     return sum(1 for _ in world.service().get_container_client(container).list_blobs())
 
 
-def scale_out(bench: Any, world: Any, container: str, *, workers: int, concurrency: int, window: float,
-              timeout_s: float) -> dict[str, Any]:
+def scale_out(bench: Any, world: Any, container: str, *, workers: int, concurrency: int, page_size: int,
+              window: float, latency_ms: int, timeout_s: float) -> dict[str, Any]:
     """One worker alone (its pace), then N workers against the vault throttled to 2.5x that pace."""
-    alone = run_job(bench, world, container, workers=1, concurrency=concurrency, timeout_s=timeout_s)
-    limit = max(1, round(THROTTLE_FACTOR * alone["blobs_per_s"] * window))
+    faults = f"/vaults/{bench.VAULT}/faults"
+    world.vault.admin("PUT", faults, {"latencyMs": latency_ms, "operations": ["KeyUnwrap"]})
+    try:
+        return _alone_then_many(bench, world, container, workers=workers, concurrency=concurrency,
+                                page_size=page_size, window=window, timeout_s=timeout_s) | {
+                                    "vault_latency_ms": latency_ms}
+    finally:
+        world.vault.admin("PUT", faults, {})
+
+
+def _alone_then_many(bench: Any, world: Any, container: str, *, workers: int, concurrency: int, page_size: int,
+                     window: float, timeout_s: float) -> dict[str, Any]:
+    alone = run_job(bench, world, container, workers=1, concurrency=concurrency, page_size=page_size,
+                    timeout_s=timeout_s)
+    limit = max(1, round(THROTTLE_FACTOR * alone["active_unwraps_per_s"] * window))
     world.vault.admin("PUT", f"/vaults/{bench.VAULT}/throttling",
                       {"enabled": True, "windowSeconds": window, "limits": {"RSA-2048": {"software": limit}}})
     try:
-        many = run_job(bench, world, container, workers=workers, concurrency=concurrency, timeout_s=timeout_s,
-                       window=window)
+        many = run_job(bench, world, container, workers=workers, concurrency=concurrency, page_size=page_size,
+                       timeout_s=timeout_s, window=window)
     finally:
         world.vault.admin("PUT", f"/vaults/{bench.VAULT}/throttling", {"enabled": False})
     limit_per_s = limit / window
