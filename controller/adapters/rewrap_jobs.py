@@ -209,14 +209,18 @@ class TableRewrapJobLedger:
         self._ensure_table()
         while True:
             totals = self._get(job_id, _TOTALS, "read the totals")
-            if totals is None or totals.get("Finished") is True:
+            if totals is not None and totals.get("Finished") is True:
                 return False
-            entity = dict(totals)
-            entity["Finished"] = True
             try:
                 with translated(f"finish {job_id}"):
-                    self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=totals.metadata["etag"],
-                                              match_condition=MatchConditions.IfNotModified)
+                    if totals is None:  # a listing without a page (an empty container)
+                        self._table.create_entity({**_add_page(job_id, None, PageResult(PageState.DONE),
+                                                               takeovers=0, problems_dropped=0),
+                                                   "PagesDone": 0, "Finished": True})
+                    else:
+                        self._table.update_entity({**totals, "Finished": True}, mode=UpdateMode.REPLACE,
+                                                  etag=totals.metadata["etag"],
+                                                  match_condition=MatchConditions.IfNotModified)
             except Conflict:
                 continue  # a page was recorded meanwhile (or another finisher won: then False next time)
             return True

@@ -318,3 +318,14 @@ def test_a_scale_out_rewrite_job(scale_out: ScaleOut) -> None:
     report = job_report(scale_out.run_workers(item, workers=2))
     assert report["counts"] == {"rewritten": 6}
     assert_all_on(world, written, world.new_key_id)
+
+
+def test_an_empty_container_job_finishes_with_an_empty_report(scale_out: ScaleOut) -> None:
+    [item] = split_job(targets=[(ACCOUNT, scale_out.world.container)], key_id=scale_out.world.new_key_id,
+                       scale_out=True)
+    lister = service.process_work(json.dumps(item.to_message()), scale_out.deps)
+    assert lister.rewrap is not None and lister.rewrap.status is RewrapItemStatus.LISTED
+    assert lister.rewrap.job_report is not None
+    report = lister.rewrap.job_report.as_json()
+    assert (report["finished"], report["pages_listed"], report["pages_done"], report["blobs"]) == (True, 0, 0, 0)
+    assert service.rewrap_job_progress(item, scale_out.deps).listing.finished
