@@ -59,7 +59,7 @@ from controller.rewrap.pages import (
     page_items,
     parse_page_item,
 )
-from controller.rewrap.strategies import walker_for
+from controller.rewrap.strategies import STAGING_PREFIX, walker_for
 from controller.rewrap.walker import RewrapOptions
 from controller.rewrap.work import WORK_KIND as REWRAP_WORK_KIND
 from controller.rewrap.work import RewrapMode, RewrapWorkItem, parse_work_item, split_job
@@ -612,8 +612,10 @@ def _list_pages(item: RewrapWorkItem, deps: Dependencies) -> RewrapWorkResult:
             deps.work_queue.enqueue(item.continuation().to_message())
             return _rewrap_result(item, RewrapItemStatus.CONTINUED, job_id, None)
         page = ports.store.list_blobs(item.container, prefix=item.prefix, marker=listing.marker)
-        items = page_items(item, first_number=listing.pages_listed, marker=listing.marker,
-                           blobs=[ListedBlob(blob.name, blob.etag) for blob in page.items])
+        # A rewrite's own staging copies are never the job's blobs (the walker leaves them out too).
+        blobs = [ListedBlob(blob.name, blob.etag) for blob in page.items
+                 if item.mode is RewrapMode.REWRAP or not blob.name.startswith(STAGING_PREFIX)]
+        items = page_items(item, first_number=listing.pages_listed, marker=listing.marker, blobs=blobs)
         for page_item in items:
             deps.work_queue.enqueue(page_item.to_message())
         listing = replace(listing, marker=page.next_marker, pages_listed=listing.pages_listed + len(items),
