@@ -373,6 +373,9 @@ def naive_rewrite_runs(world: World, container: str, count: int) -> float:
         names = [f"b/{index:06d}" for index in range(count)]
 
         def rewrite(name: str, reader: ContainerClient = reader, writer: ContainerClient = writer) -> None:
+            once_more_if_dropped(lambda: rewrite_once(name, reader, writer))
+
+        def rewrite_once(name: str, reader: ContainerClient, writer: ContainerClient) -> None:
             downloader = reader.get_blob_client(name).download_blob()
             data = downloader.readall()
             properties = downloader.properties
