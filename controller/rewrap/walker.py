@@ -94,9 +94,10 @@ class Calls:
             try:
                 value = operation()
             except Unreachable:
-                # Not throttling: one quick retry for a dropped connection, then say what is wrong.
+                # Not throttling: two quick retries for a dropped connection (a busy vault resets some
+                # connections; two in a row for one blob happen in a long run), then say what is wrong.
                 attempts += 1
-                if attempts >= min(2, self._max_attempts):
+                if attempts >= min(3, self._max_attempts):
                     raise
                 continue
             except TransientError as err:
