@@ -38,6 +38,7 @@ from controller.adapters.key_vault_crypto import VaultClients
 from controller.adapters.report_store import BlobReportStore
 from controller.adapters.rewrap_backend import AzureRewrapBackend, emulator_blob_services, token_blob_services
 from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
+from controller.adapters.rewrap_jobs import TableRewrapJobLedger
 from controller.adapters.rotation_ledger import TableRotationLedger
 from controller.adapters.storage_control import StorageControl
 from controller.adapters.table_ledger import TableEventLedger
@@ -142,6 +143,7 @@ def build(
         notifier=notifier,
         work_queue=queue,
         rewrap=rewrap,
+        rewrap_jobs=TableRewrapJobLedger(storage.table(settings.ledger_table), clock=clock),
         reconcile=reconcile,
         blob_stores=lambda account: AzureBlobStore(blob_services(account, 8)),
         audit=audit,

@@ -27,8 +27,9 @@ from controller.model import (
 )
 from controller.rewrap.work import RewrapWorkItem
 
-if TYPE_CHECKING:  # controller.audit_watch builds on the reconciler, which builds on these ports
+if TYPE_CHECKING:  # audit_watch builds on the reconciler, which builds on these ports; pages imports BlobProblem
     from controller.audit_watch import AuditWatch
+    from controller.rewrap.pages import JobListing, JobProgress, PageClaim, PageResult
 
 
 class Clock(Protocol):
@@ -199,6 +200,38 @@ class RewrapBackend(Protocol):
     def target_version(self, key: KeyRef) -> KeyRef:
         """The version a job onto ``key`` targets: the version it names (once seen to exist), or the
         key's current version when it is versionless."""
+        ...
+
+
+class RewrapJobLedger(Protocol):
+    """Scale-out jobs in the ledger (controller/rewrap/pages.py): the lister's listing, one entity per
+    page (claimed under a lease, then recorded once), and the job's progress summed over pages. Every
+    write is ETag-conditional."""
+
+    def listing(self, job_id: str) -> JobListing:
+        """The lister's progress (an empty listing when the job never ran)."""
+        ...
+
+    def save_listing(self, job_id: str, listing: JobListing) -> None:
+        """Advance the listing. Raises Conflict when another lister advanced it since it was read."""
+        ...
+
+    def claim_page(self, job_id: str, number: int, *, worker: str, lease_seconds: float) -> PageClaim:
+        """Claim page ``number`` for ``worker``: CLAIMED (no one holds it, or its holder's lease ran
+        out), FINISHED (done or failed already) or HELD (a live lease of another worker)."""
+        ...
+
+    def record_page(self, job_id: str, number: int, *, worker: str, result: PageResult) -> None:
+        """Record what the page came to. Raises Conflict when ``worker`` no longer holds the claim
+        (its lease ran out and another worker took the page over)."""
+        ...
+
+    def progress(self, job_id: str) -> JobProgress:
+        """The job across its workers: the listing plus every page recorded so far."""
+        ...
+
+    def finish(self, job_id: str) -> bool:
+        """Mark the job finished; True for the one caller that did (False: it was already)."""
         ...
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,7 @@ from controller.ports import (
     Notifier,
     ReportStore,
     RewrapBackend,
+    RewrapJobLedger,
     RewrapObserver,
     RewrapProgress,
     WorkQueue,
@@ -47,7 +49,21 @@ from controller.resource_events import ResourceEvent
 from controller.rewrap.budget import BudgetedBlobStore, BudgetExhausted, TimeBudget
 from controller.rewrap.outcomes import Outcome as BlobOutcome
 from controller.rewrap.outcomes import RewrapReport
-from controller.rewrap.strategies import walker_for
+from controller.rewrap.pages import (
+    PAGE_WORK_KIND,
+    ClaimOutcome,
+    JobProgress,
+    ListedBlob,
+    PageProgressIsRecordedOnce,
+    PageResult,
+    PageState,
+    PageStore,
+    RewrapPageItem,
+    job_id_of,
+    page_items,
+    parse_page_item,
+)
+from controller.rewrap.strategies import STAGING_PREFIX, walker_for
 from controller.rewrap.walker import RewrapOptions
 from controller.rewrap.work import WORK_KIND as REWRAP_WORK_KIND
 from controller.rewrap.work import RewrapMode, RewrapWorkItem, parse_work_item, split_job
@@ -105,6 +121,8 @@ class Dependencies:
     reconcile: reconciler.ReconcileDeps
     #: Re-wrap of client-side-encrypted containers (kind "rewrap" work items).
     rewrap: RewrapBackend
+    #: Scale-out re-wrap jobs: the listing, the pages and their leases, the job's totals.
+    rewrap_jobs: RewrapJobLedger
     #: Blob data plane of a storage account by name (census of client-side-encrypted containers).
     blob_stores: Callable[[str], BlobStore]
     #: Key Vault audit logs (last successful unwrap per version, failures, key deletions).
@@ -118,6 +136,9 @@ class Dependencies:
     #: Wall-clock budget of one re-wrap work item; below functionTimeout (host.json) with margin.
     #: None: no budget, the item runs to the end (the operator CLI).
     rewrap_budget_seconds: float | None = 300.0
+    #: How long a worker holds a page of a scale-out job before another may take it over (its
+    #: worker is presumed crashed); well above the time one page takes.
+    rewrap_page_lease_seconds: float = 600.0
 
 
 def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
@@ -447,6 +468,12 @@ def process_work(body: str, deps: Dependencies) -> WorkReport:
         except InvalidInput as err:
             raise InvalidWorkItem(str(err)) from err
         return WorkReport(kind=kind, rewrap=run_rewrap_item(work, deps))
+    if kind == PAGE_WORK_KIND:
+        try:
+            page = parse_page_item(item, policy=deps.settings.vault_policy)
+        except InvalidInput as err:
+            raise InvalidWorkItem(str(err)) from err
+        return WorkReport(kind=kind, rewrap=run_rewrap_page(page, deps))
     if kind == "reconcile":
         return WorkReport(kind=kind, reconcile=_reconcile_item(item, deps))
     if kind != "key_event":
@@ -542,6 +569,14 @@ class RewrapItemStatus(enum.StrEnum):
     SUPERSEDED = "superseded"
     #: A dry run spent its budget: it reports what it saw (it keeps no checkpoint to continue from).
     DRY_RUN_CUT_SHORT = "dry_run_cut_short"
+    #: Scale-out lister: every page of the listing is on the work queue.
+    LISTED = "listed"
+    #: Scale-out page: re-wrapped (or rewritten) and recorded.
+    PAGE_DONE = "page_done"
+    #: Scale-out page: it could not be worked as a whole (recorded as failed; see the job report).
+    PAGE_FAILED = "page_failed"
+    #: Scale-out page: another worker holds its lease; the item is back on the queue until it ends.
+    HELD = "held"
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,10 +587,14 @@ class RewrapWorkResult:
     progress: RewrapProgress | None
     #: The finished run's report (status COMPLETE only).
     report: RewrapReport | None = None
+    #: Scale-out page items: the page's number.
+    page: int | None = None
+    #: Scale-out: the job's one report, on the invocation that finished the job (None on the others).
+    job_report: JobProgress | None = None
 
     def as_json(self) -> dict[str, object]:
         progress = self.progress
-        return {
+        document: dict[str, object] = {
             "item": self.item.as_json(),
             "status": self.status.value,
             "job_id": self.job_id,
@@ -564,6 +603,11 @@ class RewrapWorkResult:
             "unwrap_calls": progress.unwrap_calls if progress else 0,
             "problems": len(progress.problems) + progress.problems_dropped if progress else 0,
         }
+        if self.page is not None:
+            document["page"] = self.page
+        if self.job_report is not None:
+            document["job_report"] = self.job_report.as_json()
+        return document
 
 
 def plan_rewrap(
@@ -576,6 +620,7 @@ def plan_rewrap(
     concurrency: int = 8,
     dry_run: bool = False,
     encryption_scope: str | None = None,
+    scale_out: bool = False,
 ) -> list[RewrapWorkItem]:
     """The work items of a re-wrap (or rewrite) job onto ``key`` (a versionless key: its current version).
 
@@ -584,7 +629,7 @@ def plan_rewrap(
     deps.settings.vault_policy.check(key.vault)
     target = deps.rewrap.target_version(key)
     return split_job(targets=targets, key_id=target.uri, prefixes=prefixes, mode=mode, concurrency=concurrency,
-                     dry_run=dry_run, encryption_scope=encryption_scope)
+                     dry_run=dry_run, encryption_scope=encryption_scope, scale_out=scale_out)
 
 
 def run_rewrap_item(
@@ -596,6 +641,8 @@ def run_rewrap_item(
     propagates so that the queue redelivers the item; the checkpoint keeps the progress. ``observer``
     follows the run page by page.
     """
+    if item.scale_out:
+        return _list_pages(item, deps)
     ports = deps.rewrap.open(item)
     if deps.rewrap_budget_seconds is not None:
         ports = replace(ports, store=BudgetedBlobStore(ports.store, TimeBudget(deps.clock, deps.rewrap_budget_seconds)))
@@ -624,6 +671,108 @@ def run_rewrap_item(
     return _rewrap_result(item, RewrapItemStatus.COMPLETE, job_id, report.progress, report)
 
 
+def _list_pages(item: RewrapWorkItem, deps: Dependencies) -> RewrapWorkResult:
+    """The lister of a scale-out job: the listing becomes page items on the work queue, within the budget.
+
+    Each listing page's items are enqueued before the listing is advanced past it, so a crash between
+    the two enqueues that page again (its pages keep their numbers: the second copy finds them
+    claimed or done). TransientError propagates (the queue redelivers; the listing resumes).
+    """
+    ports = deps.rewrap.open(item)
+    job_id = job_id_of(item)
+    listing = deps.rewrap_jobs.listing(job_id)
+    budget = TimeBudget(deps.clock, deps.rewrap_budget_seconds) if deps.rewrap_budget_seconds is not None else None
+    listed_now = 0
+    while not listing.complete:
+        if listed_now and budget is not None and budget.expired():
+            deps.work_queue.enqueue(item.continuation().to_message())
+            return _rewrap_result(item, RewrapItemStatus.CONTINUED, job_id, None)
+        page = ports.store.list_blobs(item.container, prefix=item.prefix, marker=listing.marker)
+        # A rewrite's own staging copies are never the job's blobs (the walker leaves them out too).
+        blobs = [ListedBlob(blob.name, blob.etag) for blob in page.items
+                 if item.mode is RewrapMode.REWRAP or not blob.name.startswith(STAGING_PREFIX)]
+        items = page_items(item, first_number=listing.pages_listed, marker=listing.marker, blobs=blobs)
+        for page_item in items:
+            deps.work_queue.enqueue(page_item.to_message())
+        listing = replace(listing, marker=page.next_marker, pages_listed=listing.pages_listed + len(items),
+                          complete=page.next_marker is None)
+        try:
+            deps.rewrap_jobs.save_listing(job_id, listing)
+        except Conflict:
+            return _rewrap_result(item, RewrapItemStatus.SUPERSEDED, job_id, None)
+        listed_now += 1
+    return _rewrap_result(item, RewrapItemStatus.LISTED, job_id, None, job_report=_finish_if_done(item, job_id, deps))
+
+
+def run_rewrap_page(page: RewrapPageItem, deps: Dependencies) -> RewrapWorkResult:
+    """Re-wrap (or rewrite) one page of a scale-out job, under a lease, and record it once.
+
+    A page done already is dropped (DUPLICATE); a page another worker holds goes back on the queue
+    until its lease ends (HELD); a page whose holder's lease ran out is taken over. A page that
+    cannot be worked for good (PermanentError) is recorded as failed; TransientError propagates and
+    the queue redelivers the item (it is taken up again once this worker's lease has run out).
+    """
+    job = page.job
+    ports = deps.rewrap.open(job)
+    job_id = job_id_of(job)
+    worker = uuid.uuid4().hex
+    claim = deps.rewrap_jobs.claim_page(job_id, page.number, worker=worker,
+                                        lease_seconds=deps.rewrap_page_lease_seconds)
+    if claim.outcome is ClaimOutcome.FINISHED:
+        return _rewrap_result(job, RewrapItemStatus.DUPLICATE, job_id, None, page=page.number)
+    if claim.outcome is ClaimOutcome.HELD:
+        deps.work_queue.enqueue(page.to_message(), delay=timedelta(seconds=claim.retry_in + 1))
+        return _rewrap_result(job, RewrapItemStatus.HELD, job_id, None, page=page.number)
+    store = PageStore(ports.store, page)
+    walker = walker_for(
+        job.mode,
+        replace(ports, store=store, checkpoint=PageProgressIsRecordedOnce()),
+        policy=deps.settings.vault_policy,
+        options=RewrapOptions(max_workers=job.concurrency),
+    )
+    try:
+        report = walker.run(job.container, prefix=job.prefix)
+    except PermanentError as err:
+        result = PageResult(state=PageState.FAILED, failure=type(err).__name__)
+        status = RewrapItemStatus.PAGE_FAILED
+        progress = None
+    else:
+        progress = report.progress
+        counts = Counter(progress.counts)
+        counts.update({BlobOutcome.VANISHED.value: len(store.vanished)} if store.vanished else {})
+        progress = replace(progress, counts=dict(counts))
+        result = PageResult(
+            state=PageState.DONE, counts=progress.counts, unwrap_calls=progress.unwrap_calls,
+            writes=progress.writes, conflicts=progress.conflicts, throttled=progress.throttled,
+            problems=progress.problems, problems_dropped=progress.problems_dropped,
+        )
+        status = RewrapItemStatus.PAGE_DONE
+    try:
+        deps.rewrap_jobs.record_page(job_id, page.number, worker=worker, result=result)
+    except Conflict:
+        return _rewrap_result(job, RewrapItemStatus.SUPERSEDED, job_id, progress, page=page.number)
+    return _rewrap_result(job, status, job_id, progress, page=page.number,
+                          job_report=_finish_if_done(job, job_id, deps))
+
+
+def _finish_if_done(item: RewrapWorkItem, job_id: str, deps: Dependencies) -> JobProgress | None:
+    """The job's one report, when every listed page is recorded and this caller is the one to finish it."""
+    progress = deps.rewrap_jobs.progress(job_id)
+    if not progress.all_pages_recorded or progress.listing.finished or not deps.rewrap_jobs.finish(job_id):
+        return None
+    log_record(log, logging.INFO, f"scale-out {item.mode.value} job finished",
+               {key: value for key, value in progress.as_json().items() if key != "problems"})
+    job_progress = RewrapProgress(counts=progress.counts, complete=True, problems=progress.problems,
+                                  problems_dropped=progress.problems_dropped)
+    _alert_if_incomplete(item, job_id, job_progress, deps.notifier)
+    return replace(progress, listing=replace(progress.listing, finished=True))
+
+
+def rewrap_job_progress(item: RewrapWorkItem, deps: Dependencies) -> JobProgress:
+    """A scale-out job's progress across its workers (``cmkctl rewrap --scale-out --follow``)."""
+    return deps.rewrap_jobs.progress(job_id_of(item))
+
+
 def enqueue_rewrap(items: list[RewrapWorkItem], deps: Dependencies) -> int:
     """Put a job's work items on the work queue (the fan-out); return how many were enqueued."""
     for item in items:
@@ -638,8 +787,12 @@ def _rewrap_result(
     job_id: str,
     progress: RewrapProgress | None,
     report: RewrapReport | None = None,
+    *,
+    page: int | None = None,
+    job_report: JobProgress | None = None,
 ) -> RewrapWorkResult:
-    result = RewrapWorkResult(item=item, status=status, job_id=job_id, progress=progress, report=report)
+    result = RewrapWorkResult(item=item, status=status, job_id=job_id, progress=progress, report=report, page=page,
+                              job_report=job_report)
     log_record(log, logging.INFO, f"re-wrap work item {status.value}", result.as_json())
     return result
 

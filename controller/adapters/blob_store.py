@@ -15,10 +15,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import quote, unquote
+from xml.etree import ElementTree
 
 import requests
 from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError
 from azure.core.pipeline.transport import RequestsTransport
+from azure.core.rest import HttpRequest
 from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient, ContentSettings
 
 from controller.adapters.azure_errors import translated
@@ -29,6 +33,9 @@ from controller.rewrap.strategies import STAGING_PREFIX
 
 #: Azure returns at most 5,000 blobs per List Blobs page.
 MAX_PAGE_SIZE = 5000
+#: The first page of a listing is short, so that work starts at once: the re-wrap walker lists each
+#: following (full) page while it works on the one before.
+FIRST_PAGE_SIZE = 250
 _PROXY_SETTINGS = tuple(
     name for base in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY") for name in (base, base.lower())
 )
@@ -78,6 +85,28 @@ def blob_service_client(
     return BlobServiceClient(endpoint, credential=credential, **kwargs)
 
 
+def _blob_page(body: bytes) -> BlobPage:
+    """The blobs (name, ETag, metadata) and next marker of a List Blobs response body."""
+    try:
+        # The storage service's own response over the authenticated pipeline; expat resolves no external
+        # entities and bounds entity expansion.
+        root = ElementTree.fromstring(body)  # noqa: S314 # nosec B314
+    except ElementTree.ParseError as err:
+        raise PermanentError("list blobs: the response is not XML") from err
+    items: list[BlobItem] = []
+    for blob in root.iterfind("Blobs/Blob"):
+        name_element = blob.find("Name")
+        etag = blob.findtext("Properties/Etag")
+        if name_element is None or name_element.text is None or not etag:
+            raise PermanentError("list blobs: a blob without a name or an ETag")
+        name = name_element.text
+        if name_element.get("Encoded") == "true":  # names with characters XML cannot carry
+            name = unquote(name)
+        metadata = {entry.tag: entry.text or "" for entry in blob.iterfind("Metadata/*")}
+        items.append(BlobItem(name=name, etag=_quoted(etag), metadata=metadata))
+    return BlobPage(items=tuple(items), next_marker=root.findtext("NextMarker") or None)
+
+
 def _quoted(etag: str) -> str:
     # List Blobs returns ETags without quotes on some services, the blob headers with them; an
     # If-Match header wants the quoted form.
@@ -108,19 +137,30 @@ class AzureBlobStore:
             return client
 
     def list_blobs(self, container: str, *, prefix: str | None, marker: str | None) -> BlobPage:
+        """One List Blobs page with metadata, read from the response's XML directly.
+
+        The SDK's generic model deserializer costs about as much CPU per listed blob as a whole
+        metadata write does; ElementTree reads the same response in a small fraction of that. The
+        request still goes through the client's own pipeline (authentication, transport, no retries).
+        """
+        page_size = self._page_size if marker else min(self._page_size, FIRST_PAGE_SIZE)
+        client = self._container(container)
+        params = {"restype": "container", "comp": "list", "include": "metadata", "maxresults": str(page_size)}
+        # Query values go into the URL as given (and into the shared-key signature as decoded):
+        # quote them as the SDK's own operations do.
+        if prefix:
+            params["prefix"] = quote(prefix, safe="")
+        if marker:
+            params["marker"] = quote(marker, safe="")
+        request = HttpRequest("GET", client.url, params=params,
+                              headers={"x-ms-version": client.api_version, "Accept": "application/xml"})
         with translated(f"list blobs of {container}"):
-            pages = (
-                self._container(container)
-                .list_blobs(name_starts_with=prefix or None, include=["metadata"], results_per_page=self._page_size)
-                .by_page(continuation_token=marker)
-            )
-            items = tuple(
-                BlobItem(name=blob.name, etag=_quoted(blob.etag), metadata=dict(blob.metadata or {}))
-                for blob in next(pages)
-            )
-            # by_page() returns the SDK's page iterator, typed only as an Iterator.
-            next_marker = getattr(pages, "continuation_token", None) or None
-        return BlobPage(items=items, next_marker=next_marker)
+            # The generated client's documented way to send a request it has no operation for.
+            response = client._client._send_request(request)
+            if response.status_code != 200:
+                raise HttpResponseError(response=response)
+            body = response.read()
+        return _blob_page(body)
 
     def get_properties(self, container: str, name: str) -> BlobItem:
         with translated(f"read properties of {container}/{name}"):

@@ -31,6 +31,9 @@ from controller.rewrap.wrapping import RsaPublicKeyWrapper
 
 #: Blobs per listing page in rewrite mode (re-wrap pages are Azure's maximum, 5,000).
 REWRITE_PAGE_SIZE = 100
+#: Blobs per listing page of a scale-out job: one listing page becomes one page item (whose names
+#: and ETags fit a queue message), which a worker reads back with one List Blobs call at its marker.
+SCALE_OUT_PAGE_SIZE = 250
 
 
 class AzureRewrapBackend:
@@ -64,6 +67,8 @@ class AzureRewrapBackend:
         # The budget is checked between pages: a rewrite moves whole blobs, so its pages stay small
         # enough to finish well inside the function timeout.
         page_size = self._page_size if rewriter is None else min(self._page_size, REWRITE_PAGE_SIZE)
+        if item.scale_out:
+            page_size = min(page_size, SCALE_OUT_PAGE_SIZE)
         return RewrapPorts(
             store=AzureBlobStore(service, page_size=page_size),
             unwrapper=self._unwrapper,

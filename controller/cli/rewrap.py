@@ -3,6 +3,10 @@
 Runs here, item by item, through the same use case the function app runs for queued re-wrap work
 (service.run_rewrap_item, without a time budget), or with --enqueue puts the work items on the work
 queue for the function app. The progress bar follows the run through a RewrapObserver.
+
+With --scale-out the job is worked by the function app's workers, as many as it runs: its lister item
+goes on the work queue (unless the job already started: then this only reports), and --follow shows
+the job's progress across the workers, read from the ledger, until it is finished.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -31,6 +36,7 @@ from controller.errors import ControllerError, InvalidInput, InvalidKeyId, Setti
 from controller.model import KeyRef
 from controller.ports import RewrapProgress
 from controller.rewrap.outcomes import RewrapReport
+from controller.rewrap.pages import JobProgress
 from controller.rewrap.work import MAX_CONCURRENCY, RewrapMode, RewrapWorkItem
 from controller.vault_policy import VaultPolicy
 
@@ -46,8 +52,9 @@ environment:
   credentials            your Azure CLI / environment login, or the managed identity where one
                          exists (AZURE_CLIENT_ID; the local sandbox serves one): no secrets are read.
 
-Exit 0 means every blob wrapped by the key is on the target version (or would be, with --dry-run);
-1 that some blobs failed or have malformed envelopes (listed in the report).
+Exit 0 means every blob wrapped by the key is on the target version (or would be, with --dry-run;
+with --scale-out and no --follow, that the job is enqueued or running); 1 that some blobs failed or
+have malformed envelopes (listed in the report).
 """
 
 
@@ -56,7 +63,9 @@ def register(commands: Commands) -> None:
         commands, "rewrap",
         help_text="re-wrap (or rewrite) the client-side-encrypted blobs of a container onto a key version",
         examples=("cmkctl rewrap --account stdocs --container invoices --key contoso-kv/storage-cmk --dry-run",
-                  "cmkctl rewrap --account stdocs --container invoices --key contoso-kv/storage-cmk --mode rewrite"),
+                  "cmkctl rewrap --account stdocs --container invoices --key contoso-kv/storage-cmk --mode rewrite",
+                  "cmkctl rewrap --account stdocs --container invoices --key contoso-kv/storage-cmk --scale-out "
+                  "--follow"),
         notes=_EPILOG,
     )
     rewrap.add_argument("--account", required=True, help="storage account name")
@@ -85,6 +94,15 @@ def register(commands: Commands) -> None:
     rewrap.add_argument(
         "--enqueue", action="store_true", help="fan out: put work items on the work queue instead of running here"
     )
+    rewrap.add_argument(
+        "--scale-out", action="store_true",
+        help="many workers, one container: enqueue the job's lister for the function app's workers (or, once the "
+             "job started, report its progress)",
+    )
+    rewrap.add_argument("--follow", action="store_true",
+                        help="with --scale-out: follow the job's progress across workers until it is finished")
+    rewrap.add_argument("--interval", type=bounded(float, 0.5, 300), default=5.0,
+                        help="with --follow: seconds between two looks at the ledger (default 5)")
     rewrap.add_argument("--encryption-scope", help="rewrite mode: write the new copies under this encryption scope")
     rewrap.add_argument("--no-progress", action="store_true", help="no progress bar (the report is printed anyway)")
     rewrap.set_defaults(run=_rewrap)
@@ -106,7 +124,11 @@ def _rewrap(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             dry_run=args.dry_run,
             encryption_scope=args.encryption_scope,
+            scale_out=args.scale_out,
         )
+        if args.scale_out:
+            return _scale_out(items, deps, follow=args.follow, interval=args.interval,
+                              show_progress=not args.no_progress and sys.stderr.isatty())
         if args.enqueue:
             service.enqueue_rewrap(items, deps)
             print(json.dumps({"enqueued": [item.as_json() for item in items]}, indent=2))
@@ -132,6 +154,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise InvalidInput(f"--account {args.account!r} is not a storage account name")
     if args.encryption_scope is not None and args.mode != RewrapMode.REWRITE.value:
         raise InvalidInput("--encryption-scope needs --mode rewrite (re-wrap does not move data)")
+    if args.scale_out and (args.dry_run or args.enqueue):
+        raise InvalidInput("--scale-out enqueues the job itself and is not a dry run (drop --dry-run / --enqueue)")
+    if args.follow and not args.scale_out:
+        raise InvalidInput("--follow follows a --scale-out job")
 
 
 def _parse_key_argument(value: str, version: str | None, policy: VaultPolicy) -> KeyRef:
@@ -191,3 +217,55 @@ def _run_with_progress(
             progress_bar.update(task, total=blobs, completed=blobs)
             reports.append(result.report)
     return reports
+
+
+def _scale_out(
+    items: Sequence[RewrapWorkItem], deps: service.Dependencies, *, follow: bool, interval: float, show_progress: bool
+) -> int:
+    """Enqueue each job's lister unless the job started already; with ``follow``, watch until all are finished."""
+    enqueued: list[RewrapWorkItem] = []
+    for item in items:
+        progress = service.rewrap_job_progress(item, deps)
+        if progress.listing.pages_listed == 0 and not progress.listing.complete:
+            enqueued.append(item)
+    service.enqueue_rewrap(enqueued, deps)
+    if follow:
+        jobs = _follow(items, deps, interval=interval, show_progress=show_progress)
+    else:
+        jobs = [service.rewrap_job_progress(item, deps) for item in items]
+    print(json.dumps([
+        {"item": item.as_json(), "enqueued": item in enqueued, **job.as_json()}
+        for item, job in zip(items, jobs, strict=True)
+    ], indent=2))
+    failed = any(
+        job.pages_failed or job.counts.get("failed", 0) or job.counts.get("skipped_malformed", 0) for job in jobs
+    )
+    return EXIT_FAILED if failed else 0
+
+
+def _follow(
+    items: Sequence[RewrapWorkItem], deps: service.Dependencies, *, interval: float, show_progress: bool
+) -> list[JobProgress]:
+    progress_bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.fields[listed]} pages"),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not show_progress,
+    )
+    with progress_bar:
+        tasks = [progress_bar.add_task(f"{item.mode.value} {item.container}/{item.prefix or ''} (scale-out)",
+                                       total=None, listed="?", counts="") for item in items]
+        while True:
+            jobs = [service.rewrap_job_progress(item, deps) for item in items]
+            for task, job in zip(tasks, jobs, strict=True):
+                counts = " ".join(f"{name}={value}" for name, value in sorted(job.counts.items()) if value)
+                listed = str(job.listing.pages_listed) + ("" if job.listing.complete else "+")
+                progress_bar.update(task, completed=job.pages_done + job.pages_failed, listed=listed, counts=counts,
+                                    total=job.listing.pages_listed if job.listing.complete else None)
+            if all(job.listing.finished for job in jobs):
+                return jobs
+            time.sleep(interval)

@@ -25,7 +25,7 @@ from typing import Protocol, TypeVar
 from controller.errors import Conflict, NotFound, PermanentError, TransientError, Unreachable
 from controller.logs import log_record
 from controller.model import KeyRef
-from controller.ports import BlobItem, BlobStore, RewrapCheckpoint, RewrapObserver, RewrapProgress
+from controller.ports import BlobItem, BlobPage, BlobStore, RewrapCheckpoint, RewrapObserver, RewrapProgress
 from controller.rewrap.outcomes import BlobResult, CallTally, Outcome, ProblemReason, RewrapReport
 from controller.rewrap.work import RewrapMode
 from controller.rewrap.wrapping import WRAP_ALGORITHMS
@@ -94,9 +94,10 @@ class Calls:
             try:
                 value = operation()
             except Unreachable:
-                # Not throttling: one quick retry for a dropped connection, then say what is wrong.
+                # Not throttling: two quick retries for a dropped connection (a busy vault resets some
+                # connections; two in a row for one blob happen in a long run), then say what is wrong.
                 attempts += 1
-                if attempts >= min(2, self._max_attempts):
+                if attempts >= min(3, self._max_attempts):
                     raise
                 continue
             except TransientError as err:
@@ -201,14 +202,17 @@ class ContainerWalker:
                 progress = saved
         planned: list[str] = []
         marker = progress.marker
-        with ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rewrap") as executor:
+        with (
+            ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rewrap") as executor,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewrap-list") as lister,
+        ):
+            # The next page is listed while this one is worked on: a listing with metadata takes long
+            # enough (seconds for 5,000 blobs) that waiting for it would leave every worker idle.
+            next_page = lister.submit(self._list, container, prefix, marker)
             while True:
-                listing = functools.partial(self._store.list_blobs, container, prefix=prefix, marker=marker)
-                listing_tally = CallTally()
-                try:
-                    page = self._calls.call(listing, listing_tally)
-                except RetriesExhausted as err:
-                    raise TransientError(f"listing {container} stayed throttled; resume from the checkpoint") from err
+                page, listing_tally = next_page.result()
+                if page.next_marker is not None:
+                    next_page = lister.submit(self._list, container, prefix, page.next_marker)
                 items = [item for item in page.items if self._strategy.includes(item)]
                 results = _run_all(executor, functools.partial(self._blob, container), items)
                 progress = _merge(progress, results, marker=page.next_marker, limit=options.max_problems)
@@ -240,6 +244,16 @@ class ContainerWalker:
         summary = {key: value for key, value in report.as_json().items() if key not in ("problems", "planned")}
         log_record(log, logging.INFO, f"{_NOUN[report.mode]} finished", summary)
         return report
+
+    def _list(self, container: str, prefix: str | None, marker: str | None) -> tuple[BlobPage, CallTally]:
+        """One page of the listing, retried when throttled. Whatever else the store raises (a spent
+        budget, a kill) comes out of the walker between pages, after the page before is saved."""
+        listing = functools.partial(self._store.list_blobs, container, prefix=prefix, marker=marker)
+        tally = CallTally()
+        try:
+            return self._calls.call(listing, tally), tally
+        except RetriesExhausted as err:
+            raise TransientError(f"listing {container} stayed throttled; resume from the checkpoint") from err
 
     def _blob(self, container: str, item: BlobItem) -> BlobResult:
         result = BlobResult(name=item.name)

@@ -54,6 +54,9 @@ class RewrapWorkItem:
     sequence: int = 0
     #: Rewrite mode only: the encryption scope the new copies are written under (None: the account's).
     encryption_scope: str | None = None
+    #: Many workers, one container: this item is the job's lister, which turns the listing into page
+    #: items for any number of workers (controller/rewrap/pages.py) instead of working the blobs itself.
+    scale_out: bool = False
 
     def continuation(self) -> RewrapWorkItem:
         return replace(self, sequence=self.sequence + 1)
@@ -72,6 +75,8 @@ class RewrapWorkItem:
         }
         if self.encryption_scope is not None:
             message["encryption_scope"] = self.encryption_scope
+        if self.scale_out:
+            message["scale_out"] = True
         return message
 
     def as_json(self) -> dict[str, object]:
@@ -80,7 +85,7 @@ class RewrapWorkItem:
 
 _FIELDS = frozenset({
     "kind", "account", "container", "prefix", "key_id", "mode", "concurrency", "dry_run", "sequence",
-    "encryption_scope",
+    "encryption_scope", "scale_out",
 })
 
 
@@ -126,6 +131,11 @@ def parse_work_item(message: Mapping[str, object], *, policy: VaultPolicy) -> Re
         raise InvalidInput("rewrap work item: 'encryption_scope' must be an encryption scope name or null")
     if scope is not None and mode is not RewrapMode.REWRITE:
         raise InvalidInput("rewrap work item: 'encryption_scope' needs mode rewrite (re-wrap does not move data)")
+    scale_out = message.get("scale_out", False)
+    if not isinstance(scale_out, bool):
+        raise InvalidInput("rewrap work item: 'scale_out' must be a boolean")
+    if scale_out and dry_run:
+        raise InvalidInput("rewrap work item: a dry run is not scaled out (it writes nothing to share)")
     return RewrapWorkItem(
         account=account,
         container=container,
@@ -136,6 +146,7 @@ def parse_work_item(message: Mapping[str, object], *, policy: VaultPolicy) -> Re
         dry_run=dry_run,
         sequence=sequence,
         encryption_scope=scope,
+        scale_out=scale_out,
     )
 
 
@@ -155,6 +166,7 @@ def split_job(
     concurrency: int = 8,
     dry_run: bool = False,
     encryption_scope: str | None = None,
+    scale_out: bool = False,
 ) -> list[RewrapWorkItem]:
     """One work item per (account, container) and prefix (or one per container without prefixes).
 
@@ -184,6 +196,7 @@ def split_job(
                     concurrency=concurrency,
                     dry_run=dry_run,
                     encryption_scope=encryption_scope,
+                    scale_out=scale_out,
                 )
             )
     return items

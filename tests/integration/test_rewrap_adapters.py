@@ -490,3 +490,30 @@ def test_report_json_is_serialisable(sandbox: Sandbox) -> None:
     populate(sandbox, 2)
     report: RewrapReport = sandbox.engine().run(sandbox.container)
     assert json.loads(json.dumps(report.as_json()))["counts"]["rewrapped"] == 2
+
+
+def test_the_store_lists_names_etags_and_metadata_as_the_sdk_does(sandbox: Sandbox) -> None:
+    container = sandbox.container_client()
+    for name in ("a space.txt", "ünï/cødé.txt", "amp&lt<gt>'quote\".txt", "plain", "z/deep/er", "%2F+plus=eq?"):
+        container.upload_blob(name, b"x", metadata={"owner": "r&d <team>", "Mixed": "Case"})
+    expected = {
+        blob.name: (f'"{blob.etag.strip(chr(34))}"', dict(blob.metadata))
+        for blob in container.list_blobs(include=["metadata"])
+    }
+    store = sandbox.store(page_size=2)
+
+    listed: dict[str, tuple[str, dict[str, str]]] = {}
+    markers: list[str | None] = [None]
+    while True:
+        page = store.list_blobs(sandbox.container, prefix=None, marker=markers[-1])
+        listed.update({item.name: (item.etag, dict(item.metadata)) for item in page.items})
+        if page.next_marker is None:
+            break
+        markers.append(page.next_marker)
+
+    assert listed == expected
+    assert len(markers) == 3  # pages of two
+    assert [item.name for item in store.list_blobs(sandbox.container, prefix="z/", marker=None).items] == ["z/deep/er"]
+    assert [item.name for item in store.list_blobs(sandbox.container, prefix="ünï/", marker=None).items] == [
+        "ünï/cødé.txt"
+    ]

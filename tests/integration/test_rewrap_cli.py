@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterator
 
 import pytest
 from azure.storage.queue import QueueClient
 
+from controller import service
 from controller.cli import main
+from controller.cli.common import operator_dependencies
 from emulators.identity_endpoint import ManagedIdentityEndpoint
 from emulators.keyvault import Principal
 from tests.integration.test_rewrap_adapters import CONTROLLER, Sandbox, assert_all_on, populate
@@ -145,3 +148,40 @@ def test_rewrite_mode_gives_new_content_keys(cli_env: Sandbox, capsys: pytest.Ca
 def test_an_encryption_scope_needs_rewrite_mode(cli_env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(rewrap_args(cli_env, "--encryption-scope", "scope1")) == 2
     assert "rewrite" in capsys.readouterr().err
+
+
+def test_scale_out_enqueues_the_lister_once_and_follow_shows_the_job_across_workers(
+    cli_env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written = populate(cli_env, 12)
+    assert main(rewrap_args(cli_env, "--scale-out", "--concurrency", "2")) == 0
+    [job] = json.loads(capsys.readouterr().out)
+    assert job["enqueued"] is True and job["pages_listed"] == 0 and not job["finished"]
+
+    # The function app's workers: here, process_work over the queue until it is empty.
+    deps = operator_dependencies(blob_endpoint=None, blob_connection_setting="BLOBS")
+    queue = QueueClient.from_connection_string(cli_env.connection_string, os.environ["CMK_WORK_QUEUE"])
+    kinds = []
+    while messages := list(queue.receive_messages(max_messages=8)):
+        for message in messages:
+            body = base64.b64decode(message.content).decode()
+            kinds.append(json.loads(body)["kind"])
+            service.process_work(body, deps)
+            queue.delete_message(message)
+    assert kinds == ["rewrap", "rewrap_page"]
+
+    status = main(rewrap_args(cli_env, "--scale-out", "--concurrency", "2", "--follow", "--interval", "0.5",
+                              "--no-progress"))
+    out = capsys.readouterr().out
+    assert status == 0
+    [job] = json.loads(out)
+    assert job["enqueued"] is False  # the job had started: only its progress is shown
+    assert job["finished"] and (job["pages_listed"], job["pages_done"]) == (1, 1)
+    assert job["counts"] == {"rewrapped": 12}
+    assert list(queue.peek_messages()) == []
+    assert_all_on(cli_env, written, cli_env.new_key_id)
+
+
+def test_follow_needs_scale_out(cli_env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(rewrap_args(cli_env, "--follow")) == 2
+    assert "--follow follows a --scale-out job" in capsys.readouterr().err

@@ -316,7 +316,8 @@ def fake_dependencies(settings: Settings, **overrides: Any) -> Dependencies:
     reconcile = overrides.pop("reconcile", None) or fake_reconcile_deps(clock=clock, queue=queue, notifier=notifier)
     values: dict[str, Any] = {
         "settings": settings, "clock": clock, "ledger": FakeLedger(), "notifier": notifier, "work_queue": queue,
-        "reconcile": reconcile, "rewrap": NotExpected("rewrap"), "blob_stores": NotExpected("blob_stores"),
+        "reconcile": reconcile, "rewrap": NotExpected("rewrap"),
+        "rewrap_jobs": NotExpected("rewrap_jobs"), "blob_stores": NotExpected("blob_stores"),
         "audit": FakeAuditLog(), "audit_checkpoint": NotExpected("audit_checkpoint"), "estate": NotExpected("estate"),
         "reports": NotExpected("reports"),
     }

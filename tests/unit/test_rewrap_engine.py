@@ -663,8 +663,9 @@ def test_killed_mid_run_and_resumed_leaves_every_blob_on_the_target() -> None:
 
     report = world.run(max_workers=2)
 
-    # the resumed run started at the killed page, not over
-    assert world.store.list_markers == [None, "blob-03", "blob-03", "blob-07", "blob-11"]
+    # the resumed run started at the killed page, not over (the killed run had listed the page after
+    # it while working on it; nothing of that page was done)
+    assert world.store.list_markers == [None, "blob-03", "blob-07", "blob-03", "blob-07", "blob-11"]
     assert report.progress.complete and report.progress.pages == 4
     assert sum(report.counts.values()) == 14
     assert report.counts["rewrapped"] + report.counts["already_current"] == 14
@@ -742,11 +743,17 @@ def test_concurrency_is_bounded_and_pages_are_processed_one_at_a_time() -> None:
 
     assert report.counts["rewrapped"] == 30
     assert world.store.max_in_flight == 3
-    # no page is listed before every write of the previous page is done
-    lists = [index for index, event in enumerate(world.store.events) if event.startswith("list")]
-    writes = [index for index, event in enumerate(world.store.events) if event.startswith("write")]
+    # pages are worked one at a time: no write of a page before every write of the page before it;
+    # the next page is listed while one is worked on, never two pages ahead
+    events = world.store.events
+    lists = [index for index, event in enumerate(events) if event.startswith("list")]
+    writes = [(index, int(event[-2:]) // 10) for index, event in enumerate(events) if event.startswith("write")]
     assert len(lists) == 3
-    assert all(lists[page] < writes[page * 10] and writes[page * 10 + 9] < lists[page + 1] for page in range(2))
+    assert [page for _, page in writes] == sorted(page for _, page in writes)
+    first_write = {page: min(index for index, of in writes if of == page) for page in range(3)}
+    last_write = {page: max(index for index, of in writes if of == page) for page in range(3)}
+    assert all(lists[page] < first_write[page] for page in range(3))
+    assert lists[2] > last_write[0]
 
 
 def test_problems_kept_are_capped_and_the_rest_counted() -> None:
