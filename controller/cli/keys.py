@@ -79,13 +79,13 @@ def _reconcile(args: argparse.Namespace) -> int:
     key, deps = _key_and_deps(args)
     result = reconciler.reconcile_key(key, deps, dry_run=args.dry_run)
     if args.summary:
-        _print_summary(result, as_json=args.json, dry_run=args.dry_run)
+        _print_summary(result, as_json=args.json, dry_run=args.dry_run, wide=args.wide)
     else:
         _print_result(result, as_json=args.json, dry_run=args.dry_run, wide=args.wide)
     return EXIT_FAILED if result.failures else 0
 
 
-def _print_summary(result: reconciler.ReconcileResult, *, as_json: bool, dry_run: bool) -> None:
+def _print_summary(result: reconciler.ReconcileResult, *, as_json: bool, dry_run: bool, wide: bool) -> None:
     """done / pending / blocked, and what this run left to the work queue or to another instance."""
     summary = {"key": result.key.uri, "target_version": result.plan.target.version if result.plan.target else None,
                **result.progress(), "writes": len(result.writes), "failures": len(result.failures),
@@ -93,21 +93,23 @@ def _print_summary(result: reconciler.ReconcileResult, *, as_json: bool, dry_run
     if as_json:
         print(json.dumps(summary))
         return
-    print(_progress_line(result) + (" (dry run: nothing changed)" if dry_run else ""))
+    target = tables.version(result.plan.target.version, wide=wide) if result.plan.target else "none"
+    print(f"key: {tables.key(result.key.uri, wide=wide)}")
+    print(f"target version: {target}")
+    print(_progress_lines(result) + (" (dry run: nothing changed)" if dry_run else ""))
     for failure in result.failures:
         print(f"failed: {failure}", file=sys.stderr)
 
 
-def _progress_line(result: reconciler.ReconcileResult) -> str:
+def _progress_lines(result: reconciler.ReconcileResult) -> str:
+    """The consumers' counts (the key and target are on the line above: they may be long)."""
     counts = result.progress()
-    target = result.plan.target.version if result.plan.target else "none"
-    line = (f"{result.key.uri} -> target {target}: {counts['done']} done, {counts['pending']} pending, "
-            f"{counts['blocked']} blocked")
+    lines = [f"progress: {counts['done']} done, {counts['pending']} pending, {counts['blocked']} blocked"]
     if result.deferred:
-        line += f"; {result.deferred} writes continue in another invocation (work queue)"
+        lines.append(f"{result.deferred} writes continue in another invocation (work queue)")
     if result.claimed_elsewhere:
-        line += f"; {len(result.claimed_elsewhere)} being written by another instance"
-    return line
+        lines.append(f"{len(result.claimed_elsewhere)} being written by another instance")
+    return "\n".join(lines)
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -177,7 +179,7 @@ def _print_result(result: reconciler.ReconcileResult, *, as_json: bool, dry_run:
              tables.version(decision.consumer.current_version, wide=wide) if decision.consumer.current_version
              else "unknown"] for decision in result.plan.decisions]
     _print_table(title, ["consumer", "action", "reason", "current version"], rows, wide=wide)
-    print(_progress_line(result))
+    print(_progress_lines(result))
     for failure in result.failures:
         print(f"failed: {failure}", file=sys.stderr)
 

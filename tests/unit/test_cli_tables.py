@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -82,3 +83,18 @@ def test_key_identifiers_are_vault_key_and_short_version():
         "kv-contoso-cmk-prod-weu1/storage-account-encryption-key-production/fedcba98")
     assert tables.key(KEY.uri, wide=True) == KEY.uri
     assert tables.version(None, wide=False) == "-"
+
+
+def test_reconcile_summary_prints_the_counts_in_80_columns_or_as_one_json_document(key_commands, capsys):
+    main(["reconcile", VAULT.url, KEY.name, "--dry-run", "--summary"])
+    text = capsys.readouterr().out
+    assert widest(text) <= 80, text
+    assert text.splitlines() == [
+        "key: kv-contoso-cmk-prod-weu1/storage-account-encryption-key-production",
+        "target version: fedcba98",
+        "progress: 0 done, 1 pending, 1 blocked (dry run: nothing changed)",
+    ]
+    main(["reconcile", VAULT.url, KEY.name, "--dry-run", "--summary", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["key"] == KEY.uri and summary["target_version"] == NEW and summary["dry_run"] is True
+    assert (summary["done"], summary["pending"], summary["blocked"]) == (0, 1, 1)
