@@ -727,7 +727,12 @@ def _retirement_verdict(
         return False, Reason.CURRENT_VERSION, f"version {version} is the newest usable version"
     if not info.enabled:
         return True, Reason.ALREADY_DISABLED, f"version {version} is already disabled and nothing uses it"
-    if info.order > target.order and not (info.expires is not None and info.expires <= now):
+    if info.order > target.order:
+        if info.expires is not None and info.expires <= now:
+            # It can never become the target, and nothing moves to it: there is no successor to wait for.
+            return True, Reason.NOT_IN_USE, (
+                f"no consumer, no wrapped blob and no recent unwrap use version {version}; it expired at "
+                f"{_at(info.expires)}, so nothing moves to it from {target.version}")
         return (False, Reason.VERSION_NOT_YET_VALID,
                 f"version {version} is newer than {target.version} and not valid yet: it is the next version")
     successor = min((other for other in key.versions
