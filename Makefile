@@ -8,7 +8,7 @@ DEPS_HASH := $(shell cat requirements.txt requirements-dev.txt pyproject.toml | 
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: setup lint iac test test-unit test-integration test-e2e sandbox sandbox-down demo bench clean
+.PHONY: setup lint iac test test-unit test-integration test-e2e mutation sandbox sandbox-down demo bench clean
 
 # chromium (Debian's package): the browser test of the HTML compliance report.
 setup: $(STAMP) $(NODE_STAMP)
@@ -48,6 +48,13 @@ test-integration: setup
 test-e2e: setup
 	$(VENV)/bin/pytest -m e2e
 
+# Mutation testing of the pure core (README "Mutation testing"): one line per module, tens of minutes.
+# Workers: MUTATION_WORKERS (default 2; the machine is shared).
+MUTATION_WORKERS ?= 2
+mutation: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-mutation.txt
+	$(PY) mutation/run.py --max-children $(MUTATION_WORKERS)
+
 # The local sandbox (emulated Azure, README "Local sandbox"), a program of its own run from the checkout:
 # started in the background in .sandbox/; then `source .sandbox/env` and
 # `.venv/bin/python -m emulators status|seed rotation|down`.
@@ -70,4 +77,4 @@ bench: setup
 	$(PY) bench/sweep_bench.py
 
 clean: sandbox-down
-	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache .hypothesis .sandbox
+	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache .hypothesis .sandbox .mutation

@@ -5,13 +5,15 @@
 Each unit (a module, or the compliance rules package) runs mutmut in its own workspace,
 .mutation/<unit>/, against ONLY the unit tests that import it: a mutant killed by some other module's
 test does not count. Hypothesis runs derandomized on a small example budget
-(mutation/hypothesis_budget.py), so a score is reproducible and a run takes minutes, not hours. Prints one line per module: generated / killed / survived / equivalent /
-score, where score = killed / (generated - equivalent). Equivalent mutants (no test can tell them from
+(mutation/hypothesis_budget.py), so a score is reproducible and a run takes minutes, not hours.
+Prints one line per module: generated / killed / survived / equivalent / untested / score, where
+score = killed / (generated - equivalent). Equivalent mutants (no test can tell them from
 the original) are listed with their reason in mutation/equivalent-mutants.toml; an entry that matches
 no generated mutant any more is reported as stale, so the list stays true.
 
---keep reuses a unit's workspace: mutmut keeps earlier verdicts and re-runs only new mutants, and a
-mutant named on the command line (`.venv/bin/mutmut run NAME` inside the workspace) is re-run.
+--keep reuses a unit's workspace: mutmut keeps earlier verdicts and runs only mutants it has none for
+(a changed function's mutants are new); --rerun-survivors also runs the last survivors again, against
+the current tests: the loop for writing tests that kill them.
 --survivors prints each surviving mutant's diff. Exit status: 0, or 1 when a module scores under
 --minimum (default 90).
 """
@@ -105,10 +107,10 @@ def prepare_workspace(unit: str, sources: list[str], tests: list[str], *, keep: 
     return workspace
 
 
-def run_mutmut(workspace: Path, max_children: int) -> None:
+def run_mutmut(workspace: Path, max_children: int, rerun: list[str]) -> None:
     environment = {**os.environ, "CI": "1"}  # the derandomized hypothesis profile
     subprocess.run(  # noqa: S603 - our own mutmut, fixed arguments
-        [str(MUTMUT), "run", "--max-children", str(max_children)],
+        [str(MUTMUT), "run", "--max-children", str(max_children), *rerun],
         cwd=workspace,
         env=environment,
         check=True,
@@ -117,8 +119,10 @@ def run_mutmut(workspace: Path, max_children: int) -> None:
 
 
 def verdicts(workspace: Path, source: str) -> dict[str, int | None]:
-    meta = json.loads((workspace / "mutants" / f"{source}.meta").read_text())
-    return dict(meta["exit_code_by_key"])
+    meta_file = workspace / "mutants" / f"{source}.meta"
+    if not meta_file.exists():
+        return {}
+    return dict(json.loads(meta_file.read_text())["exit_code_by_key"])
 
 
 def changed_lines(diff: str) -> tuple[str, str]:
@@ -160,6 +164,8 @@ def main() -> int:
     parser.add_argument("--max-children", type=int, default=1, help="mutmut workers (default 1)")
     parser.add_argument("--keep", action="store_true", help="reuse the workspaces and their verdicts")
     parser.add_argument("--survivors", action="store_true", help="print each surviving mutant's diff")
+    parser.add_argument("--rerun-survivors", action="store_true",
+                        help="with --keep: run the tests again on the mutants that survived last time")
     parser.add_argument("--minimum", type=float, default=90.0, help="the lowest passing score, in percent")
     arguments = parser.parse_args()
     unknown = sorted(set(arguments.units) - set(UNITS))
@@ -174,7 +180,11 @@ def main() -> int:
         tests = tests_importing(sources)
         workspace = prepare_workspace(unit, sources, tests, keep=arguments.keep)
         print(f"# {unit}: {len(tests)} test modules ({', '.join(Path(test).stem for test in tests)})", flush=True)
-        run_mutmut(workspace, arguments.max_children)
+        rerun = []
+        if arguments.rerun_survivors:
+            rerun = [name for source in sources for name, code in verdicts(workspace, source).items()
+                     if code == SURVIVED]
+        run_mutmut(workspace, arguments.max_children, rerun)
         for source in sources:
             results = verdicts(workspace, source)
             survivors = sorted(name for name, code in results.items() if code == SURVIVED)
@@ -207,7 +217,8 @@ def main() -> int:
     ran = {source for unit in (arguments.units or UNITS) for source in UNITS[unit]}
     for entry in equivalents:
         if entry.module in ran and entry not in matched:
-            print(f"stale equivalent-mutant entry: {entry.module} {entry.function}: {entry.before!r} -> {entry.after!r}")
+            change = f"{entry.before!r} -> {entry.after!r}"
+            print(f"stale equivalent-mutant entry: {entry.module} {entry.function}: {change}")
     return 0 if passed else 1
 
 

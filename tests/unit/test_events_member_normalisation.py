@@ -78,7 +78,8 @@ def test_normalised_twins_with_the_same_number_are_read(twin: str, value: object
 @pytest.mark.parametrize("value", [NBF + 1, float(NBF), str(NBF), [NBF]], ids=["other", "float", "string", "array"])
 def test_normalised_twins_with_different_values_are_a_duplicate(value: object) -> None:
     error = rejection(with_data(nbf=value))
-    assert (error.reason, error.detail) == (RejectReason.DUPLICATE_FIELD, "data.NBF is given twice with different values")
+    assert (error.reason, error.detail) == (
+        RejectReason.DUPLICATE_FIELD, "data.NBF is given twice with different values")
 
 
 def test_member_names_that_are_not_strings_are_skipped() -> None:
