@@ -6,7 +6,7 @@ Each unit (a module, or the compliance rules package) runs mutmut in its own wor
 .mutation/<unit>/, against ONLY the unit tests that import it: a mutant killed by some other module's
 test does not count. Hypothesis runs derandomized on a small example budget
 (mutation/hypothesis_budget.py), so a score is reproducible and a run takes minutes, not hours.
-Prints one line per module: generated / killed / survived / equivalent / untested / score, where
+Prints one line per module: generated / killed / survived / equivalent / no tests / score, where
 score = killed / (generated - equivalent). Equivalent mutants (no test can tell them from
 the original) are listed with their reason in mutation/equivalent-mutants.toml; an entry that matches
 no generated mutant any more is reported as stale, so the list stays true.
@@ -51,7 +51,8 @@ UNITS: dict[str, list[str]] = {
 
 # mutmut's exit codes per verdict (mutmut/stats.py); anything else is a kill or a timeout.
 SURVIVED = 0
-NOT_TESTED = {None, 5, 33, 34}
+PENDING = None  # not run yet (an interrupted run)
+NO_TESTS = {5, 33, 34}  # no test reaches the mutated function, or skipped
 
 
 @dataclass(frozen=True)
@@ -108,13 +109,17 @@ def prepare_workspace(unit: str, sources: list[str], tests: list[str], *, keep: 
 
 
 def run_mutmut(workspace: Path, max_children: int, rerun: list[str]) -> None:
+    """Run the mutants without a verdict; first, run again those named in ``rerun``."""
     environment = {**os.environ, "CI": "1"}  # the derandomized hypothesis profile
+    command = [str(MUTMUT), "run", "--max-children", str(max_children)]
+    if rerun:
+        # Named mutants are the only ones run. A name whose function changed since is gone: its new
+        # mutants have no verdict yet and are run below.
+        subprocess.run(  # noqa: S603 - our own mutmut, fixed arguments
+            [*command, *rerun], cwd=workspace, env=environment, check=False, stdout=subprocess.DEVNULL
+        )
     subprocess.run(  # noqa: S603 - our own mutmut, fixed arguments
-        [str(MUTMUT), "run", "--max-children", str(max_children), *rerun],
-        cwd=workspace,
-        env=environment,
-        check=True,
-        stdout=subprocess.DEVNULL,
+        command, cwd=workspace, env=environment, check=True, stdout=subprocess.DEVNULL
     )
 
 
@@ -199,15 +204,17 @@ def main() -> int:
                         matched.add(entry)
                         break
             generated = len(results)
-            untested = sum(1 for code in results.values() if code in NOT_TESTED)
+            untested = sum(1 for code in results.values() if code in NO_TESTS)
+            pending = sum(1 for code in results.values() if code is PENDING)
             survived = len(survivors) - len(equivalent)
-            killed = generated - untested - len(survivors)
+            killed = generated - untested - pending - len(survivors)
             scored = generated - len(equivalent)
             score = 100.0 * killed / scored if scored else 100.0
             passed = passed and score >= arguments.minimum
             print(
                 f"{source}: generated {generated} / killed {killed} / survived {survived} / "
-                f"equivalent {len(equivalent)} / untested {untested} / score {score:.1f}%",
+                f"equivalent {len(equivalent)} / no tests {untested} / score {score:.1f}%"
+                + (f" ({pending} not run yet)" if pending else ""),
                 flush=True,
             )
             if arguments.survivors:

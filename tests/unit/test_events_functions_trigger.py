@@ -6,7 +6,9 @@ the attributes named, so an attribute the intake must not require can be left ou
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -109,3 +111,24 @@ def test_a_refused_trigger_event_names_the_attribute(event: object, expected: tu
 def test_a_cloud_event_without_time_or_event_time_is_read() -> None:
     parsed = parse_functions_event(cloud(time=OMIT), policy=POLICY)  # type: ignore[arg-type]
     assert parsed is not None and parsed.event_time is None
+
+
+@pytest.fixture
+def local_zone_new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local time zone is not UTC (a Functions app may set WEBSITE_TIME_ZONE)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_zone_new_york")
+def test_trigger_times_are_utc_whatever_the_local_time_zone() -> None:
+    naive = parse_functions_event(grid(event_time=datetime(2026, 11, 29, 9, 30)), policy=POLICY)  # type: ignore[arg-type]
+    assert naive is not None and naive.event_time is not None
+    assert (naive.event_time, naive.event_time.utcoffset()) == (WHEN, timedelta(0))
+    east = datetime(2026, 11, 29, 11, 30, tzinfo=timezone(timedelta(hours=2)))
+    aware = parse_functions_event(grid(event_time=east), policy=POLICY)  # type: ignore[arg-type]
+    assert aware is not None and aware.event_time is not None
+    assert (aware.event_time, aware.event_time.utcoffset()) == (WHEN, timedelta(0))
