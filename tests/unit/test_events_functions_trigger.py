@@ -132,3 +132,26 @@ def test_trigger_times_are_utc_whatever_the_local_time_zone() -> None:
     aware = parse_functions_event(grid(event_time=east), policy=POLICY)  # type: ignore[arg-type]
     assert aware is not None and aware.event_time is not None
     assert (aware.event_time, aware.event_time.utcoffset()) == (WHEN, timedelta(0))
+
+
+class WithoutGetJson:
+    """An EventGridEvent-like object without get_json at all."""
+
+    id = EVENT_ID
+    topic = TOPIC
+    subject = "cmk-storage"
+    event_type = "Microsoft.KeyVault.KeyNewVersionCreated"
+    event_time = WHEN
+
+
+def test_an_event_without_get_json_has_no_data() -> None:
+    assert refusal(WithoutGetJson()) == (RejectReason.MISSING_FIELD, "data is missing", EVENT_ID)
+
+
+@pytest.mark.usefixtures("local_zone_new_york")
+def test_event_times_in_text_are_utc_whatever_the_local_time_zone() -> None:
+    from tests.unit.test_events import key_event, parse_one
+
+    (event,) = parse_one(key_event(eventTime="2026-11-29T11:30:00+02:00")).events
+    assert event.event_time is not None
+    assert (event.event_time, event.event_time.utcoffset()) == (WHEN, timedelta(0))

@@ -66,6 +66,18 @@ def test_a_conflict_then_a_normalised_twin_stays_a_conflict() -> None:
         RejectReason.DUPLICATE_FIELD, "data.VaultName is given twice with different values")
 
 
+def test_a_normalised_twin_then_a_conflict_stays_a_conflict() -> None:
+    event = key_event()
+    data = event.pop("data")
+    text = json.dumps([event])[:-2] + ', "data": {' + ", ".join(
+        ['"vaultName ": "sample-kv"', '"VaultName": "sample-kv"', '"VaultName": "other-kv"']
+        + [f"{json.dumps(name)}: {json.dumps(value)}" for name, value in data.items() if name != "VaultName"]
+    ) + "}}]"
+    (error,) = parse_delivery(text, policy=POLICY).rejected
+    assert (error.reason, error.detail) == (
+        RejectReason.DUPLICATE_FIELD, "data.VaultName is given twice with different values")
+
+
 @pytest.mark.parametrize(
     ("twin", "value"),
     [("nbf", NBF), (" NBF ", NBF), ("Nbf", NBF)],
