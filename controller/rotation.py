@@ -661,8 +661,10 @@ def retirement(
 
     Ordered checks: vault unreachable; used by a consumer; a consumer whose version is unknown (it
     could be any); blobs still wrapped; a successful unwrap within ``window``; it is the newest usable
-    version (or there is none); the newest usable version became available less than ``window`` ago
-    (versionless consumers poll about once a day); already disabled (safe); otherwise safe.
+    version (or there is none); already disabled (safe); newer than the newest usable version: kept
+    when not valid yet (it is the next version), safe when expired (nothing will move to it); its
+    successor became available less than ``window`` ago (versionless consumers poll about once a
+    day); otherwise safe.
     """
     target = _newest_usable(key, now)
     unknown = sorted(consumer.resource_id for consumer in consumers
