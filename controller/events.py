@@ -885,6 +885,4 @@ def _json_type(value: object) -> str:
         return "an array"
     if isinstance(value, Mapping):
         return "an object"
-    if value is _CONFLICT:
-        return "conflicting values"
     return type(value).__name__

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from controller.errors import InvalidEvent
-from controller.events import RejectReason, parse_delivery
+from controller.events import RejectReason, parse_delivery, parse_event
 from tests.unit.test_events import (
     KEY_ID,
     POLICY,
@@ -152,6 +152,8 @@ DETAILS: list[tuple[str, Build, RejectReason, str, str | None]] = [
      "data.EXP 'next year' is not epoch seconds", EVENT_ID),
     ("EXP boolean", lambda: with_data(EXP=True), RejectReason.BAD_TIMESTAMP,
      "data.EXP is epoch seconds, not a boolean", EVENT_ID),
+    ("EXP object", lambda: with_data(EXP={"seconds": 1}), RejectReason.BAD_TIMESTAMP,
+     "data.EXP is epoch seconds, not an object", EVENT_ID),
     ("NBF twice", lambda: with_data(nbf=1), RejectReason.DUPLICATE_FIELD,
      "data.NBF is given twice with different values", EVENT_ID),
     ("ObjectName twice", lambda: with_data(**{"objectName ": "other-key"}), RejectReason.DUPLICATE_FIELD,
@@ -218,6 +220,8 @@ WHOLE_DELIVERY_DETAILS: list[tuple[str, bytes | str, RejectReason, str]] = [
     ("truncated", b"[1,", RejectReason.NOT_JSON,
      "the delivery is not JSON: Expecting value: line 1 column 4 (char 3)"),
     ("number", b"5", RejectReason.WRONG_TYPE, "a delivery is a JSON object or array, not a number"),
+    ("null", b"null", RejectReason.WRONG_TYPE, "a delivery is a JSON object or array, not null"),
+    ("text", b'"x"', RejectReason.WRONG_TYPE, "a delivery is a JSON object or array, not a string"),
     ("empty array", b"[]", RejectReason.EMPTY_BATCH, "the delivery is an empty array"),
     ("too deep", b"[" * 33 + b"]" * 33, RejectReason.TOO_DEEP, "the delivery nests deeper than 32 levels"),
     ("too deep for the decoder", b"[" * 200_000 + b"]" * 200_000, RejectReason.TOO_DEEP,
@@ -258,3 +262,9 @@ def test_a_validation_event_in_a_batch_is_rejected_under_its_own_id() -> None:
         "a subscription validation event arrives alone, not in a batch",
         "handshake-1",
     )
+
+
+def test_a_decoded_event_holding_a_python_value_names_its_type() -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(with_data(Id=b"https://sample-kv.vault.azure.net/keys/k/1"), policy=POLICY)
+    assert (caught.value.reason, caught.value.detail) == (RejectReason.WRONG_TYPE, "data.Id is a string, not bytes")
