@@ -108,8 +108,9 @@ def prepare_workspace(unit: str, sources: list[str], tests: list[str], *, keep: 
     return workspace
 
 
-def run_mutmut(workspace: Path, max_children: int, rerun: list[str]) -> None:
-    """Run the mutants without a verdict; first, run again those named in ``rerun``."""
+def run_mutmut(workspace: Path, max_children: int, rerun: list[str], *, only_named: bool) -> None:
+    """Run the mutants without a verdict; first, run again those named in ``rerun`` (only those when
+    ``only_named``)."""
     environment = {**os.environ, "CI": "1"}  # the derandomized hypothesis profile
     command = [str(MUTMUT), "run", "--max-children", str(max_children)]
     if rerun:
@@ -118,6 +119,8 @@ def run_mutmut(workspace: Path, max_children: int, rerun: list[str]) -> None:
         subprocess.run(  # noqa: S603 - our own mutmut, fixed arguments
             [*command, *rerun], cwd=workspace, env=environment, check=False, stdout=subprocess.DEVNULL
         )
+        if only_named:
+            return
     subprocess.run(  # noqa: S603 - our own mutmut, fixed arguments
         command, cwd=workspace, env=environment, check=True, stdout=subprocess.DEVNULL
     )
@@ -171,6 +174,8 @@ def main() -> int:
     parser.add_argument("--survivors", action="store_true", help="print each surviving mutant's diff")
     parser.add_argument("--rerun-survivors", action="store_true",
                         help="with --keep: run the tests again on the mutants that survived last time")
+    parser.add_argument("--only", action="append", default=[], metavar="FUNCTION",
+                        help="run only the mutants of functions whose name contains FUNCTION (repeatable)")
     parser.add_argument("--minimum", type=float, default=90.0, help="the lowest passing score, in percent")
     arguments = parser.parse_args()
     unknown = sorted(set(arguments.units) - set(UNITS))
@@ -185,11 +190,12 @@ def main() -> int:
         tests = tests_importing(sources)
         workspace = prepare_workspace(unit, sources, tests, keep=arguments.keep)
         print(f"# {unit}: {len(tests)} test modules ({', '.join(Path(test).stem for test in tests)})", flush=True)
-        rerun = []
+        rerun = [f"{module_name(source).rpartition('.')[0]}.*{pattern}*" for source in sources
+                 for pattern in arguments.only]
         if arguments.rerun_survivors:
             rerun = [name for source in sources for name, code in verdicts(workspace, source).items()
                      if code == SURVIVED]
-        run_mutmut(workspace, arguments.max_children, rerun)
+        run_mutmut(workspace, arguments.max_children, rerun, only_named=bool(arguments.only))
         for source in sources:
             results = verdicts(workspace, source)
             survivors = sorted(name for name, code in results.items() if code == SURVIVED)

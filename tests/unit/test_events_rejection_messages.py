@@ -87,6 +87,10 @@ DETAILS: list[tuple[str, Build, RejectReason, str, str | None]] = [
      EVENT_ID),
     ("Id relative", lambda: with_data(Id="/keys/cmk-storage/" + VERSION), RejectReason.BAD_KEY_ID,
      f"'/keys/cmk-storage/{VERSION}' is not an absolute URL", EVENT_ID),
+    ("Id without scheme", lambda: with_data(Id="//sample-kv.vault.azure.net/keys/k/" + VERSION),
+     RejectReason.BAD_KEY_ID, f"'//sample-kv.vault.azure.net/keys/k/{VERSION}' is not an absolute URL", EVENT_ID),
+    ("Id without host", lambda: with_data(Id="https:/keys/k/" + VERSION), RejectReason.BAD_KEY_ID,
+     f"'https:/keys/k/{VERSION}' is not an absolute URL", EVENT_ID),
     ("Id bad port", lambda: with_data(Id="https://sample-kv.vault.azure.net:99999/keys/k/" + VERSION),
      RejectReason.BAD_KEY_ID, f"'https://sample-kv.vault.azure.net:99999/keys/k/{VERSION}': vault origin "
      "'https://sample-kv.vault.azure.net:99999' is not a valid URL", EVENT_ID),
@@ -158,6 +162,14 @@ DETAILS: list[tuple[str, Build, RejectReason, str, str | None]] = [
      "data.NBF is given twice with different values", EVENT_ID),
     ("ObjectName twice", lambda: with_data(**{"objectName ": "other-key"}), RejectReason.DUPLICATE_FIELD,
      "data.ObjectName is given twice with different values", EVENT_ID),
+    ("VaultName twice", lambda: with_data(vaultname="other-kv"), RejectReason.DUPLICATE_FIELD,
+     "data.VaultName is given twice with different values", EVENT_ID),
+    ("ObjectType twice", lambda: with_data(objectType="Vault"), RejectReason.DUPLICATE_FIELD,
+     "data.ObjectType is given twice with different values", EVENT_ID),
+    ("Version twice", lambda: with_data(version=OTHER_VERSION), RejectReason.DUPLICATE_FIELD,
+     "data.Version is given twice with different values", EVENT_ID),
+    ("Id twice", lambda: with_data(ID=KEY_ID + "0"), RejectReason.DUPLICATE_FIELD,
+     "data.Id is given twice with different values", EVENT_ID),
 ]
 
 
