@@ -41,8 +41,9 @@ def test_a_consumer_blocked_by_an_unreachable_vault_records_unknowns() -> None:
         "PinnedCurrent": (ConditionStatus.UNKNOWN, Reason.VAULT_UNREACHABLE, blocked, None),
     }
     (decision,) = result.decisions
-    assert (decision.action, decision.target_version, decision.set_key, decision.recheck_at) == (
-        Action.BLOCKED, None, None, None)
+    assert (decision.consumer, decision.action, decision.target_version, decision.set_key, decision.recheck_at) == (
+        account(pinned=V2), Action.BLOCKED, None, None, None)
+    assert [condition.last_transition for condition in decision.conditions] == [T0, T0, T0]
 
 
 def test_a_consumer_blocked_by_a_not_yet_valid_target_records_why_and_when() -> None:

@@ -161,21 +161,27 @@ def test_retirement_reports_each_versions_evidence() -> None:
         False, Reason.CURRENT_VERSION, f"version {V3} is the newest usable version")
 
 
-def test_retirement_with_a_versionless_consumer_reporting_no_version() -> None:
-    silent = account("quiet", current=None)
+def test_retirement_with_versionless_consumers_reporting_no_version() -> None:
+    silent = (account("quiet", current=None), account("mute", current=None))
     usages = {u.version: u for u in retirement(key_state(kv(V1, enabled=False), kv(V2), kv(V3)),
-                                               (silent,), {}, {}, now=T0, window=WINDOW)}
+                                               silent, {}, {}, now=T0, window=WINDOW)}
     assert (usages[V2].safe, usages[V2].reason, usages[V2].message) == (
         False, Reason.CONSUMER_VERSION_UNKNOWN,
-        f"versionless consumers report no current version: {silent.resource_id}")
+        f"versionless consumers report no current version: {silent[1].resource_id}, {silent[0].resource_id}")
     assert (usages[V1].safe, usages[V1].reason) == (True, Reason.ALREADY_DISABLED)
 
 
+def test_retirement_lists_every_user_of_a_version() -> None:
+    users = (account("b", pinned=V2, current=V2), account("a", current=V2), account("c", current=V3))
+    (v2,) = [u for u in retirement(key_state(), users, {}, {}, now=T0, window=WINDOW) if u.version == V2]
+    assert v2.message == f"version {V2} is used by {users[1].resource_id}, {users[0].resource_id}"
+
+
 def test_retirement_counts_blobs_and_unwraps_per_version() -> None:
-    usages = {u.version: u for u in retirement(key_state(), (account(current=V3),), {V1: 2}, {V2: T0},
+    usages = {u.version: u for u in retirement(key_state(), (account(current=V3),), {V1: 1}, {V2: T0},
                                                now=T0, window=WINDOW)}
     assert (usages[V1].reason, usages[V1].message) == (
-        Reason.BLOBS_STILL_WRAPPED, f"2 blobs are still wrapped by version {V1}")
+        Reason.BLOBS_STILL_WRAPPED, f"1 blobs are still wrapped by version {V1}")
     assert (usages[V2].blob_count, usages[V2].last_unwrap, usages[V2].reason) == (0, T0, Reason.RECENT_UNWRAP)
     assert usages[V3].last_unwrap is None
 

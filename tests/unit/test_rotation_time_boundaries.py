@@ -153,3 +153,8 @@ def test_a_newer_version_not_valid_yet_is_the_next_one_and_kept() -> None:
     usage = usage_of(V4, key_state(kv(V3), kv(V4, not_before=T0 + timedelta(days=1))), T0)
     assert (usage.safe, usage.reason) == (False, Reason.VERSION_NOT_YET_VALID)
     assert usage.message.startswith(f"version {V4} is newer than {V3} and not valid yet: it is the next version")
+
+
+def test_a_newer_version_expiring_exactly_now_is_expired() -> None:
+    usage = usage_of(V4, key_state(kv(V2), kv(V3), kv(V4, expires=T0)), T0)
+    assert (usage.safe, usage.reason) == (True, Reason.NOT_IN_USE)
