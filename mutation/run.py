@@ -146,17 +146,17 @@ def function_of(mutant: str) -> str:
     return local.removeprefix("x").removeprefix("_").replace("ǁ", ".").strip(".")
 
 
-def diffs(workspace: Path, mutants: list[str]) -> dict[str, str]:
+def diffs(workspace: Path, source: str, mutants: list[str]) -> dict[str, str]:
     """Each mutant's unified diff, computed by mutmut itself inside the workspace."""
     if not mutants:
         return {}
     script = (
         "import json, sys\n"
         "from mutmut.mutation.diff_apply import get_diff_for_mutant\n"
-        "print(json.dumps({name: get_diff_for_mutant(name) for name in sys.argv[1:]}))\n"
+        "print(json.dumps({name: get_diff_for_mutant(name, path=sys.argv[1]) for name in sys.argv[2:]}))\n"
     )
     shown = subprocess.run(  # noqa: S603 - our own interpreter, fixed script
-        [sys.executable, "-c", script, *mutants], cwd=workspace, check=True, capture_output=True, text=True
+        [sys.executable, "-c", script, source, *mutants], cwd=workspace, check=True, capture_output=True, text=True
     )
     return dict(json.loads(shown.stdout))
 
@@ -199,7 +199,7 @@ def main() -> int:
         for source in sources:
             results = verdicts(workspace, source)
             survivors = sorted(name for name, code in results.items() if code == SURVIVED)
-            survivor_diffs = diffs(workspace, survivors)
+            survivor_diffs = diffs(workspace, source, survivors)
             equivalent = []
             for name in survivors:
                 before, after = changed_lines(survivor_diffs[name])

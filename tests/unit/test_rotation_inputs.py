@@ -199,3 +199,18 @@ def test_identity_access_unknown_keeps_a_pinned_consumer_to_an_alert_when_the_po
     decision = plan(key_state(), [account(pinned=V2, access=IdentityAccess.UNKNOWN)], LedgerView(),
                     target_version=None, now=T0, settings=DEFAULTS).decisions[0]
     assert (decision.action, decision.reason) == (Action.ALERT, Reason.PINNED_TO_OLD_VERSION)
+
+
+def test_a_forced_pin_whose_consumer_reports_no_version_is_verified_again() -> None:
+    decision = plan(key_state(), [account(pinned=V3, current=None)], LedgerView.of([intent(V3)]),
+                    target_version=None, now=T0, settings=DEFAULTS).decisions[0]
+    assert (decision.action, decision.recheck_at) == (Action.FORCE_ADOPTION, T0 + timedelta(minutes=1))
+    assert decision.message == (f"account acct1: pinned to {V3} but currentVersionedKeyIdentifier is not reported; "
+                                "verifying again")
+
+
+def test_a_pin_of_the_users_whose_consumer_reports_no_version_is_verified_again() -> None:
+    decision = plan(key_state(), [account(pinned=V3, current=None)], LedgerView(), target_version=None, now=T0,
+                    settings=DEFAULTS).decisions[0]
+    assert (decision.action, decision.recheck_at) == (Action.RECHECK, T0 + timedelta(minutes=1))
+    assert decision.message.endswith("currentVersionedKeyIdentifier is not reported; verifying again")
