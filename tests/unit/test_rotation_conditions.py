@@ -127,6 +127,8 @@ def test_every_version_records_its_usability() -> None:
                  target_version=None, now=T0, settings=PlannerSettings())
     assert version_conditions(valid, V3)["Usable"] == (
         ConditionStatus.TRUE, Reason.VERSION_USABLE, f"version {V3} is enabled and valid", V3)
+    (status,) = valid.versions
+    assert [condition.last_transition for condition in status.conditions] == [T0]
 
 
 def test_a_version_condition_keeps_its_transition_time_while_its_status_holds() -> None:
