@@ -128,7 +128,7 @@ def test_every_version_records_its_usability() -> None:
     assert version_conditions(valid, V3)["Usable"] == (
         ConditionStatus.TRUE, Reason.VERSION_USABLE, f"version {V3} is enabled and valid", V3)
     (status,) = valid.versions
-    assert [condition.last_transition for condition in status.conditions] == [T0]
+    assert [condition.last_transition for condition in status.conditions] == [T0, T0]  # Usable, Adopted
 
 
 def test_a_version_condition_keeps_its_transition_time_while_its_status_holds() -> None:
