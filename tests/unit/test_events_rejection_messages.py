@@ -132,6 +132,10 @@ DETAILS: list[tuple[str, Build, RejectReason, str, str | None]] = [
      "subject 'other-key' is not the object 'cmk-storage'", EVENT_ID),
     ("subject number", lambda: key_event(subject=5), RejectReason.WRONG_TYPE,
      "subject is a string, not a number", EVENT_ID),
+    ("topic twice", lambda: key_event(Topic="/subscriptions/x"), RejectReason.DUPLICATE_FIELD,
+     "topic is given twice with different values", EVENT_ID),
+    ("VaultName of 100 characters", lambda: with_data(VaultName="v" * 100), RejectReason.ID_MISMATCH_VAULT_NAME,
+     f"data.VaultName '{'v' * 100}' is not the vault of data.Id (sample-kv)", EVENT_ID),
     ("subject twice", lambda: key_event(Subject="other"), RejectReason.DUPLICATE_FIELD,
      "subject is given twice with different values", EVENT_ID),
     ("eventTime missing", lambda: key_event(eventTime=None), RejectReason.MISSING_FIELD,
@@ -251,6 +255,20 @@ def test_a_rejected_delivery_says_why(body: bytes | str, reason: RejectReason, d
     with pytest.raises(InvalidEvent) as caught:
         parse_delivery(body, policy=POLICY)
     assert (caught.value.reason, caught.value.detail, caught.value.event_id) == (reason, detail, None)
+
+
+def test_objects_nest_at_most_32_levels_deep() -> None:
+    # The outer object is level 1; 31 nested objects put the innermost value at level 32.
+    result = parse_delivery(b'{"a":' * 31 + b"1" + b"}" * 31, policy=POLICY)
+    assert [error.reason for error in result.rejected] == [RejectReason.UNKNOWN_SCHEMA]
+    with pytest.raises(InvalidEvent) as caught:
+        parse_delivery(b'{"a":' * 32 + b"1" + b"}" * 32, policy=POLICY)
+    assert caught.value.reason == RejectReason.TOO_DEEP
+
+
+def test_an_event_id_of_the_longest_accepted_length_is_kept() -> None:
+    (event,) = parse_delivery(json.dumps([key_event(id="i" * 256)]), policy=POLICY).events
+    assert event.event_id == "i" * 256
 
 
 def test_the_deepest_accepted_nesting_is_read() -> None:
