@@ -8,7 +8,7 @@ DEPS_HASH := $(shell cat requirements.txt requirements-dev.txt pyproject.toml | 
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: setup lint iac test test-unit test-integration test-e2e reliability deps-audit sandbox sandbox-down demo sdk-samples bench bench-sweep-10k clean
+.PHONY: setup lint iac test test-unit test-integration test-e2e reliability deps-audit mutation sandbox sandbox-down demo sdk-samples bench bench-sweep-10k clean
 
 # chromium (Debian's package): the browser test of the HTML compliance report.
 setup: $(STAMP) $(NODE_STAMP)
@@ -64,6 +64,12 @@ deps-audit: $(STAMP)
 	else \
 		echo "deps-audit: SKIPPED: pip-audit's vulnerability service ($(PIP_AUDIT_SERVICE)) cannot be reached from here"; \
 	fi
+# Mutation testing of the pure core (README "Mutation testing"): one line per module, tens of minutes.
+# Workers: MUTATION_WORKERS (default 2; the machine is shared).
+MUTATION_WORKERS ?= 2
+mutation: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-mutation.txt
+	$(PY) mutation/run.py --max-children $(MUTATION_WORKERS)
 
 # The local sandbox (emulated Azure, README "Local sandbox"), a program of its own run from the checkout:
 # started in the background in .sandbox/; then `source .sandbox/env` and
@@ -100,4 +106,4 @@ bench-sweep-10k: setup
 	$(PY) bench/sweep_bench.py --accounts 10000 --runs 1
 
 clean: sandbox-down
-	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache .hypothesis .sandbox
+	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache .hypothesis .sandbox .mutation

@@ -662,8 +662,10 @@ def retirement(
 
     Ordered checks: vault unreachable; used by a consumer; a consumer whose version is unknown (it
     could be any); blobs still wrapped; a successful unwrap within ``window``; it is the newest usable
-    version (or there is none); the newest usable version became available less than ``window`` ago
-    (versionless consumers poll about once a day); already disabled (safe); otherwise safe.
+    version (or there is none); already disabled (safe); newer than the newest usable version: kept
+    when not valid yet (it is the next version), safe when expired (nothing will move to it); its
+    successor became available less than ``window`` ago (versionless consumers poll about once a
+    day); otherwise safe.
     """
     target = _newest_usable(key, now)
     unknown = sorted(consumer.resource_id for consumer in consumers
@@ -728,7 +730,12 @@ def _retirement_verdict(
         return False, Reason.CURRENT_VERSION, f"version {version} is the newest usable version"
     if not info.enabled:
         return True, Reason.ALREADY_DISABLED, f"version {version} is already disabled and nothing uses it"
-    if info.order > target.order and not (info.expires is not None and info.expires <= now):
+    if info.order > target.order:
+        if info.expires is not None and info.expires <= now:
+            # It can never become the target, and nothing moves to it: there is no successor to wait for.
+            return True, Reason.NOT_IN_USE, (
+                f"no consumer, no wrapped blob and no recent unwrap use version {version}; it expired at "
+                f"{_at(info.expires)}, so nothing moves to it from {target.version}")
         return (False, Reason.VERSION_NOT_YET_VALID,
                 f"version {version} is newer than {target.version} and not valid yet: it is the next version")
     successor = min((other for other in key.versions

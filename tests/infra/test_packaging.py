@@ -22,7 +22,7 @@ def test_the_wheel_holds_the_controller_and_no_sandbox_or_tests(tmp_path: Path) 
         ROOT,
         source,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv*", "node_modules", ".sandbox", "*.egg-info", "build", "__pycache__"
+            ".git", ".venv*", "node_modules", ".sandbox", ".mutation", "*.egg-info", "build", "__pycache__"
         ),
     )
     built = subprocess.run(  # noqa: S603 - our own interpreter
