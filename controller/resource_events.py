@@ -115,6 +115,8 @@ class ResourceEvent:
     target: DriftTarget
     event_time: datetime | None
     correlation_id: str | None = None
+    #: The application (client) id in the caller's token claims (``data.claims.appid``), lower case.
+    caller_app_id: str | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -125,6 +127,7 @@ class ResourceEvent:
             "target": {"kind": self.target.kind.value, "resource": self.target.resource_id},
             "event_time": self.event_time.isoformat() if self.event_time else None,
             "correlation_id": self.correlation_id,
+            "caller_app_id": self.caller_app_id,
         }
 
 
@@ -272,7 +275,19 @@ def _resource_event(
         target=target,
         event_time=event_time,
         correlation_id=correlation_id,
+        caller_app_id=_caller_app_id(fields, event_id),
     )
+
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+
+
+def _caller_app_id(fields: Mapping[str, object], event_id: str) -> str | None:
+    """``data.claims.appid`` when it is a GUID; None when absent or of another shape (it only tells the
+    controller's own writes apart, never grants anything)."""
+    claims = _member(fields, "data.claims", event_id=event_id)
+    app_id = claims.get("appid") if isinstance(claims, Mapping) else None
+    return app_id.lower() if isinstance(app_id, str) and _GUID.match(app_id) else None
 
 
 def _topic_subscription(topic: object, label: str, event_id: str) -> str:

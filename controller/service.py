@@ -366,7 +366,15 @@ def handle_resource_events(events: Sequence[ResourceEvent], deps: Dependencies) 
     if not claimed:
         log_record(log, logging.INFO, "resource events dropped as duplicates", {"events": list(duplicates)})
         return DriftReport(events=(), duplicates=duplicates)
-    focus = DriftFocus.of(event.target for event in claimed)
+    # The controller's own writes (a rotation's adoption: one event per account written) were verified by
+    # the reconciler from ARM's answer; re-reading each would spend ARM's read budget the writes need.
+    own = deps.settings.controller_client_id
+    external = [event for event in claimed if own is None or event.caller_app_id != own]
+    if not external:
+        log_record(log, logging.INFO, "resource events of the controller's own writes: not re-evaluated",
+                   {"events": [event.event_id for event in claimed]})
+        return DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates)
+    focus = DriftFocus.of(event.target for event in external)
     try:
         focused = deps.estate.gather_focus(deps.settings.subscriptions, focus, now)
         result = drift.evaluate_drift(focused.estate, focused.coverage, rule_settings(deps.settings), now)

@@ -313,6 +313,9 @@ class Settings:
     audit_schedule: str = "0 */15 * * * *"
     write_concurrency: int = 16
     reconcile_time_budget_seconds: int = 480
+    #: The controller identity's client id (AZURE_CLIENT_ID, set by infra/ for the SDK credentials), lower
+    #: case; None when unset or not a GUID. It tells the controller's own ARM writes apart in resource events.
+    controller_client_id: str | None = None
 
     @property
     def vaults(self) -> tuple[str, ...]:
@@ -373,6 +376,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         audit_window_hours=_parse_int("CMK_AUDIT_WINDOW_HOURS", raw("CMK_AUDIT_WINDOW_HOURS"), 1, 720),
         audit_schedule=_parse_ncrontab("CMK_AUDIT_SCHEDULE", raw("CMK_AUDIT_SCHEDULE")),
         write_concurrency=_parse_int("CMK_WRITE_CONCURRENCY", raw("CMK_WRITE_CONCURRENCY"), 1, 64),
+        controller_client_id=_client_id(environ.get("AZURE_CLIENT_ID", "")),
         reconcile_time_budget_seconds=_parse_int("CMK_RECONCILE_TIME_BUDGET_SECONDS",
                                                  raw("CMK_RECONCILE_TIME_BUDGET_SECONDS"), 30, 3600),
     )
@@ -424,6 +428,11 @@ def _vault_origin(entry: str, arm_endpoint: str) -> str:
 def _parse_list(name: str, value: str, parse_one: Callable[[str, str], _T]) -> tuple[_T, ...]:
     items = [part.strip() for part in value.split(",") if part.strip()]
     return tuple(parse_one(name, item) for item in items)
+
+
+def _client_id(value: str) -> str | None:
+    text = value.strip()
+    return text.lower() if _GUID.match(text) else None
 
 
 def _subscription(name: str, item: str) -> str:

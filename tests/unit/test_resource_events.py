@@ -290,3 +290,16 @@ def test_any_mutation_is_accepted_ignored_or_rejected_with_a_known_reason(base, 
     if isinstance(parsed, ResourceEvent):  # whatever was accepted agrees with itself
         assert parsed.subscription_id == SUB
         assert parsed.target.resource_id.startswith(f"/subscriptions/{SUB}")
+
+
+@pytest.mark.parametrize(("claims", "expected"), [
+    ({"appid": "33333333-3333-3333-3333-33333333AAAA"}, "33333333-3333-3333-3333-33333333aaaa"),
+    ({"appid": "not-a-guid"}, None),
+    ({"appid": 7}, None),
+    ("claims as text", None),
+    (None, None),
+])
+def test_the_callers_application_id_is_read_only_when_it_is_a_guid(claims, expected):
+    event = arm_event()
+    event["data"]["claims"] = claims
+    assert accepted(event).caller_app_id == expected
