@@ -158,22 +158,8 @@ class RewrapStrategy:
         metadata = dict(current.metadata)
         metadata[entry_name] = rewrapped.to_metadata_value()
         write = functools.partial(self._store.set_metadata, container, current.name, metadata, if_match=current.etag)
-        try:
-            calls.call(write, result)  # Conflict: the walker reads the blob again
-        except NotFound:
-            result.outcome = Outcome.VANISHED
-            return
-        except Forbidden:
-            result.fail(ProblemReason.WRITE_FORBIDDEN)
-            return
-        except PermanentError as err:
-            result.fail(ProblemReason.WRITE_FAILED, type(err).__name__)
-            return
-        except RetriesExhausted:
-            result.fail(ProblemReason.THROTTLED, "write")
-            return
-        result.writes += 1
-        result.outcome = Outcome.REWRAPPED
+        _change_blob(write, result, calls, forbidden=ProblemReason.WRITE_FORBIDDEN,
+                     failed=ProblemReason.WRITE_FAILED, call_name="write", done=Outcome.REWRAPPED)
 
     def _decide(self, item: BlobItem, result: BlobResult) -> tuple[str, Envelope] | None:
         """The envelope to re-wrap and its metadata name, or None with ``result`` set to the outcome."""
@@ -236,22 +222,9 @@ class RewriteStrategy:
         if self._dry_run:
             result.outcome = Outcome.REWRITTEN
             return
-        try:
-            calls.call(functools.partial(self._rewriter.rewrite, container, current), result)  # Conflict: again
-        except NotFound:
-            result.outcome = Outcome.VANISHED
-            return
-        except Forbidden:
-            result.fail(ProblemReason.KEY_FORBIDDEN)
-            return
-        except PermanentError as err:
-            result.fail(ProblemReason.REWRITE_FAILED, type(err).__name__)
-            return
-        except RetriesExhausted:
-            result.fail(ProblemReason.THROTTLED, "rewrite")
-            return
-        result.writes += 1
-        result.outcome = Outcome.REWRITTEN
+        _change_blob(functools.partial(self._rewriter.rewrite, container, current), result, calls,
+                     forbidden=ProblemReason.KEY_FORBIDDEN, failed=ProblemReason.REWRITE_FAILED,
+                     call_name="rewrite", done=Outcome.REWRITTEN)
 
 
 def walker_for(
@@ -293,3 +266,26 @@ def walker_for(
         sleep=sleep,
         monotonic=monotonic,
     )
+
+
+def _change_blob(change: Callable[[], object], result: BlobResult, calls: Calls, *, forbidden: ProblemReason,
+                 failed: ProblemReason, call_name: str, done: Outcome) -> None:
+    """Run the blob's one change (a metadata write, or a rewrite): a Conflict propagates (the walker reads
+    the blob again); a vanished blob, a refusal, a permanent failure or exhausted retries end the blob
+    with that outcome; otherwise it counts one write and ends ``done``."""
+    try:
+        calls.call(change, result)
+    except NotFound:
+        result.outcome = Outcome.VANISHED
+        return
+    except Forbidden:
+        result.fail(forbidden)
+        return
+    except PermanentError as err:
+        result.fail(failed, type(err).__name__)
+        return
+    except RetriesExhausted:
+        result.fail(ProblemReason.THROTTLED, call_name)
+        return
+    result.writes += 1
+    result.outcome = done

@@ -27,6 +27,7 @@ from controller.adapters.key_vault_crypto import (
     fetch_public_wrapper,
     key_resolver,
 )
+from controller.adapters.rewrap_backend import AzureRewrapBackend, emulator_blob_services
 from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
 from controller.errors import Conflict, NotFound
 from controller.ports import BlobItem, BlobPage, BlobProblem, RewrapPorts, RewrapProgress
@@ -71,6 +72,12 @@ class Sandbox:
 
     def vault_clients(self) -> VaultClients:
         return VaultClients(self.kv.credential(CONTROLLER), policy=self.policy, **client_kwargs(self.kv))
+
+    def backend(self, page_size: int) -> AzureRewrapBackend:
+        """The function app's re-wrap adapters against this sandbox, listing ``page_size`` blobs a page."""
+        return AzureRewrapBackend(vault_clients=self.vault_clients(),
+                                  blob_service=emulator_blob_services(self.connection_string),
+                                  checkpoint=TableRewrapCheckpoint(self.table), page_size=page_size)
 
     def key_client(self) -> KeyClient:
         return KeyClient(self.kv.vault(VAULT).uri, self.kv.credential(CONTROLLER), **client_kwargs(self.kv))

@@ -22,9 +22,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
 from controller import service
-from controller.adapters.key_vault_crypto import VaultClients
-from controller.adapters.rewrap_backend import AzureRewrapBackend, emulator_blob_services
-from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
+from controller.adapters.rewrap_backend import AzureRewrapBackend
 from controller.adapters.rewrap_jobs import TableRewrapJobLedger
 from controller.adapters.work_queue import StorageWorkQueue, work_queue_client
 from controller.bootstrap import SystemClock
@@ -33,9 +31,8 @@ from controller.rewrap.pages import PAGE_WORK_KIND, JobProgress, job_id_of
 from controller.rewrap.work import RewrapMode, RewrapWorkItem, split_job
 from controller.service import Dependencies, RewrapItemStatus
 from controller.settings import load_settings
-from tests.integration.test_rewrap_adapters import CONTROLLER, Sandbox, assert_all_on, populate
+from tests.integration.test_rewrap_adapters import Sandbox, assert_all_on, populate
 from tests.integration.test_rewrap_adapters import sandbox as sandbox  # noqa: PLC0414 - the fixture
-from tests.support.keyvault import client_kwargs
 from tests.unit.fakes import fake_dependencies
 
 pytestmark = pytest.mark.integration
@@ -202,14 +199,7 @@ class ScaleOut:
 def scale_out(sandbox: Sandbox) -> Iterator[ScaleOut]:
     queue_name = f"work-{uuid.uuid4().hex[:12]}"
     queue = work_queue_client(sandbox.connection_string, queue_name)
-    backend = AzureRewrapBackend(
-        vault_clients=VaultClients(
-            sandbox.kv.credential(CONTROLLER), policy=sandbox.policy, **client_kwargs(sandbox.kv)
-        ),
-        blob_service=emulator_blob_services(sandbox.connection_string),
-        checkpoint=TableRewrapCheckpoint(sandbox.table),
-        page_size=16,
-    )
+    backend = sandbox.backend(page_size=16)
     settings = load_settings({"CMK_VAULTS": sandbox.origin, "CMK_WORK_QUEUE": queue_name})
     deps = fake_dependencies(
         settings,
