@@ -36,8 +36,14 @@ lint: $(STAMP)
 iac:
 	bash infra/check.sh
 
-test: setup lint iac
-	$(VENV)/bin/pytest
+# The set-up, the lint and the IaC checks run side by side (pip, npm and checkov's virtualenv wait mostly on
+# downloads and disk; --output-sync keeps each one's output together), then the suite on PYTEST_WORKERS
+# processes (pytest-xdist; what a test must respect: tests/conftest.py, "Parallel runs"). --durations keeps
+# the suite's time visible: the slowest tests are listed above pytest's closing line.
+PYTEST_WORKERS ?= 2
+test:
+	@$(MAKE) --no-print-directory -j3 --output-sync=target setup lint iac
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --durations=15
 
 test-unit: $(STAMP)
 	$(VENV)/bin/pytest -m unit

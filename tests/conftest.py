@@ -14,6 +14,50 @@ settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+# --- Parallel runs (pytest-xdist: `make test` runs `pytest -n 2`) -----------------------------------
+# Work is handed to the workers a unit at a time. A unit is one test module (its module fixtures, such as
+# emulators, start once, on one worker), or a whole directory of ONE_WORKER_DIRECTORIES (its costly session
+# fixture starts once per run). Session fixtures elsewhere (Azurite, the re-wrap vault) start once per worker,
+# so they must not depend on fixed ports or paths. Units go out heaviest directory first (FIRST_DIRECTORIES),
+# so the many small unit-test modules fill the end of the run instead of one long module.
+# (xdist's own `--dist loadgroup` marks are not used: xdist 3.8 renames the test id, which pytest 9 ignores.)
+ONE_WORKER_DIRECTORIES = ("tests/reliability/",)  # the reliability estate (tests/reliability/conftest.py)
+FIRST_DIRECTORIES = ("tests/reliability/", "tests/integration/", "tests/e2e/", "tests/emulators/", "tests/infra/")
+_DISTRIBUTED_BY_UNIT = ("load", "loadscope", "loadfile", "loadgroup")
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: its directory of ONE_WORKER_DIRECTORIES, else its module."""
+    module = nodeid.split("::", 1)[0]
+    return next((directory for directory in ONE_WORKER_DIRECTORIES if module.startswith(directory)), module)
+
+
+def _heaviest_first(nodeid: str) -> int:
+    return next((rank for rank, directory in enumerate(FIRST_DIRECTORIES) if nodeid.startswith(directory)),
+                len(FIRST_DIRECTORIES))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """The scheduler of ``-n N`` (unless ``--dist`` asks for each/worksteal): one work unit at a time."""
+    if config.getoption("dist") not in _DISTRIBUTED_BY_UNIT:
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep the order below, not "most tests first"
+    return WorkUnitScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an xdist worker: the heaviest directories first (a stable sort: every worker gets the same order,
+    and each module keeps its own). A plain run keeps pytest's order."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: _heaviest_first(item.nodeid))
+
+
 # --- Azurite (emulators/azurite.py) ----------------------------------------------------------------
 from emulators.azurite import Azurite  # noqa: E402 - sections stay self-contained
 
