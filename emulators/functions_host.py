@@ -456,12 +456,6 @@ def _parse_time(text: str) -> datetime | None:
         return None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _serve(args: argparse.Namespace) -> None:
     from aiohttp import web
 
@@ -478,13 +472,20 @@ def _serve(args: argparse.Namespace) -> None:
     polling = timedelta(seconds=args.max_polling_seconds) if args.max_polling_seconds else None
     host = FunctionsHost(Path(args.app_dir).resolve(), os.environ, keys=keys, max_polling_interval=polling)
 
+    # Port 0: the kernel picks a free port as the socket binds (no window in which another process could take a
+    # port chosen beforehand); the parent reads it from the port file.
+    listener = socket.create_server(("127.0.0.1", args.port))
+    port = int(listener.getsockname()[1])
+    if args.port_file:
+        Path(args.port_file).write_text(str(port), encoding="utf-8")
+
     async def main() -> None:
         runner = web.AppRunner(host.web_app(), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", args.port)
+        site = web.SockSite(runner, listener)
         await site.start()
         host.start_background()
-        print(f"Functions host listening on http://127.0.0.1:{args.port} "
+        print(f"Functions host listening on http://127.0.0.1:{port} "
               f"({', '.join(sorted(host.functions))})", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -501,12 +502,12 @@ class LocalFunctionsHost:
     """Runs the host as a child process (like the real host's worker) for tests and the sandbox."""
 
     def __init__(self, app_dir: Path, values: Mapping[str, str], *, work_dir: Path,
-                 port: int | None = None, max_polling_seconds: float = 1.0,
+                 port: int = 0, max_polling_seconds: float = 1.0,
                  process_record: ProcessRecord | None = None) -> None:
         self.app_dir = app_dir
         self.values = dict(values)
         self.work_dir = work_dir
-        self.port = port or free_port()
+        self.port = port  # 0 until started on a port the host picked itself
         self.max_polling_seconds = max_polling_seconds
         self.process: subprocess.Popen[bytes] | None = None
         self.keys: dict[str, str] = {}
@@ -530,10 +531,13 @@ class LocalFunctionsHost:
         settings_path.write_text(json.dumps({"IsEncrypted": False, "Values": self.values}), encoding="utf-8")
         keys_path = self.work_dir / "host-keys.json"
         keys_path.unlink(missing_ok=True)
+        port_path = self.work_dir / "host-port"
+        port_path.unlink(missing_ok=True)
         log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "emulators.functions_host", "--app-dir", str(self.app_dir),
-             "--settings", str(settings_path), "--port", str(self.port), "--keys-file", str(keys_path),
+             "--settings", str(settings_path), "--port", str(self.port), "--port-file", str(port_path),
+             "--keys-file", str(keys_path),
              "--max-polling-seconds", str(self.max_polling_seconds)],
             cwd=str(PROJECT_ROOT),  # emulators/ is not installed: it is imported from the checkout
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
@@ -547,9 +551,10 @@ class LocalFunctionsHost:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the Functions host exited: {self.log_path.read_text(errors='replace')[-2000:]}")
-            if keys_path.exists() and keys_path.stat().st_size:
+            if keys_path.exists() and keys_path.stat().st_size and port_path.exists() and port_path.stat().st_size:
                 try:
                     keys = json.loads(keys_path.read_text(encoding="utf-8"))
+                    self.port = int(port_path.read_text(encoding="utf-8"))
                     status = urllib.request.Request(f"{self.url}/admin/host/status",  # noqa: S310 - loopback
                                                     headers={"x-functions-key": keys["master"]})
                     with urllib.request.urlopen(status, timeout=2) as response:  # noqa: S310
@@ -588,7 +593,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Local Azure Functions host for function_app.py")
     parser.add_argument("--app-dir", default=".")
     parser.add_argument("--settings", default="local.settings.json")
-    parser.add_argument("--port", type=int, default=7071)
+    parser.add_argument("--port", type=int, default=7071, help="0: a free port the host picks (see --port-file)")
+    parser.add_argument("--port-file", help="where the host writes the port it listens on")
     parser.add_argument("--keys-file")
     parser.add_argument("--max-polling-seconds", type=float, default=0)
     _serve(parser.parse_args())

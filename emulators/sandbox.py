@@ -561,7 +561,7 @@ class Orchestrator:
     def _restart_functions(self, origins: tuple[str, ...]) -> None:
         from emulators.functions_host import LocalFunctionsHost
 
-        port = self._functions.port if self._functions is not None else None
+        port = self._functions.port if self._functions is not None else 0  # a restart keeps its address
         self._stop_functions()
         values = self.app_settings()
         values["CMK_VAULTS"] = ",".join(origins)
