@@ -21,8 +21,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# --prefer-offline: the lock file pins every version and its integrity; npm's cached metadata is used where
+# the machine has it instead of asking the registry again for each of the ~450 packages.
 $(NODE_STAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	npm ci --prefer-offline --no-audit --no-fund --loglevel=error
 	@rm -f node_modules/.installed-*
 	@touch $@
 
