@@ -58,6 +58,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: _heaviest_first(item.nodeid))
 
 
+#: A test's user property holding a line of figures (tests/reliability's ``report_figures``).
+FIGURES_PROPERTY = "figures"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """A worker's output reaches no terminal: the controller prints the lines of figures the tests' reports
+    carry (a plain run printed them as the tests ran)."""
+    if not config.getoption("numprocesses", None):
+        return
+    lines = [value for reports in terminalreporter.stats.values() for report in reports
+             if getattr(report, "when", None) == "call"
+             for name, value in getattr(report, "user_properties", ()) if name == FIGURES_PROPERTY]
+    if lines:
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 # --- Azurite (emulators/azurite.py) ----------------------------------------------------------------
 from emulators.azurite import Azurite  # noqa: E402 - sections stay self-contained
 

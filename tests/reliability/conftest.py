@@ -26,6 +26,7 @@ from azure.storage.queue import QueueClient
 
 from emulators import sandbox
 from emulators.seed import SandboxClients, Seeder, load_scenario
+from tests.conftest import FIGURES_PROPERTY
 
 SIZE_VARIABLE = "RELIABILITY_SIZE"
 RESOURCE_GROUP = "rg-cmk-reliability"
@@ -80,23 +81,6 @@ def report_figures(request: pytest.FixtureRequest, size: Size, capsys: pytest.Ca
         request.node.user_properties.append((FIGURES_PROPERTY, line))
 
     return report
-
-
-FIGURES_PROPERTY = "reliability-figures"
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    """Under pytest-xdist a worker's output reaches no terminal: the controller prints the figures the
-    scenarios' reports carry."""
-    if not config.getoption("numprocesses", None):  # not distributed: the scenarios printed their lines
-        return
-    lines = [value for reports in terminalreporter.stats.values() for report in reports
-             if getattr(report, "when", None) == "call"
-             for name, value in getattr(report, "user_properties", ()) if name == FIGURES_PROPERTY]
-    if lines:
-        terminalreporter.section("reliability figures")
-        for line in lines:
-            terminalreporter.write_line(line)
 
 
 def reliability_scenario(size: Size) -> dict[str, Any]:
