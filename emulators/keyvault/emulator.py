@@ -315,11 +315,11 @@ class KeyVaultEmulator:
         return self.evaluate()
 
     # ---- coroutines on the emulator loop ----------------------------------------------------------------
-    async def _serve(
-        self, app: web.Application, host: str, port: int, *names: str
-    ) -> tuple[web.AppRunner, int]:
-        context = self.ca.server_ssl_context(host, *names)
-        return await self._server.serve(app, host, port, ssl_context=context, handle_signals=False, shutdown_timeout=0.5)
+    async def _serve(self, app: web.Application, host: str, port: int, *names: str) -> tuple[web.AppRunner, int]:
+        context = self.ca.server_ssl_context(host, *names)  # names: the vault's Azure host name, if it has one
+        return await self._server.serve(
+            app, host, port, ssl_context=context, handle_signals=False, shutdown_timeout=0.5
+        )
 
     async def _start_vault(self, key: str) -> None:
         state = self.vaults[key]
