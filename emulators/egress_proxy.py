@@ -51,6 +51,7 @@ class EgressProxy:
         self._refused: list[Refusal] = []
         self._server = ServerThread("egress-proxy")
         self._listener: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()  # touched on the loop only
 
     @property
     def url(self) -> str:
@@ -79,8 +80,14 @@ class EgressProxy:
             return
         listener, self._listener = self._listener, None
         if listener is not None:
-            self._server.run(_close(listener))
+            self._server.run(self._close(listener))
         self._server.stop()
+
+    async def _close(self, listener: asyncio.Server) -> None:
+        listener.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
 
     def __enter__(self) -> EgressProxy:
         return self.start()
@@ -101,6 +108,17 @@ class EgressProxy:
         return None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            return
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
@@ -129,7 +147,10 @@ class EgressProxy:
             return
         writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         await writer.drain()
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            up_writer.close()
 
     async def _refuse(self, writer: asyncio.StreamWriter, status: int, phrase: str, target: str, reason: str) -> None:
         with self._lock:
@@ -148,12 +169,8 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
         while chunk := await source.read(65536):
             sink.write(chunk)
             await sink.drain()
-    except (ConnectionError, asyncio.CancelledError):
+    except ConnectionError:
         pass
     finally:
         with contextlib.suppress(Exception):
             sink.close()
-
-
-async def _close(listener: asyncio.Server) -> None:
-    listener.close()  # open tunnels end with the loop (ServerThread.stop)

@@ -40,7 +40,8 @@ class Env:
         )
 
     def sdk(self) -> KeyClient:
-        return KeyClient(self.vault.uri, self.kv.credential(CONTROLLER), connection_verify=self.kv.ca_path, retry_total=0)
+        credential = self.kv.credential(CONTROLLER)
+        return KeyClient(self.vault.uri, credential, connection_verify=self.kv.ca_path, retry_total=0)
 
     def key(self, name: str) -> KeyRef:
         return KeyRef(self.origin, name)
