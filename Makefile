@@ -94,11 +94,12 @@ demo: setup
 	$(PY) -m emulators.demo
 
 # The official samples of the pinned azure-keyvault-keys, azure-storage-blob and azure-monitor-query, unmodified,
-# against a sandbox of their own (emulators/sdk_samples.py; the sdists are cached in .cache/sdk-samples). Not part
-# of `make test`: it takes minutes (samples that wait for their timeout); expected failures, each with its
-# reason, are in emulators/sdk_samples_expected.json.
+# against a sandbox of their own (emulators/sdk_samples.py; the sdists are cached in .cache/sdk-samples), 6 at a
+# time (SDK_SAMPLES_JOBS). Not part of `make test`: it takes 2-3 minutes (the slowest sample sleeps 60 s);
+# expected failures, each with its reason, are in emulators/sdk_samples_expected.json.
+SDK_SAMPLES_JOBS ?= 6
 sdk-samples: setup
-	$(PY) -m emulators.sdk_samples
+	$(PY) -m emulators.sdk_samples --jobs $(SDK_SAMPLES_JOBS)
 
 # Benchmarks: each prints one JSON line of figures (medians; the machine is shared).
 bench: setup

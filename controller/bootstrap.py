@@ -30,7 +30,7 @@ from controller.adapters.alert_ledger import TableAlertLedger
 from controller.adapters.audit_checkpoint import TableAuditCheckpoint
 from controller.adapters.audit_log import ArchiveAuditLog, LogAnalyticsAuditLog, NoAuditLog, WorkspaceThenArchive
 from controller.adapters.blob_store import AzureBlobStore, pooled_transport
-from controller.adapters.credentials import ArmConnection, challenge_options, controller_credential
+from controller.adapters.credentials import ArmConnection, controller_credential
 from controller.adapters.estate_gatherer import EstateGatherer
 from controller.adapters.inventory import BlobEndpoints, ConsumerDirectory, Inventory
 from controller.adapters.key_vault import KeyVaults
@@ -122,8 +122,7 @@ def build(
         endpoint = (lambda _account: blob_endpoint) if blob_endpoint else BlobEndpoints(inventory)
         blob_services = token_blob_services(credential, endpoint=endpoint)
     rewrap = AzureRewrapBackend(
-        vault_clients=VaultClients(credential, policy=policy, transport=pooled_transport(MAX_CONCURRENCY),
-                                   **challenge_options(settings.vaults)),
+        vault_clients=VaultClients(credential, policy=policy, transport=pooled_transport(MAX_CONCURRENCY)),
         blob_service=blob_services,
         checkpoint=TableRewrapCheckpoint(storage.table(settings.ledger_table)),
     )

@@ -149,7 +149,8 @@ def start_sandbox(demo: Demo) -> None:
     components = sandbox.health(demo.directory)["components"]
     healthy = [name for name, component in components.items() if component["ok"]]
     demo.say(f"orchestrator pid {demo.state['pid']}; healthy: {', '.join(healthy)}")
-    demo.say(f"ARM {demo.state['endpoints']['arm']}, Log Analytics {demo.state['endpoints']['logAnalytics']}")
+    demo.say(f"ARM {demo.state['endpoints']['arm']}; vaults at https://<name>.vault.azure.net and Log Analytics at "
+             f"https://api.loganalytics.io through the sandbox's proxy {demo.state['endpoints']['proxy']}")
 
 
 def seed_scenario(demo: Demo) -> None:

@@ -703,12 +703,15 @@ class _ServerCA(Protocol):
 class _HttpsServer:
     """An aiohttp app served over HTTPS (the sandbox CA) on its own event loop in a background thread."""
 
-    def __init__(self, app: web.Application, ca: _ServerCA, *, host: str, port: int, name: str) -> None:
+    def __init__(
+        self, app: web.Application, ca: _ServerCA, *, host: str, port: int, name: str, public_host: str | None = None
+    ) -> None:
         self._app = app
         self._ca = ca
         self.host = host
         self.port = port
         self._name = name
+        self.public_host = public_host
         self._server = ServerThread(name)
 
     @property
@@ -724,7 +727,7 @@ class _HttpsServer:
             self._app,
             self.host,
             self.port,
-            ssl_context=self._ca.server_ssl_context(self.host),
+            ssl_context=self._ca.server_ssl_context(self.host, *([self.public_host] if self.public_host else [])),
             handle_signals=False,
             shutdown_timeout=0.5,
         )
@@ -732,6 +735,12 @@ class _HttpsServer:
 
     def stop(self) -> None:
         self._server.stop()
+
+    def listener_for(self, host: str, port: int) -> tuple[str, int] | None:
+        """The sandbox proxy's route (emulators/egress_proxy.py): this server, for its Azure host name on 443."""
+        if self.public_host is None or host != self.public_host or port != 443 or not self._server.running:
+            return None
+        return self.host, self.port
 
     def __enter__(self) -> Any:
         return self.start()
@@ -745,7 +754,10 @@ class LogAnalyticsEmulator(_HttpsServer):
 
     ``LogsQueryClient(cred, endpoint=la.endpoint + "/v1", connection_verify=CA)``.
 
-    ``tables`` form the workspace ``workspace_id`` (a new GUID when omitted); ``workspaces`` adds more.
+    ``tables`` form the workspace ``workspace_id`` (a new GUID when omitted); ``workspaces`` adds more. With
+    ``public_host`` (the sandbox: ``api.loganalytics.io``) its certificate names that host too and
+    ``listener_for`` routes it, so ``LogsQueryClient(cred)`` with its default endpoint reaches it through the
+    sandbox's proxy.
     """
 
     def __init__(
@@ -759,13 +771,14 @@ class LogAnalyticsEmulator(_HttpsServer):
         max_rows: int = LOG_ANALYTICS_MAX_ROWS,
         host: str = "127.0.0.1",
         port: int = 0,
+        public_host: str | None = None,
     ) -> None:
         self.workspace_id = (workspace_id or str(uuid.uuid4())).lower()
         self.service = LogAnalyticsService(workspaces, clock=clock, max_rows=max_rows)
         self.service.add_workspace(self.workspace_id, tables)
         app = web.Application(client_max_size=4 * 1024 * 1024)
         mount_log_analytics(app, self.service)
-        super().__init__(app, ca, host=host, port=port, name="log-analytics-emulator")
+        super().__init__(app, ca, host=host, port=port, name="log-analytics-emulator", public_host=public_host)
 
     def start(self) -> LogAnalyticsEmulator:
         return super().start()  # type: ignore[no-any-return]

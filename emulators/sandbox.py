@@ -5,6 +5,10 @@ own session) starts, on loopback and free ports:
 
 * Azurite (blob, queue, table) from the project's node_modules, its workspace in ``<dir>/azurite``
   (emptied at every start: ARM and the vaults live in memory, so every start is an empty estate);
+* the egress proxy (emulators/egress_proxy.py; ``HTTPS_PROXY`` in the env file, loopback in ``NO_PROXY``): it
+  tunnels ``<vault>.vault.azure.net:443`` and ``api.loganalytics.io:443`` to the emulators and refuses
+  everything else, so unmodified clients use Azure's host names (vault URIs are
+  ``https://<name>.vault.azure.net/``, the Key Vault challenge check stays on) and nothing reaches the internet;
 * the emulated Key Vault data plane (one HTTPS origin per vault) and ARM (storage accounts with CMK
   behaviour, per-account blob endpoints, vaults, identities, role assignments, diagnostic settings,
   Resource Graph), with a CA kept in ``<dir>/ca`` so clients keep trusting it across restarts;
@@ -102,6 +106,10 @@ WATCHED_OPERATION_PREFIXES = (
     "Microsoft.Authorization/roleAssignments/",
 )
 READ_ONLY_ACTIONS = ("/listKeys/action", "/listAccountSas/action", "/listServiceSas/action")
+#: The Log Analytics query API's host, which LogsQueryClient uses unless given another endpoint.
+LOG_ANALYTICS_HOST = "api.loganalytics.io"
+#: What clients reach directly rather than through the sandbox's proxy: every emulator's loopback origin.
+NO_PROXY = "127.0.0.1,localhost"
 
 
 class SandboxError(RuntimeError):
@@ -336,6 +344,7 @@ class Orchestrator:
         from emulators.azurite import Azurite
         from emulators.bus import SandboxBus
         from emulators.clock import SandboxClock
+        from emulators.egress_proxy import EgressProxy
         from emulators.eventgrid import EventGridEmulator
         from emulators.keyvault import KeyVaultEmulator, SandboxCA
         from emulators.kql import audit_tables
@@ -363,7 +372,9 @@ class Orchestrator:
         self.audit = AuditSink(self.bus, connection_string=self.azurite.connection_string).start()
         self._push("audit", self.audit.stop)
 
-        self.keyvault = KeyVaultEmulator(self.clock, self.bus, ca, host=self.host)
+        self.proxy = EgressProxy(host=self.host).start()
+        self._push("egress-proxy", self.proxy.stop)
+        self.keyvault = KeyVaultEmulator(self.clock, self.bus, ca, host=self.host, proxy=self.proxy)
         self.arm = ArmEmulator(keyvault=self.keyvault, azurite=self.azurite, audit=self.audit, host=self.host,
                                limits=limits)
         mount_resource_graph(
@@ -376,9 +387,11 @@ class Orchestrator:
         self._push("arm", self.arm.stop)
 
         self.log_analytics = LogAnalyticsEmulator(
-            ca, tables=audit_tables(self.audit), workspace_id=self.audit.workspace_id, clock=self.clock, host=self.host
+            ca, tables=audit_tables(self.audit), workspace_id=self.audit.workspace_id, clock=self.clock, host=self.host,
+            public_host=LOG_ANALYTICS_HOST,
         ).start()
         self._push("log-analytics", self.log_analytics.stop)
+        self.proxy.add_route(self.log_analytics.listener_for)
 
         self.eventgrid = EventGridEmulator(
             self.bus, clock=self.clock, dead_letter_connection_string=self.azurite.connection_string, host=self.host
@@ -462,7 +475,13 @@ class Orchestrator:
         values["CMK_ALERT_WEBHOOK_URL"] = f"{self.alerts.url}/cmk-alerts"  # the sandbox's webhook sink records them
         values["AZURE_CLIENT_ID"] = self.controller_identity.client_id
         values["CMK_LOG_ANALYTICS_WORKSPACE"] = self.audit.workspace_id  # the vaults' AuditEvent logs
-        values["CMK_LOG_ANALYTICS_ENDPOINT"] = self.log_analytics.endpoint
+        # Azure's host names (the vaults', api.loganalytics.io: CMK_LOG_ANALYTICS_ENDPOINT keeps its default) go
+        # through the sandbox's proxy; the loopback emulators are reached directly. Both spellings: urllib and
+        # aiohttp prefer the lower-case one when both are set, so a user's own proxy settings cannot win.
+        for name in ("HTTPS_PROXY", "https_proxy"):
+            values[name] = self.proxy.url
+        for name in ("NO_PROXY", "no_proxy"):
+            values[name] = NO_PROXY
         if self._identity_endpoint is not None:
             values["IDENTITY_ENDPOINT"] = self._identity_endpoint.endpoint
             values["IDENTITY_HEADER"] = self._identity_endpoint.secret
@@ -480,6 +499,8 @@ class Orchestrator:
             "arm": self.arm.url,
             "keyvaultAdmin": self.keyvault.admin_url,
             "vaults": {v.name: v.uri for v in list(self.keyvault.vaults.values())},
+            "vaultListeners": {v.name: v.listen_origin + "/" for v in list(self.keyvault.vaults.values())},
+            "proxy": self.proxy.url,
             "logAnalytics": self.log_analytics.endpoint + "/v1",
             "logAnalyticsWorkspaceId": self.audit.workspace_id,
             "eventGridAdmin": self.eventgrid.base_url + "/admin/eventgrid",
@@ -708,7 +729,7 @@ class Orchestrator:
             },
             "keyvault": {
                 "ok": _probe(self.keyvault.admin_url + "/clock", context)
-                and all(_probe(v.uri, context) for v in vaults if v.origin),
+                and all(_probe(v.listen_origin + "/", context) for v in vaults if v.listen_origin),
                 "vaults": len(vaults),
             },
             "arm": {

@@ -1,6 +1,6 @@
 """`make sdk-samples`: the official Azure SDK samples, unmodified, against a running sandbox.
 
-``python -m emulators.sdk_samples [--cache DIR] [--timeout S] [--only SUBSTRING] [--json PATH]``
+``python -m emulators.sdk_samples [--cache DIR] [--timeout S] [--jobs N] [--only SUBSTRING] [--json PATH]``
 
 1. Downloads the source distributions of the installed (pinned) azure-keyvault-keys, azure-storage-blob
    and azure-monitor-query (``pip download --no-deps --no-binary :all: NAME==VERSION``) into the cache
@@ -10,10 +10,13 @@
    ``emulators/scenarios/sdk-samples.json``: a vault the sandbox identity may fully manage, and a fresh one
    like it for each Key Vault sample (as the SDK's own sample tests do: the samples reuse key names, and a
    deleted key's name stays taken while it is soft-deleted).
-3. Runs every sample as it is shipped (``python sample.py`` in its own directory), configured only
-   through environment variables: the sandbox's ``env`` (the managed-identity endpoint
-   DefaultAzureCredential picks up, the CA bundle) plus the names the samples read (``VAULT_URL``,
-   ``STORAGE_CONNECTION_STRING``, ``LOGS_WORKSPACE_ID`` ...), each with a timeout.
+3. Runs every sample as it is shipped (``python sample.py`` in its own directory), ``--jobs`` at a time (most
+   of a sample's time is spent waiting: on the vault's pollers, on a sleep), configured only through
+   environment variables: the sandbox's ``env`` (the managed-identity endpoint DefaultAzureCredential picks
+   up, the CA bundle, ``HTTPS_PROXY``: the vaults are ``https://<name>.vault.azure.net/`` and Log Analytics is
+   ``https://api.loganalytics.io``, reached through the sandbox's proxy with the challenge check on) plus the
+   names the samples read (``VAULT_URL``, ``STORAGE_CONNECTION_STRING``, ``LOGS_WORKSPACE_ID`` ...), each with
+   a timeout.
 4. Prints one line per sample (pass / fail / expected failure, and why) and exits 1 only when a sample
    expected to pass fails. The samples that cannot apply to a sandbox are listed with the reason in
    ``emulators/sdk_samples_expected.json``; a listed sample that passes is reported so the list is
@@ -33,7 +36,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -51,6 +56,8 @@ DEFAULT_TIMEOUT_S = 120.0
 #: An expected failure only has to be seen failing still: samples that hang (retrying a host that does not
 #: exist) are cut short. One that would pass given longer is then not reported as passing.
 EXPECTED_FAILURE_TIMEOUT_S = 30.0
+#: Samples run at once: they mostly wait (pollers, sleeps), so more than the cores.
+DEFAULT_JOBS = 6
 #: Azurite's documented development account (not a secret: the same for every Azurite).
 AZURITE_ACCOUNT = "devstoreaccount1"
 #: Printed by samples that catch an error and carry on, or by Python for one that did not.
@@ -200,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m emulators.sdk_samples", description=__doc__.split("\n")[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the sdists are kept")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per sample")
+    parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help="samples run at once")
     parser.add_argument("--only", default="", help="run only the samples whose name contains this")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this path")
     args = parser.parse_args(argv)
@@ -209,22 +217,36 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"sdk-samples: expectations name samples that do not exist: {', '.join(unknown)}", file=sys.stderr)
         return 2
-    results: list[SampleResult] = []
+    if args.jobs < 1:
+        print("sdk-samples: --jobs must be at least 1", file=sys.stderr)
+        return 2
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cmk-sdk-samples-") as temporary:
         directory = Path(temporary)
         sandbox.start_detached(directory, functions=False)
         try:
             shared = sample_vault(directory, 0)
-            for number, (name, path) in enumerate(samples, start=1):
-                vault = sample_vault(directory, number) if name.startswith("azure-keyvault-keys/") else shared
+            seeding = threading.Lock()  # one seeder at a time: each writes the scenario's seed file
+
+            def run_one(number: int, name: str, path: Path) -> SampleResult:
+                vault = shared
+                if name.startswith("azure-keyvault-keys/"):
+                    with seeding:
+                        vault = sample_vault(directory, number)
                 timeout = min(args.timeout, EXPECTED_FAILURE_TIMEOUT_S) if name in expected else args.timeout
                 passed, seconds, why = run_sample(path, sample_environment(directory, vault), timeout)
                 result = judge(name, passed, why, seconds, expected)
                 print(f"{result.outcome:<15} {name} ({seconds:.1f}s)", file=sys.stderr, flush=True)
-                results.append(result)
+                return result
+
+            with ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="sample") as pool:
+                futures = [pool.submit(run_one, number, name, path)
+                           for number, (name, path) in enumerate(samples, start=1)]
+                results = [future.result() for future in futures]
         finally:
             sandbox.stop(directory)
     print_table(results)
+    print(f"wall time {time.monotonic() - started:.0f}s with {args.jobs} at a time")
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(result) for result in results], indent=2) + "\n", encoding="utf-8")
     return 1 if any(result.outcome == "fail" for result in results) else 0

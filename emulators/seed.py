@@ -146,20 +146,19 @@ class SandboxClients:
             "monitor", lambda: MonitorManagementClient(self.credential, self.subscription_id, **self._arm_kwargs())
         )
 
+    def _vault_kwargs(self) -> dict[str, Any]:
+        """Vaults are reached at their Azure host names through the sandbox's proxy, the challenge check on."""
+        return {"connection_verify": self.ca_path, "proxies": {"https": self.state["endpoints"]["proxy"]}}
+
     def key_client(self, vault_uri: str) -> Any:
         from azure.keyvault.keys import KeyClient
 
-        return self._cached(
-            f"keys:{vault_uri}",
-            lambda: KeyClient(
-                vault_uri, self.credential, verify_challenge_resource=False, connection_verify=self.ca_path
-            ),
-        )
+        return self._cached(f"keys:{vault_uri}", lambda: KeyClient(vault_uri, self.credential, **self._vault_kwargs()))
 
     def crypto_client(self, kid: str) -> Any:
         from azure.keyvault.keys.crypto import CryptographyClient
 
-        return CryptographyClient(kid, self.credential, verify_challenge_resource=False, connection_verify=self.ca_path)
+        return CryptographyClient(kid, self.credential, **self._vault_kwargs())
 
     def key_wrapper(self, kid: str) -> KeyVaultKeyWrapper:
         return KeyVaultKeyWrapper(self.crypto_client(kid), kid)

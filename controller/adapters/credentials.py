@@ -18,7 +18,6 @@ from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import AzureCliCredential, ManagedIdentityCredential
 
 from controller.adapters.arm_pacing import ArmPacer
-from controller.model import VaultOrigin
 
 #: Where the identity's client id is read from, first match wins. Unset: the system-assigned identity.
 CLIENT_ID_SETTINGS: tuple[str, ...] = ("AZURE_CLIENT_ID", "AzureWebJobsStorage__clientId")
@@ -75,14 +74,6 @@ class OperatorCredential:
 def _first_line(err: ClientAuthenticationError) -> str:
     text = str(err.message or err).strip().splitlines()
     return (text[0] if text else type(err).__name__)[:200]
-
-
-def challenge_options(vaults: Sequence[str]) -> dict[str, bool]:
-    """Vaults on custom origins (the local sandbox) answer the challenge for a resource that cannot
-    match their loopback host: only when such an origin is configured is the resource check off."""
-    if all(VaultOrigin(origin).name is not None for origin in vaults):
-        return {}
-    return {"verify_challenge_resource": False}
 
 
 @dataclass(frozen=True, slots=True)

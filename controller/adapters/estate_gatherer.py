@@ -165,10 +165,12 @@ class EstateGatherer:
         blob_stores: Callable[[str], BlobStore] | None = None,
         workers: int = DEFAULT_WORKERS,
         key_vault_verify: str | bool = True,
+        verify_challenge_resource: bool = True,
     ) -> None:
         self._arm = arm
         self._kv_credential = key_vault_credential
         self._kv_verify = key_vault_verify
+        self._kv_verify_challenge = verify_challenge_resource  # off only for loopback test vaults (key_vault.py)
         self._policy = policy
         self._custom_origins = tuple(custom_origins)
         self._registered = tuple(registered_containers)
@@ -299,7 +301,8 @@ class EstateGatherer:
     def deleted_keys(self, vault_uri: str) -> tuple[DeletedKeyInfo, ...]:
         origin = parse_vault_origin(vault_uri, custom_origins=self._custom_origins)
         with KeyVaultKeys(origin, self._kv_credential, connection_verify=self._kv_verify,
-                          retry_total=self._arm.retry_total) as keys:
+                          retry_total=self._arm.retry_total,
+                          verify_challenge_resource=self._kv_verify_challenge) as keys:
             return keys.list_deleted_keys()
 
     def key_ref(self, uri: str) -> KeyRef:

@@ -1,9 +1,11 @@
 """Key Vault keys (azure-keyvault-keys KeyClient) for one vault origin: versions, rotation, deleted keys.
 
 The client's URL is the vault's origin (controller.model.VaultOrigin), never built from a vault name.
-Challenge-resource verification (the client checks that the vault's 401 challenge names a resource
-under the vault's own DNS suffix) stays on for cloud vaults and is turned off only for the configured
-custom origins (the local sandbox's), which have no vault DNS suffix to check against.
+Challenge-resource verification (the client checks that the vault's 401 challenge names a resource the
+vault's host is a subdomain of) is the SDK's default, on: the product never turns it off (the local sandbox
+serves its vaults at https://<name>.vault.azure.net/ through its proxy). ``verify_challenge_resource=False``
+exists for tests that reach an emulated vault at its loopback origin (https://127.0.0.1:<port>), which no
+challenge resource can match.
 
 TLS trust comes from the environment: azure-core's requests transport honours REQUESTS_CA_BUNDLE
 (requests' trust_env) but not SSL_CERT_FILE, so a private CA is given with REQUESTS_CA_BUNDLE or the
@@ -51,12 +53,13 @@ class KeyVaultKeys:
         *,
         connection_verify: str | bool = True,
         retry_total: int = 3,
+        verify_challenge_resource: bool = True,
     ) -> None:
         self.vault = vault
         self._client = KeyClient(
             vault.url,
             credential,
-            verify_challenge_resource=vault.name is not None,
+            verify_challenge_resource=verify_challenge_resource,
             connection_verify=connection_verify,
             retry_total=retry_total,
         )
@@ -153,18 +156,21 @@ class KeyVaults:
     """One KeyVaultKeys per vault origin, built on first use: the reconciler's ``keys(origin)`` factory."""
 
     def __init__(
-        self, credential: TokenCredential, *, connection_verify: str | bool = True, retry_total: int = 3
+        self, credential: TokenCredential, *, connection_verify: str | bool = True, retry_total: int = 3,
+        verify_challenge_resource: bool = True,
     ) -> None:
         self._credential = credential
         self._connection_verify = connection_verify
         self._retry_total = retry_total
+        self._verify_challenge_resource = verify_challenge_resource
         self._vaults: dict[VaultOrigin, KeyVaultKeys] = {}
 
     def __call__(self, vault: VaultOrigin) -> KeyVaultKeys:
         keys = self._vaults.get(vault)
         if keys is None:
             keys = KeyVaultKeys(
-                vault, self._credential, connection_verify=self._connection_verify, retry_total=self._retry_total
+                vault, self._credential, connection_verify=self._connection_verify, retry_total=self._retry_total,
+                verify_challenge_resource=self._verify_challenge_resource,
             )
             self._vaults[vault] = keys
         return keys

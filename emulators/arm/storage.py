@@ -180,7 +180,7 @@ class StorageKeyService:
         )
 
     def _client_kwargs(self) -> dict[str, Any]:
-        return {"verify_challenge_resource": False, "connection_verify": self.keyvault.ca_path, "retry_total": 0}
+        return self.keyvault.sdk_options() | {"retry_total": 0}
 
     def _key_client(self, vault_uri: str, principal: Principal) -> Any:
         from azure.keyvault.keys import KeyClient

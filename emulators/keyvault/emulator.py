@@ -14,6 +14,7 @@ from aiohttp import web
 from emulators.background import ServerThread
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
+from emulators.egress_proxy import EgressProxy
 
 from . import lifecycle
 from .ca import SandboxCA
@@ -22,6 +23,8 @@ from .server import VaultServer
 from .state import AccessPolicy, NetworkAcls, RoleAssignment, VaultState
 
 log = logging.getLogger(__name__)
+#: Azure public cloud's Key Vault DNS suffix: a vault's host name is <name>.vault.azure.net.
+PUBLIC_VAULT_SUFFIX = "vault.azure.net"
 
 
 class KeyVaultEmulator:
@@ -33,6 +36,11 @@ class KeyVaultEmulator:
             vault = kv.add_vault("kv1", subscription_id=SUB, resource_group="rg")
             client = KeyClient(vault.uri, kv.credential(oid), verify_challenge_resource=False,
                                connection_verify=kv.ca_path)
+
+    With a ``proxy`` (emulators/egress_proxy.py) every vault also has its Azure host name,
+    ``https://<name>.vault.azure.net``: ARM reports it as the vault URI, events carry it, and clients that use
+    the proxy reach the vault under it with the challenge check on (``sdk_options()``). The loopback origin
+    keeps answering, with ids built from it.
 
     ``start()`` / ``stop()`` do the same as the context manager. Vaults added before ``start()`` begin
     listening at start. Time-driven state is evaluated on every request, every ``tick_seconds`` and
@@ -50,8 +58,12 @@ class KeyVaultEmulator:
         admin_port: int = 0,
         tick_seconds: float = 1.0,
         directory: str | Path | None = None,
+        proxy: EgressProxy | None = None,
     ) -> None:
         self.clock = clock or SandboxClock()
+        self.proxy = proxy
+        if proxy is not None:
+            proxy.add_route(self.listener_for)
         self.bus = bus or SandboxBus()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if ca is None:
@@ -83,6 +95,23 @@ class KeyVaultEmulator:
     @property
     def running(self) -> bool:
         return self._server.running
+
+    def listener_for(self, host: str, port: int) -> tuple[str, int] | None:
+        """The proxy's route: the loopback listener of the vault ``host`` names (``<name>.vault.azure.net:443``)."""
+        name, _, suffix = host.lower().partition(".")
+        if self.proxy is None or port != 443 or suffix != PUBLIC_VAULT_SUFFIX:
+            return None
+        state = self.vaults.get(name)
+        if state is None or not state.port:
+            return None
+        return state.host, state.port
+
+    def sdk_options(self) -> dict[str, Any]:
+        """Keyword arguments for an SDK client (KeyClient, CryptographyClient) of the sandbox's own services:
+        the CA, and either the proxy (Azure host names, challenge check on) or no challenge check (loopback)."""
+        if self.proxy is not None:
+            return {"connection_verify": self.ca_path, "proxies": {"https": self.proxy.url}}
+        return {"connection_verify": self.ca_path, "verify_challenge_resource": False}
 
     def start(self) -> KeyVaultEmulator:
         if self._server.running:
@@ -211,6 +240,8 @@ class KeyVaultEmulator:
                 assignment.scope = state.resource_id
         state.host = host or self.host
         state.port = port
+        if self.proxy is not None:
+            state.public_host = f"{name.lower()}.{PUBLIC_VAULT_SUFFIX}"
         with self._lock:
             if name.lower() in self.vaults:
                 raise ValueError(f"vault {name!r} already exists")
@@ -284,20 +315,22 @@ class KeyVaultEmulator:
         return self.evaluate()
 
     # ---- coroutines on the emulator loop ----------------------------------------------------------------
-    async def _serve(self, app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    async def _serve(self, app: web.Application, host: str, port: int, *names: str) -> tuple[web.AppRunner, int]:
+        context = self.ca.server_ssl_context(host, *names)  # names: the vault's Azure host name, if it has one
         return await self._server.serve(
-            app, host, port, ssl_context=self.ca.server_ssl_context(host), handle_signals=False, shutdown_timeout=0.5
+            app, host, port, ssl_context=context, handle_signals=False, shutdown_timeout=0.5
         )
 
     async def _start_vault(self, key: str) -> None:
         state = self.vaults[key]
         if key in self._runners:
             return
-        runner, port = await self._serve(self._servers[key].app, state.host, state.port)
+        names = (state.public_host,) if state.public_host else ()
+        runner, port = await self._serve(self._servers[key].app, state.host, state.port, *names)
         self._runners[key] = runner
         with state.lock:
             state.port = port
-            state.origin = f"https://{state.host}:{port}"
+            state.listen_origin = f"https://{state.host}:{port}"
         log.info("vault %s listening at %s", state.name, state.origin)
 
     async def _start_admin(self) -> None:

@@ -43,7 +43,7 @@ def key_event(state: VaultState, event_type: str, name: str, kv: KeyVersion, whe
         subject=name,
         event_time=when,
         data={
-            "Id": state.key_id(name, kv.version),
+            "Id": state.key_id(name, kv.version, canonical=True),  # Event Grid names the vault's own host
             "VaultName": state.name,
             "ObjectType": "Key",
             "ObjectName": name,
@@ -62,7 +62,7 @@ def vault_event(state: VaultState, event_type: str, when: datetime) -> VaultEven
         subject=state.name,
         event_time=when,
         data={
-            "Id": state.uri,
+            "Id": state.canonical_origin + "/",
             "VaultName": state.name,
             "ObjectType": "Vault",
             "ObjectName": state.name,

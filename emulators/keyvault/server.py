@@ -4,6 +4,7 @@ fault injection, throttling, operation counters and one AuditEvent record per re
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
 import logging
@@ -70,6 +71,10 @@ class VaultServer:
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        with self.state.serving(request.host):
+            return await self._handle(request)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         state = self.state
         ctx = _Context(
             started=time.perf_counter(),
@@ -148,7 +153,8 @@ class VaultServer:
             # hand-off per request, and without the loop waiting on the state lock the worker holds.
             # Anything that may rotate keys (RSA generation) still goes to the executor.
             return run()
-        return await asyncio.get_running_loop().run_in_executor(None, run)
+        # The worker thread builds ids too: it runs in this request's context (VaultState.serving).
+        return await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, run)
 
     def _nothing_due(self) -> bool:
         # Unlocked read of one int: a stale value only sends this request to the executor, or

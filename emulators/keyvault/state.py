@@ -11,16 +11,24 @@ VaultAccessPolicyChanged like Azure does. ``to_json`` / ``apply_json`` speak ARM
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ipaddress
 import threading
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .crypto import KeyMaterial
+
+#: The vault and origin of the request being served (VaultState.serving); None outside a request.
+_REQUESTED_ORIGIN: contextvars.ContextVar[tuple[VaultState, str] | None] = contextvars.ContextVar(
+    "keyvault_requested_origin", default=None
+)
 
 if TYPE_CHECKING:
     from emulators.bus import SandboxBus
@@ -361,11 +369,44 @@ class VaultState:
         self.keys: dict[str, KeyEntry] = {}
         self.deleted: dict[str, DeletedKey] = {}
         self.next_due = 0  # epoch of the next time-driven change; 0 = re-evaluate (set after key mutations)
-        self.origin = ""  # https://127.0.0.x:port, set when the vault's server is listening
+        self.listen_origin = ""  # https://127.0.0.x:port, set when the vault's server is listening
+        self.public_host: str | None = None  # <name>.vault.azure.net where the sandbox serves Azure's host names
         self.host = "127.0.0.1"
         self.port = 0
 
     # ---- identity --------------------------------------------------------------------------------
+    @property
+    def canonical_origin(self) -> str:
+        """What ARM reports and events carry: ``https://<name>.vault.azure.net`` where the vault has its Azure
+        host name (reached through the sandbox's proxy), else its loopback origin."""
+        return f"https://{self.public_host}" if self.public_host else self.listen_origin
+
+    @property
+    def origin(self) -> str:
+        """The origin ids are built from: the one the request being served named (its Host header: a vault
+        with an Azure host name is still served on its loopback origin too), else the canonical one."""
+        requested = _REQUESTED_ORIGIN.get()
+        if requested is not None and requested[0] is self:
+            return requested[1]
+        return self.canonical_origin
+
+    @contextlib.contextmanager
+    def serving(self, host_header: str) -> Iterator[None]:
+        """Within a request: ids name the origin the client asked for (Key Vault builds them from the host
+        it was reached at). A Host header that names neither of the vault's origins gets the canonical one."""
+        host = host_header.lower().removesuffix(":443")
+        if self.public_host is not None and host == self.public_host:
+            origin = self.canonical_origin
+        elif self.listen_origin and host == self.listen_origin.removeprefix("https://"):
+            origin = self.listen_origin
+        else:
+            origin = self.canonical_origin
+        token = _REQUESTED_ORIGIN.set((self, origin))
+        try:
+            yield
+        finally:
+            _REQUESTED_ORIGIN.reset(token)
+
     @property
     def uri(self) -> str:
         """The vault URI as ARM's properties.vaultUri gives it (with the trailing slash)."""
@@ -463,6 +504,7 @@ class VaultState:
                 },
                 "sandbox": {
                     "origin": self.origin,
+                    "listenOrigin": self.listen_origin,
                     "roleAssignments": [a.to_json() for a in self.role_assignments],
                     "roleDefinitions": dict(self.role_definitions),
                     "throttling": self.throttling.to_json(),
@@ -509,5 +551,6 @@ class VaultState:
     def now_epoch(self) -> int:
         return _epoch(self.clock.now())
 
-    def key_id(self, name: str, version: str | None = None) -> str:
-        return f"{self.origin}/keys/{name}" + (f"/{version}" if version else "")
+    def key_id(self, name: str, version: str | None = None, *, canonical: bool = False) -> str:
+        origin = self.canonical_origin if canonical else self.origin
+        return f"{origin}/keys/{name}" + (f"/{version}" if version else "")

@@ -1,7 +1,9 @@
 """A key rotated in the emulated vault reaches on_key_event through Event Grid and the local Functions host.
 
 Emulated Key Vault -> SandboxBus -> Event Grid delivery (handshake first) -> local Functions host ->
-on_key_event -> the ledger in Azurite; the vault's audit records land in the archive and the rows.
+on_key_event -> the ledger in Azurite; the vault's audit records land in the archive and the rows. The vault
+is at its Azure host name (https://kv-e2e.vault.azure.net) through the sandbox's proxy, which the host's
+environment names, as the sandbox's env file does.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from azure.storage.blob import ContainerClient
 from emulators.audit import AZKV_AUDIT_LOGS, SANDBOX_WORKSPACE_RESOURCE_ID, AuditSink, DiagnosticRoute
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
+from emulators.egress_proxy import EgressProxy
 from emulators.eventgrid import EventGridEmulator, WebhookSubscription
 from emulators.functions_host import LocalFunctionsHost
 from emulators.keyvault import KeyVaultEmulator
 from tests.e2e.polling import wait_for
+from tests.support.egress import proxy_settings, through_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +39,9 @@ def sandbox(azurite, tmp_path_factory):
     clock, bus = SandboxClock(), SandboxBus()
     table = f"ledger{uuid.uuid4().hex[:8]}"
     with (
-        KeyVaultEmulator(clock, bus, directory=tmp_path_factory.mktemp("kv")) as keyvault,
+        EgressProxy() as proxy,
+        KeyVaultEmulator(clock, bus, directory=tmp_path_factory.mktemp("kv"), proxy=proxy) as keyvault,
+        through_proxy(proxy),
         EventGridEmulator(bus, clock=clock, dead_letter_connection_string=azurite.connection_string) as eventgrid,
         AuditSink(bus, connection_string=azurite.connection_string, flush_interval_seconds=0.2) as audit,
     ):
@@ -45,7 +51,8 @@ def sandbox(azurite, tmp_path_factory):
                                              DiagnosticRoute(archive_account=ARCHIVE_ACCOUNT)])
         values = {
             "AzureWebJobsStorage": azurite.connection_string,
-            "CMK_VAULTS": vault.origin,
+            "CMK_VAULTS": vault.origin,  # https://kv-e2e.vault.azure.net
+            **proxy_settings(proxy),
             "CMK_LEDGER_TABLE": table,
             "CMK_WORK_QUEUE": f"work-{uuid.uuid4().hex[:8]}",
             "CMK_SWEEP_SCHEDULE": "0 0 */6 * * *",
@@ -61,12 +68,13 @@ def sandbox(azurite, tmp_path_factory):
             assert status.provisioning_state == "Succeeded"
             yield {"keyvault": keyvault, "vault": vault, "eventgrid": eventgrid, "audit": audit,
                    "ledger": TableClient.from_connection_string(azurite.connection_string, table_name=table),
-                   "azurite": azurite}
+                   "azurite": azurite, "proxy": proxy}
 
 
 def test_rotation_events_reach_on_key_event_and_are_claimed(sandbox):
+    assert sandbox["vault"].uri == "https://kv-e2e.vault.azure.net/"
     keys = KeyClient(sandbox["vault"].uri, sandbox["keyvault"].credential(OPERATOR),
-                     verify_challenge_resource=False, connection_verify=sandbox["keyvault"].ca_path)
+                     connection_verify=sandbox["keyvault"].ca_path)
     created = keys.create_rsa_key("storage-cmk", size=2048)
     rotated = keys.rotate_key("storage-cmk")
     assert created.properties.version != rotated.properties.version
@@ -83,6 +91,7 @@ def test_rotation_events_reach_on_key_event_and_are_claimed(sandbox):
                 if entity["PartitionKey"].startswith("event-")}  # the table also holds alert states
 
     assert wait_for(lambda: {record.event_id for record in records} <= claimed())
+    assert sandbox["proxy"].refused == []
 
 
 def test_the_vault_audit_trail_is_archived_and_queryable(sandbox):

@@ -99,6 +99,11 @@ def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
         assert exported["CMK_ARM_ENDPOINT"] == state["endpoints"]["arm"]
         assert exported["REQUESTS_CA_BUNDLE"] == state["caBundle"]
         assert exported["SSL_CERT_FILE"] == state["caBundle"]
+        # Azure's host names through the sandbox's proxy; every loopback emulator directly.
+        assert exported["HTTPS_PROXY"] == exported["https_proxy"] == state["endpoints"]["proxy"]
+        assert exported["NO_PROXY"] == exported["no_proxy"] == "127.0.0.1,localhost"
+        assert "CMK_LOG_ANALYTICS_ENDPOINT" not in exported or (
+            exported["CMK_LOG_ANALYTICS_ENDPOINT"] == "https://api.loganalytics.io")
         for secret_file in ("env", "local.settings.json"):  # they hold the identity endpoint's header
             assert (directory / secret_file).stat().st_mode & 0o777 == 0o600
         assert exported["AZURE_CLIENT_ID"] == state["controllerIdentity"]["clientId"]
@@ -116,7 +121,8 @@ def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
         state = json.loads((directory / sandbox.STATE_FILE).read_text())
         vault_uri = result["vaults"]["kv-cmk-rotation"]["uri"].rstrip("/")
         settings = json.loads((directory / sandbox.SETTINGS_FILE).read_text())["Values"]
-        assert settings["CMK_VAULTS"] == vault_uri
+        assert settings["CMK_VAULTS"] == vault_uri == "https://kv-cmk-rotation.vault.azure.net"
+        assert state["endpoints"]["vaultListeners"]["kv-cmk-rotation"].startswith("https://127.0.0.1:")
         processes = recorded(directory)
         assert set(processes) == {"orchestrator", "azurite", "functions"}
         assert processes["functions"].pid == state["children"]["functions"]

@@ -60,8 +60,10 @@ from controller.vault_policy import VaultPolicy
 from emulators.arm import ArmEmulator
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
+from emulators.egress_proxy import EgressProxy
 from emulators.keyvault import KeyVaultEmulator
 from emulators.query_endpoints import RESOURCE_GRAPH_PATH, ResourceGraphService
+from tests.support.egress import through_proxy
 
 SUB_A = "aaaaaaaa-0000-4000-8000-0000000000a1"
 SUB_B = "bbbbbbbb-0000-4000-8000-0000000000b2"
@@ -95,7 +97,10 @@ def _arm_error(status: int, code: str, message: str, headers: dict[str, str] | N
 
 @contextmanager
 def running_arm(directory: Path) -> Iterator[tuple[ArmEmulator, Faults]]:
-    keyvault = KeyVaultEmulator(SandboxClock(), SandboxBus(), directory=directory)
+    """ARM and its vaults, which are at their Azure host names (https://<name>.vault.azure.net) through the
+    sandbox's proxy, named in the environment for the duration (tests/support/egress.py)."""
+    proxy = EgressProxy().start()
+    keyvault = KeyVaultEmulator(SandboxClock(), SandboxBus(), directory=directory, proxy=proxy)
     arm = ArmEmulator(keyvault=keyvault, storage_tick_seconds=3600)
     faults = Faults()
     graph = ResourceGraphService(
@@ -135,10 +140,11 @@ def running_arm(directory: Path) -> Iterator[tuple[ArmEmulator, Faults]]:
         ]
     )
     try:
-        with arm:
+        with arm, through_proxy(proxy):
             yield arm, faults
     finally:
         graph.close()
+        proxy.stop()
 
 
 @dataclass
@@ -172,22 +178,16 @@ class World:
         return ArmConnection(self.cred, endpoint=self.arm.url, connection_verify=self.arm.ca_path, retry_total=0)
 
     def key_client(self, vault: str) -> KeyClient:
-        return KeyClient(
-            self.vaults[vault].properties.vault_uri,
-            self.cred,
-            verify_challenge_resource=False,
-            connection_verify=self.arm.ca_path,
-            retry_total=0,
-        )
+        return KeyClient(self.vaults[vault].properties.vault_uri, self.cred, connection_verify=self.arm.ca_path,
+                         retry_total=0)
 
     @property
     def policy(self) -> VaultPolicy:
-        """The vault allowlist of every vault created so far (their loopback origins among them)."""
+        """The vault allowlist of every vault created so far."""
         return VaultPolicy.of(self.origin(name).url for name in self.vaults)
 
     def origin(self, vault: str) -> VaultOrigin:
-        uri = self.vaults[vault].properties.vault_uri.rstrip("/")
-        return parse_vault_origin(uri, custom_origins=[uri])
+        return parse_vault_origin(self.vaults[vault].properties.vault_uri)
 
     def key(self, vault: str, name: str, version: str | None = None) -> KeyRef:
         return KeyRef(self.origin(vault), name, version)

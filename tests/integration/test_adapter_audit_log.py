@@ -24,6 +24,7 @@ from controller import audit
 from controller.adapters.audit_log import ArchiveAuditLog, LogAnalyticsAuditLog, WorkspaceThenArchive
 from controller.audit import FailureClass
 from controller.model import VaultOrigin, normalise_origin, parse_vault_resource_id
+from controller.settings import SETTINGS
 from controller.vault_policy import VaultPolicy
 from emulators.audit import (
     AZKV_AUDIT_LOGS,
@@ -35,9 +36,12 @@ from emulators.audit import (
 from emulators.azurite import Azurite
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
+from emulators.egress_proxy import EgressProxy
 from emulators.keyvault import AccessPolicy, KeyVaultEmulator, RoleAssignment, SandboxCredential, VaultState
 from emulators.kql import TableSource, audit_tables
 from emulators.query_endpoints import LogAnalyticsEmulator
+from emulators.sandbox import LOG_ANALYTICS_HOST
+from tests.support.egress import through_proxy
 from tests.support.keyvault import Admin, client_kwargs
 
 pytestmark = pytest.mark.integration
@@ -197,7 +201,7 @@ def sandbox(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Itera
         }
         service = BlobServiceClient.from_connection_string(azurite.connection_string)
         with LogAnalyticsEmulator(kv.ca, tables=audit_tables(sink), workspace_id=sink.workspace_id,
-                                  workspaces=workspaces, clock=clock) as la:
+                                  workspaces=workspaces, clock=clock, public_host=LOG_ANALYTICS_HOST) as la:
             yield Sandbox(kv, sink, la, service.get_container_client(sink.archive_container(account)), policies, rbac,
                           start, end, dedicated_workspace, legacy_workspace)
 
@@ -237,6 +241,21 @@ def assert_every_class(report: audit.AuditReport, sandbox: Sandbox, source: str)
 def test_every_failure_class_is_classified_from_azkvauditlogs(sandbox: Sandbox) -> None:
     report = sandbox.logs(sandbox.dedicated_workspace).failures(sandbox.vaults, start=sandbox.start, end=sandbox.end)
     assert_every_class(report, sandbox, AZKV_AUDIT_LOGS)
+
+
+def test_the_default_endpoint_is_reached_through_the_sandbox_proxy(sandbox: Sandbox) -> None:
+    """CMK_LOG_ANALYTICS_ENDPOINT at its default (https://api.loganalytics.io), as the sandbox runs the product:
+    the query goes through the proxy (HTTPS_PROXY) to the emulator, which presents a certificate for that host."""
+    with EgressProxy() as proxy, through_proxy(proxy):
+        proxy.add_route(sandbox.la.listener_for)
+        logs = LogAnalyticsAuditLog(SandboxCredential(), workspace_id=sandbox.dedicated_workspace,
+                                    endpoint=next(spec.default for spec in SETTINGS
+                                              if spec.name == "CMK_LOG_ANALYTICS_ENDPOINT"),
+                                    policy=VaultPolicy.of(sandbox.vaults), principals=lambda: PRINCIPALS,
+                                    connection_verify=sandbox.kv.ca_path)
+        report = logs.failures(sandbox.vaults, start=sandbox.start, end=sandbox.end)
+    assert_every_class(report, sandbox, AZKV_AUDIT_LOGS)
+    assert proxy.refused == []
 
 
 def test_every_failure_class_is_classified_from_azurediagnostics(sandbox: Sandbox) -> None:

@@ -12,9 +12,11 @@ from azure.keyvault.keys import KeyClient
 from controller.adapters.credentials import ArmConnection, controller_client_id, controller_credential
 from controller.adapters.key_vault import KeyVaultKeys
 from controller.model import KeyRef, parse_vault_origin
+from emulators.egress_proxy import EgressProxy
 from emulators.identity_endpoint import ManagedIdentityEndpoint
 from emulators.keyvault import KeyVaultEmulator
 from emulators.keyvault.credential import Principal, decode_token
+from tests.support.egress import through_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -95,11 +97,19 @@ def test_arm_connection_asks_for_the_endpoints_audience() -> None:
 def test_the_managed_identity_reads_the_emulated_vault(
     identity_env: ManagedIdentityEndpoint, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    with KeyVaultEmulator(directory=tmp_path_factory.mktemp("identity-kv")) as kv:
+    """At the vault's Azure host name through the sandbox's proxy: the vault's challenge names
+    https://vault.azure.net, the client checks it (on, as in the product) and asks the identity endpoint for
+    a token for it."""
+    with (
+        EgressProxy() as proxy,
+        KeyVaultEmulator(directory=tmp_path_factory.mktemp("identity-kv"), proxy=proxy) as kv,
+        through_proxy(proxy),
+    ):
         vault = kv.add_vault("kv-identity", access_policies=[{"objectId": OBJECT_ID, "permissions": {"keys": ["all"]}}])
-        origin = parse_vault_origin(vault.origin, custom_origins=[vault.origin])
+        origin = parse_vault_origin(vault.uri)
+        assert origin.url == "https://kv-identity.vault.azure.net"
         credential = controller_credential({"AZURE_CLIENT_ID": CLIENT_ID})
-        sdk = KeyClient(vault.uri, credential, verify_challenge_resource=False, connection_verify=kv.ca_path)
+        sdk = KeyClient(vault.uri, credential, connection_verify=kv.ca_path)
         sdk.create_rsa_key("mi-key", size=2048)
         with KeyVaultKeys(origin, credential, connection_verify=kv.ca_path, retry_total=0) as keys:
             state = keys.get_key_state(KeyRef(origin, "mi-key"))

@@ -1,4 +1,8 @@
-"""KeyVaultKeys through the unmodified KeyClient against the emulated Key Vault over HTTPS."""
+"""KeyVaultKeys through the unmodified KeyClient against the emulated Key Vault over HTTPS.
+
+The vault is reached as in Azure: at ``https://kv-adapter.vault.azure.net`` (through the sandbox's proxy,
+HTTPS_PROXY), with the client's challenge-resource check on, as the product always has it.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ from azure.keyvault.keys import KeyClient, KeyRotationLifetimeAction, KeyRotatio
 from controller.adapters.key_vault import KeyVaultKeys, KeyVaults
 from controller.errors import Forbidden, InvalidKeyId, NotFound, TransientError
 from controller.model import KeyRef, VaultOrigin, parse_vault_origin
+from emulators.egress_proxy import EgressProxy
 from emulators.keyvault import KeyVaultEmulator, VaultState
 from emulators.keyvault.state import FaultConfig
+from tests.support.egress import through_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +40,8 @@ class Env:
         )
 
     def sdk(self) -> KeyClient:
-        return KeyClient(
-            self.vault.uri, self.kv.credential(CONTROLLER), verify_challenge_resource=False,
-            connection_verify=self.kv.ca_path, retry_total=0,
-        )
+        credential = self.kv.credential(CONTROLLER)
+        return KeyClient(self.vault.uri, credential, connection_verify=self.kv.ca_path, retry_total=0)
 
     def key(self, name: str) -> KeyRef:
         return KeyRef(self.origin, name)
@@ -45,16 +49,21 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    with KeyVaultEmulator(directory=tmp_path_factory.mktemp("adapter-kv")) as kv:
+    with (
+        EgressProxy() as proxy,
+        KeyVaultEmulator(directory=tmp_path_factory.mktemp("adapter-kv"), proxy=proxy) as kv,
+        through_proxy(proxy),
+    ):
         vault = kv.add_vault(
             "kv-adapter",
             soft_delete_retention_days=7,
             access_policies=[{"objectId": CONTROLLER, "permissions": {"keys": ["all"]}}],
         )
-        # The sandbox origin is a configured custom origin (CMK_VAULTS), not a cloud vault host.
-        origin = parse_vault_origin(vault.origin, custom_origins=[vault.origin])
-        assert origin.name is None
+        # A cloud vault host, as CMK_VAULTS names it in Azure: no custom origin involved.
+        origin = parse_vault_origin(vault.uri)
+        assert origin.name == "kv-adapter" and origin.url == "https://kv-adapter.vault.azure.net"
         yield Env(kv, vault, origin)
+        assert proxy.refused == []  # nothing was sent anywhere but the sandbox's vault
 
 
 @pytest.fixture

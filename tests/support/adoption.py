@@ -92,7 +92,8 @@ def instance(estate: AdoptionEstate, connection_string: str, *, table: str, queu
     alert_table = TableClient.from_connection_string(connection_string, table_name=table)
     queue_client = work_queue_client(connection_string, queue)
     deps = reconciler.ReconcileDeps(
-        keys=KeyVaults(credential, connection_verify=arm.ca_path),
+        # The scale estate's vault is at its loopback origin, which no challenge resource can match.
+        keys=KeyVaults(credential, connection_verify=arm.ca_path, verify_challenge_resource=False),
         inventory=ConsumerDirectory(inventory, connection),
         control=storage,
         ledger=TableRotationLedger(ledger_table),

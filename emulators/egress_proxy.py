@@ -1,0 +1,176 @@
+"""The sandbox's HTTPS forward proxy: how unmodified clients reach emulated services under Azure's host names.
+
+Some clients cannot be pointed at another endpoint by configuration (``LogsQueryClient`` always queries
+``https://api.loganalytics.io``), and the Key Vault clients check that a vault's 401 challenge names a resource
+its host is a subdomain of (``https://vault.azure.net``), which a loopback origin (``https://127.0.0.1:<port>``)
+can never be. Clients honour ``HTTPS_PROXY`` / ``NO_PROXY`` (azure-core's requests and aiohttp transports),
+so the sandbox's env file points them here for the Azure host names it emulates and at the loopback
+emulators directly for everything else.
+
+The proxy answers ``CONNECT <host>:443`` for the hosts a route names (``<vault>.vault.azure.net`` of the
+vaults that exist, ``api.loganalytics.io``) with a tunnel to the emulator on loopback. It does not terminate
+TLS: the emulator presents a certificate for the Azure host name issued by the sandbox CA, so the client
+checks the same name it would in Azure, end to end. Any other target (another host, another port, a host
+the routes do not know, any method but CONNECT) is refused with an HTTP error before anything is
+connected: nothing ever leaves the machine through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from emulators.background import ServerThread
+
+log = logging.getLogger(__name__)
+
+#: A route: the loopback (host, port) that serves ``host:port`` under its Azure name, or None.
+Route = Callable[[str, int], "tuple[str, int] | None"]
+_MAX_HEADER_BYTES = 8192
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    target: str
+    reason: str
+
+
+class EgressProxy:
+    """``with EgressProxy() as proxy: proxy.add_route(route)``; clients use ``proxy.url`` as HTTPS_PROXY."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self._routes: list[Route] = []
+        self._lock = threading.Lock()
+        self._refused: list[Refusal] = []
+        self._server = ServerThread("egress-proxy")
+        self._listener: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()  # touched on the loop only
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def refused(self) -> list[Refusal]:
+        """Every CONNECT (or other request) refused so far: what a client tried to reach outside the sandbox."""
+        with self._lock:
+            return list(self._refused)
+
+    def add_route(self, route: Route) -> None:
+        with self._lock:
+            self._routes.append(route)
+
+    def start(self) -> EgressProxy:
+        if self._server.running:
+            return self
+        self._server.start()
+        self._listener = self._server.run(asyncio.start_server(self._handle, self.host, self.port))
+        self.port = int(self._listener.sockets[0].getsockname()[1])
+        return self
+
+    def stop(self) -> None:
+        if not self._server.running:
+            return
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            self._server.run(self._close(listener))
+        self._server.stop()
+
+    async def _close(self, listener: asyncio.Server) -> None:
+        listener.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    def __enter__(self) -> EgressProxy:
+        return self.start()
+
+    def __exit__(self, *args: object) -> None:
+        self.stop()
+
+    def resolve(self, host: str, port: int) -> tuple[str, int] | None:
+        """The loopback listener serving ``host:port``; None when no route names it (never a non-loopback one)."""
+        with self._lock:
+            routes = list(self._routes)
+        for route in routes:
+            target = route(host.lower().rstrip("."), port)
+            if target is not None:
+                if target[0] not in _LOOPBACK:
+                    raise ValueError(f"a sandbox route must lead to loopback, not {target[0]}")
+                return target
+        return None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            return
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        if len(head) > _MAX_HEADER_BYTES:
+            await self._refuse(writer, 431, "Request Header Fields Too Large", "?", "the request head is too long")
+            return
+        method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+        target = rest.rsplit(" ", 1)[0]
+        if method != "CONNECT":
+            await self._refuse(writer, 405, "Method Not Allowed", target,
+                               "the sandbox proxy only tunnels HTTPS (CONNECT) to the sandbox's services")
+            return
+        host, _, port_text = target.rpartition(":")
+        host = host.strip("[]")
+        upstream = self.resolve(host, int(port_text)) if port_text.isdigit() and host else None
+        if upstream is None:
+            await self._refuse(writer, 403, "Forbidden", target,
+                               f"{target} is not a service of this sandbox: the sandbox never reaches the internet")
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*upstream)
+        except OSError as err:
+            await self._refuse(writer, 502, "Bad Gateway", target, f"the sandbox service for {target} is down: {err}")
+            return
+        writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        await writer.drain()
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            up_writer.close()
+
+    async def _refuse(self, writer: asyncio.StreamWriter, status: int, phrase: str, target: str, reason: str) -> None:
+        with self._lock:
+            self._refused.append(Refusal(target, reason))
+        log.warning("egress proxy refused %s: %s", target, reason)
+        body = (reason + "\n").encode()
+        writer.write(f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+                     "Connection: close\r\n\r\n".encode() + body)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await source.read(65536):
+            sink.write(chunk)
+            await sink.drain()
+    except ConnectionError:
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            sink.close()
