@@ -15,6 +15,7 @@ module per resource provider, each holding its own resources and routes (``routi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -39,13 +40,17 @@ from .management_groups import ManagementGroups
 from .model import ResourceGroup, StorageAccount, UserAssignedIdentity
 from .resource_events import resource_event
 from .resource_groups import ResourceGroups
-from .routing import Request, Route, new_id
+from .routing import Deferred, Request, Route, new_id
 from .storage import KeyBinding, Principal, StorageKeyService
 from .storage_accounts import StorageAccounts
 from .throttling import ArmThrottling, LimitsSettings
 from .vaults import Vaults
 
 log = logging.getLogger(__name__)
+
+#: A storage account's name in a request path (account names are global), for its change lock.
+_STORAGE_ACCOUNT_PATH = re.compile(r"^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.storage"
+                                   r"/storageaccounts/([^/]+)", re.IGNORECASE)
 
 
 class ArmEmulator:
@@ -85,6 +90,8 @@ class ArmEmulator:
         self.storage_tick_seconds = storage_tick_seconds
         self.origin = ""
         self._lock = threading.RLock()
+        self._resource_locks: dict[str, threading.Lock] = {}  # storage account name -> its change lock
+        self._resource_locks_lock = threading.Lock()
         self._server = ServerThread("arm-emulator", timeout=60.0)
         self.resource_groups = ResourceGroups(tenant_id, self.resources_snapshot)
         self.identities = Identities(self.resource_groups, tenant_id)
@@ -406,14 +413,29 @@ class ArmEmulator:
                 continue
             if req.method not in methods:
                 raise errors.ArmError(405, "MethodNotAllowed", f"The method '{req.method}' is not allowed on '{path}'.")
-            with self._lock:
-                self.vaults.sync()
-                status, payload = handler(req, *match.groups())
+            with self._resource_lock(req.method, path):
+                with self._lock:
+                    self.vaults.sync()
+                    answer = handler(req, *match.groups())
+                if isinstance(answer, Deferred):
+                    answer.check()  # e.g. the storage service calling the vault: never under ARM's lock
+                    with self._lock:
+                        answer = answer.commit()
+            status, payload = answer
             self._publish_resource_event(req, status)
             return status, payload
         raise errors.ArmError(
             404, "InvalidResourceType", f"The resource type could not be found for the request path '{req.path}'."
         )
+
+    def _resource_lock(self, method: str, path: str) -> threading.Lock | contextlib.nullcontext[None]:
+        """Azure applies one change of a storage account at a time: a change whose check runs outside
+        ARM's lock (``Deferred``) holds its account's own lock from preparing to committing."""
+        match = _STORAGE_ACCOUNT_PATH.match(path)
+        if method in ("GET", "HEAD") or match is None:
+            return contextlib.nullcontext()
+        with self._resource_locks_lock:
+            return self._resource_locks.setdefault(match.group(1).lower(), threading.Lock())
 
     def _publish_resource_event(self, req: Request, status: int) -> None:
         """ARM's resource event for a successful change (a DELETE answering 204 deleted nothing)."""
