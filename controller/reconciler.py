@@ -57,6 +57,9 @@ MAX_QUEUE_DELAY = timedelta(days=7) - timedelta(minutes=1)
 #: A consumer whose every write of ours loses a race to someone else's change is left alone after
 #: this many re-reads within one run (their configuration wins); a prompt re-check looks again.
 MAX_CONFLICTS_PER_CONSUMER = 2
+#: Attempts at saving a key's conditions while other instances keep saving theirs (each refused save
+#: is followed by a re-read and a re-plan); after the last the host retries the invocation.
+MAX_CONDITION_SAVES = 3
 
 _ALERT_SEVERITY = {
     rotation.Action.ALERT: Severity.HIGH,
@@ -202,7 +205,9 @@ def reconcile_key(
     transient, conflicts = run.transient, run.conflicts
     result.deferred = len(run.deferred)
     result.claimed_elsewhere = sorted(run.claimed_elsewhere)
-    _record_conditions(key, plan, record, deps)
+    plan = _record_conditions(key, state, plan, record, consumers=consumers, deps=deps,
+                              target_version=target_version)
+    result.plan = plan
     result.alerts.extend(_alerts(plan))
     # Level-based: what is not raised now for this key's consumers has cleared and is resolved.
     deps.notifier.sync(alert_scope(key), result.alerts)
@@ -411,17 +416,49 @@ def _execute(
     return updated
 
 
-def _record_conditions(key: KeyRef, plan: rotation.Plan, record: RotationRecord, deps: ReconcileDeps) -> None:
-    consumer_conditions = {decision.consumer.id: decision.conditions for decision in plan.decisions}
-    version_conditions = {status.version: status.conditions for status in plan.versions}
-    if _same(consumer_conditions, record.consumer_conditions) and _same(version_conditions, record.version_conditions):
-        return  # persist only when something changed
-    deps.ledger.save_conditions(key, consumer_conditions, version_conditions)
+def _record_conditions(key: KeyRef, state: KeyState, plan: rotation.Plan, record: RotationRecord, *,
+                       consumers: Sequence[Consumer], deps: ReconcileDeps,
+                       target_version: str | None) -> rotation.Plan:
+    """Save the conditions that changed; return the plan they come from.
+
+    Another instance may have saved this key's conditions since the record was read (two instances on
+    one key, each writing the consumers it claimed): the save is refused (Conflict), and this run
+    merges rather than fails: it re-reads the record (the other instance's conditions become the
+    previous ones) and the consumers from ARM (one listing), plans again and saves that."""
+    for _ in range(MAX_CONDITION_SAVES - 1):
+        try:
+            _save_changed_conditions(key, plan, record, deps)
+        except Conflict as err:
+            log_record(log, logging.INFO, "conditions saved concurrently: re-reading and merging",
+                       {"key": key.uri, "reason": Reason.CONSUMER_CHANGED.value, "error": str(err)})
+        else:
+            return plan
+        record = deps.ledger.load(key)
+        intents = {intent.consumer_id.lower(): intent for intent in record.intents}
+        fresh = dict(zip((consumer.id for consumer in consumers), deps.inventory.refresh(consumers), strict=True))
+        consumers = [current for current in (fresh[consumer.id] for consumer in consumers)
+                     if current is not None and current.key.same_key(key)]
+        plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
+    try:
+        _save_changed_conditions(key, plan, record, deps)
+    except Conflict as err:
+        raise TransientError(f"the conditions of {key.uri} kept changing concurrently: {err}") from err
+    return plan
 
 
-def _same(new: Mapping[str, tuple[Condition, ...]], old: Mapping[str, tuple[Condition, ...]]) -> bool:
-    normalised_old = {name.lower(): tuple(conditions) for name, conditions in old.items()}
-    return {name.lower(): tuple(conditions) for name, conditions in new.items()} == normalised_old
+def _save_changed_conditions(key: KeyRef, plan: rotation.Plan, record: RotationRecord, deps: ReconcileDeps) -> None:
+    consumer_conditions = _changed({decision.consumer.id: decision.conditions for decision in plan.decisions},
+                                   record.consumer_conditions)
+    version_conditions = _changed({status.version: status.conditions for status in plan.versions},
+                                  record.version_conditions)
+    if consumer_conditions or version_conditions:  # persist only what changed
+        deps.ledger.save_conditions(key, consumer_conditions, version_conditions)
+
+
+def _changed(new: Mapping[str, tuple[Condition, ...]],
+             old: Mapping[str, tuple[Condition, ...]]) -> dict[str, tuple[Condition, ...]]:
+    recorded = {name.lower(): tuple(conditions) for name, conditions in old.items()}
+    return {name: conditions for name, conditions in new.items() if recorded.get(name.lower()) != tuple(conditions)}
 
 
 def alert_scope(key: KeyRef) -> str:

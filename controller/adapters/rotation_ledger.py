@@ -3,8 +3,9 @@
 One partition per key (hashed versionless key URI) holds, per consumer, the latest forced-adoption
 intent and the last recorded conditions, and per key version its conditions: ``load`` is one
 partition query. Every write is ETag-conditional against what this instance last read or wrote, so
-two instances reconciling the same key cannot silently overwrite each other: the loser gets a
-TransientError and its invocation is retried against fresh state.
+two instances reconciling the same key cannot silently overwrite each other: an intent's loser gets a
+TransientError (its invocation is retried against fresh state); a conditions save's loser gets
+Conflict, and the reconciler re-reads the record and the consumers and saves what it plans from them.
 
 Write claims (one row per consumer: owner, the write, until when) keep two instances off the same
 consumer: a claim is created atomically, and taken over only when it has lapsed, ETag-conditionally.
@@ -35,6 +36,8 @@ _INTENT = "intent"
 _CONSUMER_CONDITIONS = "consumer"
 _VERSION_CONDITIONS = "version"
 _CLAIM = "claim"
+#: Operations in one entity-group transaction: Azure Tables takes at most 100 (one partition, 4 MiB).
+TRANSACTION_ROWS = 100
 
 
 def _digest(text: str) -> str:
@@ -142,16 +145,40 @@ class TableRotationLedger:
         consumer_conditions: Mapping[str, tuple[Condition, ...]],
         version_conditions: Mapping[str, tuple[Condition, ...]],
     ) -> None:
-        for subject, conditions in consumer_conditions.items():
-            self._write(key, _CONSUMER_CONDITIONS, subject, {"Conditions": _conditions_json(conditions)})
-        for subject, conditions in version_conditions.items():
-            self._write(key, _VERSION_CONDITIONS, subject, {"Conditions": _conditions_json(conditions)})
+        """Up to ``TRANSACTION_ROWS`` rows per entity-group transaction (one request, not one per consumer),
+        each ETag-conditional; Conflict when another instance changed one of them since this instance
+        read or wrote it (that transaction wrote nothing: re-read, re-plan, save again)."""
+        self._ensure_table()
+        partition = _partition(key)
+        rows = [(_CONSUMER_CONDITIONS, subject, conditions) for subject, conditions in consumer_conditions.items()]
+        rows += [(_VERSION_CONDITIONS, subject, conditions) for subject, conditions in version_conditions.items()]
+        for start in range(0, len(rows), TRANSACTION_ROWS):
+            operations: list[Any] = []
+            for kind, subject, conditions in rows[start:start + TRANSACTION_ROWS]:
+                entity = self._entity(key, kind, subject, {"Conditions": _conditions_json(conditions)})
+                etag = self._etags.get((partition, entity["RowKey"]))
+                operations.append(("create", entity) if etag is None else (
+                    "update", entity,
+                    {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified}))
+            try:
+                with translated(f"write the conditions of {key.versionless.uri}"):
+                    answers = self._table.submit_transaction(operations)
+            except Conflict as err:
+                for operation in operations:
+                    self._etags.pop((partition, operation[1]["RowKey"]), None)
+                raise Conflict(f"the conditions of {key.versionless.uri} changed concurrently") from err
+            for operation, answer in zip(operations, answers, strict=True):
+                if answer.get("etag"):
+                    self._etags[(partition, operation[1]["RowKey"])] = answer["etag"]
+
+    def _entity(self, key: KeyRef, kind: str, subject: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        return {"PartitionKey": _partition(key), "RowKey": _row(kind, subject), "Kind": kind, "Subject": subject,
+                "Key": key.versionless.uri, **fields}
 
     def _write(self, key: KeyRef, kind: str, subject: str, fields: Mapping[str, Any]) -> None:
         self._ensure_table()
-        partition, row = _partition(key), _row(kind, subject)
-        entity = {"PartitionKey": partition, "RowKey": row, "Kind": kind, "Subject": subject,
-                  "Key": key.versionless.uri, **fields}
+        entity = self._entity(key, kind, subject, fields)
+        partition, row = entity["PartitionKey"], entity["RowKey"]
         etag = self._etags.get((partition, row))
         try:
             with translated(f"write the rotation record of {key.versionless.uri}"):
