@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -476,6 +477,24 @@ class ArmEmulator:
         """Create a user-assigned identity directly (sandbox setup without an ARM request)."""
         with self._lock:
             return self.identities.add(subscription, group, name, location)
+
+    def seed_copies(self, template: str, names: Sequence[str], *, tags: Mapping[str, str]) -> None:
+        """Bulk seeding for scale estates, without an ARM request: storage accounts ``names`` configured
+        as the existing account ``template`` (same identity and key binding, as validated when the
+        template was created), each with ``tags`` and its own account keys. Validating each one's key
+        in the vault would take three vault calls per account; the copies share the template's
+        validated (wrapped) root key instead. No resource events, no audit records, as for any seeding."""
+        with self._lock:
+            source = self.accounts[template.lower()]
+            for name in names:
+                if name.lower() in self.accounts:
+                    raise ValueError(f"storage account {name} already exists")
+                account = copy.deepcopy(source)
+                account.name, account.tags, account.created = name, dict(tags), self.clock.now()
+                account.keys = StorageAccount(account.subscription_id, account.resource_group, name,
+                                              account.location, account.kind, account.sku_name, account.created,
+                                              account.tenant_id).keys
+                self.accounts[name.lower()] = account
 
     def _resource_exists(self, resource_id: str) -> bool:
         lowered = resource_id.lower()
