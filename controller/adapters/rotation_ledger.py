@@ -80,6 +80,7 @@ class TableRotationLedger:
     def __init__(self, table: TableClient) -> None:
         self._table = table
         self._etags: dict[tuple[str, str], str] = {}
+        self._claims_held: dict[tuple[str, str], datetime] = {}  # this instance's write claims: until when
         self._ensure_table = CreatedOnce(table.create_table, f"table {table.table_name}")
 
 
@@ -117,6 +118,11 @@ class TableRotationLedger:
                     until: datetime) -> bool:
         self._ensure_table()
         partition, row = _partition(key), _row(_CLAIM, consumer_id)
+        held_until = self._claims_held.get((partition, row))
+        if held_until is not None and held_until - now >= (until - now) / 2:
+            # This instance's own claim on the consumer (its previous write, e.g. a forced adoption's pin)
+            # still keeps the others off for most of a claim's time: no round trip to renew it.
+            return True
         entity = {"PartitionKey": partition, "RowKey": row, "Kind": _CLAIM, "Subject": consumer_id,
                   "Key": key.versionless.uri, "Write": write, "Owner": owner, "Until": until}
         what = f"claim a write of {consumer_id}"
@@ -126,6 +132,7 @@ class TableRotationLedger:
         except Conflict:
             pass  # a claim exists: ours, lapsed, or someone else's
         else:
+            self._claims_held[(partition, row)] = until
             return True
         with translated(what):
             held = self._table.get_entity(partition, row)
@@ -137,6 +144,7 @@ class TableRotationLedger:
                                           match_condition=MatchConditions.IfNotModified)
         except Conflict:
             return False  # another instance took the lapsed claim over first
+        self._claims_held[(partition, row)] = until
         return True
 
     def save_conditions(
