@@ -184,9 +184,19 @@ def reconcile_key(
         result.next_check = plan.next_check
         return result
 
-    run = _Run(key, deps, intents, deps.clock.now(),
-               plan_one=lambda consumer: _plan(state, [consumer], intents, record, target_version=target_version,
-                                               deps=deps).decisions[0])
+    conditions = {consumer_id.lower(): held for consumer_id, held in record.consumer_conditions.items()}
+
+    def plan_one(consumer: Consumer) -> rotation.Decision:
+        # Decisions are per consumer: one consumer's view of the ledger (the intents other workers are
+        # writing meanwhile are not read), so each step costs the same whatever the number of consumers.
+        own = consumer.id.lower()
+        intent = intents.get(own)
+        view = rotation.LedgerView.of([intent] if intent else [], {own: conditions.get(own, ())},
+                                      record.version_conditions)
+        return rotation.plan(state, [consumer], view, target_version=target_version, now=deps.clock.now(),
+                             settings=deps.planner).decisions[0]
+
+    run = _Run(key, deps, intents, deps.clock.now(), plan_one=plan_one)
     current: dict[str, Consumer | None] = {consumer.id: consumer for consumer in consumers}
     run.adopt([decision for decision in plan.writes], current, result)
     consumers = [consumer for consumer in current.values() if consumer is not None]
