@@ -75,6 +75,10 @@ def adopt(consumers: int, *, scale: float, concurrency: int, connection_string: 
                     continue
                 failures += result.failures
                 pending = any(item.get("continuation") for item in continuations(connection_string, queue))
+                print(json.dumps({"progress": consumers, "invocation": invocations,
+                                  "adopted": estate.adoption(version).adopted,
+                                  "sandbox_seconds": round((arm.clock.now() - started).total_seconds(), 1),
+                                  "wall_seconds": round(time.perf_counter() - wall, 1)}), file=sys.stderr, flush=True)
             elapsed = (arm.clock.now() - started).total_seconds()
             wall = time.perf_counter() - wall
             adoption = estate.adoption(version)

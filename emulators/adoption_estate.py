@@ -13,8 +13,10 @@ in-process (it costs no ARM budget).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from azure.keyvault.keys import KeyClient
@@ -28,6 +30,7 @@ KEY = "cmk-adoption"
 IDENTITY = "uai-adoption"
 PINNED_POLICY_TAG = "cmk-pinned-policy"
 STORAGE_KEY_PERMISSIONS = ["get", "wrapKey", "unwrapKey"]
+_LONG_AGO = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class AdoptionEstate:
     subscription: str = SUBSCRIPTION
     resource_group: str = RESOURCE_GROUP
     key_name: str = KEY
+    #: When the newest version was created (sandbox time).
+    last_version_at: datetime = _LONG_AGO
 
     @property
     def accounts(self) -> tuple[str, ...]:
@@ -68,11 +73,16 @@ class AdoptionEstate:
                          connection_verify=self.arm.ca_path, retry_total=0)
 
     def rotate(self) -> str:
-        """A new version of the key (what an operator's rotation does); returns it."""
+        """A new version of the key (what an operator's rotation does); returns it. Key Vault reports
+        creation times to the second: the new version is created in a later (sandbox) second than the
+        one before, as an operator's rotation is, so that the two are never a creation-time tie."""
+        while self.arm.clock.now().replace(microsecond=0) <= self.last_version_at.replace(microsecond=0):
+            time.sleep(0.01)
         with self.key_client() as client:
             version = client.rotate_key(self.key_name).properties.version
         if not version:
             raise RuntimeError("the vault returned a rotated key without a version")
+        self.last_version_at = self.arm.clock.now()
         return version
 
     def adoption(self, version: str) -> Adoption:
@@ -113,6 +123,7 @@ def build(arm: ArmEmulator, *, consumers: int, controller_oid: str) -> AdoptionE
     estate = AdoptionEstate(arm, controller_oid, vault_uri, pinned=(), versionless=())
     with estate.key_client() as client:
         version = client.create_rsa_key(KEY, size=2048).properties.version or ""
+    estate.last_version_at = arm.clock.now()
     half = consumers // 2
     pinned = tuple(f"stadp{index:06d}" for index in range(half))
     versionless = tuple(f"stadv{index:06d}" for index in range(consumers - half))
