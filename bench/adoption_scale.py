@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--consumers", default="1000", help="comma-separated estate sizes (default 1000)")
     parser.add_argument("--scale", type=float, default=1.0, help="sandbox seconds per real second")
-    parser.add_argument("--concurrency", type=int, default=16, help="CMK_WRITE_CONCURRENCY")
+    parser.add_argument("--concurrency", type=int, default=32, help="CMK_WRITE_CONCURRENCY")
     parser.add_argument("--baseline-consumers", type=int, default=20)
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.consumers.split(",") if size.strip()]
