@@ -75,6 +75,10 @@ def adopt(consumers: int, *, scale: float, concurrency: int, connection_string: 
                     continue
                 failures += result.failures
                 pending = any(item.get("continuation") for item in continuations(connection_string, queue))
+                print(json.dumps({"progress": consumers, "invocation": invocations,
+                                  "adopted": estate.adoption(version).adopted,
+                                  "sandbox_seconds": round((arm.clock.now() - started).total_seconds(), 1),
+                                  "wall_seconds": round(time.perf_counter() - wall, 1)}), file=sys.stderr, flush=True)
             elapsed = (arm.clock.now() - started).total_seconds()
             wall = time.perf_counter() - wall
             adoption = estate.adoption(version)
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--consumers", default="1000", help="comma-separated estate sizes (default 1000)")
     parser.add_argument("--scale", type=float, default=1.0, help="sandbox seconds per real second")
-    parser.add_argument("--concurrency", type=int, default=16, help="CMK_WRITE_CONCURRENCY")
+    parser.add_argument("--concurrency", type=int, default=32, help="CMK_WRITE_CONCURRENCY")
     parser.add_argument("--baseline-consumers", type=int, default=20)
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.consumers.split(",") if size.strip()]

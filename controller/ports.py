@@ -321,6 +321,9 @@ class RotationLedger(Protocol):
         consumer_conditions: Mapping[str, tuple[Condition, ...]],
         version_conditions: Mapping[str, tuple[Condition, ...]],
     ) -> None:
+        """Record the conditions of these consumers and versions (those that changed; the others keep
+        theirs). Raises Conflict when another instance recorded some of them since this one loaded the
+        record: nothing of what it refused is recorded; load, re-plan and save again."""
         ...
 
 

@@ -57,6 +57,12 @@ MAX_QUEUE_DELAY = timedelta(days=7) - timedelta(minutes=1)
 #: A consumer whose every write of ours loses a race to someone else's change is left alone after
 #: this many re-reads within one run (their configuration wins); a prompt re-check looks again.
 MAX_CONFLICTS_PER_CONSUMER = 2
+#: Consumers verified with one listing right before their writes (ExecutionLimits.refresh_every): at ARM's
+#: 10 writes per second their up to 2 writes each take at most about 40 s.
+REFRESH_EVERY = 200
+#: Attempts at saving a key's conditions while other instances keep saving theirs (each refused save
+#: is followed by a re-read and a re-plan); after the last the host retries the invocation.
+MAX_CONDITION_SAVES = 3
 
 _ALERT_SEVERITY = {
     rotation.Action.ALERT: Severity.HIGH,
@@ -72,17 +78,23 @@ class ExecutionLimits:
     storage account) overlaps; the pace is ARM's, kept by the adapters' pacer (adapters/arm_pacing.py).
     ``time_budget``: no write is started after this long; what is left continues through the work
     queue (None: no limit). ``owner`` names this instance in the ledger's write claims and
-    ``claim_for`` is how long a claim keeps other instances off a consumer.
+    ``claim_for`` is how long a claim keeps other instances off a consumer. ``refresh_every``: consumers
+    verified with one read of ARM (a listing) right before their writes; someone else's change made
+    after that read and before the write is overwritten (ARM has no conditional storage account
+    update), so this bounds that window to the time these consumers' writes take.
     """
 
     concurrency: int = 1
     time_budget: timedelta | None = None
     owner: str = "controller"
     claim_for: timedelta = timedelta(minutes=10)
+    refresh_every: int = REFRESH_EVERY
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.refresh_every < 1:
+            raise ValueError("refresh_every must be at least 1")
         if self.time_budget is not None and self.time_budget <= timedelta(0):
             raise ValueError("time_budget must be positive")
 
@@ -172,37 +184,31 @@ def reconcile_key(
         result.next_check = plan.next_check
         return result
 
-    started = deps.clock.now()
-    run = _Run(key, deps, intents, started)
-    for round_number in range(1, MAX_ROUNDS + 1):
-        result.rounds = round_number
-        pending = [decision for decision in plan.writes
-                   if decision.consumer.id not in run.failed and decision.consumer.id not in run.left]
-        if not pending:
-            break
-        # Verify against ARM itself (Resource Graph lags writes) in as few reads as possible, then
-        # decide again from what ARM holds now: a consumer someone else already moved is not written.
-        fresh = _refreshed([decision for decision in pending if decision.consumer.id not in run.seen_fresh], deps)
-        run.seen_fresh.update(fresh)
-        if fresh:
-            consumers = [current for current in (fresh.get(consumer.id, consumer) for consumer in consumers)
-                         if current is not None]
-            plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
-            result.plan = plan
-            pending = [decision for decision in plan.writes
-                       if decision.consumer.id not in run.failed and decision.consumer.id not in run.left]
-        changed = run.execute(pending, result)
-        if not changed:
-            break
-        consumers = [current for current in (changed.get(consumer.id, consumer) for consumer in consumers)
-                     if current is not None]
-        plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
-        result.plan = plan
+    conditions = {consumer_id.lower(): held for consumer_id, held in record.consumer_conditions.items()}
+
+    def plan_one(consumer: Consumer) -> rotation.Decision:
+        # Decisions are per consumer: one consumer's view of the ledger (the intents other workers are
+        # writing meanwhile are not read), so each step costs the same whatever the number of consumers.
+        own = consumer.id.lower()
+        intent = intents.get(own)
+        view = rotation.LedgerView.of([intent] if intent else [], {own: conditions.get(own, ())},
+                                      record.version_conditions)
+        return rotation.plan(state, [consumer], view, target_version=target_version, now=deps.clock.now(),
+                             settings=deps.planner).decisions[0]
+
+    run = _Run(key, deps, intents, deps.clock.now(), plan_one=plan_one)
+    current: dict[str, Consumer | None] = {consumer.id: consumer for consumer in consumers}
+    run.adopt([decision for decision in plan.writes], current, result)
+    consumers = [consumer for consumer in current.values() if consumer is not None]
+    plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
+    result.plan = plan
 
     transient, conflicts = run.transient, run.conflicts
     result.deferred = len(run.deferred)
     result.claimed_elsewhere = sorted(run.claimed_elsewhere)
-    _record_conditions(key, plan, record, deps)
+    plan = _record_conditions(key, state, plan, record, consumers=consumers, deps=deps,
+                              target_version=target_version)
+    result.plan = plan
     result.alerts.extend(_alerts(plan))
     # Level-based: what is not raised now for this key's consumers has cleared and is resolved.
     deps.notifier.sync(alert_scope(key), result.alerts)
@@ -256,60 +262,92 @@ class _Outcome:
 
 
 class _Run:
-    """One reconcile's writes: bounded concurrency, the time budget, the ledger's claims."""
+    """One reconcile's writes: each consumer's steps in turn (a forced adoption's pin, then its restore
+    from the pin's answer), ``limits.concurrency`` consumers at a time, in chunks of ``limits.refresh_every``
+    consumers each verified against ARM just before its writes; the time budget; the ledger's claims."""
 
     def __init__(self, key: KeyRef, deps: ReconcileDeps, intents: dict[str, ForceAdoptionIntent],
-                 started: datetime) -> None:
+                 started: datetime, *, plan_one: Callable[[Consumer], rotation.Decision]) -> None:
         self.key, self.deps, self.intents = key, deps, intents
+        self.plan_one = plan_one
         budget = deps.limits.time_budget
         self.deadline = started + budget if budget is not None else None
         self.failed: set[str] = set()  # a consumer that failed is not retried within this run
-        self.left: set[str] = set()  # deferred or claimed elsewhere: not this run's any more
         self.deferred: set[str] = set()
         self.claimed_elsewhere: set[str] = set()
-        self.seen_fresh: set[str] = set()  # consumers whose state this run read from ARM itself
         self.conflicts: Counter[str] = Counter()
         self.transient: TransientError | None = None
         self._started_any = False  # the first write of a run always starts: every run makes progress
         self._lock = threading.Lock()
 
-    def execute(self, pending: Sequence[rotation.Decision], result: ReconcileResult) -> dict[str, Consumer | None]:
-        """Run the decisions' writes, ``limits.concurrency`` at a time; return the changed consumers
-        (None: no longer a consumer of this key)."""
-        workers = min(self.deps.limits.concurrency, len(pending))
-        if workers <= 1:
-            outcomes = [self._attempt(decision) for decision in pending]
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
-                outcomes = list(pool.map(self._attempt, pending))
-        changed: dict[str, Consumer | None] = {}
-        for decision, outcome in zip(pending, outcomes, strict=True):
-            consumer_id = outcome.consumer.id
-            if outcome.deferred or outcome.claimed_elsewhere:
-                self.left.add(consumer_id)
-                (self.deferred if outcome.deferred else self.claimed_elsewhere).add(consumer_id)
-                continue
-            if outcome.conflict is not None:
-                result.conflicts.append(outcome.conflict)
-                log_record(log, logging.INFO, "consumer changed concurrently", {
-                    "resource": outcome.consumer.resource_id, "reason": Reason.CONSUMER_CHANGED.value,
-                    "action": decision.action.value})
-            if outcome.written is not None:
-                result.writes.append(outcome.written)
-            if outcome.failure is not None:
-                self.failed.add(consumer_id)
-                result.failures.append(outcome.failure)
-                self.transient = self.transient or outcome.transient
-                if outcome.alert is not None:
-                    result.alerts.append(outcome.alert)
-            elif outcome.gave_up:
-                self.failed.add(consumer_id)
-            elif outcome.gone:
-                changed[consumer_id] = None
-            elif outcome.updated is not None:
-                changed[outcome.updated.id] = outcome.updated
-                self.seen_fresh.add(outcome.updated.id)
-        return changed
+    def adopt(self, decisions: Sequence[rotation.Decision], current: dict[str, Consumer | None],
+              result: ReconcileResult) -> None:
+        """Carry out ``decisions`` (and each consumer's next steps); ``current`` ends with each consumer as
+        ARM answered (None: no longer a consumer of this key)."""
+        workers = max(1, min(self.deps.limits.concurrency, len(decisions)))
+        chunk = self.deps.limits.refresh_every
+        slots = threading.BoundedSemaphore(workers)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
+            futures = []
+            for start in range(0, len(decisions), chunk):
+                # Verify against ARM itself (Resource Graph lags writes) right before this chunk's writes,
+                # in as few reads as possible (a listing): a consumer someone changed meanwhile is planned
+                # from what ARM holds now, and a change made after this read is at most a chunk's writes old.
+                for consumer_id, fresh in _refreshed(decisions[start:start + chunk], self.deps).items():
+                    current[consumer_id] = fresh
+                for decision in decisions[start:start + chunk]:
+                    consumer = current[decision.consumer.id]
+                    if consumer is None:
+                        continue
+                    slots.acquire()  # the next chunk is read while this one's last writes are in flight
+                    futures.append(pool.submit(self._steps, consumer, current, result, slots))
+            for future in futures:
+                future.result()
+
+    def _steps(self, consumer: Consumer, current: dict[str, Consumer | None], result: ReconcileResult,
+               slots: threading.BoundedSemaphore) -> None:
+        """One consumer's writes, each planned from the previous one's answer (no read in between)."""
+        try:
+            for step in range(1, MAX_ROUNDS + 1):
+                decision = self.plan_one(consumer)
+                if not (decision.writes_consumer or decision.writes_ledger):
+                    return
+                outcome = self._attempt(decision)
+                with self._lock:
+                    result.rounds = max(result.rounds, step)
+                    updated = self._record(decision, outcome, result)
+                    if updated is not None or outcome.gone:
+                        current[consumer.id] = updated
+                if updated is None:
+                    return
+                consumer = updated
+        finally:
+            slots.release()
+
+    def _record(self, decision: rotation.Decision, outcome: _Outcome, result: ReconcileResult) -> Consumer | None:
+        """Merge one outcome into the result; the consumer to plan the next step from (None: stop)."""
+        consumer_id = outcome.consumer.id
+        if outcome.deferred or outcome.claimed_elsewhere:
+            (self.deferred if outcome.deferred else self.claimed_elsewhere).add(consumer_id)
+            return None
+        if outcome.conflict is not None:
+            result.conflicts.append(outcome.conflict)
+            log_record(log, logging.INFO, "consumer changed concurrently", {
+                "resource": outcome.consumer.resource_id, "reason": Reason.CONSUMER_CHANGED.value,
+                "action": decision.action.value})
+        if outcome.written is not None:
+            result.writes.append(outcome.written)
+        if outcome.failure is not None:
+            self.failed.add(consumer_id)
+            result.failures.append(outcome.failure)
+            self.transient = self.transient or outcome.transient
+            if outcome.alert is not None:
+                result.alerts.append(outcome.alert)
+            return None
+        if outcome.gave_up:
+            self.failed.add(consumer_id)
+            return None
+        return None if outcome.gone else outcome.updated
 
     def _out_of_time(self) -> bool:
         with self._lock:
@@ -354,10 +392,10 @@ class _Run:
         return outcome
 
 
-def _refreshed(pending: Sequence[rotation.Decision], deps: ReconcileDeps) -> dict[str, Consumer | None]:
-    """The pending writes' consumers as ARM holds them now (None: gone, or no longer on a Key Vault
-    key), for the consumers that a write is about to change."""
-    targets = [decision.consumer for decision in pending if decision.set_key is not None]
+def _refreshed(decisions: Sequence[rotation.Decision], deps: ReconcileDeps) -> dict[str, Consumer | None]:
+    """The consumers these decisions write as ARM holds them now (None: gone, or no longer on a Key
+    Vault key)."""
+    targets = [decision.consumer for decision in decisions if decision.set_key is not None]
     if not targets:
         return {}
     current = deps.inventory.refresh(targets)
@@ -411,17 +449,49 @@ def _execute(
     return updated
 
 
-def _record_conditions(key: KeyRef, plan: rotation.Plan, record: RotationRecord, deps: ReconcileDeps) -> None:
-    consumer_conditions = {decision.consumer.id: decision.conditions for decision in plan.decisions}
-    version_conditions = {status.version: status.conditions for status in plan.versions}
-    if _same(consumer_conditions, record.consumer_conditions) and _same(version_conditions, record.version_conditions):
-        return  # persist only when something changed
-    deps.ledger.save_conditions(key, consumer_conditions, version_conditions)
+def _record_conditions(key: KeyRef, state: KeyState, plan: rotation.Plan, record: RotationRecord, *,
+                       consumers: Sequence[Consumer], deps: ReconcileDeps,
+                       target_version: str | None) -> rotation.Plan:
+    """Save the conditions that changed; return the plan they come from.
+
+    Another instance may have saved this key's conditions since the record was read (two instances on
+    one key, each writing the consumers it claimed): the save is refused (Conflict), and this run
+    merges rather than fails: it re-reads the record (the other instance's conditions become the
+    previous ones) and the consumers from ARM (one listing), plans again and saves that."""
+    for _ in range(MAX_CONDITION_SAVES - 1):
+        try:
+            _save_changed_conditions(key, plan, record, deps)
+        except Conflict as err:
+            log_record(log, logging.INFO, "conditions saved concurrently: re-reading and merging",
+                       {"key": key.uri, "reason": Reason.CONSUMER_CHANGED.value, "error": str(err)})
+        else:
+            return plan
+        record = deps.ledger.load(key)
+        intents = {intent.consumer_id.lower(): intent for intent in record.intents}
+        fresh = dict(zip((consumer.id for consumer in consumers), deps.inventory.refresh(consumers), strict=True))
+        consumers = [current for current in (fresh[consumer.id] for consumer in consumers)
+                     if current is not None and current.key.same_key(key)]
+        plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
+    try:
+        _save_changed_conditions(key, plan, record, deps)
+    except Conflict as err:
+        raise TransientError(f"the conditions of {key.uri} kept changing concurrently: {err}") from err
+    return plan
 
 
-def _same(new: Mapping[str, tuple[Condition, ...]], old: Mapping[str, tuple[Condition, ...]]) -> bool:
-    normalised_old = {name.lower(): tuple(conditions) for name, conditions in old.items()}
-    return {name.lower(): tuple(conditions) for name, conditions in new.items()} == normalised_old
+def _save_changed_conditions(key: KeyRef, plan: rotation.Plan, record: RotationRecord, deps: ReconcileDeps) -> None:
+    consumer_conditions = _changed({decision.consumer.id: decision.conditions for decision in plan.decisions},
+                                   record.consumer_conditions)
+    version_conditions = _changed({status.version: status.conditions for status in plan.versions},
+                                  record.version_conditions)
+    if consumer_conditions or version_conditions:  # persist only what changed
+        deps.ledger.save_conditions(key, consumer_conditions, version_conditions)
+
+
+def _changed(new: Mapping[str, tuple[Condition, ...]],
+             old: Mapping[str, tuple[Condition, ...]]) -> dict[str, tuple[Condition, ...]]:
+    recorded = {name.lower(): tuple(conditions) for name, conditions in old.items()}
+    return {name: conditions for name, conditions in new.items() if recorded.get(name.lower()) != tuple(conditions)}
 
 
 def alert_scope(key: KeyRef) -> str:

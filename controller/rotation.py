@@ -606,13 +606,23 @@ def _version_statuses(
                              if decision.consumer.current_version != info.version)
             if lagging:
                 state = (ConditionStatus.FALSE, Reason.ADOPTION_PENDING,
-                         f"{adopted} of {len(decisions)} consumers use it; not yet: {', '.join(lagging)}")
+                         f"{adopted} of {len(decisions)} consumers use it; not yet: {_some(lagging)}")
             else:
                 state = (ConditionStatus.TRUE, Reason.ADOPTED, f"all {len(decisions)} consumers use it")
             conditions.append(_condition(previous, ConditionType.ADOPTED, state, now=now,
                                          observed_version=info.version))
         statuses.append(VersionStatus(info.version, tuple(conditions)))
     return tuple(statuses)
+
+
+#: Consumers a condition message names before "and N more": the record of a key with thousands of
+#: consumers stays a small ledger row (an Azure Table string property holds at most 32K characters).
+MESSAGE_NAMES = 20
+
+
+def _some(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:MESSAGE_NAMES])
+    return shown if len(names) <= MESSAGE_NAMES else f"{shown} and {len(names) - MESSAGE_NAMES} more"
 
 
 def _usability(info: KeyVersionInfo, now: datetime) -> tuple[ConditionStatus, Reason, str]:

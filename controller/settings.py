@@ -224,9 +224,10 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
     ),
     SettingSpec(
         "CMK_WRITE_CONCURRENCY",
-        "16",
+        "32",
         "Consumers of one key written at the same time (1-64). ARM answers a storage write after about a "
-        "second, so writes overlap; their rate is ARM's, paced by the throttling budget ARM reports.",
+        "second, and each write also takes a claim and an intent in the ledger, so writes overlap; their "
+        "rate is ARM's, paced by the throttling budget ARM reports.",
     ),
     SettingSpec(
         "CMK_RECONCILE_TIME_BUDGET_SECONDS",
@@ -311,7 +312,7 @@ class Settings:
     audit_archive: AuditArchive | None = None
     audit_window_hours: int = 24
     audit_schedule: str = "0 */15 * * * *"
-    write_concurrency: int = 16
+    write_concurrency: int = 32
     reconcile_time_budget_seconds: int = 480
     #: The controller identity's client id (AZURE_CLIENT_ID, set by infra/ for the SDK credentials), lower
     #: case; None when unset or not a GUID. It tells the controller's own ARM writes apart in resource events.

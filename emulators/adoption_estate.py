@@ -3,16 +3,20 @@
 Half the storage accounts are versionless (automatic version updates), half pinned to the key's
 current version and tagged ``cmk-pinned-policy=update`` (the controller may move them). All use one
 user-assigned identity that the vault's access policy allows get/wrapKey/unwrapKey. The accounts
-are created in-process (``ArmEmulator.dispatch_json``: no HTTP, no throttling, no latency), so that
-building ten thousand of them takes seconds of CPU rather than ARM's write budget; switch ARM's
-limits on afterwards (``arm.set_limits``). ``rotate`` adds a key version through the vault's HTTPS
-API; ``adoption`` reads each account's state in-process (it costs no ARM budget).
+are created in-process (no HTTP, no throttling, no latency): the first of each kind through
+``ArmEmulator.dispatch_json`` (its key validated in the vault), the others as copies of it
+(``ArmEmulator.seed_copies``), so that building ten thousand of them takes seconds rather than ARM's
+write budget or thirty thousand vault calls; switch ARM's limits on afterwards (``arm.set_limits``).
+``rotate`` adds a key version through the vault's HTTPS API; ``adoption`` reads each account's state
+in-process (it costs no ARM budget).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from azure.keyvault.keys import KeyClient
@@ -26,6 +30,7 @@ KEY = "cmk-adoption"
 IDENTITY = "uai-adoption"
 PINNED_POLICY_TAG = "cmk-pinned-policy"
 STORAGE_KEY_PERMISSIONS = ["get", "wrapKey", "unwrapKey"]
+_LONG_AGO = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class AdoptionEstate:
     subscription: str = SUBSCRIPTION
     resource_group: str = RESOURCE_GROUP
     key_name: str = KEY
+    #: When the newest version was created (sandbox time).
+    last_version_at: datetime = _LONG_AGO
 
     @property
     def accounts(self) -> tuple[str, ...]:
@@ -66,11 +73,16 @@ class AdoptionEstate:
                          connection_verify=self.arm.ca_path, retry_total=0)
 
     def rotate(self) -> str:
-        """A new version of the key (what an operator's rotation does); returns it."""
+        """A new version of the key (what an operator's rotation does); returns it. Key Vault reports
+        creation times to the second: the new version is created in a later (sandbox) second than the
+        one before, as an operator's rotation is, so that the two are never a creation-time tie."""
+        while self.arm.clock.now().replace(microsecond=0) <= self.last_version_at.replace(microsecond=0):
+            time.sleep(0.01)
         with self.key_client() as client:
             version = client.rotate_key(self.key_name).properties.version
         if not version:
             raise RuntimeError("the vault returned a rotated key without a version")
+        self.last_version_at = self.arm.clock.now()
         return version
 
     def adoption(self, version: str) -> Adoption:
@@ -111,13 +123,15 @@ def build(arm: ArmEmulator, *, consumers: int, controller_oid: str) -> AdoptionE
     estate = AdoptionEstate(arm, controller_oid, vault_uri, pinned=(), versionless=())
     with estate.key_client() as client:
         version = client.create_rsa_key(KEY, size=2048).properties.version or ""
+    estate.last_version_at = arm.clock.now()
     half = consumers // 2
     pinned = tuple(f"stadp{index:06d}" for index in range(half))
     versionless = tuple(f"stadv{index:06d}" for index in range(consumers - half))
-    for name in pinned:
-        _create_account(arm, name, vault_uri, identity.id, version=version, tags={PINNED_POLICY_TAG: "update"})
-    for name in versionless:
-        _create_account(arm, name, vault_uri, identity.id, version="", tags={})
+    # One account of each kind through ARM (its key validated in the vault), the rest seeded as copies.
+    for names, key_version, tags in ((pinned, version, {PINNED_POLICY_TAG: "update"}), (versionless, "", {})):
+        if names:
+            _create_account(arm, names[0], vault_uri, identity.id, version=key_version, tags=tags)
+            arm.seed_copies(names[0], names[1:], tags=tags)
     estate.pinned, estate.versionless = pinned, versionless
     return estate
 

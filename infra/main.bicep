@@ -121,7 +121,7 @@ param cmkAuditSchedule string = '0 */15 * * * *'
 param cmkReconcileTimeBudgetSeconds string = '480'
 
 @description('CMK_WRITE_CONCURRENCY: Consumers of one key written at the same time (1-64), paced by the budget ARM reports.')
-param cmkWriteConcurrency string = '16'
+param cmkWriteConcurrency string = '32'
 
 @description('CMK_ALERT_EVENTGRID_MIN_SEVERITY: least severe alert published to CMK_ALERT_EVENTGRID_TOPIC.')
 param cmkAlertEventgridMinSeverity string = 'info'

@@ -9,14 +9,15 @@ through ``policy()`` it sees every attempt of every management client built from
 * while the reported budget is above ``reserve``, requests go at once (the burst is used);
 * at or below it, requests of that subscription and kind are spaced ``interval`` apart, and the
   interval adapts to what the headers say: wider while the budget is below a quarter of the
-  reserve and not rising, narrower while it is above the reserve or rising above half of it. A
-  bucket kept between empty and full is refilled at exactly its refill rate, so the achieved rate
-  is ARM's refill rate, whatever it is;
+  reserve and falling, narrower while it is above the reserve, unchanged in between. A bucket kept
+  between empty and full is refilled at exactly its refill rate and loses nothing, so the achieved
+  rate is ARM's refill rate, whatever it is (a budget that rises a little under the reserve is spent
+  later, not lost: narrowing it back as soon as it rose, or widening while it merely stays low, made
+  the rate saw-tooth below the refill rate);
 * a 429 holds every request of that subscription and kind until its Retry-After has passed and
-  widens the interval to a little more than the Retry-After (for an empty bucket, the time one
-  token takes),
-  then lets them out one interval apart: no retry storm. The retry itself is azure-core's
-  RetryPolicy, which honours the same Retry-After.
+  widens the interval to at least the Retry-After (for an empty bucket, the time one token takes:
+  exactly the refill rate), then lets them out one interval apart: no retry storm. The retry itself
+  is azure-core's RetryPolicy, which honours the same Retry-After.
 
 The counters (``stats``) let benchmarks and ``cmkctl`` report attempts, throttled answers and waits.
 """
@@ -39,9 +40,8 @@ _RETRY_HEADERS = (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001), ("r
 
 #: Budget (tokens) below which requests are spaced rather than sent at once.
 DEFAULT_RESERVE = 20
-#: How much the spacing grows (while the budget keeps falling) or shrinks (while it recovers) per answer.
+#: How much the spacing grows (while the budget keeps falling) or shrinks (while it is plenty) per answer.
 _WIDEN, _NARROW, _STEP = 1.1, 0.8, 0.001
-_AFTER_THROTTLE = 1.25
 _MAX_INTERVAL = 30.0
 
 
@@ -136,19 +136,19 @@ class ArmPacer:
                 self.stats.throttled += 1
                 lane.blocked_until = max(lane.blocked_until, now + wait)
                 lane.next_slot = max(lane.next_slot, lane.blocked_until)
-                # The bucket is empty, and its Retry-After is the time one token takes: spacing a little
-                # wider than that lets the bucket fill again instead of running dry at every jitter.
-                lane.interval = min(_MAX_INTERVAL, max(lane.interval, wait * _AFTER_THROTTLE))
+                # The bucket is empty, and its Retry-After is the time one token takes: spacing requests
+                # that far apart takes tokens exactly as fast as they come back.
+                lane.interval = min(_MAX_INTERVAL, max(lane.interval, wait))
                 lane.remaining = lane.reported = 0
                 return
             if not budgets:
                 return
             budget, previous = min(budgets), lane.reported
             lane.remaining = lane.reported = budget
-            rising = previous is not None and budget > previous
-            if budget > self.reserve or (rising and budget >= self.reserve / 2):
-                lane.interval *= _NARROW  # plenty, or refilling faster than spent: speed up
-            elif budget < self.reserve / 4 and not rising:
+            falling = previous is not None and budget < previous
+            if budget > self.reserve:
+                lane.interval *= _NARROW  # plenty: speed up
+            elif budget < self.reserve / 4 and falling:
                 lane.interval = min(_MAX_INTERVAL, lane.interval * _WIDEN + _STEP)
 
 class PacingPolicy(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generic policy, sync transport

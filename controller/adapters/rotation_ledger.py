@@ -3,8 +3,9 @@
 One partition per key (hashed versionless key URI) holds, per consumer, the latest forced-adoption
 intent and the last recorded conditions, and per key version its conditions: ``load`` is one
 partition query. Every write is ETag-conditional against what this instance last read or wrote, so
-two instances reconciling the same key cannot silently overwrite each other: the loser gets a
-TransientError and its invocation is retried against fresh state.
+two instances reconciling the same key cannot silently overwrite each other: an intent's loser gets a
+TransientError (its invocation is retried against fresh state); a conditions save's loser gets
+Conflict, and the reconciler re-reads the record and the consumers and saves what it plans from them.
 
 Write claims (one row per consumer: owner, the write, until when) keep two instances off the same
 consumer: a claim is created atomically, and taken over only when it has lapsed, ETag-conditionally.
@@ -35,6 +36,8 @@ _INTENT = "intent"
 _CONSUMER_CONDITIONS = "consumer"
 _VERSION_CONDITIONS = "version"
 _CLAIM = "claim"
+#: Operations in one entity-group transaction: Azure Tables takes at most 100 (one partition, 4 MiB).
+TRANSACTION_ROWS = 100
 
 
 def _digest(text: str) -> str:
@@ -77,6 +80,7 @@ class TableRotationLedger:
     def __init__(self, table: TableClient) -> None:
         self._table = table
         self._etags: dict[tuple[str, str], str] = {}
+        self._claims_held: dict[tuple[str, str], datetime] = {}  # this instance's write claims: until when
         self._ensure_table = CreatedOnce(table.create_table, f"table {table.table_name}")
 
 
@@ -114,6 +118,11 @@ class TableRotationLedger:
                     until: datetime) -> bool:
         self._ensure_table()
         partition, row = _partition(key), _row(_CLAIM, consumer_id)
+        held_until = self._claims_held.get((partition, row))
+        if held_until is not None and held_until - now >= (until - now) / 2:
+            # This instance's own claim on the consumer (its previous write, e.g. a forced adoption's pin)
+            # still keeps the others off for most of a claim's time: no round trip to renew it.
+            return True
         entity = {"PartitionKey": partition, "RowKey": row, "Kind": _CLAIM, "Subject": consumer_id,
                   "Key": key.versionless.uri, "Write": write, "Owner": owner, "Until": until}
         what = f"claim a write of {consumer_id}"
@@ -123,6 +132,7 @@ class TableRotationLedger:
         except Conflict:
             pass  # a claim exists: ours, lapsed, or someone else's
         else:
+            self._claims_held[(partition, row)] = until
             return True
         with translated(what):
             held = self._table.get_entity(partition, row)
@@ -134,6 +144,7 @@ class TableRotationLedger:
                                           match_condition=MatchConditions.IfNotModified)
         except Conflict:
             return False  # another instance took the lapsed claim over first
+        self._claims_held[(partition, row)] = until
         return True
 
     def save_conditions(
@@ -142,16 +153,40 @@ class TableRotationLedger:
         consumer_conditions: Mapping[str, tuple[Condition, ...]],
         version_conditions: Mapping[str, tuple[Condition, ...]],
     ) -> None:
-        for subject, conditions in consumer_conditions.items():
-            self._write(key, _CONSUMER_CONDITIONS, subject, {"Conditions": _conditions_json(conditions)})
-        for subject, conditions in version_conditions.items():
-            self._write(key, _VERSION_CONDITIONS, subject, {"Conditions": _conditions_json(conditions)})
+        """Up to ``TRANSACTION_ROWS`` rows per entity-group transaction (one request, not one per consumer),
+        each ETag-conditional; Conflict when another instance changed one of them since this instance
+        read or wrote it (that transaction wrote nothing: re-read, re-plan, save again)."""
+        self._ensure_table()
+        partition = _partition(key)
+        rows = [(_CONSUMER_CONDITIONS, subject, conditions) for subject, conditions in consumer_conditions.items()]
+        rows += [(_VERSION_CONDITIONS, subject, conditions) for subject, conditions in version_conditions.items()]
+        for start in range(0, len(rows), TRANSACTION_ROWS):
+            operations: list[Any] = []
+            for kind, subject, conditions in rows[start:start + TRANSACTION_ROWS]:
+                entity = self._entity(key, kind, subject, {"Conditions": _conditions_json(conditions)})
+                etag = self._etags.get((partition, entity["RowKey"]))
+                operations.append(("create", entity) if etag is None else (
+                    "update", entity,
+                    {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified}))
+            try:
+                with translated(f"write the conditions of {key.versionless.uri}"):
+                    answers = self._table.submit_transaction(operations)
+            except Conflict as err:
+                for operation in operations:
+                    self._etags.pop((partition, operation[1]["RowKey"]), None)
+                raise Conflict(f"the conditions of {key.versionless.uri} changed concurrently") from err
+            for operation, answer in zip(operations, answers, strict=True):
+                if answer.get("etag"):
+                    self._etags[(partition, operation[1]["RowKey"])] = answer["etag"]
+
+    def _entity(self, key: KeyRef, kind: str, subject: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        return {"PartitionKey": _partition(key), "RowKey": _row(kind, subject), "Kind": kind, "Subject": subject,
+                "Key": key.versionless.uri, **fields}
 
     def _write(self, key: KeyRef, kind: str, subject: str, fields: Mapping[str, Any]) -> None:
         self._ensure_table()
-        partition, row = _partition(key), _row(kind, subject)
-        entity = {"PartitionKey": partition, "RowKey": row, "Kind": kind, "Subject": subject,
-                  "Key": key.versionless.uri, **fields}
+        entity = self._entity(key, kind, subject, fields)
+        partition, row = entity["PartitionKey"], entity["RowKey"]
         etag = self._etags.get((partition, row))
         try:
             with translated(f"write the rotation record of {key.versionless.uri}"):

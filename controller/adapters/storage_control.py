@@ -75,11 +75,13 @@ KEY_SOURCE_KEYVAULT = "microsoft.keyvault"
 LIST_FROM = 5
 #: Encryption-scope listings in flight at once while looking for a key's consumers.
 SCOPE_LISTINGS = 16
-#: Seconds a state read from ARM (a refresh, a write's answer) stands in for the read before a write:
-#: long enough for a round of a thousand writes at ARM's 10 per second to need no read of its own
-#: (the reconciler's write claims keep the controller's other instances off meanwhile; someone else's
-#: change inside this window is overwritten, where a read before each write would have caught it).
-FRESH_FOR = 600.0
+#: Seconds a state read from ARM (a refresh, a write's answer) stands in for the read before a write.
+#: The reconciler refreshes its consumers in chunks right before writing them (ExecutionLimits.refresh_every:
+#: at ARM's 10 writes per second a chunk takes well under this) and plans a forced adoption's restore from
+#: the pin's answer at once; a state older than this (a chunk held up by throttling) is read again. ARM has
+#: no conditional storage account update, so someone else's change after the read is overwritten: this
+#: bounds that window (the reconciler's write claims keep the controller's other instances off).
+FRESH_FOR = 120.0
 
 _STORAGE_ID = re.compile(
     r"/subscriptions/(?P<sub>[0-9a-f-]{36})/resourcegroups/(?P<rg>[-\w.()]{1,90})"

@@ -3,7 +3,10 @@
 A provider (``resource_groups``, ``identities``, ``storage_accounts``, ``vaults``, ``authorization``,
 ``insights``) exposes ``routes()``: (methods, path pattern, handler) triples. The router
 (``emulator.ArmEmulator``) matches a request path against every pattern, case-insensitively, and calls
-the handler with the pattern's groups while holding its lock, so handlers never lock themselves.
+the handler with the pattern's groups while holding its lock, so handlers never lock themselves. A
+handler whose change needs a call outside the sandbox's state first (the storage service validating a
+customer-managed key in the vault) answers ``Deferred``: the router runs its ``check`` without holding
+its lock (other requests go on meanwhile, as in Azure), then its ``commit`` under the lock.
 """
 
 from __future__ import annotations
@@ -30,7 +33,16 @@ class Request:
     url: str = ""
 
 
-Handler = Callable[..., tuple[int, Any]]
+@dataclass(frozen=True)
+class Deferred:
+    """A change prepared under the router's lock on a private copy: ``check`` (outbound calls, e.g. to a
+    vault; raises ArmError to refuse) runs without the lock, ``commit`` publishes the copy under it."""
+
+    check: Callable[[], None]
+    commit: Callable[[], tuple[int, Any]]
+
+
+Handler = Callable[..., "tuple[int, Any] | Deferred"]
 Route = tuple[tuple[str, ...], str, Handler]
 
 

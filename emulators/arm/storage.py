@@ -138,7 +138,8 @@ class _KeyAccessFailed(Exception):
 
 
 class StorageKeyService:
-    """The storage service's side of CMK; thread-safe (one lock serialises key work)."""
+    """The storage service's side of CMK; thread-safe. ``lock`` serialises the key cycle's changes of existing
+    bindings; validating a new binding (``bind``) calls the vault without holding any lock."""
 
     def __init__(
         self,
@@ -156,6 +157,7 @@ class StorageKeyService:
         self.caller_ip = caller_ip
         self.lock = threading.RLock()
         self._cycle_lock = threading.Lock()  # one cycle at a time (timer and tests); taken before ARM's lock
+        self._clients_lock = threading.Lock()  # the client caches, shared by concurrent validations
         self._clients: dict[tuple[str, str], Any] = {}
         self._crypto_clients: dict[tuple[str, str], Any] = {}
         # The ARM emulator registers a callable listing (binding, principal resolver) for every CMK binding.
@@ -186,10 +188,11 @@ class StorageKeyService:
         from azure.keyvault.keys import KeyClient
 
         cache_key = (vault_uri, principal.principal_id)
-        client = self._clients.get(cache_key)
-        if client is None:
-            client = KeyClient(vault_uri, self.credential(principal), **self._client_kwargs())
-            self._clients[cache_key] = client
+        with self._clients_lock:
+            client = self._clients.get(cache_key)
+            if client is None:
+                client = KeyClient(vault_uri, self.credential(principal), **self._client_kwargs())
+                self._clients[cache_key] = client
         return client
 
     def _crypto_client(self, kid: str, principal: Principal) -> Any:
@@ -198,13 +201,15 @@ class StorageKeyService:
         # One client (and connection pool) per key version and principal: a new TLS connection for every
         # wrap and unwrap made each CMK write cost several handshakes (the scale tests write thousands).
         cache_key = (kid, principal.principal_id)
-        client = self._crypto_clients.get(cache_key)
-        if client is None:
-            client = CryptographyClient(kid, self.credential(principal), **self._client_kwargs())
-            # Azure Storage performs wrap and unwrap in the vault (its KeyWrap records are in the vault's audit
-            # log); the SDK would otherwise fetch the public key and wrap locally, bypassing the wrapKey check.
-            client._initialized = True
-            self._crypto_clients[cache_key] = client
+        with self._clients_lock:
+            client = self._crypto_clients.get(cache_key)
+            if client is None:
+                client = CryptographyClient(kid, self.credential(principal), **self._client_kwargs())
+                # Azure Storage performs wrap and unwrap in the vault (its KeyWrap records are in the vault's
+                # audit log); the SDK would otherwise fetch the public key and wrap locally, bypassing the
+                # wrapKey check.
+                client._initialized = True
+                self._crypto_clients[cache_key] = client
         return client
 
     # ---- the calls to the vault ---------------------------------------------------------------------
@@ -274,31 +279,32 @@ class StorageKeyService:
             recoverable = vault.enable_soft_delete and vault.purge_protection
         if not recoverable:
             raise errors.keyvault_policy_error()
-        with self.lock:
-            try:
-                key = self._get_key(binding, principal, binding.key_version)
-                if str(getattr(key.key_type, "value", key.key_type)) not in RSA_TYPES:
-                    raise errors.invalid_request_parameters(keyname_path)
-                wrapped = self._wrap(binding, principal, key.id)
-                if self._unwrap(binding, principal, key.id, wrapped) != binding.root_key:
-                    raise errors.keyvault_authentication_failure()
-            except _KeyAccessFailed as failed:
-                raise failed.arm_error from failed
-            except _TransientFailure as failed:
-                # Unverified: what ARM answers when the vault throttles or fails during validation.
-                raise errors.ArmError(
-                    503, "ServiceUnavailable", "The key vault could not be reached; retry the request."
-                ) from failed
-            now = self.clock.now()
-            unchanged = previous is not None and previous.current_kid == key.id
-            binding.current_kid = key.id
-            binding.wrapped = wrapped
-            binding.last_rotation = previous.last_rotation if unchanged and previous else now
-            binding.expiration = key.properties.expires_on
-            binding.next_poll = now + self.key_poll_interval
-            binding.next_unwrap = now + self.unwrap_interval
-            binding.accessible = True
-            binding.error = None
+        # The candidate is this request's own (not yet any account's): no lock is held while the vault is
+        # called, so changes of other accounts validate at the same time, as they do in Azure.
+        try:
+            key = self._get_key(binding, principal, binding.key_version)
+            if str(getattr(key.key_type, "value", key.key_type)) not in RSA_TYPES:
+                raise errors.invalid_request_parameters(keyname_path)
+            wrapped = self._wrap(binding, principal, key.id)
+            if self._unwrap(binding, principal, key.id, wrapped) != binding.root_key:
+                raise errors.keyvault_authentication_failure()
+        except _KeyAccessFailed as failed:
+            raise failed.arm_error from failed
+        except _TransientFailure as failed:
+            # Unverified: what ARM answers when the vault throttles or fails during validation.
+            raise errors.ArmError(
+                503, "ServiceUnavailable", "The key vault could not be reached; retry the request."
+            ) from failed
+        now = self.clock.now()
+        unchanged = previous is not None and previous.current_kid == key.id
+        binding.current_kid = key.id
+        binding.wrapped = wrapped
+        binding.last_rotation = previous.last_rotation if unchanged and previous else now
+        binding.expiration = key.properties.expires_on
+        binding.next_poll = now + self.key_poll_interval
+        binding.next_unwrap = now + self.unwrap_interval
+        binding.accessible = True
+        binding.error = None
         return binding
 
     def refresh_binding(self, binding: KeyBinding, principal: Principal | None, *, poll: bool, unwrap: bool) -> None:

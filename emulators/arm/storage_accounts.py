@@ -23,7 +23,7 @@ from .blobproxy import BlobProxy, azurite_account_sas, endpoints_of
 from .identities import Identities
 from .model import KEY_SOURCE_KEYVAULT, KEY_SOURCE_STORAGE, STORAGE_TYPE, EncryptionScope, StorageAccount
 from .resource_groups import ResourceGroups
-from .routing import RG, SEG, SUB, Request, Route, new_id
+from .routing import RG, SEG, SUB, Deferred, Request, Route, new_id
 from .storage import KeyBinding, Principal, StorageKeyService, iso, normalise_vault_uri, split_key_uri
 
 STORAGE = rf"{RG}/providers/microsoft\.storage/storageaccounts/{SEG}"
@@ -126,13 +126,19 @@ class StorageAccounts:
                 self.server.run(self._stop_proxy(name.lower(), proxy))
             return 200, None
         if req.method == "PATCH":
-            updated = copy.deepcopy(account)
-            self._apply_account(updated, req.body or {}, creating=False)
-            self.accounts[name.lower()] = updated
-            return 200, updated.to_json()
+            return self._update_account(account, req.body or {})
         return 200, account.to_json()
 
-    def _put_account(self, req: Request, subscription: str, group: str, name: str) -> tuple[int, Any]:
+    def _update_account(self, account: StorageAccount, body: dict[str, Any]) -> tuple[int, Any] | Deferred:
+        updated = copy.deepcopy(account)  # private until committed: readers see the account as it was
+        check = self._apply_account(updated, body, creating=False)
+        return _deferred(check, functools.partial(self._commit_account, updated))
+
+    def _commit_account(self, account: StorageAccount) -> tuple[int, Any]:
+        self.accounts[account.name.lower()] = account
+        return 200, account.to_json()
+
+    def _put_account(self, req: Request, subscription: str, group: str, name: str) -> tuple[int, Any] | Deferred:
         rg = self.groups.get(subscription, group)
         body = req.body or {}
         existing = self.accounts.get(name.lower())
@@ -148,10 +154,7 @@ class StorageAccounts:
                 "characters in length and use numbers and lower-case letters only.",
             )
         if existing is not None:
-            updated = copy.deepcopy(existing)
-            self._apply_account(updated, body, creating=False)
-            self.accounts[name.lower()] = updated
-            return 200, updated.to_json()
+            return self._update_account(existing, body)
         sku = (body.get("sku") or {}).get("name")
         if not sku or not body.get("kind") or not body.get("location"):
             raise errors.invalid_request_parameters("sku, kind, location", link="https://aka.ms/storageaccounttypes")
@@ -165,14 +168,19 @@ class StorageAccounts:
             created=self.clock.now(),
             tenant_id=self.tenant_id,
         )
-        self._apply_account(account, body, creating=True)
+        check = self._apply_account(account, body, creating=True)
+        return _deferred(check, functools.partial(self._commit_new_account, account))
+
+    def _commit_new_account(self, account: StorageAccount) -> tuple[int, Any]:
         if self.azurite is not None:
             account.blob_endpoint = self.server.run(self._start_proxy(account.name))
-        self.accounts[name.lower()] = account
-        return 200, account.to_json()
+        return self._commit_account(account)
 
-    def _apply_account(self, account: StorageAccount, body: dict[str, Any], *, creating: bool) -> None:
-        """Apply a create/update body to ``account`` (a copy when updating); validates CMK as Azure does."""
+    def _apply_account(self, account: StorageAccount, body: dict[str, Any], *,
+                       creating: bool) -> Callable[[], None] | None:
+        """Apply a create/update body to ``account`` (a private copy when updating). A customer-managed key
+        is validated as Azure does, by the storage service calling the vault: the returned check (None
+        when the key configuration is not touched) does that, outside ARM's lock, and completes ``account``."""
         if isinstance(body.get("tags"), dict):
             account.tags = {str(k): str(v) for k, v in body["tags"].items()}
         if isinstance(body.get("identity"), dict):
@@ -196,7 +204,7 @@ class StorageAccounts:
         if source.lower() == KEY_SOURCE_STORAGE.lower():
             account.key_source = KEY_SOURCE_STORAGE
             account.binding = None
-            return
+            return None
         if source.lower() != KEY_SOURCE_KEYVAULT.lower():
             raise errors.invalid_request_parameters("encryption.keySource")
         kvp = encryption.get("keyvaultproperties") or encryption.get("keyVaultProperties") or {}
@@ -211,14 +219,15 @@ class StorageAccounts:
         candidate = KeyBinding(normalise_vault_uri(str(vault_uri)), str(key_name), str(key_version or ""))
         if current is not None:
             candidate.root_key = current.root_key  # a key change re-wraps the same account root key
-        self.storage.bind(
-            candidate,
-            self._encryption_principal(account),
-            keyname_path="encryption.keyvaultproperties.keyname",
-            previous=current,
-        )
-        account.key_source = KEY_SOURCE_KEYVAULT
-        account.binding = candidate
+        principal = self._encryption_principal(account)
+
+        def check() -> None:
+            self.storage.bind(candidate, principal, keyname_path="encryption.keyvaultproperties.keyname",
+                              previous=current)
+            account.key_source = KEY_SOURCE_KEYVAULT
+            account.binding = candidate
+
+        return check
 
     def _apply_identity(self, account: StorageAccount, identity: dict[str, Any], *, replace: bool) -> None:
         kinds = {k.strip().lower() for k in str(identity.get("type") or "None").split(",")}
@@ -274,7 +283,8 @@ class StorageAccounts:
         account = self._get_account(subscription, group, name)
         return 200, {"value": [s.to_json(account.id) for s in account.scopes.values()]}
 
-    def _scope(self, req: Request, subscription: str, group: str, name: str, scope_name: str) -> tuple[int, Any]:
+    def _scope(self, req: Request, subscription: str, group: str, name: str,
+               scope_name: str) -> tuple[int, Any] | Deferred:
         account = self._get_account(subscription, group, name)
         scope = account.scopes.get(scope_name.lower())
         if req.method == "GET":
@@ -307,6 +317,7 @@ class StorageAccounts:
                 raise errors.invalid_request_parameters("properties.state")
             updated.state = state
         source = str(props.get("source") or updated.source)
+        check: Callable[[], None] | None = None
         if source.lower() == "microsoft.storage":
             updated.source, updated.binding = "Microsoft.Storage", None
         elif source.lower() == "microsoft.keyvault":
@@ -317,20 +328,26 @@ class StorageAccounts:
                 raise errors.invalid_request_parameters("properties.keyVaultProperties.keyUri")
             vault_uri, key_name, key_version = split_key_uri(str(key_uri))
             candidate = KeyBinding(normalise_vault_uri(vault_uri), key_name, key_version)
-            if updated.binding is not None:
-                candidate.root_key = updated.binding.root_key
-            self.storage.bind(
-                candidate,
-                self._encryption_principal(account),
-                keyname_path="properties.keyVaultProperties.keyUri",
-                previous=updated.binding,
-            )
-            updated.source, updated.binding = "Microsoft.KeyVault", candidate
+            previous = updated.binding
+            if previous is not None:
+                candidate.root_key = previous.root_key
+            principal = self._encryption_principal(account)
+
+            def validate() -> None:
+                self.storage.bind(candidate, principal, keyname_path="properties.keyVaultProperties.keyUri",
+                                  previous=previous)
+                updated.source, updated.binding = "Microsoft.KeyVault", candidate
+
+            check = validate
         else:
             raise errors.invalid_request_parameters("properties.source")
         updated.modified = now
-        account.scopes[scope_name.lower()] = updated
-        return 200, updated.to_json(account.id)
+
+        def commit() -> tuple[int, Any]:
+            account.scopes[scope_name.lower()] = updated
+            return 200, updated.to_json(account.id)
+
+        return _deferred(check, commit)
 
     # ---- blob endpoints -----------------------------------------------------------------------------
     def _gate(self, account_name: str, scope_name: str | None) -> tuple[str, str] | None:
@@ -375,3 +392,8 @@ class StorageAccounts:
         runner = self._proxy_runners.pop(key, None)
         if runner is not None:
             await self.server.unserve(runner)
+
+
+def _deferred(check: Callable[[], None] | None, commit: Callable[[], tuple[int, Any]]) -> tuple[int, Any] | Deferred:
+    """Commit at once when nothing needs checking outside ARM's lock."""
+    return commit() if check is None else Deferred(check, commit)

@@ -78,7 +78,7 @@ param cmkAuditSchedule string = '0 */15 * * * *'
 param cmkReconcileTimeBudgetSeconds string = '480'
 
 @description('CMK_WRITE_CONCURRENCY: Consumers of one key written at the same time (1-64), paced by the budget ARM reports.')
-param cmkWriteConcurrency string = '16'
+param cmkWriteConcurrency string = '32'
 
 @description('CMK_MAX_ACCOUNTS_PER_KEY: CMK-020 advises when more storage accounts than this share one key (1-10000).')
 param cmkMaxAccountsPerKey string = '50'

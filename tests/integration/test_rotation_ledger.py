@@ -9,7 +9,7 @@ import pytest
 from azure.data.tables import TableClient
 
 from controller.adapters.rotation_ledger import TableRotationLedger
-from controller.errors import TransientError
+from controller.errors import Conflict, TransientError
 from controller.model import (
     Condition,
     ConditionStatus,
@@ -87,3 +87,34 @@ def test_a_persisted_condition_this_version_cannot_read_is_dropped_not_fatal(tab
     entity["Conditions"] = entity["Conditions"].replace('"reason": "Adopted"', '"reason": "SomethingNewer"')
     table.upsert_entity(entity)
     assert TableRotationLedger(table).load(KEY).consumer_conditions == {CONSUMER: ()}
+
+
+def test_conditions_saved_concurrently_are_refused_as_a_conflict_in_one_transaction(table):
+    consumers = [f"{CONSUMER}{index}" for index in range(150)]  # two transactions of at most 100 rows
+    first, second = TableRotationLedger(table), TableRotationLedger(table)
+    first.save_conditions(KEY, {name: (condition(ConditionStatus.FALSE, "ForcingAdoption"),) for name in consumers}, {})
+    first.load(KEY)
+    second.load(KEY)
+    second.save_conditions(KEY, {consumers[-1]: (condition(ConditionStatus.TRUE, "Adopted"),)}, {})
+    with pytest.raises(Conflict):
+        first.save_conditions(KEY, {name: (condition(ConditionStatus.TRUE, "Adopted"),) for name in consumers}, {})
+    record = TableRotationLedger(table).load(KEY)
+    # The first 100 rows were one transaction and went through; the refused one wrote nothing but its
+    # row the other instance had changed keeps that instance's conditions.
+    assert len(record.consumer_conditions) == 150
+    assert record.consumer_conditions[consumers[-1]] == (condition(ConditionStatus.TRUE, "Adopted"),)
+    first.load(KEY)  # re-read: the save goes through
+    first.save_conditions(KEY, {consumers[0]: (condition(ConditionStatus.TRUE, "VersionUsable"),)}, {})
+
+
+def test_a_write_claim_keeps_other_instances_off_until_it_lapses(table):
+    first, second = TableRotationLedger(table), TableRotationLedger(table)
+    until = T0 + timedelta(minutes=10)
+    assert first.claim_write(KEY, CONSUMER, "pin", owner="a", now=T0, until=until)
+    assert not second.claim_write(KEY, CONSUMER, "pin", owner="b", now=T0, until=until)
+    assert first.claim_write(KEY, CONSUMER, "restore", owner="a", now=T0 + timedelta(seconds=5),
+                             until=until + timedelta(seconds=5))  # its own live claim
+    lapsed = until + timedelta(seconds=1)
+    assert second.claim_write(KEY, CONSUMER, "pin", owner="b", now=lapsed, until=lapsed + timedelta(minutes=10))
+    # The first instance's memory of its claim does not outlive the claim: the other holds it now.
+    assert not first.claim_write(KEY, CONSUMER, "pin", owner="a", now=lapsed, until=lapsed + timedelta(minutes=10))

@@ -80,7 +80,8 @@ class Instance:
 
 
 def instance(estate: AdoptionEstate, connection_string: str, *, table: str, queue: str, owner: str,
-             concurrency: int = 16, time_budget: timedelta | None = None) -> Instance:
+             concurrency: int = 16, time_budget: timedelta | None = None,
+             refresh_every: int = reconciler.REFRESH_EVERY) -> Instance:
     arm = estate.arm
     origin = parse_vault_origin(estate.vault_uri.rstrip("/"), custom_origins=[estate.vault_uri.rstrip("/")])
     policy = VaultPolicy.of([origin.url])
@@ -101,7 +102,8 @@ def instance(estate: AdoptionEstate, connection_string: str, *, table: str, queu
         notifier=AlertDesk(TableAlertLedger(alert_table), {}, arm.clock, realert_after=timedelta(hours=24)),
         clock=arm.clock,
         planner=rotation.PlannerSettings(force_versionless_after=timedelta(0)),
-        limits=reconciler.ExecutionLimits(concurrency=concurrency, time_budget=time_budget, owner=owner),
+        limits=reconciler.ExecutionLimits(concurrency=concurrency, time_budget=time_budget, owner=owner,
+                                          refresh_every=refresh_every),
     )
     return Instance(deps, connection, inventory, [storage, inventory, ledger_table, alert_table, queue_client])
 

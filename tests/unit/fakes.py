@@ -153,6 +153,10 @@ class FakeRotationLedger:
     condition_saves: int = 0
     #: consumer id -> (owner, until): the write claims, one per consumer as the Table ledger keeps them.
     claims: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    #: Condition saves to refuse with Conflict, as when another instance saved the key's conditions first.
+    save_conflicts: int = 0
+    #: The consumers each condition save recorded.
+    saved_consumers: list[tuple[str, ...]] = field(default_factory=list)
 
     def load(self, key: KeyRef) -> RotationRecord:
         return RotationRecord(tuple(self.intents.values()), dict(self.consumer_conditions),
@@ -171,8 +175,12 @@ class FakeRotationLedger:
         return True
 
     def save_conditions(self, key, consumer_conditions, version_conditions) -> None:
-        self.consumer_conditions = dict(consumer_conditions)
-        self.version_conditions = dict(version_conditions)
+        if self.save_conflicts:
+            self.save_conflicts -= 1
+            raise Conflict("the conditions changed concurrently")
+        self.saved_consumers.append(tuple(sorted(consumer_conditions)))
+        self.consumer_conditions = {**self.consumer_conditions, **consumer_conditions}
+        self.version_conditions = {**self.version_conditions, **version_conditions}
         self.condition_saves += 1
 
 

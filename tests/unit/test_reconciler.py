@@ -120,6 +120,37 @@ def test_a_second_run_writes_nothing():
     assert again.writes == []
 
 
+def test_conditions_saved_concurrently_by_another_instance_are_reread_and_merged_not_failed():
+    w = world(account("stfree"), account("stpinned", pinned=OLD))
+    w.ledger.save_conflicts = 1  # another instance saved this key's conditions after this run loaded them
+    refreshes = w.storage.refreshes
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)  # no TransientError
+    assert w.storage.refreshes == refreshes + 2  # the pre-write refresh, then the re-read after the conflict
+    assert w.ledger.condition_saves == 1
+    adopted = {name: dict((c.type, c.status.value) for c in w.ledger.consumer_conditions[state(w, name).id])
+               for name in ("stfree", "stpinned")}
+    assert adopted == {name: {"Adopted": "True", "KeyAccessible": "True", "PinnedCurrent": "True"}
+                       for name in ("stfree", "stpinned")}
+    assert result.progress() == {"done": 2, "pending": 0, "blocked": 0}
+
+
+def test_conditions_that_keep_being_saved_concurrently_leave_the_retry_to_the_host():
+    w = world(account("stfree"))
+    w.ledger.save_conflicts = reconciler.MAX_CONDITION_SAVES
+    with pytest.raises(TransientError, match="kept changing"):
+        reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert state(w, "stfree").current_version == NEW  # the writes were done before
+
+
+def test_only_changed_conditions_are_saved():
+    w = world(account("stfree"), account("stpinned", pinned=OLD))
+    reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    w.storage.consumers[state(w, "stpinned").id] = replace(state(w, "stpinned"), identity_access=IdentityAccess.DENIED)
+    reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    saved = w.ledger.saved_consumers[-1:]
+    assert saved == [(state(w, "stpinned").id,)]
+
+
 def test_pinned_accounts_follow_the_policy_and_its_tag_override():
     w = world(account("stupdate", pinned=OLD),
               account("stalert", pinned=OLD, tags=(("cmk-pinned-policy", "alert"),)),

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 
 from controller.model import Condition, ConditionStatus, ForceAdoptionStep, IdentityAccess
-from controller.rotation import Action, LedgerView, Plan, PlannerSettings, Reason, plan
+from controller.rotation import MESSAGE_NAMES, Action, LedgerView, Plan, PlannerSettings, Reason, plan
 from tests.unit.test_rotation import KEY, T0, V2, V3, V4, account, intent, key_state, kv, scope
 
 pytestmark = pytest.mark.unit
@@ -191,3 +191,13 @@ def test_a_plan_lists_its_decisions_by_consumer_and_finds_one_by_id() -> None:
     assert [decision.consumer for decision in result.decisions] == sorted([later, earlier], key=lambda c: c.id)
     assert result.decision_for(later.id.upper()).consumer == later
     assert result.writes == ()
+
+
+
+def test_the_version_condition_names_at_most_twenty_lagging_consumers() -> None:
+    consumers = [account(f"st{index:03d}", current=V2) for index in range(MESSAGE_NAMES + 5)]
+    result = plan(key_state(), consumers, LedgerView(), target_version=None, now=T0, settings=PlannerSettings())
+    named = ", ".join(sorted(consumer.resource_id for consumer in consumers)[:MESSAGE_NAMES])
+    assert version_conditions(result, V3)["Adopted"] == (
+        ConditionStatus.FALSE, Reason.ADOPTION_PENDING,
+        f"0 of {MESSAGE_NAMES + 5} consumers use it; not yet: {named} and 5 more", V3)
