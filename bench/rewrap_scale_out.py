@@ -17,6 +17,7 @@ failed blobs, and the job report's counts against the listing.
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import threading
@@ -47,6 +48,7 @@ from emulators.keyvault import SandboxCredential  # noqa: E402
 
 ACCOUNT = "devstoreaccount1"
 THROTTLE_FACTOR = 2.5
+IDLE_POLL_FIRST, IDLE_POLL_MAX = 0.1, 1.0
 
 
 class NotUsedByWorkers:
@@ -94,6 +96,7 @@ def worker_dependencies(config: dict[str, Any]) -> service.Dependencies:
         rewrap_jobs=TableRewrapJobLedger(table, clock=clock),
         blob_stores=NotUsedByWorkers("blob_stores"),  # type: ignore[arg-type]
         audit=NotUsedByWorkers("audit"),  # type: ignore[arg-type]
+        audit_checkpoint=NotUsedByWorkers("audit_checkpoint"),  # type: ignore[arg-type]
         estate=NotUsedByWorkers("estate"),  # type: ignore[arg-type]
         reports=NotUsedByWorkers("reports"),  # type: ignore[arg-type]
     )
@@ -107,17 +110,24 @@ def worker(config: dict[str, Any]) -> int:
     print("ready", flush=True)  # the job is enqueued once every worker is up: no ramp-up in the windows
     statuses: dict[str, int] = {}
     deadline = time.monotonic() + config["timeout_s"]
+    idle = IDLE_POLL_FIRST
     while time.monotonic() < deadline:
         messages = list(queue.receive_messages(max_messages=1, visibility_timeout=300))
         if not messages:
-            if deps.rewrap_jobs.progress(job_id).listing.finished:
+            # An idle worker polls as the Functions host does (a delay doubling up to a maximum, here
+            # shorter than the host's minute), and looks at the job's one flag, not its progress.
+            if deps.rewrap_jobs.listing(job_id).finished:
                 break
-            time.sleep(0.1)
+            time.sleep(idle)
+            idle = min(2 * idle, IDLE_POLL_MAX)
             continue
+        idle = IDLE_POLL_FIRST
         report = service.process_work(messages[0].content, deps)
         queue.delete_message(messages[0])
         status = report.rewrap.status.value if report.rewrap else report.kind
         statuses[status] = statuses.get(status, 0) + 1
+        if report.rewrap is not None and report.rewrap.job_report is not None:
+            break  # this worker finished the job
     print(json.dumps({"statuses": statuses}), flush=True)
     return 0
 
@@ -183,6 +193,7 @@ def run_job(bench: Any, world: Any, container: str, *, workers: int, concurrency
         if process.stdout.readline().strip() != "ready":
             raise RuntimeError("a scale-out worker did not start")
     world.vault.reset_counters()
+    cpu_before = _cpu_seconds(bench)
     service.enqueue_rewrap([item], deps)
     samples: list[tuple[float, int]] = []
     stop = threading.Event()
@@ -201,6 +212,8 @@ def run_job(bench: Any, world: Any, container: str, *, workers: int, concurrency
     sampler.join()
     counters = world.vault.counters()
     samples.append((time.monotonic(), successful_unwraps(counters)))
+    cpu = {name: round(1000 * (after - before) / max(successful_unwraps(counters), 1), 2)
+           for (name, before), after in zip(cpu_before.items(), _cpu_seconds(bench).values(), strict=True)}
     progress = service.rewrap_job_progress(item, deps)
     report = progress.as_json()
     failed = sum(report["counts"].get(name, 0) for name in ("failed", "skipped_malformed", "skipped_unknown_key"))
@@ -219,12 +232,24 @@ def run_job(bench: Any, world: Any, container: str, *, workers: int, concurrency
         "kv_unwraps_per_blob": round(successful_unwraps(counters) / max(progress.blobs, 1), 4),
         "throttled_responses": int(counters["throttled"]),
         "failed_blobs": failed,
+        "cpu_ms_per_unwrap": cpu,
         "worker_statuses": [json.loads(output.strip().splitlines()[-1]) for output in outputs if output.strip()],
     }
     result["active_unwraps_per_s"] = round(Counters(samples).active_rate(), 1)
     if window is not None:
         result["achieved_unwraps_per_s"] = round(Counters(samples).rate_over_whole_windows(window), 1)
     return result
+
+
+def _cpu_seconds(bench: Any) -> dict[str, float]:
+    """CPU seconds so far of the worker processes (reaped children), the vault and Azurite."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    meter = bench.CPU
+    return {
+        "workers": children.ru_utime + children.ru_stime,
+        "vault": bench.process_cpu_seconds(meter.vault_pid) if meter else 0.0,
+        "azurite": bench.process_cpu_seconds(meter.azurite_pid) if meter else 0.0,
+    }
 
 
 def bench_blob_count(world: Any, container: str) -> int:
@@ -246,8 +271,15 @@ def scale_out(bench: Any, world: Any, container: str, *, workers: int, concurren
 
 def _alone_then_many(bench: Any, world: Any, container: str, *, workers: int, concurrency: int, page_size: int,
                      window: float, timeout_s: float) -> dict[str, Any]:
+    """One worker alone sets the limit (2.5x its pace, so no worker reaches it on its own); N workers
+    unthrottled measure what this machine lets N workers do at all (its CPU ceiling); then N workers
+    against the limit. The achieved rate is reported against the limit and against min(limit, ceiling):
+    when the ceiling is below the limit, the machine (not the throttle sharing) bounds the run, and
+    the report says so."""
     alone = run_job(bench, world, container, workers=1, concurrency=concurrency, page_size=page_size,
                     timeout_s=timeout_s)
+    unthrottled = run_job(bench, world, container, workers=workers, concurrency=concurrency, page_size=page_size,
+                          timeout_s=timeout_s, window=window)
     limit = max(1, round(THROTTLE_FACTOR * alone["active_unwraps_per_s"] * window))
     world.vault.admin("PUT", f"/vaults/{bench.VAULT}/throttling",
                       {"enabled": True, "windowSeconds": window, "limits": {"RSA-2048": {"software": limit}}})
@@ -257,9 +289,16 @@ def _alone_then_many(bench: Any, world: Any, container: str, *, workers: int, co
     finally:
         world.vault.admin("PUT", f"/vaults/{bench.VAULT}/throttling", {"enabled": False})
     limit_per_s = limit / window
-    many.update(limit_per_window=limit, window_s=window, limit_per_s=round(limit_per_s, 1),
-                achieved_vs_limit=round(many["achieved_unwraps_per_s"] / limit_per_s, 3))
-    return {"one_worker": alone, "throttled_to_x2.5": many}
+    ceiling = unthrottled["achieved_unwraps_per_s"]
+    bound = min(limit_per_s, ceiling)
+    many.update(
+        limit_per_window=limit, window_s=window, limit_per_s=round(limit_per_s, 1),
+        achieved_vs_limit=round(many["achieved_unwraps_per_s"] / limit_per_s, 3),
+        unthrottled_ceiling_per_s=ceiling,
+        machine_reaches_limit=ceiling >= limit_per_s,
+        achieved_vs_min_limit_ceiling=round(many["achieved_unwraps_per_s"] / bound, 3) if bound else 0.0,
+    )
+    return {"one_worker": alone, f"{workers}_workers_unthrottled": unthrottled, "throttled_to_x2.5": many}
 
 
 if __name__ == "__main__":
