@@ -31,8 +31,8 @@ from controller.adapters.work_queue import StorageWorkQueue, work_queue_client
 from controller.bootstrap import SystemClock
 from controller.errors import TransientError, Unreachable
 from controller.ports import BlobItem, BlobPage, BlobStore, KeyUnwrapper, RewrapPorts
-from controller.rewrap.pages import PAGE_WORK_KIND, JobProgress, job_id_of
 from controller.reasons import Reason
+from controller.rewrap.pages import PAGE_WORK_KIND, JobProgress, job_id_of
 from controller.rewrap.work import RewrapMode, RewrapWorkItem, split_job
 from controller.service import Dependencies, RewrapItemStatus
 from controller.settings import load_settings
