@@ -82,6 +82,8 @@ VAULT = "kv-bench"
 KEY = "bench-kek"
 REPEATS = 3
 AZURE_RSA2048_LIMIT = 4000  # per vault per 10 s, software keys
+#: The scale-out runs: blobs, and the throttle's window (several whole windows per run at this size).
+SCALE_BLOBS, SCALE_WINDOW = 900, 5.0
 
 
 def log(message: str) -> None:
@@ -522,9 +524,20 @@ def memory_peak(total: int, wrapper: RsaPublicKeyWrapper, old_key_id: str, origi
 # --- main -------------------------------------------------------------------------------------------
 
 
+def scale_out_targets(scale_out: dict[str, Any]) -> dict[str, bool]:
+    return {
+        # Against the limit where this machine can reach it; else against its own N-worker ceiling.
+        "scale_out_achieved_vs_min_limit_ceiling>=0.9": scale_out["achieved_vs_min_limit_ceiling"] >= 0.9,
+        "scale_out_machine_reaches_limit": scale_out["machine_reaches_limit"],
+        "scale_out_zero_failed_blobs": scale_out["failed_blobs"] == 0,
+        "scale_out_counts_add_up": scale_out["counts_add_up_to_listing"],
+        "scale_out_kv_unwraps_per_blob<=1.01": scale_out["kv_unwraps_per_blob_max"] <= 1.01,
+    }
+
+
 def scale_out_only(args: argparse.Namespace) -> int:
     """Just the scale-out run, with its own vault and Azurite: one JSON line."""
-    blobs, window = (900, 10.0) if not args.quick else (300, 2.0)
+    blobs, window = (SCALE_BLOBS, SCALE_WINDOW) if not args.quick else (300, 2.0)
     results: dict[str, Any] = {"bench": "rewrap_scale_out", "quick": args.quick, "cpu_cores": os.cpu_count(),
                                "load_average_1m_at_start": round(os.getloadavg()[0], 1)}
     with tempfile.TemporaryDirectory(prefix="rewrap-bench-") as tmp, Azurite(in_memory=True) as azurite:
@@ -542,6 +555,7 @@ def scale_out_only(args: argparse.Namespace) -> int:
         finally:
             vault.stop()
     results["load_average_1m_at_end"] = round(os.getloadavg()[0], 1)
+    results["targets"] = scale_out_targets(results["scale_out"])
     print(json.dumps(results, separators=(",", ":")))
     return 0
 
@@ -554,7 +568,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4, help="worker processes of the scale-out run")
     parser.add_argument("--worker-concurrency", type=int, default=2, help="blobs in flight per scale-out worker")
     parser.add_argument("--vault-latency-ms", type=int, default=100, help="unwrap latency in the scale-out run")
-    parser.add_argument("--page-size", type=int, default=50, help="blobs per page of the scale-out job")
+    parser.add_argument("--page-size", type=int, default=25, help="blobs per page of the scale-out job")
     parser.add_argument("--scale-out-only", action="store_true", help="only the scale-out run (a few minutes)")
     args = parser.parse_args()
     if args.scale_out_only:
@@ -566,7 +580,7 @@ def main() -> int:
     throttle_blobs, scaled_limit, scaled_window = (600, 200, 10.0) if not args.quick else (150, 40, 2.0)
     # Both sizes span several pages: the walker holds the page it works on and the next one it lists.
     memory_sizes = (2000, 20000) if not args.quick else (2000, 10000)
-    scale_blobs, scale_window = (900, 10.0) if not args.quick else (300, 2.0)
+    scale_blobs, scale_window = (SCALE_BLOBS, SCALE_WINDOW) if not args.quick else (300, 2.0)
 
     results: dict[str, Any] = {"bench": "rewrap", "quick": args.quick, "concurrency": args.concurrency}
     with tempfile.TemporaryDirectory(prefix="rewrap-bench-") as tmp, Azurite(in_memory=True) as azurite:
@@ -648,9 +662,7 @@ def main() -> int:
         "zero_failed_blobs_throttled": throttled_full["failed_blobs"] == 0
         and results["throttled_scaled_limit"]["failed_blobs"] == 0,
         "memory_ratio<=1.2": results["memory"]["ratio"] <= 1.2,
-        "scale_out_achieved>=0.9": results["scale_out"]["throttled_to_x2.5"]["achieved_vs_limit"] >= 0.9,
-        "scale_out_zero_failed_blobs": results["scale_out"]["throttled_to_x2.5"]["failed_blobs"] == 0,
-        "scale_out_counts_add_up": results["scale_out"]["throttled_to_x2.5"]["counts_add_up_to_listing"],
+        **scale_out_targets(results["scale_out"]),
     }
     print(json.dumps(results, separators=(",", ":")))
     return 0
