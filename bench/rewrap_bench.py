@@ -82,6 +82,8 @@ VAULT = "kv-bench"
 KEY = "bench-kek"
 REPEATS = 3
 AZURE_RSA2048_LIMIT = 4000  # per vault per 10 s, software keys
+#: The throttle's window in the scale-out runs (several whole windows per run).
+SCALE_WINDOW = 5.0
 
 
 def log(message: str) -> None:
@@ -522,15 +524,59 @@ def memory_peak(total: int, wrapper: RsaPublicKeyWrapper, old_key_id: str, origi
 # --- main -------------------------------------------------------------------------------------------
 
 
+def scale_out_targets(scale_out: dict[str, Any]) -> dict[str, bool]:
+    return {
+        # Against the limit where this machine can reach it; else against its own N-worker ceiling.
+        "scale_out_achieved_vs_min_limit_ceiling>=0.9": scale_out["achieved_vs_min_limit_ceiling"] >= 0.9,
+        "scale_out_machine_reaches_limit": scale_out["machine_reaches_limit"],
+        "scale_out_zero_failed_blobs": scale_out["failed_blobs"] == 0,
+        "scale_out_counts_add_up": scale_out["counts_add_up_to_listing"],
+        "scale_out_kv_unwraps_per_blob<=1.01": scale_out["kv_unwraps_per_blob_max"] <= 1.01,
+    }
+
+
+def scale_out_only(args: argparse.Namespace) -> int:
+    """Just the scale-out run, with its own vault and Azurite: one JSON line."""
+    blobs, window = (args.scale_out_blobs, SCALE_WINDOW) if not args.quick else (300, 2.0)
+    results: dict[str, Any] = {"bench": "rewrap_scale_out", "quick": args.quick, "cpu_cores": os.cpu_count(),
+                               "load_average_1m_at_start": round(os.getloadavg()[0], 1)}
+    with tempfile.TemporaryDirectory(prefix="rewrap-bench-") as tmp, Azurite(in_memory=True) as azurite:
+        vault = start_vault(Path(tmp))
+        try:
+            world = World(vault, azurite.connection_string, args.concurrency)
+            global CPU  # noqa: PLW0603 - one meter for the whole run
+            CPU = CpuMeter(vault.process.pid, azurite.pid)
+            upload(world, "scale", blobs, 4096, world.new_version())
+            log(f"scale-out: 1 worker, {args.workers} unthrottled, then {args.workers} against 2.5x one's pace")
+            results["scale_out"] = rewrap_scale_out.scale_out(
+                sys.modules[__name__], world, "scale", workers=args.workers, concurrency=args.worker_concurrency,
+                page_size=args.page_size, window=window, latency_ms=args.vault_latency_ms, timeout_s=900,
+            )
+        finally:
+            vault.stop()
+    results["load_average_1m_at_end"] = round(os.getloadavg()[0], 1)
+    results["targets"] = scale_out_targets(results["scale_out"])
+    print(json.dumps(results, separators=(",", ":")))
+    return 0
+
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller figures (a smoke run, ~1 minute)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=4, help="worker processes of the scale-out run")
-    parser.add_argument("--worker-concurrency", type=int, default=2, help="blobs in flight per scale-out worker")
-    parser.add_argument("--vault-latency-ms", type=int, default=100, help="unwrap latency in the scale-out run")
-    parser.add_argument("--page-size", type=int, default=50, help="blobs per page of the scale-out job")
+    # A scale-out worker's pace is bounded by its round trips, as in Azure where each runs on a machine of
+    # its own: one blob in flight against a 300 ms unwrap, so that N workers need little of the 2 shared
+    # cores at the limit (the run's own ceiling measurement says whether they got it).
+    parser.add_argument("--worker-concurrency", type=int, default=1, help="blobs in flight per scale-out worker")
+    parser.add_argument("--vault-latency-ms", type=int, default=300, help="unwrap latency in the scale-out run")
+    parser.add_argument("--scale-out-blobs", type=int, default=600, help="blobs of the scale-out runs")
+    parser.add_argument("--page-size", type=int, default=25, help="blobs per page of the scale-out job")
+    parser.add_argument("--scale-out-only", action="store_true", help="only the scale-out run (a few minutes)")
     args = parser.parse_args()
+    if args.scale_out_only:
+        return scale_out_only(args)
     # The naive rewrite runs over the same 1 MiB blobs as the re-wrap it is compared with (a short run of a
     # few waves of workers would charge it ramp-up and tail effects the longer re-wrap run amortizes).
     small, large = (2000, 200) if not args.quick else (300, 30)
@@ -538,7 +584,7 @@ def main() -> int:
     throttle_blobs, scaled_limit, scaled_window = (600, 200, 10.0) if not args.quick else (150, 40, 2.0)
     # Both sizes span several pages: the walker holds the page it works on and the next one it lists.
     memory_sizes = (2000, 20000) if not args.quick else (2000, 10000)
-    scale_blobs, scale_window = (900, 10.0) if not args.quick else (300, 2.0)
+    scale_blobs, scale_window = (args.scale_out_blobs, SCALE_WINDOW) if not args.quick else (300, 2.0)
 
     results: dict[str, Any] = {"bench": "rewrap", "quick": args.quick, "concurrency": args.concurrency}
     with tempfile.TemporaryDirectory(prefix="rewrap-bench-") as tmp, Azurite(in_memory=True) as azurite:
@@ -620,9 +666,7 @@ def main() -> int:
         "zero_failed_blobs_throttled": throttled_full["failed_blobs"] == 0
         and results["throttled_scaled_limit"]["failed_blobs"] == 0,
         "memory_ratio<=1.2": results["memory"]["ratio"] <= 1.2,
-        "scale_out_achieved>=0.9": results["scale_out"]["throttled_to_x2.5"]["achieved_vs_limit"] >= 0.9,
-        "scale_out_zero_failed_blobs": results["scale_out"]["throttled_to_x2.5"]["failed_blobs"] == 0,
-        "scale_out_counts_add_up": results["scale_out"]["throttled_to_x2.5"]["counts_add_up_to_listing"],
+        **scale_out_targets(results["scale_out"]),
     }
     print(json.dumps(results, separators=(",", ":")))
     return 0

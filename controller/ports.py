@@ -226,6 +226,16 @@ class RewrapJobLedger(Protocol):
         (its lease ran out and another worker took the page over)."""
         ...
 
+    def release_page(self, job_id: str, number: int, *, worker: str, retry_in: float) -> None:
+        """``worker`` gives its claim on page ``number`` up (a transient error): the page may be claimed
+        again after ``retry_in`` seconds instead of after the whole lease. Nothing when it was taken over."""
+        ...
+
+    def fail_page(self, job_id: str, number: int, *, result: PageResult) -> bool:
+        """Record page ``number`` as failed whoever holds it (its work item is given up, e.g. moved to
+        the poison queue); False when the page was recorded already (then nothing changes)."""
+        ...
+
     def progress(self, job_id: str) -> JobProgress:
         """The job across its workers: the listing plus every page recorded so far."""
         ...

@@ -59,6 +59,7 @@ from controller.rewrap.pages import (
     PageState,
     PageStore,
     RewrapPageItem,
+    failed_page_result,
     job_id_of,
     page_items,
     parse_page_item,
@@ -717,8 +718,10 @@ def run_rewrap_page(page: RewrapPageItem, deps: Dependencies) -> RewrapWorkResul
 
     A page done already is dropped (DUPLICATE); a page another worker holds goes back on the queue
     until its lease ends (HELD); a page whose holder's lease ran out is taken over. A page that
-    cannot be worked for good (PermanentError) is recorded as failed; TransientError propagates and
-    the queue redelivers the item (it is taken up again once this worker's lease has run out).
+    cannot be worked for good (PermanentError) is recorded as failed, with its blobs' names; on a
+    TransientError the lease is released at once and the error propagates, so the queue's
+    redelivery (after its visibility timeout) takes the page up again instead of waiting out the
+    lease. Once the item's retries are exhausted, give_up_work records the page as failed.
     """
     job = page.job
     ports = deps.rewrap.open(job)
@@ -740,8 +743,11 @@ def run_rewrap_page(page: RewrapPageItem, deps: Dependencies) -> RewrapWorkResul
     )
     try:
         report = walker.run(job.container, prefix=job.prefix)
+    except TransientError:
+        _release_page(job_id, page.number, worker, deps)
+        raise
     except PermanentError as err:
-        result = PageResult(state=PageState.FAILED, failure=type(err).__name__)
+        result = failed_page_result(page, f"{type(err).__name__}: {err}")
         status = RewrapItemStatus.PAGE_FAILED
         progress = None
     else:
@@ -761,6 +767,34 @@ def run_rewrap_page(page: RewrapPageItem, deps: Dependencies) -> RewrapWorkResul
         return _rewrap_result(job, RewrapItemStatus.SUPERSEDED, job_id, progress, page=page.number)
     return _rewrap_result(job, status, job_id, progress, page=page.number,
                           job_report=_finish_if_done(job, job_id, deps))
+
+
+def _release_page(job_id: str, number: int, worker: str, deps: Dependencies) -> None:
+    """Give the page's lease up after a transient error (best effort: if the ledger is unreachable
+    too, the lease runs out as a crashed worker's does)."""
+    try:
+        deps.rewrap_jobs.release_page(job_id, number, worker=worker, retry_in=0.0)
+    except TransientError as err:
+        log_record(log, logging.WARNING, "could not release a page's lease",
+                   {"job_id": job_id, "page": number, "error": type(err).__name__})
+
+
+def give_up_work(body: str, reason: str, deps: Dependencies) -> JobProgress | None:
+    """A work item is given up (moved to the poison queue): a scale-out page is recorded as failed,
+    each of its blobs by name with ``reason``, so that its job still ends, with a report that says
+    so. The job's report when this finished it; None otherwise (and for any other kind of item)."""
+    try:
+        item = json.loads(body)
+        if not isinstance(item, dict) or item.get("kind") != PAGE_WORK_KIND:
+            return None
+        page = parse_page_item(item, policy=deps.settings.vault_policy)
+    except (ValueError, RecursionError, InvalidInput):
+        return None  # nothing of a job to record: the poisoned item itself says what it was
+    job_id = job_id_of(page.job)
+    if deps.rewrap_jobs.fail_page(job_id, page.number, result=failed_page_result(page, reason)):
+        log_record(log, logging.WARNING, "scale-out page given up",
+                   {"job_id": job_id, "page": page.number, "blobs": len(page.blobs), "reason": reason[:256]})
+    return _finish_if_done(page.job, job_id, deps)
 
 
 def _finish_if_done(item: RewrapWorkItem, job_id: str, deps: Dependencies) -> JobProgress | None:
@@ -824,8 +858,10 @@ def _alert_if_incomplete(item: RewrapWorkItem, job_id: str, progress: RewrapProg
     ))
 
 
-def report_poisoned_work(message_id: str, dequeue_count: int, reason: str, deps: Dependencies) -> None:
-    """Alert that a work item was moved (or is about to be moved) to the poison queue."""
+def report_poisoned_work(message_id: str, dequeue_count: int, reason: str, deps: Dependencies, *,
+                         body: str | None = None) -> None:
+    """Alert that a work item was moved (or is about to be moved) to the poison queue; a scale-out
+    page among them is recorded as failed in its job (give_up_work), after the alert is out."""
     queue = f"{deps.settings.work_queue}-poison"
     deps.notifier.send(Alert(
         severity=Severity.HIGH,
@@ -836,6 +872,8 @@ def report_poisoned_work(message_id: str, dequeue_count: int, reason: str, deps:
         fingerprint=reconciler.fingerprint(queue, Reason.WORK_ITEM_POISONED.value, message_id),
         details={"message_id": message_id, "dequeue_count": dequeue_count},
     ))
+    if body is not None:
+        give_up_work(body, reason, deps)
 
 
 def scan_audit(deps: Dependencies, window: timedelta | None = None, *, until: datetime | None = None

@@ -73,8 +73,10 @@ class TableRewrapJobLedger:
 
     def listing(self, job_id: str) -> JobListing:
         self._ensure_table()
+        return self._listing(job_id, self._get(job_id, _TOTALS, "read the totals"))
+
+    def _listing(self, job_id: str, totals: Any) -> JobListing:
         entity = self._get(job_id, _LISTING, "read the listing")
-        totals = self._get(job_id, _TOTALS, "read the totals")
         with self._lock:
             if entity is None:
                 self._listing_etags.pop(job_id, None)
@@ -136,15 +138,36 @@ class TableRewrapJobLedger:
                 if lease_left > 0:
                     return PageClaim(ClaimOutcome.HELD, retry_in=lease_left)
                 entity["Claims"] = int(existing["Claims"]) + 1
+                entity["Releases"] = int(existing.get("Releases", 0))
                 metadata = self._table.update_entity(
                     entity,
                     mode=UpdateMode.REPLACE,
                     etag=existing.metadata["etag"],
                     match_condition=MatchConditions.IfNotModified,
                 )
+        # A claim after a released lease is a retry, not a takeover of a crashed worker's page.
+        takeovers = int(entity["Claims"]) - 1 - int(entity.get("Releases", 0))
         with self._lock:
-            self._claims[(job_id, number, worker)] = (str(metadata["etag"]), int(entity["Claims"]))
-        return PageClaim(ClaimOutcome.CLAIMED, takeovers=int(entity["Claims"]) - 1)
+            self._claims[(job_id, number, worker)] = (str(metadata["etag"]), takeovers)
+        return PageClaim(ClaimOutcome.CLAIMED, takeovers=takeovers)
+
+    def release_page(self, job_id: str, number: int, *, worker: str, retry_in: float) -> None:
+        self._ensure_table()
+        with self._lock:
+            claim = self._claims.pop((job_id, number, worker), None)
+        if claim is None:
+            return
+        existing = self._get(job_id, _page_row(number), f"read page {number}")
+        if existing is None or str(existing.metadata["etag"]) != claim[0]:
+            return  # taken over meanwhile: the new holder's lease is not this worker's to end
+        released = {**existing, "LeaseUntil": self._clock.now().timestamp() + retry_in,
+                    "Releases": int(existing.get("Releases", 0)) + 1}
+        with translated(f"release page {number} of {job_id}"):
+            try:
+                self._table.update_entity(released, mode=UpdateMode.REPLACE, etag=claim[0],
+                                          match_condition=MatchConditions.IfNotModified)
+            except Conflict:
+                return  # taken over between the read and the write: likewise
 
     def record_page(self, job_id: str, number: int, *, worker: str, result: PageResult) -> None:
         self._ensure_table()
@@ -152,14 +175,35 @@ class TableRewrapJobLedger:
             claim = self._claims.pop((job_id, number, worker), None)
         if claim is None:
             raise Conflict(f"page {number} of {job_id} is not claimed by this worker")
-        claim_etag, claims = claim
-        page = _page_entity(job_id, number, worker, result, claims=claims)
+        claim_etag, takeovers = claim
+        page = _page_entity(job_id, number, worker, result)
+        if not self._record(job_id, number, page, claim_etag, result, takeovers=takeovers):
+            raise Conflict(f"page {number} of {job_id} was taken over by another worker")
+
+    def fail_page(self, job_id: str, number: int, *, result: PageResult) -> bool:
+        self._ensure_table()
+        page = _page_entity(job_id, number, "", result)
+        for _ in range(_MAX_TOTALS_RACES):
+            existing = self._get(job_id, _page_row(number), f"read page {number}")
+            if existing is not None and existing["State"] != PageState.WORKING.value:
+                return False
+            etag = None if existing is None else str(existing.metadata["etag"])
+            if self._record(job_id, number, page, etag, result, takeovers=0):
+                return True
+            # a worker claimed or recorded the page meanwhile: look at it again
+        raise Conflict(f"page {number} of {job_id}: the page kept changing")
+
+    def _record(self, job_id: str, number: int, page: dict[str, Any], page_etag: str | None, result: PageResult,
+                *, takeovers: int) -> bool:
+        """The page and the job's totals in one transaction; False when the page is no longer at
+        ``page_etag`` (None: when it exists). A lost race on the totals is simply tried again."""
         for _ in range(_MAX_TOTALS_RACES):
             totals = self._get(job_id, _TOTALS, "read the totals")
-            new_totals = _add_page(job_id, totals, result, takeovers=claims - 1,
-                                   problems_dropped=int(page["ProblemsDropped"]))
-            page_op = ("update", page, {"mode": UpdateMode.REPLACE, "etag": claim_etag,
-                                        "match_condition": MatchConditions.IfNotModified})
+            new_totals = _add_page(job_id, totals, result, takeovers=takeovers,
+                                   problems=int(page["ProblemCount"]), problems_dropped=int(page["ProblemsDropped"]))
+            page_op: tuple[Any, ...] = ("create", page) if page_etag is None else (
+                "update", page, {"mode": UpdateMode.REPLACE, "etag": page_etag,
+                                 "match_condition": MatchConditions.IfNotModified})
             if totals is None:
                 totals_op: tuple[Any, ...] = ("create", new_totals)
             else:
@@ -170,25 +214,28 @@ class TableRewrapJobLedger:
                     self._table.submit_transaction([page_op, totals_op])
             except Conflict:
                 current = self._get(job_id, _page_row(number), f"read page {number}")
-                if current is None or str(current.metadata["etag"]) != claim_etag:
-                    raise  # the lease ran out and another worker took the page over
+                if page_etag is None or current is None or str(current.metadata["etag"]) != page_etag:
+                    return False
                 continue  # another page's recorder moved the totals first: add to theirs
-            return
+            return True
         raise Conflict(f"page {number} of {job_id}: the totals kept changing")
 
     # --- the job -------------------------------------------------------------------------------------
 
     def progress(self, job_id: str) -> JobProgress:
-        listing = self.listing(job_id)
+        self._ensure_table()
         totals = self._get(job_id, _TOTALS, "read the totals")
+        listing = self._listing(job_id, totals)
         if totals is None:
             return JobProgress(job_id=job_id, listing=listing)
         problems: list[BlobProblem] = []
-        query = f"PartitionKey eq '{_partition(job_id)}' and ProblemCount gt 0"
-        with translated(f"read the problems of {job_id}"):
-            for page in self._table.query_entities(query, select=["Problems"]):
-                problems.extend(BlobProblem(name=str(n), reason=str(r), detail=str(d))
-                                for n, r, d in json.loads(str(page["Problems"])))
+        # Pages are looked through only when one of them kept problems (the totals count them).
+        if int(totals.get("ProblemsKept", 1)) > 0:
+            query = f"PartitionKey eq '{_partition(job_id)}' and ProblemCount gt 0"
+            with translated(f"read the problems of {job_id}"):
+                for page in self._table.query_entities(query, select=["Problems"]):
+                    problems.extend(BlobProblem(name=str(n), reason=str(r), detail=str(d))
+                                    for n, r, d in json.loads(str(page["Problems"])))
         problems.sort(key=lambda problem: problem.name)
         return JobProgress(
             job_id=job_id,
@@ -215,7 +262,7 @@ class TableRewrapJobLedger:
                 with translated(f"finish {job_id}"):
                     if totals is None:  # a listing without a page (an empty container)
                         self._table.create_entity({**_add_page(job_id, None, PageResult(PageState.DONE),
-                                                               takeovers=0, problems_dropped=0),
+                                                               takeovers=0, problems=0, problems_dropped=0),
                                                    "PagesDone": 0, "Finished": True})
                     else:
                         self._table.update_entity({**totals, "Finished": True}, mode=UpdateMode.REPLACE,
@@ -240,7 +287,7 @@ def _counts(text: object) -> dict[str, int]:
     return {str(k): v for k, v in counts.items()}
 
 
-def _page_entity(job_id: str, number: int, worker: str, result: PageResult, *, claims: int) -> dict[str, Any]:
+def _page_entity(job_id: str, number: int, worker: str, result: PageResult) -> dict[str, Any]:
     problems = [[problem.name, problem.reason, problem.detail] for problem in result.problems]
     dropped = result.problems_dropped
     text = json.dumps(problems, separators=(",", ":"))
@@ -255,7 +302,6 @@ def _page_entity(job_id: str, number: int, worker: str, result: PageResult, *, c
         "State": result.state.value,
         "Worker": worker,
         "LeaseUntil": 0.0,
-        "Claims": claims,
         "Counts": json.dumps(dict(result.counts), sort_keys=True),
         "UnwrapCalls": result.unwrap_calls,
         "Failure": result.failure[:256],
@@ -266,7 +312,8 @@ def _page_entity(job_id: str, number: int, worker: str, result: PageResult, *, c
 
 
 def _add_page(
-    job_id: str, totals: Mapping[str, Any] | None, result: PageResult, *, takeovers: int, problems_dropped: int
+    job_id: str, totals: Mapping[str, Any] | None, result: PageResult, *, takeovers: int, problems: int,
+    problems_dropped: int,
 ) -> dict[str, Any]:
     current: Mapping[str, Any] = totals if totals is not None else {}
     counts = Counter(_counts(current.get("Counts", "{}")))
@@ -283,6 +330,7 @@ def _add_page(
         "Writes": int(current.get("Writes", 0)) + result.writes,
         "Conflicts": int(current.get("Conflicts", 0)) + result.conflicts,
         "Throttled": int(current.get("Throttled", 0)) + result.throttled,
+        "ProblemsKept": int(current.get("ProblemsKept", 0)) + problems,
         "ProblemsDropped": int(current.get("ProblemsDropped", 0)) + problems_dropped,
         "Finished": False,
     }

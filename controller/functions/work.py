@@ -3,6 +3,7 @@
 A malformed or unknown item, or one that failed permanently, is moved to the poison queue at once
 with the reason (retrying cannot fix it, and nothing is dropped); a TransientError propagates so the
 host redelivers the message (after maxDequeueCount attempts the host moves it to <queue>-poison).
+Either way a scale-out page item that is given up is recorded as failed in its job, so the job ends.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ def process_work(message: func.QueueMessage, poison: func.Out[str]) -> None:
         if (message.dequeue_count or 0) >= MAX_DEQUEUE_COUNT:
             # The host moves the message to <queue>-poison after this attempt, without running our code.
             service.report_poisoned_work(message.id or "", message.dequeue_count or 0,
-                                         f"still failing after {MAX_DEQUEUE_COUNT} attempts: {err}", deps)
+                                         f"still failing after {MAX_DEQUEUE_COUNT} attempts: {err}", deps,
+                                         body=body)
         raise
     except PermanentError as err:
         poison.set(json.dumps({"reason": str(err), "message_id": message.id, "body": body}))
-        service.report_poisoned_work(message.id or "", message.dequeue_count or 0, str(err), deps)
+        service.report_poisoned_work(message.id or "", message.dequeue_count or 0, str(err), deps, body=body)
         return
     log_record(log, logging.INFO, "work item processed", {"message_id": message.id, **report.as_json()})

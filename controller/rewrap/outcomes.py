@@ -52,6 +52,9 @@ class ProblemReason(enum.StrEnum):
     REWRITE_FAILED = "rewrite_failed"  # e.g. the new copy failed verification
     THROTTLED = "throttled"  # transient failures outlasted the retry budget; detail: which call
     CONFLICTS_EXHAUSTED = "conflicts_exhausted"  # lost the ETag race too many times
+    #: Scale-out: the blob's page was given up as a whole (its work item failed for good or went to the
+    #: poison queue); detail: why. The blob may or may not be on the target version.
+    PAGE_FAILED = "page_failed"
 
 
 _OUTCOME_OF_REASON: Mapping[ProblemReason, Outcome] = {

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from controller.errors import InvalidInput, NotFound
 from controller.ports import BlobItem, BlobPage, BlobProblem, BlobStore, RewrapProgress
+from controller.rewrap.outcomes import Outcome, ProblemReason
 from controller.rewrap.work import RewrapWorkItem, parse_work_item
 from controller.vault_policy import VaultPolicy
 
@@ -173,8 +174,21 @@ class PageResult:
     throttled: int = 0
     problems: tuple[BlobProblem, ...] = ()
     problems_dropped: int = 0
-    #: FAILED: why (an error class name; never key material).
+    #: FAILED: why (an error's class and message; never key material).
     failure: str = ""
+
+
+def failed_page_result(page: RewrapPageItem, why: str) -> PageResult:
+    """A page given up as a whole: each of its blobs counted failed, by name, with ``why`` (an error's
+    class and message; never key material), so that the job's counts still add up to the listing."""
+    detail = why[:256]
+    return PageResult(
+        state=PageState.FAILED,
+        counts={Outcome.FAILED.value: len(page.blobs)},
+        problems=tuple(BlobProblem(name=blob.name, reason=ProblemReason.PAGE_FAILED.value, detail=detail)
+                       for blob in page.blobs),
+        failure=detail,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,6 +182,30 @@ def test_scale_out_enqueues_the_lister_once_and_follow_shows_the_job_across_work
     assert_all_on(cli_env, written, cli_env.new_key_id)
 
 
+def test_follow_ends_with_exit_1_when_a_page_was_given_up(cli_env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    populate(cli_env, 5)
+    assert main(rewrap_args(cli_env, "--scale-out", "--concurrency", "2")) == 0
+    capsys.readouterr()
+    deps = operator_dependencies(blob_endpoint=None, blob_connection_setting="BLOBS")
+    queue = QueueClient.from_connection_string(cli_env.connection_string, os.environ["CMK_WORK_QUEUE"])
+    [lister] = queue.receive_messages(max_messages=1)
+    service.process_work(base64.b64decode(lister.content).decode(), deps)
+    queue.delete_message(lister)
+    # The page item's retries are exhausted: the queue trigger gives it up (then it is on the poison queue).
+    [page] = queue.receive_messages(max_messages=1)
+    service.give_up_work(base64.b64decode(page.content).decode(), "still failing after 5 attempts: Unreachable", deps)
+    queue.delete_message(page)
+
+    status = main(rewrap_args(cli_env, "--scale-out", "--follow", "--interval", "0.5", "--no-progress"))
+
+    assert status == 1
+    [job] = json.loads(capsys.readouterr().out)
+    assert job["finished"] and (job["pages_listed"], job["pages_done"], job["pages_failed"]) == (1, 0, 1)
+    assert job["counts"] == {"failed": 5} and job["blobs"] == 5
+    assert [problem["name"] for problem in job["problems"]] == [f"doc/{index:04d}.txt" for index in range(5)]
+    assert {problem["reason"] for problem in job["problems"]} == {"page_failed"}
+
+
 def test_follow_needs_scale_out(cli_env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(rewrap_args(cli_env, "--follow")) == 2
     assert "--follow follows a --scale-out job" in capsys.readouterr().err

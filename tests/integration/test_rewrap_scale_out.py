@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib
 import json
+import sys
 import threading
 import uuid
 from collections import Counter
@@ -19,14 +21,17 @@ from typing import Any
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
+from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient
 
-from controller import service
+from controller import bootstrap, service
 from controller.adapters.rewrap_backend import AzureRewrapBackend
 from controller.adapters.rewrap_jobs import TableRewrapJobLedger
 from controller.adapters.work_queue import StorageWorkQueue, work_queue_client
 from controller.bootstrap import SystemClock
+from controller.errors import TransientError, Unreachable
 from controller.ports import BlobItem, BlobPage, BlobStore, KeyUnwrapper, RewrapPorts
+from controller.reasons import Reason
 from controller.rewrap.pages import PAGE_WORK_KIND, JobProgress, job_id_of
 from controller.rewrap.work import RewrapMode, RewrapWorkItem, split_job
 from controller.service import Dependencies, RewrapItemStatus
@@ -319,3 +324,176 @@ def test_an_empty_container_job_finishes_with_an_empty_report(scale_out: ScaleOu
     report = lister.rewrap.job_report.as_json()
     assert (report["finished"], report["pages_listed"], report["pages_done"], report["blobs"]) == (True, 0, 0, 0)
     assert service.rewrap_job_progress(item, scale_out.deps).listing.finished
+
+
+# --- pages that fail: a transient error, and an item that ends on the poison queue -----------------------
+
+#: host.json extensions.queues.maxDequeueCount, as the Functions host applies it.
+MAX_DEQUEUE_COUNT = 5
+
+
+class UnreachablePageBackend:
+    """The real backend, except that listing the page holding ``blob`` fails as an unreachable
+    endpoint would, ``times`` times (None: always)."""
+
+    def __init__(self, inner: AzureRewrapBackend, blob: str, *, times: int | None = None) -> None:
+        self._inner = inner
+        self._blob = blob
+        self.left = times
+
+    def open(self, item: RewrapWorkItem) -> RewrapPorts:
+        ports = self._inner.open(item)
+        return replace(ports, store=UnreachablePageStore(ports.store, self))
+
+    def target_version(self, key: Any) -> Any:
+        return self._inner.target_version(key)
+
+    def fails_now(self, page: BlobPage) -> bool:
+        if self._blob not in {item.name for item in page.items} or self.left == 0:
+            return False
+        if self.left is not None:
+            self.left -= 1
+        return True
+
+
+class UnreachablePageStore:
+    def __init__(self, store: BlobStore, backend: UnreachablePageBackend) -> None:
+        self._store = store
+        self._backend = backend
+
+    def list_blobs(self, container: str, *, prefix: str | None, marker: str | None) -> BlobPage:
+        page = self._store.list_blobs(container, prefix=prefix, marker=marker)
+        if self._backend.fails_now(page):
+            raise Unreachable(f"blob endpoint unreachable listing {container}")
+        return page
+
+    def get_properties(self, container: str, name: str) -> BlobItem:
+        return self._store.get_properties(container, name)
+
+    def set_metadata(self, container: str, name: str, metadata: Mapping[str, str], *, if_match: str) -> str:
+        return self._store.set_metadata(container, name, metadata, if_match=if_match)
+
+
+class PoisonOut:
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+    def set(self, value: str) -> None:
+        self.value = value
+
+
+@pytest.fixture
+def queue_trigger(monkeypatch: pytest.MonkeyPatch, scale_out: ScaleOut) -> Iterator[Any]:
+    """function_app's process_work, as the Functions host calls it."""
+    monkeypatch.setenv("CMK_VAULTS", scale_out.world.origin)
+    sys.modules.pop("function_app", None)
+    app = importlib.import_module("function_app").app
+    function = next(f for f in app.get_functions() if f.get_function_name() == "process_work")
+    yield function.get_user_function()
+    bootstrap.override(None)
+
+
+def run_as_the_host(scale_out: ScaleOut, trigger: Any, deps: Dependencies) -> tuple[list[str], list[str]]:
+    """Deliver the work queue's messages to the queue trigger as the Functions host does: a message
+    whose invocation raised is delivered again (here at once) until its dequeue count reaches
+    maxDequeueCount, when it is moved to the poison queue. The statuses of the items processed, and
+    the bodies moved to the poison queue."""
+    bootstrap.override(deps)
+    statuses: list[str] = []
+    poisoned: list[str] = []
+    for _ in range(200):
+        messages = list(scale_out.queue.receive_messages(max_messages=1, visibility_timeout=60))
+        if not messages:
+            return statuses, poisoned
+        [message] = messages
+        body = message.content
+        delivery = QueueMessage(id=message.id, body=body.encode(), dequeue_count=message.dequeue_count,
+                                pop_receipt=message.pop_receipt)
+        poison = PoisonOut()
+        try:
+            trigger(delivery, poison)
+        except TransientError:
+            if message.dequeue_count >= MAX_DEQUEUE_COUNT:
+                poisoned.append(body)
+                scale_out.queue.delete_message(message)
+            else:
+                scale_out.queue.update_message(message, visibility_timeout=0)
+            continue
+        if poison.value is not None:
+            poisoned.append(body)
+        scale_out.queue.delete_message(message)
+        statuses.append(json.loads(body)["kind"])
+    raise AssertionError("the work queue never emptied")
+
+
+def list_the_job(scale_out: ScaleOut, item: RewrapWorkItem) -> None:
+    lister = service.process_work(json.dumps(item.to_message()), scale_out.deps)
+    assert lister.rewrap is not None and lister.rewrap.status is RewrapItemStatus.LISTED
+
+
+def test_a_page_whose_item_is_poisoned_is_failed_in_the_job_which_ends_and_says_so(
+    scale_out: ScaleOut, queue_trigger: Any
+) -> None:
+    world = scale_out.world
+    written = populate(world, 40)  # pages of 16: 0000-0015, 0016-0031, 0032-0039
+    [item] = split_job(targets=[(ACCOUNT, world.container)], key_id=world.new_key_id, scale_out=True)
+    list_the_job(scale_out, item)
+    broken = UnreachablePageBackend(scale_out.backend, "doc/0016.txt")
+    deps = replace(scale_out.deps, rewrap=broken, rewrap_page_lease_seconds=600.0)
+
+    statuses, poisoned = run_as_the_host(scale_out, queue_trigger, deps)
+
+    assert statuses == [PAGE_WORK_KIND, PAGE_WORK_KIND]
+    assert [json.loads(body)["page"] for body in poisoned] == [1]
+    progress = service.rewrap_job_progress(item, scale_out.deps)
+    report = progress.as_json()
+    assert report["finished"]
+    assert (report["pages_listed"], report["pages_done"], report["pages_failed"]) == (3, 2, 1)
+    # Every retry took the page up at once: its lease was released, never waited out nor taken over.
+    assert report["takeovers"] == 0
+    assert report["counts"] == {"failed": 16, "rewrapped": 24}
+    assert report["blobs"] == 40 == len(written)
+    failed = {f"doc/{index:04d}.txt" for index in range(16, 32)}
+    assert {problem["name"] for problem in report["problems"]} == failed
+    assert {problem["reason"] for problem in report["problems"]} == {"page_failed"}
+    assert all(f"still failing after {MAX_DEQUEUE_COUNT} attempts" in problem["detail"]
+               and "unreachable" in problem["detail"] for problem in report["problems"])
+    reasons = [alert.reason for alert in deps.notifier.alerts]  # type: ignore[attr-defined]
+    assert reasons.count(Reason.WORK_ITEM_POISONED) == 1 and reasons.count(Reason.REWRAP_INCOMPLETE) == 1
+    assert_all_on(world, {name: data for name, data in written.items() if name not in failed}, world.new_key_id)
+
+    # Given up again (a second copy of the item reaching the poison queue), nothing changes.
+    assert service.give_up_work(poisoned[0], "again", deps) is None
+    assert service.rewrap_job_progress(item, scale_out.deps).as_json() == report
+
+
+def test_a_transient_error_releases_the_page_which_is_taken_up_again_at_once(scale_out: ScaleOut) -> None:
+    world = scale_out.world
+    written = populate(world, 20)
+    [item] = split_job(targets=[(ACCOUNT, world.container)], key_id=world.new_key_id, scale_out=True)
+    list_the_job(scale_out, item)
+    # The walker tries a listing three times before it says the endpoint is unreachable: one delivery fails.
+    flaky = UnreachablePageBackend(scale_out.backend, "doc/0000.txt", times=3)
+    deps = replace(scale_out.deps, rewrap=flaky, rewrap_page_lease_seconds=600.0)
+    first = None
+    for message in scale_out.queue.receive_messages(max_messages=2, visibility_timeout=60):
+        if json.loads(message.content)["page"] == 0:
+            first = message
+        else:
+            scale_out.queue.update_message(message, visibility_timeout=0)  # back for the workers below
+    assert first is not None
+
+    with pytest.raises(Unreachable):
+        service.process_work(first.content, deps)
+    # The queue's redelivery of the same item (here at once) works the page instead of finding it
+    # held for the 10 minutes of its lease.
+    again = service.process_work(first.content, deps)
+
+    assert again.rewrap is not None and again.rewrap.status is RewrapItemStatus.PAGE_DONE
+    assert again.rewrap.progress is not None and again.rewrap.progress.counts == {"rewrapped": 16}
+    scale_out.run_workers(item, workers=1)  # the other page
+    report = service.rewrap_job_progress(item, scale_out.deps).as_json()
+    assert (report["finished"], report["pages_done"], report["takeovers"]) == (True, 2, 0)
+    assert report["counts"] == {"rewrapped": 20}
+    assert_all_on(world, written, world.new_key_id)
+

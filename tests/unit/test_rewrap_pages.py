@@ -13,8 +13,10 @@ from controller.rewrap.pages import (
     MAX_PAGE_ITEM_BYTES,
     PAGE_WORK_KIND,
     ListedBlob,
+    PageState,
     PageStore,
     RewrapPageItem,
+    failed_page_result,
     job_id_of,
     page_items,
     parse_page_item,
@@ -49,6 +51,19 @@ def test_a_page_item_round_trips_and_carries_names_and_etags_only() -> None:
     assert set(message) == {"kind", "job", "page", "marker", "blobs"}
     assert message["kind"] == PAGE_WORK_KIND
     assert parse_page_item(json.loads(json.dumps(message)), policy=POLICY) == item
+
+
+def test_a_page_given_up_counts_each_of_its_blobs_failed_by_name_with_why() -> None:
+    page = RewrapPageItem(JOB, 3, "m-3", (ListedBlob("a.txt", '"0x1"'), ListedBlob("b.txt", '"0x2"')))
+
+    result = failed_page_result(page, "still failing after 5 attempts: " + "x" * 400)
+
+    assert result.state is PageState.FAILED
+    assert result.counts == {"failed": 2}
+    assert [(problem.name, problem.reason) for problem in result.problems] == [
+        ("a.txt", "page_failed"), ("b.txt", "page_failed")]
+    assert all(problem.detail.startswith("still failing after 5 attempts: x") for problem in result.problems)
+    assert len(result.failure) == 256 and result.unwrap_calls == result.writes == 0
 
 
 @pytest.mark.parametrize(
