@@ -261,6 +261,13 @@ def test_a_refused_wildcard_entry_is_quoted_and_cut_to_80_characters():
     assert str(caught.value).startswith(f"setting CMK_VAULTS: {entry[:80]!r} is a wildcard; list each vault: ")
 
 
+def test_a_bare_name_of_an_unknown_cloud_is_quoted_cut_to_80_characters():
+    name = "kv-" + "a" * 100
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"CMK_VAULTS": name, "CMK_ARM_ENDPOINT": "https://arm.example.com"})
+    assert str(caught.value).startswith(f"setting CMK_VAULTS: the vault name {name[:80]!r} cannot be resolved")
+
+
 def test_a_bare_name_of_an_unknown_cloud_names_the_endpoint():
     with pytest.raises(SettingsError) as caught:
         load_settings({"CMK_VAULTS": "contoso-kv", "CMK_ARM_ENDPOINT": "https://arm.example.com"})
@@ -271,3 +278,8 @@ def test_a_bare_name_of_an_unknown_cloud_names_the_endpoint():
 
 def test_an_ipv6_loopback_vault_is_the_sandboxs():
     assert load_settings({"CMK_VAULTS": "https://[::1]:8443"}).vaults == ("https://[::1]:8443",)
+
+
+def test_a_refused_log_analytics_endpoint_names_its_setting():
+    assert str(rejection("CMK_LOG_ANALYTICS_ENDPOINT", "http://api.loganalytics.io")) == (
+        "setting CMK_LOG_ANALYTICS_ENDPOINT: 'http://api.loganalytics.io' is not an https URL")
