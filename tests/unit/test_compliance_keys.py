@@ -446,7 +446,10 @@ def test_cmk_018_every_container_is_decided_on_its_own() -> None:
     )
     lettered = (key_version(LETTERED_OLD, age=timedelta(days=60)), key_version(LETTERED_NEW, age=timedelta(days=30)))
     keys = (*keys, vault_key("lettered", versions=lettered))
-    built = estate(vaults=(vault(keys=keys), other), container_census=censuses)
+    unlisted_uri = KEY_URI.replace(KEY_NAME, "unlisted")
+    failures = (ReadFailure(resource="acct1/a-uncounted", aspect=ReadAspect.BLOB_CENSUS, reason="Forbidden"),
+                ReadFailure(resource=unlisted_uri, aspect=ReadAspect.KEY_VERSIONS, reason="Throttled"))
+    built = estate(vaults=(vault(keys=keys), other), container_census=censuses, read_failures=failures)
     findings = run(cmk_018_blobs_rewrapped, built)
     assert [result.resource for result in findings] == [
         "acct1/a-uncounted", "acct1/b-invalid", "acct1/c-keys-unread", "acct1/e-versions-unread",
@@ -457,6 +460,7 @@ def test_cmk_018_every_container_is_decided_on_its_own() -> None:
         ("NotRead", "blob-census"), ("KeyUriInvalid", None), ("NotRead", "keys"), ("NotRead", "key-versions"),
         ("NoUsableVersion", None)]
     assert entries[0]["detail"] == "the blobs of acct1/a-uncounted were not counted"
+    assert (entries[0]["read_error"], entries[3]["read_error"]) == ("Forbidden", "Throttled")
     assert entries[1]["key_uri"] == "https://elsewhere.example.com/keys/k"
     assert "elsewhere.example.com" in str(entries[1]["detail"])
     assert entries[3]["detail"] == f"the versions of {KEY_URI.replace(KEY_NAME, 'unlisted')} were not read"
