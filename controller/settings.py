@@ -333,6 +333,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             raise SettingsError(name, _UNRESOLVED_REFERENCE)
         return value
 
+    # Read before the others: its minutes bound CMK_FORCE_ADOPTION_AFTER_MINUTES.
+    adoption_window_hours = _parse_int("CMK_ADOPTION_WINDOW_HOURS", raw("CMK_ADOPTION_WINDOW_HOURS"), 1, 168)
     return Settings(
         vault_policy=_parse_vaults(raw("CMK_VAULTS"), arm_endpoint=raw("CMK_ARM_ENDPOINT")),
         subscriptions=_parse_list("CMK_SUBSCRIPTIONS", raw("CMK_SUBSCRIPTIONS"), _subscription),
@@ -342,13 +344,13 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         ledger_table=_match("CMK_LEDGER_TABLE", raw("CMK_LEDGER_TABLE"), _TABLE_NAME,
                             "a table name (3-63 letters and digits, starting with a letter)"),
         event_dedupe_hours=_parse_int("CMK_EVENT_DEDUPE_HOURS", raw("CMK_EVENT_DEDUPE_HOURS"), 1, 720),
-        adoption_window_hours=_parse_int("CMK_ADOPTION_WINDOW_HOURS", raw("CMK_ADOPTION_WINDOW_HOURS"), 1, 168),
+        adoption_window_hours=adoption_window_hours,
         pinned_policy=_parse_choice("CMK_PINNED_POLICY", raw("CMK_PINNED_POLICY"), ("alert", "update")),
         auto_rotate=_parse_bool("CMK_AUTO_ROTATE", raw("CMK_AUTO_ROTATE")),
         rewrap_targets=_parse_list("CMK_REWRAP_TARGETS", raw("CMK_REWRAP_TARGETS"), _rewrap_target),
         arm_endpoint=_parse_https_endpoint("CMK_ARM_ENDPOINT", raw("CMK_ARM_ENDPOINT")),
         force_adoption_after_minutes=_parse_force_after(raw("CMK_FORCE_ADOPTION_AFTER_MINUTES"),
-                                                        raw("CMK_ADOPTION_WINDOW_HOURS")),
+                                                        window_hours=adoption_window_hours),
         alert_webhook_url=_parse_webhook("CMK_ALERT_WEBHOOK_URL", raw("CMK_ALERT_WEBHOOK_URL")),
         alert_webhook_min_severity=_parse_severity("CMK_ALERT_WEBHOOK_MIN_SEVERITY",
                                                    raw("CMK_ALERT_WEBHOOK_MIN_SEVERITY")),
@@ -407,8 +409,16 @@ def _parse_vaults(value: str, *, arm_endpoint: str) -> VaultPolicy:
         raise SettingsError("CMK_VAULTS", f"{err}: {_HOW_TO_WRITE_A_VAULT}") from err
 
 
+# A bracketed IPv6 literal host (https://[::1]:8443): its brackets are no glob character class.
+_IPV6_LITERAL = re.compile(r"\[[0-9a-f.]*:[0-9a-f:.]*\]", re.IGNORECASE)
+
+
+def _is_wildcard(entry: str) -> bool:
+    return any(char in _IPV6_LITERAL.sub("", entry) for char in "*?[]")
+
+
 def _vault_origin(entry: str, arm_endpoint: str) -> str:
-    if any(char in entry for char in "*?[]"):
+    if _is_wildcard(entry):
         raise InvalidKeyId(f"{entry[:80]!r} is a wildcard; list each vault")
     if entry.lower().startswith(_CUSTOM_ORIGIN_MARK):
         return normalise_origin(entry[len(_CUSTOM_ORIGIN_MARK):])
@@ -420,8 +430,8 @@ def _vault_origin(entry: str, arm_endpoint: str) -> str:
                                "is no known cloud's")
         return parse_vault_origin(f"{entry}.{suffix}").url
     origin = normalise_origin(entry)
-    host = urlsplit(origin).hostname or ""
-    if _is_loopback(host.strip("[]")):
+    host = urlsplit(origin).hostname or ""  # an IPv6 literal without its brackets
+    if _is_loopback(host):
         return origin  # the local sandbox's vaults: their own loopback origin each
     return parse_vault_origin(origin).url  # a Key Vault / Managed HSM host of a known cloud, valid name
 
@@ -498,12 +508,10 @@ def _parse_https_endpoint(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
-def _parse_force_after(value: str, window_hours: str) -> int | None:
-    name = "CMK_FORCE_ADOPTION_AFTER_MINUTES"
+def _parse_force_after(value: str, *, window_hours: int) -> int | None:
     if value.lower() == "off":
         return None
-    window_minutes = int(window_hours) * 60 if _DIGITS.fullmatch(window_hours) else 168 * 60
-    return _parse_int(name, value, 0, window_minutes)
+    return _parse_int("CMK_FORCE_ADOPTION_AFTER_MINUTES", value, 0, window_hours * 60)
 
 
 def _is_loopback(host: str) -> bool:

@@ -3,9 +3,10 @@
     .venv/bin/python mutation/run.py [--max-children N] [--keep] [--survivors] [UNIT ...]
 
 Each unit (a module, or the compliance rules package) runs mutmut in its own workspace,
-.mutation/<unit>/, against ONLY the unit tests that import it: a mutant killed by some other module's
-test does not count. Hypothesis runs derandomized on a small example budget
-(mutation/hypothesis_budget.py), so a score is reproducible and a run takes minutes, not hours.
+.mutation/<unit>/, against ONLY the unit tests that import it (or, for a unit in OWN_TESTS, its own test
+modules): a mutant killed by some other module's test does not count. Hypothesis runs derandomized on
+a small example budget (mutation/hypothesis_budget.py), so a score is reproducible and a run takes
+minutes, not hours.
 Prints one line per module: generated / killed / survived / equivalent / no tests / score, where
 score = killed / (generated - equivalent). Equivalent mutants (no test can tell them from
 the original) are listed with their reason in mutation/equivalent-mutants.toml; an entry that matches
@@ -35,6 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKSPACES = ROOT / ".mutation"
 EQUIVALENTS_FILE = ROOT / "mutation" / "equivalent-mutants.toml"
 MUTMUT = Path(sys.executable).parent / "mutmut"
+# Top-level files some unit tests read or import (test_readme: the settings table; test_functions: the
+# function app), copied into each workspace.
+TOP_LEVEL_FILES = ["README.md", "function_app.py", "host.json"]
 
 # unit name -> the source files it mutates (one line of output each).
 UNITS: dict[str, list[str]] = {
@@ -47,6 +51,17 @@ UNITS: dict[str, list[str]] = {
         for path in (ROOT / "controller" / "compliance" / "rules").glob("*.py")
         if path.name != "__init__.py"
     ),
+    # The rules' evaluators outside the package: key access (CMK-006, and the reconciler's) and drift's
+    # selection and partial re-evaluation.
+    "compliance-access": ["controller/compliance/access.py"],
+    "compliance-drift": ["controller/compliance/drift.py"],
+}
+
+# Units whose module every other module's tests import only to build their inputs (settings: each test
+# of a use case loads settings): measured against their own test modules, named here, instead of every
+# test module that imports them (which would run hundreds of unrelated tests per mutant).
+OWN_TESTS: dict[str, str] = {
+    "settings": "tests/unit/test_settings*.py",
 }
 
 # mutmut's exit codes per verdict (mutmut/stats.py); anything else is a kill or a timeout.
@@ -94,10 +109,12 @@ def prepare_workspace(unit: str, sources: list[str], tests: list[str], *, keep: 
     for directory in ("controller", "tests", "emulators", "mutation"):
         shutil.rmtree(workspace / directory, ignore_errors=True)
         shutil.copytree(ROOT / directory, workspace / directory, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in TOP_LEVEL_FILES:
+        shutil.copy2(ROOT / name, workspace / name)
     mutmut_config = {
         "source_paths": ["controller"],
         "only_mutate": sources,
-        "also_copy": ["emulators", "mutation"],
+        "also_copy": ["emulators", "mutation", *TOP_LEVEL_FILES],
         "pytest_add_cli_args_test_selection": tests,
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-p", "mutation.hypothesis_budget"],
         "use_git_change_detection": False,
@@ -121,9 +138,15 @@ def run_mutmut(workspace: Path, max_children: int, rerun: list[str], *, only_nam
         )
         if only_named:
             return
-    subprocess.run(  # noqa: S603 - our own mutmut, fixed arguments
-        command, cwd=workspace, env=environment, check=True, stdout=subprocess.DEVNULL
+    finished = subprocess.run(  # noqa: S603 - our own mutmut, fixed arguments
+        command, cwd=workspace, env=environment, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, errors="replace",
     )
+    if finished.returncode != 0:
+        # Most often the unmutated tests fail in the workspace (a file they read was not copied): say which.
+        output = finished.stdout.replace("\r", "\n").splitlines()
+        shown = "\n".join(line for line in output[-40:] if not line.startswith("  "))
+        raise SystemExit(f"mutmut failed in {workspace} (exit status {finished.returncode}):\n{shown}")
 
 
 def verdicts(workspace: Path, source: str) -> dict[str, int | None]:
@@ -187,7 +210,8 @@ def main() -> int:
     passed = True
     for unit in arguments.units or list(UNITS):
         sources = UNITS[unit]
-        tests = tests_importing(sources)
+        tests = (sorted(str(path.relative_to(ROOT)) for path in ROOT.glob(OWN_TESTS[unit])) if unit in OWN_TESTS
+                 else tests_importing(sources))
         workspace = prepare_workspace(unit, sources, tests, keep=arguments.keep)
         print(f"# {unit}: {len(tests)} test modules ({', '.join(Path(test).stem for test in tests)})", flush=True)
         rerun = [f"{module_name(source).rpartition('.')[0]}.*{pattern}*" for source in sources

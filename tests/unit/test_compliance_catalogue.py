@@ -23,8 +23,9 @@ from controller.compliance.estate import (
 )
 from controller.compliance.findings import Finding, fingerprint_of
 from controller.compliance.rules import CATALOGUE, RuleSettings, evaluate, summarise
-from controller.compliance.rules.context import DEFAULT_SEVERITY
+from controller.compliance.rules.context import DEFAULT_SEVERITY, Unevaluable, not_evaluable
 from controller.model import RotationLifetimeAction, Severity
+from controller.reasons import Reason
 from tests.unit.estate_builders import (
     KEY_URI,
     NOW,
@@ -230,3 +231,35 @@ def test_evaluate_is_deterministic_whatever_the_listing_order(data: st.DataObjec
     first = [result.as_json() for result in evaluate(shuffled, RuleSettings(), NOW)]
     assert first == [result.as_json() for result in evaluate(shuffled, RuleSettings(), NOW)]
     assert first == [result.as_json() for result in evaluate(ordered, RuleSettings(), NOW)]
+
+
+def test_a_read_failure_without_a_status_says_so_and_names_the_access_it_needs() -> None:
+    failure = ReadFailure(resource=KEY_URI, aspect=ReadAspect.KEY_VERSIONS, reason="connection reset")
+    [result] = [item for item in evaluate(estate(read_failures=(failure,)), RuleSettings(), NOW)
+                if item.resource == KEY_URI and item.title.startswith("could not read")]
+    assert result.title == "could not read key-versions"
+    assert result.remediation == ("give the controller's identity list and get key permissions (or Key Vault Reader) "
+                                  "on the vault, or fix the error named in the evidence; the next sweep evaluates it "
+                                  "again")
+
+
+READ_AGAIN = ", or fix the error named in the evidence; the next sweep evaluates it again"
+
+
+def test_a_rule_not_evaluable_for_want_of_a_read_names_the_failed_read_and_its_access() -> None:
+    failure = ReadFailure(resource=VAULT_ID, aspect=ReadAspect.ROLE_DEFINITION, reason="Forbidden", status_code=403)
+    cause = Unevaluable(Reason.ACCESS_NOT_EVALUATED, "role definition r1 was not read", failure,
+                        aspect=ReadAspect.ROLE_ASSIGNMENTS)
+    result = not_evaluable("CMK-006", VAULT_ID, cause)
+    assert result.title == "CMK-006 could not be evaluated"
+    assert not_evaluated(result) == [{"rule": "CMK-006", "reason": "AccessNotEvaluated",
+                                      "detail": "role definition r1 was not read", "aspect": "role-definition",
+                                      "read_error": "Forbidden", "status_code": 403}]
+    assert result.remediation == ("give the controller's identity Microsoft.Authorization/roleDefinitions/read "
+                                  "(Reader)" + READ_AGAIN)
+
+
+@pytest.mark.parametrize("aspect", [None, ReadAspect.ACCOUNT])
+def test_without_a_known_access_to_grant_the_remediation_asks_for_reader(aspect: ReadAspect | None) -> None:
+    result = not_evaluable("CMK-005", VAULT_ID, Unevaluable(Reason.NOT_READ, "not reported", aspect=aspect))
+    assert result.remediation == "give the controller's identity Reader on the resource" + READ_AGAIN

@@ -20,6 +20,7 @@ from controller.compliance.rules.keys import (
 )
 from controller.model import KeyVersionInfo, RotationLifetimeAction, Severity
 from tests.unit.estate_builders import (
+    KEY_NAME,
     KEY_URI,
     NOW,
     SUB,
@@ -414,3 +415,70 @@ def test_cmk_018_not_evaluable(built_census: object, reason: str) -> None:
     result = only(run(cmk_018_blobs_rewrapped, estate(container_census=(built_census,))))  # type: ignore[arg-type]
     [entry] = not_evaluated(result)
     assert (result.resource, entry["rule"], entry["reason"]) == ("acct1/secrets", "CMK-018", reason)
+
+
+def test_cmk_018_reports_containers_in_name_order() -> None:
+    built = estate(container_census=(census(None, account_name="acct2"), census(None, account_name="acct1")))
+    assert [result.resource for result in run(cmk_018_blobs_rewrapped, built)] == ["acct1/secrets", "acct2/secrets"]
+
+
+LETTERED_OLD, LETTERED_NEW = "ab" * 16, "cd" * 16
+
+
+def test_cmk_018_every_container_is_decided_on_its_own() -> None:
+    """One container that cannot be decided never hides the next: each is reported (or not) on its own."""
+    other_origin = "https://other-kv.vault.azure.net"
+    other = vault(name="other-kv", vault_id=VAULT_ID.replace("contoso-cmk", "other-kv"), vault_uri=f"{other_origin}/",
+                  keys=None)
+    disabled = (key_version(V1, age=timedelta(days=3), enabled=False),)
+    keys = (vault_key(), vault_key("unlisted", versions=None), vault_key("disabled", versions=disabled))
+    censuses = (
+        census(None, container="a-uncounted"),
+        census({V1: 1}, container="b-invalid", key_uri="https://elsewhere.example.com/keys/k"),
+        census({V1: 1}, container="c-keys-unread", key_uri=f"{other_origin}/keys/k"),
+        census({V1: 1}, container="d-missing", key_uri=f"{KEY_URI}-gone"),
+        census({V1: 1}, container="e-versions-unread", key_uri=KEY_URI.replace(KEY_NAME, "unlisted")),
+        census({V1: 1}, container="f-no-usable", key_uri=KEY_URI.replace(KEY_NAME, "disabled")),
+        census({V2: 3}, container="f2-current"),
+        census({V1: 2, V2: 1, V3: 0}, container="g-stale"),
+        census({LETTERED_OLD.upper(): 2, LETTERED_NEW: 1}, container="h-any-case",
+               key_uri=KEY_URI.replace(KEY_NAME, "lettered")),
+    )
+    lettered = (key_version(LETTERED_OLD, age=timedelta(days=60)), key_version(LETTERED_NEW, age=timedelta(days=30)))
+    keys = (*keys, vault_key("lettered", versions=lettered))
+    unlisted_uri = KEY_URI.replace(KEY_NAME, "unlisted")
+    failures = (ReadFailure(resource="acct1/a-uncounted", aspect=ReadAspect.BLOB_CENSUS, reason="Forbidden"),
+                ReadFailure(resource=unlisted_uri, aspect=ReadAspect.KEY_VERSIONS, reason="Throttled"))
+    built = estate(vaults=(vault(keys=keys), other), container_census=censuses, read_failures=failures)
+    findings = run(cmk_018_blobs_rewrapped, built)
+    assert [result.resource for result in findings] == [
+        "acct1/a-uncounted", "acct1/b-invalid", "acct1/c-keys-unread", "acct1/e-versions-unread",
+        "acct1/f-no-usable", "acct1/g-stale", "acct1/h-any-case"]
+    entries = [only(not_evaluated(result)) for result in findings[:5]]
+    assert all(entry["rule"] == "CMK-018" for entry in entries)
+    assert [(entry["reason"], entry.get("aspect")) for entry in entries] == [
+        ("NotRead", "blob-census"), ("KeyUriInvalid", None), ("NotRead", "keys"), ("NotRead", "key-versions"),
+        ("NoUsableVersion", None)]
+    assert entries[0]["detail"] == "the blobs of acct1/a-uncounted were not counted"
+    assert (entries[0]["read_error"], entries[3]["read_error"]) == ("Forbidden", "Throttled")
+    assert entries[1]["key_uri"] == "https://elsewhere.example.com/keys/k"
+    assert "elsewhere.example.com" in str(entries[1]["detail"])
+    assert entries[3]["detail"] == f"the versions of {KEY_URI.replace(KEY_NAME, 'unlisted')} were not read"
+    assert entries[4]["detail"] == (f"{KEY_URI.replace(KEY_NAME, 'disabled')} has no enabled, valid version to "
+                                    "re-wrap to")
+    stale = findings[5]
+    assert (stale.rule, stale.title) == ("CMK-018", f"2 blobs in acct1/g-stale are still wrapped by an old version of "
+                                                    f"{KEY_NAME}")
+    assert stale.evidence == {
+        "reason": "BlobsWrappedByOldVersion", "key": KEY_URI, "latest_version": V2,
+        "latest_available_since": (NOW - timedelta(days=30)).isoformat(), "blobs_per_version": {V1: 2, V2: 1},
+        "stale_blobs": 2, "rewrap_window_hours": 24.0}
+    # Version ids compare in any case: only the old version's blobs are stale.
+    assert findings[6].evidence["blobs_per_version"] == {LETTERED_OLD: 2, LETTERED_NEW: 1}
+    assert findings[6].evidence["stale_blobs"] == 2
+
+
+def test_cmk_013_a_soft_deleted_key_without_a_purge_date_has_no_countdown() -> None:
+    undated = replace(deleted_key(), scheduled_purge=None)
+    result = only(run(cmk_013_key_exists, estate(vaults=(vault(keys=(), deleted_keys=(undated,)),))))
+    assert (result.evidence["scheduled_purge"], result.evidence["days_until_purge"]) == (None, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -188,3 +189,48 @@ def test_cmk_017_logs_not_gathered_are_one_cmk_000() -> None:
     assert "Log Analytics Reader on the workspace, and CMK_LOG_ANALYTICS_WORKSPACE set" in result.remediation
     failed_query = ReadFailure(resource=WORKSPACE, aspect=ReadAspect.AUDIT_LOGS, reason="query timed out")
     assert run(cmk_017_failed_key_operations, estate(audit=None, read_failures=(failed_query,))) == []
+
+
+def test_cmk_017_each_group_of_failures_is_evidence_an_operator_can_look_up() -> None:
+    result = only(run(cmk_017_failed_key_operations, estate(audit=audit(group()))))
+    assert result.evidence["groups"] == ({
+        "key": KEY_NAME, "version": V1, "caller": PRINCIPAL, "operation": "KeyUnwrap", "status_code": 403,
+        "class": "permission", "count": 4, "first_seen": (NOW - timedelta(hours=5)).isoformat(),
+        "last_seen": (NOW - timedelta(hours=1)).isoformat()},)
+
+
+def test_cmk_003_titles_and_remediations_say_what_to_run() -> None:
+    off = only(run(cmk_003_soft_delete, estate(vaults=(vault(enable_soft_delete=False),))))
+    assert off.title == "vault contoso-cmk has soft delete off"
+    assert off.remediation == ("az keyvault update --name contoso-cmk --resource-group rg-keys --enable-soft-delete "
+                               "true (properties.enableSoftDelete: true, softDeleteRetentionInDays 7-90)")
+    short = only(run(cmk_003_soft_delete, estate(vaults=(vault(soft_delete_retention_in_days=6),))))
+    assert short.title == "vault contoso-cmk keeps deleted keys 6 days, outside 7-90"
+    assert short.remediation == ("set properties.softDeleteRetentionInDays between 7 and 90 (it is fixed once soft "
+                                 "delete is on: create a vault with az keyvault create --retention-days 90 and move "
+                                 "the keys)")
+
+
+def test_cmk_004_and_cmk_007_titles_and_remediations_say_what_to_run() -> None:
+    purge = only(run(cmk_004_purge_protection, estate(vaults=(vault(enable_purge_protection=False),))))
+    assert purge.title == "vault contoso-cmk has purge protection off"
+    assert purge.remediation == ("az keyvault update --name contoso-cmk --resource-group rg-keys "
+                                 "--enable-purge-protection true (irreversible; Azure refuses customer-managed keys "
+                                 "from a vault without it)")
+    open_vault = vault()
+    closed = replace(vault(network_acls=NetworkAcls(default_action="Deny", bypass="None")),
+                     id=VAULT_ID.replace("contoso-cmk", "closed-kv"), name="closed-kv")
+    firewall = only(run(cmk_007_firewall_lets_storage_in, estate(vaults=(open_vault, closed))))
+    assert (firewall.resource, firewall.title) == (closed.id, "the firewall of vault closed-kv blocks Azure Storage")
+    assert firewall.remediation == "az keyvault update --name closed-kv --resource-group rg-keys --bypass AzureServices"
+
+
+def test_cmk_003_and_cmk_016_evaluate_every_vault_whatever_the_one_before() -> None:
+    second_id = VAULT_ID.replace("contoso-cmk", "second-kv")
+    second = vault(name="second-kv", vault_id=second_id, enable_soft_delete=False, diagnostic_settings=())
+    assert [result.resource for result in run(cmk_003_soft_delete, estate(vaults=(vault(), second)))] == [second_id]
+    unread = vault(diagnostic_settings=None)
+    findings = run(cmk_016_audit_diagnostics, estate(vaults=(unread, second)))
+    assert [(result.rule, result.resource) for result in findings] == [("CMK-000", VAULT_ID), ("CMK-016", second_id)]
+    assert not_evaluated(findings[0])[0]["detail"] == "the diagnostic settings of vault contoso-cmk were not read"
+    assert findings[1].title == "vault second-kv sends its AuditEvent logs nowhere"
