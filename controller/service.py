@@ -37,6 +37,7 @@ from controller.ports import (
     EstateReader,
     EventLedger,
     Notifier,
+    QueuedWork,
     ReportStore,
     RewrapBackend,
     RewrapJobLedger,
@@ -147,9 +148,13 @@ def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
     A transient failure releases the claim and propagates, so the redelivery is processed; a permanent
     one is recorded (the reconciler alerts) and the event is not retried. A redelivered event that was
     already processed is dropped: the reconciler's re-checks and the sweep cover anything it missed.
+    An instance that dies while handling it (its claim held, a consumer maybe pinned mid-adoption)
+    cannot release it, so a re-check of the key is queued before the claim and withdrawn once the
+    event is handled or found a duplicate (``_crash_net``).
     """
     now = deps.clock.now()
     ttl = timedelta(hours=deps.settings.event_dedupe_hours)
+    net = _crash_net(event, deps)
     outcome = Outcome.ACCEPTED if deps.ledger.claim_event(event.event_id, now=now, ttl=ttl) else Outcome.DUPLICATE
     log_record(log, logging.INFO, f"key event {outcome.value}", {**event.as_json(), "outcome": outcome.value})
     if outcome is Outcome.ACCEPTED:
@@ -159,17 +164,39 @@ def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
                 _fan_out_rewrap(event.key, results, deps)
         except TransientError:
             deps.ledger.release_event(event.event_id)
+            _withdraw(net, deps)
             raise
         except Conflict as err:
             # State changed under us (a concurrent writer): retrying with fresh state converges.
             deps.ledger.release_event(event.event_id)
+            _withdraw(net, deps)
             raise TransientError(f"{event.kind.value} event {event.event_id}: {err}") from err
         except PermanentError as err:
             # Retrying cannot help (a deleted key, a missing permission): a human has to know.
             log_record(log, logging.ERROR, "key event failed permanently",
                        {"event_id": event.event_id, "error": str(err)})
             deps.notifier.send(reconciler.event_failed_alert(event, err, deps.reconcile))
+    _withdraw(net, deps)
     return HandledEvent(event, outcome)
+
+
+def _crash_net(event: KeyEvent, deps: Dependencies) -> QueuedWork | None:
+    """A re-check of the event's key, due once the write claims of an instance that died handling it
+    have lapsed (a quarter of the claim lease later): it repairs what the dead instance left half done."""
+    if event.key is None:
+        return None
+    claim_lease = deps.reconcile.limits.claim_for
+    return deps.work_queue.enqueue({"kind": "reconcile", "key": event.key.versionless.uri},
+                                   delay=claim_lease + claim_lease / 4)
+
+
+def _withdraw(net: QueuedWork | None, deps: Dependencies) -> None:
+    if net is None:
+        return
+    try:
+        deps.work_queue.withdraw(net)
+    except ControllerError as err:  # left on the queue, it only re-checks a key: the event's outcome stands
+        log_record(log, logging.WARNING, "re-check not withdrawn", {"message_id": net.message_id, "error": str(err)})
 
 
 def handle_intake(result: IntakeResult, deps: Dependencies) -> IntakeReport:

@@ -23,7 +23,7 @@ from controller.model import (
     KeyVersionInfo,
     VaultOrigin,
 )
-from controller.ports import RotationRecord
+from controller.ports import QueuedWork, RotationRecord
 from controller.reconciler import ReconcileDeps
 from controller.rotation import PlannerSettings
 from controller.service import Dependencies
@@ -179,9 +179,21 @@ class FakeRotationLedger:
 @dataclass
 class FakeQueue:
     items: list[tuple[dict[str, object], timedelta | None]] = field(default_factory=list)
+    withdrawn: list[tuple[dict[str, object], timedelta | None]] = field(default_factory=list)
+    _sent: dict[str, tuple[dict[str, object], timedelta | None]] = field(default_factory=dict)
 
-    def enqueue(self, message, *, delay=None) -> None:
-        self.items.append((message, delay))
+    def enqueue(self, message, *, delay=None) -> QueuedWork:
+        item = (message, delay)
+        self.items.append(item)
+        work = QueuedWork(message_id=f"m{len(self._sent)}", receipt="r")
+        self._sent[work.message_id] = item
+        return work
+
+    def withdraw(self, work: QueuedWork) -> None:
+        item = self._sent.pop(work.message_id, None)
+        if item is not None and item in self.items:
+            self.items.remove(item)
+            self.withdrawn.append(item)
 
 
 @dataclass
