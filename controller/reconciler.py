@@ -412,16 +412,20 @@ def _execute(
 
 
 def _record_conditions(key: KeyRef, plan: rotation.Plan, record: RotationRecord, deps: ReconcileDeps) -> None:
-    consumer_conditions = {decision.consumer.id: decision.conditions for decision in plan.decisions}
-    version_conditions = {status.version: status.conditions for status in plan.versions}
-    if _same(consumer_conditions, record.consumer_conditions) and _same(version_conditions, record.version_conditions):
-        return  # persist only when something changed
-    deps.ledger.save_conditions(key, consumer_conditions, version_conditions)
+    """Persist the conditions that changed, and only those: a key's every version again on each event
+    would make each event's ledger writes grow with the key's history."""
+    consumer_conditions = _changed({decision.consumer.id: decision.conditions for decision in plan.decisions},
+                                   record.consumer_conditions)
+    version_conditions = _changed({status.version: status.conditions for status in plan.versions},
+                                  record.version_conditions)
+    if consumer_conditions or version_conditions:
+        deps.ledger.save_conditions(key, consumer_conditions, version_conditions)
 
 
-def _same(new: Mapping[str, tuple[Condition, ...]], old: Mapping[str, tuple[Condition, ...]]) -> bool:
-    normalised_old = {name.lower(): tuple(conditions) for name, conditions in old.items()}
-    return {name.lower(): tuple(conditions) for name, conditions in new.items()} == normalised_old
+def _changed(new: Mapping[str, tuple[Condition, ...]],
+             old: Mapping[str, tuple[Condition, ...]]) -> dict[str, tuple[Condition, ...]]:
+    recorded = {name.lower(): tuple(conditions) for name, conditions in old.items()}
+    return {name: conditions for name, conditions in new.items() if recorded.get(name.lower()) != tuple(conditions)}
 
 
 def alert_scope(key: KeyRef) -> str:

@@ -177,6 +177,10 @@ def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
                        {"event_id": event.event_id, "error": str(err)})
             deps.notifier.send(reconciler.event_failed_alert(event, err, deps.reconcile))
     _withdraw(net, deps)
+    # The end of the event's handling, with how long it took (the accepted line above is its start).
+    log_record(log, logging.INFO, "handled key event", {
+        "event_id": event.event_id, "key": event.key.uri if event.key else None, "outcome": outcome.value,
+        "seconds": round((deps.clock.now() - now).total_seconds(), 3)})
     return HandledEvent(event, outcome)
 
 

@@ -151,6 +151,7 @@ class FakeRotationLedger:
     version_conditions: dict[str, tuple[Condition, ...]] = field(default_factory=dict)
     intent_log: list[tuple[str, str]] = field(default_factory=list)
     condition_saves: int = 0
+    subjects_written: int = 0
     #: consumer id -> (owner, until): the write claims, one per consumer as the Table ledger keeps them.
     claims: dict[str, tuple[str, datetime]] = field(default_factory=dict)
 
@@ -171,9 +172,11 @@ class FakeRotationLedger:
         return True
 
     def save_conditions(self, key, consumer_conditions, version_conditions) -> None:
-        self.consumer_conditions = dict(consumer_conditions)
-        self.version_conditions = dict(version_conditions)
+        # As the table: each subject given is written (upserted); the others keep their row.
+        self.consumer_conditions = {**self.consumer_conditions, **consumer_conditions}
+        self.version_conditions = {**self.version_conditions, **version_conditions}
         self.condition_saves += 1
+        self.subjects_written += len(consumer_conditions) + len(version_conditions)
 
 
 @dataclass

@@ -242,3 +242,13 @@ def test_a_handled_or_duplicate_event_withdraws_its_recheck():
     assert service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps).outcome is service.Outcome.DUPLICATE
     assert w.queue.items == []
     assert len(w.queue.withdrawn) == 2
+
+
+def test_the_end_of_an_event_is_logged_with_its_outcome_and_duration(caplog: pytest.LogCaptureFixture):
+    w = world(account("stpinned", pinned=OLD))
+    deps = dependencies(w, FakeLedger())
+    with caplog.at_level("INFO", logger="controller.service"):
+        service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps)
+    [handled] = [record for record in caplog.records if record.getMessage().startswith("handled key event ")]
+    fields = json.loads(handled.getMessage().removeprefix("handled key event "))
+    assert fields == {"event_id": "e", "key": KEY.with_version(NEW).uri, "outcome": "accepted", "seconds": 0.0}
