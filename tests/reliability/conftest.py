@@ -255,6 +255,7 @@ def wait_for_host_restart(estate: Estate, killed: int, *, timeout: float = 120) 
     while not (host_pid(estate) not in (0, killed) and host_answers(estate)):
         assert time.monotonic() < deadline, "the Functions host was not restarted"
         time.sleep(0.1)
+    estate.state = sandbox.read_state(estate.directory) or estate.state  # the new pid, for every scenario after
 
 
 def host_rss_bytes(estate: Estate) -> int:
