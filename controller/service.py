@@ -140,6 +140,8 @@ class Dependencies:
     #: How long a worker holds a page of a scale-out job before another may take it over (its
     #: worker is presumed crashed); well above the time one page takes.
     rewrap_page_lease_seconds: float = 600.0
+    #: This instance's completed drift re-reads: an account event older than one is covered by it.
+    drift_re_reads: drift.CompletedReReads = field(default_factory=drift.CompletedReReads)
 
 
 def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
@@ -405,7 +407,14 @@ def handle_resource_events(events: Sequence[ResourceEvent], deps: Dependencies) 
         log_record(log, logging.INFO, "resource events of the controller's own writes: not re-evaluated",
                    {"events": [event.event_id for event in claimed]})
         return DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates)
-    focus = DriftFocus.of(event.target for event in external)
+    covered = [event for event in external if deps.drift_re_reads.covers(event.target, event.event_time)]
+    if covered:
+        log_record(log, logging.INFO, "resource events covered by a re-read made after them",
+                   {"events": [event.event_id for event in covered]})
+    pending = [event for event in external if event not in covered]
+    if not pending:
+        return DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates)
+    focus = DriftFocus.of(event.target for event in pending)
     try:
         focused = deps.estate.gather_focus(deps.settings.subscriptions, focus, now)
         result = drift.evaluate_drift(focused.estate, focused.coverage, rule_settings(deps.settings), now)
@@ -416,6 +425,7 @@ def handle_resource_events(events: Sequence[ResourceEvent], deps: Dependencies) 
         for event in claimed:
             deps.ledger.release_event(event.event_id)
         raise
+    deps.drift_re_reads.record(now, coverage)
     report = DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates, focus=focus,
                          findings=result.findings)
     log_record(log, logging.INFO, "drift re-evaluated", {
