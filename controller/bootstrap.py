@@ -114,6 +114,7 @@ def build(
             concurrency=settings.write_concurrency,
             time_budget=timedelta(seconds=settings.reconcile_time_budget_seconds),
             owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            claim_for=timedelta(seconds=settings.claim_lease_seconds),
         ),
     )
     if blob_connection_setting:
@@ -149,6 +150,7 @@ def build(
         audit_checkpoint=TableAuditCheckpoint(storage.table(settings.ledger_table)),
         estate=gatherer,
         reports=BlobReportStore(storage.container(settings.report_container)),
+        rewrap_page_lease_seconds=float(settings.claim_lease_seconds),
     )
 
 

@@ -55,9 +55,21 @@ class EventLedger(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class QueuedWork:
+    """A work item as the queue acknowledged it: what withdrawing it before its delivery takes."""
+
+    message_id: str
+    receipt: str
+
+
 class WorkQueue(Protocol):
-    def enqueue(self, message: dict[str, object], *, delay: timedelta | None = None) -> None:
+    def enqueue(self, message: dict[str, object], *, delay: timedelta | None = None) -> QueuedWork:
         """Put a JSON work item on the queue, invisible for ``delay``."""
+        ...
+
+    def withdraw(self, work: QueuedWork) -> None:
+        """Remove an item not delivered yet; one already delivered (or gone) is left alone."""
         ...
 
 

@@ -37,6 +37,7 @@ from controller.ports import (
     EstateReader,
     EventLedger,
     Notifier,
+    QueuedWork,
     ReportStore,
     RewrapBackend,
     RewrapJobLedger,
@@ -140,6 +141,8 @@ class Dependencies:
     #: How long a worker holds a page of a scale-out job before another may take it over (its
     #: worker is presumed crashed); well above the time one page takes.
     rewrap_page_lease_seconds: float = 600.0
+    #: This instance's completed drift re-reads: an account event older than one is covered by it.
+    drift_re_reads: drift.CompletedReReads = field(default_factory=drift.CompletedReReads)
 
 
 def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
@@ -148,9 +151,13 @@ def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
     A transient failure releases the claim and propagates, so the redelivery is processed; a permanent
     one is recorded (the reconciler alerts) and the event is not retried. A redelivered event that was
     already processed is dropped: the reconciler's re-checks and the sweep cover anything it missed.
+    An instance that dies while handling it (its claim held, a consumer maybe pinned mid-adoption)
+    cannot release it, so a re-check of the key is queued before the claim and withdrawn once the
+    event is handled or found a duplicate (``_crash_net``).
     """
     now = deps.clock.now()
     ttl = timedelta(hours=deps.settings.event_dedupe_hours)
+    net = _crash_net(event, deps)
     outcome = Outcome.ACCEPTED if deps.ledger.claim_event(event.event_id, now=now, ttl=ttl) else Outcome.DUPLICATE
     log_record(log, logging.INFO, f"key event {outcome.value}", {**event.as_json(), "outcome": outcome.value})
     if outcome is Outcome.ACCEPTED:
@@ -160,17 +167,43 @@ def handle_key_event(event: KeyEvent, deps: Dependencies) -> HandledEvent:
                 _fan_out_rewrap(event.key, results, deps)
         except TransientError:
             deps.ledger.release_event(event.event_id)
+            _withdraw(net, deps)
             raise
         except Conflict as err:
             # State changed under us (a concurrent writer): retrying with fresh state converges.
             deps.ledger.release_event(event.event_id)
+            _withdraw(net, deps)
             raise TransientError(f"{event.kind.value} event {event.event_id}: {err}") from err
         except PermanentError as err:
             # Retrying cannot help (a deleted key, a missing permission): a human has to know.
             log_record(log, logging.ERROR, "key event failed permanently",
                        {"event_id": event.event_id, "error": str(err)})
             deps.notifier.send(reconciler.event_failed_alert(event, err, deps.reconcile))
+    _withdraw(net, deps)
+    # The end of the event's handling, with how long it took (the accepted line above is its start).
+    log_record(log, logging.INFO, "handled key event", {
+        "event_id": event.event_id, "key": event.key.uri if event.key else None, "outcome": outcome.value,
+        "seconds": round((deps.clock.now() - now).total_seconds(), 3)})
     return HandledEvent(event, outcome)
+
+
+def _crash_net(event: KeyEvent, deps: Dependencies) -> QueuedWork | None:
+    """A re-check of the event's key, due once the write claims of an instance that died handling it
+    have lapsed (a quarter of the claim lease later): it repairs what the dead instance left half done."""
+    if event.key is None:
+        return None
+    claim_lease = deps.reconcile.limits.claim_for
+    return deps.work_queue.enqueue({"kind": "reconcile", "key": event.key.versionless.uri},
+                                   delay=claim_lease + claim_lease / 4)
+
+
+def _withdraw(net: QueuedWork | None, deps: Dependencies) -> None:
+    if net is None:
+        return
+    try:
+        deps.work_queue.withdraw(net)
+    except ControllerError as err:  # left on the queue, it only re-checks a key: the event's outcome stands
+        log_record(log, logging.WARNING, "re-check not withdrawn", {"message_id": net.message_id, "error": str(err)})
 
 
 def handle_intake(result: IntakeResult, deps: Dependencies) -> IntakeReport:
@@ -375,7 +408,14 @@ def handle_resource_events(events: Sequence[ResourceEvent], deps: Dependencies) 
         log_record(log, logging.INFO, "resource events of the controller's own writes: not re-evaluated",
                    {"events": [event.event_id for event in claimed]})
         return DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates)
-    focus = DriftFocus.of(event.target for event in external)
+    covered = [event for event in external if deps.drift_re_reads.covers(event.target, event.event_time)]
+    if covered:
+        log_record(log, logging.INFO, "resource events covered by a re-read made after them",
+                   {"events": [event.event_id for event in covered]})
+    pending = [event for event in external if event not in covered]
+    if not pending:
+        return DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates)
+    focus = DriftFocus.of(event.target for event in pending)
     try:
         focused = deps.estate.gather_focus(deps.settings.subscriptions, focus, now)
         result = drift.evaluate_drift(focused.estate, focused.coverage, rule_settings(deps.settings), now)
@@ -386,6 +426,7 @@ def handle_resource_events(events: Sequence[ResourceEvent], deps: Dependencies) 
         for event in claimed:
             deps.ledger.release_event(event.event_id)
         raise
+    deps.drift_re_reads.record(now, coverage)
     report = DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates, focus=focus,
                          findings=result.findings)
     log_record(log, logging.INFO, "drift re-evaluated", {

@@ -235,6 +235,14 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "No write is started after this many seconds of one reconcile (30-3600; keep it under the host's "
         "functionTimeout, 10 minutes): what is left continues in another invocation through the work queue.",
     ),
+    SettingSpec(
+        "CMK_CLAIM_LEASE_SECONDS",
+        "600",
+        "How long a claim (a consumer write, a page of a scale-out re-wrap) keeps other invocations off its "
+        "work (5-3600; default 600, the host's functionTimeout, which no invocation outlives): the work of an "
+        "instance that died is taken over after it, and the re-check queued with each key event repairs what "
+        "it left half done a quarter of a lease later.",
+    ),
 )
 
 _KNOWN: Final = {spec.name: spec for spec in SETTINGS}
@@ -314,6 +322,7 @@ class Settings:
     audit_schedule: str = "0 */15 * * * *"
     write_concurrency: int = 32
     reconcile_time_budget_seconds: int = 480
+    claim_lease_seconds: int = 600
     #: The controller identity's client id (AZURE_CLIENT_ID, set by infra/ for the SDK credentials), lower
     #: case; None when unset or not a GUID. It tells the controller's own ARM writes apart in resource events.
     controller_client_id: str | None = None
@@ -382,6 +391,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         controller_client_id=_client_id(environ.get("AZURE_CLIENT_ID", "")),
         reconcile_time_budget_seconds=_parse_int("CMK_RECONCILE_TIME_BUDGET_SECONDS",
                                                  raw("CMK_RECONCILE_TIME_BUDGET_SECONDS"), 30, 3600),
+        claim_lease_seconds=_parse_int("CMK_CLAIM_LEASE_SECONDS", raw("CMK_CLAIM_LEASE_SECONDS"), 5, 3600),
     )
 
 

@@ -13,6 +13,11 @@ It does what the real host does for the triggers this app uses, with the host's 
 * timer triggers fired on their NCRONTAB schedules;
 * queue triggers polling Azurite: base64 message encoding, batchSize, visibilityTimeout between
   attempts, maxDequeueCount (host.json, default 5) and then ``<queue>-poison``; queue output bindings;
+  a message is held under a lease renewed while its invocation runs (the real host takes messages for
+  10 minutes and renews them; here the lease is QUEUE_LEASE_SECONDS, so a crashed host's messages come
+  back within seconds);
+* host keys kept across restarts (the real host keeps them in its storage): a restarted host answers
+  the same webhook URLs;
 * ``POST /admin/functions/<name>`` (master key) runs a non-HTTP function now, as the real host does.
 
 Run: ``python -m emulators.functions_host --app-dir . --settings local.settings.json --port 7071``.
@@ -35,6 +40,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +56,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RECORD_NAME = "functions"  # its name in a sandbox's process record
 _SETTING_REFERENCE = re.compile(r"%([A-Za-z0-9_]+)%")
 _TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d+))?$")
+#: How long a received queue message stays invisible; renewed every half of it while its invocation runs.
+QUEUE_LEASE_SECONDS = 6
+KEY_NAMES = ("master", "function", "eventgrid_extension")
 
 
 def parse_timespan(text: str) -> timedelta:
@@ -128,6 +137,9 @@ class FunctionsHost:
         self.max_polling_interval = max_polling_interval or parse_timespan(
             queues.get("maxPollingInterval", "00:01:00"))
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="function")
+        # The host's own storage I/O (queue polling, leases, outputs) runs beside the functions' threads, as
+        # the real host's runs in the host process: busy functions never starve a lease renewal or a poll.
+        self.io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="host-io")
         sys.path.insert(0, str(app_dir))
         module = importlib.import_module("function_app")
         self.functions = {function.name: function for function in
@@ -339,13 +351,13 @@ class FunctionsHost:
         loop = asyncio.get_running_loop()
         queue_name = str(function.trigger["queueName"])
         connection = str(function.trigger.get("connection") or "AzureWebJobsStorage")
-        queue = await loop.run_in_executor(self.executor, self._queue, connection, queue_name)
-        poison = await loop.run_in_executor(self.executor, self._queue, connection, f"{queue_name}-poison")
+        queue = await loop.run_in_executor(self.io, self._queue, connection, queue_name)
+        poison = await loop.run_in_executor(self.io, self._queue, connection, f"{queue_name}-poison")
         idle = timedelta(milliseconds=100)
         while True:
-            messages = await loop.run_in_executor(self.executor, lambda: list(queue.receive_messages(
+            messages = await loop.run_in_executor(self.io, lambda: list(queue.receive_messages(
                 messages_per_page=self.batch_size, max_messages=self.batch_size,
-                visibility_timeout=max(30, int(self.visibility_timeout.total_seconds()) + 30))))
+                visibility_timeout=QUEUE_LEASE_SECONDS)))
             if not messages:
                 await asyncio.sleep(idle.total_seconds())
                 idle = min(idle * 2, self.max_polling_interval)
@@ -355,6 +367,21 @@ class FunctionsHost:
 
     async def _process_message(self, function: _Function, queue: Any, poison: Any, message: Any) -> None:
         loop = asyncio.get_running_loop()
+        lease = _MessageLease(queue, message, self.io)
+        renewal = asyncio.create_task(lease.keep())
+        try:
+            await self._handle_message(function, queue, poison, message, lease)
+        finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+            await loop.run_in_executor(self.io, lease.settle)
+
+    async def _handle_message(self, function: _Function, queue: Any, poison: Any, message: Any,
+                              lease: _MessageLease) -> None:
+        loop = asyncio.get_running_loop()
+        if message.dequeue_count > 1:  # failed, or taken by a host that died before settling it
+            log.info("message %s delivered again (attempt %d)", message.id, message.dequeue_count)
         try:
             body = self._decode(message.content)
         except ValueError:
@@ -371,16 +398,15 @@ class FunctionsHost:
                 log.info("message %s failed on attempt %d", message.id, message.dequeue_count)
             else:
                 await self._send_outputs(function, outputs)
-                await loop.run_in_executor(self.executor, lambda: queue.delete_message(message))
+                lease.finish(delete=True)
                 return
         if message.dequeue_count >= self.max_dequeue_count or body is None:
             log.warning("Message %s has reached MaxDequeueCount of %d: moving it to %s",
                         message.id, self.max_dequeue_count, poison.queue_name)
-            await loop.run_in_executor(self.executor, lambda: poison.send_message(message.content))
-            await loop.run_in_executor(self.executor, lambda: queue.delete_message(message))
+            await loop.run_in_executor(self.io, lambda: poison.send_message(message.content))
+            lease.finish(delete=True)
         else:
-            await loop.run_in_executor(self.executor, lambda: queue.update_message(
-                message, visibility_timeout=int(self.visibility_timeout.total_seconds())))
+            lease.finish(delete=False, visibility=int(self.visibility_timeout.total_seconds()))
 
     async def _send_outputs(self, function: _Function, outputs: dict[str, _Out]) -> None:
         loop = asyncio.get_running_loop()
@@ -390,10 +416,10 @@ class FunctionsHost:
                 continue
             values = value if isinstance(value, list) else [value]
             connection = str(spec.get("connection") or "AzureWebJobsStorage")
-            target = await loop.run_in_executor(self.executor, self._queue, connection, str(spec["queueName"]))
+            target = await loop.run_in_executor(self.io, self._queue, connection, str(spec["queueName"]))
             for item in values:
                 encoded = self._encode(item if isinstance(item, str) else json.dumps(item))
-                await loop.run_in_executor(self.executor, target.send_message, encoded)
+                await loop.run_in_executor(self.io, target.send_message, encoded)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -403,6 +429,47 @@ class FunctionsHost:
                 self._tasks.append(asyncio.create_task(self._run_timer(function)))
             elif function.trigger_type == "queueTrigger":
                 self._tasks.append(asyncio.create_task(self._run_queue(function)))
+
+
+class _MessageLease:
+    """A received message held invisible while its invocation runs, then deleted or released.
+
+    Renewals and the final delete or release use the newest pop receipt under one lock, so a renewal
+    never races the settlement."""
+
+    def __init__(self, queue: Any, message: Any, executor: ThreadPoolExecutor) -> None:
+        self._queue, self._executor = queue, executor
+        self._id, self._receipt = message.id, message.pop_receipt
+        self._lock = threading.Lock()
+        self._settled = False
+        self._delete = False
+        self._visibility: int | None = None
+
+    async def keep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(QUEUE_LEASE_SECONDS / 2)
+            await loop.run_in_executor(self._executor, self._renew)
+
+    def _renew(self) -> None:
+        with self._lock:
+            if self._settled:
+                return
+            with contextlib.suppress(Exception):  # lost (e.g. Azurite restarted): the message comes back
+                renewed = self._queue.update_message(self._id, self._receipt, visibility_timeout=QUEUE_LEASE_SECONDS)
+                self._receipt = renewed.pop_receipt
+
+    def finish(self, *, delete: bool, visibility: int | None = None) -> None:
+        self._delete, self._visibility = delete, visibility
+
+    def settle(self) -> None:
+        """Delete the message (done, or moved to poison) or make it visible again after ``visibility``."""
+        with self._lock:
+            self._settled = True
+            if self._delete:
+                self._queue.delete_message(self._id, self._receipt)
+            elif self._visibility is not None:
+                self._queue.update_message(self._id, self._receipt, visibility_timeout=self._visibility)
 
 
 def _match_route(template: str, path: str) -> dict[str, str] | None:
@@ -456,6 +523,20 @@ def _parse_time(text: str) -> datetime | None:
         return None
 
 
+def _host_keys(path: Path | None) -> dict[str, str]:
+    """The keys file's keys when it holds them (a restart), else new ones written to it."""
+    if path is not None and path.exists():
+        with contextlib.suppress(ValueError, OSError):
+            kept = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(kept, dict) and all(isinstance(kept.get(name), str) and kept[name] for name in KEY_NAMES):
+                return {name: kept[name] for name in KEY_NAMES}
+    keys = {name: secrets.token_urlsafe(32) for name in KEY_NAMES}
+    if path is not None:
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(keys), encoding="utf-8")
+    return keys
+
+
 def _serve(args: argparse.Namespace) -> None:
     from aiohttp import web
 
@@ -464,11 +545,7 @@ def _serve(args: argparse.Namespace) -> None:
     logging.getLogger("azure").setLevel(logging.WARNING)
     settings = json.loads(Path(args.settings).read_text(encoding="utf-8")) if args.settings else {}
     os.environ.update({key: str(value) for key, value in settings.get("Values", {}).items()})
-    keys = {name: secrets.token_urlsafe(32) for name in ("master", "function", "eventgrid_extension")}
-    if args.keys_file:
-        path = Path(args.keys_file)
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(keys), encoding="utf-8")
+    keys = _host_keys(Path(args.keys_file) if args.keys_file else None)
     polling = timedelta(seconds=args.max_polling_seconds) if args.max_polling_seconds else None
     host = FunctionsHost(Path(args.app_dir).resolve(), os.environ, keys=keys, max_polling_interval=polling)
 
@@ -494,6 +571,7 @@ def _serve(args: argparse.Namespace) -> None:
         await stop.wait()
         await runner.cleanup()
         host.executor.shutdown(wait=False, cancel_futures=True)
+        host.io.shutdown(wait=False, cancel_futures=True)
 
     asyncio.run(main())
 
@@ -529,8 +607,7 @@ class LocalFunctionsHost:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         settings_path = self.work_dir / "local.settings.json"
         settings_path.write_text(json.dumps({"IsEncrypted": False, "Values": self.values}), encoding="utf-8")
-        keys_path = self.work_dir / "host-keys.json"
-        keys_path.unlink(missing_ok=True)
+        keys_path = self.work_dir / "host-keys.json"  # kept: a restarted host keeps its keys
         port_path = self.work_dir / "host-port"
         port_path.unlink(missing_ok=True)
         log_file = self.log_path.open("ab")

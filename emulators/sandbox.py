@@ -84,6 +84,8 @@ ENV_FILE = "env"
 LOG_FILE = "sandbox.log"
 CA_DIR = "ca"
 CA_BUNDLE = "ca-bundle.pem"
+#: JSON object of CMK_ settings the function app gets instead of their defaults (start_detached's app_settings).
+APP_SETTINGS_ENV = "SANDBOX_APP_SETTINGS"
 ORCHESTRATOR = "orchestrator"  # its name in the process record
 
 # The controller's own identity lives next to the function app, as `azd up` creates it.
@@ -167,11 +169,13 @@ def running_state(directory: Path) -> dict[str, Any] | None:
     return state
 
 
-def start_detached(directory: Path, *, timeout: float = 90.0, functions: bool = True) -> dict[str, Any]:
+def start_detached(directory: Path, *, timeout: float = 90.0, functions: bool = True,
+                   app_settings: dict[str, str] | None = None) -> dict[str, Any]:
     """Spawn the orchestrator in its own session and wait until it reports running (or failed).
 
     ``functions=False`` runs the emulated Azure without the controller's function app: Azure's own
-    behaviour alone (benchmarks compare the controller against it)."""
+    behaviour alone (benchmarks compare the controller against it). ``app_settings``: CMK_ settings
+    the function app gets instead of their defaults."""
     directory.mkdir(parents=True, exist_ok=True)
     existing = running_state(directory)
     if existing is not None:
@@ -192,6 +196,7 @@ def start_detached(directory: Path, *, timeout: float = 90.0, functions: bool = 
             [sys.executable, "-m", "emulators.sandbox", "serve", "--dir", str(directory.resolve()),
              *([] if functions else ["--no-functions"])],
             cwd=str(PROJECT_ROOT),  # emulators/ is not installed: it is imported from the checkout
+            env={**os.environ, APP_SETTINGS_ENV: json.dumps(app_settings or {})},
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -482,6 +487,7 @@ class Orchestrator:
             values[name] = self.proxy.url
         for name in ("NO_PROXY", "no_proxy"):
             values[name] = NO_PROXY
+        values.update(_app_setting_overrides())
         if self._identity_endpoint is not None:
             values["IDENTITY_ENDPOINT"] = self._identity_endpoint.endpoint
             values["IDENTITY_HEADER"] = self._identity_endpoint.secret
@@ -561,11 +567,12 @@ class Orchestrator:
             changed = False
             host = self._functions
             if host is not None and host.process is not None and host.process.poll() is not None:
-                self._functions_error = (
-                    f"the Functions host exited (code {host.process.returncode}); see {host.log_path}"
-                )
-                self._functions_failed_for = self._functions_vaults
+                # It had started: Azure restarts a crashed worker, on the same URLs with the same keys.
+                log.warning("the Functions host exited (code %s): restarting it", host.process.returncode)
+                crashed_for, port = self._functions_vaults, host.port
                 self._stop_functions()
+                self._restart_functions(crashed_for, port=port)
+                self.state["functionsRestarts"] = int(self.state.get("functionsRestarts", 0)) + 1
                 changed = True
             # A host that failed for these vaults is not restarted in a loop: status shows why; a vault change retries.
             # A deleted vault changes no app setting (in Azure neither): only a new vault restarts the host.
@@ -579,10 +586,11 @@ class Orchestrator:
             if changed or vaults_known != {v.name for v in self.keyvault.vaults.values()}:
                 self._write_files()
 
-    def _restart_functions(self, origins: tuple[str, ...]) -> None:
+    def _restart_functions(self, origins: tuple[str, ...], *, port: int | None = None) -> None:
         from emulators.functions_host import LocalFunctionsHost
 
-        port = self._functions.port if self._functions is not None else 0  # a restart keeps its address
+        # A restart keeps its address (a crashed host's given by the caller); a first start binds port 0.
+        port = port or (self._functions.port if self._functions is not None else 0)
         self._stop_functions()
         values = self.app_settings()
         values["CMK_VAULTS"] = ",".join(origins)
@@ -769,6 +777,18 @@ class Orchestrator:
         }
 
 
+def _app_setting_overrides() -> dict[str, str]:
+    """CMK_ settings the sandbox was started with (``start_detached(app_settings=...)``), e.g. a test's shorter
+    leases; anything else in that variable is refused (a typo must not pass silently)."""
+    raw = os.environ.get(APP_SETTINGS_ENV, "")
+    overrides = json.loads(raw) if raw else {}
+    if not isinstance(overrides, dict) or not all(
+            isinstance(name, str) and name.startswith("CMK_") and isinstance(value, str)
+            for name, value in overrides.items()):
+        raise SandboxError(f"{APP_SETTINGS_ENV} must be a JSON object of CMK_ settings and string values")
+    return overrides
+
+
 def _probe(url: str, context: Any, *, want_success: bool = False) -> bool:
     """True when the URL answers HTTP at all (or, with want_success, answers 2xx) within two seconds."""
     request = urllib.request.Request(url, method="GET")  # noqa: S310 - loopback URLs of our own components
@@ -886,9 +906,10 @@ def _run(orchestrator: Orchestrator, stop_requested: threading.Event) -> int:
 
 
 @contextlib.contextmanager
-def running(directory: Path, *, timeout: float = 90.0) -> Iterator[dict[str, Any]]:
+def running(directory: Path, *, timeout: float = 90.0,
+            app_settings: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
     """A detached sandbox for the duration of a block (tests, the demo); stopped on exit."""
-    state = start_detached(directory, timeout=timeout)
+    state = start_detached(directory, timeout=timeout, app_settings=app_settings)
     try:
         yield state
     finally:

@@ -114,6 +114,9 @@ param cmkTeamsMinSeverity string = 'medium'
 @description('CMK_ALERT_WEBHOOK_MIN_SEVERITY: least severe alert sent to CMK_ALERT_WEBHOOK_URL (critical, high, medium, low, info).')
 param cmkAlertWebhookMinSeverity string = 'info'
 
+@description('CMK_CLAIM_LEASE_SECONDS: How long a claim (a consumer write, a page of a scale-out re-wrap) keeps other invocations off its work (5-3600 s; default: the host functionTimeout); then the work of a dead instance is taken over.')
+param cmkClaimLeaseSeconds string = '600'
+
 @description('CMK_AUDIT_SCHEDULE: NCRONTAB schedule of the audit timer (deleted/purged keys in use, CMK-017 failures)')
 param cmkAuditSchedule string = '0 */15 * * * *'
 
@@ -328,6 +331,7 @@ module functionApp 'modules/function-app.bicep' = {
     cmkTeamsMinSeverity: cmkTeamsMinSeverity
     cmkTeamsWebhookUrl: webhookReferences[1]
     cmkAlertWebhookMinSeverity: cmkAlertWebhookMinSeverity
+    cmkClaimLeaseSeconds: cmkClaimLeaseSeconds
     cmkAuditSchedule: cmkAuditSchedule
     cmkReconcileTimeBudgetSeconds: cmkReconcileTimeBudgetSeconds
     cmkWriteConcurrency: cmkWriteConcurrency

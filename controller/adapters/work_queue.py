@@ -7,14 +7,17 @@ timeout (Azure allows up to 7 days).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import timedelta
 
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from controller.adapters.azure_errors import translated
 from controller.adapters.created_once import CreatedOnce
 from controller.errors import InvalidInput
+from controller.ports import QueuedWork
 
 #: Azure Storage queue messages are at most 64 KiB; base64 makes 48 KiB of text the usable size.
 MAX_MESSAGE_TEXT = 48 * 1024
@@ -36,7 +39,7 @@ class StorageWorkQueue:
         self._ensure_queue = CreatedOnce(queue.create_queue, f"queue {queue.queue_name}")
 
 
-    def enqueue(self, message: dict[str, object], *, delay: timedelta | None = None) -> None:
+    def enqueue(self, message: dict[str, object], *, delay: timedelta | None = None) -> QueuedWork:
         text = json.dumps(message, separators=(",", ":"), sort_keys=True)
         if len(text.encode("utf-8")) > MAX_MESSAGE_TEXT:
             raise InvalidInput(f"work item is larger than {MAX_MESSAGE_TEXT} bytes")
@@ -45,4 +48,10 @@ class StorageWorkQueue:
             visibility = int(min(delay, MAX_DELAY).total_seconds())
         self._ensure_queue()
         with translated(f"enqueue work on {self._queue.queue_name}"):
-            self._queue.send_message(text, visibility_timeout=visibility)
+            sent = self._queue.send_message(text, visibility_timeout=visibility)
+        return QueuedWork(message_id=str(sent.id), receipt=str(sent.pop_receipt))
+
+    def withdraw(self, work: QueuedWork) -> None:
+        # A delivered item has a new pop receipt: the delete is refused (404) and the item runs.
+        with translated(f"withdraw work from {self._queue.queue_name}"), contextlib.suppress(ResourceNotFoundError):
+            self._queue.delete_message(work.message_id, work.receipt)

@@ -19,9 +19,11 @@ need the whole estate or other sources.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from controller.compliance.estate import Estate, StorageAccount
 from controller.compliance.findings import Finding
@@ -194,6 +196,36 @@ class FocusedEstate:
 class DriftResult:
     findings: tuple[Finding, ...]
     coverage: Coverage
+
+
+#: Our clock and Azure Resource Manager's may disagree a little: a re-read covers events older than its start by this.
+RE_READ_MARGIN = timedelta(seconds=30)
+#: Completed re-reads an instance remembers.
+REMEMBERED_RE_READS = 32
+
+
+class CompletedReReads:
+    """This instance's completed drift re-reads: when each started reading Azure and what it read in full.
+
+    An event is a trigger, never the truth: an account event older than a completed re-read of that
+    account is covered by it (Azure's state it read already held the change), so a burst of events (an
+    estate being built, one event per account written) does not re-read the same vault and its
+    consumers once per event."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done: deque[tuple[datetime, frozenset[str]]] = deque(maxlen=REMEMBERED_RE_READS)
+
+    def record(self, started: datetime, coverage: Coverage) -> None:
+        with self._lock:
+            self._done.append((started, coverage.resources))
+
+    def covers(self, target: DriftTarget, event_time: datetime | None) -> bool:
+        if target.kind is not TargetKind.ACCOUNT or event_time is None:
+            return False
+        resource = _lower_id(target.resource_id)
+        with self._lock:
+            return any(started - RE_READ_MARGIN > event_time and resource in read for started, read in self._done)
 
 
 def evaluate_drift(estate: Estate, coverage: Coverage, settings: RuleSettings, now: datetime) -> DriftResult:

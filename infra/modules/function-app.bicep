@@ -71,6 +71,9 @@ param cmkForceAdoptionAfterMinutes string = '0'
 @description('CMK_ALERT_WEBHOOK_URL: optional alert webhook, as a Key Vault reference resolved with the controller identity (keyVaultReferenceIdentity).')
 param cmkAlertWebhookUrl string = ''
 
+@description('CMK_CLAIM_LEASE_SECONDS: How long a claim (a consumer write, a page of a scale-out re-wrap) keeps other invocations off its work (5-3600 s; default: the host functionTimeout); then the work of a dead instance is taken over.')
+param cmkClaimLeaseSeconds string = '600'
+
 @description('CMK_AUDIT_SCHEDULE: NCRONTAB schedule of the audit timer (deleted/purged keys in use, CMK-017 failures)')
 param cmkAuditSchedule string = '0 */15 * * * *'
 
@@ -231,6 +234,10 @@ var appSettings = [
   {
     name: 'CMK_ALERT_WEBHOOK_URL'
     value: cmkAlertWebhookUrl
+  }
+  {
+    name: 'CMK_CLAIM_LEASE_SECONDS'
+    value: cmkClaimLeaseSeconds
   }
   {
     name: 'CMK_AUDIT_SCHEDULE'

@@ -12,7 +12,9 @@ import base64
 import copy
 import json
 import os
+import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -35,6 +37,9 @@ PINNED_TAG = {"cmk-pinned-policy": "update"}
 #: A container of client-side-encrypted blobs on the first account, re-wrapped when its key rotates: the
 #: content keys the security scenario searches every log, alert and report for.
 REWRAP_ACCOUNT, REWRAP_CONTAINER = "strel000", "documents"
+#: The function app's settings that differ from the defaults: claims lapse after seconds instead of the
+#: host's 10-minute function timeout, so the crash scenario sees a killed host's work taken over in seconds.
+APP_SETTINGS = {"CMK_CLAIM_LEASE_SECONDS": "5"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +221,59 @@ def post(url: str, body: bytes, headers: dict[str, str] | None = None, timeout: 
 def estate(size: Size, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
     directory = tmp_path_factory.mktemp("reliability-sandbox")
     spec = reliability_scenario(size)
-    with sandbox.running(directory, timeout=180) as state:
+    with sandbox.running(directory, timeout=180, app_settings=APP_SETTINGS) as state:
         seeded = Seeder(directory, spec, log=lambda _text: None).run()
         current = sandbox.read_state(directory) or state
         yield Estate(directory, current, spec, seeded)
+
+
+# --- the local Functions host as a process: crashes and load ------------------------------------------------
+
+
+def host_pid(estate: Estate) -> int:
+    """The running host's pid, as the sandbox recorded it (a restart records a new one)."""
+    current = sandbox.read_state(estate.directory) or {}
+    return int(current.get("children", {}).get("functions") or 0)
+
+
+def host_answers(estate: Estate) -> bool:
+    try:
+        with urllib.request.urlopen(f"{estate.functions_url}/admin/host/ping", timeout=2) as response:  # noqa: S310
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def kill_host(estate: Estate) -> int:
+    """SIGKILL the host's process group (the host and anything it started); return the killed pid."""
+    pid = host_pid(estate)
+    os.killpg(pid, signal.SIGKILL)
+    return pid
+
+
+def wait_for_host_restart(estate: Estate, killed: int, *, timeout: float = 120) -> None:
+    """Until the sandbox has restarted the killed host (as Azure restarts a crashed worker) and it answers."""
+    deadline = time.monotonic() + timeout
+    while not (host_pid(estate) not in (0, killed) and host_answers(estate)):
+        assert time.monotonic() < deadline, "the Functions host was not restarted"
+        time.sleep(0.1)
+    estate.state = sandbox.read_state(estate.directory) or estate.state  # the new pid, for every scenario after
+
+
+def host_rss_bytes(estate: Estate) -> int:
+    """Resident memory of the host's worker processes (its process group)."""
+    group = os.getpgid(host_pid(estate))
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != group:
+                continue
+            status = (entry / "status").read_text()
+        except (OSError, ProcessLookupError):
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total

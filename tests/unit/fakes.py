@@ -23,7 +23,7 @@ from controller.model import (
     KeyVersionInfo,
     VaultOrigin,
 )
-from controller.ports import RotationRecord
+from controller.ports import QueuedWork, RotationRecord
 from controller.reconciler import ReconcileDeps
 from controller.rotation import PlannerSettings
 from controller.service import Dependencies
@@ -151,6 +151,7 @@ class FakeRotationLedger:
     version_conditions: dict[str, tuple[Condition, ...]] = field(default_factory=dict)
     intent_log: list[tuple[str, str]] = field(default_factory=list)
     condition_saves: int = 0
+    subjects_written: int = 0
     #: consumer id -> (owner, until): the write claims, one per consumer as the Table ledger keeps them.
     claims: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     #: Condition saves to refuse with Conflict, as when another instance saved the key's conditions first.
@@ -175,6 +176,7 @@ class FakeRotationLedger:
         return True
 
     def save_conditions(self, key, consumer_conditions, version_conditions) -> None:
+        # As the table: each subject given is written (upserted); the others keep their row.
         if self.save_conflicts:
             self.save_conflicts -= 1
             raise Conflict("the conditions changed concurrently")
@@ -182,14 +184,27 @@ class FakeRotationLedger:
         self.consumer_conditions = {**self.consumer_conditions, **consumer_conditions}
         self.version_conditions = {**self.version_conditions, **version_conditions}
         self.condition_saves += 1
+        self.subjects_written += len(consumer_conditions) + len(version_conditions)
 
 
 @dataclass
 class FakeQueue:
     items: list[tuple[dict[str, object], timedelta | None]] = field(default_factory=list)
+    withdrawn: list[tuple[dict[str, object], timedelta | None]] = field(default_factory=list)
+    _sent: dict[str, tuple[dict[str, object], timedelta | None]] = field(default_factory=dict)
 
-    def enqueue(self, message, *, delay=None) -> None:
-        self.items.append((message, delay))
+    def enqueue(self, message, *, delay=None) -> QueuedWork:
+        item = (message, delay)
+        self.items.append(item)
+        work = QueuedWork(message_id=f"m{len(self._sent)}", receipt="r")
+        self._sent[work.message_id] = item
+        return work
+
+    def withdraw(self, work: QueuedWork) -> None:
+        item = self._sent.pop(work.message_id, None)
+        if item is not None and item in self.items:
+            self.items.remove(item)
+            self.withdrawn.append(item)
 
 
 @dataclass

@@ -207,3 +207,23 @@ def test_without_a_controller_client_id_every_event_is_re_read():
     report = service.handle_resource_events([own_looking], deps)
     assert len(reader.focused) == 1
     assert [(item.rule, item.resource) for item in report.findings] == [("CMK-007", eb.VAULT_ID)]
+
+
+def test_account_events_older_than_a_completed_re_read_of_their_account_are_not_read_again():
+    """A burst (an estate being built: one event per account written) made every event re-read its
+    vault and all its consumers, hundreds of times over; an event is a trigger, so one re-evaluation
+    that read Azure after it covers it."""
+    deps, reader, _ = drift_deps(two_vault_estate())
+    first, second = (DriftTarget(TargetKind.ACCOUNT, eb.account_id(name).lower()) for name in ("acct1", "acct2"))
+    assert isinstance(deps.clock, FakeClock)
+    deps.clock.advance(timedelta(minutes=1))  # the burst's events happened a minute ago
+    service.handle_resource_events([event(first, "a1")], deps)  # reads acct1, its vault and its consumers
+    assert len(reader.focused) == 1
+
+    covered = service.handle_resource_events([event(first, "a1-again")], deps)
+    assert covered.events == ("a1-again",) and len(reader.focused) == 1  # acct1 was read after that event
+
+    service.handle_resource_events([event(second, "a2")], deps)  # acct2 was not read: it is
+    later = replace(event(first, "a1-later"), event_time=deps.clock.now())
+    service.handle_resource_events([later], deps)  # newer than the read: read again
+    assert len(reader.focused) == 3

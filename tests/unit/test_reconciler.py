@@ -466,3 +466,16 @@ def test_a_lapsed_claim_of_a_crashed_instance_is_taken_over():
     result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
     assert result.claimed_elsewhere == []
     assert state(w, "stfree").current_version == NEW
+
+
+def test_a_new_version_writes_only_the_conditions_that_changed_not_every_version_again():
+    """At a thousand events a minute each key gains versions quickly: rewriting every version's
+    conditions on every event made each event's ledger writes grow with the key's history."""
+    w = world(account("stfree"))
+    w.vault.versions = [KeyVersionInfo(f"{index:02d}" + "e" * 30, enabled=True, created=T0 - timedelta(days=90 - index))
+                        for index in range(30)] + w.vault.versions
+    reconciler.reconcile_key(KEY.with_version(NEW), w.deps, target_version=NEW)
+    written = w.ledger.subjects_written
+    newest = w.vault.rotate_key(KEY)
+    reconciler.reconcile_key(KEY.with_version(newest.version), w.deps, target_version=newest.version)
+    assert 0 < w.ledger.subjects_written - written <= 4  # the new version, the one it supersedes, the consumer

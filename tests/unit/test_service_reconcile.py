@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -11,7 +12,7 @@ from controller.errors import Conflict, TransientError
 from controller.model import KeyEventKind, KeyRef, KeyVersionInfo, Severity
 from controller.reasons import Reason
 from controller.settings import load_settings
-from tests.unit.fakes import FakeLedger, FakeQueue, fake_dependencies
+from tests.unit.fakes import FakeLedger, FakeQueue, Killed, fake_dependencies
 from tests.unit.test_reconciler import KEY, NEW, OLD, account, event, state, world
 
 pytestmark = pytest.mark.unit
@@ -210,3 +211,44 @@ def test_a_deeply_nested_work_item_is_invalid_not_a_crash(body):
     w = world()
     with pytest.raises(service.InvalidWorkItem, match="nested too deeply"):
         service.process_work(body, dependencies(w, FakeLedger()))
+
+
+def test_a_host_killed_mid_adoption_leaves_a_recheck_that_restores_the_consumer_after_the_claim_lease():
+    """The redelivery of a claimed event is dropped as a duplicate, so a host that dies between pinning
+    and restoring must have queued the key's re-check before it claimed the event."""
+    w = world(account("stfree"))
+    w.storage.kill_after_writes = 1  # the host dies after pinning, before restoring
+    deps = dependencies(w, FakeLedger())
+    with pytest.raises(Killed):
+        service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps)
+    assert state(w, "stfree").key == KEY.with_version(NEW)  # pinned by accident
+    [(item, delay)] = w.queue.items
+    assert item == {"kind": "reconcile", "key": KEY.uri}
+    lease = w.deps.limits.claim_for
+    assert delay is not None and delay > lease  # once the dead instance's write claims have lapsed
+
+    w.storage.kill_after_writes = None
+    w.clock.advance(delay)
+    restarted = replace(w.deps, limits=replace(w.deps.limits, owner="restarted-host"))
+    service.process_work(json.dumps(item), replace(deps, reconcile=restarted))
+    assert state(w, "stfree").key == KEY  # versionless again
+    assert state(w, "stfree").current_version == NEW
+
+
+def test_a_handled_or_duplicate_event_withdraws_its_recheck():
+    w = world(account("stpinned", pinned=OLD))
+    deps = dependencies(w, FakeLedger())
+    assert service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps).outcome is service.Outcome.ACCEPTED
+    assert service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps).outcome is service.Outcome.DUPLICATE
+    assert w.queue.items == []
+    assert len(w.queue.withdrawn) == 2
+
+
+def test_the_end_of_an_event_is_logged_with_its_outcome_and_duration(caplog: pytest.LogCaptureFixture):
+    w = world(account("stpinned", pinned=OLD))
+    deps = dependencies(w, FakeLedger())
+    with caplog.at_level("INFO", logger="controller.service"):
+        service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps)
+    [handled] = [record for record in caplog.records if record.getMessage().startswith("handled key event ")]
+    fields = json.loads(handled.getMessage().removeprefix("handled key event "))
+    assert fields == {"event_id": "e", "key": KEY.with_version(NEW).uri, "outcome": "accepted", "seconds": 0.0}
