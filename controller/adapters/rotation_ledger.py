@@ -3,8 +3,9 @@
 One partition per key (hashed versionless key URI) holds, per consumer, the latest forced-adoption
 intent and the last recorded conditions, and per key version its conditions: ``load`` is one
 partition query. Every write is ETag-conditional against what this instance last read or wrote, so
-two instances reconciling the same key cannot silently overwrite each other: the loser gets a
-TransientError and its invocation is retried against fresh state.
+two instances reconciling the same key cannot silently overwrite each other: the loser of an intent's
+race gets a TransientError and its invocation is retried against fresh state; the loser of a
+conditions race (both save what they observed at the end of their runs) re-reads and saves the merge.
 
 Write claims (one row per consumer: owner, the write, until when) keep two instances off the same
 consumer: a claim is created atomically, and taken over only when it has lapsed, ETag-conditionally.
@@ -16,10 +17,12 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from azure.core import MatchConditions
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
 from controller.adapters.azure_errors import translated
@@ -35,6 +38,8 @@ _INTENT = "intent"
 _CONSUMER_CONDITIONS = "consumer"
 _VERSION_CONDITIONS = "version"
 _CLAIM = "claim"
+#: Saves of one key's conditions per run that may lose a race before the run is retried instead.
+_CONDITION_SAVE_ATTEMPTS = 3
 
 
 def _digest(text: str) -> str:
@@ -143,11 +148,47 @@ class TableRotationLedger:
         version_conditions: Mapping[str, tuple[Condition, ...]],
     ) -> None:
         for subject, conditions in consumer_conditions.items():
-            self._write(key, _CONSUMER_CONDITIONS, subject, {"Conditions": _conditions_json(conditions)})
+            self._save_conditions(key, _CONSUMER_CONDITIONS, subject, conditions)
         for subject, conditions in version_conditions.items():
-            self._write(key, _VERSION_CONDITIONS, subject, {"Conditions": _conditions_json(conditions)})
+            self._save_conditions(key, _VERSION_CONDITIONS, subject, conditions)
+
+    def _save_conditions(self, key: KeyRef, kind: str, subject: str, conditions: tuple[Condition, ...]) -> None:
+        """Conditions are what a run observed at its end; two instances reconciling one key both save
+        theirs. The one that lost the race re-reads the row and saves the merge of both (an intent, by
+        contrast, is never merged: its lost race fails the run)."""
+        partition, row = _partition(key), _row(kind, subject)
+        for _ in range(_CONDITION_SAVE_ATTEMPTS):
+            try:
+                self._put(key, kind, subject, {"Conditions": _conditions_json(conditions)})
+            except Conflict:
+                pass
+            else:
+                return
+            with translated(f"read the rotation record of {key.versionless.uri}"):
+                try:
+                    stored = self._table.get_entity(partition, row)
+                except ResourceNotFoundError:
+                    continue  # deleted in between: create it again
+            self._etags[(partition, row)] = str(stored.metadata["etag"])
+            theirs = _conditions_from(stored["Conditions"])
+            conditions = _merged(theirs, conditions)
+            if conditions == theirs:
+                return  # what they saved already says what we observed
+        raise TransientError(f"the conditions of {key.versionless.uri} kept changing concurrently; retry")
 
     def _write(self, key: KeyRef, kind: str, subject: str, fields: Mapping[str, Any]) -> None:
+        try:
+            self._put(key, kind, subject, fields)
+        except Conflict as err:
+            raise TransientError(
+                f"the rotation record of {key.versionless.uri} changed concurrently; retry with fresh state"
+            ) from err
+
+    def _put(self, key: KeyRef, kind: str, subject: str, fields: Mapping[str, Any]) -> None:
+        """Create the row, or replace it if it is still as this instance last read or wrote it.
+
+        Raises Conflict when another instance created or changed it first (the cached ETag is dropped).
+        """
         self._ensure_table()
         partition, row = _partition(key), _row(kind, subject)
         entity = {"PartitionKey": partition, "RowKey": row, "Kind": kind, "Subject": subject,
@@ -160,12 +201,26 @@ class TableRotationLedger:
                 else:
                     metadata = self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag,
                                                          match_condition=MatchConditions.IfNotModified)
-        except Conflict as err:  # a lost ETag race (update) or a row another instance created (create)
+        except Conflict:  # a lost ETag race (update) or a row another instance created (create)
             self._etags.pop((partition, row), None)
-            raise TransientError(
-                f"the rotation record of {key.versionless.uri} changed concurrently; retry with fresh state"
-            ) from err
+            raise
         new_etag = metadata.get("etag")
         if new_etag:
             self._etags[(partition, row)] = new_etag
 
+
+def _merged(theirs: tuple[Condition, ...], ours: tuple[Condition, ...]) -> tuple[Condition, ...]:
+    """Per condition type: the same status keeps the earlier transition time (the state began when it was
+    first seen) with our reason and message; a different status takes the later transition (the newer
+    observation; ours on a tie). Types only one side has are kept."""
+    merged = {condition.type: condition for condition in theirs}
+    for condition in ours:
+        stored = merged.get(condition.type)
+        if stored is None:
+            merged[condition.type] = condition
+        elif stored.status == condition.status:
+            merged[condition.type] = replace(condition,
+                                             last_transition=min(stored.last_transition, condition.last_transition))
+        elif condition.last_transition >= stored.last_transition:
+            merged[condition.type] = condition
+    return tuple(merged.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -87,3 +88,32 @@ def test_a_persisted_condition_this_version_cannot_read_is_dropped_not_fatal(tab
     entity["Conditions"] = entity["Conditions"].replace('"reason": "Adopted"', '"reason": "SomethingNewer"')
     table.upsert_entity(entity)
     assert TableRotationLedger(table).load(KEY).consumer_conditions == {CONSUMER: ()}
+
+
+def test_an_instance_that_lost_the_race_to_save_conditions_merges_them_instead_of_failing(table):
+    """Two instances reconciling one key both save the conditions they observed at the end of their runs:
+    the second re-reads what the first saved and saves the merge (a transition keeps its first time;
+    a later transition wins), instead of failing a run whose work is done."""
+    first, second = TableRotationLedger(table), TableRotationLedger(table)
+    first.load(KEY)
+    second.load(KEY)
+    later = T0 + timedelta(minutes=1)
+    pinned = Condition("Adopted", ConditionStatus.FALSE, Reason("ForcingAdoption"), "pinning", T0)
+    first.save_conditions(KEY, {CONSUMER: (condition(ConditionStatus.TRUE, "Adopted"),)},
+                          {"b" * 32: (condition(ConditionStatus.TRUE, "VersionUsable"),)})
+    second.save_conditions(KEY, {CONSUMER: (replace(condition(ConditionStatus.TRUE, "Adopted"), last_transition=later,
+                                                    message="seen again"),)},
+                           {"b" * 32: (pinned,)})
+    record = TableRotationLedger(table).load(KEY)
+    assert record.consumer_conditions == {
+        CONSUMER: (replace(condition(ConditionStatus.TRUE, "Adopted"), message="seen again"),)}
+    # Same time, different status: the instance that saved last observed last.
+    assert record.version_conditions == {"b" * 32: (pinned,)}
+
+    third = TableRotationLedger(table)
+    third.load(KEY)
+    first.save_conditions(KEY, {CONSUMER: (condition(ConditionStatus.TRUE, "Adopted"),)}, {})
+    flipped = Condition("Adopted", ConditionStatus.FALSE, Reason("ForcingAdoption"), "new version", later)
+    third.save_conditions(KEY, {CONSUMER: (flipped,)}, {})  # read before first's save: merged, the later wins
+    second.save_conditions(KEY, {CONSUMER: (condition(ConditionStatus.TRUE, "Adopted"),)}, {})  # stale and older
+    assert TableRotationLedger(table).load(KEY).consumer_conditions == {CONSUMER: (flipped,)}
