@@ -512,6 +512,8 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
                                "controller_412": sum(item["controller_conflicts"] for item in passes)},
         "conflicts_resolved": {"writers_reread_and_merged": sum(item["writer_rereads"] for item in passes),
                                "controller_reread_and_redecided": sum(item["controller_conflicts"] for item in passes)},
+        "writes_per_changed_blob": round(sum(item["writer_writes"] for item in passes)
+                                         / sum(item["changed_blobs"] for item in passes), 1),
         "max_writes_per_blob": max(item["max_writes_per_blob"] for item in passes),
         "scale_out_items": dict(page_statuses),
         "lost_updates": sum(len(item["problems"]["lost_updates"]) for item in passes),
