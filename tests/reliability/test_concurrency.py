@@ -24,7 +24,7 @@ released it); the ARM writes exactly the minimum (one per pinned consumer, two p
 alert sent twice (every notice reaches the webhook once), and each pass's incomplete-job alert exactly
 once.
 
-Known limit (not asserted here): a rewrite needs the blob unchanged from its read to its swap (two
+Known limit: a rewrite needs the blob unchanged from its read to its swap (two
 unwraps, the blob read and written twice); a blob its app writes more often than that window gives up
 after ``max_conflict_retries`` lost races (``conflicts_exhausted``, reported and alerted, nothing lost).
 On the shared 2-core machine, writers at one write per blob every 0.3 to 0.9 s made 2 of 4 such blobs
