@@ -29,7 +29,7 @@ unwraps, the blob read and written twice); a blob its app writes more often than
 after ``max_conflict_retries`` lost races (``conflicts_exhausted``, reported and alerted, nothing lost).
 On the shared 2-core machine, writers at one write per blob every 0.3 to 0.9 s made 2 of 4 such blobs
 give up; re-wrap (one conditional metadata write) kept up. At full size on that machine (load average
-about 40) it happened to 6 of 60 blobs in the scaled-out rewrite even at the pace below: the full size
+about 40) it happened to 6 of 60 blobs in the scaled-out rewrite even at the pace above: the full size
 fails there until rewrite keeps up with hot blobs (asserted: no blob failed).
 """
 
