@@ -276,7 +276,7 @@ class AzureBlobRewriter:
                 options["source_authorization"] = self._source_authorization()
         with translated(f"swap in the new copy of {where}"):
             copy = destination.start_copy_from_url(staging.url, **options)
-            status = copy.get("copy_status")
+            status, landed = copy.get("copy_status"), copy.get("etag")
             deadline = time.monotonic() + self._copy_timeout
             while status == "pending":
                 # Same-account copies complete at once in practice; Azure may still answer pending.
@@ -284,10 +284,14 @@ class AzureBlobRewriter:
                     raise TransientError(f"copy onto {where} still pending")
                 time.sleep(self._copy_poll)
                 copied = destination.get_blob_properties()
-                status = copied.copy.status
+                status, landed = copied.copy.status, copied.etag
             after = destination.get_blob_properties()
-        if status != "success" or after.metadata.get("encryptiondata") != envelope:
+        if status != "success":
             raise PermanentError(f"swapping in the new copy of {where} ended {status}")
+        # Another ETag: the application wrote the blob after the copy landed. That write is theirs and
+        # stands; the swap itself succeeded, so it is not a failure (nothing of theirs was replaced).
+        if after.etag == landed and after.metadata.get("encryptiondata") != envelope:
+            raise PermanentError(f"the blob swapped in for {where} is not the verified copy")
 
 
 def _without_md5(settings: ContentSettings) -> ContentSettings:

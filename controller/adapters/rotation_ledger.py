@@ -184,6 +184,18 @@ class TableRotationLedger:
                 "Key": key.versionless.uri, **fields}
 
     def _write(self, key: KeyRef, kind: str, subject: str, fields: Mapping[str, Any]) -> None:
+        try:
+            self._put(key, kind, subject, fields)
+        except Conflict as err:
+            raise TransientError(
+                f"the rotation record of {key.versionless.uri} changed concurrently; retry with fresh state"
+            ) from err
+
+    def _put(self, key: KeyRef, kind: str, subject: str, fields: Mapping[str, Any]) -> None:
+        """Create the row, or replace it if it is still as this instance last read or wrote it.
+
+        Raises Conflict when another instance created or changed it first (the cached ETag is dropped).
+        """
         self._ensure_table()
         entity = self._entity(key, kind, subject, fields)
         partition, row = entity["PartitionKey"], entity["RowKey"]
@@ -195,11 +207,9 @@ class TableRotationLedger:
                 else:
                     metadata = self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag,
                                                          match_condition=MatchConditions.IfNotModified)
-        except Conflict as err:  # a lost ETag race (update) or a row another instance created (create)
+        except Conflict:  # a lost ETag race (update) or a row another instance created (create)
             self._etags.pop((partition, row), None)
-            raise TransientError(
-                f"the rotation record of {key.versionless.uri} changed concurrently; retry with fresh state"
-            ) from err
+            raise
         new_etag = metadata.get("etag")
         if new_etag:
             self._etags[(partition, row)] = new_etag

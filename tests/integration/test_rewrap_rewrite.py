@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from azure.core.exceptions import HttpResponseError
-from azure.storage.blob import ContentSettings
+from azure.storage.blob import BlobClient, BlobServiceClient, ContentSettings
 
 from controller.adapters.blob_store import AzureBlobRewriter, AzureBlobStore, blob_service_client
 from controller.adapters.key_vault_crypto import (
@@ -206,6 +206,54 @@ def test_a_concurrent_writer_loses_no_update_during_a_rewrite(sandbox: Sandbox) 
     assert_all_on(sandbox, expected, sandbox.new_key_id)
     for name in store.updated:
         assert sandbox.container_client().get_blob_client(name).get_blob_properties().metadata["owner"] == "app"
+
+
+class AppWritesRightAfterTheSwap(BlobServiceClient):
+    """The rewriter's service, whose swaps are each followed at once by the application writing the blob
+    again (new data, new metadata), before the rewriter has looked at what the swap left."""
+
+    world: Sandbox
+    updated: dict[str, bytes]
+
+    def get_blob_client(self, container: Any, blob: Any, snapshot: Any = None, *, version_id: Any = None) -> BlobClient:
+        service = self
+
+        class Destination(BlobClient):
+            def start_copy_from_url(self, source_url: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+                copied = super().start_copy_from_url(source_url, *args, **kwargs)
+                if self.blob_name not in service.updated:
+                    data = b"written by the application just after the swap: " + self.blob_name.encode()
+                    app = service.world.writer(self.blob_name, key_id=service.world.new_key_id)
+                    app.upload_blob(data, overwrite=True, metadata={"owner": "app"})
+                    service.updated[self.blob_name] = data
+                return copied
+
+        return Destination.from_connection_string(self.world.connection_string, container, blob)
+
+
+def test_a_write_just_after_the_swap_is_the_writers_and_the_rewrite_still_counts(sandbox: Sandbox) -> None:
+    """The swap landed (verified data, conditional on the listed ETag); a write right after it is the
+    application's, not a failed swap: the blob counts as rewritten and the application's data stands."""
+    written = populate(sandbox, 3)
+    service = AppWritesRightAfterTheSwap.from_connection_string(sandbox.connection_string)
+    service.world, service.updated = sandbox, {}
+    clients = sandbox.vault_clients()
+    unwrapper = VaultKeyUnwrapper(clients)
+    racing = AzureBlobRewriter(
+        service,
+        target_kek=VaultKeyEncryptionKey(sandbox.new_key_id, unwrapper,
+                                         wrapper=fetch_public_wrapper(clients, sandbox.new_key_id)),
+        key_resolver=key_resolver(unwrapper),
+    )
+    walker = ContainerWalker(
+        store=sandbox.store(page_size=10), checkpoint=TableRewrapCheckpoint(sandbox.table),
+        strategy=RewriteStrategy(rewriter=racing, target_key_id=sandbox.new_key_id, policy=sandbox.policy),
+        options=RewrapOptions(max_workers=1, initial_backoff=0.05),
+    )
+    progress = walker.run(sandbox.container).progress
+    assert progress.counts == {"rewritten": 3}, progress.problems
+    assert set(service.updated) == set(written)
+    assert_all_on(sandbox, service.updated, sandbox.new_key_id)
 
 
 def test_a_killed_rewrite_resumes_and_leaves_everything_readable(sandbox: Sandbox) -> None:
