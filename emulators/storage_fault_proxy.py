@@ -33,7 +33,11 @@ from emulators.background import ServerThread
 from emulators.faults import LOST_ANSWER, RESET, Fault, FaultInjector, FaultProfile
 
 SERVICES = ("blob", "queue", "table")
-HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+# Host is kept: Azurite copies a blob only from a source on the host the request names (the proxy's).
+HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive"}
+#: Azurite's own look at a copy source (it checks access with a request of its own, through the proxy): a
+#: copy happens inside the service, where no fault reaches.
+SERVICE_INTERNAL_AGENT = "axios/"
 RESPONSE_DROP = {"content-length", "transfer-encoding", "connection", "keep-alive"}
 _ERRORS = {
     503: ("ServerBusy", "The server is currently unable to receive requests. Please retry your request."),
@@ -108,6 +112,8 @@ class StorageFaultProxy:
 
     def _handler(self, service: str, upstream: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
+            if request.headers.get("User-Agent", "").startswith(SERVICE_INTERNAL_AGENT):
+                return await self._forward(request, upstream)
             injector = self.injector
             delay = injector.latency()
             if delay > 0:

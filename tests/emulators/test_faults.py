@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,11 @@ from azure.data.tables import TableClient
 from azure.keyvault.keys import KeyClient
 from azure.mgmt.storage import StorageManagementClient
 from azure.mgmt.storage.models import StorageAccountUpdateParameters
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
 from azure.storage.queue import QueueClient
 
 from emulators.arm import ArmEmulator
-from emulators.azurite import Azurite
+from emulators.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
 from emulators.faults import FaultInjector, FaultPlan, FaultProfile
@@ -179,7 +180,13 @@ def test_without_faults_the_proxy_passes_blob_queue_and_table_requests_through(p
     container = BlobServiceClient.from_connection_string(connection).create_container(f"through-{suffix}")
     container.upload_blob("a.txt", b"through", metadata={"m": "1"})
     assert container.download_blob("a.txt").readall() == b"through"
-    assert [blob.name for blob in container.list_blobs()] == ["a.txt"]
+    # A copy within the account: Azurite checks the source (on the proxy's origin) with a request of its own.
+    source = container.get_blob_client("a.txt")
+    sas = generate_blob_sas(ACCOUNT_NAME, container.container_name, "a.txt", account_key=ACCOUNT_KEY,
+                            permission=BlobSasPermissions(read=True), expiry=datetime.now(UTC) + timedelta(hours=1))
+    assert container.get_blob_client("b.txt").start_copy_from_url(f"{source.url}?{sas}")["copy_status"] == "success"
+    assert container.download_blob("b.txt").readall() == b"through"
+    assert [blob.name for blob in container.list_blobs()] == ["a.txt", "b.txt"]
     queue = QueueClient.from_connection_string(connection, f"through-{suffix}")
     queue.create_queue()
     queue.send_message("ping")
