@@ -22,7 +22,15 @@ from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
 from controller.ports import BlobPage
 from controller.rewrap.strategies import STAGING_PREFIX, RewriteStrategy
 from controller.rewrap.walker import ContainerWalker, RewrapOptions
-from tests.integration.test_rewrap_adapters import KillAfterPages, Killed, Sandbox, assert_all_on, content, populate
+from tests.integration.test_rewrap_adapters import (
+    VAULT,
+    KillAfterPages,
+    Killed,
+    Sandbox,
+    assert_all_on,
+    content,
+    populate,
+)
 from tests.integration.test_rewrap_adapters import sandbox as sandbox  # noqa: PLC0414 - the fixture
 
 pytestmark = pytest.mark.integration
@@ -88,6 +96,27 @@ def test_rewrite_gives_every_blob_a_new_content_key_under_the_target_version(san
     assert blob.metadata["owner"] == "team0"
     assert blob.content_settings.content_type == "text/plain"
     assert blob.content_settings.content_language == "en"
+
+
+def test_a_throttled_unwrap_under_client_side_decryption_is_throttling_not_a_failed_rewrite(sandbox: Sandbox) -> None:
+    """azure-storage-blob reports any failure of the key resolver while it decrypts (reading the blob, or
+    verifying the new copy) as "Decryption failed.": a throttled unwrap under it is still throttling, to be
+    retried (and, past the budget, reported as throttled), never a failed rewrite."""
+    written = populate(sandbox, 1)
+    walker = ContainerWalker(
+        store=sandbox.store(page_size=10), checkpoint=TableRewrapCheckpoint(sandbox.table),
+        strategy=RewriteStrategy(rewriter=rewriter(sandbox), target_key_id=sandbox.new_key_id, policy=sandbox.policy),
+        options=RewrapOptions(max_workers=1, initial_backoff=0.05, max_transient_attempts=2),
+    )
+    throttled_unwraps = {"errorRate": 1.0, "errorStatus": 429, "operations": ["KeyUnwrap"]}
+    sandbox.admin.ok("PUT", f"/vaults/{VAULT}/faults", throttled_unwraps)
+    try:
+        progress = walker.run(sandbox.container).progress
+    finally:
+        sandbox.admin.ok("PUT", f"/vaults/{VAULT}/faults", {})
+    assert {problem.reason for problem in progress.problems} == {"throttled"}, progress.problems
+    for name, data in written.items():
+        assert sandbox.read(name, key_id=sandbox.old_key_id) == data
 
 
 def test_a_copy_that_fails_verification_is_never_swapped_in(sandbox: Sandbox) -> None:
