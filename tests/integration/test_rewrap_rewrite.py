@@ -8,7 +8,8 @@ import threading
 from typing import Any
 
 import pytest
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ServiceResponseError
+from azure.core.pipeline.policies import HTTPPolicy
 from azure.storage.blob import ContentSettings
 
 from controller.adapters.blob_store import AzureBlobRewriter, AzureBlobStore, blob_service_client
@@ -267,4 +268,41 @@ def test_an_encryption_scope_move_takes_the_synchronous_copy_path(sandbox: Sandb
     written = populate(sandbox, 4)
     progress = runner(sandbox, scope="cmk-scope").run(sandbox.container).progress
     assert progress.counts == {"rewritten": 4}
+    assert_all_on(sandbox, written, sandbox.new_key_id)
+
+
+class DropFirstDelete(HTTPPolicy):  # type: ignore[type-arg]
+    """The first Delete Blob meets a dropped connection (as under Storage's faults); the rest go through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def send(self, request: Any) -> Any:
+        if request.http_request.method == "DELETE" and not self.dropped:
+            self.dropped += 1
+            raise ServiceResponseError("Connection reset by peer")
+        return self.next.send(request)
+
+
+def test_a_failed_delete_of_the_staging_copy_is_retried_and_leaves_no_copy_behind(sandbox: Sandbox) -> None:
+    written = populate(sandbox, 1)
+    drop = DropFirstDelete()
+    clients = sandbox.vault_clients()
+    unwrapper = VaultKeyUnwrapper(clients)
+    flaky = AzureBlobRewriter(
+        blob_service_client(connection_string=sandbox.connection_string, _additional_pipeline_policies=[drop]),
+        target_kek=VaultKeyEncryptionKey(sandbox.new_key_id, unwrapper,
+                                         wrapper=fetch_public_wrapper(clients, sandbox.new_key_id)),
+        key_resolver=key_resolver(unwrapper),
+    )
+    walker = ContainerWalker(
+        store=sandbox.store(page_size=10), checkpoint=TableRewrapCheckpoint(sandbox.table),
+        strategy=RewriteStrategy(rewriter=flaky, target_key_id=sandbox.new_key_id, policy=sandbox.policy),
+        options=RewrapOptions(max_workers=1, initial_backoff=0.05),
+    )
+    progress = walker.run(sandbox.container).progress
+    assert drop.dropped == 1
+    assert progress.counts == {"rewritten": 1}, progress.problems
+    assert [blob.name for blob in sandbox.container_client().list_blobs()] == list(written)  # no staging copy
     assert_all_on(sandbox, written, sandbox.new_key_id)
