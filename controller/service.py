@@ -49,7 +49,7 @@ from controller.reasons import Reason
 from controller.resource_events import ResourceEvent
 from controller.rewrap.budget import BudgetedBlobStore, BudgetExhausted, TimeBudget
 from controller.rewrap.outcomes import Outcome as BlobOutcome
-from controller.rewrap.outcomes import RewrapReport
+from controller.rewrap.outcomes import ProblemReason, RewrapReport
 from controller.rewrap.pages import (
     PAGE_WORK_KIND,
     ClaimOutcome,
@@ -517,7 +517,7 @@ def process_work(body: str, deps: Dependencies) -> WorkReport:
             work = parse_work_item(item, policy=deps.settings.vault_policy)
         except InvalidInput as err:
             raise InvalidWorkItem(str(err)) from err
-        return WorkReport(kind=kind, rewrap=run_rewrap_item(work, deps))
+        return WorkReport(kind=kind, rewrap=run_rewrap_item(work, deps, retry_throttled=True))
     if kind == PAGE_WORK_KIND:
         try:
             page = parse_page_item(item, policy=deps.settings.vault_policy)
@@ -683,13 +683,17 @@ def plan_rewrap(
 
 
 def run_rewrap_item(
-    item: RewrapWorkItem, deps: Dependencies, *, observer: RewrapObserver | None = None
+    item: RewrapWorkItem, deps: Dependencies, *, observer: RewrapObserver | None = None,
+    retry_throttled: bool = False,
 ) -> RewrapWorkResult:
     """Run one slice of a re-wrap (or rewrite) work item within the time budget; enqueue its continuation.
 
     TransientError (listing throttled past the retry budget, the vault or storage unreachable)
-    propagates so that the queue redelivers the item; the checkpoint keeps the progress. ``observer``
-    follows the run page by page.
+    propagates so that the queue redelivers the item; the checkpoint keeps the progress. With
+    ``retry_throttled`` (the work queue's items) a run that left blobs throttled past the walker's retry
+    budget raises TransientError too, before alerting: the queue delivers the item again (the job starts
+    over; blobs already done cost a listing), and after its last attempt the item goes to the poison
+    queue with an alert. ``observer`` follows the run page by page.
     """
     if item.scale_out:
         return _list_pages(item, deps)
@@ -706,7 +710,8 @@ def run_rewrap_item(
     job_id = walker.job_id(item.container, item.prefix)
     if item.sequence > 0 and not item.dry_run:
         saved = ports.checkpoint.load(job_id)
-        if saved is not None and saved.complete:
+        # A redelivery after blobs stayed throttled runs the job again; any other finished job is done.
+        if saved is not None and saved.complete and not (retry_throttled and _throttled_blobs(saved)):
             return _rewrap_result(item, RewrapItemStatus.DUPLICATE, job_id, saved)
     try:
         report = walker.run(item.container, prefix=item.prefix)
@@ -717,8 +722,16 @@ def run_rewrap_item(
         return _rewrap_result(item, RewrapItemStatus.CONTINUED, job_id, ports.checkpoint.load(job_id))
     except Conflict:
         return _rewrap_result(item, RewrapItemStatus.SUPERSEDED, job_id, None)
+    throttled = _throttled_blobs(report.progress)
+    if retry_throttled and throttled and not item.dry_run:
+        raise TransientError(f"{item.account}/{item.container}: {len(throttled)} blob(s) stayed throttled past the "
+                             "retry budget; the item is retried")
     _alert_if_incomplete(item, job_id, report.progress, deps.notifier)
     return _rewrap_result(item, RewrapItemStatus.COMPLETE, job_id, report.progress, report)
+
+
+def _throttled_blobs(progress: RewrapProgress) -> list[str]:
+    return [problem.name for problem in progress.problems if problem.reason == ProblemReason.THROTTLED]
 
 
 def _list_pages(item: RewrapWorkItem, deps: Dependencies) -> RewrapWorkResult:

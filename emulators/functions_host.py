@@ -355,15 +355,24 @@ class FunctionsHost:
         poison = await loop.run_in_executor(self.io, self._queue, connection, f"{queue_name}-poison")
         idle = timedelta(milliseconds=100)
         while True:
-            messages = await loop.run_in_executor(self.io, lambda: list(queue.receive_messages(
-                messages_per_page=self.batch_size, max_messages=self.batch_size,
-                visibility_timeout=QUEUE_LEASE_SECONDS)))
+            try:
+                messages = await loop.run_in_executor(self.io, lambda: list(queue.receive_messages(
+                    messages_per_page=self.batch_size, max_messages=self.batch_size,
+                    visibility_timeout=QUEUE_LEASE_SECONDS)))
+            except Exception as err:  # Storage failed past the SDK's retries: the host keeps polling, as Azure's does
+                log.warning("polling queue %s failed (%s): polling again", queue_name, type(err).__name__)
+                messages = []
             if not messages:
                 await asyncio.sleep(idle.total_seconds())
                 idle = min(idle * 2, self.max_polling_interval)
                 continue
             idle = timedelta(milliseconds=100)
-            await asyncio.gather(*(self._process_message(function, queue, poison, message) for message in messages))
+            outcomes = await asyncio.gather(
+                *(self._process_message(function, queue, poison, message) for message in messages),
+                return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):  # a message left as it was: visible again after its timeout
+                    log.warning("settling a message of %s failed (%s)", queue_name, type(outcome).__name__)
 
     async def _process_message(self, function: _Function, queue: Any, poison: Any, message: Any) -> None:
         loop = asyncio.get_running_loop()

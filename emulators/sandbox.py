@@ -34,6 +34,10 @@ own session) starts, on loopback and free ports:
       POST /_sandbox/storage/check               the storage service unwraps every CMK root key now
       GET  /_sandbox/counters                    ARM requests per caller, Key Vault operations per vault
       DELETE /_sandbox/counters                  the same, then reset to zero
+      GET  /_sandbox/faults                      per service (vault, arm, storage): the fault profile, the requests
+                                                 seen and the faults injected by kind (emulators/faults.py)
+      PUT  /_sandbox/faults                      {"faults": "<SANDBOX_FAULTS text>"} -> the same: switch faults
+                                                 (storage faults only where SANDBOX_FAULTS started the proxy)
       GET  /_sandbox/eventSubscriptions          the event subscriptions and their provisioning state
       PUT  /_sandbox/eventSubscriptions/{name}   {"vault": name, "function": "on_key_event",
                                                  "includedEventTypes": [...], "deadLetterContainer": c,
@@ -338,6 +342,9 @@ class Orchestrator:
         self._functions_failed_for: tuple[str, ...] = ()
         self._identity_endpoint: Any = None
         self._control: ThreadingHTTPServer | None = None
+        #: SANDBOX_FAULTS (emulators/faults.py): the proxy in front of Azurite, and the injectors per service.
+        self.storage_fault_proxy: Any = None
+        self._fault_injectors: dict[str, Any] = {}
         self.processes = ProcessRecord(self.directory)
         self.state: dict[str, Any] = {"pid": os.getpid(), "status": "starting", "directory": str(self.directory)}
 
@@ -351,6 +358,7 @@ class Orchestrator:
         from emulators.clock import SandboxClock
         from emulators.egress_proxy import EgressProxy
         from emulators.eventgrid import EventGridEmulator
+        from emulators.faults import FAULTS_ENV, FaultPlan
         from emulators.keyvault import KeyVaultEmulator, SandboxCA
         from emulators.kql import audit_tables
         from emulators.query_endpoints import LogAnalyticsEmulator, mount_resource_graph
@@ -373,6 +381,16 @@ class Orchestrator:
         self.azurite.start()
         self._push("azurite", self.azurite.stop)
         self.state.setdefault("children", {})["azurite"] = self.azurite.pid
+        # SANDBOX_FAULTS: service faults (emulators/faults.py); the app and the accounts' blob endpoints then
+        # reach Azurite through the storage fault proxy.
+        faults = FaultPlan.parse(os.environ.get(FAULTS_ENV, ""))
+        self.app_storage: Any = self.azurite.endpoints
+        if faults is not None:
+            from emulators.storage_fault_proxy import StorageFaultProxy
+
+            self.storage_fault_proxy = StorageFaultProxy(self.azurite.endpoints, host=self.host).start()
+            self._push("storage-fault-proxy", self.storage_fault_proxy.stop)
+            self.app_storage = self.storage_fault_proxy.endpoints
 
         self.audit = AuditSink(self.bus, connection_string=self.azurite.connection_string).start()
         self._push("audit", self.audit.stop)
@@ -380,7 +398,7 @@ class Orchestrator:
         self.proxy = EgressProxy(host=self.host).start()
         self._push("egress-proxy", self.proxy.stop)
         self.keyvault = KeyVaultEmulator(self.clock, self.bus, ca, host=self.host, proxy=self.proxy)
-        self.arm = ArmEmulator(keyvault=self.keyvault, azurite=self.azurite, audit=self.audit, host=self.host,
+        self.arm = ArmEmulator(keyvault=self.keyvault, azurite=self.app_storage, audit=self.audit, host=self.host,
                                limits=limits)
         mount_resource_graph(
             self.arm.app,
@@ -416,6 +434,8 @@ class Orchestrator:
         threading.Thread(target=self._control.serve_forever, name="sandbox-control", daemon=True).start()
         self._push("control", self._stop_control)
 
+        if faults is not None:
+            self.set_faults(faults)
         self._reconcile()
         threading.Thread(target=self._reconcile_periodically, name="sandbox-reconcile", daemon=True).start()
         self.state["status"] = "running"
@@ -471,7 +491,7 @@ class Orchestrator:
         from controller.settings import SETTINGS
 
         values: dict[str, str] = {"FUNCTIONS_WORKER_RUNTIME": "python"}
-        values["AzureWebJobsStorage"] = self.azurite.connection_string
+        values["AzureWebJobsStorage"] = self.app_storage.connection_string
         values.update({spec.name: spec.default for spec in SETTINGS})
         values["CMK_VAULTS"] = ",".join(self.vault_origins())
         values["CMK_ARM_ENDPOINT"] = self.arm.url
@@ -721,6 +741,27 @@ class Orchestrator:
                 vault.counters.reset()
         return report
 
+    def set_faults(self, plan: Any) -> dict[str, Any]:
+        """Switch the services' faults (an emulators.faults.FaultPlan, or None: none), fresh counts."""
+        from emulators.faults import FaultPlan
+
+        plan = plan or FaultPlan(profiles={})
+        proxy = self.storage_fault_proxy
+        if proxy is None and plan.profile("storage").active:
+            raise ValueError("storage faults need the storage fault proxy: start the sandbox with SANDBOX_FAULTS set")
+        injectors = plan.injectors()
+        self.keyvault.faults = injectors["vault"] if plan.profile("vault").active else None
+        self.arm.faults = injectors["arm"] if plan.profile("arm").active else None
+        if proxy is not None:
+            proxy.injector = injectors["storage"]
+        self._fault_injectors = injectors
+        return self.fault_report()
+
+    def fault_report(self) -> dict[str, Any]:
+        """Per service: the profile, the requests it saw and the faults it injected, by kind."""
+        return {"storageFaultProxy": self.storage_fault_proxy is not None,
+                "services": {service: injector.report() for service, injector in self._fault_injectors.items()}}
+
     def check_storage(self) -> dict[str, Any]:
         touched = self.arm.check_storage_keys()
         return {"bindingsChecked": touched}
@@ -838,6 +879,13 @@ def _control_handler(orchestrator: Orchestrator) -> type[BaseHTTPRequestHandler]
                     return self._reply(200, orchestrator.counters())
                 if method == "DELETE" and path == "/_sandbox/counters":
                     return self._reply(200, orchestrator.counters(reset=True))
+                if method == "GET" and path == "/_sandbox/faults":
+                    return self._reply(200, orchestrator.fault_report())
+                if method == "PUT" and path == "/_sandbox/faults":
+                    from emulators.faults import FaultPlan
+
+                    plan = FaultPlan.parse(str(self._body().get("faults", "")))
+                    return self._reply(200, orchestrator.set_faults(plan))
                 if method == "GET" and path == "/_sandbox/eventSubscriptions":
                     return self._reply(200, orchestrator.subscription_report())
                 prefix = "/_sandbox/eventSubscriptions/"

@@ -82,6 +82,11 @@ def translated(what: str) -> Iterator[None]:
     except (ServiceRequestError, ServiceResponseError) as err:
         raise Unreachable(f"{what}: {network_failure(err)}") from err
     except HttpResponseError as err:
+        transient = _transient_cause(err)
+        if transient is not None:
+            # Our own adapter failed inside an SDK callback (the key resolver during client-side decryption,
+            # which azure-storage-blob reports as "Decryption failed."): still that failure, to be retried.
+            raise type(transient)(f"{what}: {transient}", retry_after=transient.retry_after) from err
         status = err.status_code or 0
         code = getattr(err, "error_code", None) or ""
         if status in _TRANSIENT_STATUS:
@@ -94,3 +99,15 @@ def translated(what: str) -> Iterator[None]:
         if status in (409, 412):
             raise Conflict(f"{what}: HTTP {status} {code}".rstrip()) from err
         raise PermanentError(f"{what}: HTTP {status} {code}".rstrip()) from err
+
+
+def _transient_cause(err: BaseException) -> TransientError | None:
+    """The TransientError an SDK error was raised from (its chain of causes and inner exceptions), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TransientError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or getattr(current, "inner_exception", None)
+    return None

@@ -8,8 +8,8 @@ blob again (it is then already on the target version): nothing is written twice.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -30,6 +30,11 @@ from controller.envelope import parse_envelope
 from controller.errors import ControllerError, PermanentError, TransientError
 from controller.ports import BlobItem, BlobPage
 from controller.rewrap.strategies import STAGING_PREFIX
+
+log = logging.getLogger(__name__)
+#: Attempts to delete a rewrite's staging copy, and the longest Retry-After honoured between two.
+STAGING_DELETE_ATTEMPTS = 4
+STAGING_DELETE_MAX_WAIT = 5.0
 
 #: Azure returns at most 5,000 blobs per List Blobs page.
 MAX_PAGE_SIZE = 5000
@@ -246,8 +251,26 @@ class AzureBlobRewriter:
         finally:
             # The staging copy is only ever a duplicate: of the verified data once swapped in, or of
             # data that was not swapped in (failed verification, lost race) and is discarded.
-            with contextlib.suppress(ControllerError), translated(f"delete the copy of {where}"):
-                staging.delete_blob(etag=staged_etag, match_condition=MatchConditions.IfNotModified)
+            self._delete_staging(staging, staged_etag, where)
+
+    def _delete_staging(self, staging: BlobClient, etag: str, where: str) -> None:
+        """Delete the staging copy, retrying a transient failure a few times (no SDK retries here, and no
+        later attempt of a blob rewritten already would delete it): a copy left behind is a stray blob in
+        the customer's container."""
+        for attempt in range(STAGING_DELETE_ATTEMPTS):
+            try:
+                with translated(f"delete the copy of {where}"):
+                    staging.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+            except TransientError as err:
+                if attempt + 1 == STAGING_DELETE_ATTEMPTS:
+                    log.warning("staging copy of %s left behind: %s", where, err)
+                    return
+                wait = err.retry_after if err.retry_after is not None else 0.2 * 2**attempt
+                time.sleep(min(wait, STAGING_DELETE_MAX_WAIT))
+            except ControllerError:  # gone already (a lost answer to an earlier delete), or replaced
+                return
+            else:
+                return
 
     def _verify(self, container: str, staging_name: str, etag: str, digest: bytes, where: str) -> str:
         verifier = self._client(container, staging_name, writer=False)

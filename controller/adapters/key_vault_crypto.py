@@ -42,8 +42,11 @@ class VaultClients:
     ) -> None:
         self._credential = credential
         self._policy = policy
-        # The re-wrap walker retries with its own shared back-off; SDK retries would hide throttling.
+        # Per-blob crypto calls: the re-wrap walker retries them with its own shared back-off (SDK retries
+        # would hide throttling from it). Key reads (one per version, outside the walker, e.g. the target's
+        # public key before a work item starts) keep the SDK's retries, which wait out Retry-After.
         self._client_kwargs: dict[str, Any] = {"retry_total": 0, **client_kwargs}
+        self._key_client_kwargs: dict[str, Any] = dict(client_kwargs)
         self._key_clients: dict[str, KeyClient] = {}
         self._lock = threading.Lock()
 
@@ -55,7 +58,7 @@ class VaultClients:
         with self._lock:
             client = self._key_clients.get(key.vault.url)
             if client is None:
-                client = KeyClient(key.vault.url, self._credential, **self._client_kwargs)
+                client = KeyClient(key.vault.url, self._credential, **self._key_client_kwargs)
                 self._key_clients[key.vault.url] = client
             return client
 

@@ -20,6 +20,7 @@ Design (chosen for the sandbox, documented in emulators/arm/__init__.py):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -188,21 +189,28 @@ class BlobProxy:
         body = await request.read()
         if self.session is None:
             self.session = aiohttp.ClientSession(auto_decompress=False)
-        async with self.session.request(
-            request.method,
-            url,
-            headers=headers,
-            data=body or None,
-            allow_redirects=False,
-            skip_auto_headers=["Content-Type"],
-        ) as upstream:
-            payload = await upstream.read()
-            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in RESPONSE_DROP}
-            if request.method == "HEAD" and "Content-Length" in upstream.headers:
-                out_headers["Content-Length"] = upstream.headers["Content-Length"]  # the blob's size
-            if request.query.get("comp") == "list" and upstream.status == 200:
-                payload = self._rewrite_listing(payload, listing_containers)
-            return web.Response(status=upstream.status, body=payload, headers=out_headers)
+        try:
+            async with self.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
+                skip_auto_headers=["Content-Type"],
+            ) as upstream:
+                payload = await upstream.read()
+                out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in RESPONSE_DROP}
+                if request.method == "HEAD" and "Content-Length" in upstream.headers:
+                    out_headers["Content-Length"] = upstream.headers["Content-Length"]  # the blob's size
+                if request.query.get("comp") == "list" and upstream.status == 200:
+                    payload = self._rewrite_listing(payload, listing_containers)
+                return web.Response(status=upstream.status, body=payload, headers=out_headers)
+        except aiohttp.ClientConnectionError:
+            # The storage behind dropped the connection (the sandbox's storage fault proxy): so does the account's
+            # endpoint, rather than invent an answer the client could mistake for Azure's.
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError from None
 
     def _rewrite_listing(self, payload: bytes, containers: bool) -> bytes:
         text = payload.decode("utf-8")

@@ -30,6 +30,7 @@ from aiohttp import web
 from emulators.background import ServerThread
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
+from emulators.faults import FaultInjector
 from emulators.keyvault import KeyVaultEmulator, SandboxCA
 from emulators.keyvault.credential import DEFAULT_TENANT_ID, InvalidToken, SandboxCredential, decode_token
 
@@ -44,7 +45,7 @@ from .resource_groups import ResourceGroups
 from .routing import Deferred, Request, Route, new_id
 from .storage import KeyBinding, Principal, StorageKeyService
 from .storage_accounts import StorageAccounts
-from .throttling import ArmThrottling, LimitsSettings
+from .throttling import ArmThrottling, LimitsSettings, OperationKind, operation_kind
 from .vaults import Vaults
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ class ArmEmulator:
         # Azure's throttling and latency (throttling.py); None: every request is answered at once.
         self.throttling: ArmThrottling | None = None
         self.set_limits(limits)
+        #: The sandbox's ARM faults (emulators/faults.py); None: none.
+        self.faults: FaultInjector | None = None
         self.app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[self._middleware])
 
     def set_limits(self, limits: LimitsSettings | None) -> ArmThrottling | None:
@@ -341,11 +344,12 @@ class ArmEmulator:
                 if admission.throttled:
                     return web.json_response(admission.throttled_body(), status=429,
                                              headers={**headers, **admission.throttled_headers()})
+            await self._sandbox_fault(request)
             response = await handler(request)
             if admission is not None and admission.delay > 0:
                 await asyncio.sleep(admission.delay)  # the operation's latency: concurrent callers overlap
         except errors.ArmError as exc:
-            return web.json_response(exc.body(), status=exc.status, headers=headers)
+            return web.json_response(exc.body(), status=exc.status, headers={**headers, **exc.headers})
         except web.HTTPException:
             raise
         except Exception:
@@ -354,6 +358,18 @@ class ArmEmulator:
             return web.json_response(failure.body(), status=500, headers=headers)
         response.headers.update(headers)
         return response
+
+    async def _sandbox_fault(self, request: web.Request) -> None:
+        """The sandbox's seeded ARM faults (emulators/faults.py): latency, then maybe an error for this request."""
+        injector = self.faults
+        if injector is None:
+            return
+        delay = injector.latency()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        fault = injector.draw(write=operation_kind(request.method, request.path) is not OperationKind.READS)
+        if fault is not None:
+            raise errors.sandbox_fault(fault)
 
     def _count(self, principal: str, method: str) -> None:
         with self._request_counts_lock:

@@ -6,16 +6,22 @@ ARM's conventions and are marked unverified.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from emulators.faults import Fault
 
 
 class ArmError(Exception):
-    def __init__(self, status: int, code: str, message: str, *, target: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, target: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.target = target
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -84,3 +90,26 @@ def keyvault_vault_not_found(vault_uri: str) -> ArmError:
         "KeyVaultVaultNotFound",
         f"The operation failed because the specified key vault '{vault_uri}' was not found.",
     )
+
+
+#: An injected fault's status -> ARM's code and message (emulators/faults.py).
+_FAULTS = {
+    # ARM's answer to a write while another operation holds the resource (the wording SDK issue threads quote).
+    409: ("AnotherOperationInProgress", "Another operation is in progress on the selected item. If there is an "
+                                        "in-progress operation, please retry after it has finished."),
+    # ARM's answer to a failed If-Match / If-None-Match.
+    412: ("PreconditionFailed", "The condition specified using HTTP conditional header(s) is not met."),
+    429: ("SubscriptionRequestsThrottled", "Number of requests for this subscription exceeded the limit. Please "
+                                           "try again later."),
+    500: ("InternalServerError", "The server encountered an internal error."),
+    # Unverified wording.
+    503: ("ServiceUnavailable", "The service is temporarily unavailable. Please try again later."),
+}
+
+
+def sandbox_fault(fault: Fault) -> ArmError:
+    """An injected fault in ARM's error shape (the CloudError of the vendored storage.json), with Retry-After
+    where Azure sends one."""
+    status = fault.status or 500
+    code, message = _FAULTS[status]
+    return ArmError(status, code, message, headers=fault.retry_after_headers())

@@ -15,6 +15,7 @@ from emulators.background import ServerThread
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
 from emulators.egress_proxy import EgressProxy
+from emulators.faults import FaultInjector
 
 from . import lifecycle
 from .ca import SandboxCA
@@ -78,6 +79,8 @@ class KeyVaultEmulator:
         self.tick_seconds = tick_seconds
         self.vaults: dict[str, VaultState] = {}
         self._servers: dict[str, VaultServer] = {}
+        #: The sandbox's Key Vault faults (emulators/faults.py), shared by every vault; None: none.
+        self.faults: FaultInjector | None = None
         self._runners: dict[str, web.AppRunner] = {}
         self._lock = threading.RLock()
         self._server = ServerThread("keyvault-emulator", timeout=60.0)
@@ -246,7 +249,7 @@ class KeyVaultEmulator:
             if name.lower() in self.vaults:
                 raise ValueError(f"vault {name!r} already exists")
             self.vaults[name.lower()] = state
-            self._servers[name.lower()] = VaultServer(state)
+            self._servers[name.lower()] = VaultServer(state, sandbox_faults=lambda: self.faults)
         return state
 
     async def add_vault_async(self, name: str, **kwargs: Any) -> VaultState:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from emulators.faults import Fault
 
 
 class KeyVaultError(Exception):
@@ -49,3 +52,17 @@ def deleted_key_not_found(name: str) -> KeyVaultError:
 
 def forbidden(message: str, inner: str) -> KeyVaultError:
     return KeyVaultError(403, "Forbidden", message, inner)
+
+
+def sandbox_fault_error(fault: Fault, operation: str) -> KeyVaultError:
+    """An injected fault (emulators/faults.py) as Key Vault answers it: the KeyVaultError body of the vendored
+    keys.json. The 429 wording is Key Vault's documented throttling answer; the 500 and 503 codes and messages
+    are unverified."""
+    if fault.status == 429:
+        message = ("Request was not processed because too many requests were received. Reason: the sandbox's "
+                   f"injected throttling of {operation}.")
+        return KeyVaultError(429, "Throttled", message, headers=fault.retry_after_headers())
+    if fault.status == 503:
+        return KeyVaultError(503, "ServiceUnavailable", "The service is temporarily unavailable. Please retry.",
+                             headers=fault.retry_after_headers())
+    return KeyVaultError(500, "InternalServerError", "The server encountered an internal error. Please retry.")

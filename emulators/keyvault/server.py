@@ -12,15 +12,18 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from emulators.faults import LOST_ANSWER, RESET, FaultInjector
+
 from . import authz, records
 from .credential import InvalidToken, Principal, decode_token
 from .dataplane import Result, Route, bucket_for, execute, resolve
-from .errors import KeyVaultError, bad_parameter
+from .errors import KeyVaultError, bad_parameter, sandbox_fault_error
 from .state import VaultState
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,14 @@ SERVICE_VERSION = "1.9.2750.1"
 
 class _ConnectionReset(Exception):
     """Fault injection: drop the connection without a response."""
+
+
+class _LostAnswer(Exception):
+    """Fault injection: the operation took effect; drop the connection before its answer."""
+
+    def __init__(self, result: Result) -> None:
+        super().__init__("answer lost")
+        self.result = result
 
 
 @dataclass
@@ -64,9 +75,16 @@ def _unauthorized(state: VaultState, message: str) -> KeyVaultError:
 class VaultServer:
     """aiohttp request handling for one vault (one origin)."""
 
-    def __init__(self, state: VaultState, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        state: VaultState,
+        *,
+        rng: random.Random | None = None,
+        sandbox_faults: Callable[[], FaultInjector | None] = lambda: None,
+    ) -> None:
         self.state = state
         self.rng = rng or random.Random()
+        self.sandbox_faults = sandbox_faults
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
 
@@ -91,6 +109,13 @@ class VaultServer:
             error = exc
         except _ConnectionReset:
             self._account(request, ctx, status=0, description="Injected fault: connection reset")
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError from None
+        except _LostAnswer as lost:
+            self._account(request, ctx, status=0, description="Injected fault: answer lost",
+                          object_id=lost.result.object_id)
+            lost.result.outbox.flush(state)  # it happened: its events are published as for any success
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError from None
@@ -143,6 +168,7 @@ class VaultServer:
             raise self._forbidden(principal, ctx.decision, route)
         body = await self._body(request)
         await self._faults(route)
+        lose_answer = await self._sandbox_fault(route, request.method)
         self._throttle(route, body)
         run = functools.partial(
             execute, state, route, body=body, query=dict(request.query), api_version=ctx.api_version
@@ -152,9 +178,13 @@ class VaultServer:
             # RSA private operation holds the GIL anyway): run it here rather than pay a thread
             # hand-off per request, and without the loop waiting on the state lock the worker holds.
             # Anything that may rotate keys (RSA generation) still goes to the executor.
-            return run()
-        # The worker thread builds ids too: it runs in this request's context (VaultState.serving).
-        return await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, run)
+            result = run()
+        else:
+            # The worker thread builds ids too: it runs in this request's context (VaultState.serving).
+            result = await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, run)
+        if lose_answer:
+            raise _LostAnswer(result)
+        return result
 
     def _nothing_due(self) -> bool:
         # Unlocked read of one int: a stale value only sends this request to the executor, or
@@ -251,6 +281,24 @@ class VaultServer:
             code = {500: "InternalServerError", 503: "ServiceUnavailable", 429: "Throttled"}.get(status, "Fault")
             headers = {"Retry-After": "1"} if status in (429, 503) else {}
             raise KeyVaultError(status, code, f"Injected fault ({status}) for {route.operation}", headers=headers)
+
+    async def _sandbox_fault(self, route: Route, method: str) -> bool:
+        """The sandbox's seeded Key Vault faults (emulators/faults.py) in Key Vault's error shape; True when
+        the request is to be carried out and its answer lost."""
+        injector = self.sandbox_faults()
+        if injector is None:
+            return False
+        delay = injector.latency()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        fault = injector.draw(write=method != "GET")
+        if fault is None:
+            return False
+        if fault.kind == RESET:
+            raise _ConnectionReset
+        if fault.kind == LOST_ANSWER:
+            return True
+        raise sandbox_fault_error(fault, route.operation)
 
     def _throttle(self, route: Route, body: dict[str, Any] | None) -> None:
         state = self.state

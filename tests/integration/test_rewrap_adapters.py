@@ -36,6 +36,7 @@ from controller.rewrap.strategies import walker_for
 from controller.rewrap.walker import ContainerWalker, RewrapOptions
 from controller.rewrap.work import RewrapMode
 from controller.vault_policy import VaultPolicy
+from emulators.faults import FaultInjector, FaultProfile
 from emulators.keyvault import KeyVaultEmulator
 from tests.support.keyvault import Admin, client_kwargs
 
@@ -524,3 +525,16 @@ def test_the_store_lists_names_etags_and_metadata_as_the_sdk_does(sandbox: Sandb
     assert [item.name for item in store.list_blobs(sandbox.container, prefix="ünï/", marker=None).items] == [
         "ünï/cødé.txt"
     ]
+
+
+def test_the_target_versions_public_key_is_read_through_throttling(sandbox: Sandbox) -> None:
+    """One read per work item, outside the walker's shared back-off: a throttled answer is retried after
+    its Retry-After (a work item failed for one 429 waits out the queue's visibility timeout)."""
+    sandbox.kv.faults = FaultInjector(FaultProfile("vault", {"429": 0.5}), seed=7)  # throttled twice, then answered
+    try:
+        wrapper = fetch_public_wrapper(sandbox.vault_clients(), sandbox.new_key_id)
+        throttled = sandbox.kv.faults.injected["429"]
+    finally:
+        sandbox.kv.faults = None
+    assert throttled == 2
+    assert wrapper.key_id == sandbox.new_key_id

@@ -8,7 +8,8 @@ import threading
 from typing import Any
 
 import pytest
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ServiceResponseError
+from azure.core.pipeline.policies import HTTPPolicy
 from azure.storage.blob import BlobClient, BlobServiceClient, ContentSettings
 
 from controller.adapters.blob_store import AzureBlobRewriter, AzureBlobStore, blob_service_client
@@ -22,7 +23,15 @@ from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
 from controller.ports import BlobPage
 from controller.rewrap.strategies import STAGING_PREFIX, RewriteStrategy
 from controller.rewrap.walker import ContainerWalker, RewrapOptions
-from tests.integration.test_rewrap_adapters import KillAfterPages, Killed, Sandbox, assert_all_on, content, populate
+from tests.integration.test_rewrap_adapters import (
+    VAULT,
+    KillAfterPages,
+    Killed,
+    Sandbox,
+    assert_all_on,
+    content,
+    populate,
+)
 from tests.integration.test_rewrap_adapters import sandbox as sandbox  # noqa: PLC0414 - the fixture
 
 pytestmark = pytest.mark.integration
@@ -88,6 +97,27 @@ def test_rewrite_gives_every_blob_a_new_content_key_under_the_target_version(san
     assert blob.metadata["owner"] == "team0"
     assert blob.content_settings.content_type == "text/plain"
     assert blob.content_settings.content_language == "en"
+
+
+def test_a_throttled_unwrap_under_client_side_decryption_is_throttling_not_a_failed_rewrite(sandbox: Sandbox) -> None:
+    """azure-storage-blob reports any failure of the key resolver while it decrypts (reading the blob, or
+    verifying the new copy) as "Decryption failed.": a throttled unwrap under it is still throttling, to be
+    retried (and, past the budget, reported as throttled), never a failed rewrite."""
+    written = populate(sandbox, 1)
+    walker = ContainerWalker(
+        store=sandbox.store(page_size=10), checkpoint=TableRewrapCheckpoint(sandbox.table),
+        strategy=RewriteStrategy(rewriter=rewriter(sandbox), target_key_id=sandbox.new_key_id, policy=sandbox.policy),
+        options=RewrapOptions(max_workers=1, initial_backoff=0.05, max_transient_attempts=2),
+    )
+    throttled_unwraps = {"errorRate": 1.0, "errorStatus": 429, "operations": ["KeyUnwrap"]}
+    sandbox.admin.ok("PUT", f"/vaults/{VAULT}/faults", throttled_unwraps)
+    try:
+        progress = walker.run(sandbox.container).progress
+    finally:
+        sandbox.admin.ok("PUT", f"/vaults/{VAULT}/faults", {})
+    assert {problem.reason for problem in progress.problems} == {"throttled"}, progress.problems
+    for name, data in written.items():
+        assert sandbox.read(name, key_id=sandbox.old_key_id) == data
 
 
 def test_a_copy_that_fails_verification_is_never_swapped_in(sandbox: Sandbox) -> None:
@@ -286,4 +316,41 @@ def test_an_encryption_scope_move_takes_the_synchronous_copy_path(sandbox: Sandb
     written = populate(sandbox, 4)
     progress = runner(sandbox, scope="cmk-scope").run(sandbox.container).progress
     assert progress.counts == {"rewritten": 4}
+    assert_all_on(sandbox, written, sandbox.new_key_id)
+
+
+class DropFirstDelete(HTTPPolicy):  # type: ignore[type-arg]
+    """The first Delete Blob meets a dropped connection (as under Storage's faults); the rest go through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def send(self, request: Any) -> Any:
+        if request.http_request.method == "DELETE" and not self.dropped:
+            self.dropped += 1
+            raise ServiceResponseError("Connection reset by peer")
+        return self.next.send(request)
+
+
+def test_a_failed_delete_of_the_staging_copy_is_retried_and_leaves_no_copy_behind(sandbox: Sandbox) -> None:
+    written = populate(sandbox, 1)
+    drop = DropFirstDelete()
+    clients = sandbox.vault_clients()
+    unwrapper = VaultKeyUnwrapper(clients)
+    flaky = AzureBlobRewriter(
+        blob_service_client(connection_string=sandbox.connection_string, _additional_pipeline_policies=[drop]),
+        target_kek=VaultKeyEncryptionKey(sandbox.new_key_id, unwrapper,
+                                         wrapper=fetch_public_wrapper(clients, sandbox.new_key_id)),
+        key_resolver=key_resolver(unwrapper),
+    )
+    walker = ContainerWalker(
+        store=sandbox.store(page_size=10), checkpoint=TableRewrapCheckpoint(sandbox.table),
+        strategy=RewriteStrategy(rewriter=flaky, target_key_id=sandbox.new_key_id, policy=sandbox.policy),
+        options=RewrapOptions(max_workers=1, initial_backoff=0.05),
+    )
+    progress = walker.run(sandbox.container).progress
+    assert drop.dropped == 1
+    assert progress.counts == {"rewritten": 1}, progress.problems
+    assert [blob.name for blob in sandbox.container_client().list_blobs()] == list(written)  # no staging copy
     assert_all_on(sandbox, written, sandbox.new_key_id)

@@ -9,10 +9,11 @@ from datetime import timedelta
 
 import pytest
 
-from controller.errors import Conflict, InvalidInput
+from controller.errors import Conflict, InvalidInput, TransientError
 from controller.model import KeyRef
 from controller.ports import RewrapPorts, RewrapProgress
 from controller.rewrap.budget import BudgetedBlobStore, BudgetExhausted, TimeBudget
+from controller.rewrap.walker import RewrapOptions
 from controller.rewrap.work import RewrapMode, RewrapWorkItem, parse_work_item, split_job
 from controller.rewrap.wrapping import RsaPublicKeyWrapper
 from controller.service import (
@@ -213,3 +214,31 @@ def test_plan_rewrap_targets_the_current_version_and_refuses_other_vaults() -> N
     other = POLICY.parse_key_id("https://elsewhere.vault.azure.net/keys/k")
     with pytest.raises(VaultNotAllowed, match=f"allowed: {VAULT}"):
         plan_rewrap(context, targets=[(ACCOUNT, CONTAINER)], key=other)
+
+
+def test_blobs_still_throttled_past_the_walkers_budget_send_the_item_back_to_the_queue_not_to_an_alert() -> None:
+    """The walker retries each blob a bounded number of times; a blob throttled past that is not done, so
+    the queue delivers the item again (bounded by its dequeue count, then the poison queue) instead of the
+    item completing with the blob left behind."""
+    backend = FakeBackend(encrypted_store(1))
+    budget = RewrapOptions().max_transient_attempts
+    backend.unwrapper.faults = [TransientError("unwrap: HTTP 429", retry_after=0.0) for _ in range(budget)]
+    context = deps(backend, FakeQueue())
+    with pytest.raises(TransientError, match="throttled"):
+        process_work(json.dumps(message()), context)
+    assert context.notifier.alerts == []  # type: ignore[attr-defined]
+    report = process_work(json.dumps(message()), context)  # the queue's next delivery: the vault answers again
+    assert report.rewrap is not None and report.rewrap.status is RewrapItemStatus.COMPLETE
+    assert backend.store.key_id("b00") == NEW_KEY_ID
+
+
+def test_a_redelivered_continuation_whose_job_left_blobs_throttled_runs_the_job_again() -> None:
+    backend = FakeBackend(encrypted_store(3))  # two pages
+    budget = RewrapOptions().max_transient_attempts
+    context = deps(backend, FakeQueue(), budget=None)
+    backend.unwrapper.faults = [TransientError("unwrap: HTTP 429", retry_after=0.0) for _ in range(budget)]
+    with pytest.raises(TransientError, match="throttled"):
+        process_work(json.dumps(message(sequence=1)), context)
+    report = process_work(json.dumps(message(sequence=1)), context)
+    assert report.rewrap is not None and report.rewrap.status is RewrapItemStatus.COMPLETE
+    assert all(backend.store.key_id(name) == NEW_KEY_ID for name in backend.store.blobs)
