@@ -112,13 +112,19 @@ def arm_sandbox(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> I
 
 # --- Re-wrap sandbox vault (emulators/keyvault; used by tests/integration/test_rewrap_*.py) ---------
 # A session-scoped emulated Key Vault with one vault the controller principal fully manages. Tests
-# create their own keys (unique names) and reset throttling/faults they set.
+# create their own keys (unique names) and reset throttling/faults they set. The vault is at its Azure host
+# name (https://kv-rewrap.vault.azure.net) through the sandbox's egress proxy, as in the sandbox: clients get
+# the proxy from tests.support.keyvault.client_kwargs, and the CLI from HTTPS_PROXY (tests/support/egress.py).
 import emulators.keyvault as rewrap_kv  # noqa: E402 - sections stay self-contained
+from emulators.egress_proxy import EgressProxy  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def rewrap_keyvault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rewrap_kv.KeyVaultEmulator]:
-    with rewrap_kv.KeyVaultEmulator(directory=tmp_path_factory.mktemp("rewrap-kv")) as emulator:
+    with (
+        EgressProxy() as proxy,
+        rewrap_kv.KeyVaultEmulator(directory=tmp_path_factory.mktemp("rewrap-kv"), proxy=proxy) as emulator,
+    ):
         emulator.add_vault(
             "kv-rewrap",
             access_policies=[

@@ -17,6 +17,7 @@ from emulators.identity_endpoint import ManagedIdentityEndpoint
 from emulators.keyvault import Principal
 from tests.integration.test_rewrap_adapters import CONTROLLER, Sandbox, assert_all_on, populate
 from tests.integration.test_rewrap_adapters import sandbox as sandbox  # noqa: PLC0414 - the fixture
+from tests.support.egress import proxy_settings
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +38,9 @@ def cli_env(
     sandbox: Sandbox, identity_endpoint: ManagedIdentityEndpoint, monkeypatch: pytest.MonkeyPatch
 ) -> Sandbox:
     monkeypatch.setenv("CMK_VAULTS", sandbox.origin)
+    assert sandbox.kv.proxy is not None  # the vault at its Azure host name: the CLI reaches it through the proxy
+    for name, value in proxy_settings(sandbox.kv.proxy).items():
+        monkeypatch.setenv(name, value)
     for name, value in identity_endpoint.environ().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AZURE_CLIENT_ID", CONTROLLER_CLIENT_ID)

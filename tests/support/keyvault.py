@@ -107,6 +107,7 @@ class Admin:
 
 
 def client_kwargs(emulator: KeyVaultEmulator, **extra: Any) -> dict[str, Any]:
-    """Keyword arguments for KeyClient / CryptographyClient against the sandbox."""
-    return {"verify_challenge_resource": False, "connection_verify": emulator.ca_path, **extra}
+    """Keyword arguments for KeyClient / CryptographyClient against the sandbox: through its proxy (the vault's
+    Azure host name, the challenge check on) where the emulator has one, else at the loopback origin."""
+    return {**emulator.sdk_options(), **extra}
 

@@ -110,7 +110,7 @@ def test_defaults_of_the_optional_and_rule_settings():
             settings.min_rsa_key_size, settings.rewrap_window_hours, settings.max_accounts_per_key) == (
         "all", 30, 90, 2048, 24, 50)
     assert (settings.audit_window_hours, settings.write_concurrency, settings.reconcile_time_budget_seconds) == (
-        24, 16, 480)
+        24, 32, 480)
     assert settings.controller_client_id is None
 
 
