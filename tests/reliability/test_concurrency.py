@@ -351,6 +351,7 @@ def run_pass(estate: Estate, blobs: Blobs, logs: HostLogs, scale: Scale, *, mode
         assert blobs.check() == {"lost_updates": [], "old_version": [], "unreadable": [], "left_over": [],
                                  "same_content_key": []}
     content_keys_before = dict(blobs.content_keys)
+    started = time.perf_counter()
     version = blobs.rotate()
     target = blobs.key_id(version)
     changed = random.Random(seed).sample(blobs.names, max(1, len(blobs.names) // 10))
@@ -390,6 +391,7 @@ def run_pass(estate: Estate, blobs: Blobs, logs: HostLogs, scale: Scale, *, mode
         "writer_metadata_writes": writers.tally.metadata_writes, "writer_conflicts": writers.tally.conflicts,
         "writer_rereads": writers.tally.rereads, "changed_blobs": len(changed),
         "max_writes_per_blob": max(writers.tally.writes.values()),
+        "seconds": round(time.perf_counter() - started, 1),
     }
 
 
@@ -472,6 +474,19 @@ def near_expiry_events(estate: Estate, blobs: Blobs) -> tuple[list[dict[str, Any
     return events, blobs.key_id(blobs.version)
 
 
+class Laps:
+    """Where the scenario's time goes: seconds per phase, each from the end of the one before."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._mark, 1)
+        self._mark = now
+
+
 def alert_notices(estate: Estate, since: int) -> list[dict[str, Any]]:
     return [record["body"] for record in estate.alerts()[since:] if isinstance(record.get("body"), dict)]
 
@@ -480,6 +495,7 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
                                                                tmp_path: Path) -> None:
     scale = SCALES[size.name]
     started = time.perf_counter()
+    phases = Laps()
     alerts_before = len(estate.alerts())
     writes_before = estate.controller_arm_writes()
     # Another instance of the function app: same settings, ledger, queue, Azurite and identity.
@@ -488,6 +504,7 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
         other_started = starter.submit(other.start, 120)
         blobs = Blobs(estate, scale)
         other_started.result()
+    phases.lap("second_instance_and_blobs")
     try:
         logs = HostLogs(estate, other)
         key_events = KeyEvents(estate, other, scale)
@@ -498,8 +515,10 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
             passes = [run_pass(estate, blobs, logs, scale, mode=mode, scale_out=scale_out, seed=1404 + index)
                       for index, (mode, scale_out) in enumerate(scale.passes)]
             delivery.result()
+        phases.lap("passes")
         expiry_events, expiring = near_expiry_events(estate, blobs)
         key_events.deliver_everywhere(expiry_events)
+        phases.lap("near_expiry_deliveries")
 
         with ConsumerWatch(estate, order, key_events.accounts) as watch:
             def converged() -> bool:
@@ -516,6 +535,7 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
             while not converged():
                 assert time.monotonic() < deadline, "the consumers did not converge in time"
                 time.sleep(0.5)
+        phases.lap("consumers_converged")
 
         def handled() -> bool:
             text = logs.text()
@@ -526,9 +546,11 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
         while not handled():
             assert time.monotonic() < deadline, "the near-expiry events were not handled"
             time.sleep(0.3)
+        phases.lap("near_expiry_handled")
         log, instance_logs = logs.text(), logs.texts()
     finally:
         other.stop()
+    phases.lap("second_instance_stopped")
     seconds = time.perf_counter() - started
 
     arm_writes = estate.controller_arm_writes() - writes_before
@@ -568,7 +590,7 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
         "accepted_more_than_once": sum(1 for count in accepted.values() if count > 1), "released_attempts": released,
         "arm_writes": arm_writes, "arm_writes_minimum": minimum, "duplicate_actions": max(0, arm_writes - minimum),
         "alerts_sent": len(notices), "alerts_sent_twice": sum(1 for count in sent.values() if count > 1),
-        "backward_moves": len(watch.backwards), "seconds": round(seconds, 1),
+        "backward_moves": len(watch.backwards), "seconds": round(seconds, 1), "seconds_by_phase": phases.seconds,
     })
     for item in passes:
         assert item["problems"] == {"lost_updates": [], "old_version": [], "unreadable": [], "left_over": [],
