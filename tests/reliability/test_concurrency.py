@@ -598,7 +598,11 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
         assert item["counts"].get("failed", 0) == 0, item
         assert item["counts"].get("skipped_malformed") == 1, item
         assert item["settled"] == scale.blobs, item
-    assert set(key_events.statuses) <= {200, 202, 0}, key_events.statuses  # 0: timed out (a busy instance)
+    # 0: timed out (a busy instance). 503: the invocation failed transiently (e.g. the ledger's storage reset
+    # a connection under load) and released the event for Event Grid to deliver again: each one is a
+    # failed invocation in the hosts' logs, never a 5xx that hides one.
+    assert set(key_events.statuses) <= {200, 202, 0, 503}, key_events.statuses
+    assert key_events.statuses[503] <= released, (key_events.statuses, released)
     assert set(accepted) == event_ids, accepted
     assert sum(count - 1 for count in accepted.values()) <= released, accepted
     assert watch.backwards == []
