@@ -27,7 +27,7 @@ from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient, C
 
 from controller.adapters.azure_errors import translated
 from controller.envelope import parse_envelope
-from controller.errors import ControllerError, PermanentError, TransientError
+from controller.errors import Conflict, ControllerError, NotFound, PermanentError, TransientError
 from controller.ports import BlobItem, BlobPage
 from controller.rewrap.strategies import STAGING_PREFIX
 
@@ -248,10 +248,25 @@ class AzureBlobRewriter:
         try:
             staged_envelope = self._verify(container, staging_name, staged_etag, digest, where)
             self._swap(container, item, staging, staged_etag=staged_etag, envelope=staged_envelope, where=where)
+        except NotFound:
+            # The blob, or only our staging copy? Another worker rewriting the same blob at the same time (a
+            # scale-out page taken over while its first worker still ran) shares the staging name and may
+            # have replaced or deleted our copy: a lost race, not a vanished blob.
+            if self._exists(container, item.name):
+                raise Conflict(f"the new copy of {where} was replaced by another rewrite of it") from None
+            raise
         finally:
             # The staging copy is only ever a duplicate: of the verified data once swapped in, or of
             # data that was not swapped in (failed verification, lost race) and is discarded.
             self._delete_staging(staging, staged_etag, where)
+
+    def _exists(self, container: str, name: str) -> bool:
+        try:
+            with translated(f"read {container}/{name}"):
+                self._service.get_blob_client(container, name).get_blob_properties()
+        except NotFound:
+            return False
+        return True
 
     def _delete_staging(self, staging: BlobClient, etag: str, where: str) -> None:
         """Delete the staging copy, retrying a transient failure a few times (no SDK retries here, and no

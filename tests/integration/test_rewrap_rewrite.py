@@ -3,6 +3,7 @@ is swapped in, never a missing or unreadable blob, never data replaced by an unv
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from typing import Any
@@ -496,3 +497,29 @@ def test_a_blob_its_app_writes_in_a_burst_is_rewritten_at_the_end_of_its_page(sa
     metadata = sandbox.container_client().get_blob_client(hot).get_blob_properties().metadata
     assert metadata["seq"] == str(app.writes) and metadata["owner"] == "team0"
     assert_all_on(sandbox, written, sandbox.new_key_id)
+
+
+class AnotherWorkerDeletesTheStagingCopy:
+    """Another worker rewriting the same blob at the same time (a scale-out page taken over while its first
+    worker still runs): it shares the staging name, and deletes the copy just before our first swap."""
+
+    def __init__(self, world: Sandbox, name: str) -> None:
+        self.world, self.name, self.deleted = world, name, 0
+
+    def inside_window(self, name: str) -> None:
+        if name == self.name and not self.deleted:
+            staging = STAGING_PREFIX + hashlib.sha256(name.encode("utf-8")).hexdigest()
+            self.world.container_client().get_blob_client(staging).delete_blob()
+            self.deleted += 1
+
+
+def test_a_staging_copy_taken_by_another_worker_is_a_lost_race_not_a_vanished_blob(sandbox: Sandbox) -> None:
+    written = populate(sandbox, 1)
+    [name] = written
+    other = AnotherWorkerDeletesTheStagingCopy(sandbox, name)
+    progress = rewrite_with(sandbox, other)  # type: ignore[arg-type]
+    assert other.deleted == 1
+    assert progress.counts == {"rewritten": 1}, progress.problems
+    assert progress.conflicts == 1
+    assert_all_on(sandbox, written, sandbox.new_key_id)
+    assert [blob.name for blob in sandbox.container_client().list_blobs()] == list(written)
