@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from azure.mgmt.storage.models import EncryptionScope, StorageAccount
 
-from controller.adapters.inventory import ConsumerDirectory, Inventory
 from controller.adapters import storage_control
+from controller.adapters.inventory import ConsumerDirectory, Inventory
 from controller.adapters.storage_control import StorageControl
 from controller.errors import TransientError
 from controller.model import IdentityAccess, InventorySource, parse_vault_resource_id
