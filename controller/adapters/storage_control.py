@@ -24,8 +24,9 @@ write reads the consumer first.
 Cost: listing a subscription's consumers is one paged storage-accounts listing plus one scope
 listing per candidate account (O(accounts)), except for an account whose listing found no Key Vault
 scope within ``NO_KEY_VAULT_SCOPES_FOR`` (a burst of key events lists each account once); refreshing
-N consumers before writing them is one paged listing per subscription (scopes: one read each); a write is one PATCH, plus one read when no fresh
-state stands in for it (scopes: one more read of the account for its identity and tags).
+N consumers before writing them is one paged listing per subscription (scopes: one read each); a write
+is one PATCH, plus one read when no fresh state stands in for it (scopes: one more read of the account
+for its identity and tags).
 """
 
 from __future__ import annotations
