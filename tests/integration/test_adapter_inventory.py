@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.mgmt.storage.models import EncryptionScope, StorageAccount
+from azure.mgmt.storage.models import EncryptionScope, StorageAccount, StorageAccountUpdateParameters
 
 from controller.adapters import storage_control
 from controller.adapters.inventory import ConsumerDirectory, Inventory
@@ -225,6 +225,30 @@ def test_a_scope_changed_on_an_account_with_key_vault_scopes_is_found_by_the_nex
             world.create_scope(account, "scopeother", world.key("kv-inv", "other").uri)
     assert moved not in consumer_ids(before)
     assert moved in consumer_ids(after)
+
+
+def test_an_account_changed_since_the_last_search_is_read_as_it_is_now(estate: Estate) -> None:
+    """Rows are parsed once per content: a row that changed is parsed again."""
+    world = estate.world
+    account = estate.scoped[0]
+    key = world.key("kv-inv", "cmk")
+    storage = world.storage(SUB_A).storage_accounts
+    found, _ = inventory(estate)
+    with found:
+        before = {observed.consumer.resource_id.lower(): observed.consumer for observed in
+                  found.list_consumers(key).consumers}
+        storage.update(RG, account.name, StorageAccountUpdateParameters(tags={"owner": "payments"}))
+        try:
+            after = {observed.consumer.resource_id.lower(): observed.consumer for observed in
+                     found.list_consumers(key).consumers}
+        finally:
+            storage.update(RG, account.name, StorageAccountUpdateParameters(tags={}))
+    assert before[account.id.lower()].tags == ()
+    assert after[account.id.lower()].tags == (("owner", "payments"),)
+    assert {resource_id: consumer for resource_id, consumer in after.items() if resource_id != account.id.lower()
+            and not resource_id.startswith(account.id.lower() + "/")} == \
+        {resource_id: consumer for resource_id, consumer in before.items() if resource_id != account.id.lower()
+         and not resource_id.startswith(account.id.lower() + "/")}
 
 
 @pytest.mark.parametrize("graph_status", [None, 403])
