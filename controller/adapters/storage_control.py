@@ -351,18 +351,29 @@ class StorageControl:
         paced like every ARM read (adapters/arm_pacing.py)."""
         candidates = list(accounts)
         searched = [account for account in candidates
-                    if scopes is ScopeSearch.ALL_ACCOUNTS or uses_key_vault(account)]
-        with ThreadPoolExecutor(max_workers=SCOPE_LISTINGS, thread_name_prefix="scopes") as pool:
-            listings = dict(zip((id(account) for account in searched), pool.map(self._searched_scopes, searched),
-                                strict=True))
+                    if (scopes is ScopeSearch.ALL_ACCOUNTS or uses_key_vault(account))
+                    and not self._known_without_key_vault_scopes(account)]
+        listings: dict[int, list[EncryptionScope]] = {}
+        if searched:
+            workers = min(SCOPE_LISTINGS, len(searched))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scopes") as pool:
+                listings = dict(zip((id(account) for account in searched), pool.map(self._searched_scopes, searched),
+                                    strict=True))
         for account in candidates:
-            observed = account_consumer(account, self._policy)
-            if observed is not None and wanted(observed.consumer.key):
+            key = account_key(account, self._policy)  # the key first: the whole consumer only for a match
+            observed = account_consumer(account, self._policy) if key is not None and wanted(key) else None
+            if observed is not None:
                 yield observed
             for scope in listings.get(id(account), ()):
                 scoped = scope_consumer(account, scope, self._policy)
                 if scoped is not None and wanted(scoped.consumer.key):
                     yield scoped
+
+    def _known_without_key_vault_scopes(self, account: StorageAccount) -> bool:
+        """A listing sent within NO_KEY_VAULT_SCOPES_FOR found no Key Vault scope on the account."""
+        with self._lock:
+            listed = self._no_key_vault_scopes.get((account.id or "").lower())
+        return listed is not None and time.monotonic() - listed < NO_KEY_VAULT_SCOPES_FOR
 
     def _searched_scopes(self, account: StorageAccount) -> list[EncryptionScope]:
         """The account's scopes for a consumer search: none when a listing sent within NO_KEY_VAULT_SCOPES_FOR
