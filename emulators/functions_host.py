@@ -20,6 +20,11 @@ It does what the real host does for the triggers this app uses, with the host's 
   the same webhook URLs;
 * ``POST /admin/functions/<name>`` (master key) runs a non-HTTP function now, as the real host does.
 
+Performance work: with ``FUNCTIONS_HOST_PROFILE=<file>`` in its environment the host runs every invocation
+under cProfile and writes the summed statistics to the file when it stops (SIGTERM); read them with
+``python -m pstats <file>``. Times are wall times on the functions' threads (waits for the GIL included);
+threads an invocation starts itself are not profiled.
+
 Run: ``python -m emulators.functions_host --app-dir . --settings local.settings.json --port 7071``.
 Tests use LocalFunctionsHost, which runs it as a child process like the real host's worker.
 """
