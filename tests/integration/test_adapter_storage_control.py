@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -298,3 +299,24 @@ def test_set_key_is_the_reconcilers_write(estate: Estate) -> None:
     assert reread.consumer == pinned
     with pytest.raises(InvalidKeyId):
         control.set_key(pinned, world.key("kv-sc", "other"))
+
+
+def test_the_clients_of_one_connection_reuse_its_connections_across_more_workers_than_requests_keeps(
+        estate: Estate) -> None:
+    """requests keeps 10 connections per host: with more workers, each extra request opened (and
+    discarded) a TLS connection, the largest share of a rotation's CPU. One pool, shared by every client
+    of the connection and sized for its workers, opens each connection once."""
+    world, workers, rounds = estate.world, 24, 3
+    connection = world.connection()
+    ids = [estate.versionless.id, estate.pinned.id, estate.other_key.id] * (workers // 3)
+    with StorageControl(connection, policy=world.policy) as first, \
+            StorageControl(connection, policy=world.policy) as second, \
+            ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in range(rounds):
+            accounts = list(pool.map(lambda pair: pair[0].get_account(pair[1]),
+                                     zip([first, second] * (workers // 2), ids, strict=True)))
+            assert [account.id for account in accounts] == ids
+    pools = connection.transport.session.get_adapter(world.arm.url).poolmanager.pools
+    opened = sum(pools[key].num_connections for key in pools.keys())
+    assert 1 <= opened <= workers  # each worker's connection is opened once and reused in the later rounds
+    connection.close()
