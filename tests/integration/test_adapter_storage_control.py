@@ -317,6 +317,6 @@ def test_the_clients_of_one_connection_reuse_its_connections_across_more_workers
                                      zip([first, second] * (workers // 2), ids, strict=True)))
             assert [account.id for account in accounts] == ids
     pools = connection.transport.session.get_adapter(world.arm.url).poolmanager.pools
-    opened = sum(pools[key].num_connections for key in pools.keys())
+    opened = sum(pools[key].num_connections for key in pools.keys())  # noqa: SIM118 - it refuses iteration
     assert 1 <= opened <= workers  # each worker's connection is opened once and reused in the later rounds
     connection.close()
