@@ -320,3 +320,20 @@ def test_the_clients_of_one_connection_reuse_its_connections_across_more_workers
     opened = sum(pools[key].num_connections for key in pools.keys())  # noqa: SIM118 - it refuses iteration
     assert 1 <= opened <= workers  # each worker's connection is opened once and reused in the later rounds
     connection.close()
+
+
+def test_current_states_read_the_consumers_about_to_be_written_with_one_listing(estate: Estate) -> None:
+    """From LIST_FROM consumers of one subscription on, their accounts come from the subscription's paged
+    listing (a scope is still read on its own), in order, None for an account that is gone: the same
+    states as one read each."""
+    world = estate.world
+    gone = estate.pinned.id.replace(estate.pinned.name, "stgone000")
+    ids = [estate.versionless.id, estate.pinned.id, estate.other_key.id,
+           f"{estate.versionless.id}/encryptionScopes/scopeauto", gone]
+    connection = world.connection()
+    with StorageControl(connection, policy=world.policy) as control:
+        states = control.current_states(ids)
+        assert connection.pacer.stats.by_kind == {"reads": 2}  # the listing's one page, the scope
+        assert states[-1] is None
+        assert states[:-1] == [control.get_consumer(resource_id) for resource_id in ids[:-1]]
+    connection.close()
