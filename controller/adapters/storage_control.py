@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 from azure.core.rest import HttpRequest
 from azure.mgmt.storage import StorageManagementClient
+from azure.mgmt.storage import models as storage_models
 from azure.mgmt.storage.models import (
     Encryption,
     EncryptionIdentity,
@@ -206,6 +207,27 @@ def _tags(tags: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((tags or {}).items()))
 
 
+_models_ready = threading.Event()
+_models_lock = threading.Lock()
+
+
+def prepare_models() -> None:
+    """Use every model class of azure-mgmt-storage once, on one thread, before any is used concurrently.
+
+    The SDK maps a model class's fields on its first use and does so unsafely across threads: the
+    reconciler's writers and the scope listings, starting at once in a fresh process, failed with
+    "dictionary changed size during iteration" (a rotation's first invocation lost its event). Once per
+    process; about a second."""
+    if _models_ready.is_set():
+        return
+    with _models_lock:
+        if not _models_ready.is_set():
+            for model in vars(storage_models).values():
+                if isinstance(model, type) and getattr(model, "_is_model", False):
+                    model()
+            _models_ready.set()
+
+
 def account_consumer(account: StorageAccount, policy: VaultPolicy) -> ObservedConsumer | None:
     """The account as a consumer of its Key Vault key, or None when it does not use one."""
     key = account_key(account, policy)
@@ -286,6 +308,7 @@ class StorageControl:
         self.close()
 
     def _client(self, subscription_id: str) -> StorageManagementClient:
+        prepare_models()
         key = subscription_id.lower()
         with self._lock:
             client = self._clients.get(key)

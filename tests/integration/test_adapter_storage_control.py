@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -337,3 +340,27 @@ def test_current_states_read_the_consumers_about_to_be_written_with_one_listing(
         assert states[-1] is None
         assert states[:-1] == [control.get_consumer(resource_id) for resource_id in ids[:-1]]
     connection.close()
+
+
+def test_the_sdk_models_are_prepared_before_the_first_request_of_a_fresh_process() -> None:
+    """azure-mgmt-storage maps a model's fields on its first use, unsafely across threads (the writers and
+    scope listings start at once): a fresh process's first rotation failed with "dictionary changed size
+    during iteration". The first client StorageControl hands out has used every model class once."""
+    script = textwrap.dedent("""
+        from azure.identity import DefaultAzureCredential
+        from azure.mgmt.storage import models
+        from controller.adapters.credentials import ArmConnection
+        from controller.adapters.storage_control import StorageControl
+        from controller.vault_policy import VaultPolicy
+
+        classes = [model for model in vars(models).values()
+                   if isinstance(model, type) and getattr(model, "_is_model", False)]
+        prepared = lambda: [f"{model.__module__}.{model.__qualname__}" in model._calculated for model in classes]
+        assert not all(prepared())
+        control = StorageControl(ArmConnection(DefaultAzureCredential()), policy=VaultPolicy.of([]))
+        control._client("00000000-0000-0000-0000-000000000000")
+        assert classes and all(prepared()), "a model class was not prepared"
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,  # noqa: S603
+                          check=False, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
