@@ -438,6 +438,30 @@ def test_writes_past_the_time_budget_continue_through_the_queue_and_finish():
     assert sorted(written.count(consumer) for consumer in set(written)) == [1, 1, 1, 2, 2, 2]  # never twice
 
 
+class SlowInventory(SlowStorage):
+    """Finding the consumers takes two minutes too (at 10,000 accounts their scope listings take minutes
+    of ARM's read budget)."""
+
+    def consumers_of(self, key: KeyRef) -> list[Consumer]:
+        self.clock.advance(timedelta(minutes=2))
+        return super().consumers_of(key)
+
+
+def test_the_time_budget_counts_the_inventory_too():
+    """The host ends an invocation at its time limit, whatever it was doing: the budget is the invocation's,
+    from the start of the reconcile, not from its first write."""
+    w = world()
+    slow = SlowInventory({consumer.id: consumer for consumer in estate_of(6)})
+    slow.clock = w.clock
+    w.deps = replace(w.deps, inventory=slow, control=slow,
+                     limits=reconciler.ExecutionLimits(time_budget=timedelta(seconds=150)))
+
+    first = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+
+    assert len(first.writes) == 1  # the first write always starts (at 2 minutes); the next would at 3
+    assert first.deferred == 5
+
+
 def test_every_run_starts_at_least_one_write_however_small_the_budget():
     w = world()
     slow = SlowStorage({consumer.id: consumer for consumer in estate_of(2)})
