@@ -54,7 +54,8 @@ from azure.core.exceptions import ServiceRequestError, ServiceResponseError  # n
 from azure.keyvault.keys import KeyClient  # noqa: E402
 from azure.storage.blob import BlobServiceClient, ContainerClient  # noqa: E402
 
-from controller.adapters.blob_store import AzureBlobStore, blob_service_client, pooled_transport  # noqa: E402
+from controller.adapters.blob_store import AzureBlobStore, blob_service_client  # noqa: E402
+from controller.adapters.http_transport import pooled_transport  # noqa: E402
 from controller.adapters.key_vault_crypto import (  # noqa: E402
     VaultClients,
     VaultKeyEncryptionKey,

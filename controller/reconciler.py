@@ -173,6 +173,9 @@ def reconcile_key(
     ``consumers`` and ``state``: the key's consumers and versions when the caller has just read them
     (no second inventory or vault listing)."""
     key = key.versionless
+    # The time budget counts from here: the inventory is part of the invocation's time (at 10,000 accounts
+    # its scope listings take minutes of ARM's read budget), and the host ends an invocation at its limit.
+    started = deps.clock.now()
     state = state if state is not None else deps.keys(key.vault).get_key_state(key)
     gathered = deps.inventory.consumers_of(key) if consumers is None else consumers
     consumers = sorted(gathered, key=lambda consumer: consumer.id)
@@ -196,7 +199,7 @@ def reconcile_key(
         return rotation.plan(state, [consumer], view, target_version=target_version, now=deps.clock.now(),
                              settings=deps.planner).decisions[0]
 
-    run = _Run(key, deps, intents, deps.clock.now(), plan_one=plan_one)
+    run = _Run(key, deps, intents, started, plan_one=plan_one)
     current: dict[str, Consumer | None] = {consumer.id: consumer for consumer in consumers}
     run.adopt([decision for decision in plan.writes], current, result)
     consumers = [consumer for consumer in current.values() if consumer is not None]

@@ -377,9 +377,11 @@ class DriftReport:
     duplicates: tuple[str, ...] = ()
     focus: DriftFocus | None = None
     findings: tuple[Finding, ...] = ()
+    #: Events of the controller's own writes: neither claimed nor re-read.
+    own_writes: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, object]:
-        return {"events": list(self.events), "duplicates": list(self.duplicates),
+        return {"events": list(self.events), "duplicates": list(self.duplicates), "own_writes": list(self.own_writes),
                 "focus": self.focus.as_json() if self.focus else None,
                 "findings": [{"rule": item.rule, "resource": item.resource, "severity": item.severity.value}
                              for item in self.findings]}
@@ -395,26 +397,29 @@ def handle_resource_events(events: Sequence[ResourceEvent], deps: Dependencies) 
     """
     now = deps.clock.now()
     ttl = timedelta(hours=deps.settings.event_dedupe_hours)
-    claimed = [event for event in events if deps.ledger.claim_event(event.event_id, now=now, ttl=ttl)]
-    duplicates = tuple(event.event_id for event in events if event not in claimed)
-    if not claimed:
-        log_record(log, logging.INFO, "resource events dropped as duplicates", {"events": list(duplicates)})
-        return DriftReport(events=(), duplicates=duplicates)
     # The controller's own writes (a rotation's adoption: one event per account written) were verified by
-    # the reconciler from ARM's answer; re-reading each would spend ARM's read budget the writes need.
+    # the reconciler from ARM's answer; re-reading each would spend ARM's read budget the writes need. Nothing
+    # is done for them, so they are not claimed either (a ledger write per account written, for nothing).
     own = deps.settings.controller_client_id
-    external = [event for event in claimed if own is None or event.caller_app_id != own]
-    if not external:
+    own_writes = tuple(event.event_id for event in events if own is not None and event.caller_app_id == own)
+    if own_writes:
         log_record(log, logging.INFO, "resource events of the controller's own writes: not re-evaluated",
-                   {"events": [event.event_id for event in claimed]})
-        return DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates)
-    covered = [event for event in external if deps.drift_re_reads.covers(event.target, event.event_time)]
+                   {"events": list(own_writes)})
+    others = [event for event in events if own is None or event.caller_app_id != own]
+    claimed = [event for event in others if deps.ledger.claim_event(event.event_id, now=now, ttl=ttl)]
+    duplicates = tuple(event.event_id for event in others if event not in claimed)
+    if not claimed:
+        if duplicates:
+            log_record(log, logging.INFO, "resource events dropped as duplicates", {"events": list(duplicates)})
+        return DriftReport(events=(), duplicates=duplicates, own_writes=own_writes)
+    covered = [event for event in claimed if deps.drift_re_reads.covers(event.target, event.event_time)]
     if covered:
         log_record(log, logging.INFO, "resource events covered by a re-read made after them",
                    {"events": [event.event_id for event in covered]})
-    pending = [event for event in external if event not in covered]
+    pending = [event for event in claimed if event not in covered]
     if not pending:
-        return DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates)
+        return DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates,
+                           own_writes=own_writes)
     focus = DriftFocus.of(event.target for event in pending)
     try:
         focused = deps.estate.gather_focus(deps.settings.subscriptions, focus, now)
@@ -428,7 +433,7 @@ def handle_resource_events(events: Sequence[ResourceEvent], deps: Dependencies) 
         raise
     deps.drift_re_reads.record(now, coverage)
     report = DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates, focus=focus,
-                         findings=result.findings)
+                         findings=result.findings, own_writes=own_writes)
     log_record(log, logging.INFO, "drift re-evaluated", {
         **report.as_json(), "events": [event.as_json() for event in claimed]})
     return report

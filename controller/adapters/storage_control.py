@@ -42,7 +42,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from azure.core.rest import HttpRequest
 from azure.mgmt.storage import StorageManagementClient
+from azure.mgmt.storage import models as storage_models
 from azure.mgmt.storage.models import (
     Encryption,
     EncryptionIdentity,
@@ -75,6 +77,9 @@ from controller.vault_policy import VaultPolicy
 KEY_SOURCE_KEYVAULT = "microsoft.keyvault"
 #: Consumers of one subscription refreshed with its paged listing rather than one read each.
 LIST_FROM = 5
+#: The storage accounts listing read without the SDK's models (current_states): a stable
+#: Microsoft.Storage version with the encryption block's shape the models read.
+ACCOUNTS_API_VERSION = "2025-01-01"
 #: Encryption-scope listings in flight at once while looking for a key's consumers.
 SCOPE_LISTINGS = 16
 #: Seconds a state read from ARM (a refresh, a write's answer) stands in for the read before a write.
@@ -210,6 +215,27 @@ def _tags(tags: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((tags or {}).items()))
 
 
+_models_ready = threading.Event()
+_models_lock = threading.Lock()
+
+
+def prepare_models() -> None:
+    """Use every model class of azure-mgmt-storage once, on one thread, before any is used concurrently.
+
+    The SDK maps a model class's fields on its first use and does so unsafely across threads: the
+    reconciler's writers and the scope listings, starting at once in a fresh process, failed with
+    "dictionary changed size during iteration" (a rotation's first invocation lost its event). Once per
+    process; about a second."""
+    if _models_ready.is_set():
+        return
+    with _models_lock:
+        if not _models_ready.is_set():
+            for model in vars(storage_models).values():
+                if isinstance(model, type) and getattr(model, "_is_model", False):
+                    model()
+            _models_ready.set()
+
+
 def account_consumer(account: StorageAccount, policy: VaultPolicy) -> ObservedConsumer | None:
     """The account as a consumer of its Key Vault key, or None when it does not use one."""
     key = account_key(account, policy)
@@ -294,6 +320,7 @@ class StorageControl:
         self.close()
 
     def _client(self, subscription_id: str) -> StorageManagementClient:
+        prepare_models()
         key = subscription_id.lower()
         with self._lock:
             client = self._clients.get(key)
@@ -439,9 +466,8 @@ class StorageControl:
         listed = {subscription for subscription, count in per_subscription.items() if count >= LIST_FROM}
         accounts: dict[str, StorageAccount | None] = {}
         for subscription in sorted(listed):
-            for listed_account in self.list_accounts(subscription):
-                if listed_account.id:
-                    accounts[listed_account.id.lower()] = listed_account
+            accounts.update(self._listed_accounts(subscription, {ids.account_id.lower() for ids in parsed
+                                                                 if ids.subscription_id == subscription}))
         states: list[ObservedConsumer | None] = []
         for ids in parsed:
             account_id = ids.account_id.lower()
@@ -464,6 +490,26 @@ class StorageControl:
             self._remember(f"{ids.account_id}/encryptionScopes/{ids.scope}", scope)
             states.append(scope_consumer(account, scope, self._policy))
         return states
+
+    def _listed_accounts(self, subscription_id: str, wanted: set[str]) -> dict[str, StorageAccount]:
+        """The ``wanted`` accounts (lower-case ids) of the subscription's paged listing. Only those become
+        SDK models: building one takes about a millisecond, and the listing holds every account of the
+        subscription (ten thousand, once per chunk of consumers written, at the scale of a large estate)."""
+        found: dict[str, StorageAccount] = {}
+        url: str | None = (f"/subscriptions/{subscription_id}/providers/Microsoft.Storage/storageAccounts"
+                           f"?api-version={ACCOUNTS_API_VERSION}")
+        client = self._client(subscription_id)
+        while url:
+            with translated(f"list storage accounts of subscription {subscription_id}"):
+                response = client.send_request(HttpRequest("GET", url))
+                response.raise_for_status()
+                page = response.json()
+            for item in page.get("value", []):
+                account_id = str(item.get("id") or "").lower()
+                if account_id in wanted:
+                    found[account_id] = StorageAccount(item)
+            url = page.get("nextLink")
+        return found
 
     def _account_or_none(self, ids: StorageResourceId) -> StorageAccount | None:
         try:

@@ -182,23 +182,29 @@ def test_a_failed_read_releases_the_claims_so_event_grid_retries():
 CONTROLLER_APP = "33333333-3333-3333-3333-33333333aaaa"
 
 
-def test_the_controllers_own_writes_are_not_re_read_but_anyone_elses_are():
-    """A rotation's adoption writes every account it moves: re-reading each would spend ARM's read budget."""
+def test_the_controllers_own_writes_are_neither_claimed_nor_re_read_but_anyone_elses_are():
+    """A rotation's adoption writes every account it moves: re-reading each would spend ARM's read budget,
+    and claiming each (nothing is done for them) a ledger write per account written."""
     estate = two_vault_estate(network_acls=FIREWALL_ON)
     settings = load_settings({"CMK_VAULTS": f"{eb.VAULT_ORIGIN},https://{OTHER_VAULT_NAME}.vault.azure.net",
                               "AZURE_CLIENT_ID": CONTROLLER_APP.upper()})
     reader = FakeEstateReader(estate)
-    deps = fake_dependencies(settings, clock=FakeClock(eb.NOW), estate=reader)
+    ledger = FakeLedger()
+    deps = fake_dependencies(settings, clock=FakeClock(eb.NOW), estate=reader, ledger=ledger)
     own = replace(event(VAULT_CHANGED, "own"), caller_app_id=CONTROLLER_APP)
 
     report = service.handle_resource_events([own], deps)
 
-    assert report.events == ("own",) and report.focus is None and report.findings == ()
+    assert report.own_writes == ("own",) and report.events == () and report.duplicates == ()
+    assert report.focus is None and report.findings == ()
     assert reader.focused == []  # nothing re-read
+    assert ledger.claims == {}  # nothing claimed
     someone = replace(event(VAULT_CHANGED, "someone"), caller_app_id="44444444-4444-4444-4444-444444444444")
     report = service.handle_resource_events([own, someone], deps)
-    assert report.events == ("someone",) and report.duplicates == ("own",)
+    assert report.events == ("someone",) and report.own_writes == ("own",) and report.duplicates == ()
+    assert list(ledger.claims) == ["someone"]
     assert [(item.rule, item.resource) for item in report.findings] == [("CMK-007", eb.VAULT_ID)]
+    assert service.handle_resource_events([own, someone], deps).duplicates == ("someone",)
 
 
 def test_without_a_controller_client_id_every_event_is_re_read():
