@@ -295,9 +295,10 @@ class OperationCounters:
 
 class Throttle:
     """Key Vault's documented limits: at most ``limit`` transactions per bucket (key type and size,
-    software/HSM) in a 10-second window, on real monotonic time. A window opens with the first transaction
-    after the last one closed and admits ``limit`` transactions; a refused one (429) is not counted, as
-    Azure's throttling guidance says, and waits until the window closes (its Retry-After)."""
+    software/HSM) in each 10-second window, on real monotonic time. The windows follow one another
+    without gaps from the bucket's first transaction (since the last reset), each admitting ``limit``;
+    a refused transaction (429) is not counted, as Azure's throttling guidance says, and waits until
+    the window closes (its Retry-After)."""
 
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._monotonic = monotonic
@@ -309,8 +310,11 @@ class Throttle:
         now = self._monotonic()
         with self._lock:
             current = self._windows.get(bucket)
-            if current is None or now >= current.opened + window:
+            if current is None:
                 current = self._windows[bucket] = _Window(opened=now)
+            elif now >= current.opened + window:
+                current.opened += window * ((now - current.opened) // window)
+                current.admitted = 0
             if current.admitted >= limit:
                 return max(0.001, current.opened + window - now)
             current.admitted += 1

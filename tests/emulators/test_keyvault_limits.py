@@ -91,7 +91,7 @@ class Ticks:
         return self.now
 
 
-def test_a_window_admits_its_limit_and_gives_it_all_back_when_it_closes() -> None:
+def test_windows_follow_one_another_each_admitting_the_limit() -> None:
     ticks = Ticks()
     throttle = Throttle(ticks)
     admitted = []
@@ -103,14 +103,21 @@ def test_a_window_admits_its_limit_and_gives_it_all_back_when_it_closes() -> Non
     assert throttle.admit("RSA-2048/software", 3, 10.0) == pytest.approx(0.5)  # until the window closes
     assert throttle.admit("RSA-2048/software", 3, 10.0) == pytest.approx(0.5)  # a 429 is not counted
     assert throttle.admit("RSA-2048/hsm", 3, 10.0) is None  # another bucket has its own window
-    # The next window opens with the next transaction and admits the whole limit again, however late in
-    # the last window its transactions came (a sliding window would admit one here, then make it wait).
+    # The next window admits the whole limit again, however late in the last one its transactions came
+    # (a sliding window would admit one here, then make it wait).
     answers = []
     for at in (10.0, 10.1, 10.2, 10.3):
         ticks.now = at
         answers.append(throttle.admit("RSA-2048/software", 3, 10.0))
     assert answers[:3] == [None, None, None]
     assert answers[3] == pytest.approx(9.7)
+    # After a quiet spell the windows are still 10 s apart from the first: [20, 30) here, not [25, 35).
+    answers = []
+    for at in (25.0, 26.0, 27.0, 28.0):
+        ticks.now = at
+        answers.append(throttle.admit("RSA-2048/software", 3, 10.0))
+    assert answers[:3] == [None, None, None]
+    assert answers[3] == pytest.approx(2.0)
 
 
 def test_counters_count_every_request_and_reset(env: Env) -> None:
