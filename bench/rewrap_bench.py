@@ -542,7 +542,10 @@ def scale_out_only(args: argparse.Namespace) -> int:
     blobs, window = (args.scale_out_blobs, SCALE_WINDOW) if not args.quick else (300, 2.0)
     results: dict[str, Any] = {"bench": "rewrap_scale_out", "quick": args.quick, "cpu_cores": os.cpu_count(),
                                "load_average_1m_at_start": round(os.getloadavg()[0], 1)}
-    with tempfile.TemporaryDirectory(prefix="rewrap-bench-") as tmp, Azurite(in_memory=True, startup_timeout=AZURITE_STARTUP_S) as azurite:
+    with (
+        tempfile.TemporaryDirectory(prefix="rewrap-bench-") as tmp,
+        Azurite(in_memory=True, startup_timeout=AZURITE_STARTUP_S) as azurite,
+    ):
         vault = start_vault(Path(tmp))
         try:
             world = World(vault, azurite.connection_string, args.concurrency)
@@ -589,7 +592,10 @@ def main() -> int:
     scale_blobs, scale_window = (args.scale_out_blobs, SCALE_WINDOW) if not args.quick else (300, 2.0)
 
     results: dict[str, Any] = {"bench": "rewrap", "quick": args.quick, "concurrency": args.concurrency}
-    with tempfile.TemporaryDirectory(prefix="rewrap-bench-") as tmp, Azurite(in_memory=True, startup_timeout=AZURITE_STARTUP_S) as azurite:
+    with (
+        tempfile.TemporaryDirectory(prefix="rewrap-bench-") as tmp,
+        Azurite(in_memory=True, startup_timeout=AZURITE_STARTUP_S) as azurite,
+    ):
         vault = start_vault(Path(tmp))
         try:
             world = World(vault, azurite.connection_string, args.concurrency)
