@@ -13,6 +13,9 @@ from controller.alert_desk import AlertDesk
 from controller.alerts import ChannelKind, ChannelRoute, Transition
 from controller.compliance.drift import (
     DRIFT_RULES,
+    RE_READ_MARGIN,
+    REMEMBERED_RE_READS,
+    CompletedReReads,
     Coverage,
     DriftFocus,
     ListedVault,
@@ -366,3 +369,33 @@ def test_account_events_older_than_a_completed_re_read_of_their_account_are_not_
     later = replace(event(first, "a1-later"), event_time=deps.clock.now())
     service.handle_resource_events([later], deps)  # newer than the read: read again
     assert len(reader.focused) == 3
+
+
+def read_of(*resources: str) -> Coverage:
+    return Coverage(rules=frozenset(), resources=frozenset(resources), complete_origins=frozenset(),
+                    listed_origins=frozenset(), unlisted_complete=False)
+
+
+ACCOUNT_ONE = DriftTarget(TargetKind.ACCOUNT, eb.account_id("acct1"))
+
+
+def test_a_completed_re_read_covers_only_account_events_strictly_older_than_its_start_less_the_margin():
+    done = CompletedReReads()
+    done.record(eb.NOW, read_of(eb.account_id("acct1").lower(), eb.VAULT_ID.lower()))
+    just_before = eb.NOW - RE_READ_MARGIN - timedelta(microseconds=1)
+    assert done.covers(ACCOUNT_ONE, just_before)
+    assert not done.covers(ACCOUNT_ONE, eb.NOW - RE_READ_MARGIN)  # within the clocks' disagreement: read again
+    assert not done.covers(ACCOUNT_ONE, None)  # no event time: nothing tells it is older
+    assert not done.covers(DriftTarget(TargetKind.VAULT, eb.VAULT_ID), just_before)  # only account events
+    assert not done.covers(DriftTarget(TargetKind.ACCOUNT, eb.account_id("acct2")), just_before)
+
+
+def test_only_the_latest_re_reads_are_remembered():
+    done = CompletedReReads()
+    done.record(eb.NOW, read_of(eb.account_id("acct1").lower()))
+    long_before = eb.NOW - timedelta(days=1)
+    for _ in range(REMEMBERED_RE_READS - 1):
+        done.record(eb.NOW, read_of(eb.account_id("acct2").lower()))
+    assert done.covers(ACCOUNT_ONE, long_before)
+    done.record(eb.NOW, read_of(eb.account_id("acct2").lower()))
+    assert not done.covers(ACCOUNT_ONE, long_before)
