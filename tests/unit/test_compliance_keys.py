@@ -143,6 +143,8 @@ def test_cmk_009_the_version_in_use_must_be_usable(
         "VersionNotYetValid": f"move the consumers of {V2} to a valid version",
     }[reason]
     assert expected in result.remediation
+    assert result.title == ("storage-cmk: the key version in use expires soon" if reason == "VersionExpiresSoon"
+                            else "storage-cmk: the key version in use is disabled, expired or not yet valid")
 
 
 def test_cmk_009_reports_every_version_in_use_and_is_critical_if_any_is() -> None:
@@ -155,6 +157,11 @@ def test_cmk_009_reports_every_version_in_use_and_is_critical_if_any_is() -> Non
     assert result.evidence["reason"] == "VersionDisabled"
     assert [(p["version"], p["reason"], p["used_by"]) for p in result.evidence["versions"]] == [  # type: ignore[attr-defined]
         (V1, "VersionExpiresSoon", (account_id("acct2"),)), (V2, "VersionDisabled", (ACCOUNT,))]
+    assert result.title == "storage-cmk: the key version in use is disabled, expired or not yet valid"
+    assert result.remediation == (
+        f"az keyvault key rotate --vault-name contoso-cmk --name storage-cmk and let the consumers of {V1} adopt the "
+        f"new version (update pinned ones); az keyvault key set-attributes --vault-name contoso-cmk --name storage-cmk "
+        f"--version {V2} --enabled true")
 
 
 def test_cmk_009_consumers_whose_version_is_unknown_or_unlisted_are_not_evaluable() -> None:
@@ -236,7 +243,7 @@ def test_cmk_010_unread_policy_and_invalid_durations_are_not_evaluable() -> None
 
 @pytest.mark.parametrize(("text", "days"), [
     ("P90D", 90), ("p90d", 90), ("P2Y", 730), ("P3M", 90), ("P1Y6M", 545), ("P2W", 14), ("PT36H", 1.5),
-    ("P1DT12H", 1.5),
+    ("P1DT12H", 1.5), ("PT90M", 1 / 16), ("PT5400S", 1 / 16), ("P1DT1H1M1S", 1 + (3600 + 60 + 1) / 86400),
 ])
 def test_iso_durations(text: str, days: float) -> None:
     assert parse_duration(text) == timedelta(days=days)
