@@ -31,6 +31,7 @@ from tests.unit.estate_builders import (
     V2,
     V3,
     VAULT_ID,
+    VAULT_ORIGIN,
     VERSIONS,
     account,
     account_id,
@@ -241,6 +242,38 @@ def test_cmk_010_unread_policy_and_invalid_durations_are_not_evaluable() -> None
     assert entry["reason"] == "DurationInvalid"
 
 
+A_KEY_URI = f"{VAULT_ORIGIN}/keys/a-key"
+A_VAULT = "https://a-vault.vault.azure.net"
+
+
+def test_cmk_010_a_key_that_cannot_be_judged_does_not_stop_the_keys_after_it() -> None:
+    """Keys are judged in URI order: a-vault's key (vault not read), a-key (policy unreadable) and
+    storage-cmk (not rotated) each get their own verdict."""
+    failure = ReadFailure(resource=A_KEY_URI, aspect=ReadAspect.ROTATION_POLICY, reason="Forbidden", status_code=403)
+    unread_vault = vault(name="a-vault", vault_id=VAULT_ID.replace("contoso-cmk", "a-vault"),
+                         vault_uri=f"{A_VAULT}/", keys=None)
+    built = estate(
+        accounts=(account("acct0", key_name="a-key"), account("acct1"),
+                  account("acct2", key_vault_uri=f"{A_VAULT}/", current=f"{A_VAULT}/keys/{KEY_NAME}/{V2}")),
+        vaults=(vault(keys=(vault_key("a-key", policy_read=False), vault_key(policy=rotation_policy(NOTIFY),
+                                                                              versions=OLD))), unread_vault),
+        read_failures=(failure,))
+    unread_key, unreadable_policy, stale = run(cmk_010_rotation_policy, built)
+    assert (unreadable_policy.rule, unreadable_policy.resource) == ("CMK-000", A_KEY_URI)
+    assert not_evaluated(unreadable_policy) == [{
+        "rule": "CMK-010", "reason": "NotRead", "detail": f"the rotation-policy of {A_KEY_URI} was not read",
+        "aspect": "rotation-policy", "read_error": "Forbidden", "status_code": 403}]
+    assert (unread_key.rule, unread_key.resource) == ("CMK-000", f"{A_VAULT}/keys/{KEY_NAME}")
+    assert [entry["rule"] for entry in not_evaluated(unread_key)] == ["CMK-010"]
+    assert (stale.rule, stale.resource) == ("CMK-010", KEY_URI)
+
+
+def test_cmk_010_unread_versions_are_named_as_such() -> None:
+    [entry] = not_evaluated(only(run(cmk_010_rotation_policy, with_key(versions=None))))  # type: ignore[arg-type]
+    assert (entry["rule"], entry["aspect"]) == ("CMK-010", "key-versions")
+    assert entry["detail"] == f"the key-versions of {KEY_URI} was not read"
+
+
 @pytest.mark.parametrize(("text", "days"), [
     ("P90D", 90), ("p90d", 90), ("P2Y", 730), ("P3M", 90), ("P1Y6M", 545), ("P2W", 14), ("PT36H", 1.5),
     ("P1DT12H", 1.5), ("PT90M", 1 / 16), ("PT5400S", 1 / 16), ("P1DT1H1M1S", 1 + (3600 + 60 + 1) / 86400),
@@ -352,6 +385,24 @@ def test_cmk_013_managed_hsm_keys_are_not_evaluable() -> None:
 
 
 # --- CMK-020 --------------------------------------------------------------------------------------------
+
+
+def test_cmk_020_names_the_shared_key_and_goes_on_past_isolated_ones() -> None:
+    """a-key is used once; storage-cmk by three accounts in two subscriptions, one of them unknown to
+    the estate (its tenant is not guessed)."""
+    unknown_sub = "00000000-0000-0000-0000-0000000000c3"
+    accounts = (account("acct0", key_name="a-key"), account("acct1"), account("acct2"),
+                account("acct3", subscription=unknown_sub))
+    findings = run(cmk_020_key_isolation, estate(accounts=accounts), settings=RuleSettings(max_accounts_per_key=2))
+    result = only(findings)
+    assert (result.resource, result.title) == (KEY_URI, "key storage-cmk protects 3 accounts in 2 subscriptions")
+    assert result.evidence == {
+        "reasons": ("KeySharedAcrossSubscriptions", "KeySharedByTooManyAccounts"), "accounts": 3,
+        "max_accounts": 2, "subscriptions": (SUB, unknown_sub), "tenants": (TENANT,)}
+    assert result.remediation == (
+        "use one key per tenant and subscription, shared by at most 2 accounts: az keyvault key create "
+        "--vault-name <vault> --name <key> --kty RSA --size 3072, then move accounts to it (az storage account "
+        "update --encryption-key-name <key>)")
 
 
 def test_cmk_020_one_account_and_its_scopes_are_isolated() -> None:
