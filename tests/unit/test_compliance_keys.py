@@ -238,8 +238,11 @@ def test_cmk_010_unread_policy_and_invalid_durations_are_not_evaluable() -> None
     assert not_evaluated(unread)[0]["detail"] == f"the rotation-policy of {KEY_URI} was not read"
     assert "getrotationpolicy" in unread.remediation
     invalid = rotation_policy(RotationLifetimeAction("Rotate", time_after_create="ninety days"))
-    [entry] = not_evaluated(only(run(cmk_010_rotation_policy, with_key(policy=invalid))))  # type: ignore[arg-type]
-    assert entry["reason"] == "DurationInvalid"
+    invalid_policy = only(run(cmk_010_rotation_policy, with_key(policy=invalid)))  # type: ignore[arg-type]
+    assert invalid_policy.resource == KEY_URI
+    [entry] = not_evaluated(invalid_policy)
+    assert (entry["rule"], entry["reason"]) == ("CMK-010", "DurationInvalid")
+    assert entry["detail"] == "'ninety days' is not an ISO 8601 duration"
 
 
 A_KEY_URI = f"{VAULT_ORIGIN}/keys/a-key"
@@ -266,6 +269,26 @@ def test_cmk_010_a_key_that_cannot_be_judged_does_not_stop_the_keys_after_it() -
     assert (unread_key.rule, unread_key.resource) == ("CMK-000", f"{A_VAULT}/keys/{KEY_NAME}")
     assert [entry["rule"] for entry in not_evaluated(unread_key)] == ["CMK-010"]
     assert (stale.rule, stale.resource) == ("CMK-010", KEY_URI)
+
+
+@pytest.mark.parametrize("first", [
+    vault_key("a-key", policy=rotation_policy(RotationLifetimeAction("Rotate", time_after_create="ninety days"))),
+    vault_key("a-key", versions=OLD,
+              policy=rotation_policy(RotationLifetimeAction("Rotate", time_after_create="P30D"))),
+    vault_key("a-key", policy=rotation_policy(NOTIFY), versions=(key_version(V1, age=timedelta(days=200),
+                                                                             enabled=False),)),
+    vault_key("a-key", policy=rotation_policy(NOTIFY), versions=VERSIONS),
+])
+def test_cmk_010_each_key_is_judged_on_its_own(first: object) -> None:
+    """Whatever decided the first key (an invalid duration, a timely policy, no enabled version, a young
+    version), the next one is still judged."""
+    stale = vault_key(policy=rotation_policy(NOTIFY), versions=OLD)
+    built = estate(accounts=(account("acct0", key_name="a-key"), account("acct1")),
+                   vaults=(vault(keys=(first, stale)),))  # type: ignore[arg-type]
+    findings = run(cmk_010_rotation_policy, built)
+    assert [(result.rule, result.resource) for result in findings][-1] == ("CMK-010", KEY_URI)
+    assert findings[-1].title == "key storage-cmk is not rotated within 90 days and its version is 120 days old"
+    assert findings[-1].evidence["rotate_actions"] == ()  # a Notify action rotates nothing
 
 
 def test_cmk_010_unread_versions_are_named_as_such() -> None:
