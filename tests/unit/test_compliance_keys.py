@@ -52,6 +52,8 @@ from tests.unit.estate_builders import (
 pytestmark = pytest.mark.unit
 
 ACCOUNT = account_id("acct1")
+A_KEY_URI = f"{VAULT_ORIGIN}/keys/a-key"
+A_VAULT = "https://a-vault.vault.azure.net"
 
 
 def with_key(**key: object) -> object:
@@ -72,8 +74,9 @@ def with_key(**key: object) -> object:
     ("RSA", 2560, RuleSettings(), "UnsupportedKeySize"),
     ("RSA", 2048, RuleSettings(min_rsa_key_size=3072), "KeySizeBelowMinimum"),
     ("RSA-HSM", 3072, RuleSettings(min_rsa_key_size=4096), "KeySizeBelowMinimum"),
+    ("EC", None, RuleSettings(), "UnsupportedKeyType"),
 ])
-def test_cmk_005_keys_must_be_rsa_of_a_supported_size(kty: str, size: int, settings: RuleSettings,
+def test_cmk_005_keys_must_be_rsa_of_a_supported_size(kty: str, size: int | None, settings: RuleSettings,
                                                       reason: str | None) -> None:
     findings = run(cmk_005_key_type_and_size, with_key(kty=kty, key_size=size), settings=settings)  # type: ignore[arg-type]
     if reason is None:
@@ -83,7 +86,8 @@ def test_cmk_005_keys_must_be_rsa_of_a_supported_size(kty: str, size: int, setti
     assert (result.rule, result.severity, result.resource) == ("CMK-005", Severity.CRITICAL, KEY_URI)
     assert result.evidence == {"reason": reason, "kty": kty, "key_size": size,
                                "minimum_size": settings.min_rsa_key_size}
-    assert result.title == (f"key storage-cmk is {kty} {size}: storage needs RSA of 2048, 3072, 4096 bits, "
+    described = f"{kty} {size}" if size is not None else kty  # no size reported: none shown
+    assert result.title == (f"key storage-cmk is {described}: storage needs RSA of 2048, 3072, 4096 bits, "
                             f"at least {settings.min_rsa_key_size}")
     kty_option = "RSA-HSM" if kty.upper().endswith("-HSM") else "RSA"
     assert (f"az keyvault key create --vault-name contoso-cmk --name storage-cmk --kty {kty_option} "
@@ -94,6 +98,24 @@ def test_cmk_005_an_rsa_key_without_a_size_is_not_evaluable() -> None:
     result = only(run(cmk_005_key_type_and_size, with_key(key_size=None)))  # type: ignore[arg-type]
     assert (result.rule, result.resource) == ("CMK-000", KEY_URI)
     assert not_evaluated(result)[0]["rule"] == "CMK-005"
+    assert not_evaluated(result)[0]["detail"] == "the size of RSA key storage-cmk was not reported"
+
+
+def test_cmk_005_each_key_is_judged_on_its_own() -> None:
+    """In URI order: a-vault's key (vault not read), a-key (no size), b-key (fine), storage-cmk (EC)."""
+    unread_vault = vault(name="a-vault", vault_id=VAULT_ID.replace("contoso-cmk", "a-vault"),
+                         vault_uri=f"{A_VAULT}/", keys=None)
+    built = estate(
+        accounts=(account("acct0", key_name="a-key"), account("acct1"),
+                  account("acct2", key_name="b-key"),
+                  account("acct3", key_vault_uri=f"{A_VAULT}/", current=f"{A_VAULT}/keys/{KEY_NAME}/{V2}")),
+        vaults=(vault(keys=(vault_key("a-key", key_size=None), vault_key("b-key"), vault_key(kty="EC"))),
+                unread_vault))
+    unread_key, sizeless, ec = run(cmk_005_key_type_and_size, built)
+    assert (unread_key.resource, [entry["rule"] for entry in not_evaluated(unread_key)]) == (
+        f"{A_VAULT}/keys/{KEY_NAME}", ["CMK-005"])
+    assert (sizeless.rule, sizeless.resource) == ("CMK-000", A_KEY_URI)
+    assert (ec.rule, ec.resource, ec.evidence["reason"]) == ("CMK-005", KEY_URI, "UnsupportedKeyType")
 
 
 def test_key_rules_use_the_versionless_uri_with_a_lower_case_host() -> None:
@@ -243,10 +265,6 @@ def test_cmk_010_unread_policy_and_invalid_durations_are_not_evaluable() -> None
     [entry] = not_evaluated(invalid_policy)
     assert (entry["rule"], entry["reason"]) == ("CMK-010", "DurationInvalid")
     assert entry["detail"] == "'ninety days' is not an ISO 8601 duration"
-
-
-A_KEY_URI = f"{VAULT_ORIGIN}/keys/a-key"
-A_VAULT = "https://a-vault.vault.azure.net"
 
 
 def test_cmk_010_a_key_that_cannot_be_judged_does_not_stop_the_keys_after_it() -> None:
