@@ -198,6 +198,24 @@ def test_cmk_009_consumers_whose_version_is_unknown_or_unlisted_are_not_evaluabl
         "VersionNotListed", (V3,), (account_id("acct2"),))
 
 
+def test_cmk_009_each_key_is_judged_on_its_own() -> None:
+    """In URI order: a-vault's key (vault not read), a-key (versions not read), storage-cmk (disabled)."""
+    unread_vault = vault(name="a-vault", vault_id=VAULT_ID.replace("contoso-cmk", "a-vault"),
+                         vault_uri=f"{A_VAULT}/", keys=None)
+    built = estate(
+        accounts=(account("acct0", key_name="a-key"), account("acct1"),
+                  account("acct3", key_vault_uri=f"{A_VAULT}/", current=f"{A_VAULT}/keys/{KEY_NAME}/{V2}")),
+        vaults=(vault(keys=(vault_key("a-key", versions=None), vault_key(versions=latest(enabled=False)))),
+                unread_vault))
+    unread_key, versionless, disabled = run(cmk_009_version_in_use_valid, built)
+    assert (unread_key.resource, [entry["rule"] for entry in not_evaluated(unread_key)]) == (
+        f"{A_VAULT}/keys/{KEY_NAME}", ["CMK-009"])
+    assert versionless.resource == A_KEY_URI
+    [entry] = not_evaluated(versionless)
+    assert (entry["rule"], entry["detail"]) == ("CMK-009", f"the versions of {A_KEY_URI} were not read")
+    assert (disabled.rule, disabled.resource, disabled.evidence["reason"]) == ("CMK-009", KEY_URI, "VersionDisabled")
+
+
 def test_cmk_009_unlisted_versions_are_not_evaluable() -> None:
     failure = ReadFailure(resource=KEY_URI.upper(), aspect=ReadAspect.KEY_VERSIONS, reason="Forbidden", status_code=403)
     built = estate(vaults=(vault(keys=(vault_key(versions=None),)),), read_failures=(failure,))
