@@ -158,6 +158,8 @@ def test_cmk_009_the_version_in_use_must_be_usable(
     assert problem["version"] == V2
     assert problem["used_by"] == (ACCOUNT,)
     assert problem["expires"] == (versions[1].expires.isoformat() if versions[1].expires else None)
+    assert problem["not_before"] == (versions[1].not_before.isoformat() if versions[1].not_before else None)
+    assert problem["enabled"] is versions[1].enabled
     expected = {
         "VersionDisabled": f"az keyvault key set-attributes --vault-name contoso-cmk --name storage-cmk --version {V2} "
                            "--enabled true",
@@ -193,9 +195,23 @@ def test_cmk_009_consumers_whose_version_is_unknown_or_unlisted_are_not_evaluabl
     assert unknown.resource == unlisted.resource == KEY_URI
     [entry] = not_evaluated(unknown)
     assert (entry["rule"], entry["reason"], entry["consumers"]) == ("CMK-009", "CurrentVersionUnknown", (ACCOUNT,))
+    assert entry["detail"] == "consumers report no version of the key in use"
     [entry] = not_evaluated(unlisted)
-    assert (entry["reason"], entry["versions"], entry["consumers"]) == (
-        "VersionNotListed", (V3,), (account_id("acct2"),))
+    assert (entry["rule"], entry["reason"], entry["versions"], entry["consumers"]) == (
+        "CMK-009", "VersionNotListed", (V3,), (account_id("acct2"),))
+    assert entry["detail"] == "versions in use are not among the versions the vault lists"
+
+
+def test_cmk_009_an_unlisted_version_does_not_hide_the_problems_of_the_next() -> None:
+    """Versions are reported in lower case, whatever case the consumer spells them in, and in order."""
+    unlisted, zero = "0a" * 16, "0" * 32  # zero sorts before V2, "0a…" after it
+    built = estate(accounts=(account("acct0", current=f"{KEY_URI}/{unlisted.upper()}"), account("acct1"),
+                             account("acct2", current=f"{KEY_URI}/{zero}")),
+                   vaults=(vault(keys=(vault_key(versions=latest(enabled=False)),)),))
+    not_listed, disabled = run(cmk_009_version_in_use_valid, built)
+    [entry] = not_evaluated(not_listed)
+    assert (entry["versions"], entry["consumers"]) == ((zero, unlisted), (account_id("acct2"), account_id("acct0")))
+    assert (disabled.rule, disabled.evidence["reason"]) == ("CMK-009", "VersionDisabled")
 
 
 def test_cmk_009_each_key_is_judged_on_its_own() -> None:
@@ -433,6 +449,18 @@ def test_cmk_013_also_covers_keys_of_registered_containers() -> None:
     assert (result.resource, result.evidence["reason"]) == (other, "KeyMissing")
     assert result.evidence["containers"] == ("acct1/secrets",)
     assert result.evidence["consumers"] == ()
+
+
+def test_cmk_013_a_key_used_by_accounts_and_containers_is_one_finding_and_the_others_are_still_judged() -> None:
+    """In URI order: a-key exists, storage-cmk is missing (an account and a container use it, in any case
+    spelling), and a container naming no key URI at all is CMK-018's, not a stop."""
+    built = estate(accounts=(account("acct0", key_name="a-key"), account("acct1")),
+                   vaults=(vault(keys=(vault_key("a-key"),)),),
+                   container_census=(census({V1: 1}, container="unparseable", key_uri="not a key uri"),
+                                     census({V1: 3}, key_uri=KEY_URI.upper().replace("HTTPS", "https"))))
+    result = only(run(cmk_013_key_exists, built))
+    assert (result.resource, result.evidence["reason"]) == (KEY_URI, "KeyMissing")
+    assert (result.evidence["consumers"], result.evidence["containers"]) == ((ACCOUNT,), ("acct1/secrets",))
 
 
 def test_cmk_013_managed_hsm_keys_are_not_evaluable() -> None:
