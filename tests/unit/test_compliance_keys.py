@@ -463,6 +463,48 @@ def test_cmk_013_a_key_used_by_accounts_and_containers_is_one_finding_and_the_ot
     assert (result.evidence["consumers"], result.evidence["containers"]) == ((ACCOUNT,), ("acct1/secrets",))
 
 
+ON_VAULT = {"consumers": (ACCOUNT,), "containers": (), "vault": VAULT_ORIGIN}
+
+
+@pytest.mark.parametrize(("vaults", "deleted_vaults", "title", "evidence", "remediation"), [
+    ((vault(keys=(), deleted_keys=(deleted_key(),)),), (),
+     "key storage-cmk is soft-deleted: its consumers cannot reach it",
+     {"reason": "KeySoftDeleted", "deleted_on": (NOW - timedelta(days=78)).isoformat(),
+      "scheduled_purge": (NOW + timedelta(days=12)).isoformat(), "days_until_purge": 12},
+     "az keyvault key recover --vault-name contoso-cmk --name storage-cmk"),
+    ((), (deleted_vault(),),
+     "the vault of key storage-cmk is soft-deleted: its consumers cannot reach it",
+     {"reason": "VaultSoftDeleted", "vault_id": VAULT_ID, "deletion_date": (NOW - timedelta(days=85)).isoformat(),
+      "scheduled_purge": (NOW + timedelta(days=5)).isoformat(), "days_until_purge": 5},
+     "az keyvault recover --name contoso-cmk --location westeurope"),
+    ((vault(keys=()),), (),
+     "key storage-cmk does not exist (purged or never created): data is inaccessible", {"reason": "KeyMissing"},
+     "restore the key from a backup (az keyvault key restore --vault-name contoso-cmk --file <backup>), or point "
+     "the consumers at an existing key"),
+    ((), (),
+     f"the vault {VAULT_ORIGIN} of key storage-cmk does not exist (purged or never created)",
+     {"reason": "VaultMissing"},
+     "restore the vault's keys from backups into a vault (az keyvault key restore), or point the consumers at an "
+     "existing key"),
+])
+def test_cmk_013_says_what_is_gone_and_how_to_get_it_back(vaults: tuple[object, ...],
+                                                         deleted_vaults: tuple[object, ...], title: str,
+                                                         evidence: dict[str, object], remediation: str) -> None:
+    result = only(run(cmk_013_key_exists, estate(vaults=vaults, deleted_vaults=deleted_vaults)))  # type: ignore[arg-type]
+    assert (result.title, result.evidence, result.remediation) == (title, {**ON_VAULT, **evidence}, remediation)
+
+
+def test_cmk_013_a_key_that_cannot_be_judged_does_not_stop_the_keys_after_it() -> None:
+    unread_vault = vault(name="a-vault", vault_id=VAULT_ID.replace("contoso-cmk", "a-vault"),
+                         vault_uri=f"{A_VAULT}/", keys=None)
+    built = estate(accounts=(account("acct1"),
+                             account("acct3", key_vault_uri=f"{A_VAULT}/", current=f"{A_VAULT}/keys/{KEY_NAME}/{V2}")),
+                   vaults=(vault(keys=()), unread_vault))
+    unread_key, missing = run(cmk_013_key_exists, built)
+    assert (unread_key.rule, unread_key.resource) == ("CMK-000", f"{A_VAULT}/keys/{KEY_NAME}")
+    assert (missing.rule, missing.resource, missing.evidence["reason"]) == ("CMK-013", KEY_URI, "KeyMissing")
+
+
 def test_cmk_013_managed_hsm_keys_are_not_evaluable() -> None:
     hsm = "https://contoso-hsm.managedhsm.azure.net/"
     result = only(run(cmk_013_key_exists, estate(accounts=(account(key_vault_uri=hsm),))))
