@@ -90,8 +90,10 @@ def test_cmk_005_keys_must_be_rsa_of_a_supported_size(kty: str, size: int | None
     assert result.title == (f"key storage-cmk is {described}: storage needs RSA of 2048, 3072, 4096 bits, "
                             f"at least {settings.min_rsa_key_size}")
     kty_option = "RSA-HSM" if kty.upper().endswith("-HSM") else "RSA"
-    assert (f"az keyvault key create --vault-name contoso-cmk --name storage-cmk --kty {kty_option} "
-            f"--size {settings.min_rsa_key_size}") in result.remediation
+    assert result.remediation == (
+        f"az keyvault key create --vault-name contoso-cmk --name storage-cmk --kty {kty_option} "
+        f"--size {settings.min_rsa_key_size} (a new version of the same key; versionless consumers adopt it, pinned "
+        "ones must be updated)")
 
 
 def test_cmk_005_an_rsa_key_without_a_size_is_not_evaluable() -> None:
@@ -341,6 +343,19 @@ def test_cmk_010_each_key_is_judged_on_its_own(first: object) -> None:
     assert [(result.rule, result.resource) for result in findings][-1] == ("CMK-010", KEY_URI)
     assert findings[-1].title == "key storage-cmk is not rotated within 90 days and its version is 120 days old"
     assert findings[-1].evidence["rotate_actions"] == ()  # a Notify action rotates nothing
+
+
+def test_cmk_010_evidence_and_remediation_in_full() -> None:
+    late = rotation_policy(RotationLifetimeAction("Rotate", time_before_expiry="P30D"), expires_after="P1Y")
+    result = only(run(cmk_010_rotation_policy, with_key(policy=late, versions=OLD)))  # type: ignore[arg-type]
+    assert result.evidence == {
+        "reason": "NoTimelyRotation", "rotate_actions": ({"timeAfterCreate": None, "timeBeforeExpiry": "P30D"},),
+        "expiryTime": "P1Y", "current_version": V2, "current_version_created": (NOW - timedelta(days=120)).isoformat(),
+        "age_days": 120, "max_age_days": 90}
+    assert result.remediation == (
+        "az keyvault key rotation-policy update --vault-name contoso-cmk --name storage-cmk --value "
+        '\'{"lifetimeActions":[{"trigger":{"timeAfterCreate":"P90D"},"action":{"type":"Rotate"}},'
+        '{"trigger":{"timeBeforeExpiry":"P30D"},"action":{"type":"Notify"}}],"attributes":{"expiryTime":"P2Y"}}\'')
 
 
 def test_cmk_010_unread_versions_are_named_as_such() -> None:
