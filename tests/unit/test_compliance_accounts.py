@@ -92,8 +92,11 @@ def test_cmk_001_accounts_in_scope_must_use_key_vault(
     assert result.evidence["keySource"] == "Microsoft.Storage"
     assert result.evidence["require_cmk"] == settings.require_cmk.value
     assert result.evidence["reason"] == "NotCustomerManaged"
-    assert "az storage account update --name acct1 --resource-group rg-data" in result.remediation
-    assert "--encryption-key-source Microsoft.Keyvault" in result.remediation
+    assert result.remediation == (
+        "az storage account update --name acct1 --resource-group rg-data --encryption-key-source Microsoft.Keyvault "
+        "--encryption-key-vault https://<vault>.vault.azure.net --encryption-key-name <key> "
+        "--key-vault-user-identity-id <user-assigned identity id> (grant that identity Key Vault Crypto Service "
+        "Encryption User on the key first)")
 
 
 # --- CMK-002 --------------------------------------------------------------------------------------------
@@ -327,7 +330,29 @@ def test_cmk_008_not_evaluable_when_the_vault_listing_failed() -> None:
     assert (result.resource, entry["rule"], entry["read_error"]) == (ACCOUNT, "CMK-008", "timeout")
 
 
+def test_cmk_008_an_invalid_key_uri_is_not_evaluable_and_the_next_consumer_is_still_judged() -> None:
+    built = estate(accounts=(account("acct0", key_vault_uri="http://contoso-cmk.vault.azure.net/"),
+                             account("acct1", location="North Europe")))
+    invalid, mismatch = run(cmk_008_vault_in_account_region, built)
+    assert (invalid.rule, invalid.resource) == ("CMK-000", account_id("acct0"))
+    assert not_evaluated(invalid) == [{
+        "rule": "CMK-008", "reason": "KeyUriInvalid",
+        "detail": "vault origin 'http://contoso-cmk.vault.azure.net' must use https",
+        "key_uri": "http://contoso-cmk.vault.azure.net/keys/storage-cmk"}]
+    assert (mismatch.rule, mismatch.resource) == ("CMK-008", ACCOUNT)
+
+
 # --- CMK-011 --------------------------------------------------------------------------------------------
+
+
+def test_cmk_011_unpins_a_key_named_keys_in_its_own_vault() -> None:
+    """The vault is what precedes the first "/keys/" of the key URI, even for a key called keys."""
+    built = estate(accounts=(account(key_name="keys", key_version=V2, current=f"{VAULT_ORIGIN}/keys/keys/{V2}"),),
+                   vaults=(vault(keys=(vault_key("keys"),)),))
+    assert only(run(cmk_011_versionless_key, built)).remediation == (
+        "az storage account update --name acct1 --resource-group rg-data --encryption-key-source Microsoft.Keyvault "
+        f"--encryption-key-vault {VAULT_ORIGIN} --encryption-key-name keys --encryption-key-version \"\" "
+        "(versionless: automatic version updates)")
 
 
 def test_cmk_011_reports_pinned_accounts_and_scopes() -> None:
