@@ -490,6 +490,26 @@ def test_cmk_015_geo_redundant_cmk_accounts_are_advised(sku: str, key_source: st
 # --- CMK-019 --------------------------------------------------------------------------------------------
 
 
+def test_cmk_019_names_every_failed_check_and_joins_their_remediation() -> None:
+    built = estate(accounts=(account(scopes=(scope(state="Disabled", current=f"{KEY_URI}/{V1}"),)),))
+    result = only(run(cmk_019_encryption_scopes, built))
+    assert result.title == "encryption scope acct1/scope1 fails state, adoption"
+    command = "az storage account encryption-scope update --account-name acct1 --resource-group rg-data --name scope1"
+    assert result.remediation == (
+        f"{command} --state Enabled; {command} --key-source Microsoft.KeyVault --key-uri {KEY_URI}/{V2}, then set "
+        "the versionless key URI back (automatic updates) once currentVersionedKeyIdentifier shows it")
+
+
+def test_cmk_019_a_check_it_cannot_decide_names_the_failed_read() -> None:
+    failure = ReadFailure(resource=f"/subscriptions/{SUB}", aspect=ReadAspect.VAULTS, reason="timeout", status_code=503)
+    built = estate(accounts=(account(scopes=(scope(),)),), vaults=(), read_failures=(failure,))
+    entries = [entry for result in run(cmk_019_encryption_scopes, built) for entry in not_evaluated(result)]
+    assert {(entry["rule"], entry["aspect"], entry["read_error"], entry["status_code"]) for entry in entries} == {
+        ("CMK-019", "vaults", "timeout", 503)}
+    assert f"adoption: vault {VAULT_ORIGIN} is not in the estate and a vault listing failed" in [
+        entry["detail"] for entry in entries]
+
+
 def test_cmk_019_a_compliant_scope_passes() -> None:
     assert run(cmk_019_encryption_scopes, estate(accounts=(account(scopes=(scope(),)),))) == []
 
