@@ -459,6 +459,8 @@ def test_cmk_014_queue_and_table_need_account_keys(queue: str | None, table: str
     assert (result.rule, result.severity, result.resource) == ("CMK-014", Severity.INFO, ACCOUNT)
     assert result.evidence["uncovered"] == uncovered
     assert result.evidence["services.queue.keyType"] == (queue or "Service")
+    assert result.evidence["services.table.keyType"] == (table or "Service")
+    assert result.title == f"the {' and '.join(uncovered)} service of acct1 is not covered by the CMK"
     assert "--encryption-key-type-for-queue Account --encryption-key-type-for-table Account" in result.remediation
 
 
