@@ -91,6 +91,10 @@ def test_cmk_001_accounts_in_scope_must_use_key_vault(
     assert (result.rule, result.severity, result.resource) == ("CMK-001", Severity.HIGH, ACCOUNT)
     assert result.evidence["keySource"] == "Microsoft.Storage"
     assert result.evidence["require_cmk"] == settings.require_cmk.value
+    spelled = {name.lower(): value for name, value in tags.items()}  # tag names compare case-insensitively
+    assert result.evidence["tags"] == {"cmk-required": spelled.get("cmk-required"),
+                                       "cmk-exempt": spelled.get("cmk-exempt")}
+    assert result.title == "storage account acct1 does not use a customer-managed key"
     assert result.evidence["reason"] == "NotCustomerManaged"
     assert result.remediation == (
         "az storage account update --name acct1 --resource-group rg-data --encryption-key-source Microsoft.Keyvault "
@@ -133,10 +137,27 @@ def test_cmk_002_the_encryption_identity_must_resolve(
     assert result.evidence["reason"] == reason
     assert result.evidence["encryption.identity.userAssignedIdentity"] == uai
     assert result.evidence["identity.type"] == built_account.identity.type
+    attached = tuple(entry.resource_id for entry in built_account.identity.user_assigned)
+    assert result.evidence["identity.userAssignedIdentities"] == attached
+    names = "--name acct1 --resource-group rg-data"
     if reason == "UserAssignedIdentityNotAttached":
-        assert f"--user-identity-id {uai}" in result.remediation
+        assert result.title == "the encryption identity of acct1 is not attached to the account"
+        assert result.remediation == (
+            f"az storage account update {names} --identity-type SystemAssigned,UserAssigned --user-identity-id {uai} "
+            "(attach it), or point encryption.identity.userAssignedIdentity at an attached identity")
     else:
-        assert "--assign-identity" in result.remediation
+        assert result.title == "acct1 has no encryption identity: none is set and the system-assigned one is off"
+        assert result.remediation == (
+            f"az storage account update {names} --assign-identity (then grant it Key Vault Crypto Service Encryption "
+            "User on the key), or pass --key-vault-user-identity-id with an attached user-assigned identity")
+
+
+def test_cmk_002_judges_every_account() -> None:
+    """A Microsoft-managed account and a resolving one do not stop the accounts after them."""
+    plain = account("acct0", key_source="Microsoft.Storage", uai=None, identity=ManagedIdentity())
+    broken = account("acct2", uai=None, identity=ManagedIdentity(type="None"))
+    findings = run(cmk_002_encryption_identity_resolves, estate(accounts=(plain, account("acct1"), broken)))
+    assert [result.resource for result in findings] == [account_id("acct2")]
 
 
 def test_cmk_002_ignores_accounts_without_any_key_vault_encryption() -> None:
@@ -361,6 +382,9 @@ def test_cmk_011_reports_pinned_accounts_and_scopes() -> None:
     assert (account_finding.rule, account_finding.severity) == ("CMK-011", Severity.LOW)
     assert account_finding.resource == ACCOUNT
     assert account_finding.evidence["key_version"] == V2
+    assert account_finding.evidence["key_uri"] == f"{KEY_URI}/{V2.upper()}"
+    assert account_finding.title == f"acct1 pins key version {V2}"
+    assert account_finding.remediation.endswith('--encryption-key-version "" (versionless: automatic version updates)')
     assert account_finding.evidence["reason"] == "PinnedVersion"
     assert (f"--encryption-key-vault {VAULT_ORIGIN} --encryption-key-name {KEY_NAME} --encryption-key-version \"\""
             in account_finding.remediation)
@@ -485,8 +509,11 @@ def test_cmk_015_geo_redundant_cmk_accounts_are_advised(sku: str, key_source: st
         return
     result = only(findings)
     assert (result.rule, result.severity, result.resource) == ("CMK-015", Severity.MEDIUM, ACCOUNT)
-    assert result.evidence["sku"] == sku
-    assert "az keyvault key backup" in result.remediation
+    assert result.evidence == {"reason": "GeoRedundant", "sku": sku, "location": "West Europe"}
+    assert result.title == f"acct1 is geo-redundant ({sku}): failover needs the key"
+    assert result.remediation == (
+        "keep the key available to the secondary region: back it up (az keyvault key backup --vault-name <vault> "
+        "--name <key> --file <key>.backup), keep purge protection on, and test failover with the key reachable")
 
 
 # --- CMK-019 --------------------------------------------------------------------------------------------
