@@ -539,6 +539,11 @@ def test_cmk_019_a_check_it_cannot_decide_names_the_failed_read() -> None:
         entry["detail"] for entry in entries]
 
 
+def test_cmk_019_unread_scopes_are_named() -> None:
+    [entry] = not_evaluated(only(run(cmk_019_encryption_scopes, estate(accounts=(account(scopes=None),)))))
+    assert (entry["rule"], entry["detail"]) == ("CMK-019", "the encryption scopes of acct1 were not read")
+
+
 def test_cmk_019_a_compliant_scope_passes() -> None:
     assert run(cmk_019_encryption_scopes, estate(accounts=(account(scopes=(scope(),)),))) == []
 
