@@ -539,6 +539,20 @@ def test_cmk_019_a_check_it_cannot_decide_names_the_failed_read() -> None:
         entry["detail"] for entry in entries]
 
 
+def test_cmk_019_a_scope_with_storage_keys_in_a_required_account_names_its_source_and_the_fix() -> None:
+    """The Microsoft-managed scope of a not-required account is skipped, and the next account still judged."""
+    untagged = account("acct0", scopes=(scope("plain", "acct0", source="Microsoft.Storage", key_uri=None),))
+    required = account("acct1", tags={"cmk-required": "true"},
+                       scopes=(scope("plain", source="Microsoft.Storage", key_uri=None),))
+    result = only(run(cmk_019_encryption_scopes, estate(accounts=(untagged, required)), settings=TAGGED))
+    assert (result.resource, result.evidence["source"]) == (f"{ACCOUNT}/encryptionScopes/plain",
+                                                           {"source": "Microsoft.Storage"})
+    assert result.title == "encryption scope acct1/plain fails source"
+    assert result.remediation == (
+        "az storage account encryption-scope update --account-name acct1 --resource-group rg-data --name plain "
+        "--key-source Microsoft.KeyVault --key-uri https://<vault>.vault.azure.net/keys/<key>")
+
+
 def test_cmk_019_unread_scopes_are_named() -> None:
     [entry] = not_evaluated(only(run(cmk_019_encryption_scopes, estate(accounts=(account(scopes=None),)))))
     assert (entry["rule"], entry["detail"]) == ("CMK-019", "the encryption scopes of acct1 were not read")
