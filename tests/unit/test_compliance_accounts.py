@@ -363,6 +363,14 @@ def test_cmk_008_an_invalid_key_uri_is_not_evaluable_and_the_next_consumer_is_st
     assert (mismatch.rule, mismatch.resource) == ("CMK-008", ACCOUNT)
 
 
+def test_cmk_006_and_cmk_012_titles_name_the_account() -> None:
+    denied = estate(vaults=(vault(role_assignments=()),))
+    assert only(run(cmk_006_identity_can_use_key, denied)).title == (
+        "the encryption identity of acct1 cannot get, wrap and unwrap its key")
+    lagging = estate(accounts=(account(current=f"{KEY_URI}/{V1}"),))
+    assert only(run(cmk_012_latest_version_adopted, lagging)).title == "acct1 has not adopted the latest key version"
+
+
 # --- CMK-011 --------------------------------------------------------------------------------------------
 
 
