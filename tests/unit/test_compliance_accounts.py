@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from controller.compliance.access import NEEDED_DATA_ACTIONS
 from controller.compliance.estate import (
     AttachedIdentity,
     ManagedIdentity,
@@ -369,6 +370,42 @@ def test_cmk_006_and_cmk_012_titles_name_the_account() -> None:
         "the encryption identity of acct1 cannot get, wrap and unwrap its key")
     lagging = estate(accounts=(account(current=f"{KEY_URI}/{V1}"),))
     assert only(run(cmk_012_latest_version_adopted, lagging)).title == "acct1 has not adopted the latest key version"
+
+
+def test_cmk_012_evidence_and_remediation_in_full() -> None:
+    result = only(run(cmk_012_latest_version_adopted, estate(accounts=(account(current=f"{KEY_URI}/{V1}"),))))
+    assert result.evidence == {
+        "reason": "AdoptionOverdue", "key_uri": KEY_URI, "current_version": V1,
+        "current_created": (NOW - timedelta(days=60)).isoformat(), "latest_version": V2,
+        "latest_available_since": (NOW - timedelta(days=30)).isoformat(), "lag_hours": 720.0,
+        "adoption_window_hours": 24.0, "last_key_rotation": None}
+    pin = ("az storage account update --name acct1 --resource-group rg-data --encryption-key-source Microsoft.Keyvault "
+           f"--encryption-key-vault {VAULT_ORIGIN} --encryption-key-name storage-cmk --encryption-key-version \"{V2}\"")
+    then = "then set the versionless key URI back (automatic updates) once currentVersionedKeyIdentifier shows it"
+    assert result.remediation == f"{pin}, {then}"
+
+
+def test_cmk_006_evidence_in_full() -> None:
+    denied = only(run(cmk_006_identity_can_use_key, estate(vaults=(vault(role_assignments=()),))))
+    assert denied.evidence == {
+        "reason": "IdentityLacksAccess", "key_uri": KEY_URI, "principal_id": PRINCIPAL, "identity": "user-assigned",
+        "vault": VAULT_ID, "key": KEY_NAME, "permission_model": "rbac", "missing": NEEDED_DATA_ACTIONS,
+        "granted_by": ()}
+    detached = account(identity=ManagedIdentity(type="None"))
+    unresolved = only(run(cmk_006_identity_can_use_key, estate(accounts=(detached,))))
+    assert unresolved.evidence == {
+        "reason": "IdentityLacksAccess", "key_uri": KEY_URI, "principal_id": None, "identity": "user-assigned",
+        "detail": "the encryption identity does not resolve (UserAssignedIdentityNotAttached, CMK-002)"}
+    assert unresolved.remediation == "fix the account's encryption identity (CMK-002)"
+    no_identity = account(uai=None, identity=ManagedIdentity(type="None"))
+    assert only(run(cmk_006_identity_can_use_key, estate(accounts=(no_identity,)))).evidence["identity"] == (
+        "system-assigned")
+    unread_role = "/x/roleDefinitions/c0ffee00-0000-4000-8000-000000000001"
+    unknown = only(run(cmk_006_identity_can_use_key, estate(vaults=(vault(role_assignments=(assignment(
+        role=unread_role),)),))))
+    assert not_evaluated(unknown) == [{
+        "rule": "CMK-006", "reason": "AccessNotEvaluated", "detail": f"role definition {unread_role} was not read",
+        "missing": NEEDED_DATA_ACTIONS, "aspect": "role-assignments"}]
 
 
 # --- CMK-011 --------------------------------------------------------------------------------------------
