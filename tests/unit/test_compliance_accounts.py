@@ -385,6 +385,28 @@ def test_cmk_012_evidence_and_remediation_in_full() -> None:
     assert result.remediation == f"{pin}, {then}"
 
 
+def test_cmk_012_pins_a_key_named_keys_in_its_own_vault() -> None:
+    built = estate(accounts=(account(key_name="keys", current=f"{VAULT_ORIGIN}/keys/keys/{V1}"),),
+                   vaults=(vault(keys=(vault_key("keys"),)),))
+    assert (f"--encryption-key-vault {VAULT_ORIGIN} --encryption-key-name keys --encryption-key-version \"{V2}\""
+            in only(run(cmk_012_latest_version_adopted, built)).remediation)
+
+
+def test_cmk_008_judges_every_consumer_and_says_what_to_do() -> None:
+    """Same region, a missing vault (CMK-013's), then a mismatch: the mismatch is still found."""
+    built = estate(accounts=(account("acct0"),
+                             account("acct1", key_vault_uri="https://gone-cmk.vault.azure.net/",
+                                     current="https://gone-cmk.vault.azure.net/keys/storage-cmk/" + V2),
+                             account("acct2", location="North Europe")))
+    result = only(run(cmk_008_vault_in_account_region, built))
+    assert result.resource == account_id("acct2")
+    assert result.title == "acct2 is in North Europe but its key's vault contoso-cmk is in westeurope"
+    assert result.remediation == (
+        "an outage of westeurope takes the data offline: create a vault in North Europe (az keyvault create "
+        "--location northeurope --enable-purge-protection true), create the key there and point the consumer at "
+        "it, or accept the cross-region dependency")
+
+
 def test_cmk_006_evidence_in_full() -> None:
     denied = only(run(cmk_006_identity_can_use_key, estate(vaults=(vault(role_assignments=()),))))
     assert denied.evidence == {
