@@ -18,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The SDKs' own warnings (credential chains, retries) are not for the operator: the command says
     # in one line what failed and what to do.
     logging.getLogger("azure").setLevel(logging.ERROR)
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmkctl", description="Customer-managed key controller for Azure Storage.")
     commands = parser.add_subparsers(title="commands")
     events.register(commands)

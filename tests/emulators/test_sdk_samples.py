@@ -57,3 +57,16 @@ def test_every_expected_failure_names_a_pinned_package_and_gives_a_reason():
     for name, reason in expected.items():
         assert name.split("/", 1)[0] in sdk_samples.PACKAGES and name.endswith(".py"), name
         assert len(reason) > 20, name
+
+
+def test_inputs_the_source_distribution_leaves_out_are_written_beside_the_samples_and_never_replace_one(tmp_path):
+    samples = {"azure-storage-blob": tmp_path / "blob" / "samples"}
+    samples["azure-storage-blob"].mkdir(parents=True)
+    shipped = samples["azure-storage-blob"] / "SampleSource.txt"
+    shipped.write_text("as shipped\n", encoding="utf-8")
+    sdk_samples.supply_missing_inputs(samples)
+    assert shipped.read_text(encoding="utf-8") == "as shipped\n"
+    written = sorted(path.relative_to(samples["azure-storage-blob"]).as_posix()
+                     for path in samples["azure-storage-blob"].rglob("*") if path.is_file())
+    assert written == sorted(sdk_samples.MISSING_INPUTS["azure-storage-blob"])
+    assert not any(path.suffix == ".py" for path in samples["azure-storage-blob"].rglob("*"))  # no sample added

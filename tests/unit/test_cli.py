@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import shutil
@@ -91,6 +92,31 @@ def test_every_command_helps_with_examples_and_the_exit_statuses(argv, capsys):
     for status in ("  0  ok", "  1  findings", "  2  bad input", "  3  a service could not be reached"):
         assert status in text
     assert max(len(line) for line in text.splitlines()) <= 120
+
+
+def _leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path of the parser tree that runs something (``events parse``, ``rotate`` ...)."""
+    groups = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    if not groups:
+        return [path]
+    return [leaf for group in groups for name, child in group.choices.items()
+            for leaf in _leaf_commands(child, (*path, name))]
+
+
+def test_no_command_is_left_without_examples_and_exit_statuses(capsys):
+    """The list above is not the only guard: every command cmkctl has, found by walking its parser."""
+    from controller.cli.main import build_parser, main
+
+    leaves = _leaf_commands(build_parser())
+    assert {"audit", "sweep", "reconcile", "rotate", "usage", "rewrap"} <= {leaf[-1] for leaf in leaves}
+    for leaf in leaves:
+        with pytest.raises(SystemExit) as done:
+            main([*leaf, "--help"])
+        assert done.value.code == 0, leaf
+        text = capsys.readouterr().out
+        assert "examples:\n  cmkctl " + " ".join(leaf) in text, leaf
+        assert "exit status:\n  0  ok\n  1  findings" in text, leaf
+        assert "  3  a service could not be reached" in text, leaf
 
 
 @pytest.mark.parametrize("until", ["yesterday", "2026-12-01T09:00:00"])
