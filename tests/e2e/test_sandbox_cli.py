@@ -125,6 +125,10 @@ def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
         assert state["endpoints"]["vaultListeners"]["kv-cmk-rotation"].startswith("https://127.0.0.1:")
         processes = recorded(directory)
         assert set(processes) == {"orchestrator", "azurite", "functions"}
+        functions = state["endpoints"]["functions"]
+        shown = sandbox_command("status", *where)  # where the Functions host is, and how to call it
+        assert f"Functions host {functions}: curl {functions}/api/health; POST {functions}/api/events?code=" in (
+            shown.stdout)
         assert processes["functions"].pid == state["children"]["functions"]
         assert processes["functions"].liveness() is Liveness.RUNNING
     finally:

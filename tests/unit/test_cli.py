@@ -143,5 +143,25 @@ def test_negative_or_absurd_numbers_are_bad_input(argv, capsys):
     with pytest.raises(SystemExit) as done:
         main(argv)
     assert done.value.code == 2
-    error = capsys.readouterr().err
-    assert "outside" in error or "is not a number" in error
+    printed = capsys.readouterr()
+    assert "outside" in printed.err or "is not a number" in printed.err
+    assert printed.out == ""  # no JSON asked for: nothing on stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["rotate", "contoso-kv", "k", "--wait", "-5", "--json"],
+    ["usage", "contoso-kv", "--json"],
+    ["audit", "--since", "7d", "--format", "json", "--until", "yesterday"],
+    ["sweep", "--format=json", "--subscription", "not-a-guid"],
+])
+def test_a_bad_argument_still_prints_one_json_document_when_json_was_asked_for(argv, capsys):
+    from controller.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    printed = capsys.readouterr()
+    document = json.loads(printed.out)  # exactly one document: json.loads refuses anything after it
+    assert document["kind"] == "InvalidInput"
+    assert document["error"].startswith(f"cmkctl {argv[0]}: error: ")
+    assert document["error"] in printed.err
