@@ -13,10 +13,12 @@
 3. Runs every sample as it is shipped (``python sample.py`` in its own directory), ``--jobs`` at a time (most
    of a sample's time is spent waiting: on the vault's pollers, on a sleep), configured only through
    environment variables: the sandbox's ``env`` (the managed-identity endpoint DefaultAzureCredential picks
-   up, the CA bundle, ``HTTPS_PROXY``: the vaults are ``https://<name>.vault.azure.net/`` and Log Analytics is
-   ``https://api.loganalytics.io``, reached through the sandbox's proxy with the challenge check on) plus the
-   names the samples read (``VAULT_URL``, ``STORAGE_CONNECTION_STRING``, ``LOGS_WORKSPACE_ID`` ...), each with
-   a timeout.
+   up, the CA bundle, ``HTTPS_PROXY``: the vaults are ``https://<name>.vault.azure.net/``, Log Analytics is
+   ``https://api.loganalytics.io`` and Azurite's account is ``https://devstoreaccount1.blob.core.windows.net``
+   (its connection string as the portal shows it), all reached through the sandbox's proxy with the challenge
+   check on) plus the names the samples read (``VAULT_URL``, ``STORAGE_CONNECTION_STRING``,
+   ``LOGS_WORKSPACE_ID`` ...), each with a timeout. The storage samples' input files that the source
+   distribution leaves out (SampleSource.txt, sample-blobs/) are written beside them: MISSING_INPUTS.
 4. Prints one line per sample (pass / fail / expected failure, and why) and exits 1 only when a sample
    expected to pass fails. The samples that cannot apply to a sandbox are listed with the reason in
    ``emulators/sdk_samples_expected.json``; a listed sample that passes is reported so the list is
@@ -47,6 +49,7 @@ from typing import Any
 from emulators import sandbox
 from emulators.processes import ProcessRecord
 from emulators.seed import load_scenario, seed_document
+from emulators.storage_hosts import azure_connection_string, blob_hosts
 
 PACKAGES = ("azure-keyvault-keys", "azure-storage-blob", "azure-monitor-query")
 EXPECTATIONS = Path(__file__).resolve().parent / "sdk_samples_expected.json"
@@ -146,15 +149,21 @@ def sample_environment(directory: Path, vault: dict[str, Any]) -> dict[str, str]
     """The sandbox's env plus the names the samples read; nothing else of the caller's environment but
     PATH, HOME and the locale (a user's Azure login must not leak in)."""
     values = dict(_read_env(directory / sandbox.ENV_FILE))
-    connection = values["AzureWebJobsStorage"]
-    account_key = dict(part.split("=", 1) for part in connection.split(";") if "=" in part).get("AccountKey", "")
+    app_storage = values["AzureWebJobsStorage"]
+    account_key = dict(part.split("=", 1) for part in app_storage.split(";") if "=" in part).get("AccountKey", "")
+    # Azurite's account as Azure names it (https://devstoreaccount1.blob.core.windows.net through the sandbox's
+    # proxy): the SDK derives the secondary location of get_service_stats from that host name.
+    connection = azure_connection_string(AZURITE_ACCOUNT, account_key)
     values.update({
         "VAULT_URL": str(vault["uri"]),
         "STORAGE_CONNECTION_STRING": connection,
         "AZURE_STORAGE_CONNECTION_STRING": connection,
         "STORAGE_CONNECTION_STRING_SOFT": connection,  # "an account with soft delete": Azurite's
         "STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT,
+        "OAUTH_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT,
         "STORAGE_ACCOUNT_KEY": account_key,
+        "STORAGE_ACCOUNT_BLOB_URL": f"https://{blob_hosts(AZURITE_ACCOUNT)[0]}",
+        "KEYVAULT_URL": str(vault["uri"]),
         "LOGS_WORKSPACE_ID": values["CMK_LOG_ANALYTICS_WORKSPACE"],
         "LOGS_RESOURCE_ID": str(vault["id"]),
         "PYTHONUNBUFFERED": "1",
