@@ -55,8 +55,9 @@ PACKAGES = ("azure-keyvault-keys", "azure-storage-blob", "azure-monitor-query")
 EXPECTATIONS = Path(__file__).resolve().parent / "sdk_samples_expected.json"
 SCENARIO = "sdk-samples"
 DEFAULT_CACHE = Path(".cache/sdk-samples")
-#: Long enough for the slowest sample that passes (backup_restore_operations sleeps 60 s after its purge).
-DEFAULT_TIMEOUT_S = 120.0
+#: Long enough for the slowest sample that passes (backup_restore_operations sleeps 60 s after its purge, and
+#: took 120 s in all on a 2-core machine at load 30+): a sample that hangs costs this much wall time at most.
+DEFAULT_TIMEOUT_S = 180.0
 #: An expected failure only has to be seen failing still: samples that hang (retrying a host that does not
 #: exist) are cut short. One that would pass given longer is then not reported as passing.
 EXPECTED_FAILURE_TIMEOUT_S = 30.0

@@ -52,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.run(args)
     except KeyboardInterrupt:
-        print("cmkctl: interrupted (work done so far is checkpointed)", file=sys.stderr)
+        message = "cmkctl: interrupted (work done so far is checkpointed)"
+        print(message, file=sys.stderr)
+        if _wants_json(arguments):
+            print(json.dumps({"error": message, "kind": "Interrupted"}))
         return EXIT_INTERRUPTED
     return result
 
