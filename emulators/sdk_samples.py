@@ -31,6 +31,7 @@ A sample passes when it exits 0 and prints no traceback or error report: several
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -40,6 +41,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -128,6 +130,42 @@ def supply_missing_inputs(samples: dict[str, Path]) -> None:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(content, encoding="utf-8")
+
+
+#: Samples that open every container of the storage account (walk_blob_hierarchy lists the containers and
+#: walks each): another sample deleting its container meanwhile makes them fail, so they run alone among the
+#: storage samples (the storage samples share Azurite's one account; every other one uses containers of its own).
+ACCOUNT_WIDE = frozenset({
+    "azure-storage-blob/blob_samples_walk_blob_hierarchy.py",
+    "azure-storage-blob/blob_samples_walk_blob_hierarchy_async.py",
+})
+
+
+class AccountLock:
+    """Shared for the storage samples that keep to their own containers, exclusive for ACCOUNT_WIDE ones."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._sharing = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def hold(self, *, exclusive: bool) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._exclusive and not (exclusive and self._sharing))
+            if exclusive:
+                self._exclusive = True
+            else:
+                self._sharing += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                if exclusive:
+                    self._exclusive = False
+                else:
+                    self._sharing -= 1
+                self._condition.notify_all()
 
 
 def sample_files(samples: dict[str, Path]) -> list[tuple[str, Path]]:
@@ -280,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             shared = sample_vault(directory, 0)
             seeding = threading.Lock()  # one seeder at a time: each writes the scenario's seed file
+            account_lock = AccountLock()
 
             def run_one(number: int, name: str, path: Path) -> SampleResult:
                 vault = shared
@@ -287,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
                     with seeding:
                         vault = sample_vault(directory, number)
                 timeout = min(args.timeout, EXPECTED_FAILURE_TIMEOUT_S) if name in expected else args.timeout
-                passed, seconds, why = run_sample(path, sample_environment(directory, vault), timeout)
+                account = account_lock.hold(exclusive=name in ACCOUNT_WIDE) if name.startswith(
+                    "azure-storage-blob/") else contextlib.nullcontext()
+                with account:
+                    passed, seconds, why = run_sample(path, sample_environment(directory, vault), timeout)
                 result = judge(name, passed, why, seconds, expected)
                 print(f"{result.outcome:<15} {name} ({seconds:.1f}s)", file=sys.stderr, flush=True)
                 return result

@@ -70,3 +70,26 @@ def test_inputs_the_source_distribution_leaves_out_are_written_beside_the_sample
                      for path in samples["azure-storage-blob"].rglob("*") if path.is_file())
     assert written == sorted(sdk_samples.MISSING_INPUTS["azure-storage-blob"])
     assert not any(path.suffix == ".py" for path in samples["azure-storage-blob"].rglob("*"))  # no sample added
+
+
+def test_a_sample_that_walks_every_container_waits_for_the_other_storage_samples_and_they_for_it():
+    import threading
+
+    lock = sdk_samples.AccountLock()
+    order: list[str] = []
+    started = threading.Event()
+
+    def account_wide() -> None:
+        started.set()
+        with lock.hold(exclusive=True):
+            order.append("walk starts")
+        with lock.hold(exclusive=True):  # two account-wide samples one after the other, never together
+            order.append("second walk starts")
+
+    with lock.hold(exclusive=False), lock.hold(exclusive=False):  # two samples on their own containers at once
+        walker = threading.Thread(target=account_wide)
+        walker.start()
+        started.wait()
+        order.append("own-container samples end")
+    walker.join()
+    assert order == ["own-container samples end", "walk starts", "second walk starts"]
