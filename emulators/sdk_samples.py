@@ -88,26 +88,31 @@ def installed_version(package: str) -> str:
 
 
 def fetch_samples(cache: Path) -> dict[str, Path]:
-    """Each package's extracted samples/ directory, downloaded once per pinned version."""
+    """Each package's extracted samples/ directory, downloaded once per pinned version (the three at once:
+    pip spends most of a download waiting on the index and on preparing the sdist's metadata)."""
     cache.mkdir(parents=True, exist_ok=True)
-    found: dict[str, Path] = {}
-    for package in PACKAGES:
-        version = installed_version(package)
-        stem = f"{package.replace('-', '_')}-{version}"
-        samples = cache / stem / "samples"
-        if not samples.is_dir():
-            archive = cache / f"{stem}.tar.gz"
-            if not archive.is_file():
-                subprocess.run(  # noqa: S603 - fixed arguments, the pinned version of a named package
-                    [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-                     "--no-binary", ":all:", f"{package}=={version}", "--dest", str(cache)],
-                    check=True,
-                )
-            with tarfile.open(archive) as tar:
-                members = [m for m in tar.getmembers() if m.name.startswith(f"{stem}/samples/")]
-                tar.extractall(cache, members=members, filter="data")
-        found[package] = samples
-    return found
+    with ThreadPoolExecutor(max_workers=len(PACKAGES), thread_name_prefix="fetch") as pool:
+        return dict(zip(PACKAGES, pool.map(lambda package: _fetch_one(cache, package), PACKAGES), strict=True))
+
+
+def _fetch_one(cache: Path, package: str) -> Path:
+    version = installed_version(package)
+    stem = f"{package.replace('-', '_')}-{version}"
+    samples = cache / stem / "samples"
+    if not samples.is_dir():
+        archive = cache / f"{stem}.tar.gz"
+        if not archive.is_file():
+            # --no-binary for the package alone: its sdist, while the build requirements pip needs to read the
+            # sdist's metadata may be wheels (with :all:, setuptools itself would be built from source first).
+            subprocess.run(  # noqa: S603 - fixed arguments, the pinned version of a named package
+                [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+                 "--no-binary", package, f"{package}=={version}", "--dest", str(cache)],
+                check=True,
+            )
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith(f"{stem}/samples/")]
+            tar.extractall(cache, members=members, filter="data")
+    return samples
 
 
 #: Input files the storage samples read beside themselves, which the upstream repository keeps in samples/ but the
@@ -298,24 +303,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-expected-failures", action="store_true",
                         help="run only the samples expected to pass (make test: the listed failures are not run)")
     args = parser.parse_args(argv)
-    downloaded = fetch_samples(args.cache)
-    supply_missing_inputs(downloaded)
-    every_sample = sample_files(downloaded)
-    expected = load_expectations()
-    samples = [(name, path) for name, path in every_sample
-               if args.only in name and not (args.skip_expected_failures and name in expected)]
-    unknown = sorted(set(expected) - {name for name, _ in every_sample})
-    if unknown:
-        print(f"sdk-samples: expectations name samples that do not exist: {', '.join(unknown)}", file=sys.stderr)
-        return 2
     if args.jobs < 1:
         print("sdk-samples: --jobs must be at least 1", file=sys.stderr)
         return 2
+    expected = load_expectations()
     started, used_before = time.monotonic(), os.times()
-    with tempfile.TemporaryDirectory(prefix="cmk-sdk-samples-") as temporary:
+    with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="download") as downloader,
+          tempfile.TemporaryDirectory(prefix="cmk-sdk-samples-") as temporary):
+        downloading = downloader.submit(fetch_samples, args.cache)  # while the sandbox starts
         directory = Path(temporary)
         sandbox.start_detached(directory, functions=False)
         try:
+            downloaded = downloading.result()
+            supply_missing_inputs(downloaded)
+            every_sample = sample_files(downloaded)
+            unknown = sorted(set(expected) - {name for name, _ in every_sample})
+            if unknown:
+                print(f"sdk-samples: expectations name samples that do not exist: {', '.join(unknown)}",
+                      file=sys.stderr)
+                return 2
+            samples = [(name, path) for name, path in every_sample
+                       if args.only in name and not (args.skip_expected_failures and name in expected)]
             shared = sample_vault(directory, 0)
             seeding = threading.Lock()  # one seeder at a time: each writes the scenario's seed file
             account_lock = AccountLock()
@@ -342,11 +350,11 @@ def main(argv: list[str] | None = None) -> int:
             sandbox_cpu = sandbox_cpu_seconds(directory)
             sandbox.stop(directory)
     used = os.times()
-    samples_cpu = sum(used[2:4]) - sum(used_before[2:4])  # the children's user and system time: the samples
+    samples_cpu = sum(used[2:4]) - sum(used_before[2:4])  # the children's user and system time: pip, the samples
     print_table(results)
     if args.skip_expected_failures:
         print(f"{len(expected)} expected failures not run (--skip-expected-failures)")
-    print(f"wall time {time.monotonic() - started:.0f}s with {args.jobs} at a time; CPU time: samples "
+    print(f"wall time {time.monotonic() - started:.0f}s with {args.jobs} at a time; CPU time: samples (and pip) "
           f"{samples_cpu:.0f}s, sandbox {sandbox_cpu:.0f}s")
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(result) for result in results], indent=2) + "\n", encoding="utf-8")
