@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from emulators.azurite import AzuriteEndpoints
 from emulators.background import ServerThread
+from emulators.egress_proxy import pipe
 
 #: The public cloud's blob host suffix: what the SDKs' connection strings default to.
 BLOB_HOST_SUFFIX = "blob.core.windows.net"
@@ -96,7 +97,7 @@ class BlobHostRelay:
             except OSError:
                 return  # Azurite is gone: the client sees the connection closed, as for a dead service
             try:
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
             except asyncio.CancelledError:
                 pass  # the relay stops: the connection ends with it (cancelled by _close, which awaits it)
             finally:
@@ -106,14 +107,3 @@ class BlobHostRelay:
             with contextlib.suppress(Exception):
                 writer.close()
 
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    try:
-        while chunk := await source.read(65536):
-            sink.write(chunk)
-            await sink.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            sink.close()
