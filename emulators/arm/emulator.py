@@ -189,7 +189,6 @@ class ArmEmulator:
             return
         self._server.stop(self._shutdown())  # cancels the tick first
         self._tick_task = None
-        self.storage.close()
         if self._started_keyvault:
             self.keyvault.stop()
             self._started_keyvault = False

@@ -43,13 +43,23 @@ class _LostAnswer(Exception):
         self.result = result
 
 
+class VaultUnreachable(Exception):
+    """An in-process call (``VaultServer.call``) got no answer: the fault injection reset the connection
+    or lost the answer (the operation then took effect), where an HTTPS client sees a connection error."""
+
+
 @dataclass
 class _Context:
     started: float
+    method: str
+    path: str
     api_version: str
     correlation_id: str
     route: Route | None
     caller_ip: str
+    request_uri: str
+    client_info: str
+    tls_version: str | None
     operation: str = "Unknown"
     principal: Principal | None = None
     decision: authz.Decision = field(default_factory=lambda: authz.Decision(False))
@@ -72,8 +82,27 @@ def _unauthorized(state: VaultState, message: str) -> KeyVaultError:
     return KeyVaultError(401, "Unauthorized", message, headers=_challenge(state))
 
 
+def _tls_version(request: web.Request) -> str | None:
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    version = ssl_object.version() if ssl_object is not None else None
+    return version.replace("v", "").replace(".", "_") if version else None
+
+
+async def _pause(seconds: float) -> None:
+    if seconds > 0:
+        await asyncio.sleep(seconds)
+
+
+def _wait(seconds: float) -> None:
+    if seconds > 0:
+        time.sleep(seconds)
+
+
 class VaultServer:
-    """aiohttp request handling for one vault (one origin)."""
+    """Request handling for one vault (one origin): over HTTPS (``handle``, aiohttp) and, for the Azure
+    services the sandbox runs in this process (Azure Storage's key validation), in-process (``call``).
+    Both run the same pipeline: authentication, firewall, authorization, faults, throttling, the
+    operation, counters, one audit record and the events."""
 
     def __init__(
         self,
@@ -96,32 +125,27 @@ class VaultServer:
         state = self.state
         ctx = _Context(
             started=time.perf_counter(),
+            method=request.method,
+            path=request.path,
             api_version=request.query.get("api-version", ""),
             correlation_id=request.headers.get("x-ms-client-request-id") or str(uuid.uuid4()),
             route=resolve(request.method, request.path),
             caller_ip=request.remote or "",
+            request_uri=str(request.url),
+            client_info=request.headers.get("User-Agent", ""),
+            tls_version=_tls_version(request),
         )
         result: Result | None = None
         error: KeyVaultError | None = None
         try:
             result = await self._pipeline(request, ctx)
-        except KeyVaultError as exc:
-            error = exc
-        except _ConnectionReset:
-            self._account(request, ctx, status=0, description="Injected fault: connection reset")
+        except (_ConnectionReset, _LostAnswer) as unanswered:
+            self._unanswered(ctx, unanswered)
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError from None
-        except _LostAnswer as lost:
-            self._account(request, ctx, status=0, description="Injected fault: answer lost",
-                          object_id=lost.result.object_id)
-            lost.result.outbox.flush(state)  # it happened: its events are published as for any success
-            if request.transport is not None:
-                request.transport.abort()
-            raise asyncio.CancelledError from None
-        except Exception as exc:  # an emulator bug: answer 500 and keep the audit trail
-            log.exception("vault %s: internal error in %s", state.name, ctx.operation)
-            error = KeyVaultError(500, "InternalServerError", f"Internal error in the sandbox vault: {exc!r}")
+        except Exception as exc:  # KeyVaultError, or an emulator bug answered 500
+            error = self._error(ctx, exc)
         status = result.status if result else (error.status if error else 500)
         headers = {
             "x-ms-request-id": str(uuid.uuid4()),
@@ -138,40 +162,104 @@ class VaultServer:
             response = web.json_response(result.body, status=status, headers=headers)
         else:
             response = web.Response(status=status, headers=headers)
-        if error is not None and error.status == 401:
-            ctx.operation = "Authentication"
-        self._account(
-            request,
-            ctx,
-            status=status,
-            description=error.message if error else "",
-            object_id=result.object_id if result else None,
-        )
-        if result is not None:
-            result.outbox.flush(state)
+        self._conclude(ctx, result, error)
         return response
 
-    async def _pipeline(self, request: web.Request, ctx: _Context) -> Result:
-        state = self.state
-        principal = self._authenticate(request)
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        authorization: str,
+        host: str,
+        api_version: str,
+        caller_ip: str,
+        client_info: str,
+        body: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """Serve one request of an Azure service running in this process, as the HTTPS front would serve
+        it from ``host`` (the vault's Azure host name or its loopback origin), minus TLS, the proxy and
+        the SDK: the same authentication (``authorization`` is the Authorization header), firewall,
+        authorization, faults, throttling, counters, audit record and events. Returns the JSON body;
+        raises KeyVaultError for an error answer and VaultUnreachable when there is no answer."""
+        with self.state.serving(host):
+            ctx = _Context(
+                started=time.perf_counter(),
+                method=method,
+                path=path,
+                api_version=api_version,
+                correlation_id=str(uuid.uuid4()),
+                route=resolve(method, path),
+                caller_ip=caller_ip,
+                request_uri=f"https://{host}{path}?api-version={api_version}",
+                client_info=client_info,
+                # What the vault's listener negotiates with this machine's clients (Azure's services reach
+                # Key Vault over TLS 1.2 or later): the records keep the shape they have over HTTPS.
+                tls_version="TLS1_3",
+            )
+            try:
+                result = self._in_process_pipeline(ctx, authorization, body)
+            except (_ConnectionReset, _LostAnswer) as unanswered:
+                self._unanswered(ctx, unanswered)
+                raise VaultUnreachable(str(unanswered)) from None
+            except Exception as exc:  # KeyVaultError, or an emulator bug answered 500
+                error = self._error(ctx, exc)
+                self._conclude(ctx, None, error)
+                raise error from exc
+            self._conclude(ctx, result, None)
+            return result.body
+
+    def _error(self, ctx: _Context, exc: Exception) -> KeyVaultError:
+        if isinstance(exc, KeyVaultError):
+            return exc
+        log.error("vault %s: internal error in %s", self.state.name, ctx.operation, exc_info=exc)
+        return KeyVaultError(500, "InternalServerError", f"Internal error in the sandbox vault: {exc!r}")
+
+    def _unanswered(self, ctx: _Context, unanswered: _ConnectionReset | _LostAnswer) -> None:
+        if isinstance(unanswered, _LostAnswer):
+            self._account(ctx, status=0, description="Injected fault: answer lost",
+                          object_id=unanswered.result.object_id)
+            unanswered.result.outbox.flush(self.state)  # it happened: its events are published as for any success
+        else:
+            self._account(ctx, status=0, description="Injected fault: connection reset")
+
+    def _conclude(self, ctx: _Context, result: Result | None, error: KeyVaultError | None) -> None:
+        """The request's counters and audit record, then the events of what it did."""
+        if error is not None and error.status == 401:
+            ctx.operation = "Authentication"
+        status = result.status if result else (error.status if error else 500)
+        self._account(ctx, status=status, description=error.message if error else "",
+                      object_id=result.object_id if result else None)
+        if result is not None:
+            result.outbox.flush(self.state)
+
+    def _admit(self, ctx: _Context, authorization: str) -> Route:
+        """Authentication, the request's shape, the firewall and authorization: the admitted route."""
+        principal = self._authenticate(authorization)
         ctx.principal = principal
         ctx.caller_ip = principal.ip or ctx.caller_ip
         route = ctx.route
         if not ctx.api_version:
             raise bad_parameter("The api-version query parameter is required")
         if route is None:
-            raise KeyVaultError(400, "BadParameter", f"Unsupported request {request.method} {request.path}")
+            raise KeyVaultError(400, "BadParameter", f"Unsupported request {ctx.method} {ctx.path}")
         ctx.operation = route.operation
         self._firewall(principal, ctx.caller_ip)
-        ctx.decision = authz.authorize(state, principal, route.operation, route.key_name)
+        ctx.decision = authz.authorize(self.state, principal, route.operation, route.key_name)
         if not ctx.decision.allowed:
             raise self._forbidden(principal, ctx.decision, route)
+        return route
+
+    async def _pipeline(self, request: web.Request, ctx: _Context) -> Result:
+        route = self._admit(ctx, request.headers.get("Authorization", ""))
         body = await self._body(request)
-        await self._faults(route)
-        lose_answer = await self._sandbox_fault(route, request.method)
+        await _pause(self._fault_latency(route))
+        self._injected_fault(route)
+        await _pause(self._sandbox_latency())
+        lose_answer = self._sandbox_fault(route, request.method)
         self._throttle(route, body)
         run = functools.partial(
-            execute, state, route, body=body, query=dict(request.query), api_version=ctx.api_version
+            execute, self.state, route, body=body, query=dict(request.query), api_version=ctx.api_version
         )
         if route.crypto_op and self._nothing_due():
             # A crypto operation with no time-driven change pending is one short CPU-bound call (an
@@ -186,6 +274,20 @@ class VaultServer:
             raise _LostAnswer(result)
         return result
 
+    def _in_process_pipeline(self, ctx: _Context, authorization: str, body: dict[str, Any] | None) -> Result:
+        """``_pipeline`` for ``call``: the caller's own thread waits and runs the operation."""
+        route = self._admit(ctx, authorization)
+        _wait(self._fault_latency(route))
+        self._injected_fault(route)
+        _wait(self._sandbox_latency())
+        lose_answer = self._sandbox_fault(route, ctx.method)
+        self._throttle(route, body)
+        result = execute(self.state, route, body=body, query={"api-version": ctx.api_version},
+                         api_version=ctx.api_version)
+        if lose_answer:
+            raise _LostAnswer(result)
+        return result
+
     def _nothing_due(self) -> bool:
         # Unlocked read of one int: a stale value only sends this request to the executor, or
         # lets execute() run the (then due) evaluation itself, as it always does.
@@ -193,9 +295,8 @@ class VaultServer:
         return due > 0 and self.state.clock.now().timestamp() < due
 
     # ---- pipeline steps -------------------------------------------------------------------------------
-    def _authenticate(self, request: web.Request) -> Principal:
+    def _authenticate(self, header: str) -> Principal:
         state = self.state
-        header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() not in ("bearer", "pop") or not token.strip():
             raise _unauthorized(state, "AKV10000: Request is missing a Bearer or PoP token.")
@@ -267,13 +368,18 @@ class VaultServer:
             raise bad_parameter("The request body must be a JSON object")
         return body
 
-    async def _faults(self, route: Route) -> None:
-        """Apply latency, injected errors and connection resets (fault injection)."""
+    def _fault_latency(self, route: Route) -> float:
+        """The vault's own fault injection (admin API): the latency to add to this request, in seconds."""
+        faults = self.state.faults
+        if faults.operations and route.operation not in faults.operations:
+            return 0.0
+        return faults.latency_ms / 1000
+
+    def _injected_fault(self, route: Route) -> None:
+        """The vault's own fault injection, after its latency: maybe a connection reset or an error."""
         faults = self.state.faults
         if faults.operations and route.operation not in faults.operations:
             return
-        if faults.latency_ms > 0:
-            await asyncio.sleep(faults.latency_ms / 1000)
         if faults.reset_rate > 0 and self.rng.random() < faults.reset_rate:
             raise _ConnectionReset
         if faults.error_rate > 0 and self.rng.random() < faults.error_rate:
@@ -282,15 +388,17 @@ class VaultServer:
             headers = {"Retry-After": "1"} if status in (429, 503) else {}
             raise KeyVaultError(status, code, f"Injected fault ({status}) for {route.operation}", headers=headers)
 
-    async def _sandbox_fault(self, route: Route, method: str) -> bool:
-        """The sandbox's seeded Key Vault faults (emulators/faults.py) in Key Vault's error shape; True when
+    def _sandbox_latency(self) -> float:
+        """The sandbox's seeded Key Vault faults (emulators/faults.py): this request's latency, in seconds."""
+        injector = self.sandbox_faults()
+        return injector.latency() if injector is not None else 0.0
+
+    def _sandbox_fault(self, route: Route, method: str) -> bool:
+        """The sandbox's seeded Key Vault faults, after their latency, in Key Vault's error shape; True when
         the request is to be carried out and its answer lost."""
         injector = self.sandbox_faults()
         if injector is None:
             return False
-        delay = injector.latency()
-        if delay > 0:
-            await asyncio.sleep(delay)
         fault = injector.draw(write=method != "GET")
         if fault is None:
             return False
@@ -329,22 +437,12 @@ class VaultServer:
             return state.key_id(route.key_name, route.version or None)
         return state.origin + ("/deletedkeys" if "Deleted" in route.operation else "/keys")
 
-    def _account(
-        self,
-        request: web.Request,
-        ctx: _Context,
-        *,
-        status: int,
-        description: str,
-        object_id: str | None = None,
-    ) -> None:
+    def _account(self, ctx: _Context, *, status: int, description: str, object_id: str | None = None) -> None:
         state = self.state
         route = ctx.route
         principal = ctx.principal
         key = route.key_name.lower() if route and route.key_name else None
         state.counters.record(ctx.operation, key, status)
-        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-        tls = ssl_object.version() if ssl_object is not None else None
         record = records.audit_record(
             state,
             operation=ctx.operation,
@@ -356,11 +454,11 @@ class VaultServer:
             correlation_id=ctx.correlation_id,
             principal=principal,
             object_id=object_id or self._object_id(route),
-            request_uri=str(request.url),
-            client_info=request.headers.get("User-Agent", ""),
+            request_uri=ctx.request_uri,
+            client_info=ctx.client_info,
             access_policy_match=ctx.decision.access_policy_match,
             trusted_service=bool(principal and principal.trusted_service),
-            tls_version=tls.replace("v", "").replace(".", "_") if tls else None,
+            tls_version=ctx.tls_version,
         )
         if state.bus is not None:
             state.bus.publish_audit(record)
