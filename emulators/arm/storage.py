@@ -73,7 +73,8 @@ def iso(dt: datetime | None) -> str | None:
     """ARM's timestamp format (seven fractional digits, UTC, Z)."""
     if dt is None:
         return None
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+    # isoformat, not strftime: half the cost, and an account listing formats a dozen timestamps per account.
+    return dt.astimezone(UTC).isoformat(timespec="microseconds").removesuffix("+00:00") + "0Z"
 
 
 @dataclass(frozen=True, slots=True)
