@@ -24,10 +24,11 @@ SKU_TIERS = {"premium": "Premium"}
 
 def compact(value: Any) -> Any:
     """Drop None values recursively (ARM omits unset properties; the schemas do not allow null)."""
+    # Only containers are recursed into: an account listing has about seventy values per account.
     if isinstance(value, dict):
-        return {k: compact(v) for k, v in value.items() if v is not None}
+        return {k: compact(v) if isinstance(v, dict | list) else v for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [compact(v) for v in value]
+        return [compact(v) if isinstance(v, dict | list) else v for v in value]
     return value
 
 
@@ -208,6 +209,7 @@ class StorageAccount:
 
     def to_json(self) -> dict[str, Any]:
         tier = SKU_TIERS.get(self.sku_name.split("_", 1)[0].lower(), "Standard")
+        created = iso(self.created)
         return compact(
             {
                 "id": self.id,
@@ -223,8 +225,8 @@ class StorageAccount:
                     "primaryEndpoints": self.endpoints(),
                     "primaryLocation": self.location,
                     "statusOfPrimary": "available",
-                    "creationTime": iso(self.created),
-                    "keyCreationTime": {"key1": iso(self.created), "key2": iso(self.created)},
+                    "creationTime": created,
+                    "keyCreationTime": {"key1": created, "key2": created},
                     "encryption": self.encryption_json(),
                     "accessTier": "Hot",
                     "supportsHttpsTrafficOnly": True,
