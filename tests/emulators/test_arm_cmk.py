@@ -545,3 +545,32 @@ def test_a_throttled_vault_does_not_lock_the_data(env: Env, readable: tuple[str,
         state.faults = FaultConfig()
     assert env.recorder.audits_of("KeyUnwrap", status=429)
     assert _read(service) == b"hello cmk"
+
+
+def test_a_vault_that_drops_the_connection_refuses_the_change_and_keeps_the_data(
+    env: Env, readable: tuple[str, BlobServiceClient]
+) -> None:
+    """The storage service reaches the vault in-process; a connection the vault's fault injection drops is
+    still a vault that could not be reached: the change is refused for a retry, the data stays readable."""
+    from emulators.arm.errors import ArmError
+    from emulators.keyvault.state import FaultConfig
+
+    _, service = readable
+    account = env.new_account()
+    path = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Storage/storageAccounts/{account}"
+    encryption = {"keySource": "Microsoft.Keyvault", "identity": {"userAssignedIdentity": env.uai.id},
+                  "keyvaultproperties": {"keyname": "cmk-rsa", "keyvaulturi": env.vault.properties.vault_uri}}
+    state = env.arm.keyvault.vault("kv-cmk")
+    state.faults = FaultConfig(reset_rate=1.0, operations=["KeyWrap", "KeyUnwrap"])
+    try:
+        with pytest.raises(ArmError) as refused:
+            env.arm.dispatch_json("PATCH", path, {"properties": {"encryption": encryption}})
+        env.arm.check_storage_keys()
+    finally:
+        state.faults = FaultConfig()
+    assert (refused.value.status, refused.value.code) == (503, "ServiceUnavailable")
+    assert env.arm.dispatch_json("GET", path)["properties"]["encryption"]["keySource"] == "Microsoft.Storage"
+    dropped = [a for a in env.recorder.audits_of("KeyWrap") if a["resultSignature"] == "ConnectionReset"]
+    assert any(a["identity"]["claim"]["oid"] == env.uai.principal_id for a in dropped)
+    assert env.recorder.audits_of("KeyUnwrap", status=0)
+    assert _read(service) == b"hello cmk"
