@@ -41,7 +41,7 @@ from controller.adapters.rewrap_backend import AzureRewrapBackend, emulator_blob
 from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint
 from controller.adapters.rewrap_jobs import TableRewrapJobLedger
 from controller.adapters.rotation_ledger import TableRotationLedger
-from controller.adapters.storage_control import StorageControl, prepare_models
+from controller.adapters.storage_control import StorageControl
 from controller.adapters.table_ledger import TableEventLedger
 from controller.adapters.work_queue import StorageWorkQueue, work_queue_client
 from controller.alert_desk import AlertDesk
@@ -70,9 +70,6 @@ def dependencies() -> Dependencies:
     with _lock:
         if _dependencies is None:
             _dependencies = build(os.environ)
-            # A fresh instance's first key event need not wait for azure-mgmt-storage's model maps (about a
-            # second of CPU, built once per process): build them now, beside the invocation that built these.
-            threading.Thread(target=prepare_models, name="storage-models", daemon=True).start()
         return _dependencies
 
 
