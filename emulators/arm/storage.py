@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 WRAP_ALGORITHM = "RSA-OAEP-256"
 RSA_TYPES = ("RSA", "RSA-HSM")
 VAULT_SCOPE = "https://vault.azure.net/.default"
-#: The Key Vault REST API version of the storage service's requests (the keys data plane's current one).
+#: The Key Vault REST API version of the storage service's requests: azure-keyvault-keys 4.11's default, which
+#: its audit records carried while it called through that SDK.
 VAULT_API_VERSION = "2025-07-01"
 #: The audit records' clientInfo (the User-Agent) of the storage service's requests.
 CLIENT_INFO = "Microsoft.Storage (sandbox storage service)"
