@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from emulators.background import ServerThread
+from emulators.background import StreamServer
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +40,14 @@ class Refusal:
     reason: str
 
 
-class EgressProxy:
+class EgressProxy(StreamServer):
     """``with EgressProxy() as proxy: proxy.add_route(route)``; clients use ``proxy.url`` as HTTPS_PROXY."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host = host
-        self.port = port
+        super().__init__("egress-proxy", host, port)
         self._routes: list[Route] = []
         self._lock = threading.Lock()
         self._refused: list[Refusal] = []
-        self._server = ServerThread("egress-proxy")
-        self._listener: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()  # touched on the loop only
 
     @property
     def url(self) -> str:
@@ -67,34 +63,6 @@ class EgressProxy:
         with self._lock:
             self._routes.append(route)
 
-    def start(self) -> EgressProxy:
-        if self._server.running:
-            return self
-        self._server.start()
-        self._listener = self._server.run(asyncio.start_server(self._handle, self.host, self.port))
-        self.port = int(self._listener.sockets[0].getsockname()[1])
-        return self
-
-    def stop(self) -> None:
-        if not self._server.running:
-            return
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            self._server.run(self._close(listener))
-        self._server.stop()
-
-    async def _close(self, listener: asyncio.Server) -> None:
-        listener.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-
-    def __enter__(self) -> EgressProxy:
-        return self.start()
-
-    def __exit__(self, *args: object) -> None:
-        self.stop()
-
     def resolve(self, host: str, port: int) -> tuple[str, int] | None:
         """The loopback listener serving ``host:port``; None when no route names it (never a non-loopback one)."""
         with self._lock:
@@ -107,18 +75,7 @@ class EgressProxy:
                 return target
         return None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is None:
-            return
-        self._connections.add(task)
-        try:
-            await self._serve(reader, writer)
-        finally:
-            self._connections.discard(task)
-            writer.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
