@@ -10,15 +10,18 @@ emulators directly for everything else.
 The proxy answers ``CONNECT <host>:443`` for the hosts a route names (``<vault>.vault.azure.net`` of the
 vaults that exist, ``api.loganalytics.io``) with a tunnel to the emulator on loopback. It does not terminate
 TLS: the emulator presents a certificate for the Azure host name issued by the sandbox CA, so the client
-checks the same name it would in Azure, end to end. Any other target (another host, another port, a host
-the routes do not know, any method but CONNECT) is refused with an HTTP error before anything is
-connected: nothing ever leaves the machine through it.
+checks the same name it would in Azure, end to end. Any other target is refused with an HTTP error before
+anything is connected: nothing ever leaves the machine through it. A host name no route knows (a vault that
+does not exist, any internet host) is answered as the DNS failure it would be for the client:
+``502 DNS: <host> does not resolve``; an address, a known name on another port or any method but CONNECT
+with a 403 or 405.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import threading
 from collections.abc import Callable
@@ -93,6 +96,14 @@ class EgressProxy(StreamServer):
         host, _, port_text = target.rpartition(":")
         host = host.strip("[]")
         upstream = self.resolve(host, int(port_text)) if port_text.isdigit() and host else None
+        if upstream is None and _is_host_name(host) and self.resolve(host, 443) is None:
+            # No service of the sandbox has that name: as the proxy resolves names for its clients, this is
+            # their DNS failure (Azure's DNS has no record of a vault that does not exist). HTTP clients report
+            # only the status line of a refused CONNECT, so the reason phrase says it, naming the host.
+            await self._refuse(writer, 502, f"DNS: {host} does not resolve", target,
+                               f"{host} does not resolve: no service of this sandbox has that name "
+                               "(the sandbox never reaches the internet)")
+            return
         if upstream is None:
             await self._refuse(writer, 403, "Forbidden", target,
                                f"{target} is not a service of this sandbox: the sandbox never reaches the internet")
@@ -119,6 +130,17 @@ class EgressProxy(StreamServer):
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         writer.close()
+
+
+def _is_host_name(host: str) -> bool:
+    """A DNS name (not an address literal, not the loopback's own name): what a resolver would look up."""
+    if host.lower() in _LOOPBACK:
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(host)
+    return False
 
 
 async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:

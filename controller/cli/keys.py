@@ -1,7 +1,7 @@
 """`cmkctl reconcile|rotate|usage VAULT KEY`: the rotation reconciler and key usage from the command line.
 
 The app settings come from the environment (CMK_VAULTS, CMK_ARM_ENDPOINT, AzureWebJobsStorage ...).
-VAULT is a vault host name or origin listed in CMK_VAULTS.
+VAULT is a vault of CMK_VAULTS: its name (contoso-kv), host name or origin.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def register(commands: Commands) -> None:
         ("usage", _usage, "per key version: who uses it, and whether it is safe to disable"),
     ):
         parser = command(commands, name, help_text=help_text, examples=_EXAMPLES[name])
-        parser.add_argument("vault", help="vault host name or origin (must be in CMK_VAULTS)")
+        parser.add_argument("vault", help="vault name, host name or origin (must be in CMK_VAULTS)")
         parser.add_argument("key", help="key name")
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
         tables.add_wide_option(parser)

@@ -77,7 +77,7 @@ def register(commands: Commands) -> None:
         "--key",
         required=True,
         metavar="VAULT/KEY",
-        help="the key: <vault host or https origin>/<key name>, or a key identifier URL",
+        help="the key: <vault name, host or https origin>/<key name>, or a key identifier URL",
     )
     rewrap.add_argument("--to-version", help="target key version (default: the key's current version)")
     rewrap.add_argument("--mode", choices=[mode.value for mode in RewrapMode], default=RewrapMode.REWRAP.value)
