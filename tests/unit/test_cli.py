@@ -136,6 +136,10 @@ def test_audit_refuses_an_until_that_is_not_an_instant_with_a_zone(until, capsys
     ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "0"],
     ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "1000000"],
     ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "8.5"],
+    ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "1_0"],
+    ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "\u0663"],  # Arabic-Indic 3
+    ["rotate", "contoso-kv", "k", "--wait", "1_0"],
+    ["rotate", "contoso-kv", "k", "--wait", "inf"],
 ])
 def test_negative_or_absurd_numbers_are_bad_input(argv, capsys):
     from controller.cli import main
@@ -146,6 +150,18 @@ def test_negative_or_absurd_numbers_are_bad_input(argv, capsys):
     printed = capsys.readouterr()
     assert "outside" in printed.err or "is not a number" in printed.err
     assert printed.out == ""  # no JSON asked for: nothing on stdout
+
+
+@pytest.mark.parametrize(("argv", "value"), [
+    (["rotate", "contoso-kv", "k", "--wait", "300"], 300.0),
+    (["rotate", "contoso-kv", "k", "--wait", "0.5"], 0.5),
+    (["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "16"], 16),
+])
+def test_plain_numbers_within_their_range_are_taken(argv, value):
+    from controller.cli.main import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.wait if argv[0] == "rotate" else args.concurrency) == value
 
 
 @pytest.mark.parametrize("argv", [
