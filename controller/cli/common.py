@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from typing import TypeAlias
 
@@ -30,6 +32,15 @@ def exit_status(err: ControllerError) -> int:
     return EXIT_FAILED
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def fail(message: str, kind: str, status: int, *, as_json: bool) -> int:
+    """A command that could not do its work: one line on stderr that names the cause and, where its output is
+    JSON, the same as the one JSON document on stdout (``{"error", "kind"}``). Returns ``status``."""
+    print(f"cmkctl: {message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": message, "kind": kind}))
+    return status
 
 
 def operator_dependencies(

@@ -16,7 +16,15 @@ from rich.table import Table
 
 from controller import reconciler, rotation, service
 from controller.cli import tables
-from controller.cli.common import EXIT_FAILED, Commands, bounded, command, exit_status, operator_dependencies
+from controller.cli.common import (
+    EXIT_FAILED,
+    Commands,
+    bounded,
+    command,
+    exit_status,
+    fail,
+    operator_dependencies,
+)
 from controller.errors import Conflict, ControllerError, TransientError
 from controller.model import KeyRef
 
@@ -57,10 +65,7 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
         try:
             return run(args)
         except ControllerError as err:
-            print(f"cmkctl: {err}", file=sys.stderr)
-            if getattr(args, "json", False):  # --json always prints one JSON document
-                print(json.dumps({"error": str(err), "kind": type(err).__name__}))
-            return exit_status(err)
+            return fail(str(err), type(err).__name__, exit_status(err), as_json=args.json)
     return guarded
 
 

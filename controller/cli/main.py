@@ -60,9 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+#: Commands whose only output is JSON (no --json option): a failure is one JSON document too.
+_JSON_ONLY = (("rewrap",), ("events", "parse"))
+
+
 def _wants_json(arguments: list[str]) -> bool:
     pairs = zip(arguments, [*arguments[1:], ""], strict=True)
-    return "--json" in arguments or "--format=json" in arguments or ("--format", "json") in pairs
+    return ("--json" in arguments or "--format=json" in arguments or ("--format", "json") in pairs
+            or any(tuple(arguments[:len(command)]) == command for command in _JSON_ONLY))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ from controller.cli.common import (
     bounded,
     command,
     exit_status,
+    fail,
     operator_dependencies,
 )
 from controller.errors import ControllerError, InvalidInput, InvalidKeyId, SettingsError
@@ -137,12 +138,10 @@ def _rewrap(args: argparse.Namespace) -> int:
         reports = _run_with_progress(
             items, replace(deps, rewrap_budget_seconds=None), show_progress=not args.no_progress and sys.stderr.isatty()
         )
-    except (InvalidInput, SettingsError) as err:
-        print(f"cmkctl: {err}", file=sys.stderr)
-        return EXIT_INVALID
+    except (InvalidInput, SettingsError) as err:  # its output is JSON: a failure is one JSON document too
+        return fail(str(err), type(err).__name__, EXIT_INVALID, as_json=True)
     except ControllerError as err:
-        print(f"cmkctl: rewrap failed: {err}", file=sys.stderr)
-        return exit_status(err)
+        return fail(f"rewrap failed: {err}", type(err).__name__, exit_status(err), as_json=True)
     print(json.dumps([report.as_json() for report in reports], indent=2))
     return EXIT_FAILED if any(report.incomplete for report in reports) else 0
 

@@ -113,7 +113,9 @@ def test_invalid_arguments_exit_2(
     except SystemExit as refused:  # refused while parsing (a number out of range): argparse's exit 2
         status = refused.code
     assert status == 2
-    assert "cmkctl" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "cmkctl" in captured.err
+    assert json.loads(captured.out)["error"] in captured.err  # its output is JSON: the refusal one document
 
 
 def test_enqueue_fans_out_one_item_per_prefix(cli_env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:

@@ -98,3 +98,15 @@ def test_reconcile_summary_prints_the_counts_in_80_columns_or_as_one_json_docume
     summary = json.loads(capsys.readouterr().out)
     assert summary["key"] == KEY.uri and summary["target_version"] == NEW and summary["dry_run"] is True
     assert (summary["done"], summary["pending"], summary["blocked"]) == (0, 1, 1)
+
+
+def test_usage_says_blobs_were_not_counted_when_no_container_is_registered(key_commands, capsys):
+    """No CMK_REWRAP_TARGETS and no account tag: the blob evidence is missing, which is not 0 blobs. The vault is
+    named as operators write it, by its bare name."""
+    main(["usage", VAULT.name or "", KEY.name, "--json"])
+    versions = json.loads(capsys.readouterr().out)["versions"]
+    assert [version["blobs"] for version in versions] == [None, None]
+    assert all("no client-side-encrypted container is registered" in version["message"] for version in versions)
+    main(["usage", VAULT.name or "", KEY.name, "--wide"])
+    table = capsys.readouterr().out
+    assert table.count("│ not counted │") == 2, table  # the blobs column of each version
