@@ -20,8 +20,8 @@ own session) starts, on loopback and free ports:
   (the app refuses to start without one), on a port and with keys the sandbox holds from its start
   (``functionsUrl`` and ``hostKeysPath`` in the state file, before the host runs). When the set of vaults
   changes, the host is restarted with the new ``CMK_VAULTS`` (as Azure restarts an app whose settings
-  change) and the event subscriptions pointing at it are created again. Every vault is subscribed: explicitly (the control
-  API below, which ``python -m emulators seed`` uses for a scenario's ``eventSubscriptions``), or else
+  change) and the event subscriptions pointing at it are created again. Every vault is subscribed:
+  explicitly (the control API below, which ``python -m emulators seed`` uses for a scenario's ``eventSubscriptions``), or else
   automatically as ``<vault>-on-key-event`` (on_key_event, Event Grid schema, the key event types,
   dead-letter container ``key-events-deadletter``), as the post-deploy hook subscribes managed vaults;
   and every subscription's resource events (the emulated ARM's, topic ``/subscriptions/{id}``) as
