@@ -16,15 +16,15 @@ own session) starts, on loopback and free ports:
 * the vaults' audit sink (archive in Azurite, Log Analytics rows) and the Log Analytics query endpoint;
 * Event Grid delivery, the alert webhook sink, the controller's user-assigned identity and its App
   Service-style managed identity endpoint (IDENTITY_ENDPOINT / IDENTITY_HEADER, emulators/identity_endpoint.py);
-* the local Functions host running function_app.py, as soon as there is a vault for ``CMK_VAULTS``
-  (the app refuses to start without one), on a port and with keys the sandbox holds from its start
-  (``functionsUrl`` and ``hostKeysPath`` in the state file, before the host runs). When the set of vaults
-  changes, the host is restarted with the new ``CMK_VAULTS`` (as Azure restarts an app whose settings
-  change) and the event subscriptions pointing at it are created again. Every vault is subscribed:
-  explicitly (the control API below, which ``python -m emulators seed`` uses for a scenario's ``eventSubscriptions``), or else
+* the local Functions host running function_app.py, as soon as there is a vault for ``CMK_VAULTS`` (the app
+  refuses to start without one), on a port and with keys the sandbox holds from its start (``functionsUrl``
+  and ``hostKeysPath`` in the state file, before the host runs). When the set of vaults changes, the host is
+  restarted with the new ``CMK_VAULTS`` (as Azure restarts an app whose settings change) and the event
+  subscriptions pointing at it are created again. Every vault is subscribed: explicitly (the control API
+  below, which ``python -m emulators seed`` uses for a scenario's ``eventSubscriptions``), or else
   automatically as ``<vault>-on-key-event`` (on_key_event, Event Grid schema, the key event types,
-  dead-letter container ``key-events-deadletter``), as the post-deploy hook subscribes managed vaults;
-  and every subscription's resource events (the emulated ARM's, topic ``/subscriptions/{id}``) as
+  dead-letter container ``key-events-deadletter``), as the post-deploy hook subscribes managed vaults; and
+  every subscription's resource events (the emulated ARM's, topic ``/subscriptions/{id}``) as
   ``<subscription>-on-resource-event`` (on_resource_event, the three resource event types, filtered on
   ``data.operationName`` like infra/modules/resource-events.bicep). A deleted vault does not restart the
   host (no app setting changes); a new one does;
