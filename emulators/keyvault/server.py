@@ -104,7 +104,8 @@ class VaultServer:
         result: Result | None = None
         error: KeyVaultError | None = None
         try:
-            result = await self._pipeline(request, ctx)
+            with state.counters.serving(ctx.route.operation if ctx.route else "Unknown"):
+                result = await self._pipeline(request, ctx)
         except KeyVaultError as exc:
             error = exc
         except _ConnectionReset:
