@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
@@ -151,6 +152,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise InvalidInput(f"--concurrency must be 1-{MAX_CONCURRENCY}")
     if not _STORAGE_ACCOUNT_NAME.fullmatch(args.account):
         raise InvalidInput(f"--account {args.account!r} is not a storage account name")
+    if args.blob_endpoint is not None and urlsplit(args.blob_endpoint).scheme != "https":
+        raise InvalidInput(f"--blob-endpoint {args.blob_endpoint[:80]!r} is not an https URL: the blob service takes "
+                           "a token only over TLS (the local emulator: --connection-string-setting)")
     if args.encryption_scope is not None and args.mode != RewrapMode.REWRITE.value:
         raise InvalidInput("--encryption-scope needs --mode rewrite (re-wrap does not move data)")
     if args.scale_out and (args.dry_run or args.enqueue):

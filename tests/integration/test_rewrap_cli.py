@@ -104,7 +104,8 @@ def test_to_version_and_malformed_envelopes_give_exit_status_1(
 
 @pytest.mark.parametrize(
     ("argument", "value"),
-    [("--key", "evil.example.com/k"), ("--key", "nokey"), ("--concurrency", "0"), ("--account", "UPPER")],
+    [("--key", "evil.example.com/k"), ("--key", "nokey"), ("--concurrency", "0"), ("--account", "UPPER"),
+     ("--blob-endpoint", "http://127.0.0.1:10000/devstoreaccount1")],  # a token is sent over TLS only
 )
 def test_invalid_arguments_exit_2(
     cli_env: Sandbox, capsys: pytest.CaptureFixture[str], argument: str, value: str
