@@ -55,6 +55,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from emulators.files import write_file
 from emulators.processes import ProcessRecord
 
 log = logging.getLogger("emulators.functions_host")
@@ -583,16 +584,6 @@ def host_keys(path: Path | None) -> dict[str, str]:
     if path is not None:
         write_file(path, json.dumps(keys))
     return keys
-
-
-def write_file(path: Path, text: str, *, mode: int = 0o600) -> None:
-    """Write a file with ``mode`` from its first byte, whatever mode it had before: by default only its owner
-    can read it (keys, settings holding secrets)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        os.fchmod(file.fileno(), mode)
-        file.write(text)
 
 
 def _serve(args: argparse.Namespace) -> None:

@@ -80,7 +80,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from emulators.functions_host import host_keys, write_file
+from emulators.files import write_file
+from emulators.functions_host import host_keys
 from emulators.processes import Liveness, ProcessRecord, StopReport
 
 log = logging.getLogger("emulators.sandbox")

@@ -129,7 +129,8 @@ def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
         assert exported["NO_PROXY"] == exported["no_proxy"] == "127.0.0.1,localhost"
         assert "CMK_LOG_ANALYTICS_ENDPOINT" not in exported or (
             exported["CMK_LOG_ANALYTICS_ENDPOINT"] == "https://api.loganalytics.io")
-        for secret_file in ("env", "local.settings.json"):  # they hold the identity endpoint's header
+        # They hold the identity endpoint's header, and the CA's private key.
+        for secret_file in ("env", "local.settings.json", "ca/ca-key.pem"):
             assert (directory / secret_file).stat().st_mode & 0o777 == 0o600
         assert exported["AZURE_CLIENT_ID"] == state["controllerIdentity"]["clientId"]
         assert "127.0.0.1" in exported["AzureWebJobsStorage"]
