@@ -7,6 +7,12 @@ until nothing is left to write (a forced adoption is pin -> verify -> restore, a
 invocation); record the conditions when they changed; alert on what needs a human; and schedule the
 next look when the plan asks for one. Every step is idempotent: running it again on the same state
 writes nothing, and a crash between two writes is repaired by the next run from the ledger intent.
+
+A transient failure of one consumer's write (throttling, a 5xx, a dropped connection) does not fail the
+invocation: the other consumers are finished, that consumer's ``Synced`` condition records the failure
+(UpdateRetrying), and a continuation on the work queue retries it after a back-off (doubling, at least
+the service's Retry-After), at most ``MAX_WRITE_RETRIES`` times; then a high alert, and the plan's
+scheduled re-check keeps looking.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from controller import rotation
@@ -26,6 +32,7 @@ from controller.logs import log_record
 from controller.model import (
     Alert,
     Condition,
+    ConditionStatus,
     Consumer,
     ForceAdoptionIntent,
     KeyEvent,
@@ -63,6 +70,13 @@ REFRESH_EVERY = 200
 #: Attempts at saving a key's conditions while other instances keep saving theirs (each refused save
 #: is followed by a re-read and a re-plan); after the last the host retries the invocation.
 MAX_CONDITION_SAVES = 3
+#: Continuations that retry a key's transiently failed writes before a human is alerted (the plan's
+#: scheduled re-check keeps retrying after that, at its own pace).
+MAX_WRITE_RETRIES = 5
+#: The first retry's back-off; each further retry waits twice as long (5 s ... 80 s: 2.5 minutes in all),
+#: and never less than the failed request's Retry-After.
+RETRY_BACKOFF = timedelta(seconds=5)
+MAX_RETRY_BACKOFF = timedelta(minutes=5)
 
 _ALERT_SEVERITY = {
     rotation.Action.ALERT: Severity.HIGH,
@@ -127,6 +141,8 @@ class ReconcileResult:
     deferred: int = 0
     #: Consumers another instance holds a live write claim on (it writes them; this run does not).
     claimed_elsewhere: list[str] = field(default_factory=list)
+    #: Consumers whose write failed transiently in this run (retried by a continuation, or alerted).
+    retrying: list[str] = field(default_factory=list)
 
     def progress(self) -> dict[str, int]:
         """done / pending / blocked consumers of the key, as the last plan sees them."""
@@ -139,6 +155,7 @@ class ReconcileResult:
             "progress": self.progress(),
             "deferred": self.deferred,
             "claimed_elsewhere": list(self.claimed_elsewhere),
+            "retrying": list(self.retrying),
             "rounds": self.rounds,
             "writes": list(self.writes),
             "failures": list(self.failures),
@@ -167,11 +184,13 @@ def reconcile_key(
     dry_run: bool = False,
     consumers: Sequence[Consumer] | None = None,
     state: KeyState | None = None,
+    retry: int = 0,
 ) -> ReconcileResult:
     """Bring every consumer of ``key`` to the newest usable version (see module docstring).
 
     ``consumers`` and ``state``: the key's consumers and versions when the caller has just read them
-    (no second inventory or vault listing)."""
+    (no second inventory or vault listing). ``retry``: how many continuations in a row before this run
+    retried the key's transiently failed writes without writing anything (the continuation carries it)."""
     key = key.versionless
     state = state if state is not None else deps.keys(key.vault).get_key_state(key)
     gathered = deps.inventory.consumers_of(key) if consumers is None else consumers
@@ -203,13 +222,25 @@ def reconcile_key(
     plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
     result.plan = plan
 
-    transient, conflicts = run.transient, run.conflicts
+    conflicts = run.conflicts
     result.deferred = len(run.deferred)
     result.claimed_elsewhere = sorted(run.claimed_elsewhere)
+    result.retrying = sorted(run.retrying)
+    # Retries count the runs in a row that wrote nothing: one that moved a consumer on starts the count again
+    # (bounded all the same: a key has only so many writes to make).
+    spent = 0 if result.writes else retry
+    retries_left = bool(run.retrying) and spent < MAX_WRITE_RETRIES
+    retry_at = deps.clock.now() + _backoff(spent, run.retry_after())
     plan = _record_conditions(key, state, plan, record, consumers=consumers, deps=deps,
-                              target_version=target_version)
+                              target_version=target_version,
+                              noted=lambda plan: _note_retrying(plan, run.retrying, retry=spent,
+                                                                retry_at=retry_at if retries_left else None,
+                                                                now=deps.clock.now()))
     result.plan = plan
     result.alerts.extend(_alerts(plan))
+    if run.retrying and not retries_left:
+        result.alerts.extend(_retries_spent_alert(decision, run.retrying[decision.consumer.id], spent)
+                             for decision in plan.decisions if decision.consumer.id in run.retrying)
     # Level-based: what is not raised now for this key's consumers has cleared and is resolved.
     deps.notifier.sync(alert_scope(key), result.alerts)
     result.next_check = plan.next_check
@@ -217,14 +248,19 @@ def reconcile_key(
         # The consumers that kept changing under us are looked at again shortly, with fresh state.
         prompt = deps.clock.now() + deps.planner.verify_interval
         result.next_check = min(result.next_check, prompt) if result.next_check else prompt
-    if run.deferred:
-        # Out of this invocation's time: the rest continues at once in another invocation, which
-        # re-plans from ARM and the ledger (what is done is not written again).
-        _continue(key, len(run.deferred), deps)
-    if transient is not None:
-        # Everything that could be done was done; the host retries the rest (idempotently).
-        raise TransientError(f"reconcile {key.uri}: {transient}", retry_after=transient.retry_after) from transient
-    if result.next_check is not None and not run.deferred:
+    if run.retrying and not retries_left:
+        # The retries are spent (and a human alerted): the consumers are looked at again at the re-check pace.
+        later = deps.clock.now() + deps.planner.recheck_interval
+        result.next_check = min(result.next_check, later) if result.next_check else later
+    continued = bool(run.deferred) or retries_left
+    if continued:
+        # Out of this invocation's time (the rest continues at once), or writes that failed transiently
+        # (retried after the back-off): another invocation re-plans from ARM and the ledger, so what is
+        # done is not written again.
+        _continue(key, len(run.deferred) + len(run.retrying), deps,
+                  retry=spent + 1 if retries_left else None,
+                  delay=None if run.deferred else retry_at - deps.clock.now())
+    if result.next_check is not None and not continued:
         _schedule(key, result.next_check, deps)
     log_record(log, logging.INFO, "key reconciled", result.as_json())
     return result
@@ -276,7 +312,8 @@ class _Run:
         self.deferred: set[str] = set()
         self.claimed_elsewhere: set[str] = set()
         self.conflicts: Counter[str] = Counter()
-        self.transient: TransientError | None = None
+        #: Consumers whose write failed transiently: the error each met.
+        self.retrying: dict[str, TransientError] = {}
         self._started_any = False  # the first write of a run always starts: every run makes progress
         self._lock = threading.Lock()
 
@@ -340,7 +377,8 @@ class _Run:
         if outcome.failure is not None:
             self.failed.add(consumer_id)
             result.failures.append(outcome.failure)
-            self.transient = self.transient or outcome.transient
+            if outcome.transient is not None:
+                self.retrying[consumer_id] = outcome.transient
             if outcome.alert is not None:
                 result.alerts.append(outcome.alert)
             return None
@@ -348,6 +386,11 @@ class _Run:
             self.failed.add(consumer_id)
             return None
         return None if outcome.gone else outcome.updated
+
+    def retry_after(self) -> timedelta:
+        """The longest Retry-After the transiently failed writes were answered with."""
+        seconds = max((err.retry_after or 0.0 for err in self.retrying.values()), default=0.0)
+        return timedelta(seconds=seconds)
 
     def _out_of_time(self) -> bool:
         with self._lock:
@@ -450,14 +493,16 @@ def _execute(
 
 
 def _record_conditions(key: KeyRef, state: KeyState, plan: rotation.Plan, record: RotationRecord, *,
-                       consumers: Sequence[Consumer], deps: ReconcileDeps,
-                       target_version: str | None) -> rotation.Plan:
-    """Save the conditions that changed; return the plan they come from.
+                       consumers: Sequence[Consumer], deps: ReconcileDeps, target_version: str | None,
+                       noted: Callable[[rotation.Plan], rotation.Plan]) -> rotation.Plan:
+    """Save the conditions that changed (``noted``: with what this run adds to the planner's); return
+    the plan they come from.
 
     Another instance may have saved this key's conditions since the record was read (two instances on
     one key, each writing the consumers it claimed): the save is refused (Conflict), and this run
     merges rather than fails: it re-reads the record (the other instance's conditions become the
     previous ones) and the consumers from ARM (one listing), plans again and saves that."""
+    plan = noted(plan)
     for _ in range(MAX_CONDITION_SAVES - 1):
         try:
             _save_changed_conditions(key, plan, record, deps)
@@ -471,7 +516,7 @@ def _record_conditions(key: KeyRef, state: KeyState, plan: rotation.Plan, record
         fresh = dict(zip((consumer.id for consumer in consumers), deps.inventory.refresh(consumers), strict=True))
         consumers = [current for current in (fresh[consumer.id] for consumer in consumers)
                      if current is not None and current.key.same_key(key)]
-        plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
+        plan = noted(_plan(state, consumers, intents, record, target_version=target_version, deps=deps))
     try:
         _save_changed_conditions(key, plan, record, deps)
     except Conflict as err:
@@ -486,6 +531,33 @@ def _save_changed_conditions(key: KeyRef, plan: rotation.Plan, record: RotationR
                                   record.version_conditions)
     if consumer_conditions or version_conditions:  # persist only what changed
         deps.ledger.save_conditions(key, consumer_conditions, version_conditions)
+
+
+def _note_retrying(plan: rotation.Plan, retrying: Mapping[str, TransientError], *, retry: int,
+                   retry_at: datetime | None, now: datetime) -> rotation.Plan:
+    """The plan with a ``Synced`` condition (False, UpdateRetrying) on each consumer whose write failed
+    transiently: the ledger and ``cmkctl status`` show why it lags, and when it is tried again
+    (``retry_at`` None: the retries are spent; the scheduled re-check tries again)."""
+    if not retrying:
+        return plan
+    then = f"retried at {retry_at.isoformat()}" if retry_at else f"retries spent ({MAX_WRITE_RETRIES})"
+    decisions = []
+    for decision in plan.decisions:
+        err = retrying.get(decision.consumer.id)
+        if err is not None:
+            synced = Condition(rotation.ConditionType.SYNCED.value, ConditionStatus.FALSE, Reason.UPDATE_RETRYING,
+                               f"the write failed transiently (retry {retry} of {MAX_WRITE_RETRIES}): {err}; {then}",
+                               now)
+            decision = replace(decision, conditions=(*decision.conditions, synced))
+        decisions.append(decision)
+    return replace(plan, decisions=tuple(decisions))
+
+
+def _backoff(retry: int, retry_after: timedelta) -> timedelta:
+    """How long the ``retry``-th continuation waits: doubling from RETRY_BACKOFF, capped, and never less
+    than the service asked for."""
+    doubled = RETRY_BACKOFF * 2 ** min(retry, 16)
+    return max(retry_after, min(doubled, MAX_RETRY_BACKOFF))
 
 
 def _changed(new: Mapping[str, tuple[Condition, ...]],
@@ -530,14 +602,32 @@ def _failure_alert(decision: rotation.Decision, err: PermanentError) -> Alert:
     )
 
 
+def _retries_spent_alert(decision: rotation.Decision, err: TransientError, retry: int) -> Alert:
+    return Alert(
+        severity=Severity.HIGH,
+        title=f"{decision.consumer.resource_id}: {Reason.UPDATE_RETRYING.value}",
+        resource=decision.consumer.resource_id,
+        reason=Reason.UPDATE_RETRYING,
+        message=f"the write failed transiently {retry + 1} times in a row: {err}; the scheduled re-check tries again",
+        fingerprint=fingerprint(decision.consumer.id, Reason.UPDATE_RETRYING.value, decision.consumer.key.uri),
+        details={"action": decision.action.value, "retries": retry},
+    )
+
+
 def fingerprint(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
-def _continue(key: KeyRef, left: int, deps: ReconcileDeps) -> None:
-    """A continuation: the next invocation re-plans from ARM and the ledger and writes what is left."""
-    log_record(log, logging.INFO, "reconcile continues in another invocation", {"key": key.uri, "left": left})
-    deps.queue.enqueue({"kind": "reconcile", "key": key.uri, "continuation": True, "left": left})
+def _continue(key: KeyRef, left: int, deps: ReconcileDeps, *, retry: int | None, delay: timedelta | None) -> None:
+    """A continuation: the next invocation re-plans from ARM and the ledger and writes what is left
+    (``retry``: the how-manieth retry of transiently failed writes it is)."""
+    item: dict[str, object] = {"kind": "reconcile", "key": key.uri, "continuation": True, "left": left}
+    if retry is not None:
+        item["retry"] = retry
+    log_record(log, logging.INFO, "reconcile continues in another invocation",
+               {"key": key.uri, "left": left, "retry": retry,
+                "delay_seconds": delay.total_seconds() if delay is not None else 0})
+    deps.queue.enqueue(item, delay=delay)
 
 
 def _schedule(key: KeyRef, when: datetime, deps: ReconcileDeps) -> None:

@@ -595,15 +595,19 @@ def _fan_out_rewrap(key: KeyRef, results: list[reconciler.ReconcileResult], deps
 
 
 def _reconcile_item(item: dict[str, object], deps: Dependencies) -> reconciler.ReconcileResult:
-    """A scheduled re-check of one key: {"kind": "reconcile", "key": <versionless key URI>}."""
+    """A scheduled re-check of one key: {"kind": "reconcile", "key": <versionless key URI>}; a continuation
+    that retries transiently failed writes also carries "retry": <its number> (the reconciler's bound)."""
     key_uri = item.get("key")
     if not isinstance(key_uri, str):
         raise InvalidWorkItem("reconcile work item has no string 'key'")
+    retry = item.get("retry", 0)
+    if not isinstance(retry, int) or isinstance(retry, bool) or not 0 <= retry <= reconciler.MAX_WRITE_RETRIES:
+        raise InvalidWorkItem(f"reconcile work item: 'retry' is a whole number from 0 to {reconciler.MAX_WRITE_RETRIES}")
     try:
         key = deps.settings.vault_policy.allowed_key(key_uri)
     except InvalidInput as err:
         raise InvalidWorkItem(f"reconcile work item: {err}") from err
-    return reconciler.reconcile_key(key, deps.reconcile)
+    return reconciler.reconcile_key(key, deps.reconcile, retry=retry)
 
 
 # --- re-wrap fan-out ----------------------------------------------------------------------------------

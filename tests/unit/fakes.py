@@ -78,8 +78,12 @@ class FakeVault:
     versions: list[KeyVersionInfo]
     rotations: int = 0
     clock: FakeClock = field(default_factory=FakeClock)
+    #: Raised by every read while set (the vault throttled or unreachable).
+    fail: Exception | None = None
 
     def get_key_state(self, key: KeyRef) -> KeyState:
+        if self.fail is not None:
+            raise self.fail
         return KeyState(key.versionless, tuple(self.versions))
 
     def rotate_key(self, key: KeyRef) -> KeyVersionInfo:

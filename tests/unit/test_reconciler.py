@@ -197,13 +197,76 @@ def test_one_failing_consumer_is_recorded_and_the_others_still_converge():
         (Severity.CRITICAL, Reason.UPDATE_FAILED)]
 
 
-def test_transient_failures_propagate_after_the_rest_is_done():
+def continuations(w: World) -> list[tuple[dict[str, object], timedelta | None]]:
+    return [(item, delay) for item, delay in w.queue.items if item.get("continuation")]
+
+
+def synced(w: World, name: str) -> list[tuple[str, Reason]]:
+    """The ``Synced`` conditions the ledger holds for the consumer: (status, reason)."""
+    return [(condition.status.value, condition.reason)
+            for condition in w.ledger.consumer_conditions.get(state(w, name).id, ())
+            if condition.type == rotation.ConditionType.SYNCED.value]
+
+
+def test_a_transient_write_failure_finishes_the_others_and_retries_that_consumer_through_the_queue():
     w = world(account("stthrottled", pinned=OLD), account("stfine", pinned=OLD))
-    w.storage.fail_for[state(w, "stthrottled").id] = TransientError("HTTP 429", retry_after=3)
-    with pytest.raises(TransientError) as caught:
-        reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
-    assert caught.value.retry_after == 3
+    throttled = state(w, "stthrottled").id
+    w.storage.fail_for[throttled] = TransientError("HTTP 503 ServerBusy", retry_after=3)
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)  # the invocation does not fail
     assert state(w, "stfine").key == KEY.with_version(NEW)
+    assert result.retrying == [throttled]
+    assert synced(w, "stthrottled") == [("False", Reason.UPDATE_RETRYING)]
+    assert synced(w, "stfine") == []
+    assert w.notifier.alerts == []  # a transient failure is retried, not alerted
+    [(item, delay)] = continuations(w)
+    assert item == {"kind": "reconcile", "key": KEY.uri, "continuation": True, "left": 1, "retry": 1}
+    assert delay is not None and delay >= timedelta(seconds=3)  # never before the service's Retry-After
+    assert [item for item, _ in w.queue.items if not item.get("continuation")] == []  # the continuation re-checks
+
+    del w.storage.fail_for[throttled]
+    w.queue.items.clear()
+    retried = reconciler.reconcile_key(KEY, w.deps, retry=1)
+    assert state(w, "stthrottled").key == KEY.with_version(NEW)
+    assert retried.retrying == [] and continuations(w) == []
+    assert synced(w, "stthrottled") == []  # the condition cleared with the write
+    written = [consumer for consumer, _ in w.storage.writes]
+    assert written.count(state(w, "stfine").id) == 1  # the retry did not write the finished consumer again
+
+
+def test_transient_retries_back_off_and_are_bounded_then_a_human_is_alerted():
+    w = world(account("stthrottled", pinned=OLD))
+    w.storage.fail_for[state(w, "stthrottled").id] = TransientError("HTTP 503")
+    delays: list[timedelta] = []
+    retry = 0
+    for _ in range(reconciler.MAX_WRITE_RETRIES + 1):
+        reconciler.reconcile_key(KEY, w.deps, retry=retry)
+        if not continuations(w):
+            break
+        [(item, delay)] = continuations(w)
+        assert delay is not None
+        delays.append(delay)
+        retry = int(str(item["retry"]))
+        w.queue.items.clear()
+    assert len(delays) == reconciler.MAX_WRITE_RETRIES
+    assert all(later == 2 * earlier for earlier, later in zip(delays, delays[1:], strict=False))
+    assert [(alert.severity, alert.reason) for alert in w.notifier.alerts] == [(Severity.HIGH, Reason.UPDATE_RETRYING)]
+    [(recheck, _)] = w.queue.items  # the plan's scheduled re-check keeps looking
+    assert recheck == {"kind": "reconcile", "key": KEY.uri}
+    assert synced(w, "stthrottled") == [("False", Reason.UPDATE_RETRYING)]
+
+
+def test_a_retry_that_moves_a_consumer_on_starts_the_count_again():
+    w = world(account("stthrottled", pinned=OLD), account("stlater", pinned=OLD))
+    w.storage.fail_for[state(w, "stthrottled").id] = TransientError("HTTP 503")
+    w.storage.fail_for[state(w, "stlater").id] = TransientError("HTTP 503")
+    reconciler.reconcile_key(KEY, w.deps, retry=0)
+    [(item, _)] = continuations(w)
+    w.queue.items.clear()
+    del w.storage.fail_for[state(w, "stlater").id]
+    reconciler.reconcile_key(KEY, w.deps, retry=reconciler.MAX_WRITE_RETRIES)  # progress: stlater written
+    [(item, _)] = continuations(w)
+    assert item["retry"] == 1
+    assert w.notifier.alerts == []
 
 
 def test_waiting_inside_the_window_schedules_a_recheck():
