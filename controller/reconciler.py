@@ -230,7 +230,8 @@ def reconcile_key(
     # (bounded all the same: a key has only so many writes to make).
     spent = 0 if result.writes else retry
     retries_left = bool(run.retrying) and spent < MAX_WRITE_RETRIES
-    retry_at = deps.clock.now() + _backoff(spent, run.retry_after())
+    retry_in = _backoff(spent, run.retry_after())
+    retry_at = deps.clock.now() + retry_in
     plan = _record_conditions(key, state, plan, record, consumers=consumers, deps=deps,
                               target_version=target_version,
                               noted=lambda plan: _note_retrying(plan, run.retrying, retry=spent,
@@ -259,7 +260,7 @@ def reconcile_key(
         # done is not written again.
         _continue(key, len(run.deferred) + len(run.retrying), deps,
                   retry=spent + 1 if retries_left else None,
-                  delay=None if run.deferred else retry_at - deps.clock.now())
+                  delay=None if run.deferred else retry_in)
     if result.next_check is not None and not continued:
         _schedule(key, result.next_check, deps)
     log_record(log, logging.INFO, "key reconciled", result.as_json())
@@ -315,12 +316,16 @@ class _Run:
         #: Consumers whose write failed transiently: the error each met.
         self.retrying: dict[str, TransientError] = {}
         self._started_any = False  # the first write of a run always starts: every run makes progress
+        #: Each consumer's place in the plan, and the writes as they finished (reported in plan order).
+        self._positions: dict[str, int] = {}
+        self._written: list[tuple[int, str]] = []
         self._lock = threading.Lock()
 
     def adopt(self, decisions: Sequence[rotation.Decision], current: dict[str, Consumer | None],
               result: ReconcileResult) -> None:
         """Carry out ``decisions`` (and each consumer's next steps); ``current`` ends with each consumer as
         ARM answered (None: no longer a consumer of this key)."""
+        self._positions = {decision.consumer.id: position for position, decision in enumerate(decisions)}
         workers = max(1, min(self.deps.limits.concurrency, len(decisions)))
         chunk = self.deps.limits.refresh_every
         slots = threading.BoundedSemaphore(workers)
@@ -340,6 +345,8 @@ class _Run:
                     futures.append(pool.submit(self._steps, consumer, current, result, slots))
             for future in futures:
                 future.result()
+        # In plan order whatever order the threads finished in (a consumer's own writes keep theirs: stable sort).
+        result.writes.extend(text for _, text in sorted(self._written, key=lambda written: written[0]))
 
     def _steps(self, consumer: Consumer, current: dict[str, Consumer | None], result: ReconcileResult,
                slots: threading.BoundedSemaphore) -> None:
@@ -373,7 +380,7 @@ class _Run:
                 "resource": outcome.consumer.resource_id, "reason": Reason.CONSUMER_CHANGED.value,
                 "action": decision.action.value})
         if outcome.written is not None:
-            result.writes.append(outcome.written)
+            self._written.append((self._positions.get(consumer_id, len(self._positions)), outcome.written))
         if outcome.failure is not None:
             self.failed.add(consumer_id)
             result.failures.append(outcome.failure)
@@ -541,22 +548,22 @@ def _note_retrying(plan: rotation.Plan, retrying: Mapping[str, TransientError], 
     if not retrying:
         return plan
     then = f"retried at {retry_at.isoformat()}" if retry_at else f"retries spent ({MAX_WRITE_RETRIES})"
-    decisions = []
-    for decision in plan.decisions:
+
+    def noted(decision: rotation.Decision) -> rotation.Decision:
         err = retrying.get(decision.consumer.id)
-        if err is not None:
-            synced = Condition(rotation.ConditionType.SYNCED.value, ConditionStatus.FALSE, Reason.UPDATE_RETRYING,
-                               f"the write failed transiently (retry {retry} of {MAX_WRITE_RETRIES}): {err}; {then}",
-                               now)
-            decision = replace(decision, conditions=(*decision.conditions, synced))
-        decisions.append(decision)
-    return replace(plan, decisions=tuple(decisions))
+        if err is None:
+            return decision
+        synced = Condition(rotation.ConditionType.SYNCED.value, ConditionStatus.FALSE, Reason.UPDATE_RETRYING,
+                           f"the write failed transiently (retry {retry} of {MAX_WRITE_RETRIES}): {err}; {then}", now)
+        return replace(decision, conditions=(*decision.conditions, synced))
+
+    return replace(plan, decisions=tuple(noted(decision) for decision in plan.decisions))
 
 
 def _backoff(retry: int, retry_after: timedelta) -> timedelta:
     """How long the ``retry``-th continuation waits: doubling from RETRY_BACKOFF, capped, and never less
     than the service asked for."""
-    doubled = RETRY_BACKOFF * 2 ** min(retry, 16)
+    doubled: timedelta = RETRY_BACKOFF * 2 ** min(retry, 16)
     return max(retry_after, min(doubled, MAX_RETRY_BACKOFF))
 
 

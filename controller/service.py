@@ -602,7 +602,8 @@ def _reconcile_item(item: dict[str, object], deps: Dependencies) -> reconciler.R
         raise InvalidWorkItem("reconcile work item has no string 'key'")
     retry = item.get("retry", 0)
     if not isinstance(retry, int) or isinstance(retry, bool) or not 0 <= retry <= reconciler.MAX_WRITE_RETRIES:
-        raise InvalidWorkItem(f"reconcile work item: 'retry' is a whole number from 0 to {reconciler.MAX_WRITE_RETRIES}")
+        raise InvalidWorkItem(
+            f"reconcile work item: 'retry' is a whole number from 0 to {reconciler.MAX_WRITE_RETRIES}")
     try:
         key = deps.settings.vault_policy.allowed_key(key_uri)
     except InvalidInput as err:

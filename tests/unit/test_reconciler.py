@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -248,7 +249,7 @@ def test_transient_retries_back_off_and_are_bounded_then_a_human_is_alerted():
         retry = int(str(item["retry"]))
         w.queue.items.clear()
     assert len(delays) == reconciler.MAX_WRITE_RETRIES
-    assert all(later == 2 * earlier for earlier, later in zip(delays, delays[1:], strict=False))
+    assert all(later == 2 * earlier for earlier, later in itertools.pairwise(delays))
     assert [(alert.severity, alert.reason) for alert in w.notifier.alerts] == [(Severity.HIGH, Reason.UPDATE_RETRYING)]
     [(recheck, _)] = w.queue.items  # the plan's scheduled re-check keeps looking
     assert recheck == {"kind": "reconcile", "key": KEY.uri}
