@@ -337,6 +337,11 @@ class RotationLedger(Protocol):
         crashed instance lapses."""
         ...
 
+    def release_write(self, key: KeyRef, consumer_id: str, *, owner: str) -> None:
+        """Give up ``owner``'s claim on one consumer (its write failed transiently: whichever instance retries
+        it may claim it at once); nothing when the claim is someone else's or gone."""
+        ...
+
     def save_conditions(
         self,
         key: KeyRef,

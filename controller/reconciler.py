@@ -399,6 +399,15 @@ class _Run:
         seconds = max((err.retry_after or 0.0 for err in self.retrying.values()), default=0.0)
         return timedelta(seconds=seconds)
 
+    def _release(self, consumer: Consumer) -> None:
+        """Give this instance's claim on a consumer whose write failed transiently up: the continuation that
+        retries it may run on another instance (the claim would keep that one off until it lapsed)."""
+        try:
+            self.deps.ledger.release_write(self.key, consumer.id, owner=self.deps.limits.owner)
+        except TransientError as err:  # then the claim lapses on its own; the retry waits for that
+            log_record(log, logging.WARNING, "write claim not released",
+                       {"resource": consumer.resource_id, "error": str(err)})
+
     def _out_of_time(self) -> bool:
         with self._lock:
             if self._started_any and self.deadline is not None and self.deps.clock.now() >= self.deadline:
@@ -436,6 +445,8 @@ class _Run:
                     outcome.updated = updated
         except TransientError as err:
             outcome.failure, outcome.transient = f"{consumer.resource_id}: {err}", err
+            if decision.set_key is not None:
+                self._release(consumer)
         except PermanentError as err:
             outcome.failure = f"{consumer.resource_id}: {err}"
             outcome.alert = _failure_alert(decision, err)

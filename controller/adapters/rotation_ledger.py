@@ -25,7 +25,7 @@ from azure.data.tables import TableClient, UpdateMode
 
 from controller.adapters.azure_errors import translated
 from controller.adapters.created_once import CreatedOnce
-from controller.errors import Conflict, TransientError
+from controller.errors import Conflict, NotFound, TransientError
 from controller.model import Condition, ConditionStatus, ForceAdoptionIntent, ForceAdoptionStep, KeyRef
 from controller.ports import RotationRecord
 from controller.reasons import Reason
@@ -146,6 +146,23 @@ class TableRotationLedger:
             return False  # another instance took the lapsed claim over first
         self._claims_held[(partition, row)] = until
         return True
+
+    def release_write(self, key: KeyRef, consumer_id: str, *, owner: str) -> None:
+        """Delete the claim row if it is still ``owner``'s (ETag-conditional: one taken over meanwhile stays)."""
+        self._ensure_table()
+        partition, row = _partition(key), _row(_CLAIM, consumer_id)
+        self._claims_held.pop((partition, row), None)
+        what = f"release the write claim of {consumer_id}"
+        try:
+            with translated(what):
+                held = self._table.get_entity(partition, row)
+            if held.get("Owner") != owner:
+                return
+            with translated(what):
+                self._table.delete_entity(partition, row, etag=held.metadata["etag"],
+                                          match_condition=MatchConditions.IfNotModified)
+        except (NotFound, Conflict):
+            pass  # gone already, or taken over since it was read: not ours to release
 
     def save_conditions(
         self,

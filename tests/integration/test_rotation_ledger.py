@@ -118,3 +118,16 @@ def test_a_write_claim_keeps_other_instances_off_until_it_lapses(table):
     assert second.claim_write(KEY, CONSUMER, "pin", owner="b", now=lapsed, until=lapsed + timedelta(minutes=10))
     # The first instance's memory of its claim does not outlive the claim: the other holds it now.
     assert not first.claim_write(KEY, CONSUMER, "pin", owner="a", now=lapsed, until=lapsed + timedelta(minutes=10))
+
+
+def test_a_released_claim_lets_another_instance_take_the_write_at_once(table):
+    first, second = TableRotationLedger(table), TableRotationLedger(table)
+    until = T0 + timedelta(minutes=10)
+    assert first.claim_write(KEY, CONSUMER, "pin", owner="a", now=T0, until=until)
+    second.release_write(KEY, CONSUMER, owner="b")  # not its claim: nothing changes
+    assert not second.claim_write(KEY, CONSUMER, "pin", owner="b", now=T0, until=until)
+    first.release_write(KEY, CONSUMER, owner="a")  # its write failed transiently: whoever retries may write
+    assert second.claim_write(KEY, CONSUMER, "pin", owner="b", now=T0, until=until)
+    assert not first.claim_write(KEY, CONSUMER, "pin", owner="a", now=T0, until=until)  # no stale memory of it
+    first.release_write(KEY, CONSUMER, owner="a")  # released twice, or taken over since: nothing changes
+    assert not first.claim_write(KEY, CONSUMER, "pin", owner="a", now=T0, until=until)

@@ -179,6 +179,11 @@ class FakeRotationLedger:
         self.claims[consumer_id.lower()] = (owner, until)
         return True
 
+    def release_write(self, key: KeyRef, consumer_id: str, *, owner: str) -> None:
+        held = self.claims.get(consumer_id.lower())
+        if held is not None and held[0] == owner:
+            del self.claims[consumer_id.lower()]
+
     def save_conditions(self, key, consumer_conditions, version_conditions) -> None:
         # As the table: each subject given is written (upserted); the others keep their row.
         if self.save_conflicts:

@@ -234,6 +234,18 @@ def test_a_transient_write_failure_finishes_the_others_and_retries_that_consumer
     assert written.count(state(w, "stfine").id) == 1  # the retry did not write the finished consumer again
 
 
+def test_a_transient_failure_releases_the_write_claim_so_another_instance_can_retry_it():
+    w = with_limits(world(account("stthrottled", pinned=OLD)), owner="instance-a")
+    throttled = state(w, "stthrottled").id
+    w.storage.fail_for[throttled] = TransientError("HTTP 503")
+    reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert throttled.lower() not in w.ledger.claims  # released: the retry may run on any instance
+    del w.storage.fail_for[throttled]
+    elsewhere = with_limits(w, owner="instance-b")
+    retried = reconciler.reconcile_key(KEY, elsewhere.deps, retry=1)
+    assert retried.claimed_elsewhere == [] and state(w, "stthrottled").key == KEY.with_version(NEW)
+
+
 def test_transient_retries_back_off_and_are_bounded_then_a_human_is_alerted():
     w = world(account("stthrottled", pinned=OLD))
     w.storage.fail_for[state(w, "stthrottled").id] = TransientError("HTTP 503")
