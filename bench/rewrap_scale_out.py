@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from azure.data.tables import TableClient  # noqa: E402
 
 from controller import service  # noqa: E402
-from controller.adapters.blob_store import pooled_transport  # noqa: E402
+from controller.adapters.http_transport import pooled_transport  # noqa: E402
 from controller.adapters.key_vault_crypto import VaultClients  # noqa: E402
 from controller.adapters.rewrap_backend import AzureRewrapBackend, emulator_blob_services  # noqa: E402
 from controller.adapters.rewrap_checkpoint import TableRewrapCheckpoint  # noqa: E402

@@ -10,8 +10,11 @@ and delivers what is due. Ordering is what makes it safe:
   back-off on every later dispatch (every invocation and the timer), so nothing is ever dropped;
 * a dispatch claims each due delivery in the ledger before delivering it (a lease: an instance that
   dies holding one only delays it), so concurrent invocations deliver a notice once, not once each;
-* a concurrent instance that changed the same states first makes our save fail with Conflict: we
-  re-read and decide again, so two instances never both notify the same transition.
+* a concurrent instance (or invocation) that changed the same states first makes our save fail with
+  Conflict: we re-read and decide again, so two instances never both notify the same transition.
+  Many at once (a burst of resource events, each re-evaluating drift into the one compliance scope)
+  each win in turn: a loser pauses for a random, growing moment (spreading the contenders) and
+  decides again, up to ``COMMIT_ATTEMPTS`` times before its invocation fails to be retried later.
 
 Every notice is also one structured log record ("kind": "alert"), so Application Insights alert
 rules can use it without any channel configured.
@@ -20,6 +23,8 @@ rules can use it without any channel configured.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 
@@ -37,12 +42,19 @@ _LEVELS = {Severity.CRITICAL: logging.CRITICAL, Severity.HIGH: logging.ERROR, Se
 DISPATCH_BATCH = 50
 #: How long a claimed delivery is this instance's: longer than a channel's slowest answer.
 CLAIM_LEASE = timedelta(minutes=5)
+#: Decisions made per evaluation when other instances keep saving the same states first; every round
+#: has a winner, so this many contenders all get through.
+COMMIT_ATTEMPTS = 8
+#: The first pause after a lost race is up to this long, doubling with each further one, at most 2 s.
+FIRST_PAUSE_SECONDS = 0.05
+MAX_PAUSE_SECONDS = 2.0
 
 
 class AlertDesk:
     def __init__(self, ledger: AlertLedger, channels: Mapping[ChannelKind, tuple[ChannelRoute, AlertChannel]],
-                 clock: Clock, *, realert_after: timedelta) -> None:
+                 clock: Clock, *, realert_after: timedelta, pause: Callable[[float], None] = time.sleep) -> None:
         self._ledger = ledger
+        self._pause = pause
         self._channels = dict(channels)
         self._routes = tuple(route for route, _ in self._channels.values())
         self._clock = clock
@@ -92,14 +104,18 @@ class AlertDesk:
 
     # ---- internals -----------------------------------------------------------------------------------
     def _decide_and_commit(self, decide: Callable[[], Evaluation]) -> None:
-        for attempt in range(2):
+        for attempt in range(COMMIT_ATTEMPTS):
             evaluation = decide()
             try:
                 self._ledger.save(evaluation.states, alerts.deliveries(evaluation.notices, self._routes))
             except Conflict:
-                if attempt:
+                if attempt + 1 == COMMIT_ATTEMPTS:
                     raise TransientError("the alert ledger kept changing concurrently; retry") from None
-                continue  # another instance decided first: decide again on what it wrote
+                # Another instance decided first: decide again on what it wrote, after a pause drawn at
+                # random so that the contenders of this round do not all meet again in the next.
+                ceiling = min(MAX_PAUSE_SECONDS, FIRST_PAUSE_SECONDS * 2**attempt)
+                self._pause(ceiling * (0.5 + random.random() / 2))  # noqa: S311 - spreading, not secrecy
+                continue
             for notice in evaluation.notices:
                 _log_notice(notice)
             break

@@ -29,9 +29,10 @@ from controller.adapters.alert_channels import EventGridTopicChannel, WebhookCha
 from controller.adapters.alert_ledger import TableAlertLedger
 from controller.adapters.audit_checkpoint import TableAuditCheckpoint
 from controller.adapters.audit_log import ArchiveAuditLog, LogAnalyticsAuditLog, NoAuditLog, WorkspaceThenArchive
-from controller.adapters.blob_store import AzureBlobStore, pooled_transport
+from controller.adapters.blob_store import AzureBlobStore
 from controller.adapters.credentials import ArmConnection, controller_credential
 from controller.adapters.estate_gatherer import EstateGatherer
+from controller.adapters.http_transport import pooled_transport
 from controller.adapters.inventory import BlobEndpoints, ConsumerDirectory, Inventory
 from controller.adapters.key_vault import KeyVaults
 from controller.adapters.key_vault_crypto import VaultClients
@@ -54,6 +55,8 @@ from controller.settings import Settings, load_settings
 
 _lock = threading.Lock()
 _dependencies: Dependencies | None = None
+#: Connections to the app's tables kept open per table client: CMK_WRITE_CONCURRENCY's maximum.
+LEDGER_CONNECTIONS = 64
 
 
 class SystemClock:
@@ -225,10 +228,12 @@ class AppStorage:
         return cls(None, table, queue, credential or ManagedIdentityCredential(client_id=client_id), blob or None)
 
     def table(self, name: str) -> TableClient:
+        # The ledger is written by every writer of a reconcile at once (a claim and intents per consumer).
+        transport = pooled_transport(LEDGER_CONNECTIONS)
         if self.connection_string:
-            return TableClient.from_connection_string(self.connection_string, table_name=name)
+            return TableClient.from_connection_string(self.connection_string, table_name=name, transport=transport)
         assert self.table_endpoint is not None and self.credential is not None  # noqa: S101 - from_environ
-        return TableClient(self.table_endpoint, table_name=name, credential=self.credential)
+        return TableClient(self.table_endpoint, table_name=name, credential=self.credential, transport=transport)
 
     def container(self, name: str) -> ContainerClient:
         if self.connection_string:

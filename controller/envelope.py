@@ -247,11 +247,11 @@ def _no_constants(name: str) -> Any:
 
 def _separators_of(source: str) -> tuple[str, str]:
     # Python's library writes json.dumps defaults; other SDKs write compact JSON. Keep whichever the
-    # blob has so that an unchanged field stays byte-for-byte what its writer wrote.
-    document = _load(source)
-    for separators in ((", ", ": "), (",", ":")):
-        if json.dumps(document, separators=separators) == source:
-            return separators
+    # blob has so that an unchanged field stays byte-for-byte what its writer wrote; any other layout
+    # is written as the Python library would write it.
+    compact = (",", ":")
+    if json.dumps(_load(source), separators=compact) == source:
+        return compact
     return (", ", ": ")
 
 

@@ -192,6 +192,9 @@ def reconcile_key(
     (no second inventory or vault listing). ``retry``: how many continuations in a row before this run
     retried the key's transiently failed writes without writing anything (the continuation carries it)."""
     key = key.versionless
+    # The time budget counts from here: the inventory is part of the invocation's time (at 10,000 accounts
+    # its scope listings take minutes of ARM's read budget), and the host ends an invocation at its limit.
+    started = deps.clock.now()
     state = state if state is not None else deps.keys(key.vault).get_key_state(key)
     gathered = deps.inventory.consumers_of(key) if consumers is None else consumers
     consumers = sorted(gathered, key=lambda consumer: consumer.id)
@@ -215,7 +218,7 @@ def reconcile_key(
         return rotation.plan(state, [consumer], view, target_version=target_version, now=deps.clock.now(),
                              settings=deps.planner).decisions[0]
 
-    run = _Run(key, deps, intents, deps.clock.now(), plan_one=plan_one)
+    run = _Run(key, deps, intents, started, plan_one=plan_one)
     current: dict[str, Consumer | None] = {consumer.id: consumer for consumer in consumers}
     run.adopt([decision for decision in plan.writes], current, result)
     consumers = [consumer for consumer in current.values() if consumer is not None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import math
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -75,6 +76,9 @@ log = logging.getLogger("controller.service")
 
 #: Work items larger than this are not ours: Azure Storage queue messages are at most 64 KiB.
 MAX_WORK_ITEM_BYTES = 64 * 1024
+#: Deliveries of a work item before the queue moves it to its poison queue (host.json
+#: extensions.queues.maxDequeueCount).
+MAX_DELIVERIES = 5
 
 
 class Outcome(enum.StrEnum):
@@ -377,9 +381,11 @@ class DriftReport:
     duplicates: tuple[str, ...] = ()
     focus: DriftFocus | None = None
     findings: tuple[Finding, ...] = ()
+    #: Events of the controller's own writes: neither claimed nor re-read.
+    own_writes: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, object]:
-        return {"events": list(self.events), "duplicates": list(self.duplicates),
+        return {"events": list(self.events), "duplicates": list(self.duplicates), "own_writes": list(self.own_writes),
                 "focus": self.focus.as_json() if self.focus else None,
                 "findings": [{"rule": item.rule, "resource": item.resource, "severity": item.severity.value}
                              for item in self.findings]}
@@ -395,26 +401,29 @@ def handle_resource_events(events: Sequence[ResourceEvent], deps: Dependencies) 
     """
     now = deps.clock.now()
     ttl = timedelta(hours=deps.settings.event_dedupe_hours)
-    claimed = [event for event in events if deps.ledger.claim_event(event.event_id, now=now, ttl=ttl)]
-    duplicates = tuple(event.event_id for event in events if event not in claimed)
-    if not claimed:
-        log_record(log, logging.INFO, "resource events dropped as duplicates", {"events": list(duplicates)})
-        return DriftReport(events=(), duplicates=duplicates)
     # The controller's own writes (a rotation's adoption: one event per account written) were verified by
-    # the reconciler from ARM's answer; re-reading each would spend ARM's read budget the writes need.
+    # the reconciler from ARM's answer; re-reading each would spend ARM's read budget the writes need. Nothing
+    # is done for them, so they are not claimed either (a ledger write per account written, for nothing).
     own = deps.settings.controller_client_id
-    external = [event for event in claimed if own is None or event.caller_app_id != own]
-    if not external:
+    own_writes = tuple(event.event_id for event in events if own is not None and event.caller_app_id == own)
+    if own_writes:
         log_record(log, logging.INFO, "resource events of the controller's own writes: not re-evaluated",
-                   {"events": [event.event_id for event in claimed]})
-        return DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates)
-    covered = [event for event in external if deps.drift_re_reads.covers(event.target, event.event_time)]
+                   {"events": list(own_writes)})
+    others = [event for event in events if own is None or event.caller_app_id != own]
+    claimed = [event for event in others if deps.ledger.claim_event(event.event_id, now=now, ttl=ttl)]
+    duplicates = tuple(event.event_id for event in others if event not in claimed)
+    if not claimed:
+        if duplicates:
+            log_record(log, logging.INFO, "resource events dropped as duplicates", {"events": list(duplicates)})
+        return DriftReport(events=(), duplicates=duplicates, own_writes=own_writes)
+    covered = [event for event in claimed if deps.drift_re_reads.covers(event.target, event.event_time)]
     if covered:
         log_record(log, logging.INFO, "resource events covered by a re-read made after them",
                    {"events": [event.event_id for event in covered]})
-    pending = [event for event in external if event not in covered]
+    pending = [event for event in claimed if event not in covered]
     if not pending:
-        return DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates)
+        return DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates,
+                           own_writes=own_writes)
     focus = DriftFocus.of(event.target for event in pending)
     try:
         focused = deps.estate.gather_focus(deps.settings.subscriptions, focus, now)
@@ -428,7 +437,7 @@ def handle_resource_events(events: Sequence[ResourceEvent], deps: Dependencies) 
         raise
     deps.drift_re_reads.record(now, coverage)
     report = DriftReport(events=tuple(event.event_id for event in claimed), duplicates=duplicates, focus=focus,
-                         findings=result.findings)
+                         findings=result.findings, own_writes=own_writes)
     log_record(log, logging.INFO, "drift re-evaluated", {
         **report.as_json(), "events": [event.as_json() for event in claimed]})
     return report
@@ -493,13 +502,14 @@ class WorkReport:
         return {"kind": self.kind, **self.intake.as_json()}
 
 
-def process_work(body: str, deps: Dependencies) -> WorkReport:
+def process_work(body: str, deps: Dependencies, *, last_delivery: bool = False) -> WorkReport:
     """Process one work-queue item.
 
     Kinds: ``key_event`` carries an Event Grid delivery (one event or an array) to handle exactly as
     if Event Grid had pushed it (replays of dead-lettered events; deferred handling); ``rewrap`` is
-    one slice of a re-wrap job (see run_rewrap_item). Raises InvalidWorkItem for anything malformed or
-    unknown.
+    one slice of a re-wrap job (see run_rewrap_item); ``rewrap_page`` one page of a scale-out job
+    (see run_rewrap_page; ``last_delivery``: the queue moves the item to its poison queue if this
+    delivery fails too). Raises InvalidWorkItem for anything malformed or unknown.
     """
     if len(body.encode("utf-8", errors="replace")) > MAX_WORK_ITEM_BYTES:
         raise InvalidWorkItem("work item exceeds 64 KiB")
@@ -523,7 +533,7 @@ def process_work(body: str, deps: Dependencies) -> WorkReport:
             page = parse_page_item(item, policy=deps.settings.vault_policy)
         except InvalidInput as err:
             raise InvalidWorkItem(str(err)) from err
-        return WorkReport(kind=kind, rewrap=run_rewrap_page(page, deps))
+        return WorkReport(kind=kind, rewrap=run_rewrap_page(page, deps, last_delivery=last_delivery))
     if kind == "reconcile":
         return WorkReport(kind=kind, reconcile=_reconcile_item(item, deps))
     if kind != "key_event":
@@ -772,7 +782,7 @@ def _list_pages(item: RewrapWorkItem, deps: Dependencies) -> RewrapWorkResult:
     return _rewrap_result(item, RewrapItemStatus.LISTED, job_id, None, job_report=_finish_if_done(item, job_id, deps))
 
 
-def run_rewrap_page(page: RewrapPageItem, deps: Dependencies) -> RewrapWorkResult:
+def run_rewrap_page(page: RewrapPageItem, deps: Dependencies, *, last_delivery: bool = False) -> RewrapWorkResult:
     """Re-wrap (or rewrite) one page of a scale-out job, under a lease, and record it once.
 
     A page done already is dropped (DUPLICATE); a page another worker holds goes back on the queue
@@ -781,6 +791,13 @@ def run_rewrap_page(page: RewrapPageItem, deps: Dependencies) -> RewrapWorkResul
     TransientError the lease is released at once and the error propagates, so the queue's
     redelivery (after its visibility timeout) takes the page up again instead of waiting out the
     lease. Once the item's retries are exhausted, give_up_work records the page as failed.
+
+    A worker that dies with the page (killed, out of memory, its host gone) runs none of that. So a
+    page whose holders died MAX_DELIVERIES times (each lease ran out) is recorded as failed by the
+    next claim instead of being worked again; and on the item's ``last_delivery`` a copy of the item
+    is enqueued first, due when this delivery's lease has run out: if this worker dies too and the
+    queue moves the item to its poison queue without running any code of ours, the copy still
+    accounts for the page (it is dropped as a duplicate when the page was recorded).
     """
     job = page.job
     ports = deps.rewrap.open(job)
@@ -793,6 +810,13 @@ def run_rewrap_page(page: RewrapPageItem, deps: Dependencies) -> RewrapWorkResul
     if claim.outcome is ClaimOutcome.HELD:
         deps.work_queue.enqueue(page.to_message(), delay=timedelta(seconds=claim.retry_in + 1))
         return _rewrap_result(job, RewrapItemStatus.HELD, job_id, None, page=page.number)
+    if claim.takeovers >= MAX_DELIVERIES:
+        why = f"its worker died on {claim.takeovers} attempts (each time the page's lease ran out)"
+        return _record_page(page, job_id, worker, failed_page_result(page, why),
+                            status=RewrapItemStatus.PAGE_FAILED, progress=None, deps=deps)
+    if last_delivery:
+        deps.work_queue.enqueue(page.to_message(),
+                                delay=timedelta(seconds=math.ceil(deps.rewrap_page_lease_seconds) + 1))
     store = PageStore(ports.store, page)
     walker = walker_for(
         job.mode,
@@ -820,6 +844,13 @@ def run_rewrap_page(page: RewrapPageItem, deps: Dependencies) -> RewrapWorkResul
             problems=progress.problems, problems_dropped=progress.problems_dropped,
         )
         status = RewrapItemStatus.PAGE_DONE
+    return _record_page(page, job_id, worker, result, status=status, progress=progress, deps=deps)
+
+
+def _record_page(page: RewrapPageItem, job_id: str, worker: str, result: PageResult, *, status: RewrapItemStatus,
+                 progress: RewrapProgress | None, deps: Dependencies) -> RewrapWorkResult:
+    """Record what ``worker``'s claim of the page came to, once; the job's report if that finished it."""
+    job = page.job
     try:
         deps.rewrap_jobs.record_page(job_id, page.number, worker=worker, result=result)
     except Conflict:

@@ -37,7 +37,8 @@ SETTINGS: Final[tuple[SettingSpec, ...]] = (
         "Comma-separated allowlist of the Key Vault / Managed HSM vaults the controller manages: vault names "
         "(contoso-kv: a vault of the cloud CMK_ARM_ENDPOINT belongs to), hosts (contoso-kv.vault.azure.net, "
         "contoso-hsm.managedhsm.azure.net) or https origins; a host of no known cloud must be marked "
-        "custom:https://host[:port] (loopback origins, the local sandbox's, need no mark). No wildcards. Events "
+        "custom:https://host[:port] (a loopback origin, https://127.0.0.1:port, needs no mark; the local sandbox's "
+        "vaults have their Azure host names). No wildcards. Events "
         "and key URIs from any other vault are rejected before any request is made. Required.",
     ),
     SettingSpec(

@@ -148,7 +148,7 @@ class EgressProxy:
         writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         await writer.drain()
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         finally:
             up_writer.close()
 
@@ -164,12 +164,13 @@ class EgressProxy:
         writer.close()
 
 
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    """Copy ``source`` to ``sink`` until either side closes (the relays' one byte pump)."""
     try:
         while chunk := await source.read(65536):
             sink.write(chunk)
             await sink.drain()
-    except ConnectionError:
+    except OSError:  # a reset or broken pipe ends the tunnel like a close
         pass
     finally:
         with contextlib.suppress(Exception):

@@ -6,8 +6,9 @@ own session) starts, on loopback and free ports:
 * Azurite (blob, queue, table) from the project's node_modules, its workspace in ``<dir>/azurite``
   (emptied at every start: ARM and the vaults live in memory, so every start is an empty estate);
 * the egress proxy (emulators/egress_proxy.py; ``HTTPS_PROXY`` in the env file, loopback in ``NO_PROXY``): it
-  tunnels ``<vault>.vault.azure.net:443`` and ``api.loganalytics.io:443`` to the emulators and refuses
-  everything else, so unmodified clients use Azure's host names (vault URIs are
+  tunnels ``<vault>.vault.azure.net:443``, ``api.loganalytics.io:443`` and Azurite's account under its Azure
+  host names (``devstoreaccount1[-secondary].blob.core.windows.net:443``, emulators/storage_hosts.py) to the
+  emulators and refuses everything else, so unmodified clients use Azure's host names (vault URIs are
   ``https://<name>.vault.azure.net/``, the Key Vault challenge check stays on) and nothing reaches the internet;
 * the emulated Key Vault data plane (one HTTPS origin per vault) and ARM (storage accounts with CMK
   behaviour, per-account blob endpoints, vaults, identities, role assignments, diagnostic settings,
@@ -362,6 +363,7 @@ class Orchestrator:
         from emulators.keyvault import KeyVaultEmulator, SandboxCA
         from emulators.kql import audit_tables
         from emulators.query_endpoints import LogAnalyticsEmulator, mount_resource_graph
+        from emulators.storage_hosts import BlobHostRelay
         from emulators.webhook_sink import WebhookSink
 
         self._write_state()
@@ -397,6 +399,10 @@ class Orchestrator:
 
         self.proxy = EgressProxy(host=self.host).start()
         self._push("egress-proxy", self.proxy.stop)
+        # Azurite's account under its Azure host names too (<account>.blob.core.windows.net, and its secondary).
+        self.blob_hosts = BlobHostRelay(ca, self.azurite.endpoints, host=self.host).start()
+        self._push("blob-host-relay", self.blob_hosts.stop)
+        self.proxy.add_route(self.blob_hosts.listener_for)
         self.keyvault = KeyVaultEmulator(self.clock, self.bus, ca, host=self.host, proxy=self.proxy)
         self.arm = ArmEmulator(keyvault=self.keyvault, azurite=self.app_storage, audit=self.audit, host=self.host,
                                limits=limits)

@@ -14,7 +14,9 @@ no generated mutant any more is reported as stale, so the list stays true.
 
 --keep reuses a unit's workspace: mutmut keeps earlier verdicts and runs only mutants it has none for
 (a changed function's mutants are new); --rerun-survivors also runs the last survivors again, against
-the current tests: the loop for writing tests that kill them.
+the current tests: the loop for writing tests that kill them. --only runs the named mutants only (any
+part of a mutant's name: a function, or a file of a package such as "keys."); with --rerun-survivors,
+only the survivors among them.
 --survivors prints each surviving mutant's diff. Exit status: 0, or 1 when a module scores under
 --minimum (default 90).
 """
@@ -136,8 +138,8 @@ def run_mutmut(workspace: Path, max_children: int, rerun: list[str], *, only_nam
         subprocess.run(  # noqa: S603 - our own mutmut, fixed arguments
             [*command, *rerun], cwd=workspace, env=environment, check=False, stdout=subprocess.DEVNULL
         )
-        if only_named:
-            return
+    if only_named:
+        return
     finished = subprocess.run(  # noqa: S603 - our own mutmut, fixed arguments
         command, cwd=workspace, env=environment, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, errors="replace",
@@ -217,8 +219,9 @@ def main() -> int:
         rerun = [f"{module_name(source).rpartition('.')[0]}.*{pattern}*" for source in sources
                  for pattern in arguments.only]
         if arguments.rerun_survivors:
+            # With --only, the survivors of those functions (or files: "keys.") only.
             rerun = [name for source in sources for name, code in verdicts(workspace, source).items()
-                     if code == SURVIVED]
+                     if code == SURVIVED and (not arguments.only or any(part in name for part in arguments.only))]
         run_mutmut(workspace, arguments.max_children, rerun, only_named=bool(arguments.only))
         for source in sources:
             results = verdicts(workspace, source)

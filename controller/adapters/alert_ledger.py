@@ -7,6 +7,9 @@ The outbox: one partition, one row per delivery (channel + notice), created once
 delivered, so the same notice decided twice (two instances, a retried invocation) is owed once; an
 instance claims a row (ETag-conditional, moving its next attempt a lease ahead) before delivering it,
 so two instances dispatching at once deliver it once.
+The ETags are remembered per thread: the Functions host runs invocations on threads that share the
+process's ledger, and each must save against what it read itself (with one shared memory, a save
+would carry the ETag another invocation's save left, and overwrite that change without a Conflict).
 A row this version cannot read (written by a newer controller, or damaged) is logged and skipped:
 for a state the desk then treats the alert as new (one extra notice, nothing lost).
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -54,9 +58,24 @@ def _state_keys(scope: str, fingerprint: str) -> tuple[str, str]:
 class TableAlertLedger:
     def __init__(self, table: TableClient) -> None:
         self._table = table
-        self._etags: dict[tuple[str, str], str] = {}
-        self._outbox_etags: dict[str, str] = {}  # per outbox row: the ETag ``due`` read, for ``claim``
+        self._reads = threading.local()
         self._ensure_table = CreatedOnce(table.create_table, f"table {table.table_name}")
+
+    @property
+    def _etags(self) -> dict[tuple[str, str], str]:
+        """Per state row: the ETag this thread last read or wrote."""
+        etags: dict[tuple[str, str], str] | None = getattr(self._reads, "states", None)
+        if etags is None:
+            etags = self._reads.states = {}
+        return etags
+
+    @property
+    def _outbox_etags(self) -> dict[str, str]:
+        """Per outbox row: the ETag this thread's ``due`` read, for ``claim``."""
+        etags: dict[str, str] | None = getattr(self._reads, "outbox", None)
+        if etags is None:
+            etags = self._reads.outbox = {}
+        return etags
 
     # ---- states ---------------------------------------------------------------------------------------
     def load_scope(self, scope: str) -> list[AlertState]:

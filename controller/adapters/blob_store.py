@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -18,16 +17,15 @@ from typing import Any
 from urllib.parse import quote, unquote
 from xml.etree import ElementTree
 
-import requests
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError
-from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest
 from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient, ContentSettings
 
 from controller.adapters.azure_errors import translated
+from controller.adapters.http_transport import pooled_transport
 from controller.envelope import parse_envelope
-from controller.errors import ControllerError, PermanentError, TransientError
+from controller.errors import Conflict, ControllerError, NotFound, PermanentError, TransientError
 from controller.ports import BlobItem, BlobPage
 from controller.rewrap.strategies import STAGING_PREFIX
 
@@ -41,33 +39,6 @@ MAX_PAGE_SIZE = 5000
 #: The first page of a listing is short, so that work starts at once: the re-wrap walker lists each
 #: following (full) page while it works on the one before.
 FIRST_PAGE_SIZE = 250
-_PROXY_SETTINGS = tuple(
-    name for base in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY") for name in (base, base.lower())
-)
-_CA_BUNDLE_SETTINGS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-
-
-def pooled_transport(connections: int, **transport_kwargs: Any) -> RequestsTransport:
-    """A requests transport whose pool keeps ``connections`` connections per host.
-
-    requests keeps 10 by default: with more workers than that, every extra request would open (and
-    then discard) a fresh connection. One transport can serve several clients (``session_owner``
-    False: closing one client does not close the shared session). Connection options such as
-    ``connection_verify`` belong to the transport: clients given a transport ignore their own.
-    """
-    session = requests.Session()
-    if not any(os.environ.get(name) for name in _PROXY_SETTINGS):
-        # With trust_env, requests re-reads the environment (proxies, CA bundle, .netrc) on every
-        # request: a measurable share of a metadata write. Without a proxy to honour, read the CA
-        # bundle once here instead (and never apply .netrc credentials to Azure requests).
-        session.trust_env = False
-        bundle = next((os.environ[name] for name in _CA_BUNDLE_SETTINGS if os.environ.get(name)), None)
-        if bundle and "connection_verify" not in transport_kwargs:
-            transport_kwargs = {**transport_kwargs, "connection_verify": bundle}
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, connections))
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return RequestsTransport(session=session, session_owner=False, **transport_kwargs)
 
 
 def blob_service_client(
@@ -248,10 +219,25 @@ class AzureBlobRewriter:
         try:
             staged_envelope = self._verify(container, staging_name, staged_etag, digest, where)
             self._swap(container, item, staging, staged_etag=staged_etag, envelope=staged_envelope, where=where)
+        except NotFound:
+            # The blob, or only our staging copy? Another worker rewriting the same blob at the same time (a
+            # scale-out page taken over while its first worker still ran) shares the staging name and may
+            # have replaced or deleted our copy: a lost race, not a vanished blob.
+            if self._exists(container, item.name):
+                raise Conflict(f"the new copy of {where} was replaced by another rewrite of it") from None
+            raise
         finally:
             # The staging copy is only ever a duplicate: of the verified data once swapped in, or of
             # data that was not swapped in (failed verification, lost race) and is discarded.
             self._delete_staging(staging, staged_etag, where)
+
+    def _exists(self, container: str, name: str) -> bool:
+        try:
+            with translated(f"read {container}/{name}"):
+                self._service.get_blob_client(container, name).get_blob_properties()
+        except NotFound:
+            return False
+        return True
 
     def _delete_staging(self, staging: BlobClient, etag: str, where: str) -> None:
         """Delete the staging copy, retrying a transient failure a few times (no SDK retries here, and no

@@ -15,12 +15,17 @@ from typing import Any
 
 from azure.core.credentials import AccessToken, TokenCredential
 from azure.core.exceptions import ClientAuthenticationError
+from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import AzureCliCredential, ManagedIdentityCredential
 
 from controller.adapters.arm_pacing import ArmPacer
+from controller.adapters.http_transport import pooled_transport
 
 #: Where the identity's client id is read from, first match wins. Unset: the system-assigned identity.
 CLIENT_ID_SETTINGS: tuple[str, ...] = ("AZURE_CLIENT_ID", "AzureWebJobsStorage__clientId")
+#: ARM requests one process keeps connections open for (CMK_WRITE_CONCURRENCY's maximum, with room for
+#: the inventory's listings and the host's other invocations).
+ARM_CONNECTIONS = 96
 
 
 def controller_client_id(environ: Mapping[str, str]) -> str | None:
@@ -82,7 +87,8 @@ class ArmConnection:
 
     Tokens are requested for ``<endpoint>/.default``: the public cloud's, another cloud's or the
     sandbox's ARM audience, whichever endpoint is configured. Every client built from one connection
-    shares its ``pacer`` (arm_pacing.py): ARM's throttling budget is per subscription, not per client.
+    shares its ``pacer`` (arm_pacing.py): ARM's throttling budget is per subscription, not per client;
+    and its ``transport``, one pool of connections (a client closed does not close it).
     """
 
     credential: TokenCredential
@@ -90,17 +96,31 @@ class ArmConnection:
     connection_verify: str | bool = True
     retry_total: int = 3
     pacer: ArmPacer = field(default_factory=ArmPacer, compare=False)
+    #: Connections to ARM kept open for reuse, shared by every client of the connection: as many as its
+    #: requests in flight at once (a reconcile's writers, CMK_WRITE_CONCURRENCY, up to 64; the inventory's
+    #: scope listings; other invocations of the same process).
+    connections: int = ARM_CONNECTIONS
+    transport: RequestsTransport = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # True means "the default trust", which pooled_transport takes from the environment (the sandbox's CA).
+        verify = {} if self.connection_verify is True else {"connection_verify": self.connection_verify}
+        object.__setattr__(self, "transport", pooled_transport(self.connections, **verify))
 
     @property
     def scope(self) -> str:
         return self.endpoint.rstrip("/") + "/.default"
+
+    def close(self) -> None:
+        """Close the shared connections (the clients built from this connection cannot be used after)."""
+        self.transport.session.close()
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments shared by every azure-mgmt-* client (and ResourceGraphClient)."""
         return {
             "base_url": self.endpoint.rstrip("/"),
             "credential_scopes": [self.scope],
-            "connection_verify": self.connection_verify,
+            "transport": self.transport,
             "retry_total": self.retry_total,
             "per_retry_policies": [self.pacer.policy()],
         }

@@ -22,9 +22,11 @@ restored, without a read). Such a state is used once, and only within ``FRESH_FO
 write reads the consumer first.
 
 Cost: listing a subscription's consumers is one paged storage-accounts listing plus one scope
-listing per candidate account (O(accounts)); refreshing N consumers before writing them is one paged
-listing per subscription (scopes: one read each); a write is one PATCH, plus one read when no fresh
-state stands in for it (scopes: one more read of the account for its identity and tags).
+listing per candidate account (O(accounts)), except for an account whose listing found no Key Vault
+scope within ``NO_KEY_VAULT_SCOPES_FOR`` (a burst of key events lists each account once); refreshing
+N consumers before writing them is one paged listing per subscription (scopes: one read each); a write
+is one PATCH, plus one read when no fresh state stands in for it (scopes: one more read of the account
+for its identity and tags).
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from azure.core.rest import HttpRequest
 from azure.mgmt.storage import StorageManagementClient
+from azure.mgmt.storage import models as storage_models
 from azure.mgmt.storage.models import (
     Encryption,
     EncryptionIdentity,
@@ -73,6 +77,9 @@ from controller.vault_policy import VaultPolicy
 KEY_SOURCE_KEYVAULT = "microsoft.keyvault"
 #: Consumers of one subscription refreshed with its paged listing rather than one read each.
 LIST_FROM = 5
+#: The storage accounts listing read without the SDK's models (current_states): a stable
+#: Microsoft.Storage version with the encryption block's shape the models read.
+ACCOUNTS_API_VERSION = "2025-01-01"
 #: Encryption-scope listings in flight at once while looking for a key's consumers.
 SCOPE_LISTINGS = 16
 #: Seconds a state read from ARM (a refresh, a write's answer) stands in for the read before a write.
@@ -82,6 +89,12 @@ SCOPE_LISTINGS = 16
 #: no conditional storage account update, so someone else's change after the read is overwritten: this
 #: bounds that window (the reconciler's write claims keep the controller's other instances off).
 FRESH_FOR = 120.0
+#: Seconds an account's scope listing that found no Key Vault scope answers for it when looking for a key's
+#: consumers (every key event looks through every candidate account). Only where to look: an account with a
+#: Key Vault scope is listed every time, and whatever is written is read from ARM first. A Key Vault scope
+#: created meanwhile is found this much later, well within Resource Graph's own lag for the accounts
+#: themselves (minutes), and the sweep finds it regardless.
+NO_KEY_VAULT_SCOPES_FOR = 30.0
 
 _STORAGE_ID = re.compile(
     r"/subscriptions/(?P<sub>[0-9a-f-]{36})/resourcegroups/(?P<rg>[-\w.()]{1,90})"
@@ -202,6 +215,27 @@ def _tags(tags: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((tags or {}).items()))
 
 
+_models_ready = threading.Event()
+_models_lock = threading.Lock()
+
+
+def prepare_models() -> None:
+    """Use every model class of azure-mgmt-storage once, on one thread, before any is used concurrently.
+
+    The SDK maps a model class's fields on its first use and does so unsafely across threads: the
+    reconciler's writers and the scope listings, starting at once in a fresh process, failed with
+    "dictionary changed size during iteration" (a rotation's first invocation lost its event). Once per
+    process; about a second."""
+    if _models_ready.is_set():
+        return
+    with _models_lock:
+        if not _models_ready.is_set():
+            for model in vars(storage_models).values():
+                if isinstance(model, type) and getattr(model, "_is_model", False):
+                    model()
+            _models_ready.set()
+
+
 def account_consumer(account: StorageAccount, policy: VaultPolicy) -> ObservedConsumer | None:
     """The account as a consumer of its Key Vault key, or None when it does not use one."""
     key = account_key(account, policy)
@@ -268,6 +302,10 @@ class StorageControl:
         self._clients: dict[str, StorageManagementClient] = {}
         # resource id (lower case) -> (monotonic time read, the account or scope as ARM answered)
         self._fresh: dict[str, tuple[float, StorageAccount | EncryptionScope]] = {}
+        # account id (lower case) -> when the listing that found no Key Vault scope on it was sent (monotonic)
+        self._no_key_vault_scopes: dict[str, float] = {}
+        # account id (lower case) -> the scope listing being read for a consumer search (one at a time per account)
+        self._scope_searches: dict[str, Future[list[EncryptionScope]]] = {}
         self._lock = threading.Lock()  # the reconciler writes consumers from several threads
 
     def close(self) -> None:
@@ -282,6 +320,7 @@ class StorageControl:
         self.close()
 
     def _client(self, subscription_id: str) -> StorageManagementClient:
+        prepare_models()
         key = subscription_id.lower()
         with self._lock:
             client = self._clients.get(key)
@@ -339,18 +378,63 @@ class StorageControl:
         paced like every ARM read (adapters/arm_pacing.py)."""
         candidates = list(accounts)
         searched = [account for account in candidates
-                    if scopes is ScopeSearch.ALL_ACCOUNTS or uses_key_vault(account)]
-        with ThreadPoolExecutor(max_workers=SCOPE_LISTINGS, thread_name_prefix="scopes") as pool:
-            listings = dict(zip((id(account) for account in searched), pool.map(self.list_scopes, searched),
-                                strict=True))
+                    if (scopes is ScopeSearch.ALL_ACCOUNTS or uses_key_vault(account))
+                    and not self._known_without_key_vault_scopes(account)]
+        listings: dict[int, list[EncryptionScope]] = {}
+        if searched:
+            workers = min(SCOPE_LISTINGS, len(searched))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scopes") as pool:
+                listings = dict(zip((id(account) for account in searched), pool.map(self._searched_scopes, searched),
+                                    strict=True))
         for account in candidates:
-            observed = account_consumer(account, self._policy)
-            if observed is not None and wanted(observed.consumer.key):
+            key = account_key(account, self._policy)  # the key first: the whole consumer only for a match
+            observed = account_consumer(account, self._policy) if key is not None and wanted(key) else None
+            if observed is not None:
                 yield observed
             for scope in listings.get(id(account), ()):
                 scoped = scope_consumer(account, scope, self._policy)
                 if scoped is not None and wanted(scoped.consumer.key):
                     yield scoped
+
+    def _known_without_key_vault_scopes(self, account: StorageAccount) -> bool:
+        """A listing sent within NO_KEY_VAULT_SCOPES_FOR found no Key Vault scope on the account."""
+        with self._lock:
+            listed = self._no_key_vault_scopes.get((account.id or "").lower())
+        return listed is not None and time.monotonic() - listed < NO_KEY_VAULT_SCOPES_FOR
+
+    def _searched_scopes(self, account: StorageAccount) -> list[EncryptionScope]:
+        """The account's scopes for a consumer search: none when a listing sent within NO_KEY_VAULT_SCOPES_FOR
+        found no Key Vault scope on it; else a listing, shared with the searches that want it meanwhile
+        (concurrent key events)."""
+        account_id = (account.id or "").lower()
+        with self._lock:
+            listed = self._no_key_vault_scopes.get(account_id)
+            if listed is not None and time.monotonic() - listed < NO_KEY_VAULT_SCOPES_FOR:
+                return []
+            pending = self._scope_searches.get(account_id)
+            if pending is None:
+                pending = self._scope_searches[account_id] = Future()
+                owner = True
+            else:
+                owner = False
+        if not owner:
+            return pending.result()
+        sent = time.monotonic()
+        try:
+            scopes = self.list_scopes(account)
+        except BaseException as err:  # each waiting search fails as this one does; the next lists again
+            with self._lock:
+                del self._scope_searches[account_id]
+            pending.set_exception(err)
+            raise
+        with self._lock:
+            del self._scope_searches[account_id]
+            if any(sdk_text(scope.source).lower() == KEY_SOURCE_KEYVAULT for scope in scopes):
+                self._no_key_vault_scopes.pop(account_id, None)
+            else:
+                self._no_key_vault_scopes[account_id] = sent
+        pending.set_result(scopes)
+        return scopes
 
     def get_account(self, resource_id: str) -> StorageAccount:
         ids = parse_storage_resource_id(resource_id)
@@ -382,9 +466,8 @@ class StorageControl:
         listed = {subscription for subscription, count in per_subscription.items() if count >= LIST_FROM}
         accounts: dict[str, StorageAccount | None] = {}
         for subscription in sorted(listed):
-            for listed_account in self.list_accounts(subscription):
-                if listed_account.id:
-                    accounts[listed_account.id.lower()] = listed_account
+            accounts.update(self._listed_accounts(subscription, {ids.account_id.lower() for ids in parsed
+                                                                 if ids.subscription_id == subscription}))
         states: list[ObservedConsumer | None] = []
         for ids in parsed:
             account_id = ids.account_id.lower()
@@ -407,6 +490,26 @@ class StorageControl:
             self._remember(f"{ids.account_id}/encryptionScopes/{ids.scope}", scope)
             states.append(scope_consumer(account, scope, self._policy))
         return states
+
+    def _listed_accounts(self, subscription_id: str, wanted: set[str]) -> dict[str, StorageAccount]:
+        """The ``wanted`` accounts (lower-case ids) of the subscription's paged listing. Only those become
+        SDK models: building one takes about a millisecond, and the listing holds every account of the
+        subscription (ten thousand, once per chunk of consumers written, at the scale of a large estate)."""
+        found: dict[str, StorageAccount] = {}
+        url: str | None = (f"/subscriptions/{subscription_id}/providers/Microsoft.Storage/storageAccounts"
+                           f"?api-version={ACCOUNTS_API_VERSION}")
+        client = self._client(subscription_id)
+        while url:
+            with translated(f"list storage accounts of subscription {subscription_id}"):
+                response = client.send_request(HttpRequest("GET", url))
+                response.raise_for_status()
+                page = response.json()
+            for item in page.get("value", []):
+                account_id = str(item.get("id") or "").lower()
+                if account_id in wanted:
+                    found[account_id] = StorageAccount(item)
+            url = page.get("nextLink")
+        return found
 
     def _account_or_none(self, ids: StorageResourceId) -> StorageAccount | None:
         try:

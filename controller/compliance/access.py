@@ -113,7 +113,7 @@ def key_access(
     if vault.role_assignments is None:
         return AccessResult(IdentityAccess.UNKNOWN, "rbac", unevaluated=("role assignments were not read",))
     ancestry = subscription.management_groups if subscription is not None else None
-    key_scope = f"{vault.id.rstrip('/')}/keys/{key_name}"
+    key_scope = f"{vault.id}/keys/{key_name}"  # scope_covers compares segments: a doubled "/" is harmless
     granted: set[str] = set()
     granted_by: list[str] = []
     grants: list[RoleAssignment] = []

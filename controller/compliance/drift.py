@@ -103,12 +103,17 @@ def _origin(uri: str | None) -> str | None:
         return None
 
 
+def _key_uri_origin(key_uri: str) -> str | None:
+    """The origin of the vault a key URI (``https://host/keys/name[/version]``) names."""
+    return _origin(key_uri.partition("/keys/")[0])
+
+
 def account_origin(account: StorageAccount) -> str | None:
     """The origin of the vault holding the account's own (account-level) key, when it uses one."""
     if not account.encryption.uses_key_vault:
         return None
     uri = account_key_uri(account)
-    return _origin(uri.split("/keys/", 1)[0]) if uri else None
+    return _key_uri_origin(uri) if uri else None
 
 
 def select(focus: DriftFocus, accounts: Sequence[StorageAccount], vaults: Sequence[ListedVault]) -> Selection:
@@ -142,7 +147,7 @@ def scope_vaults(accounts: Iterable[StorageAccount], vaults: Sequence[ListedVaul
     found = set()
     for account in accounts:
         for scope in account.encryption_scopes or ():
-            origin = _origin(scope.key_uri.split("/keys/", 1)[0]) if scope.uses_key_vault and scope.key_uri else None
+            origin = _key_uri_origin(scope.key_uri) if scope.uses_key_vault and scope.key_uri else None
             if origin in by_origin:
                 found.add(_lower_id(by_origin[origin].id))
     return frozenset(found)
@@ -163,7 +168,7 @@ class Coverage:
             return False
         lowered = _lower_id(resource)
         if lowered.startswith("https://"):  # a key URI: complete when all its consumers were read
-            origin = _origin(lowered.split("/keys/", 1)[0])
+            origin = _key_uri_origin(lowered)
             if origin is None:
                 return False
             return origin in self.complete_origins or (self.unlisted_complete and origin not in self.listed_origins)

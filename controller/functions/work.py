@@ -3,7 +3,8 @@
 A malformed or unknown item, or one that failed permanently, is moved to the poison queue at once
 with the reason (retrying cannot fix it, and nothing is dropped); a TransientError propagates so the
 host redelivers the message (after maxDequeueCount attempts the host moves it to <queue>-poison).
-Either way a scale-out page item that is given up is recorded as failed in its job, so the job ends.
+Either way a scale-out page item that is given up is recorded as failed in its job, so the job ends;
+so is one whose worker dies on every delivery (see service.run_rewrap_page).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from controller.logs import log_record
 blueprint = func.Blueprint()  # type: ignore[no-untyped-call]  # azure.functions leaves __init__ unannotated
 log = logging.getLogger("controller.functions.work")
 #: host.json extensions.queues.maxDequeueCount.
-MAX_DEQUEUE_COUNT = 5
+MAX_DEQUEUE_COUNT = service.MAX_DELIVERIES
 
 
 @blueprint.function_name("process_work")
@@ -29,10 +30,11 @@ MAX_DEQUEUE_COUNT = 5
 def process_work(message: func.QueueMessage, poison: func.Out[str]) -> None:
     deps = bootstrap.dependencies()
     body = message.get_body().decode("utf-8", errors="replace")
+    last_delivery = (message.dequeue_count or 0) >= MAX_DEQUEUE_COUNT
     try:
-        report = service.process_work(body, deps)
+        report = service.process_work(body, deps, last_delivery=last_delivery)
     except TransientError as err:
-        if (message.dequeue_count or 0) >= MAX_DEQUEUE_COUNT:
+        if last_delivery:
             # The host moves the message to <queue>-poison after this attempt, without running our code.
             service.report_poisoned_work(message.id or "", message.dequeue_count or 0,
                                          f"still failing after {MAX_DEQUEUE_COUNT} attempts: {err}", deps,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.envelope import WrappedContentKey
-from controller.ports import BlobProblem, RewrapProgress
+from controller.ports import BlobItem, BlobProblem, RewrapProgress
 from controller.rewrap.work import RewrapMode
 
 
@@ -16,6 +16,9 @@ class Outcome(enum.StrEnum):
 
     REWRAPPED = "rewrapped"  # re-wrap: the content key is now wrapped by the target version
     REWRITTEN = "rewritten"  # rewrite: new content key, wrapped by the target version, data re-encrypted
+    #: Rewrite: while the run worked on the blob, its application uploaded it anew under the target version,
+    #: with a content key other than the one the blob was listed with: what the rewrite was for is done.
+    SUPERSEDED = "superseded"
     ALREADY_CURRENT = "already_current"
     NOT_ENCRYPTED = "not_encrypted"
     SKIPPED_UNKNOWN_KEY = "skipped_unknown_key"
@@ -31,8 +34,8 @@ OUTCOMES_OF_MODE: Mapping[RewrapMode, tuple[Outcome, ...]] = {
         Outcome.SKIPPED_MALFORMED, Outcome.FAILED, Outcome.VANISHED,
     ),
     RewrapMode.REWRITE: (
-        Outcome.REWRITTEN, Outcome.NOT_ENCRYPTED, Outcome.SKIPPED_UNKNOWN_KEY, Outcome.SKIPPED_MALFORMED,
-        Outcome.FAILED, Outcome.VANISHED,
+        Outcome.REWRITTEN, Outcome.SUPERSEDED, Outcome.NOT_ENCRYPTED, Outcome.SKIPPED_UNKNOWN_KEY,
+        Outcome.SKIPPED_MALFORMED, Outcome.FAILED, Outcome.VANISHED,
     ),
 }
 
@@ -51,7 +54,8 @@ class ProblemReason(enum.StrEnum):
     READ_FAILED = "read_failed"  # reading the blob again after a lost ETag race failed
     REWRITE_FAILED = "rewrite_failed"  # e.g. the new copy failed verification
     THROTTLED = "throttled"  # transient failures outlasted the retry budget; detail: which call
-    CONFLICTS_EXHAUSTED = "conflicts_exhausted"  # lost the ETag race too many times
+    #: Lost the ETag race in every attempt of every round (the first, then again at the end of its page).
+    CONFLICTS_EXHAUSTED = "conflicts_exhausted"
     #: Scale-out: the blob's page was given up as a whole (its work item failed for good or went to the
     #: poison queue); detail: why. The blob may or may not be on the target version.
     PAGE_FAILED = "page_failed"
@@ -76,6 +80,8 @@ class BlobResult(CallTally):
     """What one blob came to, filled in by a strategy while the blob is worked on."""
 
     name: str = ""
+    #: The blob as the run found it in the listing (rewrite compares what the blob holds now with it).
+    listed: BlobItem | None = field(default=None, repr=False)
     outcome: Outcome = Outcome.FAILED
     problem: BlobProblem | None = None
     unwrap_calls: int = 0

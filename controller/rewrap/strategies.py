@@ -19,6 +19,14 @@ deletes the staging blob. The blob is never missing (the swap is one Copy Blob o
 name) and never replaced by data that was not verified; a concurrent writer makes the swap fail
 (412 -> Conflict) and the blob is read again and decided afresh, so that writer's update stands.
 
+A blob its application writes more often than a rewrite takes (read, stage, verify, swap: seconds on
+a busy host) would lose every race. Two things keep rewrite up with it: when the blob, read again
+after a lost race, is wrapped by the target version and holds another content key than the one it
+was listed with, the application has uploaded it anew since -- a fresh content key under the target
+version, which is what the rewrite is for -- and it is counted ``superseded`` (done, nothing written;
+both content keys are unwrapped to tell this from a re-wrap, which keeps the content key). And a blob
+that still loses every race of its round comes back at the end of its page (the walker).
+
 Readers: azure-storage-blob reads an encrypted blob with two requests (Get Blob Properties for the
 envelope, then Get Blob) and does not pin the ETag between them unless the caller passes one. A read
 that straddles ANY overwrite of the blob -- the swap here, or an application's own upload -- fails
@@ -36,11 +44,13 @@ Content keys and plaintext are never logged, never put into an error or into the
 from __future__ import annotations
 
 import functools
+import hmac
 import time
 from collections.abc import Callable
 
-from controller.envelope import Envelope, WrappedContentKey, find_envelope, parse_envelope
+from controller.envelope import Envelope, MalformedReason, WrappedContentKey, find_envelope, parse_envelope
 from controller.errors import (
+    ControllerError,
     Forbidden,
     InvalidKeyId,
     MalformedEnvelope,
@@ -178,17 +188,7 @@ class RewrapStrategy:
     def _unwrap(self, envelope: Envelope, result: BlobResult, calls: Calls) -> bytes:
         """The content key, unwrapped once per blob and wrapped key: a lost ETag race that left the
         wrapped key unchanged reuses it instead of a second Key Vault call."""
-        wrapped = envelope.wrapped_key
-        if result.unwrapped is not None and result.unwrapped[0] == wrapped:
-            return result.unwrapped[1]
-
-        def unwrap() -> bytes:
-            result.unwrap_calls += 1
-            return self._unwrapper.unwrap(wrapped.key_id, wrapped.algorithm, wrapped.encrypted_key)
-
-        payload = calls.call(unwrap, result)
-        result.unwrapped = (wrapped, payload)
-        return payload
+        return _unwrap_once(self._unwrapper, envelope.wrapped_key, result, calls)
 
     def _target_algorithm(self, source_algorithm: str) -> str:
         if self._wrap_algorithm is not None:
@@ -202,9 +202,16 @@ class RewriteStrategy:
     mode = RewrapMode.REWRITE
 
     def __init__(
-        self, *, rewriter: BlobRewriter, target_key_id: str, policy: VaultPolicy, dry_run: bool = False
+        self,
+        *,
+        rewriter: BlobRewriter,
+        unwrapper: KeyUnwrapper,
+        target_key_id: str,
+        policy: VaultPolicy,
+        dry_run: bool = False,
     ) -> None:
         self._rewriter = rewriter
+        self._unwrapper = unwrapper
         self._policy = policy
         self._dry_run = dry_run
         self._target = _versioned_target(target_key_id, policy, self.mode)
@@ -217,14 +224,43 @@ class RewriteStrategy:
         return not item.name.startswith(STAGING_PREFIX)
 
     def attempt(self, container: str, current: BlobItem, result: BlobResult, calls: Calls) -> None:
-        if _envelope_of(current, self._target, self._policy, result) is None:
+        found = _envelope_of(current, self._target, self._policy, result)
+        if found is None:
             return
         if self._dry_run:
             result.outcome = Outcome.REWRITTEN
             return
+        _, envelope, key = found
+        if key.version == self._target.version and self._content_key_replaced(envelope, result, calls):
+            result.outcome = Outcome.SUPERSEDED
+            return
         _change_blob(functools.partial(self._rewriter.rewrite, container, current), result, calls,
                      forbidden=ProblemReason.KEY_FORBIDDEN, failed=ProblemReason.REWRITE_FAILED,
                      call_name="rewrite", done=Outcome.REWRITTEN)
+
+    def _content_key_replaced(self, envelope: Envelope, result: BlobResult, calls: Calls) -> bool:
+        """Whether the blob, read again after a lost race, no longer holds the content key it was listed
+        with: its application uploaded it anew (a fresh content key) since.
+
+        A different wrapped key is not enough to tell: a re-wrap onto the target version (another job,
+        an operator) changes the wrapped key and keeps the content key. So both are unwrapped (one Key
+        Vault call each, the listed one once per round) and compared; the keys live only for the
+        comparison (the listed one until the blob's round ends). Undecided (the listed key cannot be
+        unwrapped any more, a malformed payload, throttling past the budget): False, and the rewrite
+        goes ahead and reports what it meets."""
+        listed = result.listed
+        try:
+            entry = find_envelope(listed.metadata) if listed is not None else None
+            if entry is None:
+                return False
+            before = parse_envelope(entry[1])
+            if before.wrapped_key == envelope.wrapped_key:
+                return False  # the same content key (the application wrote metadata only, or nothing)
+            old = _content_key(self._unwrapper, before, result, calls, keep=True)
+            new = _content_key(self._unwrapper, envelope, result, calls, keep=False)
+        except (ControllerError, RetriesExhausted):
+            return False
+        return not hmac.compare_digest(old, new)
 
 
 def walker_for(
@@ -255,7 +291,11 @@ def walker_for(
         if ports.rewriter is None:
             raise PermanentError("rewrite is not configured on this host")
         strategy = RewriteStrategy(
-            rewriter=ports.rewriter, target_key_id=ports.wrapper.key_id, policy=policy, dry_run=options.dry_run
+            rewriter=ports.rewriter,
+            unwrapper=ports.unwrapper,
+            target_key_id=ports.wrapper.key_id,
+            policy=policy,
+            dry_run=options.dry_run,
         )
     return ContainerWalker(
         store=ports.store,
@@ -266,6 +306,36 @@ def walker_for(
         sleep=sleep,
         monotonic=monotonic,
     )
+
+
+def _unwrap_once(unwrapper: KeyUnwrapper, wrapped: WrappedContentKey, result: BlobResult, calls: Calls, *,
+                 keep: bool = True) -> bytes:
+    """The payload ``wrapped`` holds: the one ``result`` keeps for its round when it is that wrapped key's,
+    else one Key Vault call (its payload then kept in ``result`` for the round when ``keep``)."""
+    if result.unwrapped is not None and result.unwrapped[0] == wrapped:
+        return result.unwrapped[1]
+
+    def unwrap() -> bytes:
+        result.unwrap_calls += 1
+        return unwrapper.unwrap(wrapped.key_id, wrapped.algorithm, wrapped.encrypted_key)
+
+    payload = calls.call(unwrap, result)
+    if keep:
+        result.unwrapped = (wrapped, payload)
+    return payload
+
+
+def _content_key(unwrapper: KeyUnwrapper, envelope: Envelope, result: BlobResult, calls: Calls, *,
+                 keep: bool) -> bytes:
+    """The content key ``envelope`` wraps (its payload without the protocol prefix).
+
+    Raises MalformedEnvelope when the algorithm is not one Key Vault unwraps or the payload does not fit
+    the envelope's protocol."""
+    if envelope.wrapped_key.algorithm not in UNWRAP_ALGORITHMS:
+        raise MalformedEnvelope(MalformedReason.INVALID_FIELD, "unsupported wrap algorithm")
+    payload = _unwrap_once(unwrapper, envelope.wrapped_key, result, calls, keep=keep)
+    envelope.check_payload(payload)
+    return payload[len(envelope.payload_prefix):]
 
 
 def _change_blob(change: Callable[[], object], result: BlobResult, calls: Calls, *, forbidden: ProblemReason,

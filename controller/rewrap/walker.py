@@ -6,8 +6,11 @@ strategies.py) on a bounded thread pool, merges what each blob came to into the 
 saves it before the next page is listed, so a killed run resumes at the first unfinished page (a
 resumed run redoes at most that page, which both strategies do idempotently). When a strategy's
 conditional write loses an ETag race (Conflict), the walker reads the blob again and lets the
-strategy decide afresh, so a concurrent writer's change is never overwritten. One blob never aborts
-the run: whatever it comes to is recorded with a stable reason.
+strategy decide afresh, so a concurrent writer's change is never overwritten. A blob that loses
+every race of its round (``max_conflict_retries`` re-reads) is not given up at once: it comes back at
+the end of its page, read afresh, for another round (``conflict_rounds``), by when an application that
+writes it in bursts has usually moved on. One blob never aborts the run: whatever it comes to is
+recorded with a stable reason.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from controller.rewrap.wrapping import WRAP_ALGORITHMS
 log = logging.getLogger("controller.rewrap")
 
 _T = TypeVar("_T")
+_I = TypeVar("_I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,9 @@ class RewrapOptions:
     #: becomes RSA-OAEP-256 either way.
     wrap_algorithm: str | None = None
     max_conflict_retries: int = 5
+    #: Rounds of attempts a blob gets when it loses every ETag race of one: the first when its page is
+    #: worked, each further one at the end of the page with a fresh read.
+    conflict_rounds: int = 2
     max_transient_attempts: int = 8
     initial_backoff: float = 1.0
     max_backoff: float = 32.0
@@ -52,7 +59,7 @@ class RewrapOptions:
     def __post_init__(self) -> None:
         if self.max_workers < 1:
             raise ValueError("max_workers must be at least 1")
-        if self.max_conflict_retries < 0 or self.max_transient_attempts < 1:
+        if self.max_conflict_retries < 0 or self.max_transient_attempts < 1 or self.conflict_rounds < 1:
             raise ValueError("retry budgets must be non-negative, with at least one attempt")
         if self.wrap_algorithm is not None and self.wrap_algorithm not in WRAP_ALGORITHMS:
             raise ValueError(f"wrap_algorithm must be one of {', '.join(WRAP_ALGORITHMS)}")
@@ -215,6 +222,13 @@ class ContainerWalker:
                     next_page = lister.submit(self._list, container, prefix, page.next_marker)
                 items = [item for item in page.items if self._strategy.includes(item)]
                 results = _run_all(executor, functools.partial(self._blob, container), items)
+                for _ in range(options.conflict_rounds - 1):
+                    hot = [result for result in results if _lost_every_race(result)]
+                    if not hot:
+                        break
+                    _run_all(executor, functools.partial(self._again, container), hot)
+                for result in results:
+                    self._report(result)
                 progress = _merge(progress, results, marker=page.next_marker, limit=options.max_problems)
                 progress = replace(progress, throttled=progress.throttled + listing_tally.throttled)
                 if options.dry_run:
@@ -256,29 +270,53 @@ class ContainerWalker:
             raise TransientError(f"listing {container} stayed throttled; resume from the checkpoint") from err
 
     def _blob(self, container: str, item: BlobItem) -> BlobResult:
-        result = BlobResult(name=item.name)
-        current = item
-        for _ in range(self._options.max_conflict_retries + 1):
-            try:
-                self._strategy.attempt(container, current, result, self._calls)
-            except Conflict:
-                result.conflicts += 1
-                read = functools.partial(self._store.get_properties, container, item.name)
+        result = BlobResult(name=item.name, listed=item)
+        self._settle(container, item, result)
+        return result
+
+    def _again(self, container: str, result: BlobResult) -> BlobResult:
+        """A blob that lost every ETag race of its round, once more at the end of its page: read afresh,
+        with a new round of attempts. An application that writes a blob in bursts has usually moved on
+        by then, and a rewrite may find the blob superseded by the application's own upload."""
+        result.outcome, result.problem = Outcome.FAILED, None
+        current = self._reread(container, result)
+        if current is not None:
+            self._settle(container, current, result)
+        return result
+
+    def _reread(self, container: str, result: BlobResult) -> BlobItem | None:
+        """The blob as it is now, or None with ``result`` set to why it cannot be read."""
+        read = functools.partial(self._store.get_properties, container, result.name)
+        try:
+            return self._calls.call(read, result)
+        except NotFound:
+            result.outcome = Outcome.VANISHED
+        except PermanentError as err:
+            result.fail(ProblemReason.READ_FAILED, type(err).__name__)
+        except RetriesExhausted:
+            result.fail(ProblemReason.THROTTLED, "read")
+        return None
+
+    def _settle(self, container: str, current: BlobItem, result: BlobResult) -> None:
+        """One round: attempt the blob, reading it again after every lost ETag race, at most
+        ``max_conflict_retries`` times."""
+        try:
+            for _ in range(self._options.max_conflict_retries + 1):
                 try:
-                    current = self._calls.call(read, result)
-                except NotFound:
-                    result.outcome = Outcome.VANISHED
-                    return result
-                except PermanentError as err:
-                    result.fail(ProblemReason.READ_FAILED, type(err).__name__)
-                except RetriesExhausted:
-                    result.fail(ProblemReason.THROTTLED, "read")
-                else:
+                    self._strategy.attempt(container, current, result, self._calls)
+                except Conflict:
+                    result.conflicts += 1
+                    reread = self._reread(container, result)
+                    if reread is None:
+                        return
+                    current = reread
                     continue
-            break
-        else:
+                return
             result.fail(ProblemReason.CONFLICTS_EXHAUSTED)
-        result.unwrapped = None  # the content key is not kept a moment longer than the blob needs it
+        finally:
+            result.unwrapped = None  # the content key is not kept a moment longer than the round needs it
+
+    def _report(self, result: BlobResult) -> None:
         if result.problem is not None:
             log_record(
                 log,
@@ -287,15 +325,18 @@ class ContainerWalker:
                 {"blob": result.name, "outcome": result.outcome.value, "reason": result.problem.reason,
                  "detail": result.problem.detail},
             )
-        return result
 
 
 _NOUN = {RewrapMode.REWRAP: "re-wrap", RewrapMode.REWRITE: "rewrite"}
 _PARTICIPLE = {RewrapMode.REWRAP: "re-wrapped", RewrapMode.REWRITE: "rewritten"}
 
 
+def _lost_every_race(result: BlobResult) -> bool:
+    return result.problem is not None and result.problem.reason == ProblemReason.CONFLICTS_EXHAUSTED.value
+
+
 def _run_all(
-    executor: ThreadPoolExecutor, task: Callable[[BlobItem], BlobResult], items: Iterable[BlobItem]
+    executor: ThreadPoolExecutor, task: Callable[[_I], BlobResult], items: Iterable[_I]
 ) -> list[BlobResult]:
     """Run ``task`` over one page; if anything escapes (a kill, a bug), cancel what has not started."""
     futures: list[Future[BlobResult]] = [executor.submit(task, item) for item in items]

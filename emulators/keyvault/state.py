@@ -17,8 +17,8 @@ import ipaddress
 import threading
 import time
 import uuid
-from collections import Counter, deque
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -294,27 +294,41 @@ class OperationCounters:
 
 
 class Throttle:
-    """Sliding 10-second windows per bucket (key type and size, software/HSM), on real monotonic time."""
+    """Key Vault's documented limits: at most ``limit`` transactions per bucket (key type and size,
+    software/HSM) in each 10-second window, on real monotonic time. The windows follow one another
+    without gaps from the bucket's first transaction (since the last reset), each admitting ``limit``;
+    a refused transaction (429) is not counted, as Azure's throttling guidance says, and waits until
+    the window closes (its Retry-After)."""
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._windows: dict[str, deque[float]] = {}
+        self._windows: dict[str, _Window] = {}
 
     def admit(self, bucket: str, limit: int, window: float) -> float | None:
         """Record one operation; None if admitted, else seconds until the bucket has room (Retry-After)."""
-        now = time.monotonic()
+        now = self._monotonic()
         with self._lock:
-            q = self._windows.setdefault(bucket, deque())
-            while q and q[0] <= now - window:
-                q.popleft()
-            if len(q) >= limit:
-                return max(0.001, q[0] + window - now)
-            q.append(now)
+            current = self._windows.get(bucket)
+            if current is None:
+                current = self._windows[bucket] = _Window(opened=now)
+            elif now >= current.opened + window:
+                current.opened += window * ((now - current.opened) // window)
+                current.admitted = 0
+            if current.admitted >= limit:
+                return max(0.001, current.opened + window - now)
+            current.admitted += 1
             return None
 
     def reset(self) -> None:
         with self._lock:
             self._windows.clear()
+
+
+@dataclass
+class _Window:
+    opened: float
+    admitted: int = 0
 
 
 def _epoch(dt: datetime) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import pstats
 import urllib.error
 import urllib.request
 import uuid
@@ -192,3 +193,21 @@ def test_the_host_moves_a_message_to_poison_after_five_failed_dequeues(azurite, 
     assert list(queue.peek_messages()) == []
     log = (tmp_path / "functions-host.log").read_text()
     assert log.count("Executed 'Functions.always_fails' (Failed") == 5
+
+
+def test_the_host_profiles_its_invocations_when_asked(azurite, tmp_path):
+    """FUNCTIONS_HOST_PROFILE: every invocation under cProfile, the statistics written when the host stops."""
+    queue_name = f"profiled-{uuid.uuid4().hex[:8]}"
+    profile = tmp_path / "host.prof"
+    values = {"AzureWebJobsStorage": azurite.connection_string, "FAILING_QUEUE": queue_name,
+              "FUNCTIONS_HOST_PROFILE": str(profile)}
+    queue = QueueClient.from_connection_string(azurite.connection_string, queue_name)
+    queue.create_queue()
+    QueueClient.from_connection_string(azurite.connection_string, queue_name + "-poison").create_queue()
+    log = tmp_path / "functions-host.log"
+    with LocalFunctionsHost(ROOT / "tests" / "e2e" / "apps" / "always_failing", values, work_dir=tmp_path,
+                            max_polling_seconds=0.2):
+        queue.send_message(base64.b64encode(b"profiled").decode())
+        wait_for(lambda: "Executed 'Functions.always_fails'" in log.read_text())
+    calls = {name: count for (_, _, name), (count, *_) in pstats.Stats(str(profile)).stats.items()}
+    assert calls["always_fails"] >= 1

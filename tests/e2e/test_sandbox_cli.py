@@ -125,6 +125,11 @@ def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
         assert state["endpoints"]["vaultListeners"]["kv-cmk-rotation"].startswith("https://127.0.0.1:")
         processes = recorded(directory)
         assert set(processes) == {"orchestrator", "azurite", "functions"}
+        functions = state["endpoints"]["functions"]
+        again = sandbox_command("up", *where)  # on a running sandbox: its summary, now with the Functions host
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert f"Functions host {functions}: curl {functions}/api/health; POST {functions}/api/events?code=" in (
+            again.stdout)
         assert processes["functions"].pid == state["children"]["functions"]
         assert processes["functions"].liveness() is Liveness.RUNNING
     finally:

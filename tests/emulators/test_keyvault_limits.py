@@ -13,6 +13,7 @@ from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from emulators.bus import SandboxBus
 from emulators.clock import SandboxClock
 from emulators.keyvault import KeyVaultEmulator, VaultState
+from emulators.keyvault.state import Throttle
 from tests.support.keyvault import Admin, Recorder, client_kwargs
 
 pytestmark = pytest.mark.integration
@@ -78,6 +79,45 @@ def test_throttling_answers_429_with_retry_after_per_key_type(env: Env) -> None:
     assert counters["byKey"]["busy"] == {"KeyGet": 1, "KeyUnwrap": 3}
     assert counters["byKey"]["calm"] == {"KeyGet": 1}
     env.admin.ok("PUT", "/vaults/kv-limits/throttling", {"enabled": False})
+
+
+class Ticks:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_windows_follow_one_another_each_admitting_the_limit() -> None:
+    ticks = Ticks()
+    throttle = Throttle(ticks)
+    admitted = []
+    for at in (0.0, 4.0, 9.0):
+        ticks.now = at
+        admitted.append(throttle.admit("RSA-2048/software", 3, 10.0))
+    assert admitted == [None, None, None]
+    ticks.now = 9.5
+    assert throttle.admit("RSA-2048/software", 3, 10.0) == pytest.approx(0.5)  # until the window closes
+    assert throttle.admit("RSA-2048/software", 3, 10.0) == pytest.approx(0.5)  # a 429 is not counted
+    assert throttle.admit("RSA-2048/hsm", 3, 10.0) is None  # another bucket has its own window
+    # The next window admits the whole limit again, however late in the last one its transactions came
+    # (a sliding window would admit one here, then make it wait).
+    answers = []
+    for at in (10.0, 10.1, 10.2, 10.3):
+        ticks.now = at
+        answers.append(throttle.admit("RSA-2048/software", 3, 10.0))
+    assert answers[:3] == [None, None, None]
+    assert answers[3] == pytest.approx(9.7)
+    # After a quiet spell the windows are still 10 s apart from the first: [20, 30) here, not [25, 35).
+    answers = []
+    for at in (25.0, 26.0, 27.0, 28.0):
+        ticks.now = at
+        answers.append(throttle.admit("RSA-2048/software", 3, 10.0))
+    assert answers[:3] == [None, None, None]
+    assert answers[3] == pytest.approx(2.0)
 
 
 def test_counters_count_every_request_and_reset(env: Env) -> None:

@@ -57,3 +57,39 @@ def test_every_expected_failure_names_a_pinned_package_and_gives_a_reason():
     for name, reason in expected.items():
         assert name.split("/", 1)[0] in sdk_samples.PACKAGES and name.endswith(".py"), name
         assert len(reason) > 20, name
+
+
+def test_inputs_the_source_distribution_leaves_out_are_written_beside_the_samples_and_never_replace_one(tmp_path):
+    samples = {"azure-storage-blob": tmp_path / "blob" / "samples"}
+    samples["azure-storage-blob"].mkdir(parents=True)
+    shipped = samples["azure-storage-blob"] / "SampleSource.txt"
+    shipped.write_text("as shipped\n", encoding="utf-8")
+    sdk_samples.supply_missing_inputs(samples)
+    assert shipped.read_text(encoding="utf-8") == "as shipped\n"
+    written = sorted(path.relative_to(samples["azure-storage-blob"]).as_posix()
+                     for path in samples["azure-storage-blob"].rglob("*") if path.is_file())
+    assert written == sorted(sdk_samples.MISSING_INPUTS["azure-storage-blob"])
+    assert not any(path.suffix == ".py" for path in samples["azure-storage-blob"].rglob("*"))  # no sample added
+
+
+def test_a_sample_that_walks_every_container_waits_for_the_other_storage_samples_and_they_for_it():
+    import threading
+
+    lock = sdk_samples.AccountLock()
+    order: list[str] = []
+    started = threading.Event()
+
+    def account_wide() -> None:
+        started.set()
+        with lock.hold(exclusive=True):
+            order.append("walk starts")
+        with lock.hold(exclusive=True):  # two account-wide samples one after the other, never together
+            order.append("second walk starts")
+
+    with lock.hold(exclusive=False), lock.hold(exclusive=False):  # two samples on their own containers at once
+        walker = threading.Thread(target=account_wide)
+        walker.start()
+        started.wait()
+        order.append("own-container samples end")
+    walker.join()
+    assert order == ["own-container samples end", "walk starts", "second walk starts"]

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.mgmt.storage.models import EncryptionScope, StorageAccount
+from azure.mgmt.storage.models import EncryptionScope, StorageAccount, StorageAccountUpdateParameters
 
+from controller.adapters import storage_control
 from controller.adapters.inventory import ConsumerDirectory, Inventory
 from controller.adapters.storage_control import StorageControl
 from controller.errors import TransientError
@@ -41,6 +42,7 @@ class Estate:
     world: World
     expected: set[str]  # consumer ids of kv-inv/cmk, lower case
     cmk_accounts: int  # accounts (both subscriptions) whose own encryption uses a Key Vault key
+    scoped: list[Any]  # the accounts with Key Vault scopes (one per subscription)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,7 @@ def estate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
         world.grant_policy("kv-inv", uai.principal_id)
         expected: set[str] = set()
         cmk_accounts = 0
+        scoped = []
         for subscription in (SUB_A, SUB_B):
             for index in range(3):
                 account = world.create_account(uai="uai-inv", subscription=subscription)
@@ -69,11 +72,12 @@ def estate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
                     expected.add(scope.id.lower())
                     other_uri = world.key("kv-inv", "other").uri
                     world.create_scope(account, "scopeother", other_uri, subscription=subscription)
+                    scoped.append(account)
             other = world.create_account(uai="uai-inv", subscription=subscription)
             world.enable_cmk(other, "kv-inv", "other", uai="uai-inv", subscription=subscription)
             cmk_accounts += 1
             world.create_account(subscription=subscription)  # Microsoft-managed keys: never a candidate
-        yield Estate(world, expected, cmk_accounts)
+        yield Estate(world, expected, cmk_accounts, scoped)
 
 
 @contextlib.contextmanager
@@ -174,6 +178,77 @@ def test_throttled_resource_graph_is_transient_not_a_fallback(estate: Estate) ->
         with found, pytest.raises(TransientError):
             found.list_consumers(estate.world.key("kv-inv", "cmk"))
     assert storage.account_listings == 0
+
+
+def consumer_ids(listing: Any) -> set[str]:
+    return {observed.consumer.resource_id.lower() for observed in listing.consumers}
+
+
+def test_a_search_soon_after_another_lists_only_the_accounts_with_key_vault_scopes_again(estate: Estate) -> None:
+    """Key events come in bursts and each looks through every candidate account: an account whose listing
+    just found no Key Vault scope is not listed again within NO_KEY_VAULT_SCOPES_FOR."""
+    found, storage = inventory(estate)
+    key = estate.world.key("kv-inv", "cmk")
+    with found:
+        first = found.list_consumers(key)
+        listed_first = storage.scope_listings
+        second = found.list_consumers(estate.world.key("kv-inv", "other"))
+        third = found.list_consumers(key)
+    assert listed_first == estate.cmk_accounts
+    assert storage.scope_listings - listed_first == 2 * len(estate.scoped)
+    assert consumer_ids(first) == consumer_ids(third) == estate.expected
+    assert {f"{account.id.lower()}/encryptionscopes/scopeother" for account in estate.scoped} <= consumer_ids(second)
+
+
+def test_once_the_window_has_passed_every_candidate_account_is_listed_again(
+        estate: Estate, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage_control, "NO_KEY_VAULT_SCOPES_FOR", 0.0)
+    found, storage = inventory(estate)
+    with found:
+        found.list_consumers(estate.world.key("kv-inv", "cmk"))
+        found.list_consumers(estate.world.key("kv-inv", "cmk"))
+    assert storage.scope_listings == 2 * estate.cmk_accounts
+
+
+def test_a_scope_changed_on_an_account_with_key_vault_scopes_is_found_by_the_next_search(estate: Estate) -> None:
+    world = estate.world
+    account = estate.scoped[0]
+    key = world.key("kv-inv", "cmk")
+    moved = f"{account.id.lower()}/encryptionscopes/scopeother"
+    found, _ = inventory(estate)
+    with found:
+        before = found.list_consumers(key)
+        world.create_scope(account, "scopeother", key.uri)  # someone moves the scope onto the key
+        try:
+            after = found.list_consumers(key)
+        finally:
+            world.create_scope(account, "scopeother", world.key("kv-inv", "other").uri)
+    assert moved not in consumer_ids(before)
+    assert moved in consumer_ids(after)
+
+
+def test_an_account_changed_since_the_last_search_is_read_as_it_is_now(estate: Estate) -> None:
+    """Rows are parsed once per content: a row that changed is parsed again."""
+    world = estate.world
+    account = estate.scoped[0]
+    key = world.key("kv-inv", "cmk")
+    storage = world.storage(SUB_A).storage_accounts
+    found, _ = inventory(estate)
+    with found:
+        before = {observed.consumer.resource_id.lower(): observed.consumer for observed in
+                  found.list_consumers(key).consumers}
+        storage.update(RG, account.name, StorageAccountUpdateParameters(tags={"owner": "payments"}))
+        try:
+            after = {observed.consumer.resource_id.lower(): observed.consumer for observed in
+                     found.list_consumers(key).consumers}
+        finally:
+            storage.update(RG, account.name, StorageAccountUpdateParameters(tags={}))
+    assert before[account.id.lower()].tags == ()
+    assert after[account.id.lower()].tags == (("owner", "payments"),)
+    assert {resource_id: consumer for resource_id, consumer in after.items() if resource_id != account.id.lower()
+            and not resource_id.startswith(account.id.lower() + "/")} == \
+        {resource_id: consumer for resource_id, consumer in before.items() if resource_id != account.id.lower()
+         and not resource_id.startswith(account.id.lower() + "/")}
 
 
 @pytest.mark.parametrize("graph_status", [None, 403])

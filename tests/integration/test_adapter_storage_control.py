@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -298,3 +302,65 @@ def test_set_key_is_the_reconcilers_write(estate: Estate) -> None:
     assert reread.consumer == pinned
     with pytest.raises(InvalidKeyId):
         control.set_key(pinned, world.key("kv-sc", "other"))
+
+
+def test_the_clients_of_one_connection_reuse_its_connections_across_more_workers_than_requests_keeps(
+        estate: Estate) -> None:
+    """requests keeps 10 connections per host: with more workers, each extra request opened (and
+    discarded) a TLS connection, the largest share of a rotation's CPU. One pool, shared by every client
+    of the connection and sized for its workers, opens each connection once."""
+    world, workers, rounds = estate.world, 24, 3
+    connection = world.connection()
+    ids = [estate.versionless.id, estate.pinned.id, estate.other_key.id] * (workers // 3)
+    with StorageControl(connection, policy=world.policy) as first, \
+            StorageControl(connection, policy=world.policy) as second, \
+            ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in range(rounds):
+            accounts = list(pool.map(lambda pair: pair[0].get_account(pair[1]),
+                                     zip([first, second] * (workers // 2), ids, strict=True)))
+            assert [account.id for account in accounts] == ids
+    pools = connection.transport.session.get_adapter(world.arm.url).poolmanager.pools
+    opened = sum(pools[key].num_connections for key in pools.keys())  # noqa: SIM118 - it refuses iteration
+    assert 1 <= opened <= workers  # each worker's connection is opened once and reused in the later rounds
+    connection.close()
+
+
+def test_current_states_read_the_consumers_about_to_be_written_with_one_listing(estate: Estate) -> None:
+    """From LIST_FROM consumers of one subscription on, their accounts come from the subscription's paged
+    listing (a scope is still read on its own), in order, None for an account that is gone: the same
+    states as one read each."""
+    world = estate.world
+    gone = estate.pinned.id.replace(estate.pinned.name, "stgone000")
+    ids = [estate.versionless.id, estate.pinned.id, estate.other_key.id,
+           f"{estate.versionless.id}/encryptionScopes/scopeauto", gone]
+    connection = world.connection()
+    with StorageControl(connection, policy=world.policy) as control:
+        states = control.current_states(ids)
+        assert connection.pacer.stats.by_kind == {"reads": 2}  # the listing's one page, the scope
+        assert states[-1] is None
+        assert states[:-1] == [control.get_consumer(resource_id) for resource_id in ids[:-1]]
+    connection.close()
+
+
+def test_the_sdk_models_are_prepared_before_the_first_request_of_a_fresh_process() -> None:
+    """azure-mgmt-storage maps a model's fields on its first use, unsafely across threads (the writers and
+    scope listings start at once): a fresh process's first rotation failed with "dictionary changed size
+    during iteration". The first client StorageControl hands out has used every model class once."""
+    script = textwrap.dedent("""
+        from azure.identity import DefaultAzureCredential
+        from azure.mgmt.storage import models
+        from controller.adapters.credentials import ArmConnection
+        from controller.adapters.storage_control import StorageControl
+        from controller.vault_policy import VaultPolicy
+
+        classes = [model for model in vars(models).values()
+                   if isinstance(model, type) and getattr(model, "_is_model", False)]
+        prepared = lambda: [f"{model.__module__}.{model.__qualname__}" in model._calculated for model in classes]
+        assert not all(prepared())
+        control = StorageControl(ArmConnection(DefaultAzureCredential()), policy=VaultPolicy.of([]))
+        control._client("00000000-0000-0000-0000-000000000000")
+        assert classes and all(prepared()), "a model class was not prepared"
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,  # noqa: S603
+                          check=False, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -93,6 +93,42 @@ def test_two_instances_cannot_both_record_the_same_transition(table):
     assert TableAlertLedger(table).load(SCOPE, ALERT.fingerprint) == later.states[0]
 
 
+def test_two_invocations_sharing_one_instances_ledger_cannot_both_record_a_change(table):
+    """The Functions host runs invocations on threads that share the process's ledger. Each saves
+    against the ETags it read itself: the invocation whose read went stale while another recorded a
+    change loses (Conflict), as between two instances, instead of overwriting that change."""
+    ledger = TableAlertLedger(table)
+    ledger.save(evaluate(SCOPE, [ALERT], [], now=T0, realert_after=DAY).states, [])
+    first_read, second_saved = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def reminds() -> None:  # the alert is still there a day later: remind
+        states = ledger.load_scope(SCOPE)
+        first_read.set()
+        second_saved.wait(timeout=30)
+        try:
+            ledger.save(evaluate(SCOPE, [ALERT], states, now=T0 + DAY, realert_after=DAY).states, [])
+        except Conflict:
+            outcome["reminds"] = "conflict"
+        else:
+            outcome["reminds"] = "saved"
+
+    def resolves() -> None:  # meanwhile another invocation found it fixed: resolve
+        first_read.wait(timeout=30)
+        resolved = evaluate(SCOPE, [], ledger.load_scope(SCOPE), now=T0 + DAY, realert_after=DAY)
+        ledger.save(resolved.states, [])
+        outcome["resolved"] = resolved.states[0]
+        second_saved.set()
+
+    threads = [threading.Thread(target=reminds), threading.Thread(target=resolves)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert outcome["reminds"] == "conflict"
+    assert TableAlertLedger(table).load(SCOPE, ALERT.fingerprint) == outcome["resolved"]
+
+
 
 class _CountingChannel:
     """Records each notice; while delivering the first, another instance dispatches (as two function

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,3 +88,49 @@ def test_an_http_endpoint_where_https_is_needed_is_bad_configuration_not_a_trace
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert "CMK_ARM_ENDPOINT" in line and "Traceback" not in done.stderr
+
+
+class SilentServer:
+    """Accepts connections and never answers: a service that hangs (the client waits on its read)."""
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._socket.getsockname()[1])
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return
+            self.accepted.append(connection)
+
+    def close(self) -> None:
+        self._socket.close()
+        for connection in self.accepted:
+            connection.close()
+
+
+def test_ctrl_c_while_a_service_hangs_stops_the_command_with_130_and_one_json_document(identity):
+    silent = SilentServer()
+    origin = f"https://127.0.0.1:{silent.port}"
+    base = {key: value for key, value in os.environ.items()
+            if not key.startswith(("CMK_", "IDENTITY_", "AZURE_", "AzureWebJobs", "REQUESTS_CA", "SSL_CERT"))}
+    command = subprocess.Popen(  # noqa: S603
+        [str(CMKCTL), "reconcile", origin, "k", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**base, "PATH": str(CMKCTL.parent), **identity, **settings(origin, origin)})
+    try:
+        deadline = time.monotonic() + 60
+        while not silent.accepted and command.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the command waits on the hanging service (not a timing assertion)
+        assert silent.accepted and command.poll() is None, "the command never reached the hanging service"
+        command.send_signal(signal.SIGINT)
+        out, err = command.communicate(timeout=60)
+    finally:
+        command.kill()
+        silent.close()
+    assert command.returncode == 130
+    assert err.strip().splitlines() == ["cmkctl: interrupted (work done so far is checkpointed)"]  # no traceback
+    assert json.loads(out)["kind"] == "Interrupted"

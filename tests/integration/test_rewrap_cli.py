@@ -136,7 +136,8 @@ def test_rewrite_mode_gives_new_content_keys(cli_env: Sandbox, capsys: pytest.Ca
     [report] = json.loads(captured.out)
     assert report["mode"] == "rewrite"
     assert report["counts"] == {
-        "rewritten": 4, "not_encrypted": 0, "skipped_unknown_key": 0, "skipped_malformed": 0, "failed": 0,
+        "rewritten": 4, "superseded": 0, "not_encrypted": 0, "skipped_unknown_key": 0, "skipped_malformed": 0,
+        "failed": 0,
         "vanished": 0,
     }
     assert report["writes"] == 4 and report["problems"] == []

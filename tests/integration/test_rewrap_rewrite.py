@@ -3,12 +3,14 @@ is swapped in, never a missing or unreadable blob, never data replaced by an unv
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from typing import Any
 
 import pytest
-from azure.core.exceptions import HttpResponseError, ServiceResponseError
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceModifiedError, ServiceResponseError
 from azure.core.pipeline.policies import HTTPPolicy
 from azure.storage.blob import BlobClient, BlobServiceClient, ContentSettings
 
@@ -51,15 +53,18 @@ def rewriter(world: Sandbox, *, kek: Any = None, scope: str | None = None) -> Az
     )
 
 
+def rewrite_strategy(world: Sandbox, rewriter: AzureBlobRewriter) -> RewriteStrategy:
+    return RewriteStrategy(rewriter=rewriter, unwrapper=VaultKeyUnwrapper(world.vault_clients()),
+                           target_key_id=world.new_key_id, policy=world.policy)
+
+
 def runner(
     world: Sandbox, *, store: Any = None, kek: Any = None, workers: int = 4, scope: str | None = None
 ) -> ContainerWalker:
     return ContainerWalker(
         store=store or world.store(page_size=10),
         checkpoint=TableRewrapCheckpoint(world.table),
-        strategy=RewriteStrategy(
-            rewriter=rewriter(world, kek=kek, scope=scope), target_key_id=world.new_key_id, policy=world.policy
-        ),
+        strategy=rewrite_strategy(world, rewriter(world, kek=kek, scope=scope)),
         options=RewrapOptions(max_workers=workers, initial_backoff=0.05),
     )
 
@@ -106,7 +111,7 @@ def test_a_throttled_unwrap_under_client_side_decryption_is_throttling_not_a_fai
     written = populate(sandbox, 1)
     walker = ContainerWalker(
         store=sandbox.store(page_size=10), checkpoint=TableRewrapCheckpoint(sandbox.table),
-        strategy=RewriteStrategy(rewriter=rewriter(sandbox), target_key_id=sandbox.new_key_id, policy=sandbox.policy),
+        strategy=rewrite_strategy(sandbox, rewriter(sandbox)),
         options=RewrapOptions(max_workers=1, initial_backoff=0.05, max_transient_attempts=2),
     )
     throttled_unwraps = {"errorRate": 1.0, "errorStatus": 429, "operations": ["KeyUnwrap"]}
@@ -277,7 +282,7 @@ def test_a_write_just_after_the_swap_is_the_writers_and_the_rewrite_still_counts
     )
     walker = ContainerWalker(
         store=sandbox.store(page_size=10), checkpoint=TableRewrapCheckpoint(sandbox.table),
-        strategy=RewriteStrategy(rewriter=racing, target_key_id=sandbox.new_key_id, policy=sandbox.policy),
+        strategy=rewrite_strategy(sandbox, racing),
         options=RewrapOptions(max_workers=1, initial_backoff=0.05),
     )
     progress = walker.run(sandbox.container).progress
@@ -346,7 +351,7 @@ def test_a_failed_delete_of_the_staging_copy_is_retried_and_leaves_no_copy_behin
     )
     walker = ContainerWalker(
         store=sandbox.store(page_size=10), checkpoint=TableRewrapCheckpoint(sandbox.table),
-        strategy=RewriteStrategy(rewriter=flaky, target_key_id=sandbox.new_key_id, policy=sandbox.policy),
+        strategy=rewrite_strategy(sandbox, flaky),
         options=RewrapOptions(max_workers=1, initial_backoff=0.05),
     )
     progress = walker.run(sandbox.container).progress
@@ -354,3 +359,167 @@ def test_a_failed_delete_of_the_staging_copy_is_retried_and_leaves_no_copy_behin
     assert progress.counts == {"rewritten": 1}, progress.problems
     assert [blob.name for blob in sandbox.container_client().list_blobs()] == list(written)  # no staging copy
     assert_all_on(sandbox, written, sandbox.new_key_id)
+
+
+class HotBlobApp:
+    """A customer's app on a thread of its own, writing one blob through the SDK: new content under the
+    target version (``upload``), or metadata read, merged and written back under the ETag read (a careful
+    app). It writes faster than a rewrite takes, every time: each swap of that blob by the rewrite
+    (``inside_window``) waits until the app has written it once more, for ``windows`` swaps; then the app
+    pauses, as an app writing in bursts does."""
+
+    def __init__(self, world: Sandbox, name: str, *, upload: bool, windows: int) -> None:
+        self.world, self.name, self.upload, self.windows = world, name, upload, windows
+        self.writes = 0
+        self.last_upload = b""
+        self.errors: list[str] = []
+        self._changed = threading.Condition()
+        self._asked = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> HotBlobApp:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._changed:
+            self._stop = True
+            self._changed.notify_all()
+        self._thread.join(timeout=60)
+        assert self.errors == []
+
+    def _run(self) -> None:
+        client = self.world.writer(self.name, key_id=self.world.new_key_id)
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._stop or self._asked > self.writes)
+                if self._stop:
+                    return
+            try:
+                self._write(client)
+            except Exception as err:  # reported on exit
+                self.errors.append(f"{type(err).__name__}: {err}"[:300])
+                return
+            finally:
+                with self._changed:
+                    self.writes += 1
+                    self._changed.notify_all()
+
+    def _write(self, client: BlobClient) -> None:
+        sequence = str(self.writes + 1)
+        if self.upload:
+            data = f"{self.name}: the app's upload {sequence}".encode()
+            client.upload_blob(data, overwrite=True, metadata={"seq": sequence})
+            self.last_upload = data
+            return
+        while True:
+            properties = client.get_blob_properties()
+            try:
+                client.set_blob_metadata({**properties.metadata, "seq": sequence}, etag=properties.etag,
+                                         match_condition=MatchConditions.IfNotModified)
+            except ResourceModifiedError:
+                continue  # read again and merge again
+            return
+
+    def inside_window(self, name: str) -> None:
+        if name != self.name or self.windows == 0:
+            return
+        self.windows -= 1
+        with self._changed:
+            self._asked += 1
+            self._changed.notify_all()
+            assert self._changed.wait_for(lambda: self.writes >= self._asked, timeout=60)
+
+
+class BeforeTheSwap(BlobServiceClient):
+    """The rewriter's service, whose swap of a blob first lets ``app`` write it (inside the rewrite's window)."""
+
+    world: Sandbox
+    app: HotBlobApp
+
+    def get_blob_client(self, container: Any, blob: Any, snapshot: Any = None, *, version_id: Any = None) -> BlobClient:
+        service = self
+
+        class Destination(BlobClient):
+            def start_copy_from_url(self, source_url: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+                service.app.inside_window(self.blob_name)
+                return super().start_copy_from_url(source_url, *args, **kwargs)
+
+        return Destination.from_connection_string(self.world.connection_string, container, blob)
+
+
+def rewrite_with(world: Sandbox, app: HotBlobApp) -> Any:
+    service = BeforeTheSwap.from_connection_string(world.connection_string)
+    service.world, service.app = world, app
+    clients = world.vault_clients()
+    unwrapper = VaultKeyUnwrapper(clients)
+    racing = AzureBlobRewriter(
+        service,
+        target_kek=VaultKeyEncryptionKey(world.new_key_id, unwrapper,
+                                         wrapper=fetch_public_wrapper(clients, world.new_key_id)),
+        key_resolver=key_resolver(unwrapper),
+    )
+    walker = ContainerWalker(
+        store=world.store(page_size=10), checkpoint=TableRewrapCheckpoint(world.table),
+        strategy=rewrite_strategy(world, racing), options=RewrapOptions(max_workers=1, initial_backoff=0.05),
+    )
+    return walker.run(world.container).progress
+
+
+def test_a_blob_its_app_uploads_faster_than_a_rewrite_takes_is_superseded_by_the_apps_upload(sandbox: Sandbox) -> None:
+    """The app uploads the blob anew under the target version inside every rewrite window: no swap of it
+    could ever land. Read again after the first lost race, the blob holds a content key other than the
+    one it was listed with, wrapped by the target version -- what the rewrite is for: counted
+    ``superseded``, nothing failed, nothing of the app's replaced."""
+    written = populate(sandbox, 2)
+    hot = "doc/0001.txt"
+    with HotBlobApp(sandbox, hot, upload=True, windows=100) as app:
+        progress = rewrite_with(sandbox, app)
+    assert progress.counts == {"rewritten": 1, "superseded": 1}, progress.problems
+    assert progress.problems == () and progress.conflicts == 1
+    assert app.windows == 99  # one window was enough
+    assert sandbox.read(hot, key_id=sandbox.new_key_id) == app.last_upload
+    assert_all_on(sandbox, {name: data for name, data in written.items() if name != hot}, sandbox.new_key_id)
+    assert [blob.name for blob in sandbox.container_client().list_blobs()] == list(written)  # no staging copy
+
+
+def test_a_blob_its_app_writes_in_a_burst_is_rewritten_at_the_end_of_its_page(sandbox: Sandbox) -> None:
+    """The app changes the blob's metadata inside each of the first six rewrite windows (every attempt of
+    one round), then pauses: the blob comes back after the rest of its page, read afresh, and is
+    rewritten with the app's last metadata kept."""
+    written = populate(sandbox, 2)
+    hot = "doc/0000.txt"
+    with HotBlobApp(sandbox, hot, upload=False, windows=RewrapOptions().max_conflict_retries + 1) as app:
+        progress = rewrite_with(sandbox, app)
+    assert progress.counts == {"rewritten": 2}, progress.problems
+    assert progress.problems == () and progress.conflicts == 6 and app.windows == 0
+    metadata = sandbox.container_client().get_blob_client(hot).get_blob_properties().metadata
+    assert metadata["seq"] == str(app.writes) and metadata["owner"] == "team0"
+    assert_all_on(sandbox, written, sandbox.new_key_id)
+
+
+class AnotherWorkerDeletesTheStagingCopy:
+    """Another worker rewriting the same blob at the same time (a scale-out page taken over while its first
+    worker still runs): it shares the staging name, and deletes the copy just before our first swap."""
+
+    def __init__(self, world: Sandbox, name: str) -> None:
+        self.world, self.name, self.deleted = world, name, 0
+
+    def inside_window(self, name: str) -> None:
+        if name == self.name and not self.deleted:
+            staging = STAGING_PREFIX + hashlib.sha256(name.encode("utf-8")).hexdigest()
+            self.world.container_client().get_blob_client(staging).delete_blob()
+            self.deleted += 1
+
+
+def test_a_staging_copy_taken_by_another_worker_is_a_lost_race_not_a_vanished_blob(sandbox: Sandbox) -> None:
+    written = populate(sandbox, 1)
+    [name] = written
+    other = AnotherWorkerDeletesTheStagingCopy(sandbox, name)
+    progress = rewrite_with(sandbox, other)  # type: ignore[arg-type]
+    assert other.deleted == 1
+    assert progress.counts == {"rewritten": 1}, progress.problems
+    assert progress.conflicts == 1
+    assert_all_on(sandbox, written, sandbox.new_key_id)
+    assert [blob.name for blob in sandbox.container_client().list_blobs()] == list(written)

@@ -497,3 +497,72 @@ def test_a_transient_error_releases_the_page_which_is_taken_up_again_at_once(sca
     assert report["counts"] == {"rewrapped": 20}
     assert_all_on(world, written, world.new_key_id)
 
+
+
+def run_as_a_crashing_host(scale_out: ScaleOut, trigger: Any, deps: Dependencies, doomed: Dependencies,
+                           item: RewrapWorkItem, *, page: int) -> list[str]:
+    """Deliver the work queue's messages to the queue trigger as the Functions host does, except that
+    the host dies on every delivery of ``page`` (``doomed``'s worker is killed mid-page): no code of
+    ours runs after it, the message comes back when its visibility runs out, and after maxDequeueCount
+    deliveries the host moves it to the poison queue without calling the trigger. Until the job is
+    finished; the bodies moved to the poison queue."""
+    poisoned: list[str] = []
+    job_id = job_id_of(item)
+    for _ in range(400):
+        messages = list(scale_out.queue.receive_messages(max_messages=1, visibility_timeout=60))
+        if not messages:
+            if scale_out.deps.rewrap_jobs.listing(job_id).finished:
+                return poisoned
+            threading.Event().wait(0.2)  # a delayed item is not visible yet
+            continue
+        [message] = messages
+        if message.dequeue_count > MAX_DEQUEUE_COUNT:
+            poisoned.append(message.content)  # moved to <queue>-poison; the trigger is not called
+            scale_out.queue.delete_message(message)
+            continue
+        body = message.content
+        delivery = QueueMessage(id=message.id, body=body.encode(), dequeue_count=message.dequeue_count,
+                                pop_receipt=message.pop_receipt)
+        killed = json.loads(body).get("page") == page
+        bootstrap.override(doomed if killed else deps)
+        try:
+            trigger(delivery, PoisonOut())
+        except WorkerKilled:
+            # The host died with the message: it is delivered again once its visibility runs out (here
+            # just after the page's lease).
+            scale_out.queue.update_message(message, visibility_timeout=1)
+            continue
+        scale_out.queue.delete_message(message)
+    raise AssertionError("the job never finished")
+
+
+def test_a_page_whose_worker_dies_on_every_delivery_is_failed_in_the_job_which_ends(
+    scale_out: ScaleOut, queue_trigger: Any
+) -> None:
+    world = scale_out.world
+    written = populate(world, 20)  # pages of 16: 0000-0015, 0016-0019
+    [item] = split_job(targets=[(ACCOUNT, world.container)], key_id=world.new_key_id, scale_out=True)
+    list_the_job(scale_out, item)
+    deps = replace(scale_out.deps, rewrap_page_lease_seconds=0.5)
+    doomed = replace(scale_out.worker_deps(die_after=0), rewrap_page_lease_seconds=0.5)  # dies at its first write
+
+    poisoned = run_as_a_crashing_host(scale_out, queue_trigger, deps, doomed, item, page=0)
+
+    # The item ends on the poison queue after its last delivery died, as the host puts it there, and
+    # the job still ends: the page is failed, by name, each of its blobs counted once.
+    assert [json.loads(body)["page"] for body in poisoned] == [0]
+    report = service.rewrap_job_progress(item, scale_out.deps).as_json()
+    assert report["finished"]
+    assert (report["pages_listed"], report["pages_done"], report["pages_failed"]) == (2, 1, 1)
+    # Each delivery took the page over from the last one's worker, and the copy of its last delivery
+    # (see run_rewrap_page) took it over from that one's: five workers died with it.
+    assert report["takeovers"] == MAX_DEQUEUE_COUNT
+    assert report["counts"] == {"failed": 16, "rewrapped": 4}
+    assert report["blobs"] == 20 == len(written)
+    failed = {f"doc/{index:04d}.txt" for index in range(16)}
+    assert {problem["name"] for problem in report["problems"]} == failed
+    assert {problem["reason"] for problem in report["problems"]} == {"page_failed"}
+    assert all(f"died on {MAX_DEQUEUE_COUNT} attempts" in problem["detail"] for problem in report["problems"])
+    reasons = [alert.reason for alert in scale_out.deps.notifier.alerts]  # type: ignore[attr-defined]
+    assert reasons.count(Reason.REWRAP_INCOMPLETE) == 1
+    assert_all_on(world, {name: data for name, data in written.items() if name not in failed}, world.new_key_id)

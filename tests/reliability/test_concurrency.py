@@ -19,22 +19,22 @@ version reach both instances.
 
 Promise: no lost update (each changed blob holds its writer's last write, content and metadata, and
 decrypts to the writer's plaintext; every other blob to its original one); no blob on an old key
-version after a pass, and none failed; each event accepted once (or again only after a failed attempt
-released it); the ARM writes exactly the minimum (one per pinned consumer, two per versionless one); no
-alert sent twice (every notice reaches the webhook once), and each pass's incomplete-job alert exactly
-once.
+version after a pass, and none failed; after a rewrite every blob holds a content key it did not hold
+before the pass (rewritten, or ``superseded`` by its app's own upload under the target version); each
+event accepted once (or again only after a failed attempt released it); the ARM writes exactly the
+minimum (one per pinned consumer, two per versionless one); no alert sent twice (every notice reaches
+the webhook once), and each pass's incomplete-job alert exactly once.
 
-Known limit: a rewrite needs the blob unchanged from its read to its swap (two
-unwraps, the blob read and written twice); a blob its app writes more often than that window gives up
-after ``max_conflict_retries`` lost races (``conflicts_exhausted``, reported and alerted, nothing lost).
-On the shared 2-core machine, writers at one write per blob every 0.3 to 0.9 s made 2 of 4 such blobs
-give up; re-wrap (one conditional metadata write) kept up. At full size on that machine (load average
-about 40) it happened to 6 of 60 blobs in the scaled-out rewrite even at the pace above: the full size
-fails there until rewrite keeps up with hot blobs (asserted: no blob failed).
+A rewrite needs the blob unchanged from its read to its swap (two unwraps, the blob read and written
+twice: seconds on a loaded machine), longer than the app's pace: it keeps up because a blob the app
+uploaded anew under the target version since it was listed counts as superseded, and a blob that lost
+every race of its round comes back at the end of its page.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import random
@@ -235,7 +235,9 @@ class Blobs:
             list(pool.map(upload, self.names))
         self.container.get_blob_client(MALFORMED).upload_blob(b"not client-side encrypted",
                                                               metadata={"encryptiondata": "{not json"})
-        self.resolved: dict[str, KeyVaultKeyWrapper] = {}
+        self.resolved: dict[str, ContentKeyDigests] = {}
+        self.digests: dict[bytes, bytes] = {}  # wrapped content key -> digest of the content key
+        self.content_keys: dict[str, bytes] = {}  # blob -> digest of its content key, as last checked
 
     def kek(self, version: str) -> KeyVaultKeyWrapper:
         return self.estate.clients.key_wrapper(f"{self.estate.vault_uri.rstrip('/')}/keys/{BLOB_KEY}/{version}")
@@ -247,27 +249,36 @@ class Blobs:
         self.version = self.keys.rotate_key(BLOB_KEY).properties.version
         return self.version
 
-    def _resolve(self, kid: str) -> KeyVaultKeyWrapper:
+    def _resolve(self, kid: str) -> ContentKeyDigests:
         if kid not in self.resolved:
-            self.resolved[kid] = self.estate.clients.key_wrapper(kid)
+            self.resolved[kid] = ContentKeyDigests(self.estate.clients.key_wrapper(kid), self.digests)
         return self.resolved[kid]
 
-    def check(self) -> dict[str, list[str]]:
-        """Every blob as the owner reads it now: what is wrong with it, by kind (empty lists when all is well)."""
-        problems: dict[str, list[str]] = {"lost_updates": [], "old_version": [], "unreadable": [], "left_over": []}
+    def check(self, *, content_keys_before: dict[str, bytes] | None = None) -> dict[str, list[str]]:
+        """Every blob as the owner reads it now: what is wrong with it, by kind (empty lists when all is well).
+
+        With ``content_keys_before`` (after a rewrite): a blob still holding the content key it had then
+        is a finding too. ``content_keys`` is left holding each blob's content key digest as read now."""
+        problems: dict[str, list[str]] = {"lost_updates": [], "old_version": [], "unreadable": [], "left_over": [],
+                                          "same_content_key": []}
         listed = {blob.name: blob for blob in self.container.list_blobs(include=["metadata"])}
         problems["left_over"] = sorted(set(listed) - set(self.names) - {MALFORMED})
+        self.content_keys = {}
         with ThreadPoolExecutor(max_workers=8) as pool:
             for found in pool.map(lambda name: self._check_blob(name, listed.get(name)), self.names):
                 for kind, problem in found:
                     problems[kind].append(problem)
+        if content_keys_before is not None:
+            problems["same_content_key"] = sorted(name for name, digest in self.content_keys.items()
+                                                  if content_keys_before.get(name) == digest)
         return problems
 
     def _check_blob(self, name: str, blob: Any) -> list[tuple[str, str]]:
         if blob is None:
             return [("lost_updates", f"{name}: missing")]
         found = []
-        kid = json.loads(blob.metadata["encryptiondata"])["WrappedContentKey"]["KeyId"]
+        wrapped = json.loads(blob.metadata["encryptiondata"])["WrappedContentKey"]
+        kid = wrapped["KeyId"]
         if version_of(kid) != self.version:
             found.append(("old_version", f"{name}: {version_of(kid)}"))
         expected = self.expected[name]
@@ -281,7 +292,32 @@ class Blobs:
             return [*found, ("unreadable", f"{name}: {type(err).__name__}")]
         if data != expected.plaintext:
             found.append(("lost_updates", f"{name}: content is not the last write"))
+        digest = self.digests.get(base64.b64decode(wrapped["EncryptedKey"]))
+        if digest is not None:
+            self.content_keys[name] = digest
         return found
+
+
+class ContentKeyDigests:
+    """The owner's key-encryption key, noting a digest of each content key it unwraps (by wrapped key), so
+    that reading the blobs tells which content key each holds without a Key Vault call of its own."""
+
+    def __init__(self, kek: KeyVaultKeyWrapper, digests: dict[bytes, bytes]) -> None:
+        self._kek, self._digests = kek, digests
+
+    def unwrap_key(self, key: bytes, algorithm: str) -> bytes:
+        payload = self._kek.unwrap_key(key, algorithm)
+        self._digests[bytes(key)] = hashlib.sha256(payload[-32:]).digest()  # the content key, not the prefix
+        return payload
+
+    def wrap_key(self, key: bytes) -> bytes:
+        return self._kek.wrap_key(key)
+
+    def get_kid(self) -> str:
+        return self._kek.get_kid()
+
+    def get_key_wrap_algorithm(self) -> str:
+        return self._kek.get_key_wrap_algorithm()
 
 
 class HostLogs:
@@ -311,6 +347,11 @@ class HostLogs:
 
 def run_pass(estate: Estate, blobs: Blobs, logs: HostLogs, scale: Scale, *, mode: str, scale_out: bool,
              seed: int) -> dict[str, Any]:
+    if mode == "rewrite" and len(blobs.content_keys) < len(blobs.names):
+        assert blobs.check() == {"lost_updates": [], "old_version": [], "unreadable": [], "left_over": [],
+                                 "same_content_key": []}
+    content_keys_before = dict(blobs.content_keys)
+    started = time.perf_counter()
     version = blobs.rotate()
     target = blobs.key_id(version)
     changed = random.Random(seed).sample(blobs.names, max(1, len(blobs.names) // 10))
@@ -338,17 +379,19 @@ def run_pass(estate: Estate, blobs: Blobs, logs: HostLogs, scale: Scale, *, mode
             assert done.returncode == 1, done.stderr  # the malformed blob: reported, not hidden
             [report] = json.loads(done.stdout)
             counts, conflicts, writes = report["counts"], report["conflicts"], report["writes"]
-    problems = blobs.check()
-    done_outcome = "rewrapped" if mode == "rewrap" else "rewritten"
+    # Rewrite: every blob holds a content key it did not hold before the pass (rewritten, or uploaded anew).
+    problems = blobs.check(content_keys_before=content_keys_before if mode == "rewrite" else None)
+    done = ("rewrapped", "already_current") if mode == "rewrap" else ("rewritten", "superseded")
     return {
         "pass": f"{mode}{' scale-out' if scale_out else ''}", "target": target, "problems": problems,
         "counts": {name: count for name, count in counts.items() if count},
-        "settled": counts.get(done_outcome, 0) + counts.get("already_current", 0),
+        "settled": sum(counts.get(outcome, 0) for outcome in done),
         "controller_conflicts": conflicts, "controller_writes": writes,
         "writer_writes": sum(writers.tally.writes.values()), "writer_uploads": writers.tally.uploads,
         "writer_metadata_writes": writers.tally.metadata_writes, "writer_conflicts": writers.tally.conflicts,
         "writer_rereads": writers.tally.rereads, "changed_blobs": len(changed),
         "max_writes_per_blob": max(writers.tally.writes.values()),
+        "seconds": round(time.perf_counter() - started, 1),
     }
 
 
@@ -431,6 +474,19 @@ def near_expiry_events(estate: Estate, blobs: Blobs) -> tuple[list[dict[str, Any
     return events, blobs.key_id(blobs.version)
 
 
+class Laps:
+    """Where the scenario's time goes: seconds per phase, each from the end of the one before."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._mark, 1)
+        self._mark = now
+
+
 def alert_notices(estate: Estate, since: int) -> list[dict[str, Any]]:
     return [record["body"] for record in estate.alerts()[since:] if isinstance(record.get("body"), dict)]
 
@@ -439,6 +495,7 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
                                                                tmp_path: Path) -> None:
     scale = SCALES[size.name]
     started = time.perf_counter()
+    phases = Laps()
     alerts_before = len(estate.alerts())
     writes_before = estate.controller_arm_writes()
     # Another instance of the function app: same settings, ledger, queue, Azurite and identity.
@@ -447,6 +504,7 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
         other_started = starter.submit(other.start, 120)
         blobs = Blobs(estate, scale)
         other_started.result()
+    phases.lap("second_instance_and_blobs")
     try:
         logs = HostLogs(estate, other)
         key_events = KeyEvents(estate, other, scale)
@@ -457,8 +515,10 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
             passes = [run_pass(estate, blobs, logs, scale, mode=mode, scale_out=scale_out, seed=1404 + index)
                       for index, (mode, scale_out) in enumerate(scale.passes)]
             delivery.result()
+        phases.lap("passes")
         expiry_events, expiring = near_expiry_events(estate, blobs)
         key_events.deliver_everywhere(expiry_events)
+        phases.lap("near_expiry_deliveries")
 
         with ConsumerWatch(estate, order, key_events.accounts) as watch:
             def converged() -> bool:
@@ -475,6 +535,7 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
             while not converged():
                 assert time.monotonic() < deadline, "the consumers did not converge in time"
                 time.sleep(0.5)
+        phases.lap("consumers_converged")
 
         def handled() -> bool:
             text = logs.text()
@@ -485,9 +546,11 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
         while not handled():
             assert time.monotonic() < deadline, "the near-expiry events were not handled"
             time.sleep(0.3)
+        phases.lap("near_expiry_handled")
         log, instance_logs = logs.text(), logs.texts()
     finally:
         other.stop()
+    phases.lap("second_instance_stopped")
     seconds = time.perf_counter() - started
 
     arm_writes = estate.controller_arm_writes() - writes_before
@@ -527,14 +590,19 @@ def test_writers_and_two_instances_lose_no_update_and_act_once(estate: Estate, s
         "accepted_more_than_once": sum(1 for count in accepted.values() if count > 1), "released_attempts": released,
         "arm_writes": arm_writes, "arm_writes_minimum": minimum, "duplicate_actions": max(0, arm_writes - minimum),
         "alerts_sent": len(notices), "alerts_sent_twice": sum(1 for count in sent.values() if count > 1),
-        "backward_moves": len(watch.backwards), "seconds": round(seconds, 1),
+        "backward_moves": len(watch.backwards), "seconds": round(seconds, 1), "seconds_by_phase": phases.seconds,
     })
     for item in passes:
-        assert item["problems"] == {"lost_updates": [], "old_version": [], "unreadable": [], "left_over": []}, item
+        assert item["problems"] == {"lost_updates": [], "old_version": [], "unreadable": [], "left_over": [],
+                                    "same_content_key": []}, item
         assert item["counts"].get("failed", 0) == 0, item
         assert item["counts"].get("skipped_malformed") == 1, item
         assert item["settled"] == scale.blobs, item
-    assert set(key_events.statuses) <= {200, 202, 0}, key_events.statuses  # 0: timed out (a busy instance)
+    # 0: timed out (a busy instance). 503: the invocation failed transiently (e.g. the ledger's storage reset
+    # a connection under load) and released the event for Event Grid to deliver again: each one is a
+    # failed invocation in the hosts' logs, never a 5xx that hides one.
+    assert set(key_events.statuses) <= {200, 202, 0, 503}, key_events.statuses
+    assert key_events.statuses[503] <= released, (key_events.statuses, released)
     assert set(accepted) == event_ids, accepted
     assert sum(count - 1 for count in accepted.values()) <= released, accepted
     assert watch.backwards == []

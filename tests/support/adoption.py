@@ -23,6 +23,7 @@ from azure.data.tables import TableClient
 from controller import reconciler, rotation
 from controller.adapters.alert_ledger import TableAlertLedger
 from controller.adapters.credentials import ArmConnection
+from controller.adapters.http_transport import pooled_transport
 from controller.adapters.inventory import ConsumerDirectory, Inventory
 from controller.adapters.key_vault import KeyVaults
 from controller.adapters.rotation_ledger import TableRotationLedger
@@ -89,7 +90,8 @@ def instance(estate: AdoptionEstate, connection_string: str, *, table: str, queu
     connection = ArmConnection(credential, endpoint=arm.url, connection_verify=arm.ca_path, retry_total=8)
     storage = StorageControl(connection, policy=policy)
     inventory = Inventory(connection, storage, subscriptions=[estate.subscription], policy=policy)
-    ledger_table = TableClient.from_connection_string(connection_string, table_name=table)
+    ledger_table = TableClient.from_connection_string(connection_string, table_name=table,
+                                                      transport=pooled_transport(concurrency))
     alert_table = TableClient.from_connection_string(connection_string, table_name=table)
     queue_client = work_queue_client(connection_string, queue)
     deps = reconciler.ReconcileDeps(
@@ -105,7 +107,8 @@ def instance(estate: AdoptionEstate, connection_string: str, *, table: str, queu
         limits=reconciler.ExecutionLimits(concurrency=concurrency, time_budget=time_budget, owner=owner,
                                           refresh_every=refresh_every),
     )
-    return Instance(deps, connection, inventory, [storage, inventory, ledger_table, alert_table, queue_client])
+    return Instance(deps, connection, inventory,
+                    [storage, inventory, ledger_table, alert_table, queue_client, connection])
 
 
 def key_of(estate: AdoptionEstate) -> KeyRef:

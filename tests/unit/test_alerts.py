@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from controller import alerts
-from controller.alert_desk import AlertDesk
+from controller.alert_desk import COMMIT_ATTEMPTS, AlertDesk
 from controller.alerts import AlertStatus, ChannelKind, ChannelRoute, Transition
-from controller.errors import Conflict, PermanentError
+from controller.errors import Conflict, PermanentError, TransientError
 from controller.model import Alert, Severity
 from controller.reasons import Reason
 from tests.unit.fakes import FakeAlertLedger, FakeChannel, FakeClock
@@ -277,15 +277,42 @@ def test_a_concurrent_instance_that_opened_the_alert_first_means_we_do_not_notif
     assert [notice.transition for notice in channel.received] == [Transition.OPENED]
 
 
+def test_many_instances_deciding_one_scope_at_once_each_decide_again_until_theirs_is_recorded(caplog):
+    """Many resource events at once: each invocation re-evaluates drift and syncs the one compliance
+    scope. Each one that loses the race to save decides again, after a short pause that spreads the
+    contenders, on what the winners wrote, until its own save goes through (one winner per round):
+    the invocation succeeds, and the notice is sent once."""
+    ledger, clock, channel = FakeAlertLedger(), FakeClock(T0), FakeChannel()
+    pauses: list[float] = []
+    alert_desk = AlertDesk(ledger, {ChannelKind.WEBHOOK: (ChannelRoute(ChannelKind.WEBHOOK), channel)}, clock,
+                           realert_after=DAY, pause=pauses.append)
+    original_save = ledger.save
+    lost_races = [Conflict("another instance saved first")] * 5
+
+    def another_instance_saves_first(states, deliveries):  # type: ignore[no-untyped-def]
+        if lost_races:
+            raise lost_races.pop()
+        original_save(states, deliveries)
+
+    ledger.save = another_instance_saves_first
+    with caplog.at_level(logging.INFO, logger="controller.alerts"):
+        alert_desk.sync(SCOPE, [alert()])
+    assert lost_races == [] and len(pauses) == 5 and all(0 < pause <= 2.0 for pause in pauses)
+    assert [notice.transition for notice in channel.received] == [Transition.OPENED]
+    assert sum("alert opened" in record.message for record in caplog.records) == 1
+
+
 def test_a_ledger_that_keeps_changing_is_a_transient_failure():
     ledger, clock = FakeAlertLedger(), FakeClock(T0)
+    pauses: list[float] = []
 
     def always_conflict(states, deliveries):  # type: ignore[no-untyped-def]
         raise Conflict("changed")
 
     ledger.save = always_conflict
-    with pytest.raises(Exception, match="kept changing"):
-        desk(ledger, clock).sync(SCOPE, [alert()])
+    with pytest.raises(TransientError, match="kept changing"):
+        AlertDesk(ledger, {}, clock, realert_after=DAY, pause=pauses.append).sync(SCOPE, [alert()])
+    assert len(pauses) == COMMIT_ATTEMPTS - 1  # bounded: the invocation fails and is retried later
 
 
 def test_an_unconfigured_channel_keeps_its_owed_notice():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import shutil
@@ -93,6 +94,31 @@ def test_every_command_helps_with_examples_and_the_exit_statuses(argv, capsys):
     assert max(len(line) for line in text.splitlines()) <= 120
 
 
+def _leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path of the parser tree that runs something (``events parse``, ``rotate`` ...)."""
+    groups = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    if not groups:
+        return [path]
+    return [leaf for group in groups for name, child in group.choices.items()
+            for leaf in _leaf_commands(child, (*path, name))]
+
+
+def test_no_command_is_left_without_examples_and_exit_statuses(capsys):
+    """The list above is not the only guard: every command cmkctl has, found by walking its parser."""
+    from controller.cli.main import build_parser, main
+
+    leaves = _leaf_commands(build_parser())
+    assert {"audit", "sweep", "reconcile", "rotate", "usage", "rewrap"} <= {leaf[-1] for leaf in leaves}
+    for leaf in leaves:
+        with pytest.raises(SystemExit) as done:
+            main([*leaf, "--help"])
+        assert done.value.code == 0, leaf
+        text = capsys.readouterr().out
+        assert "examples:\n  cmkctl " + " ".join(leaf) in text, leaf
+        assert "exit status:\n  0  ok\n  1  findings" in text, leaf
+        assert "  3  a service could not be reached" in text, leaf
+
+
 @pytest.mark.parametrize("until", ["yesterday", "2026-12-01T09:00:00"])
 def test_audit_refuses_an_until_that_is_not_an_instant_with_a_zone(until, capsys):
     from controller.cli import main
@@ -117,5 +143,25 @@ def test_negative_or_absurd_numbers_are_bad_input(argv, capsys):
     with pytest.raises(SystemExit) as done:
         main(argv)
     assert done.value.code == 2
-    error = capsys.readouterr().err
-    assert "outside" in error or "is not a number" in error
+    printed = capsys.readouterr()
+    assert "outside" in printed.err or "is not a number" in printed.err
+    assert printed.out == ""  # no JSON asked for: nothing on stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["rotate", "contoso-kv", "k", "--wait", "-5", "--json"],
+    ["usage", "contoso-kv", "--json"],
+    ["audit", "--since", "7d", "--format", "json", "--until", "yesterday"],
+    ["sweep", "--format=json", "--subscription", "not-a-guid"],
+])
+def test_a_bad_argument_still_prints_one_json_document_when_json_was_asked_for(argv, capsys):
+    from controller.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    printed = capsys.readouterr()
+    document = json.loads(printed.out)  # exactly one document: json.loads refuses anything after it
+    assert document["kind"] == "InvalidInput"
+    assert document["error"].startswith(f"cmkctl {argv[0]}: error: ")
+    assert document["error"] in printed.err

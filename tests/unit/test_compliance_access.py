@@ -14,7 +14,7 @@ from controller.compliance.access import (
     key_access,
     scope_covers,
 )
-from controller.compliance.estate import RoleDefinition, RolePermission, Subscription
+from controller.compliance.estate import RoleAssignment, RoleDefinition, RolePermission, Subscription
 from controller.model import IdentityAccess
 from tests.unit.estate_builders import (
     CRYPTO_USER_ROLE,
@@ -203,7 +203,46 @@ def test_unread_role_assignments_make_an_rbac_vault_unknown() -> None:
     result = key_access(vault(role_assignments=None), KEY_NAME, PRINCIPAL, role_definitions={},
                         subscription=SUBSCRIPTION)
     assert result.access is IdentityAccess.UNKNOWN
+    assert result.model == "rbac"
     assert result.unevaluated == ("role assignments were not read",)
+
+
+OTHER_PRINCIPAL = "99999999-9999-9999-9999-999999999999"
+MG_DATA = "/providers/Microsoft.Management/managementGroups/mg-data"
+
+
+@pytest.mark.parametrize(("first", "unevaluated"), [
+    (assignment(principal=OTHER_PRINCIPAL), ()),
+    (assignment(RG.replace("rg-keys", "rg-keys2")), ()),
+    (assignment(MG_DATA), (f"management-group assignment at {MG_DATA}: the subscription's management-group "
+                           "ancestry is unknown",)),
+    (assignment(condition="@Resource[name] StringEquals 'x'"),
+     (f"conditional assignment at {VAULT_ID} (ABAC conditions are not evaluated)",)),
+    (assignment(role=CUSTOM_ROLE_ID), (f"role definition {CUSTOM_ROLE_ID} was not read",)),
+])
+def test_an_assignment_that_does_not_count_does_not_hide_the_ones_after_it(first: RoleAssignment,
+                                                                          unevaluated: tuple[str, ...]) -> None:
+    """Each assignment is judged on its own: one that does not count is passed over, not the end of the list."""
+    granting = assignment(RG)
+    no_ancestry = replace(SUBSCRIPTION, management_groups=None)
+    built = vault(role_assignments=(first, granting))
+    result = key_access(built, KEY_NAME, PRINCIPAL, role_definitions={}, subscription=no_ancestry)
+    assert (result.access, result.grants) == (IdentityAccess.GRANTED, (granting,))
+    assert result.granted_by == (f"Key Vault Crypto Service Encryption User at {RG}",)
+    # Denied or unknown, a verdict still names the partial grants and what could not be decided.
+    partial = assignment(role=CUSTOM_ROLE_ID.replace("000000000001", "0000000000aa"))
+    wrap_only = replace(custom_role("Microsoft.KeyVault/vaults/keys/wrap/action"), id=partial.role_definition_id)
+    built = vault(role_assignments=(first, partial))
+    result = key_access(built, KEY_NAME, PRINCIPAL, role_definitions=definitions(wrap_only), subscription=no_ancestry)
+    assert result.access is (IdentityAccess.UNKNOWN if unevaluated else IdentityAccess.DENIED)
+    assert (result.granted_by, result.grants) == ((f"cmk custom at {VAULT_ID}",), (partial,))
+    assert (result.missing, result.unevaluated) == ((READ, UNWRAP), unevaluated)
+
+
+def test_a_vault_id_with_a_trailing_slash_still_covers_its_keys() -> None:
+    built = vault(vault_id=VAULT_ID + "/", role_assignments=(assignment(KEY_SCOPE),))
+    result = key_access(built, KEY_NAME, PRINCIPAL, role_definitions={}, subscription=SUBSCRIPTION)
+    assert result.access is IdentityAccess.GRANTED
 
 
 def test_the_builtin_role_is_known_by_guid_whatever_the_id_prefix() -> None:
@@ -234,6 +273,20 @@ def test_access_policies_need_get_wrap_and_unwrap(
     assert result.model == "access-policy"
     assert result.access is expected
     assert result.missing == missing
+    assert result.grants == result.unevaluated == ()
+
+
+@pytest.mark.parametrize(("permissions", "granted_by"), [
+    (("all",), ("access policy: all",)),
+    (("get", "wrapKey", "unwrapKey", "sign"), ("access policy: get, wrapKey, unwrapKey",)),
+    (("get", "wrapKey"), ()),
+])
+def test_an_access_policy_verdict_names_what_granted_it(permissions: tuple[str, ...],
+                                                        granted_by: tuple[str, ...]) -> None:
+    built = vault(enable_rbac_authorization=False, access_policies=(access_policy(PRINCIPAL, *permissions),),
+                  role_assignments=None)
+    result = key_access(built, KEY_NAME, PRINCIPAL, role_definitions={}, subscription=SUBSCRIPTION)
+    assert result.granted_by == granted_by
 
 
 GROUP_NAMES = st.from_regex(r"[A-Za-z0-9_.()-]{1,20}", fullmatch=True).filter(lambda name: not name.endswith("."))

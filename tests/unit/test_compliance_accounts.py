@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from controller.compliance.access import NEEDED_DATA_ACTIONS
 from controller.compliance.estate import (
     AttachedIdentity,
     ManagedIdentity,
@@ -91,9 +92,16 @@ def test_cmk_001_accounts_in_scope_must_use_key_vault(
     assert (result.rule, result.severity, result.resource) == ("CMK-001", Severity.HIGH, ACCOUNT)
     assert result.evidence["keySource"] == "Microsoft.Storage"
     assert result.evidence["require_cmk"] == settings.require_cmk.value
+    spelled = {name.lower(): value for name, value in tags.items()}  # tag names compare case-insensitively
+    assert result.evidence["tags"] == {"cmk-required": spelled.get("cmk-required"),
+                                       "cmk-exempt": spelled.get("cmk-exempt")}
+    assert result.title == "storage account acct1 does not use a customer-managed key"
     assert result.evidence["reason"] == "NotCustomerManaged"
-    assert "az storage account update --name acct1 --resource-group rg-data" in result.remediation
-    assert "--encryption-key-source Microsoft.Keyvault" in result.remediation
+    assert result.remediation == (
+        "az storage account update --name acct1 --resource-group rg-data --encryption-key-source Microsoft.Keyvault "
+        "--encryption-key-vault https://<vault>.vault.azure.net --encryption-key-name <key> "
+        "--key-vault-user-identity-id <user-assigned identity id> (grant that identity Key Vault Crypto Service "
+        "Encryption User on the key first)")
 
 
 # --- CMK-002 --------------------------------------------------------------------------------------------
@@ -130,10 +138,27 @@ def test_cmk_002_the_encryption_identity_must_resolve(
     assert result.evidence["reason"] == reason
     assert result.evidence["encryption.identity.userAssignedIdentity"] == uai
     assert result.evidence["identity.type"] == built_account.identity.type
+    attached = tuple(entry.resource_id for entry in built_account.identity.user_assigned)
+    assert result.evidence["identity.userAssignedIdentities"] == attached
+    names = "--name acct1 --resource-group rg-data"
     if reason == "UserAssignedIdentityNotAttached":
-        assert f"--user-identity-id {uai}" in result.remediation
+        assert result.title == "the encryption identity of acct1 is not attached to the account"
+        assert result.remediation == (
+            f"az storage account update {names} --identity-type SystemAssigned,UserAssigned --user-identity-id {uai} "
+            "(attach it), or point encryption.identity.userAssignedIdentity at an attached identity")
     else:
-        assert "--assign-identity" in result.remediation
+        assert result.title == "acct1 has no encryption identity: none is set and the system-assigned one is off"
+        assert result.remediation == (
+            f"az storage account update {names} --assign-identity (then grant it Key Vault Crypto Service Encryption "
+            "User on the key), or pass --key-vault-user-identity-id with an attached user-assigned identity")
+
+
+def test_cmk_002_judges_every_account() -> None:
+    """A Microsoft-managed account and a resolving one do not stop the accounts after them."""
+    plain = account("acct0", key_source="Microsoft.Storage", uai=None, identity=ManagedIdentity())
+    broken = account("acct2", uai=None, identity=ManagedIdentity(type="None"))
+    findings = run(cmk_002_encryption_identity_resolves, estate(accounts=(plain, account("acct1"), broken)))
+    assert [result.resource for result in findings] == [account_id("acct2")]
 
 
 def test_cmk_002_ignores_accounts_without_any_key_vault_encryption() -> None:
@@ -327,7 +352,95 @@ def test_cmk_008_not_evaluable_when_the_vault_listing_failed() -> None:
     assert (result.resource, entry["rule"], entry["read_error"]) == (ACCOUNT, "CMK-008", "timeout")
 
 
+def test_cmk_008_an_invalid_key_uri_is_not_evaluable_and_the_next_consumer_is_still_judged() -> None:
+    built = estate(accounts=(account("acct0", key_vault_uri="http://contoso-cmk.vault.azure.net/"),
+                             account("acct1", location="North Europe")))
+    invalid, mismatch = run(cmk_008_vault_in_account_region, built)
+    assert (invalid.rule, invalid.resource) == ("CMK-000", account_id("acct0"))
+    assert not_evaluated(invalid) == [{
+        "rule": "CMK-008", "reason": "KeyUriInvalid",
+        "detail": "vault origin 'http://contoso-cmk.vault.azure.net' must use https",
+        "key_uri": "http://contoso-cmk.vault.azure.net/keys/storage-cmk"}]
+    assert (mismatch.rule, mismatch.resource) == ("CMK-008", ACCOUNT)
+
+
+def test_cmk_006_and_cmk_012_titles_name_the_account() -> None:
+    denied = estate(vaults=(vault(role_assignments=()),))
+    assert only(run(cmk_006_identity_can_use_key, denied)).title == (
+        "the encryption identity of acct1 cannot get, wrap and unwrap its key")
+    lagging = estate(accounts=(account(current=f"{KEY_URI}/{V1}"),))
+    assert only(run(cmk_012_latest_version_adopted, lagging)).title == "acct1 has not adopted the latest key version"
+
+
+def test_cmk_012_evidence_and_remediation_in_full() -> None:
+    result = only(run(cmk_012_latest_version_adopted, estate(accounts=(account(current=f"{KEY_URI}/{V1}"),))))
+    assert result.evidence == {
+        "reason": "AdoptionOverdue", "key_uri": KEY_URI, "current_version": V1,
+        "current_created": (NOW - timedelta(days=60)).isoformat(), "latest_version": V2,
+        "latest_available_since": (NOW - timedelta(days=30)).isoformat(), "lag_hours": 720.0,
+        "adoption_window_hours": 24.0, "last_key_rotation": None}
+    pin = ("az storage account update --name acct1 --resource-group rg-data --encryption-key-source Microsoft.Keyvault "
+           f"--encryption-key-vault {VAULT_ORIGIN} --encryption-key-name storage-cmk --encryption-key-version \"{V2}\"")
+    then = "then set the versionless key URI back (automatic updates) once currentVersionedKeyIdentifier shows it"
+    assert result.remediation == f"{pin}, {then}"
+
+
+def test_cmk_012_pins_a_key_named_keys_in_its_own_vault() -> None:
+    built = estate(accounts=(account(key_name="keys", current=f"{VAULT_ORIGIN}/keys/keys/{V1}"),),
+                   vaults=(vault(keys=(vault_key("keys"),)),))
+    assert (f"--encryption-key-vault {VAULT_ORIGIN} --encryption-key-name keys --encryption-key-version \"{V2}\""
+            in only(run(cmk_012_latest_version_adopted, built)).remediation)
+
+
+def test_cmk_008_judges_every_consumer_and_says_what_to_do() -> None:
+    """Same region, a missing vault (CMK-013's), then a mismatch: the mismatch is still found."""
+    built = estate(accounts=(account("acct0"),
+                             account("acct1", key_vault_uri="https://gone-cmk.vault.azure.net/",
+                                     current="https://gone-cmk.vault.azure.net/keys/storage-cmk/" + V2),
+                             account("acct2", location="North Europe")))
+    result = only(run(cmk_008_vault_in_account_region, built))
+    assert result.resource == account_id("acct2")
+    assert result.title == "acct2 is in North Europe but its key's vault contoso-cmk is in westeurope"
+    assert result.remediation == (
+        "an outage of westeurope takes the data offline: create a vault in North Europe (az keyvault create "
+        "--location northeurope --enable-purge-protection true), create the key there and point the consumer at "
+        "it, or accept the cross-region dependency")
+
+
+def test_cmk_006_evidence_in_full() -> None:
+    denied = only(run(cmk_006_identity_can_use_key, estate(vaults=(vault(role_assignments=()),))))
+    assert denied.evidence == {
+        "reason": "IdentityLacksAccess", "key_uri": KEY_URI, "principal_id": PRINCIPAL, "identity": "user-assigned",
+        "vault": VAULT_ID, "key": KEY_NAME, "permission_model": "rbac", "missing": NEEDED_DATA_ACTIONS,
+        "granted_by": ()}
+    detached = account(identity=ManagedIdentity(type="None"))
+    unresolved = only(run(cmk_006_identity_can_use_key, estate(accounts=(detached,))))
+    assert unresolved.evidence == {
+        "reason": "IdentityLacksAccess", "key_uri": KEY_URI, "principal_id": None, "identity": "user-assigned",
+        "detail": "the encryption identity does not resolve (UserAssignedIdentityNotAttached, CMK-002)"}
+    assert unresolved.remediation == "fix the account's encryption identity (CMK-002)"
+    no_identity = account(uai=None, identity=ManagedIdentity(type="None"))
+    assert only(run(cmk_006_identity_can_use_key, estate(accounts=(no_identity,)))).evidence["identity"] == (
+        "system-assigned")
+    unread_role = "/x/roleDefinitions/c0ffee00-0000-4000-8000-000000000001"
+    unknown = only(run(cmk_006_identity_can_use_key, estate(vaults=(vault(role_assignments=(assignment(
+        role=unread_role),)),))))
+    assert not_evaluated(unknown) == [{
+        "rule": "CMK-006", "reason": "AccessNotEvaluated", "detail": f"role definition {unread_role} was not read",
+        "missing": NEEDED_DATA_ACTIONS, "aspect": "role-assignments"}]
+
+
 # --- CMK-011 --------------------------------------------------------------------------------------------
+
+
+def test_cmk_011_unpins_a_key_named_keys_in_its_own_vault() -> None:
+    """The vault is what precedes the first "/keys/" of the key URI, even for a key called keys."""
+    built = estate(accounts=(account(key_name="keys", key_version=V2, current=f"{VAULT_ORIGIN}/keys/keys/{V2}"),),
+                   vaults=(vault(keys=(vault_key("keys"),)),))
+    assert only(run(cmk_011_versionless_key, built)).remediation == (
+        "az storage account update --name acct1 --resource-group rg-data --encryption-key-source Microsoft.Keyvault "
+        f"--encryption-key-vault {VAULT_ORIGIN} --encryption-key-name keys --encryption-key-version \"\" "
+        "(versionless: automatic version updates)")
 
 
 def test_cmk_011_reports_pinned_accounts_and_scopes() -> None:
@@ -336,6 +449,9 @@ def test_cmk_011_reports_pinned_accounts_and_scopes() -> None:
     assert (account_finding.rule, account_finding.severity) == ("CMK-011", Severity.LOW)
     assert account_finding.resource == ACCOUNT
     assert account_finding.evidence["key_version"] == V2
+    assert account_finding.evidence["key_uri"] == f"{KEY_URI}/{V2.upper()}"
+    assert account_finding.title == f"acct1 pins key version {V2}"
+    assert account_finding.remediation.endswith('--encryption-key-version "" (versionless: automatic version updates)')
     assert account_finding.evidence["reason"] == "PinnedVersion"
     assert (f"--encryption-key-vault {VAULT_ORIGIN} --encryption-key-name {KEY_NAME} --encryption-key-version \"\""
             in account_finding.remediation)
@@ -434,6 +550,8 @@ def test_cmk_014_queue_and_table_need_account_keys(queue: str | None, table: str
     assert (result.rule, result.severity, result.resource) == ("CMK-014", Severity.INFO, ACCOUNT)
     assert result.evidence["uncovered"] == uncovered
     assert result.evidence["services.queue.keyType"] == (queue or "Service")
+    assert result.evidence["services.table.keyType"] == (table or "Service")
+    assert result.title == f"the {' and '.join(uncovered)} service of acct1 is not covered by the CMK"
     assert "--encryption-key-type-for-queue Account --encryption-key-type-for-table Account" in result.remediation
 
 
@@ -458,11 +576,53 @@ def test_cmk_015_geo_redundant_cmk_accounts_are_advised(sku: str, key_source: st
         return
     result = only(findings)
     assert (result.rule, result.severity, result.resource) == ("CMK-015", Severity.MEDIUM, ACCOUNT)
-    assert result.evidence["sku"] == sku
-    assert "az keyvault key backup" in result.remediation
+    assert result.evidence == {"reason": "GeoRedundant", "sku": sku, "location": "West Europe"}
+    assert result.title == f"acct1 is geo-redundant ({sku}): failover needs the key"
+    assert result.remediation == (
+        "keep the key available to the secondary region: back it up (az keyvault key backup --vault-name <vault> "
+        "--name <key> --file <key>.backup), keep purge protection on, and test failover with the key reachable")
 
 
 # --- CMK-019 --------------------------------------------------------------------------------------------
+
+
+def test_cmk_019_names_every_failed_check_and_joins_their_remediation() -> None:
+    built = estate(accounts=(account(scopes=(scope(state="Disabled", current=f"{KEY_URI}/{V1}"),)),))
+    result = only(run(cmk_019_encryption_scopes, built))
+    assert result.title == "encryption scope acct1/scope1 fails state, adoption"
+    command = "az storage account encryption-scope update --account-name acct1 --resource-group rg-data --name scope1"
+    assert result.remediation == (
+        f"{command} --state Enabled; {command} --key-source Microsoft.KeyVault --key-uri {KEY_URI}/{V2}, then set "
+        "the versionless key URI back (automatic updates) once currentVersionedKeyIdentifier shows it")
+
+
+def test_cmk_019_a_check_it_cannot_decide_names_the_failed_read() -> None:
+    failure = ReadFailure(resource=f"/subscriptions/{SUB}", aspect=ReadAspect.VAULTS, reason="timeout", status_code=503)
+    built = estate(accounts=(account(scopes=(scope(),)),), vaults=(), read_failures=(failure,))
+    entries = [entry for result in run(cmk_019_encryption_scopes, built) for entry in not_evaluated(result)]
+    assert {(entry["rule"], entry["aspect"], entry["read_error"], entry["status_code"]) for entry in entries} == {
+        ("CMK-019", "vaults", "timeout", 503)}
+    assert f"adoption: vault {VAULT_ORIGIN} is not in the estate and a vault listing failed" in [
+        entry["detail"] for entry in entries]
+
+
+def test_cmk_019_a_scope_with_storage_keys_in_a_required_account_names_its_source_and_the_fix() -> None:
+    """The Microsoft-managed scope of a not-required account is skipped, and the next account still judged."""
+    untagged = account("acct0", scopes=(scope("plain", "acct0", source="Microsoft.Storage", key_uri=None),))
+    required = account("acct1", tags={"cmk-required": "true"},
+                       scopes=(scope("plain", source="Microsoft.Storage", key_uri=None),))
+    result = only(run(cmk_019_encryption_scopes, estate(accounts=(untagged, required)), settings=TAGGED))
+    assert (result.resource, result.evidence["source"]) == (f"{ACCOUNT}/encryptionScopes/plain",
+                                                           {"source": "Microsoft.Storage"})
+    assert result.title == "encryption scope acct1/plain fails source"
+    assert result.remediation == (
+        "az storage account encryption-scope update --account-name acct1 --resource-group rg-data --name plain "
+        "--key-source Microsoft.KeyVault --key-uri https://<vault>.vault.azure.net/keys/<key>")
+
+
+def test_cmk_019_unread_scopes_are_named() -> None:
+    [entry] = not_evaluated(only(run(cmk_019_encryption_scopes, estate(accounts=(account(scopes=None),)))))
+    assert (entry["rule"], entry["detail"]) == ("CMK-019", "the encryption scopes of acct1 were not read")
 
 
 def test_cmk_019_a_compliant_scope_passes() -> None:

@@ -23,7 +23,13 @@ from controller.compliance.estate import (
 )
 from controller.compliance.findings import Finding, fingerprint_of
 from controller.compliance.rules import CATALOGUE, RuleSettings, evaluate, summarise
-from controller.compliance.rules.context import DEFAULT_SEVERITY, Unevaluable, not_evaluable
+from controller.compliance.rules.catalogue import merge_not_evaluable
+from controller.compliance.rules.context import (
+    DEFAULT_SEVERITY,
+    Unevaluable,
+    not_evaluable,
+    read_failure_finding,
+)
 from controller.model import RotationLifetimeAction, Severity
 from controller.reasons import Reason
 from tests.unit.estate_builders import (
@@ -177,6 +183,69 @@ def test_summary_counts_and_versions_in_use() -> None:
         V1: (account_id("lagging"), account_id("pinned")),
         V2: (f"{account_id('lagging')}/encryptionScopes/s1", account_id("unread"))}}
     json.dumps(summary.as_json())
+
+
+def test_summary_counts_the_census_and_names_consumers_of_an_unknown_version() -> None:
+    built = estate(accounts=(account(current=None),), container_census=(census({V2: 4}),))
+    summary = summarise(built, evaluate(built, RuleSettings(), NOW))
+    assert summary.as_json() == {
+        "by_severity": {"critical": 0, "high": 2, "medium": 0, "low": 0, "info": 0},
+        "by_rule": {"CMK-000": 2},
+        "resources_evaluated": 4,  # the account, the vault, the key in use and the census
+        "not_evaluable": [account_id("acct1"), KEY_URI],
+        "rules_not_evaluable": ["CMK-009", "CMK-012"],
+        "versions_in_use": {KEY_URI: {"unknown": [account_id("acct1")]}},
+    }
+
+
+def group_id(name: str) -> str:
+    return f"/subscriptions/{SUB}/resourceGroups/{name}"
+
+
+def test_findings_and_not_evaluable_resources_sort_case_insensitively() -> None:
+    """"_" sorts before letters in lower case and after them in upper case: the order is lower case's."""
+    names = ("rgb", "rg_a", "RGC")
+    failures = tuple(ReadFailure(resource=group_id(name), aspect=ReadAspect.STORAGE_ACCOUNTS, reason="Forbidden",
+                                 status_code=403) for name in names)
+    built = estate(accounts=(), vaults=(), read_failures=failures)
+    findings = evaluate(built, RuleSettings(), NOW)
+    expected = [group_id("rg_a"), group_id("rgb"), group_id("RGC")]
+    assert [result.resource for result in findings] == expected
+    assert list(summarise(built, findings).not_evaluable) == expected
+
+
+VAULT_X = VAULT_ID.replace("contoso-cmk", "keysX")  # a vault name may end in an upper-case X
+
+
+def test_cmk_000s_of_one_resource_merge_whatever_its_spelling_and_keep_every_remediation() -> None:
+    forbidden = ReadFailure(resource=VAULT_X + "/", aspect=ReadAspect.KEYS, reason="Forbidden", status_code=403)
+    unread = Unevaluable(Reason.NOT_READ, "not reported", aspect=ReadAspect.ROLE_ASSIGNMENTS)
+    alone = read_failure_finding(ReadFailure(resource="audit-logs", aspect=ReadAspect.AUDIT_LOGS, reason="slow"))
+    merged = merge_not_evaluable([
+        alone,
+        read_failure_finding(forbidden),
+        not_evaluable("CMK-016", VAULT_X.upper(), unread),
+        not_evaluable("CMK-006", VAULT_X.lower(), unread),
+    ])
+    assert merged[0] == alone
+    [vault_finding] = merged[1:]
+    assert vault_finding.resource == VAULT_X.upper()
+    assert vault_finding.title == "CMK-006, CMK-016 could not be evaluated"
+    assert vault_finding.remediation == "; ".join(sorted({
+        read_failure_finding(forbidden).remediation, not_evaluable("CMK-016", VAULT_X, unread).remediation}))
+    assert [entry.get("rule") for entry in not_evaluated(vault_finding)] == [None, "CMK-006", "CMK-016"]
+
+
+def test_a_cmk_000_without_entries_merges_as_none() -> None:
+    bare = Finding("CMK-000", Severity.HIGH, VAULT_ID, "could not read the vault", {}, "retry")
+    listed = Finding("CMK-000", Severity.HIGH, VAULT_ID, "odd", {"not_evaluated": [{"rule": "CMK-004"}]}, "retry")
+    other = not_evaluable("CMK-016", VAULT_ID, Unevaluable(Reason.NOT_READ, "not reported"))
+    [merged] = merge_not_evaluable([bare, listed, other])
+    assert not_evaluated(merged) == not_evaluated(other)  # a list is not this code's evidence: no entries
+    assert merged.title == "CMK-016 could not be evaluated"
+    [no_rules] = merge_not_evaluable([bare, listed])
+    assert no_rules.title == "could not read the vault; odd"
+    assert not_evaluated(no_rules) == []
 
 
 def test_evaluate_needs_an_aware_clock_and_valid_settings() -> None:

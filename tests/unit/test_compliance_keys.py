@@ -31,6 +31,7 @@ from tests.unit.estate_builders import (
     V2,
     V3,
     VAULT_ID,
+    VAULT_ORIGIN,
     VERSIONS,
     account,
     account_id,
@@ -51,6 +52,8 @@ from tests.unit.estate_builders import (
 pytestmark = pytest.mark.unit
 
 ACCOUNT = account_id("acct1")
+A_KEY_URI = f"{VAULT_ORIGIN}/keys/a-key"
+A_VAULT = "https://a-vault.vault.azure.net"
 
 
 def with_key(**key: object) -> object:
@@ -71,8 +74,9 @@ def with_key(**key: object) -> object:
     ("RSA", 2560, RuleSettings(), "UnsupportedKeySize"),
     ("RSA", 2048, RuleSettings(min_rsa_key_size=3072), "KeySizeBelowMinimum"),
     ("RSA-HSM", 3072, RuleSettings(min_rsa_key_size=4096), "KeySizeBelowMinimum"),
+    ("EC", None, RuleSettings(), "UnsupportedKeyType"),
 ])
-def test_cmk_005_keys_must_be_rsa_of_a_supported_size(kty: str, size: int, settings: RuleSettings,
+def test_cmk_005_keys_must_be_rsa_of_a_supported_size(kty: str, size: int | None, settings: RuleSettings,
                                                       reason: str | None) -> None:
     findings = run(cmk_005_key_type_and_size, with_key(kty=kty, key_size=size), settings=settings)  # type: ignore[arg-type]
     if reason is None:
@@ -82,17 +86,38 @@ def test_cmk_005_keys_must_be_rsa_of_a_supported_size(kty: str, size: int, setti
     assert (result.rule, result.severity, result.resource) == ("CMK-005", Severity.CRITICAL, KEY_URI)
     assert result.evidence == {"reason": reason, "kty": kty, "key_size": size,
                                "minimum_size": settings.min_rsa_key_size}
-    assert result.title == (f"key storage-cmk is {kty} {size}: storage needs RSA of 2048, 3072, 4096 bits, "
+    described = f"{kty} {size}" if size is not None else kty  # no size reported: none shown
+    assert result.title == (f"key storage-cmk is {described}: storage needs RSA of 2048, 3072, 4096 bits, "
                             f"at least {settings.min_rsa_key_size}")
     kty_option = "RSA-HSM" if kty.upper().endswith("-HSM") else "RSA"
-    assert (f"az keyvault key create --vault-name contoso-cmk --name storage-cmk --kty {kty_option} "
-            f"--size {settings.min_rsa_key_size}") in result.remediation
+    assert result.remediation == (
+        f"az keyvault key create --vault-name contoso-cmk --name storage-cmk --kty {kty_option} "
+        f"--size {settings.min_rsa_key_size} (a new version of the same key; versionless consumers adopt it, pinned "
+        "ones must be updated)")
 
 
 def test_cmk_005_an_rsa_key_without_a_size_is_not_evaluable() -> None:
     result = only(run(cmk_005_key_type_and_size, with_key(key_size=None)))  # type: ignore[arg-type]
     assert (result.rule, result.resource) == ("CMK-000", KEY_URI)
     assert not_evaluated(result)[0]["rule"] == "CMK-005"
+    assert not_evaluated(result)[0]["detail"] == "the size of RSA key storage-cmk was not reported"
+
+
+def test_cmk_005_each_key_is_judged_on_its_own() -> None:
+    """In URI order: a-vault's key (vault not read), a-key (no size), b-key (fine), storage-cmk (EC)."""
+    unread_vault = vault(name="a-vault", vault_id=VAULT_ID.replace("contoso-cmk", "a-vault"),
+                         vault_uri=f"{A_VAULT}/", keys=None)
+    built = estate(
+        accounts=(account("acct0", key_name="a-key"), account("acct1"),
+                  account("acct2", key_name="b-key"),
+                  account("acct3", key_vault_uri=f"{A_VAULT}/", current=f"{A_VAULT}/keys/{KEY_NAME}/{V2}")),
+        vaults=(vault(keys=(vault_key("a-key", key_size=None), vault_key("b-key"), vault_key(kty="EC"))),
+                unread_vault))
+    unread_key, sizeless, ec = run(cmk_005_key_type_and_size, built)
+    assert (unread_key.resource, [entry["rule"] for entry in not_evaluated(unread_key)]) == (
+        f"{A_VAULT}/keys/{KEY_NAME}", ["CMK-005"])
+    assert (sizeless.rule, sizeless.resource) == ("CMK-000", A_KEY_URI)
+    assert (ec.rule, ec.resource, ec.evidence["reason"]) == ("CMK-005", KEY_URI, "UnsupportedKeyType")
 
 
 def test_key_rules_use_the_versionless_uri_with_a_lower_case_host() -> None:
@@ -135,6 +160,8 @@ def test_cmk_009_the_version_in_use_must_be_usable(
     assert problem["version"] == V2
     assert problem["used_by"] == (ACCOUNT,)
     assert problem["expires"] == (versions[1].expires.isoformat() if versions[1].expires else None)
+    assert problem["not_before"] == (versions[1].not_before.isoformat() if versions[1].not_before else None)
+    assert problem["enabled"] is versions[1].enabled
     expected = {
         "VersionDisabled": f"az keyvault key set-attributes --vault-name contoso-cmk --name storage-cmk --version {V2} "
                            "--enabled true",
@@ -143,6 +170,8 @@ def test_cmk_009_the_version_in_use_must_be_usable(
         "VersionNotYetValid": f"move the consumers of {V2} to a valid version",
     }[reason]
     assert expected in result.remediation
+    assert result.title == ("storage-cmk: the key version in use expires soon" if reason == "VersionExpiresSoon"
+                            else "storage-cmk: the key version in use is disabled, expired or not yet valid")
 
 
 def test_cmk_009_reports_every_version_in_use_and_is_critical_if_any_is() -> None:
@@ -155,6 +184,11 @@ def test_cmk_009_reports_every_version_in_use_and_is_critical_if_any_is() -> Non
     assert result.evidence["reason"] == "VersionDisabled"
     assert [(p["version"], p["reason"], p["used_by"]) for p in result.evidence["versions"]] == [  # type: ignore[attr-defined]
         (V1, "VersionExpiresSoon", (account_id("acct2"),)), (V2, "VersionDisabled", (ACCOUNT,))]
+    assert result.title == "storage-cmk: the key version in use is disabled, expired or not yet valid"
+    assert result.remediation == (
+        f"az keyvault key rotate --vault-name contoso-cmk --name storage-cmk and let the consumers of {V1} adopt the "
+        f"new version (update pinned ones); az keyvault key set-attributes --vault-name contoso-cmk --name storage-cmk "
+        f"--version {V2} --enabled true")
 
 
 def test_cmk_009_consumers_whose_version_is_unknown_or_unlisted_are_not_evaluable() -> None:
@@ -163,9 +197,41 @@ def test_cmk_009_consumers_whose_version_is_unknown_or_unlisted_are_not_evaluabl
     assert unknown.resource == unlisted.resource == KEY_URI
     [entry] = not_evaluated(unknown)
     assert (entry["rule"], entry["reason"], entry["consumers"]) == ("CMK-009", "CurrentVersionUnknown", (ACCOUNT,))
+    assert entry["detail"] == "consumers report no version of the key in use"
     [entry] = not_evaluated(unlisted)
-    assert (entry["reason"], entry["versions"], entry["consumers"]) == (
-        "VersionNotListed", (V3,), (account_id("acct2"),))
+    assert (entry["rule"], entry["reason"], entry["versions"], entry["consumers"]) == (
+        "CMK-009", "VersionNotListed", (V3,), (account_id("acct2"),))
+    assert entry["detail"] == "versions in use are not among the versions the vault lists"
+
+
+def test_cmk_009_an_unlisted_version_does_not_hide_the_problems_of_the_next() -> None:
+    """Versions are reported in lower case, whatever case the consumer spells them in, and in order."""
+    unlisted, zero = "0a" * 16, "0" * 32  # zero sorts before V2, "0a…" after it
+    built = estate(accounts=(account("acct0", current=f"{KEY_URI}/{unlisted.upper()}"), account("acct1"),
+                             account("acct2", current=f"{KEY_URI}/{zero}")),
+                   vaults=(vault(keys=(vault_key(versions=latest(enabled=False)),)),))
+    not_listed, disabled = run(cmk_009_version_in_use_valid, built)
+    [entry] = not_evaluated(not_listed)
+    assert (entry["versions"], entry["consumers"]) == ((zero, unlisted), (account_id("acct2"), account_id("acct0")))
+    assert (disabled.rule, disabled.evidence["reason"]) == ("CMK-009", "VersionDisabled")
+
+
+def test_cmk_009_each_key_is_judged_on_its_own() -> None:
+    """In URI order: a-vault's key (vault not read), a-key (versions not read), storage-cmk (disabled)."""
+    unread_vault = vault(name="a-vault", vault_id=VAULT_ID.replace("contoso-cmk", "a-vault"),
+                         vault_uri=f"{A_VAULT}/", keys=None)
+    built = estate(
+        accounts=(account("acct0", key_name="a-key"), account("acct1"),
+                  account("acct3", key_vault_uri=f"{A_VAULT}/", current=f"{A_VAULT}/keys/{KEY_NAME}/{V2}")),
+        vaults=(vault(keys=(vault_key("a-key", versions=None), vault_key(versions=latest(enabled=False)))),
+                unread_vault))
+    unread_key, versionless, disabled = run(cmk_009_version_in_use_valid, built)
+    assert (unread_key.resource, [entry["rule"] for entry in not_evaluated(unread_key)]) == (
+        f"{A_VAULT}/keys/{KEY_NAME}", ["CMK-009"])
+    assert versionless.resource == A_KEY_URI
+    [entry] = not_evaluated(versionless)
+    assert (entry["rule"], entry["detail"]) == ("CMK-009", f"the versions of {A_KEY_URI} were not read")
+    assert (disabled.rule, disabled.resource, disabled.evidence["reason"]) == ("CMK-009", KEY_URI, "VersionDisabled")
 
 
 def test_cmk_009_unlisted_versions_are_not_evaluable() -> None:
@@ -230,13 +296,77 @@ def test_cmk_010_unread_policy_and_invalid_durations_are_not_evaluable() -> None
     assert not_evaluated(unread)[0]["detail"] == f"the rotation-policy of {KEY_URI} was not read"
     assert "getrotationpolicy" in unread.remediation
     invalid = rotation_policy(RotationLifetimeAction("Rotate", time_after_create="ninety days"))
-    [entry] = not_evaluated(only(run(cmk_010_rotation_policy, with_key(policy=invalid))))  # type: ignore[arg-type]
-    assert entry["reason"] == "DurationInvalid"
+    invalid_policy = only(run(cmk_010_rotation_policy, with_key(policy=invalid)))  # type: ignore[arg-type]
+    assert invalid_policy.resource == KEY_URI
+    [entry] = not_evaluated(invalid_policy)
+    assert (entry["rule"], entry["reason"]) == ("CMK-010", "DurationInvalid")
+    assert entry["detail"] == "'ninety days' is not an ISO 8601 duration"
+
+
+def test_cmk_010_a_key_that_cannot_be_judged_does_not_stop_the_keys_after_it() -> None:
+    """Keys are judged in URI order: a-vault's key (vault not read), a-key (policy unreadable) and
+    storage-cmk (not rotated) each get their own verdict."""
+    failure = ReadFailure(resource=A_KEY_URI, aspect=ReadAspect.ROTATION_POLICY, reason="Forbidden", status_code=403)
+    unread_vault = vault(name="a-vault", vault_id=VAULT_ID.replace("contoso-cmk", "a-vault"),
+                         vault_uri=f"{A_VAULT}/", keys=None)
+    built = estate(
+        accounts=(account("acct0", key_name="a-key"), account("acct1"),
+                  account("acct2", key_vault_uri=f"{A_VAULT}/", current=f"{A_VAULT}/keys/{KEY_NAME}/{V2}")),
+        vaults=(vault(keys=(vault_key("a-key", policy_read=False), vault_key(policy=rotation_policy(NOTIFY),
+                                                                              versions=OLD))), unread_vault),
+        read_failures=(failure,))
+    unread_key, unreadable_policy, stale = run(cmk_010_rotation_policy, built)
+    assert (unreadable_policy.rule, unreadable_policy.resource) == ("CMK-000", A_KEY_URI)
+    assert not_evaluated(unreadable_policy) == [{
+        "rule": "CMK-010", "reason": "NotRead", "detail": f"the rotation-policy of {A_KEY_URI} was not read",
+        "aspect": "rotation-policy", "read_error": "Forbidden", "status_code": 403}]
+    assert (unread_key.rule, unread_key.resource) == ("CMK-000", f"{A_VAULT}/keys/{KEY_NAME}")
+    assert [entry["rule"] for entry in not_evaluated(unread_key)] == ["CMK-010"]
+    assert (stale.rule, stale.resource) == ("CMK-010", KEY_URI)
+
+
+@pytest.mark.parametrize("first", [
+    vault_key("a-key", policy=rotation_policy(RotationLifetimeAction("Rotate", time_after_create="ninety days"))),
+    vault_key("a-key", versions=OLD,
+              policy=rotation_policy(RotationLifetimeAction("Rotate", time_after_create="P30D"))),
+    vault_key("a-key", policy=rotation_policy(NOTIFY), versions=(key_version(V1, age=timedelta(days=200),
+                                                                             enabled=False),)),
+    vault_key("a-key", policy=rotation_policy(NOTIFY), versions=VERSIONS),
+])
+def test_cmk_010_each_key_is_judged_on_its_own(first: object) -> None:
+    """Whatever decided the first key (an invalid duration, a timely policy, no enabled version, a young
+    version), the next one is still judged."""
+    stale = vault_key(policy=rotation_policy(NOTIFY), versions=OLD)
+    built = estate(accounts=(account("acct0", key_name="a-key"), account("acct1")),
+                   vaults=(vault(keys=(first, stale)),))  # type: ignore[arg-type]
+    findings = run(cmk_010_rotation_policy, built)
+    assert [(result.rule, result.resource) for result in findings][-1] == ("CMK-010", KEY_URI)
+    assert findings[-1].title == "key storage-cmk is not rotated within 90 days and its version is 120 days old"
+    assert findings[-1].evidence["rotate_actions"] == ()  # a Notify action rotates nothing
+
+
+def test_cmk_010_evidence_and_remediation_in_full() -> None:
+    late = rotation_policy(RotationLifetimeAction("Rotate", time_before_expiry="P30D"), expires_after="P1Y")
+    result = only(run(cmk_010_rotation_policy, with_key(policy=late, versions=OLD)))  # type: ignore[arg-type]
+    assert result.evidence == {
+        "reason": "NoTimelyRotation", "rotate_actions": ({"timeAfterCreate": None, "timeBeforeExpiry": "P30D"},),
+        "expiryTime": "P1Y", "current_version": V2, "current_version_created": (NOW - timedelta(days=120)).isoformat(),
+        "age_days": 120, "max_age_days": 90}
+    assert result.remediation == (
+        "az keyvault key rotation-policy update --vault-name contoso-cmk --name storage-cmk --value "
+        '\'{"lifetimeActions":[{"trigger":{"timeAfterCreate":"P90D"},"action":{"type":"Rotate"}},'
+        '{"trigger":{"timeBeforeExpiry":"P30D"},"action":{"type":"Notify"}}],"attributes":{"expiryTime":"P2Y"}}\'')
+
+
+def test_cmk_010_unread_versions_are_named_as_such() -> None:
+    [entry] = not_evaluated(only(run(cmk_010_rotation_policy, with_key(versions=None))))  # type: ignore[arg-type]
+    assert (entry["rule"], entry["aspect"]) == ("CMK-010", "key-versions")
+    assert entry["detail"] == f"the key-versions of {KEY_URI} was not read"
 
 
 @pytest.mark.parametrize(("text", "days"), [
     ("P90D", 90), ("p90d", 90), ("P2Y", 730), ("P3M", 90), ("P1Y6M", 545), ("P2W", 14), ("PT36H", 1.5),
-    ("P1DT12H", 1.5),
+    ("P1DT12H", 1.5), ("PT90M", 1 / 16), ("PT5400S", 1 / 16), ("P1DT1H1M1S", 1 + (3600 + 60 + 1) / 86400),
 ])
 def test_iso_durations(text: str, days: float) -> None:
     assert parse_duration(text) == timedelta(days=days)
@@ -336,6 +466,60 @@ def test_cmk_013_also_covers_keys_of_registered_containers() -> None:
     assert result.evidence["consumers"] == ()
 
 
+def test_cmk_013_a_key_used_by_accounts_and_containers_is_one_finding_and_the_others_are_still_judged() -> None:
+    """In URI order: a-key exists, storage-cmk is missing (an account and a container use it, in any case
+    spelling), and a container naming no key URI at all is CMK-018's, not a stop."""
+    built = estate(accounts=(account("acct0", key_name="a-key"), account("acct1")),
+                   vaults=(vault(keys=(vault_key("a-key"),)),),
+                   container_census=(census({V1: 1}, container="unparseable", key_uri="not a key uri"),
+                                     census({V1: 3}, key_uri=KEY_URI.upper().replace("HTTPS", "https"))))
+    result = only(run(cmk_013_key_exists, built))
+    assert (result.resource, result.evidence["reason"]) == (KEY_URI, "KeyMissing")
+    assert (result.evidence["consumers"], result.evidence["containers"]) == ((ACCOUNT,), ("acct1/secrets",))
+
+
+ON_VAULT = {"consumers": (ACCOUNT,), "containers": (), "vault": VAULT_ORIGIN}
+
+
+@pytest.mark.parametrize(("vaults", "deleted_vaults", "title", "evidence", "remediation"), [
+    ((vault(keys=(), deleted_keys=(deleted_key(),)),), (),
+     "key storage-cmk is soft-deleted: its consumers cannot reach it",
+     {"reason": "KeySoftDeleted", "deleted_on": (NOW - timedelta(days=78)).isoformat(),
+      "scheduled_purge": (NOW + timedelta(days=12)).isoformat(), "days_until_purge": 12},
+     "az keyvault key recover --vault-name contoso-cmk --name storage-cmk"),
+    ((), (deleted_vault(),),
+     "the vault of key storage-cmk is soft-deleted: its consumers cannot reach it",
+     {"reason": "VaultSoftDeleted", "vault_id": VAULT_ID, "deletion_date": (NOW - timedelta(days=85)).isoformat(),
+      "scheduled_purge": (NOW + timedelta(days=5)).isoformat(), "days_until_purge": 5},
+     "az keyvault recover --name contoso-cmk --location westeurope"),
+    ((vault(keys=()),), (),
+     "key storage-cmk does not exist (purged or never created): data is inaccessible", {"reason": "KeyMissing"},
+     "restore the key from a backup (az keyvault key restore --vault-name contoso-cmk --file <backup>), or point "
+     "the consumers at an existing key"),
+    ((), (),
+     f"the vault {VAULT_ORIGIN} of key storage-cmk does not exist (purged or never created)",
+     {"reason": "VaultMissing"},
+     "restore the vault's keys from backups into a vault (az keyvault key restore), or point the consumers at an "
+     "existing key"),
+])
+def test_cmk_013_says_what_is_gone_and_how_to_get_it_back(vaults: tuple[object, ...],
+                                                         deleted_vaults: tuple[object, ...], title: str,
+                                                         evidence: dict[str, object], remediation: str) -> None:
+    result = only(run(cmk_013_key_exists, estate(vaults=vaults, deleted_vaults=deleted_vaults)))  # type: ignore[arg-type]
+    assert (result.title, result.evidence, result.remediation) == (title, {**ON_VAULT, **evidence}, remediation)
+
+
+def test_cmk_013_a_key_that_cannot_be_judged_does_not_stop_the_keys_after_it() -> None:
+    unread_vault = vault(name="a-vault", vault_id=VAULT_ID.replace("contoso-cmk", "a-vault"),
+                         vault_uri=f"{A_VAULT}/", keys=None)
+    built = estate(accounts=(account("acct1"),
+                             account("acct3", key_vault_uri=f"{A_VAULT}/", current=f"{A_VAULT}/keys/{KEY_NAME}/{V2}")),
+                   vaults=(vault(keys=()), unread_vault))
+    unread_key, missing = run(cmk_013_key_exists, built)
+    assert (unread_key.rule, unread_key.resource) == ("CMK-000", f"{A_VAULT}/keys/{KEY_NAME}")
+    assert (missing.rule, missing.resource, missing.evidence["reason"]) == ("CMK-013", KEY_URI, "KeyMissing")
+
+
 def test_cmk_013_managed_hsm_keys_are_not_evaluable() -> None:
     hsm = "https://contoso-hsm.managedhsm.azure.net/"
     result = only(run(cmk_013_key_exists, estate(accounts=(account(key_vault_uri=hsm),))))
@@ -345,6 +529,24 @@ def test_cmk_013_managed_hsm_keys_are_not_evaluable() -> None:
 
 
 # --- CMK-020 --------------------------------------------------------------------------------------------
+
+
+def test_cmk_020_names_the_shared_key_and_goes_on_past_isolated_ones() -> None:
+    """a-key is used once; storage-cmk by three accounts in two subscriptions, one of them unknown to
+    the estate (its tenant is not guessed)."""
+    unknown_sub = "00000000-0000-0000-0000-0000000000c3"
+    accounts = (account("acct0", key_name="a-key"), account("acct1"), account("acct2"),
+                account("acct3", subscription=unknown_sub))
+    findings = run(cmk_020_key_isolation, estate(accounts=accounts), settings=RuleSettings(max_accounts_per_key=2))
+    result = only(findings)
+    assert (result.resource, result.title) == (KEY_URI, "key storage-cmk protects 3 accounts in 2 subscriptions")
+    assert result.evidence == {
+        "reasons": ("KeySharedAcrossSubscriptions", "KeySharedByTooManyAccounts"), "accounts": 3,
+        "max_accounts": 2, "subscriptions": (SUB, unknown_sub), "tenants": (TENANT,)}
+    assert result.remediation == (
+        "use one key per tenant and subscription, shared by at most 2 accounts: az keyvault key create "
+        "--vault-name <vault> --name <key> --kty RSA --size 3072, then move accounts to it (az storage account "
+        "update --encryption-key-name <key>)")
 
 
 def test_cmk_020_one_account_and_its_scopes_are_isolated() -> None:

@@ -11,6 +11,7 @@ import base64
 import functools
 import json
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -27,6 +28,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.envelope import (
+    MAX_ENVELOPE_CHARS,
+    Envelope,
     MalformedReason,
     WrappedContentKey,
     find_envelope,
@@ -216,6 +219,15 @@ def test_compact_json_from_other_sdks_keeps_its_style() -> None:
     assert ", " not in rewrapped.to_metadata_value()
 
 
+def test_json_in_any_other_layout_is_rewritten_in_the_librarys_own() -> None:
+    """Neither the library's separators nor compact JSON: a re-wrap writes what the library would."""
+    document = json.loads(library_envelope("2.0")[0])
+    envelope = parse_envelope(json.dumps(document, indent=1))
+    new_wrapped = WrappedContentKey(NEW_KEY_ID, b"\x07" * 256, "RSA-OAEP-256")
+    text = envelope.with_wrapped_key(new_wrapped).to_metadata_value()
+    assert text == json.dumps(json.loads(text))
+
+
 @pytest.mark.parametrize("protocol", ["1.0", "2.0", "2.1"])
 def test_rewrapped_envelope_changes_only_the_wrapped_key(protocol: str) -> None:
     value, _ = library_envelope(protocol)
@@ -289,6 +301,7 @@ def test_payload_must_fit_the_protocol(protocol: str, payload: bytes, fits: bool
     with pytest.raises(MalformedEnvelope) as caught:
         envelope.check_payload(payload)
     assert caught.value.reason == MalformedReason.PAYLOAD_MISMATCH
+    assert caught.value.detail == f"unwrapped payload does not match protocol {protocol}"
     assert "kkkk" not in str(caught.value)
 
 
@@ -357,70 +370,191 @@ def _mutated(protocol: str, change: str) -> str:
             document["KeyWrappingMetadata"] = "Python"
         case "EncryptionMode number":
             document["EncryptionMode"] = 1
+        case "WrappedContentKey string":
+            document["WrappedContentKey"] = OLD_KEY_ID
+        case "KeyId of 2049 characters" | "KeyId of 2048 characters":
+            wrapped["KeyId"] = (OLD_KEY_ID + "0" * 2048)[: int(change.split()[2])]
+        case "EncryptedKey not ASCII":
+            wrapped["EncryptedKey"] = "\u00c5" + wrapped["EncryptedKey"][1:]
+        case "EncryptedKey not canonical":
+            # 256 bytes end in "X==", and only X's first two bits are data: set one of the others.
+            encoded = wrapped["EncryptedKey"]
+            last = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
+            wrapped["EncryptedKey"] = encoded[:-3] + last[last.index(encoded[-3]) ^ 1] + "=="
+        case "EncryptedKey of 4097 characters":
+            wrapped["EncryptedKey"] = "!" * 4097
+        case "EncryptedKey of 1024 bytes":
+            wrapped["EncryptedKey"] = base64.b64encode(b"x" * 1024).decode()
+        case "Algorithm of 65 characters" | "Algorithm of 64 characters":
+            wrapped["Algorithm"] = "A" * int(change.split()[2])
+        case "no Protocol":
+            del agent["Protocol"]
+        case "no EncryptionAlgorithm":
+            del agent["EncryptionAlgorithm"]
+        case "IV not base64":
+            document["ContentEncryptionIV"] = "not base64!"
+        case "no DataLength":
+            del document["EncryptedRegionInfo"]["DataLength"]
+        case "DataLength over 2**31":
+            document["EncryptedRegionInfo"]["DataLength"] = 2**31 + 1
+        case "DataLength 2**31":
+            document["EncryptedRegionInfo"]["DataLength"] = 2**31
+        case "DataLength one":
+            document["EncryptedRegionInfo"]["DataLength"] = 1
+        case "TagLength 16":
+            document["EncryptedRegionInfo"]["TagLength"] = 16
+        case "EncryptionLibrary of 257 characters" | "EncryptionLibrary of 256 characters":
+            document["KeyWrappingMetadata"]["EncryptionLibrary"] = "L" * int(change.split()[2])
+        case "no EncryptionLibrary":
+            del document["KeyWrappingMetadata"]["EncryptionLibrary"]
+        case "no KeyWrappingMetadata":
+            del document["KeyWrappingMetadata"]
+        case "no EncryptionMode":
+            del document["EncryptionMode"]
         case _:
             raise AssertionError(change)
     return json.dumps(document)
 
 
+_KEY_ID = "WrappedContentKey.KeyId"
+_ENCRYPTED_KEY = "WrappedContentKey.EncryptedKey"
+_ALGORITHM = "WrappedContentKey.Algorithm"
+_PROTOCOL = "EncryptionAgent.Protocol"
+_CONTENT_ALGORITHM = "EncryptionAgent.EncryptionAlgorithm"
+
+
 @pytest.mark.parametrize(
-    ("protocol", "change", "reason"),
+    ("protocol", "change", "reason", "detail"),
     [
-        ("2.0", "no WrappedContentKey", MalformedReason.MISSING_FIELD),
-        ("2.0", "no KeyId", MalformedReason.MISSING_FIELD),
-        ("2.0", "empty KeyId", MalformedReason.INVALID_FIELD),
-        ("2.0", "KeyId with space", MalformedReason.INVALID_FIELD),
-        ("2.0", "numeric KeyId", MalformedReason.INVALID_FIELD),
-        ("2.0", "no EncryptedKey", MalformedReason.MISSING_FIELD),
-        ("2.0", "EncryptedKey not base64", MalformedReason.INVALID_BASE64),
-        ("2.0", "EncryptedKey unpadded", MalformedReason.INVALID_BASE64),
-        ("2.0", "EncryptedKey empty", MalformedReason.INVALID_FIELD),
-        ("2.0", "EncryptedKey too long", MalformedReason.INVALID_FIELD),
-        ("2.0", "no Algorithm", MalformedReason.MISSING_FIELD),
-        ("2.0", "Algorithm null", MalformedReason.INVALID_FIELD),
-        ("2.0", "no EncryptionAgent", MalformedReason.MISSING_FIELD),
-        ("2.0", "EncryptionAgent list", MalformedReason.INVALID_FIELD),
-        ("2.0", "Protocol 3.0", MalformedReason.UNSUPPORTED_PROTOCOL),
-        ("2.0", "Protocol number", MalformedReason.INVALID_FIELD),
-        ("2.0", "CBC under 2.0", MalformedReason.ALGORITHM_MISMATCH),
-        ("1.0", "GCM under 1.0", MalformedReason.ALGORITHM_MISMATCH),
-        ("1.0", "no IV", MalformedReason.MISSING_FIELD),
-        ("1.0", "short IV", MalformedReason.INVALID_FIELD),
-        ("1.0", "region info under 1.0", MalformedReason.UNEXPECTED_FIELD),
-        ("2.0", "IV under 2.0", MalformedReason.UNEXPECTED_FIELD),
-        ("2.0", "no region info", MalformedReason.MISSING_FIELD),
-        ("2.0", "DataLength zero", MalformedReason.INVALID_FIELD),
-        ("2.0", "NonceLength bool", MalformedReason.INVALID_FIELD),
-        ("2.0", "NonceLength float", MalformedReason.INVALID_FIELD),
-        ("2.0", "TagLength string", MalformedReason.INVALID_FIELD),
-        ("2.0", "KeyWrappingMetadata string", MalformedReason.INVALID_FIELD),
-        ("2.0", "EncryptionMode number", MalformedReason.INVALID_FIELD),
+        ("2.0", "no WrappedContentKey", MalformedReason.MISSING_FIELD, "WrappedContentKey"),
+        ("2.0", "WrappedContentKey string", MalformedReason.INVALID_FIELD, "WrappedContentKey"),
+        ("2.0", "no KeyId", MalformedReason.MISSING_FIELD, _KEY_ID),
+        ("2.0", "empty KeyId", MalformedReason.INVALID_FIELD, _KEY_ID),
+        ("2.0", "KeyId with space", MalformedReason.INVALID_FIELD, _KEY_ID),
+        ("2.0", "numeric KeyId", MalformedReason.INVALID_FIELD, _KEY_ID),
+        ("2.0", "KeyId of 2049 characters", MalformedReason.INVALID_FIELD, _KEY_ID),
+        ("2.0", "no EncryptedKey", MalformedReason.MISSING_FIELD, _ENCRYPTED_KEY),
+        ("2.0", "EncryptedKey not base64", MalformedReason.INVALID_BASE64, _ENCRYPTED_KEY),
+        ("2.0", "EncryptedKey not ASCII", MalformedReason.INVALID_BASE64, _ENCRYPTED_KEY),
+        ("2.0", "EncryptedKey unpadded", MalformedReason.INVALID_BASE64, _ENCRYPTED_KEY),
+        ("2.0", "EncryptedKey not canonical", MalformedReason.INVALID_BASE64, _ENCRYPTED_KEY),
+        ("2.0", "EncryptedKey empty", MalformedReason.INVALID_FIELD, _ENCRYPTED_KEY),
+        ("2.0", "EncryptedKey too long", MalformedReason.INVALID_FIELD, _ENCRYPTED_KEY),
+        # Over 4,096 characters the text is refused before it is decoded at all.
+        ("2.0", "EncryptedKey of 4097 characters", MalformedReason.INVALID_FIELD, _ENCRYPTED_KEY),
+        ("2.0", "no Algorithm", MalformedReason.MISSING_FIELD, _ALGORITHM),
+        ("2.0", "Algorithm null", MalformedReason.INVALID_FIELD, _ALGORITHM),
+        ("2.0", "Algorithm of 65 characters", MalformedReason.INVALID_FIELD, _ALGORITHM),
+        ("2.0", "no EncryptionAgent", MalformedReason.MISSING_FIELD, "EncryptionAgent"),
+        ("2.0", "EncryptionAgent list", MalformedReason.INVALID_FIELD, "EncryptionAgent"),
+        ("2.0", "no Protocol", MalformedReason.MISSING_FIELD, _PROTOCOL),
+        ("2.0", "Protocol 3.0", MalformedReason.UNSUPPORTED_PROTOCOL, _PROTOCOL),
+        ("2.0", "Protocol number", MalformedReason.INVALID_FIELD, _PROTOCOL),
+        ("2.0", "no EncryptionAlgorithm", MalformedReason.MISSING_FIELD, _CONTENT_ALGORITHM),
+        ("2.0", "CBC under 2.0", MalformedReason.ALGORITHM_MISMATCH, _CONTENT_ALGORITHM),
+        ("1.0", "GCM under 1.0", MalformedReason.ALGORITHM_MISMATCH, _CONTENT_ALGORITHM),
+        ("1.0", "no IV", MalformedReason.MISSING_FIELD, "ContentEncryptionIV"),
+        ("1.0", "short IV", MalformedReason.INVALID_FIELD, "ContentEncryptionIV"),
+        ("1.0", "IV not base64", MalformedReason.INVALID_BASE64, "ContentEncryptionIV"),
+        ("1.0", "region info under 1.0", MalformedReason.UNEXPECTED_FIELD, "EncryptedRegionInfo"),
+        ("2.0", "IV under 2.0", MalformedReason.UNEXPECTED_FIELD, "ContentEncryptionIV"),
+        ("2.0", "no region info", MalformedReason.MISSING_FIELD, "EncryptedRegionInfo"),
+        ("2.0", "no DataLength", MalformedReason.MISSING_FIELD, "EncryptedRegionInfo.DataLength"),
+        ("2.0", "DataLength zero", MalformedReason.INVALID_FIELD, "EncryptedRegionInfo.DataLength"),
+        ("2.0", "DataLength over 2**31", MalformedReason.INVALID_FIELD, "EncryptedRegionInfo.DataLength"),
+        ("2.0", "NonceLength bool", MalformedReason.INVALID_FIELD, "EncryptedRegionInfo.NonceLength"),
+        ("2.0", "NonceLength float", MalformedReason.INVALID_FIELD, "EncryptedRegionInfo.NonceLength"),
+        ("2.0", "TagLength string", MalformedReason.INVALID_FIELD, "EncryptedRegionInfo.TagLength"),
+        ("2.0", "KeyWrappingMetadata string", MalformedReason.INVALID_FIELD, "KeyWrappingMetadata"),
+        ("2.0", "EncryptionLibrary of 257 characters", MalformedReason.INVALID_FIELD,
+         "KeyWrappingMetadata.EncryptionLibrary"),
+        ("2.0", "EncryptionMode number", MalformedReason.INVALID_FIELD, "EncryptionMode"),
     ],
 )
-def test_rejects_what_the_library_would_not_write(protocol: str, change: str, reason: MalformedReason) -> None:
+def test_rejects_what_the_library_would_not_write(
+    protocol: str, change: str, reason: MalformedReason, detail: str
+) -> None:
     with pytest.raises(MalformedEnvelope) as caught:
         parse_envelope(_mutated(protocol, change))
     assert caught.value.reason == reason
+    # The detail names the field an operator has to look at, and nothing of its value.
+    assert caught.value.detail == detail
+    assert str(caught.value) == f"{reason}: {detail}"
     assert isinstance(caught.value, PermanentError)
 
 
 @pytest.mark.parametrize(
-    ("text", "reason"),
+    ("change", "check"),
     [
-        ("", MalformedReason.INVALID_JSON),
-        ("{", MalformedReason.INVALID_JSON),
-        ('{"a": NaN}', MalformedReason.INVALID_JSON),
-        ("[1, 2]", MalformedReason.NOT_AN_OBJECT),
-        ('"text"', MalformedReason.NOT_AN_OBJECT),
-        ('{"EncryptionAgent": {}, "EncryptionAgent": {}}', MalformedReason.DUPLICATE_FIELD),
-        ("[" * 100_000, MalformedReason.TOO_LARGE),
-        ("[" * 5000 + "]" * 5000, MalformedReason.TOO_LARGE),
-        ("[" * 4000 + "]" * 4000, MalformedReason.INVALID_JSON),
+        ("KeyId of 2048 characters", lambda envelope: len(envelope.wrapped_key.key_id) == 2048),
+        ("EncryptedKey of 1024 bytes", lambda envelope: len(envelope.wrapped_key.encrypted_key) == 1024),
+        ("Algorithm of 64 characters", lambda envelope: envelope.wrapped_key.algorithm == "A" * 64),
+        ("EncryptionLibrary of 256 characters", lambda envelope: envelope.encryption_library == "L" * 256),
+        ("DataLength one", lambda envelope: envelope.region_info.data_length == 1),
+        ("DataLength 2**31", lambda envelope: envelope.region_info.data_length == 2**31),
+        ("TagLength 16", lambda envelope: envelope.region_info.tag_length == 16),
+        ("no EncryptionLibrary", lambda envelope: envelope.encryption_library is None),
+        ("no KeyWrappingMetadata", lambda envelope: envelope.encryption_library is None),
+        ("no EncryptionMode", lambda envelope: envelope.encryption_mode is None),
     ],
 )
-def test_rejects_text_that_is_not_an_envelope(text: str, reason: MalformedReason) -> None:
+def test_accepts_every_value_up_to_each_limit(change: str, check: Callable[[Envelope], bool]) -> None:
+    assert check(parse_envelope(_mutated("2.0", change)))
+
+
+_NOT_JSON = "envelope is not valid JSON"
+_NOT_AN_OBJECT = "envelope is not a JSON object"
+_TOO_LARGE = "envelope is longer than 8192"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason", "detail"),
+    [
+        ("", MalformedReason.INVALID_JSON, _NOT_JSON),
+        ("{", MalformedReason.INVALID_JSON, _NOT_JSON),
+        ('{"a": NaN}', MalformedReason.INVALID_JSON, _NOT_JSON),
+        ('{"a": Infinity}', MalformedReason.INVALID_JSON, _NOT_JSON),
+        ("[1, 2]", MalformedReason.NOT_AN_OBJECT, _NOT_AN_OBJECT),
+        ('"text"', MalformedReason.NOT_AN_OBJECT, _NOT_AN_OBJECT),
+        (
+            '{"EncryptionAgent": {}, "EncryptionAgent": {}}',
+            MalformedReason.DUPLICATE_FIELD,
+            "field 'EncryptionAgent' appears twice",
+        ),
+        # A long duplicated name is cut to its first 64 characters in the message.
+        (
+            f'{{"{"n" * 100}": 1, "{"n" * 100}": 2}}',
+            MalformedReason.DUPLICATE_FIELD,
+            f"field {'n' * 64!r} appears twice",
+        ),
+        ("[" * 100_000, MalformedReason.TOO_LARGE, _TOO_LARGE),
+        ("[" * 5000 + "]" * 5000, MalformedReason.TOO_LARGE, _TOO_LARGE),
+        ("[" * 4000 + "]" * 4000, MalformedReason.INVALID_JSON, _NOT_JSON),
+    ],
+)
+def test_rejects_text_that_is_not_an_envelope(text: str, reason: MalformedReason, detail: str) -> None:
     with pytest.raises(MalformedEnvelope) as caught:
         parse_envelope(text)
     assert caught.value.reason == reason
+    assert caught.value.detail == detail
+
+
+def test_rejects_a_value_that_is_not_text() -> None:
+    with pytest.raises(MalformedEnvelope) as caught:
+        parse_envelope(library_envelope("2.0")[0].encode())  # type: ignore[arg-type]
+    assert (caught.value.reason, caught.value.detail) == (MalformedReason.INVALID_JSON, "envelope is not a string")
+
+
+def test_an_envelope_of_exactly_the_metadata_limit_is_accepted() -> None:
+    document = json.loads(library_envelope("2.0")[0])
+    document["FutureField"] = ""
+    document["FutureField"] = "f" * (MAX_ENVELOPE_CHARS - len(json.dumps(document)))
+    text = json.dumps(document)
+    assert len(text) == MAX_ENVELOPE_CHARS
+    assert parse_envelope(text).to_metadata_value() == text
+    with pytest.raises(MalformedEnvelope) as caught:
+        parse_envelope(text[:-1] + " }")
+    assert caught.value.reason == MalformedReason.TOO_LARGE
 
 
 def test_duplicate_field_inside_the_wrapped_key_is_rejected() -> None:
@@ -451,6 +585,7 @@ def test_finds_the_envelope_case_insensitively() -> None:
     with pytest.raises(MalformedEnvelope) as caught:
         find_envelope({"encryptiondata": value, "EncryptionData": value})
     assert caught.value.reason == MalformedReason.AMBIGUOUS_METADATA
+    assert caught.value.detail == "more than one encryptiondata entry"
 
 
 _json_values = st.recursive(

@@ -17,6 +17,7 @@ from controller.model import (
     KeyEvent,
     KeyEventKind,
     KeyRef,
+    KeyState,
     KeyVersionInfo,
     Severity,
     VaultOrigin,
@@ -513,6 +514,30 @@ def test_writes_past_the_time_budget_continue_through_the_queue_and_finish():
     assert sorted(written.count(consumer) for consumer in set(written)) == [1, 1, 1, 2, 2, 2]  # never twice
 
 
+class SlowInventory(SlowStorage):
+    """Finding the consumers takes two minutes too (at 10,000 accounts their scope listings take minutes
+    of ARM's read budget)."""
+
+    def consumers_of(self, key: KeyRef) -> list[Consumer]:
+        self.clock.advance(timedelta(minutes=2))
+        return super().consumers_of(key)
+
+
+def test_the_time_budget_counts_the_inventory_too():
+    """The host ends an invocation at its time limit, whatever it was doing: the budget is the invocation's,
+    from the start of the reconcile, not from its first write."""
+    w = world()
+    slow = SlowInventory({consumer.id: consumer for consumer in estate_of(6)})
+    slow.clock = w.clock
+    w.deps = replace(w.deps, inventory=slow, control=slow,
+                     limits=reconciler.ExecutionLimits(time_budget=timedelta(seconds=150)))
+
+    first = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+
+    assert len(first.writes) == 1  # the first write always starts (at 2 minutes); the next would at 3
+    assert first.deferred == 5
+
+
 def test_every_run_starts_at_least_one_write_however_small_the_budget():
     w = world()
     slow = SlowStorage({consumer.id: consumer for consumer in estate_of(2)})
@@ -555,3 +580,43 @@ def test_a_new_version_writes_only_the_conditions_that_changed_not_every_version
     newest = w.vault.rotate_key(KEY)
     reconciler.reconcile_key(KEY.with_version(newest.version), w.deps, target_version=newest.version)
     assert 0 < w.ledger.subjects_written - written <= 4  # the new version, the one it supersedes, the consumer
+
+
+@dataclass
+class TieVault(FakeVault):
+    """Two versions created within one second (Key Vault reports creation to the second): the vault names
+    which one is current."""
+
+    current: str | None = None
+
+    def get_key_state(self, key: KeyRef) -> KeyState:
+        return replace(super().get_key_state(key), current_version=self.current)
+
+
+def test_the_adoption_path_takes_the_vaults_current_version_on_a_same_second_tie():
+    """The per-consumer plans of concurrent writers and the continuations of a run cut off by its time
+    budget decide the target as one plan does: on a creation-time tie the vault's current version, even
+    for a late event naming the other one (pinning consumers back to it, which Azure's automatic update
+    would then undo, round after round)."""
+    older, current = "f" * 32, "0" * 31 + "1"  # the version strings order the other way round
+    w = with_limits(world(*estate_of(8)), concurrency=4, refresh_every=3, time_budget=timedelta(seconds=150))
+    w.vault = TieVault([KeyVersionInfo(OLD, enabled=True, created=T0 - timedelta(days=90)),
+                        KeyVersionInfo(older, enabled=True, created=T0), KeyVersionInfo(current, enabled=True,
+                                                                                         created=T0)],
+                       clock=w.clock, current=current)
+    w.deps = replace(w.deps, keys=lambda _origin: w.vault)
+    w.storage = SlowStorage(w.storage.consumers)
+    w.storage.clock = w.clock
+    w.deps = replace(w.deps, inventory=w.storage, control=w.storage)
+
+    results = reconciler.on_key_event(event(KeyEventKind.NEW_VERSION, older), w.deps, auto_rotate=False)
+    while any(item.get("continuation") for item, _ in w.queue.items):  # as the queue trigger runs them
+        w.queue.items.clear()
+        results.append(reconciler.reconcile_key(KEY, w.deps))
+
+    assert len(results) > 1  # the budget cut the first run off
+    assert {uri for _, uri in w.storage.writes} == {KEY.with_version(current).uri, KEY.uri}
+    for consumer in w.storage.consumers.values():
+        assert consumer.current_version == current
+        assert consumer.pinned_version in (None, current)
+    assert results[-1].progress() == {"done": 8, "pending": 0, "blocked": 0}

@@ -410,7 +410,8 @@ def test_target_must_be_a_key_version() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"max_workers": 0}, {"max_transient_attempts": 0}, {"max_conflict_retries": -1}, {"wrap_algorithm": "RSA1_5"}],
+    [{"max_workers": 0}, {"max_transient_attempts": 0}, {"max_conflict_retries": -1}, {"conflict_rounds": 0},
+     {"wrap_algorithm": "RSA1_5"}],
 )
 def test_options_are_validated(options: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="must"):
@@ -538,9 +539,52 @@ def test_endless_contention_gives_up_without_overwriting_anyone() -> None:
 
     assert problems(report) == {"hot": ProblemReason.CONFLICTS_EXHAUSTED}
     assert counts(report) == {"rewrapped": 1, "failed": 1}
-    assert world.store.blobs["hot"].metadata["n"] == "4"  # all four of the other writer's updates stand
+    # Two rounds of four attempts (the second at the end of the page): all eight updates stand.
+    assert world.store.blobs["hot"].metadata["n"] == "8"
+    assert report.progress.conflicts == 8
     assert world.store.key_id("hot") == OLD_KEY_ID
-    assert world.unwrapper.calls == 2
+    # calm's unwrap, and hot's once per round (its content key is not kept past a round).
+    assert world.unwrapper.calls == 3
+
+
+def test_a_blob_written_in_a_burst_comes_back_at_the_end_of_its_page() -> None:
+    """An application writes one blob before each of the first six write attempts (more than one round
+    of attempts), then pauses: the blob loses its first round, comes back after the rest of its page with
+    a fresh read, and is re-wrapped with every one of the application's updates kept."""
+    world = World()
+    world.store.put_encrypted("hot", b"data", old_kek(), "2.0", {"n": "0"})
+    for index in range(2):
+        world.store.put_encrypted(f"pag-{index}", b"data", old_kek(), "2.0")
+
+    def burst(name: str) -> None:
+        blob = world.store.blobs[name]
+        if name == "hot" and blob.metadata["n"] != "6":
+            world.store.put(name, {**blob.metadata, "n": str(int(blob.metadata["n"]) + 1)}, blob.content,
+                            blob.plaintext)
+
+    world.store.before_write = burst
+    report = world.run(max_workers=1)
+
+    assert counts(report) == {"rewrapped": 3} and report.progress.problems == ()
+    assert report.progress.conflicts == 6
+    assert world.store.blobs["hot"].metadata["n"] == "6"
+    assert world.store.decrypts_with("hot", new_kek())
+    # The page's other blobs were done before the hot blob's second round.
+    assert world.store.writes == ["pag-0", "pag-1", "hot"]
+
+
+def test_one_round_of_conflicts_can_be_all_there_is() -> None:
+    world = World()
+    world.store.put_encrypted("hot", b"data", old_kek(), "2.0", {"n": "0"})
+
+    def always(name: str) -> None:
+        blob = world.store.blobs[name]
+        world.store.put(name, {**blob.metadata, "n": str(int(blob.metadata["n"]) + 1)}, blob.content, blob.plaintext)
+
+    world.store.before_write = always
+    report = world.run(max_conflict_retries=1, conflict_rounds=1)
+    assert problems(report) == {"hot": ProblemReason.CONFLICTS_EXHAUSTED}
+    assert world.store.blobs["hot"].metadata["n"] == "2"
 
 
 def test_blob_deleted_under_the_run_is_counted_as_vanished() -> None:

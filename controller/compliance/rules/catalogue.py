@@ -101,8 +101,8 @@ def merge_not_evaluable(results: Sequence[Finding]) -> list[Finding]:
 
 
 def _entries(result: Finding) -> tuple[Mapping[str, object], ...]:
-    entries = result.evidence.get("not_evaluated", ())
-    return tuple(entries) if isinstance(entries, tuple) else ()
+    entries = result.evidence.get("not_evaluated")
+    return entries if isinstance(entries, tuple) else ()
 
 
 @dataclass(frozen=True, slots=True)
