@@ -330,11 +330,13 @@ class RotationLedger(Protocol):
         ...
 
     def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
-                    until: datetime) -> bool:
+                    until: datetime, inherits: str | None = None) -> bool:
         """Atomically claim one consumer's write (``write``: the key URI being set) for ``owner`` until
         ``until``; False when another owner holds a claim on that consumer lasting beyond ``now``. Two
-        instances reconciling the same key therefore never send the same write twice; the claim of a
-        crashed instance lapses."""
+        runs reconciling the same key therefore never send the same write twice; the claim of a
+        crashed instance lapses. ``inherits``: an owner whose live claims ``owner`` takes over (the run a
+        continuation continues); the takeover is conditional, so of two deliveries of one continuation
+        only one gets them."""
         ...
 
     def release_write(self, key: KeyRef, consumer_id: str, *, owner: str) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -185,12 +186,15 @@ def reconcile_key(
     consumers: Sequence[Consumer] | None = None,
     state: KeyState | None = None,
     retry: int = 0,
+    continues: str | None = None,
 ) -> ReconcileResult:
     """Bring every consumer of ``key`` to the newest usable version (see module docstring).
 
     ``consumers`` and ``state``: the key's consumers and versions when the caller has just read them
     (no second inventory or vault listing). ``retry``: how many continuations in a row before this run
-    retried the key's transiently failed writes without writing anything (the continuation carries it)."""
+    retried the key's transiently failed writes without writing anything (the continuation carries it).
+    ``continues``: the claim owner of the run this one continues (its continuation item carries it): this
+    run takes over that run's write claims (a forced adoption pinned there is restored here) and no other's."""
     key = key.versionless
     # The time budget counts from here: the inventory is part of the invocation's time (at 10,000 accounts
     # its scope listings take minutes of ARM's read budget), and the host ends an invocation at its limit.
@@ -218,7 +222,7 @@ def reconcile_key(
         return rotation.plan(state, [consumer], view, target_version=target_version, now=deps.clock.now(),
                              settings=deps.planner).decisions[0]
 
-    run = _Run(key, deps, intents, started, plan_one=plan_one)
+    run = _Run(key, deps, intents, started, plan_one=plan_one, continues=continues)
     current: dict[str, Consumer | None] = {consumer.id: consumer for consumer in consumers}
     run.adopt([decision for decision in plan.writes], current, result)
     consumers = [consumer for consumer in current.values() if consumer is not None]
@@ -256,13 +260,18 @@ def reconcile_key(
         # The retries are spent (and a human alerted): the consumers are looked at again at the re-check pace.
         later = deps.clock.now() + deps.planner.recheck_interval
         result.next_check = min(result.next_check, later) if result.next_check else later
+    if run.claimed_elsewhere:
+        # Another run holds these consumers' claims: it writes them, or it crashed and its claims lapse. The
+        # key is looked at again once they have, so a consumer a crashed run left half-done (pinned) is finished.
+        lapsed = deps.clock.now() + deps.limits.claim_for
+        result.next_check = min(result.next_check, lapsed) if result.next_check else lapsed
     continued = bool(run.deferred) or retries_left
     if continued:
         # Out of this invocation's time (the rest continues at once), or writes that failed transiently
         # (retried after the back-off): another invocation re-plans from ARM and the ledger, so what is
         # done is not written again.
         _continue(key, len(run.deferred) + len(run.retrying), deps,
-                  retry=spent + 1 if retries_left else None,
+                  retry=spent + 1 if retries_left else None, owner=run.owner,
                   delay=None if run.deferred else retry_in)
     if result.next_check is not None and not continued:
         _schedule(key, result.next_check, deps)
@@ -307,8 +316,14 @@ class _Run:
     consumers each verified against ARM just before its writes; the time budget; the ledger's claims."""
 
     def __init__(self, key: KeyRef, deps: ReconcileDeps, intents: dict[str, ForceAdoptionIntent],
-                 started: datetime, *, plan_one: Callable[[Consumer], rotation.Decision]) -> None:
+                 started: datetime, *, plan_one: Callable[[Consumer], rotation.Decision],
+                 continues: str | None = None) -> None:
         self.key, self.deps, self.intents = key, deps, intents
+        # The run's own name in the ledger's write claims: two runs of one key in one process (two queue
+        # items worked at once, an event and a continuation) must not pass for each other, or the later
+        # one repeats the earlier one's write from a read made before it.
+        self.owner = f"{deps.limits.owner}/{uuid.uuid4().hex[:12]}"
+        self.continues = continues
         self.plan_one = plan_one
         budget = deps.limits.time_budget
         self.deadline = started + budget if budget is not None else None
@@ -406,7 +421,7 @@ class _Run:
         """Give this instance's claim on a consumer whose write failed transiently up: the continuation that
         retries it may run on another instance (the claim would keep that one off until it lapsed)."""
         try:
-            self.deps.ledger.release_write(self.key, consumer.id, owner=self.deps.limits.owner)
+            self.deps.ledger.release_write(self.key, consumer.id, owner=self.owner)
         except TransientError as err:  # then the claim lapses on its own; the retry waits for that
             log_record(log, logging.WARNING, "write claim not released",
                        {"resource": consumer.resource_id, "error": str(err)})
@@ -427,8 +442,8 @@ class _Run:
         try:
             now = self.deps.clock.now()
             if decision.set_key is not None and not self.deps.ledger.claim_write(
-                    self.key, consumer.id, decision.set_key.uri, owner=self.deps.limits.owner, now=now,
-                    until=now + self.deps.limits.claim_for):
+                    self.key, consumer.id, decision.set_key.uri, owner=self.owner, now=now,
+                    until=now + self.deps.limits.claim_for, inherits=self.continues):
                 outcome.claimed_elsewhere = True
                 return outcome
             try:
@@ -639,10 +654,13 @@ def fingerprint(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
-def _continue(key: KeyRef, left: int, deps: ReconcileDeps, *, retry: int | None, delay: timedelta | None) -> None:
+def _continue(key: KeyRef, left: int, deps: ReconcileDeps, *, retry: int | None, delay: timedelta | None,
+              owner: str) -> None:
     """A continuation: the next invocation re-plans from ARM and the ledger and writes what is left
-    (``retry``: the how-manieth retry of transiently failed writes it is)."""
-    item: dict[str, object] = {"kind": "reconcile", "key": key.uri, "continuation": True, "left": left}
+    (``retry``: the how-manieth retry of transiently failed writes it is; ``owner``: the run whose write
+    claims it takes over, as ``claims``)."""
+    item: dict[str, object] = {"kind": "reconcile", "key": key.uri, "continuation": True, "left": left,
+                               "claims": owner}
     if retry is not None:
         item["retry"] = retry
     log_record(log, logging.INFO, "reconcile continues in another invocation",

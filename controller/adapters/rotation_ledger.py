@@ -7,8 +7,10 @@ two instances reconciling the same key cannot silently overwrite each other: an 
 TransientError (its invocation is retried against fresh state); a conditions save's loser gets
 Conflict, and the reconciler re-reads the record and the consumers and saves what it plans from them.
 
-Write claims (one row per consumer: owner, the write, until when) keep two instances off the same
-consumer: a claim is created atomically, and taken over only when it has lapsed, ETag-conditionally.
+Write claims (one row per consumer: owner, the write, until when) keep two reconcile runs off the same
+consumer (the owner is a run, not a process: two runs in one process exclude each other too): a claim
+is created atomically, and taken over ETag-conditionally only when it has lapsed or a continuation of
+its owner inherits it.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class TableRotationLedger:
     def __init__(self, table: TableClient) -> None:
         self._table = table
         self._etags: dict[tuple[str, str], str] = {}
-        self._claims_held: dict[tuple[str, str], datetime] = {}  # this instance's write claims: until when
+        #: The write claims this ledger made: (partition, row) -> (owner, until when).
+        self._claims_held: dict[tuple[str, str], tuple[str, datetime]] = {}
         self._ensure_table = CreatedOnce(table.create_table, f"table {table.table_name}")
 
 
@@ -115,13 +118,13 @@ class TableRotationLedger:
         })
 
     def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
-                    until: datetime) -> bool:
+                    until: datetime, inherits: str | None = None) -> bool:
         self._ensure_table()
         partition, row = _partition(key), _row(_CLAIM, consumer_id)
-        held_until = self._claims_held.get((partition, row))
-        if held_until is not None and held_until - now >= (until - now) / 2:
-            # This instance's own claim on the consumer (its previous write, e.g. a forced adoption's pin)
-            # still keeps the others off for most of a claim's time: no round trip to renew it.
+        held_by = self._claims_held.get((partition, row))
+        if held_by is not None and held_by[0] == owner and held_by[1] - now >= (until - now) / 2:
+            # The owner's own claim on the consumer (its previous write, e.g. a forced adoption's pin) still
+            # keeps the others off for most of a claim's time: no round trip to renew it.
             return True
         entity = {"PartitionKey": partition, "RowKey": row, "Kind": _CLAIM, "Subject": consumer_id,
                   "Key": key.versionless.uri, "Write": write, "Owner": owner, "Until": until}
@@ -130,28 +133,31 @@ class TableRotationLedger:
             with translated(what):
                 self._table.create_entity(entity)
         except Conflict:
-            pass  # a claim exists: ours, lapsed, or someone else's
+            pass  # a claim exists: ours, inherited, lapsed, or someone else's
         else:
-            self._claims_held[(partition, row)] = until
+            self._claims_held[(partition, row)] = (owner, until)
             return True
         with translated(what):
             held = self._table.get_entity(partition, row)
-        if held.get("Owner") != owner and held.get("Until") is not None and held["Until"] > now:
+        ours = held.get("Owner") in (owner, inherits) if inherits else held.get("Owner") == owner
+        if not ours and held.get("Until") is not None and held["Until"] > now:
             return False
         try:
             with translated(what):
                 self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=held.metadata["etag"],
                                           match_condition=MatchConditions.IfNotModified)
         except Conflict:
-            return False  # another instance took the lapsed claim over first
-        self._claims_held[(partition, row)] = until
+            return False  # another run took the lapsed or inherited claim over first
+        self._claims_held[(partition, row)] = (owner, until)
         return True
 
     def release_write(self, key: KeyRef, consumer_id: str, *, owner: str) -> None:
         """Delete the claim row if it is still ``owner``'s (ETag-conditional: one taken over meanwhile stays)."""
         self._ensure_table()
         partition, row = _partition(key), _row(_CLAIM, consumer_id)
-        self._claims_held.pop((partition, row), None)
+        held_by = self._claims_held.get((partition, row))
+        if held_by is not None and held_by[0] == owner:
+            del self._claims_held[(partition, row)]
         what = f"release the write claim of {consumer_id}"
         try:
             with translated(what):

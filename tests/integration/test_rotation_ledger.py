@@ -131,3 +131,30 @@ def test_a_released_claim_lets_another_instance_take_the_write_at_once(table):
     assert not first.claim_write(KEY, CONSUMER, "pin", owner="a", now=T0, until=until)  # no stale memory of it
     first.release_write(KEY, CONSUMER, owner="a")  # released twice, or taken over since: nothing changes
     assert not first.claim_write(KEY, CONSUMER, "pin", owner="a", now=T0, until=until)
+
+
+def test_two_runs_in_one_process_keep_each_other_off_a_consumer(table):
+    ledger = TableRotationLedger(table)  # one process: one ledger, two runs of the same key
+    until = T0 + timedelta(minutes=10)
+    assert ledger.claim_write(KEY, CONSUMER, "pin", owner="host/run-1", now=T0, until=until)
+    assert not ledger.claim_write(KEY, CONSUMER, "pin", owner="host/run-2", now=T0, until=until)
+    ledger.release_write(KEY, CONSUMER, owner="host/run-2")  # not its claim: the first run keeps it
+    assert not ledger.claim_write(KEY, CONSUMER, "pin", owner="host/run-2", now=T0, until=until)
+
+
+def test_a_continuation_inherits_its_runs_claims_and_only_one_delivery_of_it_does(table):
+    first, second, third = TableRotationLedger(table), TableRotationLedger(table), TableRotationLedger(table)
+    until = T0 + timedelta(minutes=10)
+    assert first.claim_write(KEY, CONSUMER, "pin", owner="run-1", now=T0, until=until)
+    # The continuation of run-1, delivered twice (the queue delivers at least once) to two instances:
+    later = T0 + timedelta(seconds=30)
+    assert second.claim_write(KEY, CONSUMER, "restore", owner="run-2", now=later, until=later + timedelta(minutes=10),
+                              inherits="run-1")
+    assert not third.claim_write(KEY, CONSUMER, "restore", owner="run-3", now=later,
+                                 until=later + timedelta(minutes=10), inherits="run-1")
+    # ...and the run that deferred (ended before its continuation was queued) holds it no more.
+    assert not TableRotationLedger(table).claim_write(KEY, CONSUMER, "pin", owner="run-1", now=later,
+                                                      until=later + timedelta(minutes=1))
+    # Inheriting names only that run: someone else's live claim stays theirs.
+    assert not third.claim_write(KEY, CONSUMER, "restore", owner="run-3", now=later,
+                                 until=later + timedelta(minutes=10), inherits="run-9")

@@ -172,9 +172,9 @@ class FakeRotationLedger:
         self.intent_log.append((intent.consumer_id, intent.step.value))
 
     def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
-                    until: datetime) -> bool:
+                    until: datetime, inherits: str | None = None) -> bool:
         held = self.claims.get(consumer_id.lower())
-        if held is not None and held[0] != owner and held[1] > now:
+        if held is not None and held[0] not in (owner, inherits) and held[1] > now:
             return False
         self.claims[consumer_id.lower()] = (owner, until)
         return True

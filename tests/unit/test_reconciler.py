@@ -99,7 +99,7 @@ def test_the_intent_is_written_before_the_pin():
     assert w.storage.writes == []
 
 
-def test_a_crash_between_pin_and_restore_is_repaired_by_the_next_run():
+def test_a_crash_between_pin_and_restore_is_repaired_once_the_crashed_runs_claim_lapses():
     w = world(account("stfree"))
     w.storage.kill_after_writes = 1
     with pytest.raises(Killed):
@@ -107,7 +107,18 @@ def test_a_crash_between_pin_and_restore_is_repaired_by_the_next_run():
     assert state(w, "stfree").key == KEY.with_version(NEW)  # left pinned by the crash
 
     w.storage.kill_after_writes = None
-    reconciler.reconcile_key(KEY, w.deps)  # e.g. the sweep or the redelivered event
+    w.queue.items.clear()
+    # The redelivered event, at once: the crashed run's claim still keeps others off (it might be alive,
+    # and slow); the key is looked at again when the claim has lapsed.
+    result = reconciler.reconcile_key(KEY, w.deps)
+    assert state(w, "stfree").key == KEY.with_version(NEW)
+    assert result.claimed_elsewhere == [state(w, "stfree").id]
+    [(item, delay)] = w.queue.items
+    assert item == {"kind": "reconcile", "key": KEY.uri}
+    assert delay == w.deps.limits.claim_for
+
+    w.clock.advance(w.deps.limits.claim_for)
+    reconciler.reconcile_key(KEY, w.deps)  # that re-check
     assert state(w, "stfree").key == KEY
     assert state(w, "stfree").current_version == NEW
     assert [step for _, step in w.ledger.intent_log] == ["pinned", "restored"]
@@ -203,6 +214,26 @@ def continuations(w: World) -> list[tuple[dict[str, object], timedelta | None]]:
     return [(item, delay) for item, delay in w.queue.items if item.get("continuation")]
 
 
+def without_claims(item: dict[str, object]) -> dict[str, object]:
+    """A continuation item but for its "claims" (the deferring run's claim owner: random per run)."""
+    assert str(item["claims"]).startswith("controller/")
+    return {name: value for name, value in item.items() if name != "claims"}
+
+
+def run_continuation(w: World, item: dict[str, object]) -> reconciler.ReconcileResult:
+    """As the queue trigger runs a continuation item (service._reconcile_item): its retry and its claims."""
+    return reconciler.reconcile_key(KEY, w.deps, retry=int(str(item.get("retry", 0))), continues=str(item["claims"]))
+
+
+def run_continuations(w: World) -> list[reconciler.ReconcileResult]:
+    """The continuations the queue holds, and theirs, until none is left."""
+    results = []
+    while pending := continuations(w):
+        w.queue.items.clear()
+        results.extend(run_continuation(w, item) for item, _ in pending)
+    return results
+
+
 def synced(w: World, name: str) -> list[tuple[str, Reason]]:
     """The ``Synced`` conditions the ledger holds for the consumer: (status, reason)."""
     return [(condition.status.value, condition.reason)
@@ -221,13 +252,13 @@ def test_a_transient_write_failure_finishes_the_others_and_retries_that_consumer
     assert synced(w, "stfine") == []
     assert w.notifier.alerts == []  # a transient failure is retried, not alerted
     [(item, delay)] = continuations(w)
-    assert item == {"kind": "reconcile", "key": KEY.uri, "continuation": True, "left": 1, "retry": 1}
+    assert without_claims(item) == {"kind": "reconcile", "key": KEY.uri, "continuation": True, "left": 1, "retry": 1}
     assert delay is not None and delay >= timedelta(seconds=3)  # never before the service's Retry-After
     assert [item for item, _ in w.queue.items if not item.get("continuation")] == []  # the continuation re-checks
 
     del w.storage.fail_for[throttled]
     w.queue.items.clear()
-    retried = reconciler.reconcile_key(KEY, w.deps, retry=1)
+    retried = run_continuation(w, item)
     assert state(w, "stthrottled").key == KEY.with_version(NEW)
     assert retried.retrying == [] and continuations(w) == []
     assert synced(w, "stthrottled") == []  # the condition cleared with the write
@@ -500,14 +531,13 @@ def test_writes_past_the_time_budget_continue_through_the_queue_and_finish():
     assert first.deferred == 3
     assert first.progress()["pending"] > 0
     [(item, delay)] = [(item, delay) for item, delay in w.queue.items if item.get("continuation")]
-    assert item == {"kind": "reconcile", "key": KEY.uri, "continuation": True, "left": 3}
+    assert without_claims(item) == {"kind": "reconcile", "key": KEY.uri, "continuation": True, "left": 3}
     assert delay is None  # at once: the next invocation takes over
 
-    runs = 1
-    while any(item.get("continuation") for item, _ in w.queue.items):
-        w.queue.items.clear()
-        result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
-        runs += 1
+    results = run_continuations(w)
+    runs = 1 + len(results)
+    result = results[-1]
+    assert result.claimed_elsewhere == []
     assert result.progress() == {"done": 6, "pending": 0, "blocked": 0}
     assert runs > 1
     written = [consumer for consumer, _ in slow.writes]
@@ -610,9 +640,7 @@ def test_the_adoption_path_takes_the_vaults_current_version_on_a_same_second_tie
     w.deps = replace(w.deps, inventory=w.storage, control=w.storage)
 
     results = reconciler.on_key_event(event(KeyEventKind.NEW_VERSION, older), w.deps, auto_rotate=False)
-    while any(item.get("continuation") for item, _ in w.queue.items):  # as the queue trigger runs them
-        w.queue.items.clear()
-        results.append(reconciler.reconcile_key(KEY, w.deps))
+    results.extend(run_continuations(w))
 
     assert len(results) > 1  # the budget cut the first run off
     assert {uri for _, uri in w.storage.writes} == {KEY.with_version(current).uri, KEY.uri}
@@ -620,3 +648,44 @@ def test_the_adoption_path_takes_the_vaults_current_version_on_a_same_second_tie
         assert consumer.current_version == current
         assert consumer.pinned_version in (None, current)
     assert results[-1].progress() == {"done": 8, "pending": 0, "blocked": 0}
+
+
+def test_two_runs_of_one_key_in_one_process_never_write_a_consumer_twice():
+    """Two queue items of one key worked at once by one host process (same ledger, same instance name): the
+    second run reads the consumer before the first run's write lands and must not repeat it."""
+    w = world(account("stfree"), account("stpinned", pinned=OLD))
+    second: list[reconciler.ReconcileResult] = []
+
+    def meanwhile(consumer: Consumer) -> Consumer:
+        second.append(reconciler.reconcile_key(KEY, w.deps, target_version=NEW))
+        return consumer
+
+    w.storage.interfere[state(w, "stpinned").id] = meanwhile
+    first = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+
+    written = [consumer for consumer, _ in w.storage.writes]
+    assert written.count(state(w, "stpinned").id) == 1
+    assert written.count(state(w, "stfree").id) == 2  # its pin and its restore, once each
+    assert state(w, "stpinned").id in second[0].claimed_elsewhere
+    assert first.conflicts == [] and first.failures == []
+    assert state(w, "stpinned").key == KEY.with_version(NEW) and state(w, "stfree").key == KEY
+
+
+def test_a_continuation_takes_over_its_runs_claims_and_no_one_elses():
+    w = with_limits(world(account("stfree")), time_budget=timedelta(seconds=1))
+    w.storage = SlowStorage(w.storage.consumers)
+    w.storage.clock = w.clock
+    w.deps = replace(w.deps, inventory=w.storage, control=w.storage)
+    reconciler.reconcile_key(KEY, w.deps, target_version=NEW)  # pinned; out of time before the restore
+    assert state(w, "stfree").key == KEY.with_version(NEW)
+    [(item, _)] = continuations(w)
+    w.queue.items.clear()
+
+    stranger = reconciler.reconcile_key(KEY, w.deps)  # another run of the key (an event): the claim is not its
+    assert stranger.claimed_elsewhere == [state(w, "stfree").id]
+    assert state(w, "stfree").key == KEY.with_version(NEW)
+    w.queue.items.clear()
+
+    run_continuation(w, item)
+    assert state(w, "stfree").key == KEY
+    assert [step for _, step in w.ledger.intent_log] == ["pinned", "restored"]

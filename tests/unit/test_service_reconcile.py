@@ -81,6 +81,11 @@ def test_the_reconcile_work_kind_rechecks_a_key():
     {"kind": "reconcile", "key": KEY.uri, "retry": -1},
     {"kind": "reconcile", "key": KEY.uri, "retry": True},
     {"kind": "reconcile", "key": KEY.uri, "retry": 10**9},
+    {"kind": "reconcile", "key": KEY.uri, "claims": 5},
+    {"kind": "reconcile", "key": KEY.uri, "claims": ""},
+    {"kind": "reconcile", "key": KEY.uri, "claims": "run one"},
+    {"kind": "reconcile", "key": KEY.uri, "claims": "x" * 201},
+    {"kind": "reconcile", "key": KEY.uri, "claims": "controller/1\n"},
 ])
 def test_malformed_or_foreign_reconcile_items_are_invalid(item):
     w = world()
