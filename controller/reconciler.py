@@ -22,7 +22,7 @@ import logging
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -52,6 +52,7 @@ from controller.ports import (
     RotationLedger,
     RotationRecord,
     WorkQueue,
+    WriteClaim,
 )
 from controller.reasons import Reason
 
@@ -71,6 +72,8 @@ REFRESH_EVERY = 200
 #: Attempts at saving a key's conditions while other instances keep saving theirs (each refused save
 #: is followed by a re-read and a re-plan); after the last the host retries the invocation.
 MAX_CONDITION_SAVES = 3
+#: How soon a key is looked at again when another run held some of its consumers' write claims.
+CLAIMED_ELSEWHERE_RECHECK = timedelta(minutes=1)
 #: Continuations that retry a key's transiently failed writes before a human is alerted (the plan's
 #: scheduled re-check keeps retrying after that, at its own pace).
 MAX_WRITE_RETRIES = 5
@@ -224,57 +227,64 @@ def reconcile_key(
 
     run = _Run(key, deps, intents, started, plan_one=plan_one, continues=continues)
     current: dict[str, Consumer | None] = {consumer.id: consumer for consumer in consumers}
-    run.adopt([decision for decision in plan.writes], current, result)
-    consumers = [consumer for consumer in current.values() if consumer is not None]
-    plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
-    result.plan = plan
+    try:
+        run.adopt([decision for decision in plan.writes], current, result)
+        # The consumers this run is done with are free for other runs at once (a consumer it was cut off from
+        # half-way, e.g. pinned and not yet restored, stays claimed for the continuation that inherits it).
+        run.end_claims(run.claimed - run.deferred)
+        consumers = [consumer for consumer in current.values() if consumer is not None]
+        plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
+        result.plan = plan
 
-    conflicts = run.conflicts
-    result.deferred = len(run.deferred)
-    result.claimed_elsewhere = sorted(run.claimed_elsewhere)
-    result.retrying = sorted(run.retrying)
-    # Retries count the runs in a row that wrote nothing: one that moved a consumer on starts the count again
-    # (bounded all the same: a key has only so many writes to make).
-    spent = 0 if result.writes else retry
-    retries_left = bool(run.retrying) and spent < MAX_WRITE_RETRIES
-    retry_in = _backoff(spent, run.retry_after())
-    retry_at = deps.clock.now() + retry_in
-    plan = _record_conditions(key, state, plan, record, consumers=consumers, deps=deps,
-                              target_version=target_version,
-                              noted=lambda plan: _note_retrying(plan, run.retrying, retry=spent,
-                                                                retry_at=retry_at if retries_left else None,
-                                                                now=deps.clock.now()))
-    result.plan = plan
-    result.alerts.extend(_alerts(plan))
-    if run.retrying and not retries_left:
-        result.alerts.extend(_retries_spent_alert(decision, run.retrying[decision.consumer.id], spent)
-                             for decision in plan.decisions if decision.consumer.id in run.retrying)
-    # Level-based: what is not raised now for this key's consumers has cleared and is resolved.
-    deps.notifier.sync(alert_scope(key), result.alerts)
-    result.next_check = plan.next_check
-    if any(count >= MAX_CONFLICTS_PER_CONSUMER for count in conflicts.values()):
-        # The consumers that kept changing under us are looked at again shortly, with fresh state.
-        prompt = deps.clock.now() + deps.planner.verify_interval
-        result.next_check = min(result.next_check, prompt) if result.next_check else prompt
-    if run.retrying and not retries_left:
-        # The retries are spent (and a human alerted): the consumers are looked at again at the re-check pace.
-        later = deps.clock.now() + deps.planner.recheck_interval
-        result.next_check = min(result.next_check, later) if result.next_check else later
-    if run.claimed_elsewhere:
-        # Another run holds these consumers' claims: it writes them, or it crashed and its claims lapse. The
-        # key is looked at again once they have, so a consumer a crashed run left half-done (pinned) is finished.
-        lapsed = deps.clock.now() + deps.limits.claim_for
-        result.next_check = min(result.next_check, lapsed) if result.next_check else lapsed
-    continued = bool(run.deferred) or retries_left
-    if continued:
-        # Out of this invocation's time (the rest continues at once), or writes that failed transiently
-        # (retried after the back-off): another invocation re-plans from ARM and the ledger, so what is
-        # done is not written again.
-        _continue(key, len(run.deferred) + len(run.retrying), deps,
-                  retry=spent + 1 if retries_left else None, owner=run.owner,
-                  delay=None if run.deferred else retry_in)
-    if result.next_check is not None and not continued:
-        _schedule(key, result.next_check, deps)
+        conflicts = run.conflicts
+        result.deferred = len(run.deferred)
+        result.claimed_elsewhere = sorted(run.claimed_elsewhere)
+        result.retrying = sorted(run.retrying)
+        # Retries count the runs in a row that wrote nothing: one that moved a consumer on starts the count again
+        # (bounded all the same: a key has only so many writes to make).
+        spent = 0 if result.writes else retry
+        retries_left = bool(run.retrying) and spent < MAX_WRITE_RETRIES
+        retry_in = _backoff(spent, run.retry_after())
+        retry_at = deps.clock.now() + retry_in
+        plan = _record_conditions(key, state, plan, record, consumers=consumers, deps=deps,
+                                  target_version=target_version,
+                                  noted=lambda plan: _note_retrying(plan, run.retrying, retry=spent,
+                                                                    retry_at=retry_at if retries_left else None,
+                                                                    now=deps.clock.now()))
+        result.plan = plan
+        result.alerts.extend(_alerts(plan))
+        if run.retrying and not retries_left:
+            result.alerts.extend(_retries_spent_alert(decision, run.retrying[decision.consumer.id], spent)
+                                 for decision in plan.decisions if decision.consumer.id in run.retrying)
+        # Level-based: what is not raised now for this key's consumers has cleared and is resolved.
+        deps.notifier.sync(alert_scope(key), result.alerts)
+        result.next_check = plan.next_check
+        if any(count >= MAX_CONFLICTS_PER_CONSUMER for count in conflicts.values()):
+            # The consumers that kept changing under us are looked at again shortly, with fresh state.
+            prompt = deps.clock.now() + deps.planner.verify_interval
+            result.next_check = min(result.next_check, prompt) if result.next_check else prompt
+        if run.retrying and not retries_left:
+            # The retries are spent (and a human alerted): the consumers are looked at again at the re-check pace.
+            later = deps.clock.now() + deps.planner.recheck_interval
+            result.next_check = min(result.next_check, later) if result.next_check else later
+        if run.claimed_elsewhere:
+            # Another run holds these consumers' claims: it is writing them (its claims end when it is done), or it
+            # crashed (they lapse). The key is looked at again shortly, so whatever that run left is finished.
+            soon = deps.clock.now() + min(deps.limits.claim_for, CLAIMED_ELSEWHERE_RECHECK)
+            result.next_check = min(result.next_check, soon) if result.next_check else soon
+        continued = bool(run.deferred) or retries_left
+        if continued:
+            # Out of this invocation's time (the rest continues at once), or writes that failed transiently
+            # (retried after the back-off): another invocation re-plans from ARM and the ledger, so what is
+            # done is not written again.
+            _continue(key, len(run.deferred) + len(run.retrying), deps,
+                      retry=spent + 1 if retries_left else None, owner=run.owner,
+                      delay=None if run.deferred else retry_in)
+        if result.next_check is not None and not continued:
+            _schedule(key, result.next_check, deps)
+    except Exception:
+        run.end_claims(run.claimed)  # the invocation fails: whichever run retries it may write these at once
+        raise
     log_record(log, logging.INFO, "key reconciled", result.as_json())
     return result
 
@@ -324,6 +334,11 @@ class _Run:
         # one repeats the earlier one's write from a read made before it.
         self.owner = f"{deps.limits.owner}/{uuid.uuid4().hex[:12]}"
         self.continues = continues
+        self.started = started
+        #: The consumers this run claimed (and has not released), and when each was last read from ARM
+        #: (a listing right before its chunk's writes, or its last write's answer).
+        self.claimed: set[str] = set()
+        self._read_at: dict[str, datetime] = {}
         self.plan_one = plan_one
         budget = deps.limits.time_budget
         self.deadline = started + budget if budget is not None else None
@@ -353,8 +368,10 @@ class _Run:
                 # Verify against ARM itself (Resource Graph lags writes) right before this chunk's writes,
                 # in as few reads as possible (a listing): a consumer someone changed meanwhile is planned
                 # from what ARM holds now, and a change made after this read is at most a chunk's writes old.
+                read_at = self.deps.clock.now()
                 for consumer_id, fresh in _refreshed(decisions[start:start + chunk], self.deps).items():
                     current[consumer_id] = fresh
+                    self._read_at[consumer_id] = read_at
                 for decision in decisions[start:start + chunk]:
                     consumer = current[decision.consumer.id]
                     if consumer is None:
@@ -417,14 +434,18 @@ class _Run:
         seconds = max((err.retry_after or 0.0 for err in self.retrying.values()), default=0.0)
         return timedelta(seconds=seconds)
 
-    def _release(self, consumer: Consumer) -> None:
-        """Give this instance's claim on a consumer whose write failed transiently up: the continuation that
-        retries it may run on another instance (the claim would keep that one off until it lapsed)."""
+    def end_claims(self, consumer_ids: Collection[str]) -> None:
+        """End this run's write claims on these consumers (each noted as ended now, in a few requests)."""
+        with self._lock:
+            ending = sorted(self.claimed.intersection(consumer_ids))
+            self.claimed.difference_update(ending)
+        if not ending:
+            return
         try:
-            self.deps.ledger.release_write(self.key, consumer.id, owner=self.owner)
-        except TransientError as err:  # then the claim lapses on its own; the retry waits for that
-            log_record(log, logging.WARNING, "write claim not released",
-                       {"resource": consumer.resource_id, "error": str(err)})
+            self.deps.ledger.release_writes(self.key, ending, owner=self.owner, now=self.deps.clock.now())
+        except (TransientError, PermanentError) as err:  # then they lapse on their own; other runs wait for that
+            log_record(log, logging.WARNING, "write claims not ended",
+                       {"key": self.key.uri, "claims": len(ending), "error": str(err)})
 
     def _out_of_time(self) -> bool:
         with self._lock:
@@ -440,14 +461,25 @@ class _Run:
             outcome.deferred = True
             return outcome
         try:
-            now = self.deps.clock.now()
-            if decision.set_key is not None and not self.deps.ledger.claim_write(
+            if decision.set_key is not None:
+                now = self.deps.clock.now()
+                claim = self.deps.ledger.claim_write(
                     self.key, consumer.id, decision.set_key.uri, owner=self.owner, now=now,
-                    until=now + self.deps.limits.claim_for, inherits=self.continues):
-                outcome.claimed_elsewhere = True
-                return outcome
+                    until=now + self.deps.limits.claim_for, read_at=self._read_at.get(consumer.id, self.started),
+                    inherits=self.continues)
+                if claim is WriteClaim.HELD_ELSEWHERE:
+                    outcome.claimed_elsewhere = True
+                    return outcome
+                with self._lock:
+                    self.claimed.add(consumer.id)
+                if claim is WriteClaim.CHANGED_SINCE_READ:
+                    # Another run was done with the consumer after it was read here: what was read may be
+                    # older than that run's write. The next round plans from ARM's answer now.
+                    self._reread(consumer, outcome)
+                    return outcome
             try:
                 outcome.updated = _execute(decision, self.key, self.deps, self.intents, outcome)
+                self._read_at[consumer.id] = self.deps.clock.now()  # the write's answer is ARM's state
             except Conflict as err:
                 # Someone changed the consumer between our read and our write: their change wins.
                 # Re-read it from ARM and let the next round plan from what it holds now.
@@ -456,19 +488,25 @@ class _Run:
                 if self.conflicts[consumer.id] >= MAX_CONFLICTS_PER_CONSUMER:
                     outcome.gave_up = True
                     return outcome
-                updated = self.deps.inventory.reread(consumer)
-                if updated is None or not updated.key.same_key(self.key):
-                    outcome.gone = True
-                else:
-                    outcome.updated = updated
+                self._reread(consumer, outcome)
         except TransientError as err:
             outcome.failure, outcome.transient = f"{consumer.resource_id}: {err}", err
             if decision.set_key is not None:
-                self._release(consumer)
+                # The retry (a continuation) may run on another instance: the claim would keep it off.
+                self.end_claims([consumer.id])
         except PermanentError as err:
             outcome.failure = f"{consumer.resource_id}: {err}"
             outcome.alert = _failure_alert(decision, err)
         return outcome
+
+
+    def _reread(self, consumer: Consumer, outcome: _Outcome) -> None:
+        self._read_at[consumer.id] = self.deps.clock.now()
+        updated = self.deps.inventory.reread(consumer)
+        if updated is None or not updated.key.same_key(self.key):
+            outcome.gone = True
+        else:
+            outcome.updated = updated
 
 
 def _refreshed(decisions: Sequence[rotation.Decision], deps: ReconcileDeps) -> dict[str, Consumer | None]:

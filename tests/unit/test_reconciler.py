@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -109,13 +110,13 @@ def test_a_crash_between_pin_and_restore_is_repaired_once_the_crashed_runs_claim
     w.storage.kill_after_writes = None
     w.queue.items.clear()
     # The redelivered event, at once: the crashed run's claim still keeps others off (it might be alive,
-    # and slow); the key is looked at again when the claim has lapsed.
+    # and slow); the key is looked at again shortly, until the claim has ended or lapsed.
     result = reconciler.reconcile_key(KEY, w.deps)
     assert state(w, "stfree").key == KEY.with_version(NEW)
     assert result.claimed_elsewhere == [state(w, "stfree").id]
     [(item, delay)] = w.queue.items
     assert item == {"kind": "reconcile", "key": KEY.uri}
-    assert delay == w.deps.limits.claim_for
+    assert delay == reconciler.CLAIMED_ELSEWHERE_RECHECK
 
     w.clock.advance(w.deps.limits.claim_for)
     reconciler.reconcile_key(KEY, w.deps)  # that re-check
@@ -271,7 +272,7 @@ def test_a_transient_failure_releases_the_write_claim_so_another_instance_can_re
     throttled = state(w, "stthrottled").id
     w.storage.fail_for[throttled] = TransientError("HTTP 503")
     reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
-    assert throttled.lower() not in w.ledger.claims  # released: the retry may run on any instance
+    assert w.ledger.ended[throttled.lower()] == w.clock.now()  # ended: the retry may run on any instance
     del w.storage.fail_for[throttled]
     elsewhere = with_limits(w, owner="instance-b")
     retried = reconciler.reconcile_key(KEY, elsewhere.deps, retry=1)
@@ -689,3 +690,48 @@ def test_a_continuation_takes_over_its_runs_claims_and_no_one_elses():
     run_continuation(w, item)
     assert state(w, "stfree").key == KEY
     assert [step for _, step in w.ledger.intent_log] == ["pinned", "restored"]
+
+
+def test_a_run_ends_the_claims_of_the_consumers_it_is_done_with_so_the_next_rotation_goes_ahead_at_once():
+    w = world(account("stfree"), account("stpinned", pinned=OLD))
+    reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert sorted(w.ledger.ended) == sorted([state(w, "stfree").id, state(w, "stpinned").id])
+    assert len(w.ledger.releases) == 1  # all in one call (the Table ledger: one request per hundred)
+
+    w.clock.advance(timedelta(minutes=1))  # well inside the claims' ten minutes
+    w.vault.versions.append(KeyVersionInfo(NEWER, enabled=True, created=w.clock.now()))
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEWER)
+    assert result.claimed_elsewhere == []
+    assert state(w, "stpinned").key == KEY.with_version(NEWER)
+    assert state(w, "stfree").current_version == NEWER
+
+
+class StaleListing(FakeStorage):
+    """The listing right before the writes answers, then another run finishes the consumers it lists and
+    ends its claims on them: what the listing answered is older than that run's writes."""
+
+    ledger: FakeRotationLedger
+    clock: FakeClock
+    finish: Callable[[Consumer], Consumer]
+
+    def refresh(self, consumers: Sequence[Consumer]) -> list[Consumer | None]:
+        answered = super().refresh(consumers)
+        self.clock.advance(timedelta(seconds=2))
+        for consumer in consumers:
+            self.consumers[consumer.id] = self.finish(self.consumers[consumer.id])
+            self.ledger.claims[consumer.id.lower()] = ("controller/other-run", self.clock.now())
+            self.ledger.ended[consumer.id.lower()] = self.clock.now()
+        return answered
+
+
+def test_a_run_that_read_a_consumer_before_another_run_was_done_with_it_re_reads_it_instead_of_writing():
+    w = world(account("stpinned", pinned=OLD))
+    stale = StaleListing(w.storage.consumers)
+    stale.ledger, stale.clock = w.ledger, w.clock
+    stale.finish = lambda consumer: replace(consumer, key=KEY.with_version(NEW), current_key=KEY.with_version(NEW))
+    w.storage = stale
+    w.deps = replace(w.deps, inventory=stale, control=stale)
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert stale.writes == []  # the other run's write is not repeated
+    assert stale.rereads == 1 and result.conflicts == []
+    assert result.progress() == {"done": 1, "pending": 0, "blocked": 0}
