@@ -197,7 +197,8 @@ class TableRotationLedger:
                 for _, entity, etag in batch:
                     try:
                         with translated(f"end the write claim of {entity['Subject']}"):
-                            self._table.update_entity(entity, etag=etag, **options)
+                            self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag,
+                                                      match_condition=MatchConditions.IfNotModified)
                     except (Conflict, NotFound):
                         pass  # taken over or gone: not ours to end
 
