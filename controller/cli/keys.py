@@ -94,7 +94,8 @@ def _print_summary(result: reconciler.ReconcileResult, *, as_json: bool, dry_run
     """done / pending / blocked, and what this run left to the work queue or to another instance."""
     summary = {"key": result.key.uri, "target_version": result.plan.target.version if result.plan.target else None,
                **result.progress(), "writes": len(result.writes), "failures": len(result.failures),
-               "deferred": result.deferred, "claimed_elsewhere": len(result.claimed_elsewhere), "dry_run": dry_run}
+               "deferred": result.deferred, "claimed_elsewhere": len(result.claimed_elsewhere),
+               "retrying": len(result.retrying), "dry_run": dry_run}
     if as_json:
         print(json.dumps(summary))
         return
@@ -114,6 +115,8 @@ def _progress_lines(result: reconciler.ReconcileResult) -> str:
         lines.append(f"{result.deferred} writes continue in another invocation (work queue)")
     if result.claimed_elsewhere:
         lines.append(f"{len(result.claimed_elsewhere)} being written by another instance")
+    if result.retrying:
+        lines.append(f"{len(result.retrying)} writes failed transiently: retried through the work queue")
     return "\n".join(lines)
 
 
