@@ -23,7 +23,6 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -55,6 +54,7 @@ from controller.ports import (
     WriteClaim,
 )
 from controller.reasons import Reason
+from controller.thread_pools import interruptible_pool
 
 log = logging.getLogger("controller.reconciler")
 
@@ -362,7 +362,7 @@ class _Run:
         workers = max(1, min(self.deps.limits.concurrency, len(decisions)))
         chunk = self.deps.limits.refresh_every
         slots = threading.BoundedSemaphore(workers)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
+        with interruptible_pool(workers, "reconcile") as pool:
             futures = []
             for start in range(0, len(decisions), chunk):
                 # Verify against ARM itself (Resource Graph lags writes) right before this chunk's writes,
