@@ -814,7 +814,10 @@ def run_rewrap_page(page: RewrapPageItem, deps: Dependencies, *, last_delivery: 
     claim = deps.rewrap_jobs.claim_page(job_id, page.number, worker=worker,
                                         lease_seconds=deps.rewrap_page_lease_seconds)
     if claim.outcome is ClaimOutcome.FINISHED:
-        return _rewrap_result(job, RewrapItemStatus.DUPLICATE, job_id, None, page=page.number)
+        # Recorded already; but the worker that recorded it may have died before finishing the job (its
+        # last page): finishing is idempotent, so a redelivery finishes what that worker could not.
+        return _rewrap_result(job, RewrapItemStatus.DUPLICATE, job_id, None, page=page.number,
+                              job_report=_finish_if_done(job, job_id, deps))
     if claim.outcome is ClaimOutcome.HELD:
         deps.work_queue.enqueue(page.to_message(), delay=timedelta(seconds=claim.retry_in + 1))
         return _rewrap_result(job, RewrapItemStatus.HELD, job_id, None, page=page.number)
