@@ -745,7 +745,7 @@ def archive_prefix(vault_resource_id: str, hour: datetime) -> str:
 # The window and the renderings
 # --------------------------------------------------------------------------------------------------
 
-_SINCE = re.compile(r"^\s*(?P<number>\d{1,6})\s*(?P<unit>[hd])\s*$", re.IGNORECASE)
+_SINCE = re.compile(r"^\s*(?P<number>[0-9]{1,6})\s*(?P<unit>[hd])\s*$", re.IGNORECASE)
 
 
 def parse_since(text: str) -> timedelta:

@@ -6,6 +6,7 @@ hand-written fakes (tests/unit/fakes.py).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -321,6 +322,16 @@ class RotationRecord:
     version_conditions: Mapping[str, tuple[Condition, ...]] = field(default_factory=dict)
 
 
+class WriteClaim(enum.Enum):
+    """The answer to a write claim (RotationLedger.claim_write)."""
+
+    CLAIMED = "claimed"
+    #: Claimed, but another run ended its claim after the caller read the consumer: re-read before writing.
+    CHANGED_SINCE_READ = "changed_since_read"
+    #: Another run holds a live claim: it writes the consumer, not the caller.
+    HELD_ELSEWHERE = "held_elsewhere"
+
+
 class RotationLedger(Protocol):
     def load(self, key: KeyRef) -> RotationRecord:
         ...
@@ -330,11 +341,20 @@ class RotationLedger(Protocol):
         ...
 
     def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
-                    until: datetime) -> bool:
+                    until: datetime, read_at: datetime, inherits: str | None = None) -> WriteClaim:
         """Atomically claim one consumer's write (``write``: the key URI being set) for ``owner`` until
-        ``until``; False when another owner holds a claim on that consumer lasting beyond ``now``. Two
-        instances reconciling the same key therefore never send the same write twice; the claim of a
-        crashed instance lapses."""
+        ``until``: HELD_ELSEWHERE when another owner holds a claim on that consumer lasting beyond ``now``,
+        so two runs reconciling the same key never write one consumer at the same time; the claim of a
+        crashed run lapses. CHANGED_SINCE_READ when the claim was taken but a run released it after
+        ``read_at`` (when the caller read the consumer): that run may have written it, so re-read it first.
+        ``inherits``: an owner whose live claims ``owner`` takes over (the run a continuation continues);
+        the takeover is conditional, so of two deliveries of one continuation only one gets them."""
+        ...
+
+    def release_writes(self, key: KeyRef, consumer_ids: Sequence[str], *, owner: str, now: datetime) -> None:
+        """End ``owner``'s claims on these consumers (its writes of them are over, done or failed), noting
+        ``now`` as when: another run may claim them at once, and one that read a consumer before ``now``
+        re-reads it first. Nothing for a claim that is someone else's or gone."""
         ...
 
     def save_conditions(

@@ -51,6 +51,9 @@ class Reason(enum.StrEnum):
     # executing a plan
     #: A write to the consumer failed for good (permission, not found, bad request).
     UPDATE_FAILED = "UpdateFailed"
+    #: A write to the consumer failed transiently (throttling, a 5xx, a dropped connection): it is retried
+    #: through the work queue with back-off; an alert once the retries are spent.
+    UPDATE_RETRYING = "UpdateRetrying"
     #: The consumer changed between our read and our write (someone else's configuration wins).
     CONSUMER_CHANGED = "ConsumerChanged"
     # key events

@@ -7,6 +7,12 @@ until nothing is left to write (a forced adoption is pin -> verify -> restore, a
 invocation); record the conditions when they changed; alert on what needs a human; and schedule the
 next look when the plan asks for one. Every step is idempotent: running it again on the same state
 writes nothing, and a crash between two writes is repaired by the next run from the ledger intent.
+
+A transient failure of one consumer's write (throttling, a 5xx, a dropped connection) does not fail the
+invocation: the other consumers are finished, that consumer's ``Synced`` condition records the failure
+(UpdateRetrying), and a continuation on the work queue retries it after a back-off (doubling, at least
+the service's Retry-After), at most ``MAX_WRITE_RETRIES`` times; then a high alert, and the plan's
+scheduled re-check keeps looking.
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from controller import rotation
@@ -26,6 +32,7 @@ from controller.logs import log_record
 from controller.model import (
     Alert,
     Condition,
+    ConditionStatus,
     Consumer,
     ForceAdoptionIntent,
     KeyEvent,
@@ -44,8 +51,10 @@ from controller.ports import (
     RotationLedger,
     RotationRecord,
     WorkQueue,
+    WriteClaim,
 )
 from controller.reasons import Reason
+from controller.thread_pools import interruptible_pool
 
 log = logging.getLogger("controller.reconciler")
 
@@ -63,6 +72,15 @@ REFRESH_EVERY = 200
 #: Attempts at saving a key's conditions while other instances keep saving theirs (each refused save
 #: is followed by a re-read and a re-plan); after the last the host retries the invocation.
 MAX_CONDITION_SAVES = 3
+#: How soon a key is looked at again when another run held some of its consumers' write claims.
+CLAIMED_ELSEWHERE_RECHECK = timedelta(minutes=1)
+#: Continuations that retry a key's transiently failed writes before a human is alerted (the plan's
+#: scheduled re-check keeps retrying after that, at its own pace).
+MAX_WRITE_RETRIES = 5
+#: The first retry's back-off; each further retry waits twice as long (5 s ... 80 s: 2.5 minutes in all),
+#: and never less than the failed request's Retry-After.
+RETRY_BACKOFF = timedelta(seconds=5)
+MAX_RETRY_BACKOFF = timedelta(minutes=5)
 
 _ALERT_SEVERITY = {
     rotation.Action.ALERT: Severity.HIGH,
@@ -127,6 +145,8 @@ class ReconcileResult:
     deferred: int = 0
     #: Consumers another instance holds a live write claim on (it writes them; this run does not).
     claimed_elsewhere: list[str] = field(default_factory=list)
+    #: Consumers whose write failed transiently in this run (retried by a continuation, or alerted).
+    retrying: list[str] = field(default_factory=list)
 
     def progress(self) -> dict[str, int]:
         """done / pending / blocked consumers of the key, as the last plan sees them."""
@@ -139,6 +159,7 @@ class ReconcileResult:
             "progress": self.progress(),
             "deferred": self.deferred,
             "claimed_elsewhere": list(self.claimed_elsewhere),
+            "retrying": list(self.retrying),
             "rounds": self.rounds,
             "writes": list(self.writes),
             "failures": list(self.failures),
@@ -167,11 +188,16 @@ def reconcile_key(
     dry_run: bool = False,
     consumers: Sequence[Consumer] | None = None,
     state: KeyState | None = None,
+    retry: int = 0,
+    continues: str | None = None,
 ) -> ReconcileResult:
     """Bring every consumer of ``key`` to the newest usable version (see module docstring).
 
     ``consumers`` and ``state``: the key's consumers and versions when the caller has just read them
-    (no second inventory or vault listing)."""
+    (no second inventory or vault listing). ``retry``: how many continuations in a row before this run
+    retried the key's transiently failed writes without writing anything (the continuation carries it).
+    ``continues``: the claim owner of the run this one continues (its continuation item carries it): this
+    run takes over that run's write claims (a forced adoption pinned there is restored here) and no other's."""
     key = key.versionless
     # The time budget counts from here: the inventory is part of the invocation's time (at 10,000 accounts
     # its scope listings take minutes of ARM's read budget), and the host ends an invocation at its limit.
@@ -199,36 +225,66 @@ def reconcile_key(
         return rotation.plan(state, [consumer], view, target_version=target_version, now=deps.clock.now(),
                              settings=deps.planner).decisions[0]
 
-    run = _Run(key, deps, intents, started, plan_one=plan_one)
+    run = _Run(key, deps, intents, started, plan_one=plan_one, continues=continues)
     current: dict[str, Consumer | None] = {consumer.id: consumer for consumer in consumers}
-    run.adopt([decision for decision in plan.writes], current, result)
-    consumers = [consumer for consumer in current.values() if consumer is not None]
-    plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
-    result.plan = plan
+    try:
+        run.adopt([decision for decision in plan.writes], current, result)
+        # The consumers this run is done with are free for other runs at once (a consumer it was cut off from
+        # half-way, e.g. pinned and not yet restored, stays claimed for the continuation that inherits it).
+        run.end_claims(run.claimed - run.deferred)
+        consumers = [consumer for consumer in current.values() if consumer is not None]
+        plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
+        result.plan = plan
 
-    transient, conflicts = run.transient, run.conflicts
-    result.deferred = len(run.deferred)
-    result.claimed_elsewhere = sorted(run.claimed_elsewhere)
-    plan = _record_conditions(key, state, plan, record, consumers=consumers, deps=deps,
-                              target_version=target_version)
-    result.plan = plan
-    result.alerts.extend(_alerts(plan))
-    # Level-based: what is not raised now for this key's consumers has cleared and is resolved.
-    deps.notifier.sync(alert_scope(key), result.alerts)
-    result.next_check = plan.next_check
-    if any(count >= MAX_CONFLICTS_PER_CONSUMER for count in conflicts.values()):
-        # The consumers that kept changing under us are looked at again shortly, with fresh state.
-        prompt = deps.clock.now() + deps.planner.verify_interval
-        result.next_check = min(result.next_check, prompt) if result.next_check else prompt
-    if run.deferred:
-        # Out of this invocation's time: the rest continues at once in another invocation, which
-        # re-plans from ARM and the ledger (what is done is not written again).
-        _continue(key, len(run.deferred), deps)
-    if transient is not None:
-        # Everything that could be done was done; the host retries the rest (idempotently).
-        raise TransientError(f"reconcile {key.uri}: {transient}", retry_after=transient.retry_after) from transient
-    if result.next_check is not None and not run.deferred:
-        _schedule(key, result.next_check, deps)
+        conflicts = run.conflicts
+        result.deferred = len(run.deferred)
+        result.claimed_elsewhere = sorted(run.claimed_elsewhere)
+        result.retrying = sorted(run.retrying)
+        # Retries count the runs in a row that wrote nothing: one that moved a consumer on starts the count again
+        # (bounded all the same: a key has only so many writes to make).
+        spent = 0 if result.writes else retry
+        retries_left = bool(run.retrying) and spent < MAX_WRITE_RETRIES
+        retry_in = _backoff(spent, run.retry_after())
+        retry_at = deps.clock.now() + retry_in
+        plan = _record_conditions(key, state, plan, record, consumers=consumers, deps=deps,
+                                  target_version=target_version,
+                                  noted=lambda plan: _note_retrying(plan, run.retrying, retry=spent,
+                                                                    retry_at=retry_at if retries_left else None,
+                                                                    now=deps.clock.now()))
+        result.plan = plan
+        result.alerts.extend(_alerts(plan))
+        if run.retrying and not retries_left:
+            result.alerts.extend(_retries_spent_alert(decision, run.retrying[decision.consumer.id], spent)
+                                 for decision in plan.decisions if decision.consumer.id in run.retrying)
+        # Level-based: what is not raised now for this key's consumers has cleared and is resolved.
+        deps.notifier.sync(alert_scope(key), result.alerts)
+        result.next_check = plan.next_check
+        if any(count >= MAX_CONFLICTS_PER_CONSUMER for count in conflicts.values()):
+            # The consumers that kept changing under us are looked at again shortly, with fresh state.
+            prompt = deps.clock.now() + deps.planner.verify_interval
+            result.next_check = min(result.next_check, prompt) if result.next_check else prompt
+        if run.retrying and not retries_left:
+            # The retries are spent (and a human alerted): the consumers are looked at again at the re-check pace.
+            later = deps.clock.now() + deps.planner.recheck_interval
+            result.next_check = min(result.next_check, later) if result.next_check else later
+        if run.claimed_elsewhere:
+            # Another run holds these consumers' claims: it is writing them (its claims end when it is done), or it
+            # crashed (they lapse). The key is looked at again shortly, so whatever that run left is finished.
+            soon = deps.clock.now() + min(deps.limits.claim_for, CLAIMED_ELSEWHERE_RECHECK)
+            result.next_check = min(result.next_check, soon) if result.next_check else soon
+        continued = bool(run.deferred) or retries_left
+        if continued:
+            # Out of this invocation's time (the rest continues at once), or writes that failed transiently
+            # (retried after the back-off): another invocation re-plans from ARM and the ledger, so what is
+            # done is not written again.
+            _continue(key, len(run.deferred) + len(run.retrying), deps,
+                      retry=spent + 1 if retries_left else None, owner=run.owner,
+                      delay=None if run.deferred else retry_in)
+        if result.next_check is not None and not continued:
+            _schedule(key, result.next_check, deps)
+    except Exception:
+        run.end_claims(run.claimed)  # the invocation fails: whichever run retries it may write these at once
+        raise
     log_record(log, logging.INFO, "key reconciled", result.as_json())
     return result
 
@@ -270,8 +326,19 @@ class _Run:
     consumers each verified against ARM just before its writes; the time budget; the ledger's claims."""
 
     def __init__(self, key: KeyRef, deps: ReconcileDeps, intents: dict[str, ForceAdoptionIntent],
-                 started: datetime, *, plan_one: Callable[[Consumer], rotation.Decision]) -> None:
+                 started: datetime, *, plan_one: Callable[[Consumer], rotation.Decision],
+                 continues: str | None = None) -> None:
         self.key, self.deps, self.intents = key, deps, intents
+        # The run's own name in the ledger's write claims: two runs of one key in one process (two queue
+        # items worked at once, an event and a continuation) must not pass for each other, or the later
+        # one repeats the earlier one's write from a read made before it.
+        self.owner = f"{deps.limits.owner}/{uuid.uuid4().hex[:12]}"
+        self.continues = continues
+        self.started = started
+        #: The consumers this run claimed (and has not released), and when each was last read from ARM
+        #: (a listing right before its chunk's writes, or its last write's answer).
+        self.claimed: set[str] = set()
+        self._read_at: dict[str, datetime] = {}
         self.plan_one = plan_one
         budget = deps.limits.time_budget
         self.deadline = started + budget if budget is not None else None
@@ -279,25 +346,32 @@ class _Run:
         self.deferred: set[str] = set()
         self.claimed_elsewhere: set[str] = set()
         self.conflicts: Counter[str] = Counter()
-        self.transient: TransientError | None = None
+        #: Consumers whose write failed transiently: the error each met.
+        self.retrying: dict[str, TransientError] = {}
         self._started_any = False  # the first write of a run always starts: every run makes progress
+        #: Each consumer's place in the plan, and the writes as they finished (reported in plan order).
+        self._positions: dict[str, int] = {}
+        self._written: list[tuple[int, str]] = []
         self._lock = threading.Lock()
 
     def adopt(self, decisions: Sequence[rotation.Decision], current: dict[str, Consumer | None],
               result: ReconcileResult) -> None:
         """Carry out ``decisions`` (and each consumer's next steps); ``current`` ends with each consumer as
         ARM answered (None: no longer a consumer of this key)."""
+        self._positions = {decision.consumer.id: position for position, decision in enumerate(decisions)}
         workers = max(1, min(self.deps.limits.concurrency, len(decisions)))
         chunk = self.deps.limits.refresh_every
         slots = threading.BoundedSemaphore(workers)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
+        with interruptible_pool(workers, "reconcile") as pool:
             futures = []
             for start in range(0, len(decisions), chunk):
                 # Verify against ARM itself (Resource Graph lags writes) right before this chunk's writes,
                 # in as few reads as possible (a listing): a consumer someone changed meanwhile is planned
                 # from what ARM holds now, and a change made after this read is at most a chunk's writes old.
+                read_at = self.deps.clock.now()
                 for consumer_id, fresh in _refreshed(decisions[start:start + chunk], self.deps).items():
                     current[consumer_id] = fresh
+                    self._read_at[consumer_id] = read_at
                 for decision in decisions[start:start + chunk]:
                     consumer = current[decision.consumer.id]
                     if consumer is None:
@@ -306,6 +380,8 @@ class _Run:
                     futures.append(pool.submit(self._steps, consumer, current, result, slots))
             for future in futures:
                 future.result()
+        # In plan order whatever order the threads finished in (a consumer's own writes keep theirs: stable sort).
+        result.writes.extend(text for _, text in sorted(self._written, key=lambda written: written[0]))
 
     def _steps(self, consumer: Consumer, current: dict[str, Consumer | None], result: ReconcileResult,
                slots: threading.BoundedSemaphore) -> None:
@@ -339,11 +415,12 @@ class _Run:
                 "resource": outcome.consumer.resource_id, "reason": Reason.CONSUMER_CHANGED.value,
                 "action": decision.action.value})
         if outcome.written is not None:
-            result.writes.append(outcome.written)
+            self._written.append((self._positions.get(consumer_id, len(self._positions)), outcome.written))
         if outcome.failure is not None:
             self.failed.add(consumer_id)
             result.failures.append(outcome.failure)
-            self.transient = self.transient or outcome.transient
+            if outcome.transient is not None:
+                self.retrying[consumer_id] = outcome.transient
             if outcome.alert is not None:
                 result.alerts.append(outcome.alert)
             return None
@@ -351,6 +428,24 @@ class _Run:
             self.failed.add(consumer_id)
             return None
         return None if outcome.gone else outcome.updated
+
+    def retry_after(self) -> timedelta:
+        """The longest Retry-After the transiently failed writes were answered with."""
+        seconds = max((err.retry_after or 0.0 for err in self.retrying.values()), default=0.0)
+        return timedelta(seconds=seconds)
+
+    def end_claims(self, consumer_ids: Collection[str]) -> None:
+        """End this run's write claims on these consumers (each noted as ended now, in a few requests)."""
+        with self._lock:
+            ending = sorted(self.claimed.intersection(consumer_ids))
+            self.claimed.difference_update(ending)
+        if not ending:
+            return
+        try:
+            self.deps.ledger.release_writes(self.key, ending, owner=self.owner, now=self.deps.clock.now())
+        except (TransientError, PermanentError) as err:  # then they lapse on their own; other runs wait for that
+            log_record(log, logging.WARNING, "write claims not ended",
+                       {"key": self.key.uri, "claims": len(ending), "error": str(err)})
 
     def _out_of_time(self) -> bool:
         with self._lock:
@@ -366,14 +461,25 @@ class _Run:
             outcome.deferred = True
             return outcome
         try:
-            now = self.deps.clock.now()
-            if decision.set_key is not None and not self.deps.ledger.claim_write(
-                    self.key, consumer.id, decision.set_key.uri, owner=self.deps.limits.owner, now=now,
-                    until=now + self.deps.limits.claim_for):
-                outcome.claimed_elsewhere = True
-                return outcome
+            if decision.set_key is not None:
+                now = self.deps.clock.now()
+                claim = self.deps.ledger.claim_write(
+                    self.key, consumer.id, decision.set_key.uri, owner=self.owner, now=now,
+                    until=now + self.deps.limits.claim_for, read_at=self._read_at.get(consumer.id, self.started),
+                    inherits=self.continues)
+                if claim is WriteClaim.HELD_ELSEWHERE:
+                    outcome.claimed_elsewhere = True
+                    return outcome
+                with self._lock:
+                    self.claimed.add(consumer.id)
+                if claim is WriteClaim.CHANGED_SINCE_READ:
+                    # Another run was done with the consumer after it was read here: what was read may be
+                    # older than that run's write. The next round plans from ARM's answer now.
+                    self._reread(consumer, outcome)
+                    return outcome
             try:
                 outcome.updated = _execute(decision, self.key, self.deps, self.intents, outcome)
+                self._read_at[consumer.id] = self.deps.clock.now()  # the write's answer is ARM's state
             except Conflict as err:
                 # Someone changed the consumer between our read and our write: their change wins.
                 # Re-read it from ARM and let the next round plan from what it holds now.
@@ -382,17 +488,25 @@ class _Run:
                 if self.conflicts[consumer.id] >= MAX_CONFLICTS_PER_CONSUMER:
                     outcome.gave_up = True
                     return outcome
-                updated = self.deps.inventory.reread(consumer)
-                if updated is None or not updated.key.same_key(self.key):
-                    outcome.gone = True
-                else:
-                    outcome.updated = updated
+                self._reread(consumer, outcome)
         except TransientError as err:
             outcome.failure, outcome.transient = f"{consumer.resource_id}: {err}", err
+            if decision.set_key is not None:
+                # The retry (a continuation) may run on another instance: the claim would keep it off.
+                self.end_claims([consumer.id])
         except PermanentError as err:
             outcome.failure = f"{consumer.resource_id}: {err}"
             outcome.alert = _failure_alert(decision, err)
         return outcome
+
+
+    def _reread(self, consumer: Consumer, outcome: _Outcome) -> None:
+        self._read_at[consumer.id] = self.deps.clock.now()
+        updated = self.deps.inventory.reread(consumer)
+        if updated is None or not updated.key.same_key(self.key):
+            outcome.gone = True
+        else:
+            outcome.updated = updated
 
 
 def _refreshed(decisions: Sequence[rotation.Decision], deps: ReconcileDeps) -> dict[str, Consumer | None]:
@@ -453,14 +567,16 @@ def _execute(
 
 
 def _record_conditions(key: KeyRef, state: KeyState, plan: rotation.Plan, record: RotationRecord, *,
-                       consumers: Sequence[Consumer], deps: ReconcileDeps,
-                       target_version: str | None) -> rotation.Plan:
-    """Save the conditions that changed; return the plan they come from.
+                       consumers: Sequence[Consumer], deps: ReconcileDeps, target_version: str | None,
+                       noted: Callable[[rotation.Plan], rotation.Plan]) -> rotation.Plan:
+    """Save the conditions that changed (``noted``: with what this run adds to the planner's); return
+    the plan they come from.
 
     Another instance may have saved this key's conditions since the record was read (two instances on
     one key, each writing the consumers it claimed): the save is refused (Conflict), and this run
     merges rather than fails: it re-reads the record (the other instance's conditions become the
     previous ones) and the consumers from ARM (one listing), plans again and saves that."""
+    plan = noted(plan)
     for _ in range(MAX_CONDITION_SAVES - 1):
         try:
             _save_changed_conditions(key, plan, record, deps)
@@ -474,7 +590,7 @@ def _record_conditions(key: KeyRef, state: KeyState, plan: rotation.Plan, record
         fresh = dict(zip((consumer.id for consumer in consumers), deps.inventory.refresh(consumers), strict=True))
         consumers = [current for current in (fresh[consumer.id] for consumer in consumers)
                      if current is not None and current.key.same_key(key)]
-        plan = _plan(state, consumers, intents, record, target_version=target_version, deps=deps)
+        plan = noted(_plan(state, consumers, intents, record, target_version=target_version, deps=deps))
     try:
         _save_changed_conditions(key, plan, record, deps)
     except Conflict as err:
@@ -489,6 +605,33 @@ def _save_changed_conditions(key: KeyRef, plan: rotation.Plan, record: RotationR
                                   record.version_conditions)
     if consumer_conditions or version_conditions:  # persist only what changed
         deps.ledger.save_conditions(key, consumer_conditions, version_conditions)
+
+
+def _note_retrying(plan: rotation.Plan, retrying: Mapping[str, TransientError], *, retry: int,
+                   retry_at: datetime | None, now: datetime) -> rotation.Plan:
+    """The plan with a ``Synced`` condition (False, UpdateRetrying) on each consumer whose write failed
+    transiently: the ledger and ``cmkctl status`` show why it lags, and when it is tried again
+    (``retry_at`` None: the retries are spent; the scheduled re-check tries again)."""
+    if not retrying:
+        return plan
+    then = f"retried at {retry_at.isoformat()}" if retry_at else f"retries spent ({MAX_WRITE_RETRIES})"
+
+    def noted(decision: rotation.Decision) -> rotation.Decision:
+        err = retrying.get(decision.consumer.id)
+        if err is None:
+            return decision
+        synced = Condition(rotation.ConditionType.SYNCED.value, ConditionStatus.FALSE, Reason.UPDATE_RETRYING,
+                           f"the write failed transiently (retry {retry} of {MAX_WRITE_RETRIES}): {err}; {then}", now)
+        return replace(decision, conditions=(*decision.conditions, synced))
+
+    return replace(plan, decisions=tuple(noted(decision) for decision in plan.decisions))
+
+
+def _backoff(retry: int, retry_after: timedelta) -> timedelta:
+    """How long the ``retry``-th continuation waits: doubling from RETRY_BACKOFF, capped, and never less
+    than the service asked for."""
+    doubled: timedelta = RETRY_BACKOFF * 2 ** min(retry, 16)
+    return max(retry_after, min(doubled, MAX_RETRY_BACKOFF))
 
 
 def _changed(new: Mapping[str, tuple[Condition, ...]],
@@ -533,14 +676,35 @@ def _failure_alert(decision: rotation.Decision, err: PermanentError) -> Alert:
     )
 
 
+def _retries_spent_alert(decision: rotation.Decision, err: TransientError, retry: int) -> Alert:
+    return Alert(
+        severity=Severity.HIGH,
+        title=f"{decision.consumer.resource_id}: {Reason.UPDATE_RETRYING.value}",
+        resource=decision.consumer.resource_id,
+        reason=Reason.UPDATE_RETRYING,
+        message=f"the write failed transiently {retry + 1} times in a row: {err}; the scheduled re-check tries again",
+        fingerprint=fingerprint(decision.consumer.id, Reason.UPDATE_RETRYING.value, decision.consumer.key.uri),
+        details={"action": decision.action.value, "retries": retry},
+    )
+
+
 def fingerprint(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
-def _continue(key: KeyRef, left: int, deps: ReconcileDeps) -> None:
-    """A continuation: the next invocation re-plans from ARM and the ledger and writes what is left."""
-    log_record(log, logging.INFO, "reconcile continues in another invocation", {"key": key.uri, "left": left})
-    deps.queue.enqueue({"kind": "reconcile", "key": key.uri, "continuation": True, "left": left})
+def _continue(key: KeyRef, left: int, deps: ReconcileDeps, *, retry: int | None, delay: timedelta | None,
+              owner: str) -> None:
+    """A continuation: the next invocation re-plans from ARM and the ledger and writes what is left
+    (``retry``: the how-manieth retry of transiently failed writes it is; ``owner``: the run whose write
+    claims it takes over, as ``claims``)."""
+    item: dict[str, object] = {"kind": "reconcile", "key": key.uri, "continuation": True, "left": left,
+                               "claims": owner}
+    if retry is not None:
+        item["retry"] = retry
+    log_record(log, logging.INFO, "reconcile continues in another invocation",
+               {"key": key.uri, "left": left, "retry": retry,
+                "delay_seconds": delay.total_seconds() if delay is not None else 0})
+    deps.queue.enqueue(item, delay=delay)
 
 
 def _schedule(key: KeyRef, when: datetime, deps: ReconcileDeps) -> None:

@@ -98,6 +98,8 @@ class ConditionType(enum.StrEnum):
     KEY_ACCESSIBLE = "KeyAccessible"  # consumer: its identity can use the key
     PINNED_CURRENT = "PinnedCurrent"  # consumer: versionless, or pinned to the target
     USABLE = "Usable"  # version: enabled and inside its validity window
+    #: consumer, recorded by the reconciler only while our write of it fails transiently (retried)
+    SYNCED = "Synced"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import enum
 import json
 import logging
 import math
+import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -74,6 +75,8 @@ from controller.settings import Settings
 
 log = logging.getLogger("controller.service")
 
+#: A continuation's "claims": the claim owner of the run it continues, as the reconciler names runs.
+_CLAIM_OWNER = re.compile(r"[A-Za-z0-9.:/_-]{1,200}")
 #: Work items larger than this are not ours: Azure Storage queue messages are at most 64 KiB.
 MAX_WORK_ITEM_BYTES = 64 * 1024
 #: Deliveries of a work item before the queue moves it to its poison queue (host.json
@@ -605,15 +608,25 @@ def _fan_out_rewrap(key: KeyRef, results: list[reconciler.ReconcileResult], deps
 
 
 def _reconcile_item(item: dict[str, object], deps: Dependencies) -> reconciler.ReconcileResult:
-    """A scheduled re-check of one key: {"kind": "reconcile", "key": <versionless key URI>}."""
+    """A scheduled re-check of one key: {"kind": "reconcile", "key": <versionless key URI>}; a continuation
+    also carries "claims": <the claim owner of the run it continues> (whose write claims it takes over) and,
+    when it retries transiently failed writes, "retry": <its number> (the reconciler's bound)."""
     key_uri = item.get("key")
     if not isinstance(key_uri, str):
         raise InvalidWorkItem("reconcile work item has no string 'key'")
+    retry = item.get("retry", 0)
+    if not isinstance(retry, int) or isinstance(retry, bool) or not 0 <= retry <= reconciler.MAX_WRITE_RETRIES:
+        raise InvalidWorkItem(
+            f"reconcile work item: 'retry' is a whole number from 0 to {reconciler.MAX_WRITE_RETRIES}")
+    claims = item.get("claims")
+    if claims is not None and not (isinstance(claims, str) and _CLAIM_OWNER.fullmatch(claims)):
+        raise InvalidWorkItem("reconcile work item: 'claims' is a claim owner (letters, digits and '.:/_-', "
+                              "at most 200)")
     try:
         key = deps.settings.vault_policy.allowed_key(key_uri)
     except InvalidInput as err:
         raise InvalidWorkItem(f"reconcile work item: {err}") from err
-    return reconciler.reconcile_key(key, deps.reconcile)
+    return reconciler.reconcile_key(key, deps.reconcile, retry=retry, continues=claims)
 
 
 # --- re-wrap fan-out ----------------------------------------------------------------------------------
@@ -801,7 +814,10 @@ def run_rewrap_page(page: RewrapPageItem, deps: Dependencies, *, last_delivery: 
     claim = deps.rewrap_jobs.claim_page(job_id, page.number, worker=worker,
                                         lease_seconds=deps.rewrap_page_lease_seconds)
     if claim.outcome is ClaimOutcome.FINISHED:
-        return _rewrap_result(job, RewrapItemStatus.DUPLICATE, job_id, None, page=page.number)
+        # Recorded already; but the worker that recorded it may have died before finishing the job (its
+        # last page): finishing is idempotent, so a redelivery finishes what that worker could not.
+        return _rewrap_result(job, RewrapItemStatus.DUPLICATE, job_id, None, page=page.number,
+                              job_report=_finish_if_done(job, job_id, deps))
     if claim.outcome is ClaimOutcome.HELD:
         deps.work_queue.enqueue(page.to_message(), delay=timedelta(seconds=claim.retry_in + 1))
         return _rewrap_result(job, RewrapItemStatus.HELD, job_id, None, page=page.number)

@@ -64,7 +64,20 @@ class VaultPolicy:
         return key
 
     def allowed_vault(self, value: str) -> VaultOrigin:
-        """Parse a vault origin (host name or https origin) and refuse it unless it is allowed."""
+        """Parse a vault origin (host name or https origin), or take the allowlisted vault a bare vault name
+        (``contoso-kv``) names, and refuse it unless it is allowed."""
+        if "." not in value and ":" not in value and "/" not in value:
+            return self._named_vault(value)
         vault = self.parse_vault_origin(value)
         self.check(vault)
         return vault
+
+    def _named_vault(self, name: str) -> VaultOrigin:
+        """The one allowlisted cloud vault (or Managed HSM) called ``name``: the operator's short form."""
+        named = [VaultOrigin(origin) for origin in self.vaults if VaultOrigin(origin).name == name.lower()]
+        if not named:
+            raise VaultNotAllowed(f"no vault named {name!r} in CMK_VAULTS (allowed: {', '.join(self.vaults)})")
+        if len(named) > 1:
+            raise InvalidKeyId(f"{name!r} names {len(named)} vaults in CMK_VAULTS: write the host "
+                               f"({', '.join(vault.host for vault in named)})")
+        return named[0]

@@ -13,10 +13,14 @@ so each owns a ServerThread::
 for apps started from the loop itself (the ARM emulator's blob proxies); ``unserve`` stops one again.
 ``every`` runs a function periodically (the emulators' timers); ``stop`` cancels it.
 A ServerThread can be started again after ``stop``.
+
+``StreamServer`` is the base of the sandbox's byte relays (the egress proxy, the blob host relay): a raw
+asyncio stream server on its own ServerThread whose open connections are cancelled when it stops.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -247,6 +251,72 @@ class ServerThread:
         runners, self._runners = self._runners, []
         for runner in runners:
             await runner.cleanup()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *args: object) -> None:
+        self.stop()
+
+
+class StreamServer(abc.ABC):
+    """An asyncio stream server (no HTTP framing: the relays pass bytes) on its own ServerThread.
+
+    Subclasses implement ``serve_connection``; each connection runs as a task that ``stop`` cancels and
+    awaits, and whose writer is closed when it ends. ``ssl_context`` makes the listener terminate TLS.
+    ``port`` 0 binds a free port; ``port`` holds the bound one once started.
+    """
+
+    def __init__(self, name: str, host: str, port: int = 0, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.host = host
+        self.port = port
+        self._ssl_context = ssl_context
+        self._server = ServerThread(name)
+        self._listener: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()  # touched on the loop only
+
+    @property
+    def running(self) -> bool:
+        return self._server.running
+
+    def start(self) -> Self:
+        if self._server.running:
+            return self
+        self._server.start()
+        self._listener = self._server.run(
+            asyncio.start_server(self._handle, self.host, self.port, ssl=self._ssl_context))
+        self.port = int(self._listener.sockets[0].getsockname()[1])
+        return self
+
+    def stop(self) -> None:
+        if not self._server.running:
+            return
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            self._server.run(self._close(listener))
+        self._server.stop()
+
+    @abc.abstractmethod
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """On the loop: serve one accepted connection (the writer is closed after it returns)."""
+
+    async def _close(self, listener: asyncio.Server) -> None:
+        listener.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            return
+        self._connections.add(task)
+        try:
+            await self.serve_connection(reader, writer)
+        finally:
+            self._connections.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -10,21 +10,24 @@ emulators directly for everything else.
 The proxy answers ``CONNECT <host>:443`` for the hosts a route names (``<vault>.vault.azure.net`` of the
 vaults that exist, ``api.loganalytics.io``) with a tunnel to the emulator on loopback. It does not terminate
 TLS: the emulator presents a certificate for the Azure host name issued by the sandbox CA, so the client
-checks the same name it would in Azure, end to end. Any other target (another host, another port, a host
-the routes do not know, any method but CONNECT) is refused with an HTTP error before anything is
-connected: nothing ever leaves the machine through it.
+checks the same name it would in Azure, end to end. Any other target is refused with an HTTP error before
+anything is connected: nothing ever leaves the machine through it. A host name no route knows (a vault that
+does not exist, any internet host) is answered as the DNS failure it would be for the client:
+``502 DNS: <host> does not resolve``; an address, a known name on another port or any method but CONNECT
+with a 403 or 405.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from emulators.background import ServerThread
+from emulators.background import StreamServer
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +43,14 @@ class Refusal:
     reason: str
 
 
-class EgressProxy:
+class EgressProxy(StreamServer):
     """``with EgressProxy() as proxy: proxy.add_route(route)``; clients use ``proxy.url`` as HTTPS_PROXY."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host = host
-        self.port = port
+        super().__init__("egress-proxy", host, port)
         self._routes: list[Route] = []
         self._lock = threading.Lock()
         self._refused: list[Refusal] = []
-        self._server = ServerThread("egress-proxy")
-        self._listener: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()  # touched on the loop only
 
     @property
     def url(self) -> str:
@@ -67,34 +66,6 @@ class EgressProxy:
         with self._lock:
             self._routes.append(route)
 
-    def start(self) -> EgressProxy:
-        if self._server.running:
-            return self
-        self._server.start()
-        self._listener = self._server.run(asyncio.start_server(self._handle, self.host, self.port))
-        self.port = int(self._listener.sockets[0].getsockname()[1])
-        return self
-
-    def stop(self) -> None:
-        if not self._server.running:
-            return
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            self._server.run(self._close(listener))
-        self._server.stop()
-
-    async def _close(self, listener: asyncio.Server) -> None:
-        listener.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-
-    def __enter__(self) -> EgressProxy:
-        return self.start()
-
-    def __exit__(self, *args: object) -> None:
-        self.stop()
-
     def resolve(self, host: str, port: int) -> tuple[str, int] | None:
         """The loopback listener serving ``host:port``; None when no route names it (never a non-loopback one)."""
         with self._lock:
@@ -107,18 +78,7 @@ class EgressProxy:
                 return target
         return None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is None:
-            return
-        self._connections.add(task)
-        try:
-            await self._serve(reader, writer)
-        finally:
-            self._connections.discard(task)
-            writer.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
@@ -136,6 +96,14 @@ class EgressProxy:
         host, _, port_text = target.rpartition(":")
         host = host.strip("[]")
         upstream = self.resolve(host, int(port_text)) if port_text.isdigit() and host else None
+        if upstream is None and _is_host_name(host) and self.resolve(host, 443) is None:
+            # No service of the sandbox has that name: as the proxy resolves names for its clients, this is
+            # their DNS failure (Azure's DNS has no record of a vault that does not exist). HTTP clients report
+            # only the status line of a refused CONNECT, so the reason phrase says it, naming the host.
+            await self._refuse(writer, 502, f"DNS: {host} does not resolve", target,
+                               f"{host} does not resolve: no service of this sandbox has that name "
+                               "(the sandbox never reaches the internet)")
+            return
         if upstream is None:
             await self._refuse(writer, 403, "Forbidden", target,
                                f"{target} is not a service of this sandbox: the sandbox never reaches the internet")
@@ -162,6 +130,17 @@ class EgressProxy:
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         writer.close()
+
+
+def _is_host_name(host: str) -> bool:
+    """A DNS name (not an address literal, not the loopback's own name): what a resolver would look up."""
+    if host.lower() in _LOOPBACK:
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(host)
+    return False
 
 
 async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:

@@ -55,6 +55,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from emulators.files import write_file
 from emulators.processes import ProcessRecord
 
 log = logging.getLogger("emulators.functions_host")
@@ -571,8 +572,9 @@ def _parse_time(text: str) -> datetime | None:
         return None
 
 
-def _host_keys(path: Path | None) -> dict[str, str]:
-    """The keys file's keys when it holds them (a restart), else new ones written to it."""
+def host_keys(path: Path | None) -> dict[str, str]:
+    """The keys file's keys when it holds them (a restart, or keys the sandbox made before the host's first
+    start), else new ones written to it (0600)."""
     if path is not None and path.exists():
         with contextlib.suppress(ValueError, OSError):
             kept = json.loads(path.read_text(encoding="utf-8"))
@@ -580,8 +582,7 @@ def _host_keys(path: Path | None) -> dict[str, str]:
                 return {name: kept[name] for name in KEY_NAMES}
     keys = {name: secrets.token_urlsafe(32) for name in KEY_NAMES}
     if path is not None:
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(keys), encoding="utf-8")
+        write_file(path, json.dumps(keys))
     return keys
 
 
@@ -593,7 +594,7 @@ def _serve(args: argparse.Namespace) -> None:
     logging.getLogger("azure").setLevel(logging.WARNING)
     settings = json.loads(Path(args.settings).read_text(encoding="utf-8")) if args.settings else {}
     os.environ.update({key: str(value) for key, value in settings.get("Values", {}).items()})
-    keys = _host_keys(Path(args.keys_file) if args.keys_file else None)
+    keys = host_keys(Path(args.keys_file) if args.keys_file else None)
     polling = timedelta(seconds=args.max_polling_seconds) if args.max_polling_seconds else None
     host = FunctionsHost(Path(args.app_dir).resolve(), os.environ, keys=keys, max_polling_interval=polling)
 
@@ -656,7 +657,8 @@ class LocalFunctionsHost:
     def start(self, timeout: float = 60.0) -> LocalFunctionsHost:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         settings_path = self.work_dir / "local.settings.json"
-        settings_path.write_text(json.dumps({"IsEncrypted": False, "Values": self.values}), encoding="utf-8")
+        # The Values hold secrets (the identity endpoint's header, storage keys): 0600, as the real host's file.
+        write_file(settings_path, json.dumps({"IsEncrypted": False, "Values": self.values}))
         keys_path = self.work_dir / "host-keys.json"  # kept: a restarted host keeps its keys
         port_path = self.work_dir / "host-port"
         port_path.unlink(missing_ok=True)

@@ -16,14 +16,15 @@ own session) starts, on loopback and free ports:
 * the vaults' audit sink (archive in Azurite, Log Analytics rows) and the Log Analytics query endpoint;
 * Event Grid delivery, the alert webhook sink, the controller's user-assigned identity and its App
   Service-style managed identity endpoint (IDENTITY_ENDPOINT / IDENTITY_HEADER, emulators/identity_endpoint.py);
-* the local Functions host running function_app.py, as soon as there is a vault for ``CMK_VAULTS``
-  (the app refuses to start without one). When the set of vaults changes, the host is restarted
-  with the new ``CMK_VAULTS`` (as Azure restarts an app whose settings change) and the event
-  subscriptions pointing at it are created again. Every vault is subscribed: explicitly (the control
-  API below, which ``python -m emulators seed`` uses for a scenario's ``eventSubscriptions``), or else
+* the local Functions host running function_app.py, as soon as there is a vault for ``CMK_VAULTS`` (the app
+  refuses to start without one), on a port and with keys the sandbox holds from its start (``functionsUrl``
+  and ``hostKeysPath`` in the state file, before the host runs). When the set of vaults changes, the host is
+  restarted with the new ``CMK_VAULTS`` (as Azure restarts an app whose settings change) and the event
+  subscriptions pointing at it are created again. Every vault is subscribed: explicitly (the control API
+  below, which ``python -m emulators seed`` uses for a scenario's ``eventSubscriptions``), or else
   automatically as ``<vault>-on-key-event`` (on_key_event, Event Grid schema, the key event types,
-  dead-letter container ``key-events-deadletter``), as the post-deploy hook subscribes managed vaults;
-  and every subscription's resource events (the emulated ARM's, topic ``/subscriptions/{id}``) as
+  dead-letter container ``key-events-deadletter``), as the post-deploy hook subscribes managed vaults; and
+  every subscription's resource events (the emulated ARM's, topic ``/subscriptions/{id}``) as
   ``<subscription>-on-resource-event`` (on_resource_event, the three resource event types, filtered on
   ``data.operationName`` like infra/modules/resource-events.bicep). A deleted vault does not restart the
   host (no app setting changes); a new one does;
@@ -65,6 +66,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -78,6 +80,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from emulators.files import write_file
+from emulators.functions_host import host_keys
 from emulators.processes import Liveness, ProcessRecord, StopReport
 
 log = logging.getLogger("emulators.sandbox")
@@ -138,9 +142,10 @@ def read_state(directory: Path) -> dict[str, Any] | None:
 
 
 def _write_atomically(path: Path, text: str, *, mode: int = 0o600) -> None:
+    """Replace ``path`` at once with a file of ``mode`` (by default only its owner can read it, from its first
+    byte)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.chmod(mode)
+    write_file(tmp, text, mode=mode)
     tmp.replace(path)
 
 
@@ -341,6 +346,8 @@ class Orchestrator:
         self._functions_vaults: tuple[str, ...] = ()
         self._functions_error: str | None = None
         self._functions_failed_for: tuple[str, ...] = ()
+        #: The Functions host's port, held from the start (see _reserve_functions_address); None without it.
+        self._functions_reservation: socket.socket | None = None
         self._identity_endpoint: Any = None
         self._control: ThreadingHTTPServer | None = None
         #: SANDBOX_FAULTS (emulators/faults.py): the proxy in front of Azurite, and the injectors per service.
@@ -442,6 +449,8 @@ class Orchestrator:
 
         if faults is not None:
             self.set_faults(faults)
+        if self.functions_enabled:
+            self._reserve_functions_address()
         self._reconcile()
         threading.Thread(target=self._reconcile_periodically, name="sandbox-reconcile", daemon=True).start()
         self.state["status"] = "running"
@@ -563,14 +572,37 @@ class Orchestrator:
                     "clientId": self.controller_identity.client_id,
                 }
                 self.state["tenantId"] = self.arm.tenant_id
-                self.state["hostKeysPath"] = (
-                    str(self.directory / "functions" / "host-keys.json") if self._functions is not None else None
-                )
+                self.state["functionsUrl"] = self.functions_url
+                self.state["hostKeysPath"] = str(self.host_keys_path) if self.functions_url is not None else None
                 self.state["functionsError"] = self._functions_error
                 self.state["eventSubscriptions"] = {n: s.to_json() for n, s in self._subscriptions.items()}
         _write_atomically(self.directory / STATE_FILE, json.dumps(self.state, indent=2) + "\n")
 
     # ---- the Functions host and its event subscriptions -------------------------------------------
+    @property
+    def functions_url(self) -> str | None:
+        """Where the Functions host answers (from the start, though it runs only once there is a vault)."""
+        if self._functions_reservation is None:
+            return None
+        return f"http://127.0.0.1:{self._functions_reservation.getsockname()[1]}"
+
+    @property
+    def host_keys_path(self) -> Path:
+        return self.directory / "functions" / "host-keys.json"
+
+    def _reserve_functions_address(self) -> None:
+        """The Functions host's port and keys exist before the host does (it waits for a vault: the app refuses
+        to start without CMK_VAULTS), so that `up` shows how to call it at once and every (re)start of the host
+        answers at the same URL with the same keys. The port stays bound, never listening, with SO_REUSEADDR:
+        no other socket takes it, and the host's listener (SO_REUSEADDR too, as socket.create_server sets it)
+        binds it beside the reservation."""
+        reservation = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reservation.bind(("127.0.0.1", 0))
+        self._functions_reservation = reservation
+        self._push("functions-port", reservation.close)
+        host_keys(self.host_keys_path)  # the host takes the keys it finds in its keys file
+
     def _reconcile_periodically(self) -> None:
         while not self._stopping.wait(RECONCILE_SECONDS):
             try:
@@ -615,8 +647,9 @@ class Orchestrator:
     def _restart_functions(self, origins: tuple[str, ...], *, port: int | None = None) -> None:
         from emulators.functions_host import LocalFunctionsHost
 
-        # A restart keeps its address (a crashed host's given by the caller); a first start binds port 0.
-        port = port or (self._functions.port if self._functions is not None else 0)
+        # Every start is on the reserved port (a crashed host's, given by the caller, is the same).
+        reserved = self._functions_reservation
+        port = port or (int(reserved.getsockname()[1]) if reserved is not None else 0)
         self._stop_functions()
         values = self.app_settings()
         values["CMK_VAULTS"] = ",".join(origins)
@@ -817,7 +850,8 @@ class Orchestrator:
         elif self._functions_error:
             components["functions"] = {"ok": False, "error": self._functions_error}
         else:
-            components["functions"] = {"ok": True, "note": "waiting for a vault (CMK_VAULTS is required)"}
+            components["functions"] = {"ok": True, "url": self.functions_url,
+                                       "note": "starts with the first vault (CMK_VAULTS is required)"}
         return {
             "components": components,
             "clock": {"now": self.clock.now().isoformat(), "offsetSeconds": self.clock.offset.total_seconds()},

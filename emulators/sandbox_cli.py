@@ -49,12 +49,14 @@ def up(args: argparse.Namespace) -> int:
     print(f"  alert sink     {endpoints['alertSink']}")
     print(f"  CA             {state['caPath']}")
     print(f"  settings       {state['settingsPath']} (source {state['envPath']} in a shell)")
-    functions = endpoints.get("functions")
+    functions = state.get("functionsUrl")
     if functions:
         print(f"  Functions host {functions}: curl {functions}/api/health; POST {functions}/api/events?code=<the "
               f"'function' key in {state.get('hostKeysPath')}> with an Event Grid delivery")
+        if not endpoints.get("functions"):
+            print("                 (it starts with the first vault: CMK_VAULTS is required)")
     else:
-        print("  Functions host starts with the first vault (CMK_VAULTS is required)")
+        print("  Functions host none (started with --no-functions)")
     if not endpoints.get("vaults"):
         print(f"  no vaults yet: {PROG} seed rotation --dir {args.dir}")
     return EXIT_FAILED if unhealthy else 0

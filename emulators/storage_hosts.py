@@ -15,13 +15,12 @@ The egress proxy routes ``CONNECT <name>:443`` here (``listener_for``); nothing 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from emulators.azurite import AzuriteEndpoints
-from emulators.background import ServerThread
+from emulators.background import StreamServer
 from emulators.egress_proxy import pipe
 
 #: The public cloud's blob host suffix: what the SDKs' connection strings default to.
@@ -44,66 +43,29 @@ def azure_connection_string(account_name: str, account_key: str) -> str:
             "EndpointSuffix=core.windows.net")
 
 
-class BlobHostRelay:
+class BlobHostRelay(StreamServer):
     """TLS for ``<account>[-secondary].blob.core.windows.net`` in front of Azurite's blob port, on loopback."""
 
     def __init__(self, ca: _ServerCA, endpoints: AzuriteEndpoints, *, host: str = "127.0.0.1") -> None:
         blob = urlsplit(endpoints.blob)
         self._upstream = (blob.hostname or "127.0.0.1", blob.port or 80)
         self.hosts = blob_hosts(endpoints.account_name)
-        self._context = ca.server_ssl_context(*self.hosts)
-        self.host = host
-        self.port = 0
-        self._server = ServerThread("blob-host-relay")
-        self._listener: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()  # touched on the loop only
-
-    def start(self) -> BlobHostRelay:
-        if self._server.running:
-            return self
-        self._server.start()
-        self._listener = self._server.run(asyncio.start_server(self._handle, self.host, 0, ssl=self._context))
-        self.port = int(self._listener.sockets[0].getsockname()[1])
-        return self
-
-    def stop(self) -> None:
-        if not self._server.running:
-            return
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            self._server.run(self._close(listener))
-        self._server.stop()
+        super().__init__("blob-host-relay", host, ssl_context=ca.server_ssl_context(*self.hosts))
 
     def listener_for(self, host: str, port: int) -> tuple[str, int] | None:
         """The egress proxy's route: this relay, for the account's blob host names on 443."""
-        if host not in self.hosts or port != 443 or not self._server.running:
+        if host not in self.hosts or port != 443 or not self.running:
             return None
         return self.host, self.port
 
-    async def _close(self, listener: asyncio.Server) -> None:
-        listener.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is None:
-            return
-        self._connections.add(task)
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            try:
-                up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-            except OSError:
-                return  # Azurite is gone: the client sees the connection closed, as for a dead service
-            try:
-                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-            except asyncio.CancelledError:
-                pass  # the relay stops: the connection ends with it (cancelled by _close, which awaits it)
-            finally:
-                up_writer.close()
+            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            return  # Azurite is gone: the client sees the connection closed, as for a dead service
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except asyncio.CancelledError:
+            pass  # the relay stops: the connection ends with it (cancelled by stop, which awaits it)
         finally:
-            self._connections.discard(task)
-            with contextlib.suppress(Exception):
-                writer.close()
-
+            up_writer.close()

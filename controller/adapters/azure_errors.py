@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -55,11 +56,20 @@ _NETWORK_CAUSES = (
     (("timed out", "Timeout"), "the connection timed out"),
     (("Connection reset", "Connection aborted", "RemoteDisconnected"), "the connection was reset"),
 )
+#: How http.client (and urllib3) report a CONNECT the HTTPS proxy refused: only its status line is kept,
+#: so that is what the operator is shown (a proxy that cannot resolve the host says so there).
+_PROXY_REFUSAL = re.compile(r"Tunnel connection failed: (\d{3}[^'\"]*)")
+#: urllib3's NameResolutionError: the host a direct connection could not resolve.
+_UNRESOLVED_HOST = re.compile(r"Failed to resolve '([^']+)'")
 
 
 def network_failure(err: Exception) -> str:
     """What went wrong on the network, in a few words an operator can act on."""
     text = str(err)
+    if refusal := _PROXY_REFUSAL.search(text):
+        return f"the HTTPS proxy refused the connection: {refusal.group(1).strip()}"
+    if unresolved := _UNRESOLVED_HOST.search(text):
+        return f"DNS: {unresolved.group(1)} does not resolve"
     for needles, cause in _NETWORK_CAUSES:
         if any(needle in text for needle in needles):
             return cause

@@ -94,6 +94,7 @@ from controller.model import (
 )
 from controller.ports import BlobStore
 from controller.settings import RewrapTarget
+from controller.thread_pools import interruptible_pool
 from controller.vault_policy import VaultPolicy
 
 T = TypeVar("T")
@@ -185,7 +186,7 @@ class EstateGatherer:
         failures = _Failures()
         if not subscriptions:
             subscriptions = self._subscriptions()
-        with ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="estate") as pool:
+        with interruptible_pool(self._workers, "estate") as pool:
             # Subscriptions one after the other (there are few); their accounts and vaults on the pool.
             per_subscription = [_SubscriptionReader(self, sub, failures, pool).read() for sub in subscriptions]
         accounts = tuple(account for part in per_subscription for account in part.accounts)
@@ -221,7 +222,7 @@ class EstateGatherer:
         failures = _Failures()
         if not subscriptions:
             subscriptions = self._subscriptions()
-        with ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="drift") as pool:
+        with interruptible_pool(self._workers, "drift") as pool:
             readers = [_SubscriptionReader(self, sub, failures, pool) for sub in subscriptions]
             listings = [wait() for wait in [reader.listings() for reader in readers]]
             accounts = [account for listing in listings for account in listing.accounts]

@@ -7,8 +7,12 @@ two instances reconciling the same key cannot silently overwrite each other: an 
 TransientError (its invocation is retried against fresh state); a conditions save's loser gets
 Conflict, and the reconciler re-reads the record and the consumers and saves what it plans from them.
 
-Write claims (one row per consumer: owner, the write, until when) keep two instances off the same
-consumer: a claim is created atomically, and taken over only when it has lapsed, ETag-conditionally.
+Write claims (one row per consumer: owner, the write, until when) keep two reconcile runs off the same
+consumer while it is written (the owner is a run, not a process: two runs in one process exclude each
+other too): a claim is created atomically, and taken over ETag-conditionally only when it has ended (its
+run finished the consumer and noted when), has lapsed (its run crashed), or a continuation of its owner
+inherits it. A run that takes over a claim which ended after it read the consumer re-reads it first, so it
+never repeats a write from a read older than that write.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
@@ -25,9 +30,9 @@ from azure.data.tables import TableClient, UpdateMode
 
 from controller.adapters.azure_errors import translated
 from controller.adapters.created_once import CreatedOnce
-from controller.errors import Conflict, TransientError
+from controller.errors import Conflict, NotFound, TransientError
 from controller.model import Condition, ConditionStatus, ForceAdoptionIntent, ForceAdoptionStep, KeyRef
-from controller.ports import RotationRecord
+from controller.ports import RotationRecord, WriteClaim
 from controller.reasons import Reason
 
 log = logging.getLogger("controller.adapters.rotation_ledger")
@@ -38,6 +43,18 @@ _VERSION_CONDITIONS = "version"
 _CLAIM = "claim"
 #: Operations in one entity-group transaction: Azure Tables takes at most 100 (one partition, 4 MiB).
 TRANSACTION_ROWS = 100
+
+
+#: How far apart two instances' clocks may be: a claim that ended this long before a consumer was read may
+#: still have been written after the read (the reader re-reads it: one read, only after such a race).
+CLOCK_SKEW = timedelta(seconds=30)
+
+
+@dataclass(frozen=True, slots=True)
+class _HeldClaim:
+    owner: str
+    until: datetime
+    etag: str | None
 
 
 def _digest(text: str) -> str:
@@ -80,7 +97,8 @@ class TableRotationLedger:
     def __init__(self, table: TableClient) -> None:
         self._table = table
         self._etags: dict[tuple[str, str], str] = {}
-        self._claims_held: dict[tuple[str, str], datetime] = {}  # this instance's write claims: until when
+        #: The write claims this ledger made: (partition, row) -> its owner, until when, and the row's ETag.
+        self._claims_held: dict[tuple[str, str], _HeldClaim] = {}
         self._ensure_table = CreatedOnce(table.create_table, f"table {table.table_name}")
 
 
@@ -115,37 +133,74 @@ class TableRotationLedger:
         })
 
     def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
-                    until: datetime) -> bool:
+                    until: datetime, read_at: datetime, inherits: str | None = None) -> WriteClaim:
         self._ensure_table()
         partition, row = _partition(key), _row(_CLAIM, consumer_id)
-        held_until = self._claims_held.get((partition, row))
-        if held_until is not None and held_until - now >= (until - now) / 2:
-            # This instance's own claim on the consumer (its previous write, e.g. a forced adoption's pin)
-            # still keeps the others off for most of a claim's time: no round trip to renew it.
-            return True
+        held_by = self._claims_held.get((partition, row))
+        if held_by is not None and held_by.owner == owner and held_by.until - now >= (until - now) / 2:
+            # The owner's own claim on the consumer (its previous write, e.g. a forced adoption's pin) still
+            # keeps the others off for most of a claim's time: no round trip to renew it.
+            return WriteClaim.CLAIMED
         entity = {"PartitionKey": partition, "RowKey": row, "Kind": _CLAIM, "Subject": consumer_id,
                   "Key": key.versionless.uri, "Write": write, "Owner": owner, "Until": until}
         what = f"claim a write of {consumer_id}"
         try:
             with translated(what):
-                self._table.create_entity(entity)
+                metadata = self._table.create_entity(entity)
         except Conflict:
-            pass  # a claim exists: ours, lapsed, or someone else's
+            pass  # a claim exists: ours, inherited, ended, lapsed, or someone else's
         else:
-            self._claims_held[(partition, row)] = until
-            return True
+            self._claims_held[(partition, row)] = _HeldClaim(owner, until, metadata.get("etag"))
+            return WriteClaim.CLAIMED
         with translated(what):
             held = self._table.get_entity(partition, row)
-        if held.get("Owner") != owner and held.get("Until") is not None and held["Until"] > now:
-            return False
+        holder = held.get("Owner")
+        ours = holder == owner or (inherits is not None and holder == inherits)
+        if not ours and held.get("Until") is not None and held["Until"] > now:
+            return WriteClaim.HELD_ELSEWHERE
         try:
             with translated(what):
-                self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=held.metadata["etag"],
-                                          match_condition=MatchConditions.IfNotModified)
+                metadata = self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=held.metadata["etag"],
+                                                     match_condition=MatchConditions.IfNotModified)
         except Conflict:
-            return False  # another instance took the lapsed claim over first
-        self._claims_held[(partition, row)] = until
-        return True
+            return WriteClaim.HELD_ELSEWHERE  # another run took the ended, lapsed or inherited claim first
+        self._claims_held[(partition, row)] = _HeldClaim(owner, until, metadata.get("etag"))
+        ended = held.get("Ended")
+        if holder != owner and ended is not None and ended >= read_at - CLOCK_SKEW:
+            return WriteClaim.CHANGED_SINCE_READ
+        return WriteClaim.CLAIMED
+
+    def release_writes(self, key: KeyRef, consumer_ids: Sequence[str], *, owner: str, now: datetime) -> None:
+        """Each claim row still ``owner``'s (ETag-conditional) ends now: ``Until`` and ``Ended`` set to now,
+        up to ``TRANSACTION_ROWS`` rows per entity-group transaction; a row taken over meanwhile stays."""
+        self._ensure_table()
+        partition = _partition(key)
+        ended: list[tuple[str, dict[str, Any], str]] = []
+        for consumer_id in consumer_ids:
+            row = _row(_CLAIM, consumer_id)
+            held_by = self._claims_held.get((partition, row))
+            if held_by is None or held_by.owner != owner or held_by.etag is None:
+                continue
+            del self._claims_held[(partition, row)]
+            ended.append((row, {"PartitionKey": partition, "RowKey": row, "Kind": _CLAIM, "Subject": consumer_id,
+                                "Key": key.versionless.uri, "Write": "", "Owner": owner, "Until": now,
+                                "Ended": now}, held_by.etag))
+        for start in range(0, len(ended), TRANSACTION_ROWS):
+            batch = ended[start:start + TRANSACTION_ROWS]
+            options = {"mode": UpdateMode.REPLACE, "match_condition": MatchConditions.IfNotModified}
+            try:
+                with translated(f"end the write claims of {key.versionless.uri}"):
+                    self._table.submit_transaction([("update", entity, {**options, "etag": etag})
+                                                    for _, entity, etag in batch])
+            except Conflict:
+                # One of them was taken over (it had lapsed): the others end one by one.
+                for _, entity, etag in batch:
+                    try:
+                        with translated(f"end the write claim of {entity['Subject']}"):
+                            self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag,
+                                                      match_condition=MatchConditions.IfNotModified)
+                    except (Conflict, NotFound):
+                        pass  # taken over or gone: not ours to end
 
     def save_conditions(
         self,

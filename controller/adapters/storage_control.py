@@ -37,7 +37,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -73,6 +73,7 @@ from controller.model import (
 from controller.model import (
     EncryptionIdentity as ObservedIdentity,
 )
+from controller.thread_pools import interruptible_pool
 from controller.vault_policy import VaultPolicy
 
 KEY_SOURCE_KEYVAULT = "microsoft.keyvault"
@@ -399,7 +400,7 @@ class StorageControl:
         listings: dict[int, list[EncryptionScope]] = {}
         if searched:
             workers = min(SCOPE_LISTINGS, len(searched))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scopes") as pool:
+            with interruptible_pool(workers, "scopes") as pool:
                 listings = dict(zip((id(account) for account in searched), pool.map(self._searched_scopes, searched),
                                     strict=True))
         for account in candidates:

@@ -9,7 +9,6 @@ composition root as the function app, authenticated as the person running it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime
 
@@ -22,6 +21,7 @@ from controller.cli.common import (
     Commands,
     command,
     exit_status,
+    fail,
     operator_dependencies,
 )
 from controller.errors import ControllerError
@@ -52,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
         window = audit.parse_since(args.since) if args.since is not None else None
         report = service.scan_audit(operator_dependencies(), window, until=args.until)
     except ControllerError as err:
-        return _fail(str(err), type(err).__name__, exit_status(err), as_json=as_json)
+        return fail(str(err), type(err).__name__, exit_status(err), as_json=as_json)
     if report is None:
-        return _fail("no audit log configured: set CMK_LOG_ANALYTICS_WORKSPACE or CMK_AUDIT_ARCHIVE",
+        return fail("no audit log configured: set CMK_LOG_ANALYTICS_WORKSPACE or CMK_AUDIT_ARCHIVE",
                      "NotConfigured", EXIT_INVALID, as_json=as_json)
     sys.stdout.write(audit.render_json(report) if as_json else audit.render_table(report, wide=args.wide))
     if report.partial:
@@ -72,10 +72,3 @@ def _instant(text: str) -> datetime:
     if moment.utcoffset() is None:
         raise argparse.ArgumentTypeError(f"{text!r} has no time zone: add Z or +hh:mm")
     return moment
-
-
-def _fail(message: str, kind: str, status: int, *, as_json: bool) -> int:
-    print(f"cmkctl: {message}", file=sys.stderr)
-    if as_json:  # --format json always prints one JSON document
-        print(json.dumps({"error": message, "kind": kind}))
-    return status

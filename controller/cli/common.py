@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import sys
 from collections.abc import Callable
 from typing import TypeAlias
 
@@ -29,6 +32,15 @@ def exit_status(err: ControllerError) -> int:
     return EXIT_FAILED
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def fail(message: str, kind: str, status: int, *, as_json: bool) -> int:
+    """A command that could not do its work: one line on stderr that names the cause and, where its output is
+    JSON, the same as the one JSON document on stdout (``{"error", "kind"}``). Returns ``status``."""
+    print(f"cmkctl: {message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": message, "kind": kind}))
+    return status
 
 
 def operator_dependencies(
@@ -61,16 +73,21 @@ def command(commands: Commands, name: str, *, help_text: str, examples: tuple[st
                                formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+#: A number as the operator writes it: ASCII digits, a sign, for a float one decimal point. Python's own
+#: int()/float() also take "1_0", "1e3", "nan", "inf" and other scripts' digits: refused, as in the settings.
+_PLAIN_NUMBER = {int: re.compile(r"-?[0-9]+"), float: re.compile(r"-?[0-9]+(?:\.[0-9]+)?")}
+
+
 def bounded(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], float]:
     """An argparse type for a number within [low, high]: a negative wait or a concurrency of a million
     is refused as bad input (exit 2) instead of being taken literally."""
+    written = "digits 0-9" if kind is int else "digits 0-9 and at most one decimal point"
 
     def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not low <= value <= high:  # also refuses NaN, which compares false with everything
+        if not _PLAIN_NUMBER[kind].fullmatch(text):
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number written with {written}")
+        value = kind(text)
+        if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{text} is outside {low:g}-{high:g}")
         return value
 

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from controller.cli.common import EXIT_INVALID, Commands, command
+from controller.cli.common import EXIT_INVALID, Commands, command, fail
 from controller.errors import InvalidEvent, SettingsError
 from controller.events import MAX_DELIVERY_BYTES, parse_delivery
 from controller.settings import load_settings
@@ -36,19 +36,16 @@ def _parse(args: argparse.Namespace) -> int:
         environ["CMK_VAULTS"] = args.vaults
     try:
         policy = load_settings(environ).vault_policy
-    except SettingsError as err:
-        print(f"cmkctl: {err}", file=sys.stderr)
-        return EXIT_INVALID
+    except SettingsError as err:  # its output is JSON: a failure is one JSON document too
+        return fail(str(err), "SettingsError", EXIT_INVALID, as_json=True)
     try:
         body = _read_input(args.file)
     except OSError as err:
-        print(f"cmkctl: cannot read {args.file}: {err.strerror}", file=sys.stderr)
-        return EXIT_INVALID
+        return fail(f"cannot read {args.file}: {err.strerror}", "InvalidInput", EXIT_INVALID, as_json=True)
     try:
         result = parse_delivery(body, policy=policy)
     except InvalidEvent as err:
-        print(f"cmkctl: invalid delivery: {err}", file=sys.stderr)
-        return EXIT_INVALID
+        return fail(f"invalid delivery: {err}", "InvalidEvent", EXIT_INVALID, as_json=True)
     if result.validation is not None:
         print(json.dumps({"subscription_validation": {"validation_code": result.validation.validation_code}}))
         return 0

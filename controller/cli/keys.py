@@ -1,7 +1,7 @@
 """`cmkctl reconcile|rotate|usage VAULT KEY`: the rotation reconciler and key usage from the command line.
 
 The app settings come from the environment (CMK_VAULTS, CMK_ARM_ENDPOINT, AzureWebJobsStorage ...).
-VAULT is a vault host name or origin listed in CMK_VAULTS.
+VAULT is a vault of CMK_VAULTS: its name (contoso-kv), host name or origin.
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ from rich.table import Table
 
 from controller import reconciler, rotation, service
 from controller.cli import tables
-from controller.cli.common import EXIT_FAILED, Commands, bounded, command, exit_status, operator_dependencies
+from controller.cli.common import (
+    EXIT_FAILED,
+    Commands,
+    bounded,
+    command,
+    exit_status,
+    fail,
+    operator_dependencies,
+)
 from controller.errors import Conflict, ControllerError, TransientError
 from controller.model import KeyRef
 
@@ -38,7 +46,7 @@ def register(commands: Commands) -> None:
         ("usage", _usage, "per key version: who uses it, and whether it is safe to disable"),
     ):
         parser = command(commands, name, help_text=help_text, examples=_EXAMPLES[name])
-        parser.add_argument("vault", help="vault host name or origin (must be in CMK_VAULTS)")
+        parser.add_argument("vault", help="vault name, host name or origin (must be in CMK_VAULTS)")
         parser.add_argument("key", help="key name")
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
         tables.add_wide_option(parser)
@@ -57,10 +65,7 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
         try:
             return run(args)
         except ControllerError as err:
-            print(f"cmkctl: {err}", file=sys.stderr)
-            if getattr(args, "json", False):  # --json always prints one JSON document
-                print(json.dumps({"error": str(err), "kind": type(err).__name__}))
-            return exit_status(err)
+            return fail(str(err), type(err).__name__, exit_status(err), as_json=args.json)
     return guarded
 
 
@@ -89,7 +94,8 @@ def _print_summary(result: reconciler.ReconcileResult, *, as_json: bool, dry_run
     """done / pending / blocked, and what this run left to the work queue or to another instance."""
     summary = {"key": result.key.uri, "target_version": result.plan.target.version if result.plan.target else None,
                **result.progress(), "writes": len(result.writes), "failures": len(result.failures),
-               "deferred": result.deferred, "claimed_elsewhere": len(result.claimed_elsewhere), "dry_run": dry_run}
+               "deferred": result.deferred, "claimed_elsewhere": len(result.claimed_elsewhere),
+               "retrying": len(result.retrying), "dry_run": dry_run}
     if as_json:
         print(json.dumps(summary))
         return
@@ -109,6 +115,8 @@ def _progress_lines(result: reconciler.ReconcileResult) -> str:
         lines.append(f"{result.deferred} writes continue in another invocation (work queue)")
     if result.claimed_elsewhere:
         lines.append(f"{len(result.claimed_elsewhere)} being written by another instance")
+    if result.retrying:
+        lines.append(f"{len(result.retrying)} writes failed transiently: retried through the work queue")
     return "\n".join(lines)
 
 

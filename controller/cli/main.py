@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn, cast
@@ -56,13 +57,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(message, file=sys.stderr)
         if _wants_json(arguments):
             print(json.dumps({"error": message, "kind": "Interrupted"}))
+        if argv is None:  # the process is the command's own (the console script, python -m controller.cli)
+            _stop_now()
         return EXIT_INTERRUPTED
     return result
 
 
+def _stop_now() -> NoReturn:
+    """Exit at once, not when the worker threads are done: they may wait on a service that does not answer, and
+    the interpreter joins them at exit. What they leave is consistent: each blob, checkpoint and ledger write
+    is one request that happened or did not, and a rerun resumes from the checkpoints."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+#: Commands whose only output is JSON (no --json option): a failure is one JSON document too.
+_JSON_ONLY = (("rewrap",), ("events", "parse"))
+
+
 def _wants_json(arguments: list[str]) -> bool:
     pairs = zip(arguments, [*arguments[1:], ""], strict=True)
-    return "--json" in arguments or "--format=json" in arguments or ("--format", "json") in pairs
+    return ("--json" in arguments or "--format=json" in arguments or ("--format", "json") in pairs
+            or any(tuple(arguments[:len(command)]) == command for command in _JSON_ONLY))
 
 
 def build_parser() -> argparse.ArgumentParser:

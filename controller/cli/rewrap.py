@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
@@ -30,6 +31,7 @@ from controller.cli.common import (
     bounded,
     command,
     exit_status,
+    fail,
     operator_dependencies,
 )
 from controller.errors import ControllerError, InvalidInput, InvalidKeyId, SettingsError
@@ -77,7 +79,7 @@ def register(commands: Commands) -> None:
         "--key",
         required=True,
         metavar="VAULT/KEY",
-        help="the key: <vault host or https origin>/<key name>, or a key identifier URL",
+        help="the key: <vault name, host or https origin>/<key name>, or a key identifier URL",
     )
     rewrap.add_argument("--to-version", help="target key version (default: the key's current version)")
     rewrap.add_argument("--mode", choices=[mode.value for mode in RewrapMode], default=RewrapMode.REWRAP.value)
@@ -137,12 +139,10 @@ def _rewrap(args: argparse.Namespace) -> int:
         reports = _run_with_progress(
             items, replace(deps, rewrap_budget_seconds=None), show_progress=not args.no_progress and sys.stderr.isatty()
         )
-    except (InvalidInput, SettingsError) as err:
-        print(f"cmkctl: {err}", file=sys.stderr)
-        return EXIT_INVALID
+    except (InvalidInput, SettingsError) as err:  # its output is JSON: a failure is one JSON document too
+        return fail(str(err), type(err).__name__, EXIT_INVALID, as_json=True)
     except ControllerError as err:
-        print(f"cmkctl: rewrap failed: {err}", file=sys.stderr)
-        return exit_status(err)
+        return fail(f"rewrap failed: {err}", type(err).__name__, exit_status(err), as_json=True)
     print(json.dumps([report.as_json() for report in reports], indent=2))
     return EXIT_FAILED if any(report.incomplete for report in reports) else 0
 
@@ -152,6 +152,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise InvalidInput(f"--concurrency must be 1-{MAX_CONCURRENCY}")
     if not _STORAGE_ACCOUNT_NAME.fullmatch(args.account):
         raise InvalidInput(f"--account {args.account!r} is not a storage account name")
+    if args.blob_endpoint is not None and urlsplit(args.blob_endpoint).scheme != "https":
+        raise InvalidInput(f"--blob-endpoint {args.blob_endpoint[:80]!r} is not an https URL: the blob service takes "
+                           "a token only over TLS (the local emulator: --connection-string-setting)")
     if args.encryption_scope is not None and args.mode != RewrapMode.REWRITE.value:
         raise InvalidInput("--encryption-scope needs --mode rewrite (re-wrap does not move data)")
     if args.scale_out and (args.dry_run or args.enqueue):

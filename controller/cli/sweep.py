@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import re
 import sys
 from contextlib import nullcontext
@@ -31,6 +30,7 @@ from controller.cli.common import (
     Commands,
     command,
     exit_status,
+    fail,
     operator_dependencies,
 )
 from controller.compliance.formats import ReportFormat, render
@@ -77,10 +77,9 @@ def _sweep(args: argparse.Namespace) -> int:
             report = service.run_compliance_sweep(deps, args.subscription or deps.settings.subscriptions)
     except ControllerError as err:
         # Nothing was swept: the subscriptions could not even be listed (or Azure not reached at all).
-        print(f"cmkctl: {err}", file=sys.stderr)
-        if args.format == ReportFormat.JSON.value:  # --format json always prints one JSON document
-            print(json.dumps({"error": str(err), "kind": type(err).__name__}))
-        return EXIT_UNREACHABLE if exit_status(err) == EXIT_UNREACHABLE else EXIT_INVALID
+        return fail(str(err), type(err).__name__,
+                    EXIT_UNREACHABLE if exit_status(err) == EXIT_UNREACHABLE else EXIT_INVALID,
+                    as_json=args.format == ReportFormat.JSON.value)
     output = render_output(report, args.format, wide=args.wide)
     if args.out is not None:
         args.out.write_text(output, encoding="utf-8")

@@ -32,6 +32,7 @@ from controller.ports import BlobItem, BlobPage, BlobStore, RewrapCheckpoint, Re
 from controller.rewrap.outcomes import BlobResult, CallTally, Outcome, ProblemReason, RewrapReport
 from controller.rewrap.work import RewrapMode
 from controller.rewrap.wrapping import WRAP_ALGORITHMS
+from controller.thread_pools import interruptible_pool
 
 log = logging.getLogger("controller.rewrap")
 
@@ -210,8 +211,8 @@ class ContainerWalker:
         planned: list[str] = []
         marker = progress.marker
         with (
-            ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rewrap") as executor,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewrap-list") as lister,
+            interruptible_pool(options.max_workers, "rewrap") as executor,
+            interruptible_pool(1, "rewrap-list") as lister,
         ):
             # The next page is listed while this one is worked on: a listing with metadata takes long
             # enough (seconds for 5,000 blobs) that waiting for it would leave every worker idle.

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import trustme
 
+from emulators.files import write_file
+
 
 class SandboxCA:
     """A CA for the sandbox. With ``persist=True`` the CA key is kept in ``<directory>/ca-key.pem`` and
@@ -28,8 +30,7 @@ class SandboxCA:
             self._ca = trustme.CA(organization_name="cmk-controller sandbox")
             self._ca.cert_pem.write_to_path(str(self.ca_path))
             if persist:
-                self._ca.private_key_pem.write_to_path(str(key_path))
-                key_path.chmod(0o600)
+                write_file(key_path, self._ca.private_key_pem.bytes().decode())
         self._lock = threading.Lock()
         self._certs: dict[tuple[str, ...], trustme.LeafCert] = {}
 

@@ -138,7 +138,8 @@ class VaultServer:
         result: Result | None = None
         error: KeyVaultError | None = None
         try:
-            result = await self._pipeline(request, ctx)
+            with state.counters.serving(ctx.operation):
+                result = await self._pipeline(request, ctx)
         except (_ConnectionReset, _LostAnswer) as unanswered:
             self._unanswered(ctx, unanswered)
             if request.transport is not None:
@@ -198,7 +199,8 @@ class VaultServer:
                 tls_version="TLS1_3",
             )
             try:
-                result = self._in_process_pipeline(ctx, authorization, body)
+                with self.state.counters.serving(ctx.operation):
+                    result = self._in_process_pipeline(ctx, authorization, body)
             except (_ConnectionReset, _LostAnswer) as unanswered:
                 self._unanswered(ctx, unanswered)
                 raise VaultUnreachable(str(unanswered)) from None

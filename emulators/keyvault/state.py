@@ -258,11 +258,30 @@ class FaultConfig:
 
 
 class OperationCounters:
-    """Counts of data-plane requests per operation, per key and per status (thread-safe)."""
+    """Counts of data-plane requests per operation, per key and per status, and of the requests being
+    served now per operation (thread-safe)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        #: Requests received and not yet answered, per operation: not reset with the counts (they are still
+        #: being served). What a test waits for to act while a client waits on the vault.
+        self._in_flight: Counter[str] = Counter()
         self.reset()
+
+    @contextlib.contextmanager
+    def serving(self, operation: str) -> Iterator[None]:
+        """Around the handling of one request of ``operation``."""
+        with self._lock:
+            self._in_flight[operation] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[operation] -= 1
+
+    def in_flight(self, operation: str) -> int:
+        with self._lock:
+            return self._in_flight[operation]
 
     def reset(self) -> None:
         with self._lock:

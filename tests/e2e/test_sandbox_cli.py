@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +66,21 @@ def bystanders() -> Iterator[list[subprocess.Popen[bytes]]]:
             process.wait()
 
 
+VALIDATION_CODE = "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"
+
+
+def validation_answer(functions: str, function_key: str) -> object:
+    """POST /api/events?code=<function key> with Event Grid's subscription validation, as `up` says to call it."""
+    delivery = [{"id": "1", "topic": "/subscriptions/x", "subject": "", "eventTime": "2026-12-04T00:00:00Z",
+                 "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent", "dataVersion": "1",
+                 "metadataVersion": "1", "data": {"validationCode": VALIDATION_CODE}}]
+    headers = {"Content-Type": "application/json", "aeg-event-type": "SubscriptionValidation"}
+    request = urllib.request.Request(f"{functions}/api/events?code={function_key}",  # noqa: S310 - loopback
+                                      data=json.dumps(delivery).encode(), method="POST", headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+        return json.loads(response.read())
+
+
 def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
     directory = tmp_path / "sandbox"
     where = ("--dir", str(directory))
@@ -77,6 +93,15 @@ def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
 
         state = json.loads((directory / sandbox.STATE_FILE).read_text())
         assert state["status"] == "running"
+        # Before any vault: where the Functions host will answer, and with which key (its keys exist already).
+        functions = state["functionsUrl"]
+        keys_path = directory / "functions" / "host-keys.json"
+        assert state["hostKeysPath"] == str(keys_path) and "functions" not in state["endpoints"]
+        assert (f"Functions host {functions}: curl {functions}/api/health; POST {functions}/api/events?code=<the "
+                f"'function' key in {keys_path}> with an Event Grid delivery\n"
+                "                 (it starts with the first vault: CMK_VAULTS is required)\n") in up.stdout
+        assert keys_path.stat().st_mode & 0o777 == 0o600
+        function_key = json.loads(keys_path.read_text())["function"]
         processes = recorded(directory)
         assert set(processes) == {"orchestrator", "azurite"}
         assert processes["orchestrator"].pid == state["pid"]
@@ -104,7 +129,8 @@ def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
         assert exported["NO_PROXY"] == exported["no_proxy"] == "127.0.0.1,localhost"
         assert "CMK_LOG_ANALYTICS_ENDPOINT" not in exported or (
             exported["CMK_LOG_ANALYTICS_ENDPOINT"] == "https://api.loganalytics.io")
-        for secret_file in ("env", "local.settings.json"):  # they hold the identity endpoint's header
+        # They hold the identity endpoint's header, and the CA's private key.
+        for secret_file in ("env", "local.settings.json", "ca/ca-key.pem"):
             assert (directory / secret_file).stat().st_mode & 0o777 == 0o600
         assert exported["AZURE_CLIENT_ID"] == state["controllerIdentity"]["clientId"]
         assert "127.0.0.1" in exported["AzureWebJobsStorage"]
@@ -125,11 +151,15 @@ def test_up_status_env_seed_down_leaves_no_process(tmp_path: Path) -> None:
         assert state["endpoints"]["vaultListeners"]["kv-cmk-rotation"].startswith("https://127.0.0.1:")
         processes = recorded(directory)
         assert set(processes) == {"orchestrator", "azurite", "functions"}
-        functions = state["endpoints"]["functions"]
-        again = sandbox_command("up", *where)  # on a running sandbox: its summary, now with the Functions host
+        assert state["endpoints"]["functions"] == functions  # at the URL `up` printed before it existed
+        again = sandbox_command("up", *where)  # on a running sandbox: its summary, the Functions host running
         assert again.returncode == 0, again.stdout + again.stderr
         assert f"Functions host {functions}: curl {functions}/api/health; POST {functions}/api/events?code=" in (
             again.stdout)
+        assert "it starts with the first vault" not in again.stdout
+        assert validation_answer(functions, function_key) == {"validationResponse": VALIDATION_CODE}
+        for private in ("local.settings.json", "host-keys.json"):  # the host's own copy of the settings too
+            assert (directory / "functions" / private).stat().st_mode & 0o777 == 0o600
         assert processes["functions"].pid == state["children"]["functions"]
         assert processes["functions"].liveness() is Liveness.RUNNING
     finally:

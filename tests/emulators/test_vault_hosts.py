@@ -112,17 +112,22 @@ def test_the_product_crypto_adapters_work_through_the_proxy(hosts: Hosts) -> Non
     assert hosts.proxy.refused == []
 
 
-@pytest.mark.parametrize("request_head", [
-    b"CONNECT contoso.vault.azure.net:443 HTTP/1.1\r\nHost: contoso.vault.azure.net:443\r\n\r\n",  # no such vault
-    b"CONNECT kv-hosts.vault.azure.net:8443 HTTP/1.1\r\n\r\n",  # a sandbox vault, another port
-    b"CONNECT management.azure.com:443 HTTP/1.1\r\n\r\n",  # Azure, not emulated through the proxy
-    b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
-    b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n",  # plain HTTP forwarding: never
+@pytest.mark.parametrize(("request_head", "status_line"), [
+    (b"CONNECT contoso.vault.azure.net:443 HTTP/1.1\r\nHost: contoso.vault.azure.net:443\r\n\r\n",  # no such vault
+     b"HTTP/1.1 502 DNS: contoso.vault.azure.net does not resolve"),
+    (b"CONNECT kv-hosts.vault.azure.net:8443 HTTP/1.1\r\n\r\n",  # a sandbox vault, another port
+     b"HTTP/1.1 403 Forbidden"),
+    (b"CONNECT management.azure.com:443 HTTP/1.1\r\n\r\n",  # Azure, not emulated through the proxy
+     b"HTTP/1.1 502 DNS: management.azure.com does not resolve"),
+    (b"CONNECT example.com:443 HTTP/1.1\r\n\r\n", b"HTTP/1.1 502 DNS: example.com does not resolve"),
+    (b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n",  # plain HTTP forwarding: never
+     b"HTTP/1.1 405 Method Not Allowed"),
 ], ids=["unknown-vault", "other-port", "arm", "internet", "plain-http"])
-def test_the_proxy_refuses_what_is_not_the_sandbox(hosts: Hosts, request_head: bytes) -> None:
+def test_the_proxy_refuses_what_is_not_the_sandbox(hosts: Hosts, request_head: bytes, status_line: bytes) -> None:
+    """A name no sandbox service has is the client's DNS failure (the proxy resolves for its clients)."""
     before = len(hosts.proxy.refused)
     answer = connect(hosts.proxy, request_head)
-    assert answer.split(b"\r\n", 1)[0] in (b"HTTP/1.1 403 Forbidden", b"HTTP/1.1 405 Method Not Allowed")
+    assert answer.split(b"\r\n", 1)[0] == status_line
     assert len(hosts.proxy.refused) == before + 1
 
 
@@ -131,9 +136,11 @@ def test_a_refused_target_is_never_connected_to() -> None:
     the route table is empty or names only other hosts."""
     with LoopbackListener() as listener, EgressProxy() as proxy:
         proxy.add_route(lambda host, port: ("127.0.0.1", listener.port) if host == "kv-only.vault.azure.net" else None)
-        for target in (listener.origin, f"localhost:{listener.port}", "kv-other.vault.azure.net:443"):
+        for target, status_line in ((listener.origin, b"HTTP/1.1 403 Forbidden"),
+                                    (f"localhost:{listener.port}", b"HTTP/1.1 403 Forbidden"),
+                                    ("kv-other.vault.azure.net:443", b"HTTP/1.1 502 DNS: kv-other.vault.azure.net")):
             answer = connect(proxy, f"CONNECT {target} HTTP/1.1\r\n\r\n".encode())
-            assert answer.startswith(b"HTTP/1.1 403 Forbidden")
+            assert answer.startswith(status_line)
         assert listener.connections == []
         assert connect(proxy, b"CONNECT kv-only.vault.azure.net:443 HTTP/1.1\r\n\r\n").startswith(
             b"HTTP/1.1 200 Connection Established")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -43,3 +44,26 @@ def test_the_wheel_holds_the_controller_and_no_sandbox_or_tests(tmp_path: Path) 
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "cmkctl = controller.cli:main" in scripts
     assert "emulators" not in scripts
+
+
+def test_the_function_package_leaves_out_the_sandbox_the_tests_and_local_secrets(tmp_path: Path) -> None:
+    """What `func azure functionapp publish` / `azd deploy` zip is the checkout minus .funcignore (gitignore
+    patterns): the app and its package ship; the sandbox, the tests, the IaC and local settings (secrets) do not.
+    Judged by git's own matcher, in an empty repository whose only ignore file is .funcignore."""
+    shipped = ["function_app.py", "host.json", "requirements.txt", "controller/cli/main.py",
+               "controller/functions/http.py", "controller/compliance/schemas/compliance-report-v1.schema.json"]
+    left_out = ["emulators/sandbox.py", "emulators/specs/README.md", "tests/conftest.py", "local.settings.json",
+                "local.settings.json.example", ".sandbox/env", ".sandbox/functions/host-keys.json",
+                ".venv/bin/python", "node_modules/azurite/package.json", "infra/main.bicep", "bench/README.md",
+                "mutation/run.py", ".git/config", "controller/__pycache__/model.cpython-311.pyc", "Makefile"]
+    git = shutil.which("git")
+    assert git is not None
+    subprocess.run([git, "init", "-q", str(tmp_path)], check=True, timeout=30)  # noqa: S603 - fixed argv
+    shutil.copyfile(ROOT / ".funcignore", tmp_path / ".gitignore")
+    checked = subprocess.run(  # noqa: S603 - fixed argv; exit 1 means "none ignored", which the assertion reports
+        [git, "-C", str(tmp_path), "-c", f"core.excludesFile={os.devnull}",  # not the user's global ignores
+         "check-ignore", "--no-index", "--stdin"], input="\n".join(shipped + left_out),
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert checked.returncode in (0, 1), checked.stderr
+    assert sorted(checked.stdout.split()) == sorted(left_out)

@@ -16,11 +16,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from azure.core.exceptions import ServiceRequestError
+from urllib3.connection import HTTPSConnection
+from urllib3.exceptions import NameResolutionError
 
+from controller.adapters.azure_errors import translated
+from controller.errors import Unreachable
+from emulators.egress_proxy import EgressProxy
 from emulators.eventgrid_topic import EventGridTopicEmulator
 from emulators.identity_endpoint import ManagedIdentityEndpoint
 from emulators.keyvault.ca import SandboxCA
 from emulators.keyvault.credential import Principal
+from tests.support.egress import proxy_settings
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +87,35 @@ def test_an_untrusted_certificate_is_named_as_a_tls_problem(identity, tmp_path):
     assert done.returncode == 3, done.stderr
     [line] = done.stderr.strip().splitlines()
     assert "TLS" in line and "REQUESTS_CA_BUNDLE" in line
+
+
+@pytest.mark.parametrize(("command", "host"), [
+    (("rotate", "nosuch-kv", "k", "--json"), "nosuch-kv.vault.azure.net"),  # the vault, by its bare name
+    (("audit", "--format", "json"), "api.loganalytics.io"),  # Log Analytics (the client's fixed host)
+], ids=["vault", "log-analytics"])
+def test_a_host_name_that_does_not_resolve_is_named_at_once(identity, command, host):
+    """Through an HTTPS proxy the proxy resolves the names (the sandbox's knows only its own services: no DNS
+    query ever leaves the machine); its answer for a name that does not resolve reaches the operator."""
+    with EgressProxy() as proxy:
+        done = cmkctl(*command, env={**identity, **proxy_settings(proxy), "CMK_VAULTS": "nosuch-kv.vault.azure.net",
+                                     "CMK_LOG_ANALYTICS_WORKSPACE": str(uuid.uuid4()),
+                                     "AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+        assert [refusal.target for refusal in proxy.refused][:1] == [f"{host}:443"]
+    assert done.returncode == 3, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert f"DNS: {host} does not resolve" in line
+    assert json.loads(done.stdout)["kind"] == "Unreachable"
+
+
+def test_a_direct_connection_names_the_host_it_could_not_resolve():
+    """Without a proxy the client resolves the name itself: urllib3's NameResolutionError, as azure-core's
+    requests transport wraps it (built here: a real lookup would query the machine's DNS server)."""
+    failure = NameResolutionError("contoso-kv.vault.azure.net", HTTPSConnection("contoso-kv.vault.azure.net"),
+                                  socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+    with pytest.raises(Unreachable) as unreachable, translated("get https://contoso-kv.vault.azure.net/keys/k"):
+        raise ServiceRequestError(failure, error=failure)
+    assert str(unreachable.value) == ("get https://contoso-kv.vault.azure.net/keys/k: "
+                                      "DNS: contoso-kv.vault.azure.net does not resolve")
 
 
 def test_an_http_endpoint_where_https_is_needed_is_bad_configuration_not_a_traceback():

@@ -5,7 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from azure.storage.queue import QueueClient
@@ -15,7 +20,8 @@ from controller.cli import main
 from controller.cli.common import operator_dependencies
 from emulators.identity_endpoint import ManagedIdentityEndpoint
 from emulators.keyvault import Principal
-from tests.integration.test_rewrap_adapters import CONTROLLER, Sandbox, assert_all_on, populate
+from emulators.keyvault.state import FaultConfig
+from tests.integration.test_rewrap_adapters import CONTROLLER, VAULT, Sandbox, assert_all_on, populate
 from tests.integration.test_rewrap_adapters import sandbox as sandbox  # noqa: PLC0414 - the fixture
 from tests.support.egress import proxy_settings
 
@@ -98,7 +104,8 @@ def test_to_version_and_malformed_envelopes_give_exit_status_1(
 
 @pytest.mark.parametrize(
     ("argument", "value"),
-    [("--key", "evil.example.com/k"), ("--key", "nokey"), ("--concurrency", "0"), ("--account", "UPPER")],
+    [("--key", "evil.example.com/k"), ("--key", "nokey"), ("--concurrency", "0"), ("--account", "UPPER"),
+     ("--blob-endpoint", "http://127.0.0.1:10000/devstoreaccount1")],  # a token is sent over TLS only
 )
 def test_invalid_arguments_exit_2(
     cli_env: Sandbox, capsys: pytest.CaptureFixture[str], argument: str, value: str
@@ -113,7 +120,9 @@ def test_invalid_arguments_exit_2(
     except SystemExit as refused:  # refused while parsing (a number out of range): argparse's exit 2
         status = refused.code
     assert status == 2
-    assert "cmkctl" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "cmkctl" in captured.err
+    assert json.loads(captured.out)["error"] in captured.err  # its output is JSON: the refusal one document
 
 
 def test_enqueue_fans_out_one_item_per_prefix(cli_env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,3 +223,35 @@ def test_follow_ends_with_exit_1_when_a_page_was_given_up(cli_env: Sandbox, caps
 def test_follow_needs_scale_out(cli_env: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(rewrap_args(cli_env, "--follow")) == 2
     assert "--follow follows a --scale-out job" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_vault_hangs_stops_the_rewrap_and_its_checkpoint_lets_a_rerun_finish(
+    cli_env: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGINT while every unwrap waits on a vault that does not answer: the command stops with 130 and one
+    JSON document (its worker threads, blocked in the requests, do not hold the process), and the next run
+    resumes from what was checkpointed and puts every blob on the new version."""
+    written = populate(cli_env, 6)
+    state = cli_env.kv.vault(VAULT)
+    state.faults = FaultConfig(latency_ms=120_000, operations=["KeyUnwrap"])  # hangs past the wait below
+    command = subprocess.Popen(  # noqa: S603 - the project's own console script, with the test's environment
+        [str(Path(sys.executable).parent / "cmkctl"), *rewrap_args(cli_env, "--concurrency", "2")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while state.counters.in_flight("KeyUnwrap") < 1 and command.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # until an unwrap waits on the vault (not a timing assertion)
+        assert state.counters.in_flight("KeyUnwrap") >= 1 and command.poll() is None, "no unwrap reached the vault"
+        command.send_signal(signal.SIGINT)
+        out, err = command.communicate(timeout=60)
+    finally:
+        command.kill()
+        state.faults = FaultConfig()
+    assert command.returncode == 130, err
+    assert err.strip().splitlines() == ["cmkctl: interrupted (work done so far is checkpointed)"]
+    assert json.loads(out)["kind"] == "Interrupted"
+
+    assert main(rewrap_args(cli_env)) == 0
+    [report] = json.loads(capsys.readouterr().out)
+    assert report["complete"] is True
+    assert_all_on(cli_env, written, cli_env.new_key_id)

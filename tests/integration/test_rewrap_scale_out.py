@@ -304,6 +304,38 @@ def test_a_redelivered_page_is_dropped_and_progress_shows_every_page(scale_out: 
     assert service.rewrap_job_progress(item, scale_out.deps).blobs == 20
 
 
+class DiesBeforeFinishing:
+    """The job ledger of a worker killed right after it recorded its page, before it finished the job."""
+
+    def __init__(self, ledger: TableRewrapJobLedger) -> None:
+        self._ledger = ledger
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    def progress(self, job_id: str) -> JobProgress:
+        raise WorkerKilled
+
+
+def test_a_worker_killed_between_recording_its_page_and_finishing_the_job_leaves_it_to_the_redelivery(
+        scale_out: ScaleOut) -> None:
+    world = scale_out.world
+    populate(world, 5)
+    [item] = split_job(targets=[(ACCOUNT, world.container)], key_id=world.new_key_id, scale_out=True)
+    service.enqueue_rewrap([item], scale_out.deps)
+    message = scale_out._first_page_message([])
+    doomed = replace(scale_out.worker_deps(), rewrap_jobs=DiesBeforeFinishing(scale_out.deps.rewrap_jobs))
+    with pytest.raises(WorkerKilled):
+        service.process_work(message.content, doomed)
+    assert not service.rewrap_job_progress(item, scale_out.deps).listing.finished  # recorded, not finished
+
+    redelivered = service.process_work(message.content, scale_out.worker_deps())
+    assert redelivered.rewrap is not None and redelivered.rewrap.status is RewrapItemStatus.DUPLICATE
+    assert redelivered.rewrap.job_report is not None  # the redelivery finishes the job, with its one report
+    assert redelivered.rewrap.job_report.as_json()["counts"] == {"rewrapped": 5}
+    assert service.rewrap_job_progress(item, scale_out.deps).listing.finished
+
+
 def test_a_scale_out_rewrite_job(scale_out: ScaleOut) -> None:
     world = scale_out.world
     written = populate(world, 6)

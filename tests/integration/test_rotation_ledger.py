@@ -18,6 +18,7 @@ from controller.model import (
     KeyRef,
     VaultOrigin,
 )
+from controller.ports import WriteClaim
 from controller.reasons import Reason
 
 pytestmark = pytest.mark.integration
@@ -107,14 +108,72 @@ def test_conditions_saved_concurrently_are_refused_as_a_conflict_in_one_transact
     first.save_conditions(KEY, {consumers[0]: (condition(ConditionStatus.TRUE, "VersionUsable"),)}, {})
 
 
-def test_a_write_claim_keeps_other_instances_off_until_it_lapses(table):
+CLAIMED, CHANGED, HELD = WriteClaim.CLAIMED, WriteClaim.CHANGED_SINCE_READ, WriteClaim.HELD_ELSEWHERE
+
+
+def claim(ledger: TableRotationLedger, owner: str, now: datetime, *, read_at: datetime | None = None,
+          inherits: str | None = None, minutes: int = 10) -> WriteClaim:
+    return ledger.claim_write(KEY, CONSUMER, "pin", owner=owner, now=now, until=now + timedelta(minutes=minutes),
+                              read_at=read_at or now, inherits=inherits)
+
+
+def test_a_write_claim_keeps_other_runs_off_until_it_lapses(table):
     first, second = TableRotationLedger(table), TableRotationLedger(table)
-    until = T0 + timedelta(minutes=10)
-    assert first.claim_write(KEY, CONSUMER, "pin", owner="a", now=T0, until=until)
-    assert not second.claim_write(KEY, CONSUMER, "pin", owner="b", now=T0, until=until)
-    assert first.claim_write(KEY, CONSUMER, "restore", owner="a", now=T0 + timedelta(seconds=5),
-                             until=until + timedelta(seconds=5))  # its own live claim
-    lapsed = until + timedelta(seconds=1)
-    assert second.claim_write(KEY, CONSUMER, "pin", owner="b", now=lapsed, until=lapsed + timedelta(minutes=10))
-    # The first instance's memory of its claim does not outlive the claim: the other holds it now.
-    assert not first.claim_write(KEY, CONSUMER, "pin", owner="a", now=lapsed, until=lapsed + timedelta(minutes=10))
+    assert claim(first, "a", T0) is CLAIMED
+    assert claim(second, "b", T0) is HELD
+    assert claim(first, "a", T0 + timedelta(seconds=5)) is CLAIMED  # its own live claim
+    lapsed = T0 + timedelta(minutes=10, seconds=1)  # "a" crashed: its claim lapses
+    assert claim(second, "b", lapsed) is CLAIMED
+    # The first ledger's memory of its claim does not outlive the claim: the other holds it now.
+    assert claim(first, "a", lapsed) is HELD
+
+
+def test_two_runs_in_one_process_keep_each_other_off_a_consumer(table):
+    ledger = TableRotationLedger(table)  # one process: one ledger, two runs of the same key
+    assert claim(ledger, "host/run-1", T0) is CLAIMED
+    assert claim(ledger, "host/run-2", T0) is HELD
+    ledger.release_writes(KEY, [CONSUMER], owner="host/run-2", now=T0)  # not its claim: the first run keeps it
+    assert claim(ledger, "host/run-2", T0) is HELD
+
+
+def test_an_ended_claim_frees_the_consumer_and_a_run_that_read_it_before_re_reads(table):
+    first, second, third = TableRotationLedger(table), TableRotationLedger(table), TableRotationLedger(table)
+    assert claim(first, "run-1", T0) is CLAIMED
+    ended = T0 + timedelta(seconds=40)
+    first.release_writes(KEY, [CONSUMER], owner="run-1", now=ended)  # run-1 is done with the consumer
+    # run-2 read the consumer before run-1 was done with it: it may hold the state before run-1's write.
+    assert claim(second, "run-2", ended + timedelta(seconds=1), read_at=T0) is CHANGED
+    second.release_writes(KEY, [CONSUMER], owner="run-2", now=ended + timedelta(minutes=5))
+    # run-3 read it well after: nothing to re-read.
+    assert claim(third, "run-3", ended + timedelta(minutes=7), read_at=ended + timedelta(minutes=6)) is CLAIMED
+
+
+def test_ending_many_claims_takes_one_request_per_hundred_and_spares_a_taken_over_one(table):
+    consumers = [f"{CONSUMER}-{number}" for number in range(150)]
+    first, second = TableRotationLedger(table), TableRotationLedger(table)
+    for consumer in consumers:
+        assert first.claim_write(KEY, consumer, "pin", owner="run-1", now=T0, until=T0 + timedelta(minutes=1),
+                                 read_at=T0) is CLAIMED
+    later = T0 + timedelta(minutes=2)  # run-1's claims lapsed; run-2 takes one over
+    assert second.claim_write(KEY, consumers[7], "pin", owner="run-2", now=later,
+                              until=later + timedelta(minutes=10), read_at=later) is CLAIMED
+    first.release_writes(KEY, consumers, owner="run-1", now=later)
+    third = TableRotationLedger(table)
+    assert third.claim_write(KEY, consumers[7], "pin", owner="run-3", now=later, until=later + timedelta(minutes=10),
+                             read_at=later) is HELD  # still run-2's
+    assert all(third.claim_write(KEY, consumer, "pin", owner="run-3", now=later, until=later + timedelta(minutes=10),
+                                 read_at=later - timedelta(minutes=5)) is CHANGED
+               for consumer in consumers if consumer != consumers[7])
+
+
+def test_a_continuation_inherits_its_runs_claims_and_only_one_delivery_of_it_does(table):
+    first, second, third = TableRotationLedger(table), TableRotationLedger(table), TableRotationLedger(table)
+    assert claim(first, "run-1", T0) is CLAIMED
+    # The continuation of run-1, delivered twice (the queue delivers at least once) to two instances:
+    later = T0 + timedelta(seconds=30)
+    assert claim(second, "run-2", later, inherits="run-1") is CLAIMED
+    assert claim(third, "run-3", later, inherits="run-1") is HELD
+    # ...and the run that deferred (ended before its continuation was queued) holds it no more.
+    assert claim(TableRotationLedger(table), "run-1", later) is HELD
+    # Inheriting names only that run: someone else's live claim stays theirs.
+    assert claim(third, "run-3", later, inherits="run-9") is HELD

@@ -23,7 +23,7 @@ from controller.model import (
     KeyVersionInfo,
     VaultOrigin,
 )
-from controller.ports import QueuedWork, RotationRecord
+from controller.ports import QueuedWork, RotationRecord, WriteClaim
 from controller.reconciler import ReconcileDeps
 from controller.rotation import PlannerSettings
 from controller.service import Dependencies
@@ -78,8 +78,12 @@ class FakeVault:
     versions: list[KeyVersionInfo]
     rotations: int = 0
     clock: FakeClock = field(default_factory=FakeClock)
+    #: Raised by every read while set (the vault throttled or unreachable).
+    fail: Exception | None = None
 
     def get_key_state(self, key: KeyRef) -> KeyState:
+        if self.fail is not None:
+            raise self.fail
         return KeyState(key.versionless, tuple(self.versions))
 
     def rotate_key(self, key: KeyRef) -> KeyVersionInfo:
@@ -154,6 +158,10 @@ class FakeRotationLedger:
     subjects_written: int = 0
     #: consumer id -> (owner, until): the write claims, one per consumer as the Table ledger keeps them.
     claims: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    #: consumer id -> when its claim's owner ended it (as the Table ledger notes it).
+    ended: dict[str, datetime] = field(default_factory=dict)
+    #: The consumers each release_writes call named.
+    releases: list[tuple[str, ...]] = field(default_factory=list)
     #: Condition saves to refuse with Conflict, as when another instance saved the key's conditions first.
     save_conflicts: int = 0
     #: The consumers each condition save recorded.
@@ -168,12 +176,23 @@ class FakeRotationLedger:
         self.intent_log.append((intent.consumer_id, intent.step.value))
 
     def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
-                    until: datetime) -> bool:
+                    until: datetime, read_at: datetime, inherits: str | None = None) -> WriteClaim:
         held = self.claims.get(consumer_id.lower())
-        if held is not None and held[0] != owner and held[1] > now:
-            return False
+        if held is not None and held[0] not in (owner, inherits) and held[1] > now:
+            return WriteClaim.HELD_ELSEWHERE
         self.claims[consumer_id.lower()] = (owner, until)
-        return True
+        ended = self.ended.pop(consumer_id.lower(), None)
+        if held is not None and held[0] != owner and ended is not None and ended >= read_at:
+            return WriteClaim.CHANGED_SINCE_READ
+        return WriteClaim.CLAIMED
+
+    def release_writes(self, key: KeyRef, consumer_ids: Sequence[str], *, owner: str, now: datetime) -> None:
+        self.releases.append(tuple(consumer_ids))
+        for consumer_id in consumer_ids:
+            held = self.claims.get(consumer_id.lower())
+            if held is not None and held[0] == owner:
+                self.claims[consumer_id.lower()] = (owner, now)
+                self.ended[consumer_id.lower()] = now
 
     def save_conditions(self, key, consumer_conditions, version_conditions) -> None:
         # As the table: each subject given is written (upserted); the others keep their row.

@@ -343,7 +343,7 @@ def test_since_accepts_hours_and_days(text, hours):
     assert audit.parse_since(text) == timedelta(hours=hours)
 
 
-@pytest.mark.parametrize("text", ["0h", "721h", "31d", "24", "h", "-1h", "1.5h", ""])
+@pytest.mark.parametrize("text", ["0h", "721h", "31d", "24", "h", "-1h", "1.5h", "", "1_0h", "\u0663d"])
 def test_since_refuses_anything_else(text):
     with pytest.raises(InvalidInput):
         audit.parse_since(text)

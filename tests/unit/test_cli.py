@@ -64,9 +64,13 @@ def test_invalid_input_prints_the_reason_and_exits_2(tmp_path, capsys, content, 
 
 def test_missing_file_and_missing_allowlist_exit_2(tmp_path, monkeypatch, capsys):
     assert main(["events", "parse", str(tmp_path / "absent.json"), "--vaults", VAULT]) == 2
+    missing = capsys.readouterr()
+    assert json.loads(missing.out)["error"] in missing.err  # its output is JSON: the failure one document too
     monkeypatch.delenv("CMK_VAULTS", raising=False)
     assert main(["events", "parse", str(EVENTS / "eventgrid_key_new_version_created.json")]) == 2
-    assert "CMK_VAULTS" in capsys.readouterr().err
+    unset = capsys.readouterr()
+    assert "CMK_VAULTS" in unset.err
+    assert json.loads(unset.out) == {"error": unset.err.strip().removeprefix("cmkctl: "), "kind": "SettingsError"}
 
 
 def test_the_console_script_is_installed():
@@ -136,6 +140,10 @@ def test_audit_refuses_an_until_that_is_not_an_instant_with_a_zone(until, capsys
     ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "0"],
     ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "1000000"],
     ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "8.5"],
+    ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "1_0"],
+    ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "\u0663"],  # Arabic-Indic 3
+    ["rotate", "contoso-kv", "k", "--wait", "1_0"],
+    ["rotate", "contoso-kv", "k", "--wait", "inf"],
 ])
 def test_negative_or_absurd_numbers_are_bad_input(argv, capsys):
     from controller.cli import main
@@ -145,7 +153,22 @@ def test_negative_or_absurd_numbers_are_bad_input(argv, capsys):
     assert done.value.code == 2
     printed = capsys.readouterr()
     assert "outside" in printed.err or "is not a number" in printed.err
-    assert printed.out == ""  # no JSON asked for: nothing on stdout
+    if argv[0] == "rewrap":  # its only output is JSON: the refusal is one JSON document
+        assert json.loads(printed.out)["kind"] == "InvalidInput"
+    else:
+        assert printed.out == ""  # no JSON asked for: nothing on stdout
+
+
+@pytest.mark.parametrize(("argv", "value"), [
+    (["rotate", "contoso-kv", "k", "--wait", "300"], 300.0),
+    (["rotate", "contoso-kv", "k", "--wait", "0.5"], 0.5),
+    (["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "16"], 16),
+])
+def test_plain_numbers_within_their_range_are_taken(argv, value):
+    from controller.cli.main import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.wait if argv[0] == "rotate" else args.concurrency) == value
 
 
 @pytest.mark.parametrize("argv", [
@@ -153,6 +176,8 @@ def test_negative_or_absurd_numbers_are_bad_input(argv, capsys):
     ["usage", "contoso-kv", "--json"],
     ["audit", "--since", "7d", "--format", "json", "--until", "yesterday"],
     ["sweep", "--format=json", "--subscription", "not-a-guid"],
+    ["rewrap", "--account", "st", "--container", "c", "--key", "kv/k", "--concurrency", "0"],  # JSON is its output
+    ["events", "parse"],
 ])
 def test_a_bad_argument_still_prints_one_json_document_when_json_was_asked_for(argv, capsys):
     from controller.cli import main
@@ -163,5 +188,5 @@ def test_a_bad_argument_still_prints_one_json_document_when_json_was_asked_for(a
     printed = capsys.readouterr()
     document = json.loads(printed.out)  # exactly one document: json.loads refuses anything after it
     assert document["kind"] == "InvalidInput"
-    assert document["error"].startswith(f"cmkctl {argv[0]}: error: ")
+    assert document["error"].startswith(f"cmkctl {' '.join(argv[:2] if argv[0] == 'events' else argv[:1])}: error: ")
     assert document["error"] in printed.err

@@ -9,6 +9,8 @@ import pytest
 
 from controller.cli import keys as keys_command
 from controller.cli import main, tables
+from controller.cli.common import EXIT_FAILED
+from controller.errors import TransientError
 from controller.model import Consumer, ConsumerKind, IdentityAccess, KeyRef, KeyVersionInfo, VaultOrigin
 from controller.settings import load_settings
 from tests.unit.fakes import FakeClock, FakeStorage, FakeVault, fake_dependencies, fake_reconcile_deps
@@ -98,3 +100,31 @@ def test_reconcile_summary_prints_the_counts_in_80_columns_or_as_one_json_docume
     summary = json.loads(capsys.readouterr().out)
     assert summary["key"] == KEY.uri and summary["target_version"] == NEW and summary["dry_run"] is True
     assert (summary["done"], summary["pending"], summary["blocked"]) == (0, 1, 1)
+
+
+def test_usage_says_blobs_were_not_counted_when_no_container_is_registered(key_commands, capsys):
+    """No CMK_REWRAP_TARGETS and no account tag: the blob evidence is missing, which is not 0 blobs. The vault is
+    named as operators write it, by its bare name."""
+    main(["usage", VAULT.name or "", KEY.name, "--json"])
+    versions = json.loads(capsys.readouterr().out)["versions"]
+    assert [version["blobs"] for version in versions] == [None, None]
+    assert all("no client-side-encrypted container is registered" in version["message"] for version in versions)
+    main(["usage", VAULT.name or "", KEY.name, "--wide"])
+    table = capsys.readouterr().out
+    assert table.count("│ not counted │") == 2, table  # the blobs column of each version
+
+
+def test_reconcile_summary_says_which_writes_failed_transiently_and_are_retried(monkeypatch, capsys):
+    clock = FakeClock(NOW)
+    vault = FakeVault([KeyVersionInfo(OLD, enabled=True, created=NOW - timedelta(days=90)),
+                       KeyVersionInfo(NEW, enabled=True, created=NOW - timedelta(days=2))], clock=clock)
+    storage = FakeStorage({consumer.id: consumer for consumer in consumers().values()
+                           if consumer.kind is ConsumerKind.ACCOUNT})  # lagging past the adoption window
+    storage.fail_for = dict.fromkeys(storage.consumers, TransientError("HTTP 503 ServiceUnavailable"))
+    deps = fake_dependencies(load_settings({"CMK_VAULTS": VAULT.url}), clock=clock,
+                             reconcile=fake_reconcile_deps(storage, vault, clock=clock))
+    monkeypatch.setattr(keys_command, "operator_dependencies", lambda: deps)
+    assert main(["reconcile", VAULT.url, KEY.name, "--summary"]) == EXIT_FAILED
+    assert "1 writes failed transiently: retried through the work queue" in capsys.readouterr().out.splitlines()
+    assert main(["reconcile", VAULT.url, KEY.name, "--summary", "--json"]) == EXIT_FAILED
+    assert json.loads(capsys.readouterr().out)["retrying"] == 1

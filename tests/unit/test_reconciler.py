@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -98,7 +100,7 @@ def test_the_intent_is_written_before_the_pin():
     assert w.storage.writes == []
 
 
-def test_a_crash_between_pin_and_restore_is_repaired_by_the_next_run():
+def test_a_crash_between_pin_and_restore_is_repaired_once_the_crashed_runs_claim_lapses():
     w = world(account("stfree"))
     w.storage.kill_after_writes = 1
     with pytest.raises(Killed):
@@ -106,7 +108,18 @@ def test_a_crash_between_pin_and_restore_is_repaired_by_the_next_run():
     assert state(w, "stfree").key == KEY.with_version(NEW)  # left pinned by the crash
 
     w.storage.kill_after_writes = None
-    reconciler.reconcile_key(KEY, w.deps)  # e.g. the sweep or the redelivered event
+    w.queue.items.clear()
+    # The redelivered event, at once: the crashed run's claim still keeps others off (it might be alive,
+    # and slow); the key is looked at again shortly, until the claim has ended or lapsed.
+    result = reconciler.reconcile_key(KEY, w.deps)
+    assert state(w, "stfree").key == KEY.with_version(NEW)
+    assert result.claimed_elsewhere == [state(w, "stfree").id]
+    [(item, delay)] = w.queue.items
+    assert item == {"kind": "reconcile", "key": KEY.uri}
+    assert delay == reconciler.CLAIMED_ELSEWHERE_RECHECK
+
+    w.clock.advance(w.deps.limits.claim_for)
+    reconciler.reconcile_key(KEY, w.deps)  # that re-check
     assert state(w, "stfree").key == KEY
     assert state(w, "stfree").current_version == NEW
     assert [step for _, step in w.ledger.intent_log] == ["pinned", "restored"]
@@ -198,13 +211,108 @@ def test_one_failing_consumer_is_recorded_and_the_others_still_converge():
         (Severity.CRITICAL, Reason.UPDATE_FAILED)]
 
 
-def test_transient_failures_propagate_after_the_rest_is_done():
+def continuations(w: World) -> list[tuple[dict[str, object], timedelta | None]]:
+    return [(item, delay) for item, delay in w.queue.items if item.get("continuation")]
+
+
+def without_claims(item: dict[str, object]) -> dict[str, object]:
+    """A continuation item but for its "claims" (the deferring run's claim owner: random per run)."""
+    assert str(item["claims"]).startswith("controller/")
+    return {name: value for name, value in item.items() if name != "claims"}
+
+
+def run_continuation(w: World, item: dict[str, object]) -> reconciler.ReconcileResult:
+    """As the queue trigger runs a continuation item (service._reconcile_item): its retry and its claims."""
+    return reconciler.reconcile_key(KEY, w.deps, retry=int(str(item.get("retry", 0))), continues=str(item["claims"]))
+
+
+def run_continuations(w: World) -> list[reconciler.ReconcileResult]:
+    """The continuations the queue holds, and theirs, until none is left."""
+    results = []
+    while pending := continuations(w):
+        w.queue.items.clear()
+        results.extend(run_continuation(w, item) for item, _ in pending)
+    return results
+
+
+def synced(w: World, name: str) -> list[tuple[str, Reason]]:
+    """The ``Synced`` conditions the ledger holds for the consumer: (status, reason)."""
+    return [(condition.status.value, condition.reason)
+            for condition in w.ledger.consumer_conditions.get(state(w, name).id, ())
+            if condition.type == rotation.ConditionType.SYNCED.value]
+
+
+def test_a_transient_write_failure_finishes_the_others_and_retries_that_consumer_through_the_queue():
     w = world(account("stthrottled", pinned=OLD), account("stfine", pinned=OLD))
-    w.storage.fail_for[state(w, "stthrottled").id] = TransientError("HTTP 429", retry_after=3)
-    with pytest.raises(TransientError) as caught:
-        reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
-    assert caught.value.retry_after == 3
+    throttled = state(w, "stthrottled").id
+    w.storage.fail_for[throttled] = TransientError("HTTP 503 ServerBusy", retry_after=3)
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)  # the invocation does not fail
     assert state(w, "stfine").key == KEY.with_version(NEW)
+    assert result.retrying == [throttled]
+    assert synced(w, "stthrottled") == [("False", Reason.UPDATE_RETRYING)]
+    assert synced(w, "stfine") == []
+    assert w.notifier.alerts == []  # a transient failure is retried, not alerted
+    [(item, delay)] = continuations(w)
+    assert without_claims(item) == {"kind": "reconcile", "key": KEY.uri, "continuation": True, "left": 1, "retry": 1}
+    assert delay is not None and delay >= timedelta(seconds=3)  # never before the service's Retry-After
+    assert [item for item, _ in w.queue.items if not item.get("continuation")] == []  # the continuation re-checks
+
+    del w.storage.fail_for[throttled]
+    w.queue.items.clear()
+    retried = run_continuation(w, item)
+    assert state(w, "stthrottled").key == KEY.with_version(NEW)
+    assert retried.retrying == [] and continuations(w) == []
+    assert synced(w, "stthrottled") == []  # the condition cleared with the write
+    written = [consumer for consumer, _ in w.storage.writes]
+    assert written.count(state(w, "stfine").id) == 1  # the retry did not write the finished consumer again
+
+
+def test_a_transient_failure_releases_the_write_claim_so_another_instance_can_retry_it():
+    w = with_limits(world(account("stthrottled", pinned=OLD)), owner="instance-a")
+    throttled = state(w, "stthrottled").id
+    w.storage.fail_for[throttled] = TransientError("HTTP 503")
+    reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert w.ledger.ended[throttled.lower()] == w.clock.now()  # ended: the retry may run on any instance
+    del w.storage.fail_for[throttled]
+    elsewhere = with_limits(w, owner="instance-b")
+    retried = reconciler.reconcile_key(KEY, elsewhere.deps, retry=1)
+    assert retried.claimed_elsewhere == [] and state(w, "stthrottled").key == KEY.with_version(NEW)
+
+
+def test_transient_retries_back_off_and_are_bounded_then_a_human_is_alerted():
+    w = world(account("stthrottled", pinned=OLD))
+    w.storage.fail_for[state(w, "stthrottled").id] = TransientError("HTTP 503")
+    delays: list[timedelta] = []
+    retry = 0
+    for _ in range(reconciler.MAX_WRITE_RETRIES + 1):
+        reconciler.reconcile_key(KEY, w.deps, retry=retry)
+        if not continuations(w):
+            break
+        [(item, delay)] = continuations(w)
+        assert delay is not None
+        delays.append(delay)
+        retry = int(str(item["retry"]))
+        w.queue.items.clear()
+    assert len(delays) == reconciler.MAX_WRITE_RETRIES
+    assert all(later == 2 * earlier for earlier, later in itertools.pairwise(delays))
+    assert [(alert.severity, alert.reason) for alert in w.notifier.alerts] == [(Severity.HIGH, Reason.UPDATE_RETRYING)]
+    [(recheck, _)] = w.queue.items  # the plan's scheduled re-check keeps looking
+    assert recheck == {"kind": "reconcile", "key": KEY.uri}
+    assert synced(w, "stthrottled") == [("False", Reason.UPDATE_RETRYING)]
+
+
+def test_a_retry_that_moves_a_consumer_on_starts_the_count_again():
+    w = world(account("stthrottled", pinned=OLD), account("stlater", pinned=OLD))
+    w.storage.fail_for[state(w, "stthrottled").id] = TransientError("HTTP 503")
+    w.storage.fail_for[state(w, "stlater").id] = TransientError("HTTP 503")
+    reconciler.reconcile_key(KEY, w.deps, retry=0)
+    [(item, _)] = continuations(w)
+    w.queue.items.clear()
+    del w.storage.fail_for[state(w, "stlater").id]
+    reconciler.reconcile_key(KEY, w.deps, retry=reconciler.MAX_WRITE_RETRIES)  # progress: stlater written
+    [(item, _)] = continuations(w)
+    assert item["retry"] == 1
+    assert w.notifier.alerts == []
 
 
 def test_waiting_inside_the_window_schedules_a_recheck():
@@ -424,14 +532,13 @@ def test_writes_past_the_time_budget_continue_through_the_queue_and_finish():
     assert first.deferred == 3
     assert first.progress()["pending"] > 0
     [(item, delay)] = [(item, delay) for item, delay in w.queue.items if item.get("continuation")]
-    assert item == {"kind": "reconcile", "key": KEY.uri, "continuation": True, "left": 3}
+    assert without_claims(item) == {"kind": "reconcile", "key": KEY.uri, "continuation": True, "left": 3}
     assert delay is None  # at once: the next invocation takes over
 
-    runs = 1
-    while any(item.get("continuation") for item, _ in w.queue.items):
-        w.queue.items.clear()
-        result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
-        runs += 1
+    results = run_continuations(w)
+    runs = 1 + len(results)
+    result = results[-1]
+    assert result.claimed_elsewhere == []
     assert result.progress() == {"done": 6, "pending": 0, "blocked": 0}
     assert runs > 1
     written = [consumer for consumer, _ in slow.writes]
@@ -534,9 +641,7 @@ def test_the_adoption_path_takes_the_vaults_current_version_on_a_same_second_tie
     w.deps = replace(w.deps, inventory=w.storage, control=w.storage)
 
     results = reconciler.on_key_event(event(KeyEventKind.NEW_VERSION, older), w.deps, auto_rotate=False)
-    while any(item.get("continuation") for item, _ in w.queue.items):  # as the queue trigger runs them
-        w.queue.items.clear()
-        results.append(reconciler.reconcile_key(KEY, w.deps))
+    results.extend(run_continuations(w))
 
     assert len(results) > 1  # the budget cut the first run off
     assert {uri for _, uri in w.storage.writes} == {KEY.with_version(current).uri, KEY.uri}
@@ -544,3 +649,89 @@ def test_the_adoption_path_takes_the_vaults_current_version_on_a_same_second_tie
         assert consumer.current_version == current
         assert consumer.pinned_version in (None, current)
     assert results[-1].progress() == {"done": 8, "pending": 0, "blocked": 0}
+
+
+def test_two_runs_of_one_key_in_one_process_never_write_a_consumer_twice():
+    """Two queue items of one key worked at once by one host process (same ledger, same instance name): the
+    second run reads the consumer before the first run's write lands and must not repeat it."""
+    w = world(account("stfree"), account("stpinned", pinned=OLD))
+    second: list[reconciler.ReconcileResult] = []
+
+    def meanwhile(consumer: Consumer) -> Consumer:
+        second.append(reconciler.reconcile_key(KEY, w.deps, target_version=NEW))
+        return consumer
+
+    w.storage.interfere[state(w, "stpinned").id] = meanwhile
+    first = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+
+    written = [consumer for consumer, _ in w.storage.writes]
+    assert written.count(state(w, "stpinned").id) == 1
+    assert written.count(state(w, "stfree").id) == 2  # its pin and its restore, once each
+    assert state(w, "stpinned").id in second[0].claimed_elsewhere
+    assert first.conflicts == [] and first.failures == []
+    assert state(w, "stpinned").key == KEY.with_version(NEW) and state(w, "stfree").key == KEY
+
+
+def test_a_continuation_takes_over_its_runs_claims_and_no_one_elses():
+    w = with_limits(world(account("stfree")), time_budget=timedelta(seconds=1))
+    w.storage = SlowStorage(w.storage.consumers)
+    w.storage.clock = w.clock
+    w.deps = replace(w.deps, inventory=w.storage, control=w.storage)
+    reconciler.reconcile_key(KEY, w.deps, target_version=NEW)  # pinned; out of time before the restore
+    assert state(w, "stfree").key == KEY.with_version(NEW)
+    [(item, _)] = continuations(w)
+    w.queue.items.clear()
+
+    stranger = reconciler.reconcile_key(KEY, w.deps)  # another run of the key (an event): the claim is not its
+    assert stranger.claimed_elsewhere == [state(w, "stfree").id]
+    assert state(w, "stfree").key == KEY.with_version(NEW)
+    w.queue.items.clear()
+
+    run_continuation(w, item)
+    assert state(w, "stfree").key == KEY
+    assert [step for _, step in w.ledger.intent_log] == ["pinned", "restored"]
+
+
+def test_a_run_ends_the_claims_of_the_consumers_it_is_done_with_so_the_next_rotation_goes_ahead_at_once():
+    w = world(account("stfree"), account("stpinned", pinned=OLD))
+    reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert sorted(w.ledger.ended) == sorted([state(w, "stfree").id, state(w, "stpinned").id])
+    assert len(w.ledger.releases) == 1  # all in one call (the Table ledger: one request per hundred)
+
+    w.clock.advance(timedelta(minutes=1))  # well inside the claims' ten minutes
+    w.vault.versions.append(KeyVersionInfo(NEWER, enabled=True, created=w.clock.now()))
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEWER)
+    assert result.claimed_elsewhere == []
+    assert state(w, "stpinned").key == KEY.with_version(NEWER)
+    assert state(w, "stfree").current_version == NEWER
+
+
+class StaleListing(FakeStorage):
+    """The listing right before the writes answers, then another run finishes the consumers it lists and
+    ends its claims on them: what the listing answered is older than that run's writes."""
+
+    ledger: FakeRotationLedger
+    clock: FakeClock
+    finish: Callable[[Consumer], Consumer]
+
+    def refresh(self, consumers: Sequence[Consumer]) -> list[Consumer | None]:
+        answered = super().refresh(consumers)
+        self.clock.advance(timedelta(seconds=2))
+        for consumer in consumers:
+            self.consumers[consumer.id] = self.finish(self.consumers[consumer.id])
+            self.ledger.claims[consumer.id.lower()] = ("controller/other-run", self.clock.now())
+            self.ledger.ended[consumer.id.lower()] = self.clock.now()
+        return answered
+
+
+def test_a_run_that_read_a_consumer_before_another_run_was_done_with_it_re_reads_it_instead_of_writing():
+    w = world(account("stpinned", pinned=OLD))
+    stale = StaleListing(w.storage.consumers)
+    stale.ledger, stale.clock = w.ledger, w.clock
+    stale.finish = lambda consumer: replace(consumer, key=KEY.with_version(NEW), current_key=KEY.with_version(NEW))
+    w.storage = stale
+    w.deps = replace(w.deps, inventory=stale, control=stale)
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert stale.writes == []  # the other run's write is not repeated
+    assert stale.rereads == 1 and result.conflicts == []
+    assert result.progress() == {"done": 1, "pending": 0, "blocked": 0}

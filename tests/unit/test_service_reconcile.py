@@ -40,13 +40,29 @@ def test_a_transient_failure_releases_the_claim_so_the_redelivery_is_processed()
     w = world(account("stpinned", pinned=OLD))
     ledger = FakeLedger()
     deps = dependencies(w, ledger)
-    w.storage.fail_for[state(w, "stpinned").id] = TransientError("HTTP 503")
+    w.vault.fail = TransientError("HTTP 429")
     with pytest.raises(TransientError):
         service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps)
     assert ledger.released == ["e"]
-    del w.storage.fail_for[state(w, "stpinned").id]
+    w.vault.fail = None
     assert service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps).outcome is service.Outcome.ACCEPTED
     assert state(w, "stpinned").key.version == NEW
+
+
+def test_a_consumer_write_failing_transiently_does_not_fail_the_event_and_its_retry_finishes_it():
+    w = world(account("stthrottled", pinned=OLD), account("stfine", tags=(("cmk-rewrap-containers", "docs"),)))
+    ledger = FakeLedger()
+    deps = dependencies(w, ledger)
+    w.storage.fail_for[state(w, "stthrottled").id] = TransientError("HTTP 503")
+    assert service.handle_key_event(event(KeyEventKind.NEW_VERSION), deps).outcome is service.Outcome.ACCEPTED
+    assert ledger.released == []  # handled: Event Grid does not deliver it again
+    assert state(w, "stfine").current_version == NEW
+    assert [message["container"] for message, _ in w.queue.items if message.get("kind") == "rewrap"] == ["docs"]
+    [continuation] = [message for message, _ in w.queue.items if message.get("continuation")]
+    del w.storage.fail_for[state(w, "stthrottled").id]
+    report = service.process_work(json.dumps(continuation), deps)
+    assert report.reconcile is not None and report.reconcile.retrying == []
+    assert state(w, "stthrottled").key.version == NEW
 
 
 def test_the_reconcile_work_kind_rechecks_a_key():
@@ -61,6 +77,15 @@ def test_the_reconcile_work_kind_rechecks_a_key():
     {"kind": "reconcile", "key": 5},
     {"kind": "reconcile", "key": "https://evil.vault.azure.net/keys/k"},
     {"kind": "reconcile", "key": "not a key"},
+    {"kind": "reconcile", "key": KEY.uri, "retry": "1"},
+    {"kind": "reconcile", "key": KEY.uri, "retry": -1},
+    {"kind": "reconcile", "key": KEY.uri, "retry": True},
+    {"kind": "reconcile", "key": KEY.uri, "retry": 10**9},
+    {"kind": "reconcile", "key": KEY.uri, "claims": 5},
+    {"kind": "reconcile", "key": KEY.uri, "claims": ""},
+    {"kind": "reconcile", "key": KEY.uri, "claims": "run one"},
+    {"kind": "reconcile", "key": KEY.uri, "claims": "x" * 201},
+    {"kind": "reconcile", "key": KEY.uri, "claims": "controller/1\n"},
 ])
 def test_malformed_or_foreign_reconcile_items_are_invalid(item):
     w = world()
@@ -75,7 +100,7 @@ def test_the_sweep_reconciles_every_key_in_use_and_survives_a_failing_one():
     assert report.keys_reconciled == (KEY.uri,)
     assert state(w, "stpinned").key.version == NEW
 
-    w.storage.fail_for[state(w, "stpinned").id] = TransientError("HTTP 503")
+    w.vault.fail = TransientError("HTTP 503")
     w.vault.versions.append(KeyVersionInfo("c" * 32, enabled=True, created=w.clock.now()))
     failed = service.run_sweep(dependencies(w, ledger))
     assert failed.keys_reconciled == ()

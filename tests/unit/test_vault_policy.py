@@ -47,3 +47,18 @@ def test_a_custom_origin_outside_the_allowlist_is_not_even_read() -> None:
         POLICY.parse_key_id(f"https://127.0.0.1:9999/keys/cmk/{VERSION}")
     with pytest.raises(InvalidKeyId):
         POLICY.allowed_vault("https://127.0.0.1:9999")
+
+
+def test_a_bare_vault_name_is_the_allowlisted_vault_of_that_name() -> None:
+    assert POLICY.allowed_vault("contoso").url == "https://contoso.vault.azure.net"
+    assert POLICY.allowed_vault("CONTOSO").url == "https://contoso.vault.azure.net"
+    with pytest.raises(VaultNotAllowed) as refused:
+        POLICY.allowed_vault("fabrikam")
+    assert str(refused.value) == f"no vault named 'fabrikam' in CMK_VAULTS (allowed: {', '.join(POLICY.vaults)})"
+
+
+def test_a_bare_name_of_a_vault_and_a_managed_hsm_alike_asks_for_the_host() -> None:
+    both = VaultPolicy.of(["contoso.vault.azure.net", "contoso.managedhsm.azure.net"])
+    with pytest.raises(InvalidKeyId, match="names 2 vaults in CMK_VAULTS: write the host "
+                                           r"\(contoso.vault.azure.net, contoso.managedhsm.azure.net\)"):
+        both.allowed_vault("contoso")
