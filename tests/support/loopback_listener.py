@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 
@@ -41,6 +42,14 @@ class LoopbackListener:
         with self._lock:
             return list(self._connections)
 
+    def wait_for(self, count: int, *, timeout: float = 10.0) -> list[Connection]:
+        """The connections once ``count`` have been accepted (the accepting thread may lag behind a client
+        that already got its answer), or those there are after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while len(self.connections) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.connections
+
     def _accept(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -49,6 +58,11 @@ class LoopbackListener:
                 continue
             except OSError:
                 return
+            # Recorded as soon as it is accepted (a test may look right after its client got an answer
+            # elsewhere), then completed with the first bytes it sent.
+            with self._lock:
+                index = len(self._connections)
+                self._connections.append(Connection(peer, b""))
             with client:
                 client.settimeout(0.5)
                 try:
@@ -56,7 +70,7 @@ class LoopbackListener:
                 except OSError:
                     first = b""
             with self._lock:
-                self._connections.append(Connection(peer, first))
+                self._connections[index] = Connection(peer, first)
 
     def __enter__(self) -> LoopbackListener:
         self._thread.start()
