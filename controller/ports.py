@@ -337,7 +337,13 @@ class RotationLedger(Protocol):
         ...
 
     def save_intent(self, key: KeyRef, intent: ForceAdoptionIntent) -> None:
-        """Durably record a forced-adoption step; must complete before the consumer is written."""
+        """Durably record a forced-adoption step; must complete before the consumer is written. Raises
+        Conflict when another run recorded this consumer's intent since this ledger loaded or wrote it
+        (nothing is recorded): read it again with ``load_intent`` and plan from it."""
+        ...
+
+    def load_intent(self, key: KeyRef, consumer_id: str) -> ForceAdoptionIntent | None:
+        """The consumer's intent as recorded now (None: none), which the next ``save_intent`` replaces."""
         ...
 
     def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,

@@ -546,8 +546,7 @@ def _execute(
     """Intent first, then the consumer, then the completing intent: a crash in between is repaired
     by the next run, which finds the intent and continues from it."""
     if decision.intent_before is not None:
-        deps.ledger.save_intent(key, decision.intent_before)
-        intents[decision.intent_before.consumer_id.lower()] = decision.intent_before
+        _save_intent(key, decision.intent_before, deps, intents)
     updated: Consumer | None = None
     if decision.set_key is not None:
         updated = deps.control.set_key(decision.consumer, decision.set_key)
@@ -558,12 +557,29 @@ def _execute(
             "current_key": updated.current_key.uri if updated.current_key else None,
         })
     if decision.intent_after is not None:
-        deps.ledger.save_intent(key, decision.intent_after)
-        intents[decision.intent_after.consumer_id.lower()] = decision.intent_after
+        _save_intent(key, decision.intent_after, deps, intents)
         if updated is None:
             # The intent changed the planner's view even though the consumer did not change.
             updated = decision.consumer
     return updated
+
+
+def _save_intent(key: KeyRef, intent: ForceAdoptionIntent, deps: ReconcileDeps,
+                 intents: dict[str, ForceAdoptionIntent]) -> None:
+    """Record the intent, or, when another run recorded this consumer's intent since this run loaded the
+    record (it wrote the consumer before this run claimed it), take up that run's intent and let Conflict
+    go up: the consumer is read again from ARM and the next round plans from both."""
+    own = intent.consumer_id.lower()
+    try:
+        deps.ledger.save_intent(key, intent)
+    except Conflict:
+        current = deps.ledger.load_intent(key, intent.consumer_id)
+        if current is None:
+            intents.pop(own, None)
+        else:
+            intents[own] = current
+        raise
+    intents[own] = intent
 
 
 def _record_conditions(key: KeyRef, state: KeyState, plan: rotation.Plan, record: RotationRecord, *,

@@ -3,9 +3,10 @@
 One partition per key (hashed versionless key URI) holds, per consumer, the latest forced-adoption
 intent and the last recorded conditions, and per key version its conditions: ``load`` is one
 partition query. Every write is ETag-conditional against what this instance last read or wrote, so
-two instances reconciling the same key cannot silently overwrite each other: an intent's loser gets a
-TransientError (its invocation is retried against fresh state); a conditions save's loser gets
-Conflict, and the reconciler re-reads the record and the consumers and saves what it plans from them.
+two instances reconciling the same key cannot silently overwrite each other: an intent's loser gets
+Conflict, and the reconciler reads that intent again and the consumer from ARM and plans from them; a
+conditions save's loser gets Conflict, and the reconciler re-reads the record and the consumers and
+saves what it plans from them.
 
 Write claims (one row per consumer: owner, the write, until when) keep two reconcile runs off the same
 consumer while it is written (the owner is a run, not a process: two runs in one process exclude each
@@ -30,7 +31,7 @@ from azure.data.tables import TableClient, UpdateMode
 
 from controller.adapters.azure_errors import translated
 from controller.adapters.created_once import CreatedOnce
-from controller.errors import Conflict, NotFound, TransientError
+from controller.errors import Conflict, NotFound
 from controller.model import Condition, ConditionStatus, ForceAdoptionIntent, ForceAdoptionStep, KeyRef
 from controller.ports import RotationRecord, WriteClaim
 from controller.reasons import Reason
@@ -117,10 +118,7 @@ class TableRotationLedger:
                 self._etags[(partition, entity["RowKey"])] = etag
             kind = entity.get("Kind")
             if kind == _INTENT:
-                intents.append(ForceAdoptionIntent(
-                    consumer_id=entity["Subject"], target_version=entity["TargetVersion"],
-                    step=ForceAdoptionStep(entity["Step"]), started_at=entity["StartedAt"],
-                ))
+                intents.append(_intent_from(entity))
             elif kind == _CONSUMER_CONDITIONS:
                 consumer_conditions[entity["Subject"]] = _conditions_from(entity["Conditions"])
             elif kind == _VERSION_CONDITIONS:
@@ -128,9 +126,26 @@ class TableRotationLedger:
         return RotationRecord(tuple(intents), consumer_conditions, version_conditions)
 
     def save_intent(self, key: KeyRef, intent: ForceAdoptionIntent) -> None:
-        self._write(key, _INTENT, intent.consumer_id, {
-            "TargetVersion": intent.target_version, "Step": intent.step.value, "StartedAt": intent.started_at,
-        })
+        try:
+            self._put(key, _INTENT, intent.consumer_id, {
+                "TargetVersion": intent.target_version, "Step": intent.step.value, "StartedAt": intent.started_at,
+            })
+        except Conflict as err:
+            raise Conflict(f"the forced-adoption record of {intent.consumer_id} changed concurrently") from err
+
+    def load_intent(self, key: KeyRef, consumer_id: str) -> ForceAdoptionIntent | None:
+        self._ensure_table()
+        partition, row = _partition(key), _row(_INTENT, consumer_id)
+        try:
+            with translated(f"read the forced-adoption record of {consumer_id}"):
+                entity = self._table.get_entity(partition, row)
+        except NotFound:
+            self._etags.pop((partition, row), None)
+            return None
+        etag = entity.metadata.get("etag")
+        if etag:
+            self._etags[(partition, row)] = etag
+        return _intent_from(entity)
 
     def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
                     until: datetime, read_at: datetime, inherits: str | None = None) -> WriteClaim:
@@ -238,14 +253,6 @@ class TableRotationLedger:
         return {"PartitionKey": _partition(key), "RowKey": _row(kind, subject), "Kind": kind, "Subject": subject,
                 "Key": key.versionless.uri, **fields}
 
-    def _write(self, key: KeyRef, kind: str, subject: str, fields: Mapping[str, Any]) -> None:
-        try:
-            self._put(key, kind, subject, fields)
-        except Conflict as err:
-            raise TransientError(
-                f"the rotation record of {key.versionless.uri} changed concurrently; retry with fresh state"
-            ) from err
-
     def _put(self, key: KeyRef, kind: str, subject: str, fields: Mapping[str, Any]) -> None:
         """Create the row, or replace it if it is still as this instance last read or wrote it.
 
@@ -269,3 +276,7 @@ class TableRotationLedger:
         if new_etag:
             self._etags[(partition, row)] = new_etag
 
+
+def _intent_from(entity: Mapping[str, Any]) -> ForceAdoptionIntent:
+    return ForceAdoptionIntent(consumer_id=entity["Subject"], target_version=entity["TargetVersion"],
+                               step=ForceAdoptionStep(entity["Step"]), started_at=entity["StartedAt"])

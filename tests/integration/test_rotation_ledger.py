@@ -9,7 +9,7 @@ import pytest
 from azure.data.tables import TableClient
 
 from controller.adapters.rotation_ledger import TableRotationLedger
-from controller.errors import Conflict, TransientError
+from controller.errors import Conflict
 from controller.model import (
     Condition,
     ConditionStatus,
@@ -56,17 +56,18 @@ def test_intents_and_conditions_round_trip_per_key(table):
     assert TableRotationLedger(table).load(OTHER).intents == ()
 
 
-def test_a_concurrent_writer_makes_the_stale_one_retry_instead_of_overwriting(table):
+def test_a_concurrent_writer_makes_the_stale_one_read_again_instead_of_overwriting(table):
     first, second = TableRotationLedger(table), TableRotationLedger(table)
     first.save_intent(KEY, ForceAdoptionIntent(CONSUMER, "b" * 32, ForceAdoptionStep.PINNED, T0))
     first.load(KEY)
     second.load(KEY)
     second.save_intent(KEY, ForceAdoptionIntent(CONSUMER, "b" * 32, ForceAdoptionStep.RESTORED, T0))
-    with pytest.raises(TransientError):
+    with pytest.raises(Conflict):
         first.save_intent(KEY, ForceAdoptionIntent(CONSUMER, "c" * 32, ForceAdoptionStep.PINNED, T0))
     assert TableRotationLedger(table).load(KEY).intents[0].step is ForceAdoptionStep.RESTORED
 
-    first.load(KEY)  # fresh state: now the write goes through
+    # The consumer's intent read again (not the whole record): what the other wrote, and the write goes through.
+    assert first.load_intent(KEY, CONSUMER) == ForceAdoptionIntent(CONSUMER, "b" * 32, ForceAdoptionStep.RESTORED, T0)
     later = ForceAdoptionIntent(CONSUMER, "c" * 32, ForceAdoptionStep.PINNED, T0 + timedelta(days=1))
     first.save_intent(KEY, later)
     assert TableRotationLedger(table).load(KEY).intents == (later,)
@@ -75,8 +76,10 @@ def test_a_concurrent_writer_makes_the_stale_one_retry_instead_of_overwriting(ta
 def test_two_instances_creating_the_same_record_cannot_both_win(table):
     first, second = TableRotationLedger(table), TableRotationLedger(table)
     first.save_intent(KEY, ForceAdoptionIntent(CONSUMER, "b" * 32, ForceAdoptionStep.PINNED, T0))
-    with pytest.raises(TransientError):
+    with pytest.raises(Conflict):
         second.save_intent(KEY, ForceAdoptionIntent(CONSUMER, "c" * 32, ForceAdoptionStep.PINNED, T0))
+    assert second.load_intent(KEY, CONSUMER).target_version == "b" * 32
+    assert second.load_intent(OTHER, CONSUMER) is None
 
 
 def test_a_persisted_condition_this_version_cannot_read_is_dropped_not_fatal(table):

@@ -164,6 +164,9 @@ class FakeRotationLedger:
     releases: list[tuple[str, ...]] = field(default_factory=list)
     #: Condition saves to refuse with Conflict, as when another instance saved the key's conditions first.
     save_conflicts: int = 0
+    #: consumer id -> another run's work on it, done just before this run's next intent for it is saved
+    #: (which is then refused with Conflict, as the Table ledger refuses a stale ETag).
+    other_run_first: dict[str, Callable[[], None]] = field(default_factory=dict)
     #: The consumers each condition save recorded.
     saved_consumers: list[tuple[str, ...]] = field(default_factory=list)
 
@@ -172,8 +175,15 @@ class FakeRotationLedger:
                               dict(self.version_conditions))
 
     def save_intent(self, key: KeyRef, intent: ForceAdoptionIntent) -> None:
+        other_run = self.other_run_first.pop(intent.consumer_id, None)
+        if other_run is not None:
+            other_run()  # it records its own intent: this one's ETag no longer matches
+            raise Conflict(f"the forced-adoption record of {intent.consumer_id} changed concurrently")
         self.intents[intent.consumer_id] = intent
         self.intent_log.append((intent.consumer_id, intent.step.value))
+
+    def load_intent(self, key: KeyRef, consumer_id: str) -> ForceAdoptionIntent | None:
+        return self.intents.get(consumer_id)
 
     def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
                     until: datetime, read_at: datetime, inherits: str | None = None) -> WriteClaim:

@@ -14,6 +14,8 @@ from controller.errors import Forbidden, TransientError
 from controller.model import (
     Consumer,
     ConsumerKind,
+    ForceAdoptionIntent,
+    ForceAdoptionStep,
     IdentityAccess,
     KeyEvent,
     KeyEventKind,
@@ -123,6 +125,45 @@ def test_a_crash_between_pin_and_restore_is_repaired_once_the_crashed_runs_claim
     assert state(w, "stfree").key == KEY
     assert state(w, "stfree").current_version == NEW
     assert [step for _, step in w.ledger.intent_log] == ["pinned", "restored"]
+
+
+def test_an_intent_another_run_recorded_since_this_one_read_the_ledger_is_taken_up_not_failed():
+    """Two runs on one key (the function app on the rotation's event, `cmkctl rotate` following it): the
+    other adopted the consumer after this run loaded the ledger, and its intent refuses this run's (the
+    ETag). This run reads that intent and the consumer again and finds nothing left to do."""
+    w = world(account("stfree"))
+    consumer = state(w, "stfree")
+
+    def other_run_adopts() -> None:
+        w.ledger.intents[consumer.id] = ForceAdoptionIntent(consumer.id, NEW, ForceAdoptionStep.RESTORED, T0)
+        w.storage.consumers[consumer.id] = replace(consumer, current_key=KEY.with_version(NEW))
+
+    w.ledger.other_run_first[consumer.id] = other_run_adopts
+    result = reconciler.reconcile_key(KEY.with_version(NEW), w.deps, target_version=NEW)
+    assert result.failures == []
+    assert w.storage.writes == []  # nothing written from the stale view
+    assert w.ledger.intents[consumer.id].step is ForceAdoptionStep.RESTORED
+    assert result.plan.decision_for(consumer.id).action is rotation.Action.ADOPTED
+    assert state(w, "stfree").key == KEY
+
+
+def test_an_intent_refused_after_the_write_is_read_again_and_the_adoption_finishes():
+    """The pin was written, then the pinned intent's successor was refused: the consumer is read again
+    from ARM and the run finishes the adoption from the intent the ledger holds."""
+    w = world(account("stfree"))
+    consumer = state(w, "stfree")
+    pinned = ForceAdoptionIntent(consumer.id, NEW, ForceAdoptionStep.PINNED, T0)
+
+    def other_run_records_the_pin_too() -> None:
+        w.ledger.intents[consumer.id] = pinned
+
+    w.storage.interfere[consumer.id] = lambda current: (
+        w.ledger.other_run_first.setdefault(consumer.id, other_run_records_the_pin_too) and current)
+    result = reconciler.reconcile_key(KEY.with_version(NEW), w.deps, target_version=NEW)
+    assert result.failures == []
+    assert state(w, "stfree").key == KEY  # automatic updates back on
+    assert state(w, "stfree").current_version == NEW
+    assert [uri for _, uri in w.storage.writes] == [KEY.with_version(NEW).uri, KEY.uri]
 
 
 def test_a_second_run_writes_nothing():
