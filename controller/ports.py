@@ -234,6 +234,11 @@ class RewrapJobLedger(Protocol):
         out), FINISHED (done or failed already) or HELD (a live lease of another worker)."""
         ...
 
+    def renew_page(self, job_id: str, number: int, *, worker: str, lease_seconds: float) -> bool:
+        """``worker``'s lease on page ``number`` runs ``lease_seconds`` from now; False (nothing changes)
+        when the page is no longer that worker's claim (taken over, recorded or released)."""
+        ...
+
     def record_page(self, job_id: str, number: int, *, worker: str, result: PageResult) -> None:
         """Record what the page came to. Raises Conflict when ``worker`` no longer holds the claim
         (its lease ran out and another worker took the page over)."""

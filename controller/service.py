@@ -50,6 +50,7 @@ from controller.ports import (
 from controller.reasons import Reason
 from controller.resource_events import ResourceEvent
 from controller.rewrap.budget import BudgetedBlobStore, BudgetExhausted, TimeBudget
+from controller.rewrap.lease import PageLease
 from controller.rewrap.outcomes import Outcome as BlobOutcome
 from controller.rewrap.outcomes import ProblemReason, RewrapReport
 from controller.rewrap.pages import (
@@ -835,8 +836,12 @@ def run_rewrap_page(page: RewrapPageItem, deps: Dependencies, *, last_delivery: 
         policy=deps.settings.vault_policy,
         options=RewrapOptions(max_workers=job.concurrency),
     )
+    lease_seconds = deps.rewrap_page_lease_seconds
     try:
-        report = walker.run(job.container, prefix=job.prefix)
+        with PageLease(lambda: deps.rewrap_jobs.renew_page(job_id, page.number, worker=worker,
+                                                           lease_seconds=lease_seconds),
+                       lease_seconds, page=f"{job_id}/{page.number}"):
+            report = walker.run(job.container, prefix=job.prefix)
     except TransientError:
         _release_page(job_id, page.number, worker, deps)
         raise

@@ -151,6 +151,27 @@ class TableRewrapJobLedger:
             self._claims[(job_id, number, worker)] = (str(metadata["etag"]), takeovers)
         return PageClaim(ClaimOutcome.CLAIMED, takeovers=takeovers)
 
+    def renew_page(self, job_id: str, number: int, *, worker: str, lease_seconds: float) -> bool:
+        self._ensure_table()
+        with self._lock:
+            claim = self._claims.get((job_id, number, worker))
+        if claim is None:
+            return False
+        existing = self._get(job_id, _page_row(number), f"read page {number}")
+        if existing is None or str(existing.metadata["etag"]) != claim[0]:
+            return False  # taken over (its lease had run out) or recorded meanwhile
+        renewed = {**existing, "LeaseUntil": self._clock.now().timestamp() + lease_seconds}
+        try:
+            with translated(f"renew the lease of page {number} of {job_id}"):
+                metadata = self._table.update_entity(renewed, mode=UpdateMode.REPLACE, etag=claim[0],
+                                                     match_condition=MatchConditions.IfNotModified)
+        except Conflict:
+            return False
+        with self._lock:
+            if (job_id, number, worker) in self._claims:  # the claim's ETag moves with each renewal
+                self._claims[(job_id, number, worker)] = (str(metadata["etag"]), claim[1])
+        return True
+
     def release_page(self, job_id: str, number: int, *, worker: str, retry_in: float) -> None:
         self._ensure_table()
         with self._lock:

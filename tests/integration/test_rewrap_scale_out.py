@@ -336,6 +336,63 @@ def test_a_worker_killed_between_recording_its_page_and_finishing_the_job_leaves
     assert service.rewrap_job_progress(item, scale_out.deps).listing.finished
 
 
+class SlowWritesBackend:
+    """The real backend whose blob writes each take ``seconds`` longer (a throttled account)."""
+
+    def __init__(self, inner: AzureRewrapBackend, seconds: float) -> None:
+        self._inner = inner
+        self._seconds = seconds
+
+    def open(self, item: RewrapWorkItem) -> RewrapPorts:
+        ports = self._inner.open(item)
+        return replace(ports, store=SlowWritesStore(ports.store, self._seconds))
+
+    def target_version(self, key: Any) -> Any:
+        return self._inner.target_version(key)
+
+
+class SlowWritesStore:
+    def __init__(self, store: BlobStore, seconds: float) -> None:
+        self._store = store
+        self._seconds = seconds
+
+    def list_blobs(self, container: str, *, prefix: str | None, marker: str | None) -> BlobPage:
+        return self._store.list_blobs(container, prefix=prefix, marker=marker)
+
+    def get_properties(self, container: str, name: str) -> BlobItem:
+        return self._store.get_properties(container, name)
+
+    def set_metadata(self, container: str, name: str, metadata: Mapping[str, str], *, if_match: str) -> str:
+        threading.Event().wait(self._seconds)
+        return self._store.set_metadata(container, name, metadata, if_match=if_match)
+
+
+def test_a_page_worked_for_longer_than_its_lease_stays_with_its_worker(scale_out: ScaleOut) -> None:
+    """Its lease is renewed while it is worked: no other worker takes the page over (which would work it a
+    second time and drop the first worker's result as superseded)."""
+    world = scale_out.world
+    populate(world, 6)  # one page
+    [item] = split_job(targets=[(ACCOUNT, world.container)], key_id=world.new_key_id, concurrency=1, scale_out=True)
+    service.enqueue_rewrap([item], scale_out.deps)
+    message = scale_out._first_page_message([])
+    lease = 2.0
+    slow = replace(scale_out.deps, rewrap=SlowWritesBackend(scale_out.backend, 0.7), rewrap_page_lease_seconds=lease)
+    outcome: list[Any] = []
+    worker = threading.Thread(target=lambda: outcome.append(service.process_work(message.content, slow)))
+    worker.start()
+    claims: Counter[str] = Counter()
+    while worker.is_alive():  # another worker, given the page item again, every half second
+        claim = scale_out.deps.rewrap_jobs.claim_page(job_id_of(item), json.loads(message.content)["page"],
+                                                      worker="another", lease_seconds=lease)
+        claims[claim.outcome.value] += 1
+        worker.join(0.5)
+    [result] = outcome
+    assert result.rewrap is not None and result.rewrap.status is RewrapItemStatus.PAGE_DONE  # not superseded
+    assert set(claims) == {"held"} and claims["held"] >= 6  # 4.2 s of work: over two leases
+    report = result.rewrap.job_report.as_json()
+    assert report["counts"] == {"rewrapped": 6} and report["takeovers"] == 0
+
+
 def test_a_scale_out_rewrite_job(scale_out: ScaleOut) -> None:
     world = scale_out.world
     written = populate(world, 6)
