@@ -128,23 +128,25 @@ class TableRewrapJobLedger:
             "Claims": 1,
         }
         existing = self._get(job_id, _page_row(number), f"read page {number}")
-        with translated(f"claim page {number} of {job_id}"):
-            if existing is None:
-                metadata = self._table.create_entity(entity)  # Conflict: another worker claimed it first
-            else:
-                if existing["State"] != PageState.WORKING.value:
-                    return PageClaim(ClaimOutcome.FINISHED)
-                lease_left = float(existing["LeaseUntil"]) - now
-                if lease_left > 0:
-                    return PageClaim(ClaimOutcome.HELD, retry_in=lease_left)
-                entity["Claims"] = int(existing["Claims"]) + 1
-                entity["Releases"] = int(existing.get("Releases", 0))
-                metadata = self._table.update_entity(
-                    entity,
-                    mode=UpdateMode.REPLACE,
-                    etag=existing.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
+        if existing is not None:
+            if existing["State"] != PageState.WORKING.value:
+                return PageClaim(ClaimOutcome.FINISHED)
+            lease_left = float(existing["LeaseUntil"]) - now
+            if lease_left > 0:
+                return PageClaim(ClaimOutcome.HELD, retry_in=lease_left)
+            entity["Claims"] = int(existing["Claims"]) + 1
+            entity["Releases"] = int(existing.get("Releases", 0))
+        try:
+            with translated(f"claim page {number} of {job_id}"):
+                if existing is None:
+                    metadata = self._table.create_entity(entity)
+                else:
+                    metadata = self._table.update_entity(entity, mode=UpdateMode.REPLACE,
+                                                         etag=existing.metadata["etag"],
+                                                         match_condition=MatchConditions.IfNotModified)
+        except Conflict:
+            # Another delivery of the item claimed (or took over) the page since the read: its lease has just begun.
+            return PageClaim(ClaimOutcome.HELD, retry_in=lease_seconds)
         # A claim after a released lease is a retry, not a takeover of a crashed worker's page.
         takeovers = int(entity["Claims"]) - 1 - int(entity.get("Releases", 0))
         with self._lock:
