@@ -11,7 +11,7 @@ It does what the real host does for the triggers this app uses, with the host's 
   answers the SubscriptionValidation handshake, then invokes the function once per event of a
   delivery (200 when all succeeded; 500 otherwise, so Event Grid retries);
 * timer triggers fired on their NCRONTAB schedules;
-* queue triggers polling Azurite: base64 message encoding, batchSize, visibilityTimeout between
+* queue triggers polling Azurite: base64 message encoding, batchSize and newBatchThreshold, visibilityTimeout between
   attempts, maxDequeueCount (host.json, default 5) and then ``<queue>-poison``; queue output bindings;
   a message is held under a lease renewed while its invocation runs (the real host takes messages for
   10 minutes and renews them; here the lease is QUEUE_LEASE_SECONDS, so a crashed host's messages come
@@ -144,6 +144,9 @@ class FunctionsHost:
         self.max_dequeue_count = int(queues.get("maxDequeueCount", 5))
         self.visibility_timeout = parse_timespan(queues.get("visibilityTimeout", "00:00:00"))
         self.batch_size = int(queues.get("batchSize", 16))
+        # The real host fetches the next batch as soon as the messages in flight drop to this many, not when the
+        # whole batch is done: one slow message does not hold the queue up (no head-of-line blocking).
+        self.new_batch_threshold = int(queues.get("newBatchThreshold", self.batch_size // 2))
         self.message_encoding = str(queues.get("messageEncoding", "base64")).lower()
         self.max_polling_interval = max_polling_interval or parse_timespan(
             queues.get("maxPollingInterval", "00:01:00"))
@@ -368,7 +371,17 @@ class FunctionsHost:
         queue = await loop.run_in_executor(self.io, self._queue, connection, queue_name)
         poison = await loop.run_in_executor(self.io, self._queue, connection, f"{queue_name}-poison")
         idle = timedelta(milliseconds=100)
+        in_flight: set[asyncio.Task[None]] = set()
+
+        def settled(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            if not task.cancelled() and task.exception() is not None:  # left as it was: visible again later
+                log.warning("settling a message of %s failed (%s)", queue_name, type(task.exception()).__name__)
+
         while True:
+            if len(in_flight) > self.new_batch_threshold:
+                await asyncio.wait(set(in_flight), return_when=asyncio.FIRST_COMPLETED)
+                continue
             try:
                 messages = await loop.run_in_executor(self.io, lambda: list(queue.receive_messages(
                     messages_per_page=self.batch_size, max_messages=self.batch_size,
@@ -381,12 +394,10 @@ class FunctionsHost:
                 idle = min(idle * 2, self.max_polling_interval)
                 continue
             idle = timedelta(milliseconds=100)
-            outcomes = await asyncio.gather(
-                *(self._process_message(function, queue, poison, message) for message in messages),
-                return_exceptions=True)
-            for outcome in outcomes:
-                if isinstance(outcome, Exception):  # a message left as it was: visible again after its timeout
-                    log.warning("settling a message of %s failed (%s)", queue_name, type(outcome).__name__)
+            for message in messages:
+                task = asyncio.create_task(self._process_message(function, queue, poison, message))
+                in_flight.add(task)
+                task.add_done_callback(settled)
 
     async def _process_message(self, function: _Function, queue: Any, poison: Any, message: Any) -> None:
         loop = asyncio.get_running_loop()

@@ -195,6 +195,26 @@ def test_the_host_moves_a_message_to_poison_after_five_failed_dequeues(azurite, 
     assert log.count("Executed 'Functions.always_fails' (Failed") == 5
 
 
+def test_one_slow_message_does_not_hold_up_the_messages_behind_it(azurite, tmp_path):
+    """As the real host: the next batch is fetched once the messages in flight drop to newBatchThreshold
+    (batchSize / 2 by default), not when the whole batch is done."""
+    queue_name = f"slow-{uuid.uuid4().hex[:8]}"
+    values = {"AzureWebJobsStorage": azurite.connection_string, "SLOW_QUEUE": queue_name,
+              "SLOW_DIRECTORY": str(tmp_path)}
+    queue = QueueClient.from_connection_string(azurite.connection_string, queue_name)
+    queue.create_queue()
+    QueueClient.from_connection_string(azurite.connection_string, queue_name + "-poison").create_queue()
+    with LocalFunctionsHost(ROOT / "tests" / "e2e" / "apps" / "slow_message", values, work_dir=tmp_path,
+                            max_polling_seconds=0.2):
+        for body in ("slow", "fast-1", "fast-2", "fast-3", "fast-4", "fast-5"):
+            queue.send_message(base64.b64encode(body.encode()).decode())
+        # batchSize 2: "slow" and "fast-1" first; the other four are fetched while "slow" is still held.
+        wait_for(lambda: all((tmp_path / f"done-fast-{index}").exists() for index in range(1, 6)))
+        assert not (tmp_path / "done-slow").exists()
+        (tmp_path / "release").write_text("")
+        wait_for((tmp_path / "done-slow").exists)
+
+
 def test_the_host_profiles_its_invocations_when_asked(azurite, tmp_path):
     """FUNCTIONS_HOST_PROFILE: every invocation under cProfile, the statistics written when the host stops."""
     queue_name = f"profiled-{uuid.uuid4().hex[:8]}"
