@@ -352,20 +352,26 @@ class RotationLedger(Protocol):
         ...
 
     def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
-                    until: datetime, read_at: datetime, inherits: str | None = None) -> WriteClaim:
+                    until: datetime, read_at: datetime, read_state: str | None = None,
+                    inherits: str | None = None) -> WriteClaim:
         """Atomically claim one consumer's write (``write``: the key URI being set) for ``owner`` until
         ``until``: HELD_ELSEWHERE when another owner holds a claim on that consumer lasting beyond ``now``,
         so two runs reconciling the same key never write one consumer at the same time; the claim of a
         crashed run lapses. CHANGED_SINCE_READ when the claim was taken but a run released it after
-        ``read_at`` (when the caller read the consumer): that run may have written it, so re-read it first.
+        ``read_at`` (when the caller read the consumer): that run may have written it, so re-read it first;
+        unless that run noted the state it left the consumer in and it is ``read_state``, what the caller read
+        (then the read shows what the consumer is now, whether it was made before or after that run's writes).
         ``inherits``: an owner whose live claims ``owner`` takes over (the run a continuation continues);
         the takeover is conditional, so of two deliveries of one continuation only one gets them."""
         ...
 
-    def release_writes(self, key: KeyRef, consumer_ids: Sequence[str], *, owner: str, now: datetime) -> None:
+    def release_writes(self, key: KeyRef, consumer_ids: Sequence[str], *, owner: str, now: datetime,
+                       left: Mapping[str, str] | None = None) -> None:
         """End ``owner``'s claims on these consumers (its writes of them are over, done or failed), noting
-        ``now`` as when: another run may claim them at once, and one that read a consumer before ``now``
-        re-reads it first. Nothing for a claim that is someone else's or gone."""
+        ``now`` as when and, from ``left``, the state each consumer was left in as ARM answered (consumer id
+        -> state; none where the outcome is unknown): another run may claim them at once, and one that read
+        a consumer before ``now`` in another state re-reads it first. Nothing for a claim that is someone
+        else's or gone."""
         ...
 
     def save_conditions(

@@ -339,6 +339,9 @@ class _Run:
         #: (a listing right before its chunk's writes, or its last write's answer).
         self.claimed: set[str] = set()
         self._read_at: dict[str, datetime] = {}
+        #: Each consumer as ARM last answered for it (a listing, a write's answer, a re-read); none after a
+        #: failed write (it may or may not have landed). Noted in the ledger as its claim ends.
+        self._seen: dict[str, Consumer] = {}
         self.plan_one = plan_one
         budget = deps.limits.time_budget
         self.deadline = started + budget if budget is not None else None
@@ -372,6 +375,7 @@ class _Run:
                 for consumer_id, fresh in _refreshed(decisions[start:start + chunk], self.deps).items():
                     current[consumer_id] = fresh
                     self._read_at[consumer_id] = read_at
+                    self._note_seen(consumer_id, fresh)
                 for decision in decisions[start:start + chunk]:
                     consumer = current[decision.consumer.id]
                     if consumer is None:
@@ -397,6 +401,10 @@ class _Run:
                     updated = self._record(decision, outcome, result)
                     if updated is not None or outcome.gone:
                         current[consumer.id] = updated
+                    if outcome.failure is not None or outcome.gone:
+                        self._seen.pop(consumer.id, None)
+                    elif updated is not None:
+                        self._seen[consumer.id] = updated
                 if updated is None:
                     return
                 consumer = updated
@@ -439,10 +447,12 @@ class _Run:
         with self._lock:
             ending = sorted(self.claimed.intersection(consumer_ids))
             self.claimed.difference_update(ending)
+            left = {consumer_id: state_token(self._seen[consumer_id])
+                    for consumer_id in ending if consumer_id in self._seen}
         if not ending:
             return
         try:
-            self.deps.ledger.release_writes(self.key, ending, owner=self.owner, now=self.deps.clock.now())
+            self.deps.ledger.release_writes(self.key, ending, owner=self.owner, now=self.deps.clock.now(), left=left)
         except (TransientError, PermanentError) as err:  # then they lapse on their own; other runs wait for that
             log_record(log, logging.WARNING, "write claims not ended",
                        {"key": self.key.uri, "claims": len(ending), "error": str(err)})
@@ -466,7 +476,7 @@ class _Run:
                 claim = self.deps.ledger.claim_write(
                     self.key, consumer.id, decision.set_key.uri, owner=self.owner, now=now,
                     until=now + self.deps.limits.claim_for, read_at=self._read_at.get(consumer.id, self.started),
-                    inherits=self.continues)
+                    read_state=state_token(consumer), inherits=self.continues)
                 if claim is WriteClaim.HELD_ELSEWHERE:
                     outcome.claimed_elsewhere = True
                     return outcome
@@ -491,6 +501,7 @@ class _Run:
                 self._reread(consumer, outcome)
         except TransientError as err:
             outcome.failure, outcome.transient = f"{consumer.resource_id}: {err}", err
+            self._note_seen(consumer.id, None)  # the write may have landed or not: its state is not known
             if decision.set_key is not None:
                 # The retry (a continuation) may run on another instance: the claim would keep it off.
                 self.end_claims([consumer.id])
@@ -500,6 +511,13 @@ class _Run:
         return outcome
 
 
+    def _note_seen(self, consumer_id: str, consumer: Consumer | None) -> None:
+        with self._lock:
+            if consumer is None:
+                self._seen.pop(consumer_id, None)
+            else:
+                self._seen[consumer_id] = consumer
+
     def _reread(self, consumer: Consumer, outcome: _Outcome) -> None:
         self._read_at[consumer.id] = self.deps.clock.now()
         updated = self.deps.inventory.reread(consumer)
@@ -507,6 +525,13 @@ class _Run:
             outcome.gone = True
         else:
             outcome.updated = updated
+
+
+def state_token(consumer: Consumer) -> str:
+    """What a consumer's adoption depends on, as one string: the key it is configured with and the version it
+    uses (the ledger compares a run's read with the state the last run left the consumer in)."""
+    in_use = consumer.current_key.uri if consumer.current_key is not None else "-"
+    return f"{consumer.key.uri} {in_use}".lower()
 
 
 def _refreshed(decisions: Sequence[rotation.Decision], deps: ReconcileDeps) -> dict[str, Consumer | None]:

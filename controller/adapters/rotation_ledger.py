@@ -148,7 +148,8 @@ class TableRotationLedger:
         return _intent_from(entity)
 
     def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
-                    until: datetime, read_at: datetime, inherits: str | None = None) -> WriteClaim:
+                    until: datetime, read_at: datetime, read_state: str | None = None,
+                    inherits: str | None = None) -> WriteClaim:
         self._ensure_table()
         partition, row = _partition(key), _row(_CLAIM, consumer_id)
         held_by = self._claims_held.get((partition, row))
@@ -182,10 +183,13 @@ class TableRotationLedger:
         self._claims_held[(partition, row)] = _HeldClaim(owner, until, metadata.get("etag"))
         ended = held.get("Ended")
         if holder != owner and ended is not None and ended >= read_at - CLOCK_SKEW:
-            return WriteClaim.CHANGED_SINCE_READ
+            left = held.get("Left")
+            if read_state is None or not left or left != read_state:
+                return WriteClaim.CHANGED_SINCE_READ
         return WriteClaim.CLAIMED
 
-    def release_writes(self, key: KeyRef, consumer_ids: Sequence[str], *, owner: str, now: datetime) -> None:
+    def release_writes(self, key: KeyRef, consumer_ids: Sequence[str], *, owner: str, now: datetime,
+                       left: Mapping[str, str] | None = None) -> None:
         """Each claim row still ``owner``'s (ETag-conditional) ends now: ``Until`` and ``Ended`` set to now,
         up to ``TRANSACTION_ROWS`` rows per entity-group transaction; a row taken over meanwhile stays."""
         self._ensure_table()
@@ -199,7 +203,7 @@ class TableRotationLedger:
             del self._claims_held[(partition, row)]
             ended.append((row, {"PartitionKey": partition, "RowKey": row, "Kind": _CLAIM, "Subject": consumer_id,
                                 "Key": key.versionless.uri, "Write": "", "Owner": owner, "Until": now,
-                                "Ended": now}, held_by.etag))
+                                "Ended": now, "Left": (left or {}).get(consumer_id, "")}, held_by.etag))
         for start in range(0, len(ended), TRANSACTION_ROWS):
             batch = ended[start:start + TRANSACTION_ROWS]
             options = {"mode": UpdateMode.REPLACE, "match_condition": MatchConditions.IfNotModified}

@@ -115,9 +115,9 @@ CLAIMED, CHANGED, HELD = WriteClaim.CLAIMED, WriteClaim.CHANGED_SINCE_READ, Writ
 
 
 def claim(ledger: TableRotationLedger, owner: str, now: datetime, *, read_at: datetime | None = None,
-          inherits: str | None = None, minutes: int = 10) -> WriteClaim:
+          read_state: str | None = None, inherits: str | None = None, minutes: int = 10) -> WriteClaim:
     return ledger.claim_write(KEY, CONSUMER, "pin", owner=owner, now=now, until=now + timedelta(minutes=minutes),
-                              read_at=read_at or now, inherits=inherits)
+                              read_at=read_at or now, read_state=read_state, inherits=inherits)
 
 
 def test_a_write_claim_keeps_other_runs_off_until_it_lapses(table):
@@ -149,6 +149,20 @@ def test_an_ended_claim_frees_the_consumer_and_a_run_that_read_it_before_re_read
     second.release_writes(KEY, [CONSUMER], owner="run-2", now=ended + timedelta(minutes=5))
     # run-3 read it well after: nothing to re-read.
     assert claim(third, "run-3", ended + timedelta(minutes=7), read_at=ended + timedelta(minutes=6)) is CLAIMED
+
+
+def test_a_run_that_read_the_state_the_last_run_left_need_not_re_read(table):
+    first, second, third = TableRotationLedger(table), TableRotationLedger(table), TableRotationLedger(table)
+    left = "https://contoso-cmk.vault.azure.net/keys/storage-cmk https://contoso-cmk.vault.azure.net/keys/storage-cmk/b"
+    assert claim(first, "run-1", T0) is CLAIMED
+    first.release_writes(KEY, [CONSUMER], owner="run-1", now=T0 + timedelta(seconds=5), left={CONSUMER: left})
+    # Read within the clock-skew allowance of run-1's end, but what was read is what run-1 left: no re-read.
+    assert claim(second, "run-2", T0 + timedelta(seconds=6), read_at=T0 + timedelta(seconds=4),
+                 read_state=left) is CLAIMED
+    second.release_writes(KEY, [CONSUMER], owner="run-2", now=T0 + timedelta(seconds=8))  # its outcome unknown
+    assert claim(third, "run-3", T0 + timedelta(seconds=9), read_state=left) is CHANGED
+    third.release_writes(KEY, [CONSUMER], owner="run-3", now=T0 + timedelta(seconds=10), left={CONSUMER: left})
+    assert claim(first, "run-4", T0 + timedelta(seconds=11), read_state=left + "-older") is CHANGED
 
 
 def test_ending_many_claims_takes_one_request_per_hundred_and_spares_a_taken_over_one(table):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -160,6 +160,8 @@ class FakeRotationLedger:
     claims: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     #: consumer id -> when its claim's owner ended it (as the Table ledger notes it).
     ended: dict[str, datetime] = field(default_factory=dict)
+    #: consumer id -> the state its claim's owner left it in (noted as the claim ended).
+    left: dict[str, str] = field(default_factory=dict)
     #: The consumers each release_writes call named.
     releases: list[tuple[str, ...]] = field(default_factory=list)
     #: Condition saves to refuse with Conflict, as when another instance saved the key's conditions first.
@@ -186,23 +188,31 @@ class FakeRotationLedger:
         return self.intents.get(consumer_id)
 
     def claim_write(self, key: KeyRef, consumer_id: str, write: str, *, owner: str, now: datetime,
-                    until: datetime, read_at: datetime, inherits: str | None = None) -> WriteClaim:
+                    until: datetime, read_at: datetime, read_state: str | None = None,
+                    inherits: str | None = None) -> WriteClaim:
         held = self.claims.get(consumer_id.lower())
         if held is not None and held[0] not in (owner, inherits) and held[1] > now:
             return WriteClaim.HELD_ELSEWHERE
         self.claims[consumer_id.lower()] = (owner, until)
         ended = self.ended.pop(consumer_id.lower(), None)
-        if held is not None and held[0] != owner and ended is not None and ended >= read_at:
+        left = self.left.pop(consumer_id.lower(), None)
+        if (held is not None and held[0] != owner and ended is not None and ended >= read_at
+                and (read_state is None or left != read_state)):
             return WriteClaim.CHANGED_SINCE_READ
         return WriteClaim.CLAIMED
 
-    def release_writes(self, key: KeyRef, consumer_ids: Sequence[str], *, owner: str, now: datetime) -> None:
+    def release_writes(self, key: KeyRef, consumer_ids: Sequence[str], *, owner: str, now: datetime,
+                       left: Mapping[str, str] | None = None) -> None:
         self.releases.append(tuple(consumer_ids))
         for consumer_id in consumer_ids:
             held = self.claims.get(consumer_id.lower())
             if held is not None and held[0] == owner:
                 self.claims[consumer_id.lower()] = (owner, now)
                 self.ended[consumer_id.lower()] = now
+                if left is not None and consumer_id in left:
+                    self.left[consumer_id.lower()] = left[consumer_id]
+                else:
+                    self.left.pop(consumer_id.lower(), None)
 
     def save_conditions(self, key, consumer_conditions, version_conditions) -> None:
         # As the table: each subject given is written (upserted); the others keep their row.

@@ -776,3 +776,38 @@ def test_a_run_that_read_a_consumer_before_another_run_was_done_with_it_re_reads
     assert stale.writes == []  # the other run's write is not repeated
     assert stale.rereads == 1 and result.conflicts == []
     assert result.progress() == {"done": 1, "pending": 0, "blocked": 0}
+
+
+def test_a_stale_read_is_re_read_even_when_the_other_run_noted_what_it_left():
+    w = world(account("stpinned", pinned=OLD))
+    stale = StaleListing(w.storage.consumers)
+    stale.ledger, stale.clock = w.ledger, w.clock
+
+    def finish(consumer: Consumer) -> Consumer:
+        finished = replace(consumer, key=KEY.with_version(NEW), current_key=KEY.with_version(NEW))
+        w.ledger.left[consumer.id.lower()] = reconciler.state_token(finished)
+        return finished
+
+    stale.finish = finish
+    w.storage = stale
+    w.deps = replace(w.deps, inventory=stale, control=stale)
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert stale.writes == [] and stale.rereads == 1  # what was read is not what that run left: read again
+    assert result.progress() == {"done": 1, "pending": 0, "blocked": 0}
+
+
+def test_rotations_in_quick_succession_read_each_consumer_once():
+    """The last run ended its claims seconds ago, noting the state it left each consumer in; the next run
+    reads that same state, so it need not re-read before writing (a key rotated twice within the ledger's
+    clock-skew allowance, or a burst of new versions, costs no extra ARM read per consumer)."""
+    w = world(account("stfree"), account("stpinned", pinned=OLD))
+    reconciler.reconcile_key(KEY.with_version(NEW), w.deps, target_version=NEW)
+    assert set(w.ledger.left) == {state(w, "stfree").id, state(w, "stpinned").id}
+    w.clock.advance(timedelta(seconds=5))
+    w.vault.versions.append(KeyVersionInfo(NEWER, enabled=True, created=w.clock.now()))
+    writes = len(w.storage.writes)
+    result = reconciler.reconcile_key(KEY.with_version(NEWER), w.deps, target_version=NEWER)
+    assert w.storage.rereads == 0
+    assert len(w.storage.writes) - writes == 3  # the pinned one once, the versionless one pinned and restored
+    assert state(w, "stpinned").key == KEY.with_version(NEWER) and state(w, "stfree").current_version == NEWER
+    assert result.failures == []
