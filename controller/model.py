@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from controller.errors import InvalidKeyId, InvalidResourceId
 from controller.reasons import Reason
+from controller.redaction import scrub, scrub_value
 
 #: DNS suffixes of Key Vault and Managed HSM in the public, China and US Government clouds.
 KEY_VAULT_DNS_SUFFIXES: tuple[str, ...] = (
@@ -319,7 +320,10 @@ _SEVERITY_ORDER: tuple[Severity, ...] = tuple(Severity)
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """A notification for humans. ``fingerprint`` identifies the problem so receivers can dedupe."""
+    """A notification for humans. ``fingerprint`` identifies the problem so receivers can dedupe.
+
+    Its texts and details are scrubbed of anything shaped like a secret as it is made (controller/redaction.py):
+    an alert may quote what the controller refused, and it goes to the ledger and to every channel."""
 
     severity: Severity
     title: str
@@ -328,6 +332,11 @@ class Alert:
     message: str
     fingerprint: str
     details: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "title", scrub(self.title))
+        object.__setattr__(self, "message", scrub(self.message))
+        object.__setattr__(self, "details", scrub_value(self.details))
 
 
 

@@ -131,10 +131,32 @@ def secret_forms(secret: bytes) -> list[str]:
     return [form for form in forms if len(form) >= 16]
 
 
+def work_items_carrying_secrets(estate: Estate, connection: str, account_key: str) -> None:
+    """A careless operator's work items, with the storage connection string and account key where names go:
+    each is refused and alerted (WorkItemPoisoned), and the alert must not echo what it was given. So the
+    alerts searched below are never empty, even when this module runs on its own."""
+    def poisoned() -> int:
+        return sum(record["body"].get("reason") == "WorkItemPoisoned" for record in estate.alerts())
+
+    poisoned_before = poisoned()
+    items = [
+        {"kind": "rewrap", "account": connection, "container": "data", "key_id": f"{estate.vault_origin}/keys/k"},
+        {"kind": "reconcile", "key": f"{estate.vault_origin}/keys/{account_key}"},
+        {"kind": account_key},
+    ]
+    for item in items:
+        estate.send_work(json.dumps(item).encode())
+    deadline = time.monotonic() + 120
+    while poisoned() < poisoned_before + len(items):
+        assert time.monotonic() < deadline, "the work items carrying secrets were not alerted"
+        time.sleep(0.5)
+
+
 def test_no_secret_in_play_appears_in_any_log_alert_or_report(estate, report_figures):
-    reports = compliance_reports(estate)
     connection = estate.values["AzureWebJobsStorage"]
     account_key = dict(part.split("=", 1) for part in connection.split(";") if "=" in part)["AccountKey"]
+    work_items_carrying_secrets(estate, connection, account_key)
+    reports = compliance_reports(estate)
     ca_key_lines = [line for line in (estate.directory / "ca" / "ca-key.pem").read_text().splitlines()
                     if line and not line.startswith("-----")]
     identity = urllib.request.Request(  # noqa: S310 - the sandbox's loopback identity endpoint
@@ -171,5 +193,6 @@ def test_no_secret_in_play_appears_in_any_log_alert_or_report(estate, report_fig
                     "leaks": [f"{secret} in {where}" for secret, where in leaks],
                     "patterns_found": [f"{label} in {where}" for label, where in patterns]})
     assert keys, "the re-wrapped container has no blobs: nothing to search for"
+    assert estate.alerts(), "no alert was sent: nothing to search"
     assert leaks == []
     assert patterns == []
