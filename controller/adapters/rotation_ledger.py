@@ -356,8 +356,13 @@ class TableRotationLedger:
             etag = entity.metadata.get("etag")
             if etag:
                 self._etags[(partition, entity["RowKey"])] = etag
-            if entity.get("State"):
+            if not entity.get("State"):
+                continue
+            try:
                 consumers.append(_consumer_from(entity["State"]))
+            except (KeyError, TypeError, ValueError):  # another version's row, or a damaged one: not believed
+                log.warning("worklist %s of %s has an unreadable row", worklist_id, key.versionless.uri)
+                return None
         return Worklist(worklist_id, head["SavedAt"], tuple(consumers))
 
     def update_worklist(self, key: KeyRef, worklist_id: str, changed: Mapping[str, Consumer | None], *,

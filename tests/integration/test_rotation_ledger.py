@@ -231,6 +231,11 @@ def test_a_worklist_is_believed_only_while_it_is_the_keys_and_whole(table):
     assert TableRotationLedger(table).load_worklist(KEY, "w2") == Worklist("w2", T0 + timedelta(minutes=1),
                                                                            (consumer(1),))
 
+    # A row this version cannot read (another version's, a damaged one): the worklist is not believed.
+    table.update_entity({"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], "State": '{"kind": "?"}'},
+                        mode=UpdateMode.MERGE)
+    assert TableRotationLedger(table).load_worklist(KEY, "w2") is None
+
 
 def test_a_continuation_records_the_states_it_changed_each_unless_another_recorded_one_since(table):
     TableRotationLedger(table).start_worklist(KEY, "w1", [consumer(index) for index in range(150)], now=T0)
