@@ -74,8 +74,11 @@ def adopt(consumers: int, *, scale: float, concurrency: int, connection_string: 
                 invocations += 1
                 try:
                     report = service.process_work(json.dumps(item), deps)
-                except TransientError:  # the Functions host retries the work item
+                except TransientError as err:  # the Functions host retries the work item
                     host_retries += 1
+                    print(json.dumps({"progress": consumers, "invocation": invocations, "retried_by_the_host": str(err),
+                                      "sandbox_seconds": round((arm.clock.now() - started).total_seconds(), 1)}),
+                          file=sys.stderr, flush=True)
                     continue
                 assert report.reconcile is not None
                 failures += report.reconcile.failures

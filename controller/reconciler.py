@@ -376,8 +376,10 @@ class _Run:
                 # Verify against ARM itself (Resource Graph lags writes) right before this chunk's writes,
                 # in as few reads as possible (a listing): a consumer someone changed meanwhile is planned
                 # from what ARM holds now, and a change made after this read is at most a chunk's writes old.
+                # Past the time budget no write starts: the chunks left are deferred as they are, unread.
                 read_at = self.deps.clock.now()
-                for consumer_id, fresh in _refreshed(decisions[start:start + chunk], self.deps).items():
+                refreshed = {} if self._past_deadline() else _refreshed(decisions[start:start + chunk], self.deps)
+                for consumer_id, fresh in refreshed.items():
                     current[consumer_id] = fresh
                     self._read_at[consumer_id] = read_at
                 for decision in decisions[start:start + chunk]:
@@ -454,6 +456,11 @@ class _Run:
         except (TransientError, PermanentError) as err:  # then they lapse on their own; other runs wait for that
             log_record(log, logging.WARNING, "write claims not ended",
                        {"key": self.key.uri, "claims": len(ending), "error": str(err)})
+
+    def _past_deadline(self) -> bool:
+        """No further write of this run starts (see ``_out_of_time``)."""
+        with self._lock:
+            return self._started_any and self.deadline is not None and self.deps.clock.now() >= self.deadline
 
     def _out_of_time(self) -> bool:
         with self._lock:

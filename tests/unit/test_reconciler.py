@@ -712,6 +712,19 @@ def test_the_time_budget_counts_the_inventory_too():
     assert first.deferred == 5
 
 
+def test_a_run_past_its_time_budget_reads_no_more_chunks_before_the_writes_it_will_not_start():
+    w = world()
+    slow = SlowStorage({consumer.id: consumer for consumer in estate_of(6)})
+    slow.clock = w.clock
+    w.deps = replace(w.deps, inventory=slow, control=slow,
+                     limits=reconciler.ExecutionLimits(time_budget=timedelta(seconds=150), refresh_every=1))
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert len(result.writes) == 3 and result.deferred == 3
+    # A listing per chunk (of one consumer) written, and the next one's, read while the last write was in flight;
+    # none for the two chunks after it.
+    assert slow.refreshes == 4
+
+
 def test_every_run_starts_at_least_one_write_however_small_the_budget():
     w = world()
     slow = SlowStorage({consumer.id: consumer for consumer in estate_of(2)})
