@@ -7,7 +7,8 @@ on a sandbox clock running --scale times faster (figures are reported in Azure s
 time). The controller's real adapters (inventory through Resource Graph, storage control, the ARM
 pacer, the Table ledger, the Storage queue) reconcile the key after a rotation; a run cut off by
 its time budget (CMK_RECONCILE_TIME_BUDGET_SECONDS' default) continues from the queue until every
-account is adopted.
+account is adopted: each continuation item is run as the queue trigger runs it (service.process_work: it
+takes over its run's write claims and plans from the worklist that run left in the ledger).
 
 Baseline, measured in the same run: the sequential design (one write at a time, as before this
 change) on --baseline-consumers accounts, its seconds per consumer extrapolated to N; and ARM's own
@@ -33,8 +34,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from controller import reconciler  # noqa: E402 - after the path set-up: bench runs as a script
+from controller import service  # noqa: E402 - after the path set-up: bench runs as a script
 from controller.errors import TransientError  # noqa: E402
+from controller.settings import load_settings  # noqa: E402
 from emulators.arm.throttling import AZURE_LIMITS, OperationKind  # noqa: E402
 from emulators.azurite import Azurite  # noqa: E402
 from tests.support.adoption import (  # noqa: E402
@@ -47,6 +49,7 @@ from tests.support.adoption import (  # noqa: E402
     new_names,
     scaled_arm,
 )
+from tests.unit.fakes import fake_dependencies  # noqa: E402 - the use cases' other dependencies: unused here
 
 TIME_BUDGET = timedelta(seconds=480)  # CMK_RECONCILE_TIME_BUDGET_SECONDS' default
 
@@ -59,22 +62,28 @@ def adopt(consumers: int, *, scale: float, concurrency: int, connection_string: 
         table, queue = new_names()
         controller = instance(estate, connection_string, table=table, queue=queue, owner="bench",
                               concurrency=concurrency, time_budget=TIME_BUDGET)
+        deps = fake_dependencies(load_settings({"CMK_VAULTS": key_of(estate).vault.url}), reconcile=controller.deps)
         try:
             version = estate.rotate()
             throttling = arm.set_limits(azure_limits(arm))
             assert throttling is not None
             started, wall = arm.clock.now(), time.perf_counter()
             invocations, host_retries, failures = 0, 0, []
-            pending = True
-            while pending:
+            item: dict[str, Any] | None = {"kind": "reconcile", "key": key_of(estate).uri}
+            while item is not None:
                 invocations += 1
                 try:
-                    result = reconciler.reconcile_key(key_of(estate), controller.deps)
-                except TransientError:  # the Functions host retries the work item
+                    report = service.process_work(json.dumps(item), deps)
+                except TransientError as err:  # the Functions host retries the work item
                     host_retries += 1
+                    print(json.dumps({"progress": consumers, "invocation": invocations, "retried_by_the_host": str(err),
+                                      "sandbox_seconds": round((arm.clock.now() - started).total_seconds(), 1)}),
+                          file=sys.stderr, flush=True)
                     continue
-                failures += result.failures
-                pending = any(item.get("continuation") for item in continuations(connection_string, queue))
+                assert report.reconcile is not None
+                failures += report.reconcile.failures
+                item = next((queued for queued in continuations(connection_string, queue)
+                             if queued.get("continuation")), None)
                 print(json.dumps({"progress": consumers, "invocation": invocations,
                                   "adopted": estate.adoption(version).adopted,
                                   "sandbox_seconds": round((arm.clock.now() - started).total_seconds(), 1),

@@ -327,6 +327,19 @@ class RotationRecord:
     version_conditions: Mapping[str, tuple[Condition, ...]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Worklist:
+    """A key's consumers as a reconcile cut off by its time budget last knew them (what the inventory
+    answered, or its own write's answer), kept in the ledger for the continuations that carry on from
+    it: a continuation plans from these instead of listing the estate again. A hint, never the truth:
+    each consumer is verified against ARM before it is written, so a stale state costs a read, never a
+    wrong write. ``saved_at``: when a run last recorded it (an old one is not believed)."""
+
+    id: str
+    saved_at: datetime
+    consumers: tuple[Consumer, ...]
+
+
 class WriteClaim(enum.Enum):
     """The answer to a write claim (RotationLedger.claim_write)."""
 
@@ -383,6 +396,25 @@ class RotationLedger(Protocol):
         """Record the conditions of these consumers and versions (those that changed; the others keep
         theirs). Raises Conflict when another instance recorded some of them since this one loaded the
         record: nothing of what it refused is recorded; load, re-plan and save again."""
+        ...
+
+    def start_worklist(self, key: KeyRef, worklist_id: str, consumers: Sequence[Consumer], *,
+                       now: datetime) -> None:
+        """Record ``consumers`` as the key's worklist ``worklist_id``, saved ``now``: it replaces whichever
+        worklist the key had (a key has one; a continuation of the one replaced finds it gone)."""
+        ...
+
+    def load_worklist(self, key: KeyRef, worklist_id: str) -> Worklist | None:
+        """The key's worklist ``worklist_id`` as last recorded; None when the key has none, has another, or
+        this one is no longer whole (another run's worklist took some of its consumers over meanwhile)."""
+        ...
+
+    def update_worklist(self, key: KeyRef, worklist_id: str, changed: Mapping[str, Consumer | None], *,
+                        now: datetime) -> None:
+        """Record the new states of the worklist's consumers that ``changed`` since ``load_worklist`` read
+        them (by consumer id; None: no longer a consumer of the key), and ``now`` as when it was saved. Each
+        consumer's state is conditional on it being as loaded: one another run recorded since stays as that
+        run recorded it. Raises Conflict (nothing recorded) when the key's worklist is no longer this one."""
         ...
 
 

@@ -50,6 +50,7 @@ from controller.ports import (
     Notifier,
     RotationLedger,
     RotationRecord,
+    Worklist,
     WorkQueue,
     WriteClaim,
 )
@@ -190,6 +191,7 @@ def reconcile_key(
     state: KeyState | None = None,
     retry: int = 0,
     continues: str | None = None,
+    worklist: str | None = None,
 ) -> ReconcileResult:
     """Bring every consumer of ``key`` to the newest usable version (see module docstring).
 
@@ -197,13 +199,19 @@ def reconcile_key(
     (no second inventory or vault listing). ``retry``: how many continuations in a row before this run
     retried the key's transiently failed writes without writing anything (the continuation carries it).
     ``continues``: the claim owner of the run this one continues (its continuation item carries it): this
-    run takes over that run's write claims (a forced adoption pinned there is restored here) and no other's."""
+    run takes over that run's write claims (a forced adoption pinned there is restored here) and no other's.
+    ``worklist``: the worklist that run left in the ledger (its continuation item carries its id): the consumers
+    as it last knew them, planned from instead of listing the estate again (see ``_load_worklist``)."""
     key = key.versionless
     # The time budget counts from here: the inventory is part of the invocation's time (at 10,000 accounts
     # its scope listings take minutes of ARM's read budget), and the host ends an invocation at its limit.
     started = deps.clock.now()
     state = state if state is not None else deps.keys(key.vault).get_key_state(key)
-    gathered = deps.inventory.consumers_of(key) if consumers is None else consumers
+    loaded = _load_worklist(key, worklist, deps) if worklist is not None and consumers is None else None
+    if loaded is not None:
+        gathered: Sequence[Consumer] = loaded.consumers
+    else:
+        gathered = deps.inventory.consumers_of(key) if consumers is None else consumers
     consumers = sorted(gathered, key=lambda consumer: consumer.id)
     record = deps.ledger.load(key)
     intents = {intent.consumer_id.lower(): intent for intent in record.intents}
@@ -275,11 +283,11 @@ def reconcile_key(
         continued = bool(run.deferred) or retries_left
         if continued:
             # Out of this invocation's time (the rest continues at once), or writes that failed transiently
-            # (retried after the back-off): another invocation re-plans from ARM and the ledger, so what is
-            # done is not written again.
+            # (retried after the back-off): another invocation re-plans from the worklist (each consumer as
+            # this run last knew it), ARM and the ledger, so what is done is not written again.
             _continue(key, len(run.deferred) + len(run.retrying), deps,
                       retry=spent + 1 if retries_left else None, owner=run.owner,
-                      delay=None if run.deferred else retry_in)
+                      delay=None if run.deferred else retry_in, worklist=_keep_worklist(key, loaded, current, deps))
         if result.next_check is not None and not continued:
             _schedule(key, result.next_check, deps)
     except Exception:
@@ -371,8 +379,10 @@ class _Run:
                 # Verify against ARM itself (Resource Graph lags writes) right before this chunk's writes,
                 # in as few reads as possible (a listing): a consumer someone changed meanwhile is planned
                 # from what ARM holds now, and a change made after this read is at most a chunk's writes old.
+                # Past the time budget no write starts: the chunks left are deferred as they are, unread.
                 read_at = self.deps.clock.now()
-                for consumer_id, fresh in _refreshed(decisions[start:start + chunk], self.deps).items():
+                refreshed = {} if self._past_deadline() else _refreshed(decisions[start:start + chunk], self.deps)
+                for consumer_id, fresh in refreshed.items():
                     current[consumer_id] = fresh
                     self._read_at[consumer_id] = read_at
                     self._note_seen(consumer_id, fresh)
@@ -456,6 +466,11 @@ class _Run:
         except (TransientError, PermanentError) as err:  # then they lapse on their own; other runs wait for that
             log_record(log, logging.WARNING, "write claims not ended",
                        {"key": self.key.uri, "claims": len(ending), "error": str(err)})
+
+    def _past_deadline(self) -> bool:
+        """No further write of this run starts (see ``_out_of_time``)."""
+        with self._lock:
+            return self._started_any and self.deadline is not None and self.deps.clock.now() >= self.deadline
 
     def _out_of_time(self) -> bool:
         with self._lock:
@@ -734,18 +749,62 @@ def fingerprint(*parts: str) -> str:
 
 
 def _continue(key: KeyRef, left: int, deps: ReconcileDeps, *, retry: int | None, delay: timedelta | None,
-              owner: str) -> None:
+              owner: str, worklist: str | None) -> None:
     """A continuation: the next invocation re-plans from ARM and the ledger and writes what is left
     (``retry``: the how-manieth retry of transiently failed writes it is; ``owner``: the run whose write
-    claims it takes over, as ``claims``)."""
+    claims it takes over, as ``claims``; ``worklist``: the ledger's worklist it plans from, None: it lists
+    the consumers again)."""
     item: dict[str, object] = {"kind": "reconcile", "key": key.uri, "continuation": True, "left": left,
                                "claims": owner}
     if retry is not None:
         item["retry"] = retry
+    if worklist is not None:
+        item["worklist"] = worklist
     log_record(log, logging.INFO, "reconcile continues in another invocation",
                {"key": key.uri, "left": left, "retry": retry,
                 "delay_seconds": delay.total_seconds() if delay is not None else 0})
     deps.queue.enqueue(item, delay=delay)
+
+
+def _load_worklist(key: KeyRef, worklist_id: str, deps: ReconcileDeps) -> Worklist | None:
+    """The worklist a continuation carries on from (table pages, no ARM read); None when it is gone,
+    replaced by another run's, or older than a write claim lasts: a run that stalled or crashed that long
+    ago left no trustworthy picture (consumers may have been added since), so the inventory lists them."""
+    loaded = deps.ledger.load_worklist(key, worklist_id)
+    why = ""
+    if loaded is None:
+        why = "the worklist is gone or was replaced"
+    elif loaded.saved_at < deps.clock.now() - deps.limits.claim_for:
+        why = f"the worklist was saved at {loaded.saved_at.isoformat()}, longer ago than a write claim lasts"
+        loaded = None
+    if why:
+        log_record(log, logging.INFO, "continuation lists the consumers again",
+                   {"key": key.uri, "worklist": worklist_id, "why": why})
+    return loaded
+
+
+def _keep_worklist(key: KeyRef, loaded: Worklist | None, current: Mapping[str, Consumer | None],
+                   deps: ReconcileDeps) -> str | None:
+    """Record each consumer as this run last knew it (``current``: the inventory's answer, a listing's or
+    its own write's) for the continuation: a new worklist, or, continuing one, only the states that changed
+    (a few table transactions per hundred written, whatever the number of consumers). None when it could
+    not be recorded: the continuation lists the consumers again (slower, as correct)."""
+    now = deps.clock.now()
+    worklist_id = uuid.uuid4().hex if loaded is None else loaded.id
+    try:
+        if loaded is None:
+            deps.ledger.start_worklist(key, worklist_id, [consumer for consumer in current.values() if consumer],
+                                       now=now)
+        else:
+            known = {consumer.id: consumer for consumer in loaded.consumers}
+            deps.ledger.update_worklist(key, worklist_id, {consumer_id: consumer for consumer_id, consumer
+                                                           in current.items() if known.get(consumer_id) != consumer},
+                                        now=now)
+    except (TransientError, PermanentError, Conflict) as err:
+        log_record(log, logging.WARNING, "worklist not saved: the continuation lists the consumers again",
+                   {"key": key.uri, "error": str(err)})
+        return None
+    return worklist_id
 
 
 def _schedule(key: KeyRef, when: datetime, deps: ReconcileDeps) -> None:

@@ -78,6 +78,8 @@ log = logging.getLogger("controller.service")
 
 #: A continuation's "claims": the claim owner of the run it continues, as the reconciler names runs.
 _CLAIM_OWNER = re.compile(r"[A-Za-z0-9.:/_-]{1,200}")
+#: A continuation's "worklist": the id of the worklist its run left in the rotation ledger.
+_WORKLIST_ID = re.compile(r"[0-9a-f]{32}")
 #: Work items larger than this are not ours: Azure Storage queue messages are at most 64 KiB.
 MAX_WORK_ITEM_BYTES = 64 * 1024
 #: Deliveries of a work item before the queue moves it to its poison queue (host.json
@@ -611,7 +613,8 @@ def _fan_out_rewrap(key: KeyRef, results: list[reconciler.ReconcileResult], deps
 def _reconcile_item(item: dict[str, object], deps: Dependencies) -> reconciler.ReconcileResult:
     """A scheduled re-check of one key: {"kind": "reconcile", "key": <versionless key URI>}; a continuation
     also carries "claims": <the claim owner of the run it continues> (whose write claims it takes over) and,
-    when it retries transiently failed writes, "retry": <its number> (the reconciler's bound)."""
+    when it retries transiently failed writes, "retry": <its number> (the reconciler's bound), and "worklist":
+    <the id of the worklist that run left in the ledger> when it recorded one (the continuation plans from it)."""
     key_uri = item.get("key")
     if not isinstance(key_uri, str):
         raise InvalidWorkItem("reconcile work item has no string 'key'")
@@ -623,11 +626,14 @@ def _reconcile_item(item: dict[str, object], deps: Dependencies) -> reconciler.R
     if claims is not None and not (isinstance(claims, str) and _CLAIM_OWNER.fullmatch(claims)):
         raise InvalidWorkItem("reconcile work item: 'claims' is a claim owner (letters, digits and '.:/_-', "
                               "at most 200)")
+    worklist = item.get("worklist")
+    if worklist is not None and not (isinstance(worklist, str) and _WORKLIST_ID.fullmatch(worklist)):
+        raise InvalidWorkItem("reconcile work item: 'worklist' is a worklist id (32 lower-case hex digits)")
     try:
         key = deps.settings.vault_policy.allowed_key(key_uri)
     except InvalidInput as err:
         raise InvalidWorkItem(f"reconcile work item: {err}") from err
-    return reconciler.reconcile_key(key, deps.reconcile, retry=retry, continues=claims)
+    return reconciler.reconcile_key(key, deps.reconcile, retry=retry, continues=claims, worklist=worklist)
 
 
 # --- re-wrap fan-out ----------------------------------------------------------------------------------

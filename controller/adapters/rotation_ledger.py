@@ -14,6 +14,13 @@ other too): a claim is created atomically, and taken over ETag-conditionally onl
 run finished the consumer and noted when), has lapsed (its run crashed), or a continuation of its owner
 inherits it. A run that takes over a claim which ended after it read the consumer re-reads it first, so it
 never repeats a write from a read older than that write.
+
+A key's worklist (what a run cut off by its time budget leaves its continuations: each consumer as it last
+knew it) lives in a partition of its own, so that ``load`` does not read it: one row per consumer (its
+state as JSON, the worklist's id) and a head row (the id, how many consumers, when saved). A new worklist
+replaces the key's rows and head; a continuation loads the rows of its worklist (1,000 a page) and believes
+them only when all are there (another run's worklist may have taken some over: then none, and the inventory
+lists the consumers again), and records the states it changed, each ETag-conditional against what it loaded.
 """
 
 from __future__ import annotations
@@ -32,8 +39,18 @@ from azure.data.tables import TableClient, UpdateMode
 from controller.adapters.azure_errors import translated
 from controller.adapters.created_once import CreatedOnce
 from controller.errors import Conflict, NotFound
-from controller.model import Condition, ConditionStatus, ForceAdoptionIntent, ForceAdoptionStep, KeyRef
-from controller.ports import RotationRecord, WriteClaim
+from controller.model import (
+    Condition,
+    ConditionStatus,
+    Consumer,
+    ConsumerKind,
+    ForceAdoptionIntent,
+    ForceAdoptionStep,
+    IdentityAccess,
+    KeyRef,
+    VaultOrigin,
+)
+from controller.ports import RotationRecord, Worklist, WriteClaim
 from controller.reasons import Reason
 
 log = logging.getLogger("controller.adapters.rotation_ledger")
@@ -42,6 +59,9 @@ _INTENT = "intent"
 _CONSUMER_CONDITIONS = "consumer"
 _VERSION_CONDITIONS = "version"
 _CLAIM = "claim"
+_WORK = "work"
+_WORKLIST = "worklist"
+_WORKLIST_HEAD = "head"
 #: Operations in one entity-group transaction: Azure Tables takes at most 100 (one partition, 4 MiB).
 TRANSACTION_ROWS = 100
 
@@ -68,6 +88,39 @@ def _partition(key: KeyRef) -> str:
 
 def _row(kind: str, subject: str) -> str:
     return f"{kind}-{_digest(subject)}"
+
+
+def _worklist_partition(key: KeyRef) -> str:
+    return "worklist-" + _digest(key.versionless.uri)
+
+
+def _key_json(key: KeyRef | None) -> dict[str, str | None] | None:
+    return None if key is None else {"vault": key.vault.url, "name": key.name, "version": key.version}
+
+
+def _key_from(item: Mapping[str, Any]) -> KeyRef:
+    return KeyRef(VaultOrigin(item["vault"]), item["name"], item["version"])
+
+
+def _consumer_json(consumer: Consumer) -> str:
+    return json.dumps({
+        "kind": consumer.kind.value, "resource_id": consumer.resource_id, "account_name": consumer.account_name,
+        "key": _key_json(consumer.key), "current_key": _key_json(consumer.current_key),
+        "scope_name": consumer.scope_name,
+        "last_key_rotation": consumer.last_key_rotation.isoformat() if consumer.last_key_rotation else None,
+        "identity_access": consumer.identity_access.value, "tags": [list(tag) for tag in consumer.tags],
+    })
+
+
+def _consumer_from(text: str) -> Consumer:
+    item = json.loads(text)
+    current, rotated = item["current_key"], item["last_key_rotation"]
+    return Consumer(
+        kind=ConsumerKind(item["kind"]), resource_id=item["resource_id"], account_name=item["account_name"],
+        key=_key_from(item["key"]), current_key=_key_from(current) if current else None, scope_name=item["scope_name"],
+        last_key_rotation=datetime.fromisoformat(rotated) if rotated else None,
+        identity_access=IdentityAccess(item["identity_access"]),
+        tags=tuple((name, value) for name, value in item["tags"]))
 
 
 def _conditions_json(conditions: tuple[Condition, ...]) -> str:
@@ -204,22 +257,32 @@ class TableRotationLedger:
             ended.append((row, {"PartitionKey": partition, "RowKey": row, "Kind": _CLAIM, "Subject": consumer_id,
                                 "Key": key.versionless.uri, "Write": "", "Owner": owner, "Until": now,
                                 "Ended": now, "Left": (left or {}).get(consumer_id, "")}, held_by.etag))
-        for start in range(0, len(ended), TRANSACTION_ROWS):
-            batch = ended[start:start + TRANSACTION_ROWS]
-            options = {"mode": UpdateMode.REPLACE, "match_condition": MatchConditions.IfNotModified}
+        options = {"mode": UpdateMode.REPLACE, "match_condition": MatchConditions.IfNotModified}
+        # A claim taken over meanwhile (it had lapsed) or gone is not ours to end: the others end all the same.
+        self._submit_unless_changed(f"end the write claims of {key.versionless.uri}",
+                                    [("update", entity, {**options, "etag": etag}) for _, entity, etag in ended])
+
+    def _submit_unless_changed(self, what: str, operations: Sequence[Any]) -> list[Mapping[str, Any] | None]:
+        """``operations`` (one partition's), ``TRANSACTION_ROWS`` per entity-group transaction; when one of a
+        transaction's rows was changed or removed by someone else (Conflict, NotFound: the transaction wrote
+        nothing) its operations are submitted one by one, and those refused are left out. Each operation's
+        answer (None: left out)."""
+        answers: list[Mapping[str, Any] | None] = []
+        for start in range(0, len(operations), TRANSACTION_ROWS):
+            batch = operations[start:start + TRANSACTION_ROWS]
             try:
-                with translated(f"end the write claims of {key.versionless.uri}"):
-                    self._table.submit_transaction([("update", entity, {**options, "etag": etag})
-                                                    for _, entity, etag in batch])
-            except Conflict:
-                # One of them was taken over (it had lapsed): the others end one by one.
-                for _, entity, etag in batch:
-                    try:
-                        with translated(f"end the write claim of {entity['Subject']}"):
-                            self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag,
-                                                      match_condition=MatchConditions.IfNotModified)
-                    except (Conflict, NotFound):
-                        pass  # taken over or gone: not ours to end
+                with translated(what):
+                    answers.extend(self._table.submit_transaction(batch))
+                continue
+            except (Conflict, NotFound):
+                pass
+            for operation in batch:
+                try:
+                    with translated(what):
+                        answers.extend(self._table.submit_transaction([operation]))
+                except (Conflict, NotFound):
+                    answers.append(None)
+        return answers
 
     def save_conditions(
         self,
@@ -252,6 +315,95 @@ class TableRotationLedger:
             for operation, answer in zip(operations, answers, strict=True):
                 if answer.get("etag"):
                     self._etags[(partition, operation[1]["RowKey"])] = answer["etag"]
+
+    def start_worklist(self, key: KeyRef, worklist_id: str, consumers: Sequence[Consumer], *, now: datetime) -> None:
+        """The rows first (upserted: they take over the rows of the key's previous worklist), ``TRANSACTION_ROWS``
+        per transaction, then the head: a continuation of the previous worklist finds the head another's, or
+        (between the two) fewer of its rows than its head counts, and believes none of them."""
+        self._ensure_table()
+        partition = _worklist_partition(key)
+        operations = [("upsert", self._work_row(key, worklist_id, consumer.id, consumer), {"mode": UpdateMode.REPLACE})
+                      for consumer in consumers]
+        for start in range(0, len(operations), TRANSACTION_ROWS):
+            batch = operations[start:start + TRANSACTION_ROWS]
+            with translated(f"record the worklist of {key.versionless.uri}"):
+                answers = self._table.submit_transaction(batch)
+            for (_, entity, _), answer in zip(batch, answers, strict=True):
+                if answer.get("etag"):
+                    self._etags[(partition, entity["RowKey"])] = answer["etag"]
+        with translated(f"record the worklist of {key.versionless.uri}"):
+            self._table.upsert_entity({"PartitionKey": partition, "RowKey": _WORKLIST_HEAD, "Kind": _WORKLIST,
+                                       "Key": key.versionless.uri, "Worklist": worklist_id,
+                                       "Consumers": len(consumers), "SavedAt": now}, mode=UpdateMode.REPLACE)
+
+    def load_worklist(self, key: KeyRef, worklist_id: str) -> Worklist | None:
+        self._ensure_table()
+        partition = _worklist_partition(key)
+        what = f"read the worklist of {key.versionless.uri}"
+        try:
+            with translated(what):
+                head = self._table.get_entity(partition, _WORKLIST_HEAD)
+        except NotFound:
+            return None
+        if head.get("Worklist") != worklist_id:
+            return None
+        with translated(what):
+            rows = list(self._table.query_entities(
+                "PartitionKey eq @partition and Kind eq @kind and Worklist eq @worklist",
+                parameters={"partition": partition, "kind": _WORK, "worklist": worklist_id}))
+        if len(rows) != head.get("Consumers"):
+            log.info("worklist %s of %s is not whole: %d of its %s rows", worklist_id, key.versionless.uri,
+                     len(rows), head.get("Consumers"))
+            return None
+        consumers = []
+        for entity in rows:
+            etag = entity.metadata.get("etag")
+            if etag:
+                self._etags[(partition, entity["RowKey"])] = etag
+            if not entity.get("State"):
+                continue
+            try:
+                consumers.append(_consumer_from(entity["State"]))
+            except (KeyError, TypeError, ValueError):  # another version's row, or a damaged one: not believed
+                log.warning("worklist %s of %s has an unreadable row", worklist_id, key.versionless.uri)
+                return None
+        return Worklist(worklist_id, head["SavedAt"], tuple(consumers))
+
+    def update_worklist(self, key: KeyRef, worklist_id: str, changed: Mapping[str, Consumer | None], *,
+                        now: datetime) -> None:
+        """The head is read first (Conflict when it names another worklist), the changed rows are replaced
+        ETag-conditionally (those someone else replaced since they were loaded are left as they are), then
+        the head's ``SavedAt``, conditional on the head read."""
+        self._ensure_table()
+        partition = _worklist_partition(key)
+        what = f"record the worklist of {key.versionless.uri}"
+        try:
+            with translated(what):
+                head = self._table.get_entity(partition, _WORKLIST_HEAD)
+        except NotFound as err:
+            raise Conflict(f"the worklist of {key.versionless.uri} is gone") from err
+        if head.get("Worklist") != worklist_id:
+            raise Conflict(f"the worklist of {key.versionless.uri} was replaced by another run's")
+        operations: list[Any] = []
+        for consumer_id, consumer in changed.items():
+            entity = self._work_row(key, worklist_id, consumer_id, consumer)
+            etag = self._etags.get((partition, entity["RowKey"]))
+            operations.append(("create", entity) if etag is None else (
+                "update", entity,
+                {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified}))
+        for operation, answer in zip(operations, self._submit_unless_changed(what, operations), strict=True):
+            if answer is not None and answer.get("etag"):
+                self._etags[(partition, operation[1]["RowKey"])] = answer["etag"]
+        with translated(what):
+            self._table.update_entity({"PartitionKey": partition, "RowKey": _WORKLIST_HEAD, "SavedAt": now},
+                                      mode=UpdateMode.MERGE, etag=head.metadata["etag"],
+                                      match_condition=MatchConditions.IfNotModified)
+
+    def _work_row(self, key: KeyRef, worklist_id: str, consumer_id: str, consumer: Consumer | None) -> dict[str, Any]:
+        """A worklist's row of one consumer (``State`` empty: no longer a consumer of the key)."""
+        return {"PartitionKey": _worklist_partition(key), "RowKey": _row(_WORK, consumer_id), "Kind": _WORK,
+                "Subject": consumer_id, "Worklist": worklist_id,
+                "State": _consumer_json(consumer) if consumer is not None else ""}
 
     def _entity(self, key: KeyRef, kind: str, subject: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         return {"PartitionKey": _partition(key), "RowKey": _row(kind, subject), "Kind": kind, "Subject": subject,

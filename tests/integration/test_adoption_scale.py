@@ -151,6 +151,14 @@ def account_reads(world: World) -> int:
     return sum(1 for _, kind, method, path in throttling.admitted if method == "GET" and single.search(path))
 
 
+def inventory_reads(world: World) -> int:
+    """Requests that find a key's consumers: Resource Graph pages and encryption-scope listings (one per account)."""
+    throttling = world.arm.throttling
+    assert throttling is not None
+    return sum(1 for _, kind, method, path in throttling.admitted
+               if "resourcegraph" in path or path.endswith("/encryptionscopes"))
+
+
 def test_every_consumer_adopts_at_the_pace_arm_allows(world: World) -> None:
     version = rotated(world)
     table, queue = new_names()
@@ -181,6 +189,8 @@ def test_a_run_cut_off_by_its_time_budget_continues_from_the_queue(world: World)
         first = reconciler.reconcile_key(key_of(world.estate), controller.deps)
         assert first.deferred > 0
         assert not world.estate.adoption(version).complete
+        listed = inventory_reads(world)
+        assert listed >= CONSUMERS  # the first run found the consumers: a scope listing per account
         invocations = 1
         while items := [item for item in continuations(world.connection_string, queue) if item.get("continuation")]:
             assert [item["kind"] for item in items] == ["reconcile"]
@@ -193,6 +203,9 @@ def test_a_run_cut_off_by_its_time_budget_continues_from_the_queue(world: World)
     assert world.estate.adoption(version).complete
     assert invocations > 1
     assert_each_written_once_per_step(world)
+    # The continuations carried on from the worklist the first run left in the ledger: the estate was not
+    # listed again (only each chunk's verification listing of the accounts about to be written).
+    assert inventory_reads(world) == listed
 
 
 def test_two_instances_on_one_key_never_write_a_consumer_twice(world: World) -> None:

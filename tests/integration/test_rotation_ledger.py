@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from azure.data.tables import TableClient
+from azure.data.tables import TableClient, UpdateMode
 
 from controller.adapters.rotation_ledger import TableRotationLedger
 from controller.errors import Conflict
 from controller.model import (
     Condition,
     ConditionStatus,
+    Consumer,
+    ConsumerKind,
     ForceAdoptionIntent,
     ForceAdoptionStep,
+    IdentityAccess,
     KeyRef,
     VaultOrigin,
 )
-from controller.ports import WriteClaim
+from controller.ports import RotationRecord, Worklist, WriteClaim
 from controller.reasons import Reason
 
 pytestmark = pytest.mark.integration
@@ -194,3 +199,84 @@ def test_a_continuation_inherits_its_runs_claims_and_only_one_delivery_of_it_doe
     assert claim(TableRotationLedger(table), "run-1", later) is HELD
     # Inheriting names only that run: someone else's live claim stays theirs.
     assert claim(third, "run-3", later, inherits="run-9") is HELD
+
+
+def consumer(index: int, **changes: object) -> Consumer:
+    name = f"st{index:05d}"
+    key = KEY.with_version("a" * 32) if index % 2 else KEY
+    made = Consumer(ConsumerKind.ACCOUNT, f"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/"
+                    f"storageAccounts/{name}", name, key, KEY.with_version("a" * 32),
+                    identity_access=IdentityAccess.GRANTED, tags=(("cmk-pinned-policy", "update"),))
+    return replace(made, **changes)  # type: ignore[arg-type]
+
+
+SCOPE = Consumer(ConsumerKind.SCOPE, "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/"
+                 "st00000/encryptionScopes/docs", "st00000", KEY, None, scope_name="docs",
+                 last_key_rotation=T0, identity_access=IdentityAccess.UNKNOWN)
+
+
+def by_id(consumers: Sequence[Consumer]) -> dict[str, Consumer]:
+    return {consumer.id: consumer for consumer in consumers}
+
+
+def test_a_worklist_round_trips_page_by_page_and_apart_from_the_record(table):
+    consumers = [consumer(index) for index in range(1050)] + [SCOPE]  # two pages of 1,000 rows; 11 transactions
+    TableRotationLedger(table).start_worklist(KEY, "w1", consumers, now=T0)
+
+    loaded = TableRotationLedger(table).load_worklist(KEY, "w1")  # a fresh instance (another invocation)
+    assert loaded is not None
+    assert (loaded.id, loaded.saved_at) == ("w1", T0)
+    assert by_id(loaded.consumers) == by_id(consumers)
+    assert TableRotationLedger(table).load(KEY) == RotationRecord()  # the record's partition does not hold it
+    assert TableRotationLedger(table).load_worklist(KEY, "w0") is None
+    assert TableRotationLedger(table).load_worklist(OTHER, "w1") is None
+
+
+def test_a_worklist_is_believed_only_while_it_is_the_keys_and_whole(table):
+    TableRotationLedger(table).start_worklist(KEY, "w1", [consumer(index) for index in range(3)], now=T0)
+    # Another run's new worklist takes over a row before it records its head: w1 is no longer whole.
+    [row] = [row for row in table.query_entities("Subject eq @subject", parameters={"subject": consumer(1).id})]
+    table.update_entity({"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], "Worklist": "w2"},
+                        mode=UpdateMode.MERGE)
+    assert TableRotationLedger(table).load_worklist(KEY, "w1") is None
+
+    TableRotationLedger(table).start_worklist(KEY, "w2", [consumer(1)], now=T0 + timedelta(minutes=1))
+    assert TableRotationLedger(table).load_worklist(KEY, "w1") is None
+    assert TableRotationLedger(table).load_worklist(KEY, "w2") == Worklist("w2", T0 + timedelta(minutes=1),
+                                                                           (consumer(1),))
+
+    # A row this version cannot read (another version's, a damaged one): the worklist is not believed.
+    table.update_entity({"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], "State": '{"kind": "?"}'},
+                        mode=UpdateMode.MERGE)
+    assert TableRotationLedger(table).load_worklist(KEY, "w2") is None
+
+
+def test_a_continuation_records_the_states_it_changed_each_unless_another_recorded_one_since(table):
+    TableRotationLedger(table).start_worklist(KEY, "w1", [consumer(index) for index in range(150)], now=T0)
+    first, second = TableRotationLedger(table), TableRotationLedger(table)
+    assert first.load_worklist(KEY, "w1") is not None and second.load_worklist(KEY, "w1") is not None
+    pinned = consumer(0, key=KEY.with_version("b" * 32), current_key=KEY.with_version("b" * 32))
+    restored = consumer(0, current_key=KEY.with_version("b" * 32))
+    # Two deliveries of one continuation: the second records consumer 0's state after the first did.
+    first.update_worklist(KEY, "w1", {pinned.id: pinned, consumer(2).id: None}, now=T0 + timedelta(minutes=1))
+    second.update_worklist(KEY, "w1", {restored.id: restored, consumer(4).id: None}, now=T0 + timedelta(minutes=2))
+
+    loaded = TableRotationLedger(table).load_worklist(KEY, "w1")
+    assert loaded is not None and loaded.saved_at == T0 + timedelta(minutes=2)  # saved last by the second
+    states = by_id(loaded.consumers)
+    assert states[pinned.id] == pinned  # the first's record stands: the second's was against a stale row
+    assert consumer(2).id not in states and consumer(4).id not in states  # gone, whoever recorded it
+    assert len(states) == 148
+
+    first.update_worklist(KEY, "w1", {restored.id: restored}, now=T0 + timedelta(minutes=3))  # its own row: goes in
+    assert by_id(TableRotationLedger(table).load_worklist(KEY, "w1").consumers)[restored.id] == restored
+
+
+def test_recording_into_a_worklist_another_run_replaced_is_a_conflict(table):
+    ledger = TableRotationLedger(table)
+    ledger.start_worklist(KEY, "w1", [consumer(0)], now=T0)
+    assert ledger.load_worklist(KEY, "w1") is not None
+    TableRotationLedger(table).start_worklist(KEY, "w2", [consumer(0)], now=T0)
+    with pytest.raises(Conflict):
+        ledger.update_worklist(KEY, "w1", {consumer(0).id: None}, now=T0 + timedelta(minutes=1))
+    assert TableRotationLedger(table).load_worklist(KEY, "w2") == Worklist("w2", T0, (consumer(0),))

@@ -23,7 +23,7 @@ from controller.model import (
     KeyVersionInfo,
     VaultOrigin,
 )
-from controller.ports import QueuedWork, RotationRecord, WriteClaim
+from controller.ports import QueuedWork, RotationRecord, Worklist, WriteClaim
 from controller.reconciler import ReconcileDeps
 from controller.rotation import PlannerSettings
 from controller.service import Dependencies
@@ -171,6 +171,10 @@ class FakeRotationLedger:
     other_run_first: dict[str, Callable[[], None]] = field(default_factory=dict)
     #: The consumers each condition save recorded.
     saved_consumers: list[tuple[str, ...]] = field(default_factory=list)
+    #: Versionless key URI (lower case) -> its worklist: id, when saved, each consumer id -> its state (None: gone).
+    worklists: dict[str, tuple[str, datetime, dict[str, Consumer | None]]] = field(default_factory=dict)
+    #: (worklist id, consumers recorded) per start_worklist and update_worklist call.
+    worklist_saves: list[tuple[str, int]] = field(default_factory=list)
 
     def load(self, key: KeyRef) -> RotationRecord:
         return RotationRecord(tuple(self.intents.values()), dict(self.consumer_conditions),
@@ -213,6 +217,25 @@ class FakeRotationLedger:
                     self.left[consumer_id.lower()] = left[consumer_id]
                 else:
                     self.left.pop(consumer_id.lower(), None)
+
+    def start_worklist(self, key: KeyRef, worklist_id: str, consumers: Sequence[Consumer], *, now: datetime) -> None:
+        states: dict[str, Consumer | None] = {consumer.id: consumer for consumer in consumers}
+        self.worklists[key.versionless.uri.lower()] = (worklist_id, now, states)
+        self.worklist_saves.append((worklist_id, len(consumers)))
+
+    def load_worklist(self, key: KeyRef, worklist_id: str) -> Worklist | None:
+        held = self.worklists.get(key.versionless.uri.lower())
+        if held is None or held[0] != worklist_id:
+            return None
+        return Worklist(worklist_id, held[1], tuple(state for state in held[2].values() if state is not None))
+
+    def update_worklist(self, key: KeyRef, worklist_id: str, changed: Mapping[str, Consumer | None], *,
+                        now: datetime) -> None:
+        held = self.worklists.get(key.versionless.uri.lower())
+        if held is None or held[0] != worklist_id:
+            raise Conflict(f"the worklist of {key.uri} is no longer {worklist_id}")
+        self.worklists[key.versionless.uri.lower()] = (worklist_id, now, {**held[2], **changed})
+        self.worklist_saves.append((worklist_id, len(changed)))
 
     def save_conditions(self, key, consumer_conditions, version_conditions) -> None:
         # As the table: each subject given is written (upserted); the others keep their row.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -256,15 +257,19 @@ def continuations(w: World) -> list[tuple[dict[str, object], timedelta | None]]:
     return [(item, delay) for item, delay in w.queue.items if item.get("continuation")]
 
 
-def without_claims(item: dict[str, object]) -> dict[str, object]:
-    """A continuation item but for its "claims" (the deferring run's claim owner: random per run)."""
+def without_run_ids(item: dict[str, object]) -> dict[str, object]:
+    """A continuation item but for its "claims" (the deferring run's claim owner) and its "worklist" (the id of
+    the worklist it left in the ledger), both random per run."""
     assert str(item["claims"]).startswith("controller/")
-    return {name: value for name, value in item.items() if name != "claims"}
+    assert re.fullmatch("[0-9a-f]{32}", str(item["worklist"]))
+    return {name: value for name, value in item.items() if name not in ("claims", "worklist")}
 
 
 def run_continuation(w: World, item: dict[str, object]) -> reconciler.ReconcileResult:
-    """As the queue trigger runs a continuation item (service._reconcile_item): its retry and its claims."""
-    return reconciler.reconcile_key(KEY, w.deps, retry=int(str(item.get("retry", 0))), continues=str(item["claims"]))
+    """As the queue trigger runs a continuation item (service._reconcile_item): its retry, claims and worklist."""
+    worklist = item.get("worklist")
+    return reconciler.reconcile_key(KEY, w.deps, retry=int(str(item.get("retry", 0))), continues=str(item["claims"]),
+                                    worklist=None if worklist is None else str(worklist))
 
 
 def run_continuations(w: World) -> list[reconciler.ReconcileResult]:
@@ -294,7 +299,7 @@ def test_a_transient_write_failure_finishes_the_others_and_retries_that_consumer
     assert synced(w, "stfine") == []
     assert w.notifier.alerts == []  # a transient failure is retried, not alerted
     [(item, delay)] = continuations(w)
-    assert without_claims(item) == {"kind": "reconcile", "key": KEY.uri, "continuation": True, "left": 1, "retry": 1}
+    assert without_run_ids(item) == {"kind": "reconcile", "key": KEY.uri, "continuation": True, "left": 1, "retry": 1}
     assert delay is not None and delay >= timedelta(seconds=3)  # never before the service's Retry-After
     assert [item for item, _ in w.queue.items if not item.get("continuation")] == []  # the continuation re-checks
 
@@ -573,7 +578,7 @@ def test_writes_past_the_time_budget_continue_through_the_queue_and_finish():
     assert first.deferred == 3
     assert first.progress()["pending"] > 0
     [(item, delay)] = [(item, delay) for item, delay in w.queue.items if item.get("continuation")]
-    assert without_claims(item) == {"kind": "reconcile", "key": KEY.uri, "continuation": True, "left": 3}
+    assert without_run_ids(item) == {"kind": "reconcile", "key": KEY.uri, "continuation": True, "left": 3}
     assert delay is None  # at once: the next invocation takes over
 
     results = run_continuations(w)
@@ -584,6 +589,103 @@ def test_writes_past_the_time_budget_continue_through_the_queue_and_finish():
     assert runs > 1
     written = [consumer for consumer, _ in slow.writes]
     assert sorted(written.count(consumer) for consumer in set(written)) == [1, 1, 1, 2, 2, 2]  # never twice
+
+
+def cut_off(count: int) -> World:
+    """A run over ``count`` consumers (estate_of) whose writes take a minute each, cut off by a budget of two
+    and a half minutes: it writes three, and a continuation is on the queue."""
+    w = world()
+    slow = SlowStorage({consumer.id: consumer for consumer in estate_of(count)})
+    slow.clock = w.clock
+    w.storage = slow
+    w.deps = replace(w.deps, inventory=slow, control=slow,
+                     limits=reconciler.ExecutionLimits(time_budget=timedelta(seconds=150)))
+    first = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert len(first.writes) == 3 and first.deferred == count - 3
+    return w
+
+
+def writes_of(w: World) -> list[int]:
+    """How many times each written consumer was written, in order."""
+    written = [consumer for consumer, _ in w.storage.writes]
+    return sorted(written.count(consumer) for consumer in set(written))
+
+
+def test_a_continuation_writes_what_is_left_from_the_worklist_without_listing_the_estate_again():
+    w = cut_off(6)
+    assert w.storage.inventory_reads == 1
+    [(item, _)] = continuations(w)
+    assert w.ledger.worklist_saves == [(item["worklist"], 6)]  # every consumer, as the run last knew it
+
+    results = run_continuations(w)
+
+    assert w.storage.inventory_reads == 1  # the continuations planned from the worklist
+    assert results[-1].progress() == {"done": 6, "pending": 0, "blocked": 0}
+    assert writes_of(w) == [1, 1, 1, 2, 2, 2]
+    # Each continuation recorded only the states that its writes changed, not the whole worklist again.
+    assert all(count <= 3 for _, count in w.ledger.worklist_saves[1:])
+
+
+def test_a_worklist_entry_someone_changed_since_is_verified_before_it_is_written_never_written_from():
+    w = cut_off(6)
+    [(item, _)] = continuations(w)
+    w.queue.items.clear()
+    gone, raced = state(w, "stv05"), state(w, "stv03")
+    # Its owner turned one account to Microsoft-managed keys after the worklist was saved (the listing right
+    # before the continuation's writes shows it), and pins another to the new version between that listing
+    # and moves another to a key of its own between that listing and the continuation's write (the write is
+    # refused: Conflict).
+    del w.storage.consumers[gone.id]
+    theirs = KeyRef(VAULT, "their-own-key")
+    w.storage.interfere[raced.id] = lambda consumer: replace(consumer, key=theirs, current_key=None)
+
+    results = [run_continuation(w, item), *run_continuations(w)]
+
+    written = [consumer for consumer, _ in w.storage.writes]
+    assert gone.id not in written and raced.id not in written  # their owners' changes stand
+    assert state(w, "stv03").key == theirs
+    assert w.storage.rereads == 1  # the refused write cost one read of that consumer, nothing more
+    assert [len(result.conflicts) for result in results] == [1] + [0] * (len(results) - 1)
+    assert w.storage.inventory_reads == 1
+    assert results[-1].failures == []
+    assert results[-1].progress() == {"done": 4, "pending": 0, "blocked": 0}
+
+
+@pytest.mark.parametrize("lost", ["gone", "too old"])
+def test_a_continuation_without_a_believable_worklist_lists_the_consumers_again(lost):
+    w = cut_off(6)
+    if lost == "gone":
+        w.ledger.worklists.clear()
+    else:  # a run stalled, or its continuation waited on the queue, for longer than a write claim lasts
+        w.clock.advance(w.deps.limits.claim_for + timedelta(seconds=1))
+
+    results = run_continuations(w)
+
+    assert w.storage.inventory_reads == 2  # listed again once; its continuations use the new worklist
+    assert results[-1].progress() == {"done": 6, "pending": 0, "blocked": 0}
+    assert writes_of(w) == [1, 1, 1, 2, 2, 2]
+
+
+def test_a_continuation_delivered_twice_writes_no_consumer_twice():
+    w = cut_off(6)
+    [(item, _)] = continuations(w)
+    w.queue.items.clear()
+    redelivered: list[reconciler.ReconcileResult] = []
+
+    def meanwhile(consumer: Consumer) -> Consumer:
+        redelivered.append(run_continuation(w, item))  # the same item, on another instance, at the same time
+        return consumer
+
+    w.storage.interfere[state(w, "stv01").id] = meanwhile
+    run_continuation(w, item)
+    run_continuations(w)
+    late = run_continuation(w, item)  # and once more, after all is done
+
+    assert len(redelivered) == 1
+    assert writes_of(w) == [1, 1, 1, 2, 2, 2]
+    assert late.writes == []
+    assert late.progress() == {"done": 6, "pending": 0, "blocked": 0}
+    assert w.storage.inventory_reads == 1
 
 
 class SlowInventory(SlowStorage):
@@ -608,6 +710,19 @@ def test_the_time_budget_counts_the_inventory_too():
 
     assert len(first.writes) == 1  # the first write always starts (at 2 minutes); the next would at 3
     assert first.deferred == 5
+
+
+def test_a_run_past_its_time_budget_reads_no_more_chunks_before_the_writes_it_will_not_start():
+    w = world()
+    slow = SlowStorage({consumer.id: consumer for consumer in estate_of(6)})
+    slow.clock = w.clock
+    w.deps = replace(w.deps, inventory=slow, control=slow,
+                     limits=reconciler.ExecutionLimits(time_budget=timedelta(seconds=150), refresh_every=1))
+    result = reconciler.reconcile_key(KEY, w.deps, target_version=NEW)
+    assert len(result.writes) == 3 and result.deferred == 3
+    # A listing per chunk (of one consumer) written, and the next one's, read while the last write was in flight;
+    # none for the two chunks after it.
+    assert slow.refreshes == 4
 
 
 def test_every_run_starts_at_least_one_write_however_small_the_budget():

@@ -86,6 +86,10 @@ def test_the_reconcile_work_kind_rechecks_a_key():
     {"kind": "reconcile", "key": KEY.uri, "claims": "run one"},
     {"kind": "reconcile", "key": KEY.uri, "claims": "x" * 201},
     {"kind": "reconcile", "key": KEY.uri, "claims": "controller/1\n"},
+    {"kind": "reconcile", "key": KEY.uri, "worklist": True},
+    {"kind": "reconcile", "key": KEY.uri, "worklist": "f" * 31},
+    {"kind": "reconcile", "key": KEY.uri, "worklist": "F" * 32},
+    {"kind": "reconcile", "key": KEY.uri, "worklist": "../" + "f" * 29},
 ])
 def test_malformed_or_foreign_reconcile_items_are_invalid(item):
     w = world()
