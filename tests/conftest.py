@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +15,12 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+# A suite started in the background by a shell without job control (`make test &` in a script, nohup) inherits
+# SIGINT ignored, and so would every command it starts: the tests that press Ctrl-C on `cmkctl` would see it
+# ignored. Each test process takes the disposition a terminal gives (in the main thread: xdist runs tests there).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # --- Parallel runs (pytest-xdist: `make test` runs `pytest -n 2`) -----------------------------------
 # Work is handed to the workers a unit at a time. A unit is one test module (its module fixtures, such as
