@@ -467,14 +467,18 @@ class _Run:
             log_record(log, logging.WARNING, "write claims not ended",
                        {"key": self.key.uri, "claims": len(ending), "error": str(err)})
 
+    def _deadline_passed(self) -> bool:
+        """No further write of this run starts (the first always does). The caller holds ``_lock``."""
+        return self._started_any and self.deadline is not None and self.deps.clock.now() >= self.deadline
+
     def _past_deadline(self) -> bool:
-        """No further write of this run starts (see ``_out_of_time``)."""
         with self._lock:
-            return self._started_any and self.deadline is not None and self.deps.clock.now() >= self.deadline
+            return self._deadline_passed()
 
     def _out_of_time(self) -> bool:
+        """Whether the write about to start is past the deadline; if not, it counts as started."""
         with self._lock:
-            if self._started_any and self.deadline is not None and self.deps.clock.now() >= self.deadline:
+            if self._deadline_passed():
                 return True
             self._started_any = True
             return False
@@ -524,7 +528,6 @@ class _Run:
             outcome.failure = f"{consumer.resource_id}: {err}"
             outcome.alert = _failure_alert(decision, err)
         return outcome
-
 
     def _note_seen(self, consumer_id: str, consumer: Consumer | None) -> None:
         with self._lock:

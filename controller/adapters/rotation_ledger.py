@@ -340,12 +340,8 @@ class TableRotationLedger:
         self._ensure_table()
         partition = _worklist_partition(key)
         what = f"read the worklist of {key.versionless.uri}"
-        try:
-            with translated(what):
-                head = self._table.get_entity(partition, _WORKLIST_HEAD)
-        except NotFound:
-            return None
-        if head.get("Worklist") != worklist_id:
+        head = self._worklist_head(partition, what)
+        if head is None or head.get("Worklist") != worklist_id:
             return None
         with translated(what):
             rows = list(self._table.query_entities(
@@ -369,6 +365,14 @@ class TableRotationLedger:
                 return None
         return Worklist(worklist_id, head["SavedAt"], tuple(consumers))
 
+    def _worklist_head(self, partition: str, what: str) -> Any | None:
+        """The key's worklist head row (which worklist it has, how many rows, when saved); None: none."""
+        try:
+            with translated(what):
+                return self._table.get_entity(partition, _WORKLIST_HEAD)
+        except NotFound:
+            return None
+
     def update_worklist(self, key: KeyRef, worklist_id: str, changed: Mapping[str, Consumer | None], *,
                         now: datetime) -> None:
         """The head is read first (Conflict when it names another worklist), the changed rows are replaced
@@ -377,11 +381,9 @@ class TableRotationLedger:
         self._ensure_table()
         partition = _worklist_partition(key)
         what = f"record the worklist of {key.versionless.uri}"
-        try:
-            with translated(what):
-                head = self._table.get_entity(partition, _WORKLIST_HEAD)
-        except NotFound as err:
-            raise Conflict(f"the worklist of {key.versionless.uri} is gone") from err
+        head = self._worklist_head(partition, what)
+        if head is None:
+            raise Conflict(f"the worklist of {key.versionless.uri} is gone")
         if head.get("Worklist") != worklist_id:
             raise Conflict(f"the worklist of {key.versionless.uri} was replaced by another run's")
         operations: list[Any] = []
