@@ -16,8 +16,13 @@ through ``policy()`` it sees every attempt of every management client built from
   the rate saw-tooth below the refill rate);
 * a 429 holds every request of that subscription and kind until its Retry-After has passed and
   widens the interval to at least the Retry-After (for an empty bucket, the time one token takes:
-  exactly the refill rate), then lets them out one interval apart: no retry storm. The retry itself
-  is azure-core's RetryPolicy, which honours the same Retry-After.
+  exactly the refill rate), then lets them out one interval apart: no retry storm. The throttled
+  request itself is sent again by the pacer when its turn comes, however many 429s it meets, for up
+  to ``max_throttled_wait`` seconds of Retry-After: a 429 means ARM did not act, so sending again is
+  safe, and under a shared budget (another client, the tenant's bucket, Resource Graph) a request can
+  meet more 429s than azure-core's few retries allow: one listing failed for good made the whole
+  inventory of a large estate fail and start again. Past that bound the 429 goes up to azure-core's
+  RetryPolicy (which honours the same Retry-After) and then to the caller.
 
 The counters (``stats``) let benchmarks and ``cmkctl`` report attempts, throttled answers and waits.
 """
@@ -40,6 +45,9 @@ _RETRY_HEADERS = (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001), ("r
 
 #: Budget (tokens) below which requests are spaced rather than sent at once.
 DEFAULT_RESERVE = 20
+#: Seconds of Retry-After one request is held through (sent again after each 429) before its 429 is
+#: handed up: ARM's Retry-After is seconds for an emptied bucket, so this rides out minutes of contention.
+DEFAULT_MAX_THROTTLED_WAIT = 120.0
 #: How much the spacing grows (while the budget keeps falling) or shrinks (while it is plenty) per answer.
 _WIDEN, _NARROW, _STEP = 1.1, 0.8, 0.001
 _MAX_INTERVAL = 30.0
@@ -94,10 +102,14 @@ class ArmPacer:
     """See the module docstring. Thread-safe: one pacer serves every worker and client of a connection,
     each client through its own ``policy()`` (a pipeline policy belongs to exactly one pipeline)."""
 
-    def __init__(self, *, reserve: int = DEFAULT_RESERVE) -> None:
+    def __init__(self, *, reserve: int = DEFAULT_RESERVE,
+                 max_throttled_wait: float = DEFAULT_MAX_THROTTLED_WAIT) -> None:
         if reserve < 1:
             raise ValueError("the pacer's reserve must be at least 1")
+        if max_throttled_wait < 0:
+            raise ValueError("the pacer's max_throttled_wait must be >= 0 seconds")
         self.reserve = reserve
+        self.max_throttled_wait = max_throttled_wait
         self._lanes: dict[tuple[str, str], _Lane] = {}
         self._lock = threading.Lock()
         self.stats = PacerStats()
@@ -125,6 +137,7 @@ class ArmPacer:
             time.sleep(start - now)
 
     def observe(self, lane_key: tuple[str, str], status: int, headers: Any) -> None:
+        """Take in an answer's budget headers; a 429 holds the lane for its Retry-After."""
         kind = lane_key[1]
         reported = [headers.get(_REMAINING.format(scope=scope, kind=kind)) for scope in ("subscription", "tenant")]
         budgets = [int(value) for value in reported if value is not None and value.isdigit()]
@@ -165,7 +178,21 @@ class PacingPolicy(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generi
         lane_key = ((match.group(1).lower() if match else ""), kind)
         repeated = bool(request.context.get("arm_pacer_sent"))
         request.context["arm_pacer_sent"] = True
-        self._pacer.wait_for_slot(lane_key, repeated=repeated)
-        response: PipelineResponse = self.next.send(request)  # type: ignore[type-arg]
-        self._pacer.observe(lane_key, response.http_response.status_code, response.http_response.headers)
-        return response
+        held = 0.0
+        while True:
+            self._pacer.wait_for_slot(lane_key, repeated=repeated)
+            response: PipelineResponse = self.next.send(request)  # type: ignore[type-arg]
+            status, headers = response.http_response.status_code, response.http_response.headers
+            self._pacer.observe(lane_key, status, headers)
+            if status != 429 or not _resendable(http):
+                return response
+            held += retry_after(headers) or 1.0
+            if held > self._pacer.max_throttled_wait:
+                return response  # azure-core's RetryPolicy, then the caller, decide
+            repeated = True  # wait_for_slot holds it until the lane's Retry-After has passed
+
+
+def _resendable(http: Any) -> bool:
+    """A request whose body can be sent again as it is (no stream or file the first send consumed)."""
+    body = getattr(http, "body", None) if getattr(http, "files", None) is None else object()
+    return body is None or isinstance(body, (bytes, bytearray, str))

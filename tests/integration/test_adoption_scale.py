@@ -96,23 +96,48 @@ class OutsideChange:
 
 
 @dataclass
+class ListingThrottle:
+    """Another client spending the read budget just before each attempt of one encryption-scope listing:
+    once armed, the first listing's first ``times`` attempts are answered 429 (Retry-After 50 ms), more
+    than azure-core's retries (3) would ride out."""
+
+    times: int = 0
+    answered: int = 0
+    target: str | None = None
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.times and request.method == "GET" and request.path.lower().endswith("/encryptionscopes"):
+            self.target = self.target or request.path
+            if request.path == self.target:
+                self.times -= 1
+                self.answered += 1
+                return web.json_response(
+                    {"error": {"code": "TooManyRequests", "message": "The request is being throttled."}},
+                    status=429, headers={"Retry-After": "1", "x-ms-retry-after-ms": "50"})
+        response: web.StreamResponse = await handler(request)
+        return response
+
+
+@dataclass
 class World:
     arm: ArmEmulator
     estate: AdoptionEstate
     connection_string: str
     storm: Storm
     outside: OutsideChange
+    listing_throttle: ListingThrottle
 
 
 @pytest.fixture(scope="module")
 def world(azurite: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    storm, outside = Storm(), OutsideChange()
+    storm, outside, listing_throttle = Storm(), OutsideChange(), ListingThrottle()
     with scaled_arm(Path(tmp_path_factory.mktemp("adoption")), scale=SCALE,
-                    middlewares=[storm.middleware, outside.middleware]) as arm:
+                    middlewares=[storm.middleware, outside.middleware, listing_throttle.middleware]) as arm:
         estate = build(arm, consumers=CONSUMERS, controller_oid=CONTROLLER)
         storm.arm, storm.subscription = arm, estate.subscription
         outside.arm = arm
-        yield World(arm, estate, azurite.connection_string, storm, outside)
+        yield World(arm, estate, azurite.connection_string, storm, outside, listing_throttle)
 
 
 def ci_limits(arm: ArmEmulator) -> LimitsSettings:
@@ -265,6 +290,25 @@ def test_a_429_storm_is_ridden_out(world: World) -> None:
     # No retry storm: held back until Retry-After, the writes behind the storm were throttled at most
     # once per worker, not once per retry of every write.
     assert stats.throttled <= controller.deps.limits.concurrency
+
+
+def test_a_listing_throttled_past_the_sdks_retries_waits_its_turn_and_the_inventory_completes(
+        world: World) -> None:
+    version = rotated(world)
+    table, queue = new_names()
+    controller = instance(world.estate, world.connection_string, table=table, queue=queue, owner="a")
+    world.listing_throttle.times = 6
+    try:
+        result = reconciler.reconcile_key(key_of(world.estate), controller.deps)
+    finally:
+        world.listing_throttle.times = 0
+        controller.close()
+
+    assert world.listing_throttle.answered == 6  # one listing met six 429s in a row ...
+    assert controller.connection.pacer.stats.throttled >= 6
+    assert result.failures == []  # ... and the inventory did not fail: the listing waited its turn
+    assert world.estate.adoption(version).complete
+    assert_each_written_once_per_step(world)
 
 
 def test_a_change_made_after_the_listing_and_before_the_write_is_not_overwritten(world: World) -> None:

@@ -56,9 +56,14 @@ TRIALS = {"ci": {"adoption": 1, "cmkctl": 1, "scale_out": 1}, "full": {"adoption
 #: Client-side-encrypted blobs in the crash scenario's own container.
 BLOBS = {"ci": 12, "full": 40}
 CONTAINER = "crashdocs"
+#: ARM's latency (seconds per request, +-50%) while the host is killed during forced adoption: the
+#: emulated ARM answers in milliseconds, so a versionless account is pinned for well under a second
+#: between its pin and its restore and the kills never met one. Azure takes about a second per storage
+#: account write; this makes the window between a pin and its restore seconds long, as it is there.
+ADOPTION_ARM_LATENCY_SECONDS = 0.6
 #: The host is killed this long (uniformly drawn) after the new version is created: Event Grid delivers at
-#: once and a forced adoption of a handful of accounts takes about a second here.
-ADOPTION_KILL_WINDOW_SECONDS = 2.0
+#: once and a forced adoption of a handful of accounts takes a few seconds at that latency.
+ADOPTION_KILL_WINDOW_SECONDS = 4.0
 CONVERGE_SECONDS = 180
 
 
@@ -176,23 +181,36 @@ def test_killed_hosts_and_cli_runs_leave_nothing_pinned_unreadable_or_lost(estat
 
     # -- the host, during forced adoption ---------------------------------------------------------------
     adoption: dict[str, list[Any]] = {"kill_instants": [], "recovery_seconds": [], "pinned_at_kill": []}
-    for trial in range(trials["adoption"]):
-        # Every other trial waits for a versionless account to be seen pinned (mid forced adoption), then
-        # kills after a random instant of up to a tenth of a second; the others kill at a random instant.
-        mid_adoption = trial % 2 == 0
-        instant = chooser.uniform(0.0, 0.1 if mid_adoption else ADOPTION_KILL_WINDOW_SECONDS)
-        rotated = time.monotonic()
-        latest = keys.rotate_key(adopted_key).properties.version
-        while mid_adoption and not consumers.pinned_by_accident() and time.monotonic() - rotated < CONVERGE_SECONDS:
-            time.sleep(0.02)
-        time.sleep(instant if mid_adoption else max(0.0, instant - (time.monotonic() - rotated)))
-        killed_at, _ = restart_after_kill()
-        adoption["kill_instants"].append(round(killed_at - rotated, 2))
-        adoption["pinned_at_kill"].append(len(consumers.pinned_by_accident()))
-        wait_until(lambda latest=latest: consumers.converged(latest), "the consumers did not converge")
-        adoption["recovery_seconds"].append(round(time.monotonic() - killed_at, 1))
-        assert consumers.pinned_by_accident() == []
-    figures["adoption"] = {"trials": trials["adoption"], "consumers": len(consumers.pinned), **adoption}
+    estate.control("PUT", "/_sandbox/faults", {"faults": f"arm.latency={ADOPTION_ARM_LATENCY_SECONDS},seed=1402"})
+    try:
+        for trial in range(trials["adoption"]):
+            # Every other trial waits for a versionless account to be seen pinned (mid forced adoption), then
+            # kills at once; the others kill at a random instant.
+            mid_adoption = trial % 2 == 0
+            instant = chooser.uniform(0.0, ADOPTION_KILL_WINDOW_SECONDS)
+            rotated = time.monotonic()
+            latest = keys.rotate_key(adopted_key).properties.version
+            while (mid_adoption and not consumers.pinned_by_accident()
+                   and time.monotonic() - rotated < CONVERGE_SECONDS):
+                time.sleep(0.02)
+            if not mid_adoption:
+                time.sleep(max(0.0, instant - (time.monotonic() - rotated)))
+            killed_at = time.monotonic()
+            killed = kill_host(estate)
+            # What the dead host left: versionless accounts still pinned, read before anything restarts.
+            adoption["pinned_at_kill"].append(len(consumers.pinned_by_accident()))
+            wait_for_host_restart(estate, killed)
+            adoption["kill_instants"].append(round(killed_at - rotated, 2))
+            wait_until(lambda latest=latest: consumers.converged(latest), "the consumers did not converge")
+            adoption["recovery_seconds"].append(round(time.monotonic() - killed_at, 1))
+            assert consumers.pinned_by_accident() == []
+    finally:
+        estate.control("PUT", "/_sandbox/faults", {"faults": "off"})
+    figures["adoption"] = {"trials": trials["adoption"], "consumers": len(consumers.pinned),
+                           "arm_latency_seconds": ADOPTION_ARM_LATENCY_SECONDS, **adoption}
+    # The scenario proves recovery from a kill between a pin and its restore only if kills met such pins.
+    if size.name == "full":
+        assert sum(1 for pinned in adoption["pinned_at_kill"] if pinned) >= trials["adoption"] // 4, adoption
 
     # -- cmkctl rewrap / rewrite, killed and run again ----------------------------------------------------
     cli: dict[str, list[Any]] = {"modes": [], "kill_instants": [], "blobs_done_at_kill": [], "recovery_seconds": []}
