@@ -90,6 +90,29 @@ def accounts_on(clients: SandboxClients, version: str) -> tuple[int, int]:
     return using, adopted
 
 
+def not_adopted(clients: SandboxClients, version: str) -> dict[str, str]:
+    """Account -> the version it uses and the one configured, for each account not (yet) adopted."""
+    url = (f"/subscriptions/{clients.subscription_id}/resourceGroups/{RESOURCE_GROUP}"
+           f"/providers/Microsoft.Storage/storageAccounts?api-version=2025-01-01")
+    found = {}
+    for account in clients.storage.send_request(HttpRequest("GET", url)).json()["value"]:
+        properties = account["properties"]["encryption"].get("keyvaultproperties") or {}
+        current = (properties.get("currentVersionedKeyIdentifier") or "").rstrip("/").rsplit("/", 1)[-1]
+        configured = properties.get("keyversion") or ""
+        pinned = account["name"].startswith("stbenchp")
+        if current != version or configured != (version if pinned else ""):
+            found[account["name"]] = f"uses {current or '-'}, configured {configured or 'versionless'}"
+    return found
+
+
+def host_log_tail(directory: Path, lines: int = 60) -> str:
+    """The local Functions host's last log lines: what the controller did (or failed to do)."""
+    log = directory / "functions" / "functions-host.log"
+    if not log.exists():
+        return f"(no host log at {log})"
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
 def start(directory: Path, scenario: dict[str, Any], *, functions: bool) -> tuple[dict[str, Any], SandboxClients,
                                                                                  dict[str, Any]]:
     state = sandbox.start_detached(directory, functions=functions, timeout=120)
@@ -151,7 +174,8 @@ def controller_runs(directory: Path, scenario: dict[str, Any], *, runs: int, acc
             deadline = started + 120
             while accounts_on(clients, version)[1] < accounts:
                 if time.perf_counter() > deadline:
-                    raise RuntimeError(f"not every account adopted {version} within 120 s")
+                    raise RuntimeError(f"not every account adopted {version} within 120 s: "
+                                       f"{not_adopted(clients, version)}\n{host_log_tail(directory)}")
                 time.sleep(0.05)
             elapsed = time.perf_counter() - started
             counters = sandbox.control(state, "GET", "/_sandbox/counters")

@@ -430,11 +430,6 @@ class KeyVersionInfo:
         _check_aware("expires", self.expires)
 
     @property
-    def order(self) -> tuple[datetime, str]:
-        """Versions order by creation time; the version string only breaks ties (deterministically)."""
-        return (self.created, self.version)
-
-    @property
     def available_from(self) -> datetime:
         """When the version could first be used: its creation, or its not-before time if later."""
         if self.not_before is not None and self.not_before > self.created:
@@ -479,13 +474,20 @@ class KeyState:
             return None
         return next((info for info in self.versions if info.version == version), None)
 
+    def order(self, info: KeyVersionInfo) -> tuple[datetime, bool, str]:
+        """How versions order: by creation time; on a tie (Key Vault reports seconds) the vault's current
+        version is the newest, and only then does the version string decide (deterministically).
+
+        Ordering by creation and name alone put two versions made within one second in the order of their
+        random names: a consumer on the older one looked newer than the target the vault says is current,
+        was blocked as "ahead" and never adopted it."""
+        return (info.created, info.version == self.current_version, info.version)
+
     @property
     def latest_enabled(self) -> KeyVersionInfo | None:
-        """The newest enabled version by creation time, the vault's current one first on a tie (it may
-        still be not yet valid, or expired)."""
+        """The newest enabled version (``order``): it may still be not yet valid, or expired."""
         enabled = [info for info in self.versions if info.enabled]
-        return max(enabled, key=lambda info: (info.created, info.version == self.current_version, info.version)
-                   ) if enabled else None
+        return max(enabled, key=self.order) if enabled else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -255,7 +255,7 @@ class _Context:
 
     def older_than_target(self, version: str) -> bool:
         info = self.key.version(version)
-        return info is not None and info.order < self.target.order
+        return info is not None and self.key.order(info) < self.key.order(self.target)
 
 
 def plan(
@@ -361,7 +361,7 @@ def _check_version_known(consumer: Consumer, context: _Context) -> _Verdict | No
 def _check_not_ahead(consumer: Consumer, context: _Context) -> _Verdict | None:
     for label, version in (("pinned", consumer.pinned_version), ("current", consumer.current_version)):
         info = context.key.version(version)
-        if info is not None and info.order > context.target.order:
+        if info is not None and context.key.order(info) > context.key.order(context.target):
             return _Verdict(Action.BLOCKED, Reason.CONSUMER_AHEAD_OF_TARGET,
                             f"{_name(consumer)}: {label} version {info.version} (created {_at(info.created)}) is "
                             f"newer than the target {context.target.version}; a consumer is never moved back")
@@ -598,7 +598,7 @@ def _version_statuses(
     now: datetime,
 ) -> tuple[VersionStatus, ...]:
     statuses = []
-    for info in sorted(key.versions, key=lambda info: info.order):
+    for info in sorted(key.versions, key=key.order):
         previous = records.conditions_for_version(info.version)
         conditions = [_condition(previous, ConditionType.USABLE, _usability(info, now), now=now,
                                  observed_version=info.version)]
@@ -683,7 +683,7 @@ def retirement(
     unknown = sorted(consumer.resource_id for consumer in consumers
                      if consumer.pinned_version is None and consumer.current_version is None)
     usages = []
-    for info in sorted(key.versions, key=lambda info: info.order):
+    for info in sorted(key.versions, key=key.order):
         users = tuple(sorted(consumer.resource_id for consumer in consumers
                              if info.version in (consumer.pinned_version, consumer.current_version)))
         blobs = None if rewrap_counts is None else rewrap_counts.get(info.version, 0)
@@ -702,7 +702,7 @@ def retirement(
 
 def _newest_usable(key: KeyState, now: datetime) -> KeyVersionInfo | None:
     usable = [info for info in key.versions if info.usable_at(now)]
-    return max(usable, key=lambda info: info.order) if usable else None
+    return max(usable, key=key.order) if usable else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -742,7 +742,7 @@ def _retirement_verdict(
         return False, Reason.CURRENT_VERSION, f"version {version} is the newest usable version"
     if not info.enabled:
         return True, Reason.ALREADY_DISABLED, f"version {version} is already disabled and nothing uses it"
-    if info.order > target.order:
+    if key.order(info) > key.order(target):
         if info.expires is not None and info.expires <= now:
             # It can never become the target, and nothing moves to it: there is no successor to wait for.
             return True, Reason.NOT_IN_USE, (
@@ -751,7 +751,7 @@ def _retirement_verdict(
         return (False, Reason.VERSION_NOT_YET_VALID,
                 f"version {version} is newer than {target.version} and not valid yet: it is the next version")
     successor = min((other for other in key.versions
-                     if other.enabled and info.order < other.order <= target.order), key=lambda other: other.order)
+                     if other.enabled and key.order(info) < key.order(other) <= key.order(target)), key=key.order)
     safe_from = successor.available_from + window
     if now < safe_from:
         return (False, Reason.INSIDE_ADOPTION_WINDOW,

@@ -485,6 +485,7 @@ class _SubscriptionReader:
                 key_size=props.key_size,
                 versions=versions,
                 rotation_policy=_rotation_policy(self.g.key_ref(uri).versionless, props.rotation_policy),
+                current_version=_version_name(props.key_uri_with_version) if props.key_uri_with_version else None,
             ))
         return tuple(keys)
 
@@ -597,6 +598,10 @@ def _diagnostic(setting: Any) -> DiagnosticSetting:
     )
 
 
+def _version_name(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
 def _version(entry: Any) -> KeyVersionInfo:
     props = entry.properties
     attributes = props.attributes
@@ -605,7 +610,7 @@ def _version(entry: Any) -> KeyVersionInfo:
     if created is None:
         raise InvalidKeyId(f"ARM listed version {uri} without a creation time")
     return KeyVersionInfo(
-        version=uri.rstrip("/").rsplit("/", 1)[-1].lower(),
+        version=_version_name(uri),
         enabled=bool(attributes.enabled),
         created=created,
         not_before=_epoch(attributes.not_before),

@@ -308,13 +308,16 @@ class DiagnosticSetting:
 class VaultKey:
     """A key of a vault: ``kty`` (RSA, RSA-HSM, EC, EC-HSM, oct, oct-HSM) and size of its current
     version, every version (None: not listed) and its rotation policy (None: not read; a key without
-    one is read as a policy with no lifetime actions)."""
+    one is read as a policy with no lifetime actions). ``current_version`` is the version ARM reports
+    as the key's own (``keyUriWithVersion``), None when not reported: Key Vault gives creation times
+    in seconds, so only it orders two versions made within one second."""
 
     name: str
     kty: str
     key_size: int | None
     versions: tuple[KeyVersionInfo, ...] | None
     rotation_policy: KeyRotationPolicyInfo | None
+    current_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

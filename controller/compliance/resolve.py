@@ -9,7 +9,7 @@ parse is kept with the reason, for CMK-000.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -266,13 +266,20 @@ def index(estate: Estate) -> EstateIndex:
     return EstateIndex(estate, vaults, tuple(consumers), key_uses, definitions)
 
 
-def latest_usable(versions: tuple[KeyVersionInfo, ...], now: datetime) -> KeyVersionInfo | None:
-    """The newest version (by creation) that is enabled and valid now: the one consumers should use.
+def latest_usable(key: VaultKey, now: datetime) -> KeyVersionInfo | None:
+    """The newest listed version of ``key`` that is enabled and valid now: the one consumers should use.
+    Newest by creation, the key's current version first on a tie (as KeyState.order).
 
     A newer version that is not yet valid cannot be adopted, so it is not "the latest" for compliance.
     """
-    usable = [info for info in versions if info.usable_at(now)]
-    return max(usable, key=lambda info: info.order) if usable else None
+    usable = [info for info in key.versions or () if info.usable_at(now)]
+    return max(usable, key=key_order(key)) if usable else None
+
+
+def key_order(key: VaultKey) -> Callable[[KeyVersionInfo], tuple[datetime, bool, str]]:
+    """How ``key``'s versions order: creation time, then the key's current version, then the name."""
+    current = (key.current_version or "").lower()
+    return lambda info: (info.created, info.version.lower() == current, info.version)
 
 
 def find_version(versions: tuple[KeyVersionInfo, ...], version: str) -> KeyVersionInfo | None:

@@ -33,12 +33,12 @@ def _key_report(lookups: EstateIndex, use: KeyUse, last_unwraps: LastUnwraps, *,
     if located is None or located[1].versions is None:
         return KeyReport(key=use.uri, versions=())
     versions = located[1].versions
-    state = KeyState(key=use.key.versionless, versions=versions)
+    state = KeyState(key=use.key.versionless, versions=versions, current_version=located[1].current_version)
     consumers = [_consumer(view) for view in use.consumers]
     blobs, containers = _census(lookups, use.key)
     counted = _counted(lookups, use.key)
     usages = rotation.retirement(state, consumers, blobs, last_unwraps(use.key), now=now, window=window)
-    latest = latest_usable(versions, now)
+    latest = latest_usable(located[1], now)
     by_version = {info.version: info for info in versions}
     return KeyReport(key=use.uri, versions=tuple(
         VersionReport(

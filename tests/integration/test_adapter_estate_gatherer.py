@@ -114,6 +114,9 @@ def test_keys_versions_rotation_policy_and_vault_properties_come_through_arm(wor
     cmk = vault.key("cmk")
     assert cmk is not None and cmk.kty == "RSA" and cmk.key_size == 3072
     assert cmk.versions is not None and len(cmk.versions) == 2
+    # The key's own version (what orders two versions made within one second): the rotated one.
+    rotated = world.key_client("kv-shared").get_key("cmk").properties.version
+    assert cmk.current_version == rotated and rotated in {info.version for info in cmk.versions}
     assert cmk.rotation_policy is not None and cmk.rotation_policy.expires_after == "P1Y"
     assert [(action.action.lower(), action.time_after_create) for action in cmk.rotation_policy.lifetime_actions] == [
         ("rotate", "P90D")]

@@ -88,9 +88,11 @@ def rotation_policy(*actions: RotationLifetimeAction, expires_after: str | None 
 
 def vault_key(name: str = KEY_NAME, *, kty: str = "RSA", key_size: int | None = 3072,
               versions: tuple[KeyVersionInfo, ...] | None = VERSIONS,
-              policy: KeyRotationPolicyInfo | None = None, policy_read: bool = True) -> VaultKey:
+              policy: KeyRotationPolicyInfo | None = None, policy_read: bool = True,
+              current_version: str | None = None) -> VaultKey:
     return VaultKey(name=name, kty=kty, key_size=key_size, versions=versions,
-                    rotation_policy=(policy or rotation_policy()) if policy_read else None)
+                    rotation_policy=(policy or rotation_policy()) if policy_read else None,
+                    current_version=current_version)
 
 
 def assignment(scope: str = VAULT_ID, *, principal: str = PRINCIPAL, role: str = CRYPTO_USER_ROLE,

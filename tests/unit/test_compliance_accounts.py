@@ -510,6 +510,20 @@ def test_cmk_012_the_latest_usable_version_must_be_adopted(
         assert result.evidence["pinned_version"] == V1
 
 
+@pytest.mark.parametrize(("uses", "reason"), [("newer", None), ("older", "AdoptionOverdue")])
+def test_cmk_012_of_two_versions_made_in_one_second_the_keys_current_one_is_the_latest(
+        uses: str, reason: str | None) -> None:
+    """Key Vault reports creation in seconds: the version names (random) must not decide which is newer."""
+    older, newer = "f" * 32, "0" * 31 + "1"
+    versions = (key_version(older, age=timedelta(days=3)), key_version(newer, age=timedelta(days=3)))
+    current = {"newer": newer, "older": older}[uses]
+    built = estate(accounts=(account(current=f"{KEY_URI}/{current}"),),
+                   vaults=(vault(keys=(vault_key(versions=versions, current_version=newer),)),))
+    findings = run(cmk_012_latest_version_adopted, built)
+    assert [(finding.evidence["reason"], finding.evidence["latest_version"]) for finding in findings] == (
+        [] if reason is None else [(reason, newer)])
+
+
 @pytest.mark.parametrize("current", [None, "https://contoso-cmk.vault.azure.net/keys/other-key/" + V2])
 def test_cmk_012_an_unreported_current_version_is_not_evaluable(current: str | None) -> None:
     built = estate(accounts=(account(current=current),))

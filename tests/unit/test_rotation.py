@@ -716,3 +716,26 @@ def test_on_a_creation_time_tie_the_vaults_current_version_is_the_target_whateve
                       settings=PlannerSettings())
         assert result.target is not None
         assert result.target.version == newer
+
+
+def test_consumers_on_a_version_made_in_the_targets_second_are_behind_it_not_ahead():
+    """Found by bench/rotation_latency.py (1 rotation in 10 never adopted): two rotations within one second,
+    the second (the vault's current) the target; the consumers, already moved to the first, compared
+    "newer" by version string, were blocked as ConsumerAheadOfTarget with 50 critical alerts, for good."""
+    same_second = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+    first, second = "f" * 32, "0" * 31 + "1"  # the names order the other way round
+    versions = (KeyVersionInfo(first, enabled=True, created=same_second),
+                KeyVersionInfo(second, enabled=True, created=same_second))
+    state = KeyState(KEY, versions, current_version=second)
+    on_first = [account("pinned1", pinned=first, current=first, tags={"cmk-pinned-policy": "update"}),
+                account("versionless1", current=first)]
+    result = plan(state, on_first, LedgerView(), target_version=second, now=same_second + timedelta(seconds=1),
+                  settings=FORCE_AND_UPDATE)
+    assert result.target is not None and result.target.version == second
+    assert [(decision.action, decision.reason) for decision in result.decisions] == [
+        (Action.UPDATE_PINNED, Reason.UPDATING_PINNED_VERSION), (Action.FORCE_ADOPTION, Reason.FORCING_ADOPTION)]
+    # Retirement agrees: the first is older than the target, so it is retired once nothing uses it.
+    usages = {usage.version: usage for usage in retirement(state, [], {}, {}, now=same_second + WINDOW * 2,
+                                                            window=WINDOW)}
+    assert usages[first].reason is not Reason.VERSION_NOT_YET_VALID
+    assert usages[second].reason is Reason.CURRENT_VERSION

@@ -210,7 +210,7 @@ def _adoption(context: RuleContext, consumer: ConsumerView) -> _Check:
     if vault_key.versions is None:
         return _Check(unevaluable=not_read(context.estate, ref.uri, ReadAspect.KEY_VERSIONS,
                                            f"the versions of {ref.uri} were not read"))
-    latest = latest_usable(vault_key.versions, context.now)
+    latest = latest_usable(vault_key, context.now)
     if latest is None:
         return _PASSED  # nothing to adopt: CMK-009 reports the unusable version in use
     versioned = f"{ref.uri}/{latest.version}"

@@ -43,7 +43,7 @@ def cmk_018_blobs_rewrapped(context: RuleContext) -> list[Finding]:
             findings.append(not_evaluable("CMK-018", resource, not_read(
                 context.estate, key.uri, ReadAspect.KEY_VERSIONS, f"the versions of {key.uri} were not read")))
             continue
-        latest = latest_usable(versions, context.now)
+        latest = latest_usable(located[1], context.now)
         if latest is None:
             findings.append(not_evaluable("CMK-018", resource, Unevaluable(
                 Reason.NO_USABLE_VERSION, f"{key.uri} has no enabled, valid version to re-wrap to")))

@@ -15,6 +15,7 @@ from controller.compliance.resolve import (
     KeyStatus,
     KeyUse,
     find_version,
+    key_order,
     parse_configured_key,
 )
 from controller.compliance.rules.context import (
@@ -209,7 +210,7 @@ def cmk_010_rotation_policy(context: RuleContext) -> list[Finding]:
         enabled = [info for info in key.versions if info.enabled]
         if not enabled:
             continue  # no version in use can be rotated away from: CMK-009 reports it
-        current = max(enabled, key=lambda info: info.order)
+        current = max(enabled, key=key_order(key))
         age = context.now - current.created
         if age <= max_age:
             continue
