@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 
 from controller import reconciler, service
+from controller.errors import TransientError
 from controller.settings import load_settings
 from emulators.adoption_estate import AdoptionEstate
 from emulators.arm import ArmEmulator
@@ -297,7 +298,7 @@ def test_a_listing_throttled_past_the_sdks_retries_waits_its_turn_and_the_invent
     version = rotated(world)
     table, queue = new_names()
     controller = instance(world.estate, world.connection_string, table=table, queue=queue, owner="a")
-    world.listing_throttle.times = 6
+    world.listing_throttle.times, world.listing_throttle.answered = 6, 0
     try:
         result = reconciler.reconcile_key(key_of(world.estate), controller.deps)
     finally:
@@ -309,6 +310,24 @@ def test_a_listing_throttled_past_the_sdks_retries_waits_its_turn_and_the_invent
     assert result.failures == []  # ... and the inventory did not fail: the listing waited its turn
     assert world.estate.adoption(version).complete
     assert_each_written_once_per_step(world)
+
+
+def test_a_listing_throttled_without_end_is_given_up_after_a_bounded_wait(world: World) -> None:
+    rotated(world)
+    table, queue = new_names()
+    controller = instance(world.estate, world.connection_string, table=table, queue=queue, owner="a")
+    controller.connection.pacer.max_throttled_wait = 0.1  # two 50-ms Retry-Afters per send, then hand it up
+    world.listing_throttle.times, world.listing_throttle.answered = 1_000, 0
+    try:
+        with pytest.raises(TransientError, match="HTTP 429"):  # the host retries the invocation later
+            reconciler.reconcile_key(key_of(world.estate), controller.deps)
+    finally:
+        world.listing_throttle.times = 0
+        controller.close()
+
+    # Held through a bounded number of 429s (the pacer's, then azure-core's 3 retries'), not endlessly.
+    assert 4 <= world.listing_throttle.answered <= 16
+    assert controller.connection.pacer.stats.throttled == world.listing_throttle.answered
 
 
 def test_a_change_made_after_the_listing_and_before_the_write_is_not_overwritten(world: World) -> None:
