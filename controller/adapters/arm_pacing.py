@@ -18,7 +18,7 @@ through ``policy()`` it sees every attempt of every management client built from
   widens the interval to at least the Retry-After (for an empty bucket, the time one token takes:
   exactly the refill rate), then lets them out one interval apart: no retry storm. The throttled
   request itself is sent again by the pacer when its turn comes, however many 429s it meets, for up
-  to ``max_throttled_wait`` seconds of Retry-After: a 429 means ARM did not act, so sending again is
+  to ``max_throttled_wait`` seconds of Retry-After in all: a 429 means ARM did not act, so sending again is
   safe, and under a shared budget (another client, the tenant's bucket, Resource Graph) a request can
   meet more 429s than azure-core's few retries allow: one listing failed for good made the whole
   inventory of a large estate fail and start again. Past that bound the 429 goes up to azure-core's
@@ -178,7 +178,8 @@ class PacingPolicy(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generi
         lane_key = ((match.group(1).lower() if match else ""), kind)
         repeated = bool(request.context.get("arm_pacer_sent"))
         request.context["arm_pacer_sent"] = True
-        held = 0.0
+        # Counted over the request's whole life, azure-core's retries included: one bound per request.
+        held = float(request.context.get("arm_pacer_held", 0.0))
         while True:
             self._pacer.wait_for_slot(lane_key, repeated=repeated)
             response: PipelineResponse = self.next.send(request)  # type: ignore[type-arg]
@@ -187,6 +188,7 @@ class PacingPolicy(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generi
             if status != 429 or not _resendable(http):
                 return response
             held += retry_after(headers) or 1.0
+            request.context["arm_pacer_held"] = held
             if held > self._pacer.max_throttled_wait:
                 return response  # azure-core's RetryPolicy, then the caller, decide
             repeated = True  # wait_for_slot holds it until the lane's Retry-After has passed
