@@ -45,6 +45,9 @@ pytestmark = pytest.mark.integration
 
 SCALE = 5.0
 CONSUMERS = 40
+#: The issue's own size, with Azure's published limits (a write bucket of 200 refilled at 10/s) and
+#: latencies, the clock ten times faster: 1,500 writes, most of them at the refill rate.
+THOUSAND, THOUSAND_SCALE = 1_000, 10.0
 WRITE_BUCKET, WRITE_REFILL = 40, 2.0
 
 
@@ -139,6 +142,14 @@ def world(azurite: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wo
         storm.arm, storm.subscription = arm, estate.subscription
         outside.arm = arm
         yield World(arm, estate, azurite.connection_string, storm, outside, listing_throttle)
+
+
+@pytest.fixture(scope="module")
+def thousand(azurite: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """THOUSAND consumers on one key under Azure's own limits and latencies, the clock THOUSAND_SCALE x."""
+    with scaled_arm(Path(tmp_path_factory.mktemp("adoption-1000")), scale=THOUSAND_SCALE) as arm:
+        estate = build(arm, consumers=THOUSAND, controller_oid=CONTROLLER)
+        yield World(arm, estate, azurite.connection_string, Storm(), OutsideChange(), ListingThrottle())
 
 
 def ci_limits(arm: ArmEmulator) -> LimitsSettings:
@@ -357,3 +368,32 @@ def test_a_change_made_after_the_listing_and_before_the_write_is_not_overwritten
         "keySource": "Microsoft.Keyvault",
         "keyvaultproperties": {"keyname": world.estate.key_name, "keyversion": "",
                                "keyvaulturi": world.estate.vault_uri}}}})
+
+
+def test_a_thousand_consumers_adopt_under_azures_own_limits_each_written_once(thousand: World) -> None:
+    version = thousand.estate.rotate()
+    thousand.arm.set_limits(azure_limits(thousand.arm))
+    table, queue = new_names()
+    controller = instance(thousand.estate, thousand.connection_string, table=table, queue=queue, owner="a",
+                          concurrency=32)
+    try:
+        result = reconciler.reconcile_key(key_of(thousand.estate), controller.deps)
+    finally:
+        controller.close()
+
+    assert thousand.estate.adoption(version).complete
+    assert result.failures == []  # no request failed for good ...
+    assert result.progress() == {"done": THOUSAND, "pending": 0, "blocked": 0}
+    assert_each_written_once_per_step(thousand)  # ... and no consumer was written twice
+    assert account_reads(thousand) == 0
+    # Reads O(pages) for the inventory's Resource Graph side: 1,000 accounts are one page (plus the
+    # subscription query); one encryption-scope listing per account.
+    throttling = thousand.arm.throttling
+    assert throttling is not None
+    graph_pages = sum(1 for _, _, _, path in throttling.admitted if "resourcegraph" in path)
+    scope_listings = sum(1 for _, _, _, path in throttling.admitted if path.endswith("/encryptionscopes"))
+    assert graph_pages <= 3
+    assert scope_listings == THOUSAND
+    # 1,500 writes against a bucket of 200: past the burst the pacer spaced them at the refill rate.
+    assert controller.connection.pacer.stats.waited_seconds > 0
+
