@@ -123,6 +123,7 @@ def adopt(consumers: int, *, scale: float, concurrency: int, connection_string: 
         "arm_reads_per_consumer": round(sum(reads.values()) / consumers, 3),
         "arm_reads_by_kind": dict(reads),
         "throttled_responses": throttling.throttled,
+        "throttled_responses_by_kind": dict(throttling.throttled_by_kind),
         "retries": stats.retries,
         "pacer_waited_seconds_wall": round(stats.waited_seconds, 1),
     }

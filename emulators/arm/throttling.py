@@ -216,6 +216,7 @@ class ArmThrottling:
         self._buckets: dict[tuple[str, str, str, OperationKind], _Bucket] = {}
         self._lock = threading.Lock()
         self.throttled = 0  # 429s answered, for benchmarks and tests
+        self.throttled_by_kind: Counter[str] = Counter()  # the same by operation kind (reads, writes, deletes)
         #: Every admitted request: (sandbox time, kind, method, lower-case path), for benchmarks and tests.
         self.admitted: list[tuple[float, OperationKind, str, str]] = []
 
@@ -245,6 +246,7 @@ class ArmThrottling:
                 self.admitted.append((now, kind, method.upper(), path.lower().rstrip("/")))
             else:
                 self.throttled += 1
+                self.throttled_by_kind[kind.value] += 1
             headers = {f"x-ms-ratelimit-remaining-{scope}-{kind.value}": str(max(0, int(bucket.tokens)))
                        for scope, bucket in scoped}
         if empty:

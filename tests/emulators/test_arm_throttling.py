@@ -64,6 +64,7 @@ def test_a_subscription_gets_its_burst_then_429_with_the_time_one_token_takes() 
     # Reads and another subscription's writes have their own buckets; the tenant's writes do not.
     assert not throttle.admit("GET", ACCOUNT, "tenant").throttled
     assert throttle.admit("PATCH", ACCOUNT.replace(SUB, OTHER_SUB), "tenant").throttled  # tenant bucket empty
+    assert (throttle.throttled, throttle.throttled_by_kind) == (2, {"writes": 2})
 
 
 def test_buckets_refill_on_the_sandbox_clock() -> None:
