@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +38,7 @@ from azure.data.tables import TableClient, UpdateMode
 
 from controller.adapters.azure_errors import translated
 from controller.adapters.created_once import CreatedOnce
-from controller.errors import Conflict, NotFound
+from controller.errors import Conflict, NotFound, TransientError
 from controller.model import (
     Condition,
     ConditionStatus,
@@ -214,8 +214,8 @@ class TableRotationLedger:
                   "Key": key.versionless.uri, "Write": write, "Owner": owner, "Until": until}
         what = f"claim a write of {consumer_id}"
         try:
-            with translated(what):
-                metadata = self._table.create_entity(entity)
+            metadata = self._claim_row(lambda: self._table.create_entity(entity), partition, row, entity, what,
+                                       ambiguous=(TransientError,))  # a 409 is someone's row: read below
         except Conflict:
             pass  # a claim exists: ours, inherited, ended, lapsed, or someone else's
         else:
@@ -228,9 +228,10 @@ class TableRotationLedger:
         if not ours and held.get("Until") is not None and held["Until"] > now:
             return WriteClaim.HELD_ELSEWHERE
         try:
-            with translated(what):
-                metadata = self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=held.metadata["etag"],
-                                                     match_condition=MatchConditions.IfNotModified)
+            metadata = self._claim_row(lambda: self._table.update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=held.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified), partition, row, entity, what,
+                ambiguous=(TransientError, Conflict))
         except Conflict:
             return WriteClaim.HELD_ELSEWHERE  # another run took the ended, lapsed or inherited claim first
         self._claims_held[(partition, row)] = _HeldClaim(owner, until, metadata.get("etag"))
@@ -240,6 +241,28 @@ class TableRotationLedger:
             if read_state is None or not left or left != read_state:
                 return WriteClaim.CHANGED_SINCE_READ
         return WriteClaim.CLAIMED
+
+    def _claim_row(self, write: Callable[[], Mapping[str, Any]], partition: str, row: str, entity: Mapping[str, Any],
+                   what: str, *, ambiguous: tuple[type[Exception], ...]) -> Mapping[str, Any]:
+        """``write`` (the claim row's create or conditional replace) and its answer. When the answer is lost (a
+        connection reset after Table storage acted, or the SDK's retry of a write that had landed refused as
+        a conflict), the row is read back: holding ``owner``, the claim is this run's and the read stands for
+        the answer. Without that, the run believed it held nothing while every other run was kept off the
+        consumer until the claim lapsed (10 minutes), with a versionless account left pinned meanwhile.
+        Ours means this very claim (owner and until): an older claim of the same run is not proof; any other
+        row stored answers as a refusal (Conflict) would have."""
+        try:
+            with translated(what):
+                return write()
+        except ambiguous as lost:
+            try:
+                with translated(what):
+                    stored = self._table.get_entity(partition, row)
+            except (TransientError, NotFound):
+                raise lost from None
+            if stored.get("Owner") != entity["Owner"] or stored.get("Until") != entity["Until"]:
+                raise Conflict(f"{what}: the claim stored is not this one") from lost  # as if refused
+            return {"etag": stored.metadata.get("etag")}
 
     def release_writes(self, key: KeyRef, consumer_ids: Sequence[str], *, owner: str, now: datetime,
                        left: Mapping[str, str] | None = None) -> None:

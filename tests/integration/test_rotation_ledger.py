@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +11,7 @@ import pytest
 from azure.data.tables import TableClient, UpdateMode
 
 from controller.adapters.rotation_ledger import TableRotationLedger
-from controller.errors import Conflict
+from controller.errors import Conflict, TransientError
 from controller.model import (
     Condition,
     ConditionStatus,
@@ -25,6 +25,8 @@ from controller.model import (
 )
 from controller.ports import RotationRecord, Worklist, WriteClaim
 from controller.reasons import Reason
+from emulators.faults import LOST_ANSWER, Fault, FaultInjector, FaultProfile
+from emulators.storage_fault_proxy import StorageFaultProxy
 
 pytestmark = pytest.mark.integration
 
@@ -280,3 +282,79 @@ def test_recording_into_a_worklist_another_run_replaced_is_a_conflict(table):
     with pytest.raises(Conflict):
         ledger.update_worklist(KEY, "w1", {consumer(0).id: None}, now=T0 + timedelta(minutes=1))
     assert TableRotationLedger(table).load_worklist(KEY, "w2") == Worklist("w2", T0, (consumer(0),))
+
+
+# ---- lost answers (Azurite behind the storage fault proxy) ----------------------------------------------
+
+
+class LoseAnswers(FaultInjector):
+    """Lose the answer to ``writes`` write requests after the next ``skip`` (Table storage acts, the client
+    sees a reset)."""
+
+    def __init__(self, writes: int, *, skip: int = 0) -> None:
+        super().__init__(FaultProfile("storage"))
+        self.writes, self.skip = writes, skip
+
+    def draw(self, *, write: bool) -> Fault | None:
+        if write and self.skip > 0:
+            self.skip -= 1
+        elif write and self.writes > 0:
+            self.writes -= 1
+            return Fault(LOST_ANSWER, 1)
+        return None
+
+
+@pytest.fixture(scope="module")
+def proxy(azurite) -> Iterator[StorageFaultProxy]:
+    running = StorageFaultProxy(azurite.endpoints).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def faulty_table(proxy: StorageFaultProxy) -> Iterator[TableClient]:
+    client = TableClient.from_connection_string(proxy.endpoints.connection_string,
+                                                table_name=f"r{uuid.uuid4().hex[:12]}")
+    client.create_table()
+    yield client
+    proxy.injector = FaultInjector(FaultProfile("storage"))
+    client.delete_table()
+
+
+@pytest.mark.parametrize("taking_over", [False, True], ids=["create", "replace of a lapsed claim"])
+def test_a_claim_whose_answer_was_lost_is_known_as_ours_and_ended_not_left_to_lapse(
+        proxy: StorageFaultProxy, faulty_table: TableClient, taking_over: bool) -> None:
+    """Found by the faults scenario at full size: the answer to a claim's write was lost (the row written),
+    the run counted the claim as failed and never ended it, and every run after it was kept off that
+    consumer for the claim's 10 minutes, again and again, with the account left pinned mid adoption."""
+    run, other = TableRotationLedger(faulty_table), TableRotationLedger(faulty_table)
+    now = T0
+    if taking_over:
+        assert claim(other, "crashed-run", T0) is CLAIMED  # a run that crashed: its claim lapses
+        now = T0 + timedelta(minutes=10, seconds=1)
+    run.release_writes(KEY, [], owner="run-1", now=now)  # (makes sure of its table: the lost answer is the claim's)
+    # Taking a lapsed claim over is a create (refused: the row exists) and then a conditional replace.
+    proxy.injector = LoseAnswers(writes=1, skip=1 if taking_over else 0)
+    assert claim(run, "run-1", now) is CLAIMED
+    assert proxy.injector.writes == 0  # the answer was lost
+    proxy.injector = FaultInjector(FaultProfile("storage"))
+    run.release_writes(KEY, [CONSUMER], owner="run-1", now=now + timedelta(seconds=1))
+    assert claim(other, "run-2", now + timedelta(seconds=2), read_at=now + timedelta(minutes=1)) is CLAIMED
+
+
+def test_a_refusal_whose_answer_was_lost_is_still_a_refusal(proxy: StorageFaultProxy,
+                                                             faulty_table: TableClient) -> None:
+    holder, run = TableRotationLedger(faulty_table), TableRotationLedger(faulty_table)
+    assert claim(holder, "run-1", T0) is CLAIMED
+    run.release_writes(KEY, [], owner="run-2", now=T0)  # (makes sure of its table)
+    proxy.injector = LoseAnswers(writes=1)  # the create, refused with 409: its answer lost
+    assert claim(run, "run-2", T0 + timedelta(seconds=1)) is HELD
+
+
+def test_a_claim_whose_answer_was_lost_and_whose_row_cannot_be_read_is_a_transient_failure(
+        proxy: StorageFaultProxy, faulty_table: TableClient) -> None:
+    run = TableRotationLedger(faulty_table)
+    run.release_writes(KEY, [], owner="run-1", now=T0)  # (makes sure of its table)
+    proxy.injector = FaultInjector(FaultProfile("storage", {"lost-answer": 1.0}))  # the read back fails too
+    with pytest.raises(TransientError):
+        claim(run, "run-1", T0)
