@@ -31,6 +31,11 @@ class Unreachable(TransientError):
     not throttling, so it is not worth a long back-off; the message names the cause."""
 
 
+class ConnectionLost(Unreachable):
+    """The connection dropped after the request was sent (reset, or no answer in time): the service may or
+    may not have acted. Unlike a service that cannot be reached, it comes and goes: retry after a pause."""
+
+
 class PermanentError(ControllerError):
     """A failure that retrying will not fix: record, alert, do not retry."""
 

@@ -18,6 +18,7 @@ from azure.core.exceptions import (
 
 from controller.errors import (
     Conflict,
+    ConnectionLost,
     Forbidden,
     NotAuthenticated,
     NotFound,
@@ -89,7 +90,9 @@ def translated(what: str) -> Iterator[None]:
         if err.status_code is None:  # no token at all: the credential's own words say why
             raise NotAuthenticated(f"{what}: not logged in: {err.message}") from err
         raise Forbidden(f"{what}: authentication failed ({err.status_code})") from err
-    except (ServiceRequestError, ServiceResponseError) as err:
+    except ServiceResponseError as err:  # sent, then the connection dropped: the service may have acted
+        raise ConnectionLost(f"{what}: {network_failure(err)}") from err
+    except ServiceRequestError as err:  # never sent: refused, DNS, TLS
         raise Unreachable(f"{what}: {network_failure(err)}") from err
     except HttpResponseError as err:
         transient = _transient_cause(err)

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.envelope import find_envelope, parse_envelope
-from controller.errors import Conflict, Forbidden, InvalidKeyId, NotFound, TransientError
+from controller.errors import Conflict, ConnectionLost, Forbidden, InvalidKeyId, NotFound, TransientError, Unreachable
 from controller.ports import BlobItem, BlobPage, RewrapPorts, RewrapProgress
 from controller.rewrap.outcomes import ProblemReason, RewrapReport
 from controller.rewrap.strategies import walker_for
@@ -633,6 +633,30 @@ def test_throttling_without_retry_after_backs_off_exponentially_then_resets() ->
 
     assert counts(report) == {"rewrapped": 2}
     assert world.time.sleeps == [0.5, 1.0, 1.5, 0.5]  # capped at max_backoff, reset after a success
+
+
+def test_a_connection_dropped_again_and_again_is_retried_after_short_pauses_not_failing_the_item() -> None:
+    """Found by the faults scenario at full size (2-3% of requests reset): a blob whose connection dropped
+    three times in a row failed its whole work item (three quick tries), until the item was poisoned."""
+    world = World()
+    world.store.put_encrypted("a", b"data", old_kek(), "2.0")
+    world.store.write_faults["a"] = [ConnectionLost("write a: the connection was reset") for _ in range(5)]
+
+    report = world.run(max_workers=1, max_backoff=1.0)
+
+    assert counts(report) == {"rewrapped": 1}
+    assert world.time.sleeps == [0.2, 0.4, 0.8, 1.0, 1.0]  # its own pauses, doubling, capped
+    assert report.progress.throttled == 0  # not throttling
+
+
+def test_a_service_that_cannot_be_reached_is_reported_after_three_quick_tries() -> None:
+    world = World()
+    world.store.put_encrypted("a", b"data", old_kek(), "2.0")
+    world.store.write_faults["a"] = [Unreachable("write a: connection refused: nothing listens there")] * 5
+
+    with pytest.raises(Unreachable, match="connection refused"):
+        world.run(max_workers=1)
+    assert world.time.sleeps == [] and world.store.write_faults["a"] == [world.store.write_faults["a"][0]] * 2
 
 
 def test_throttled_unwrap_is_retried_and_every_attempt_counted() -> None:
