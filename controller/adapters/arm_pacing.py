@@ -196,5 +196,7 @@ class PacingPolicy(HTTPPolicy):  # type: ignore[type-arg]  # azure-core's generi
 
 def _resendable(http: Any) -> bool:
     """A request whose body can be sent again as it is (no stream or file the first send consumed)."""
-    body = getattr(http, "body", None) if getattr(http, "files", None) is None else object()
+    if getattr(http, "files", None) is not None:
+        return False
+    body = getattr(http, "body", None)
     return body is None or isinstance(body, (bytes, bytearray, str))
