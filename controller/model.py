@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -444,6 +444,18 @@ class KeyVersionInfo:
         )
 
 
+def version_order(current_version: str | None) -> Callable[[KeyVersionInfo], tuple[datetime, bool, str]]:
+    """How one key's versions order: by creation time; on a tie (Key Vault reports seconds) the key's
+    current version (``current_version``, as the vault or ARM reports it) is the newest, and only then does
+    the version string decide (deterministically).
+
+    Ordering by creation and name alone put two versions made within one second in the order of their
+    random names: a consumer on the older one looked newer than the target the vault says is current,
+    was blocked as "ahead" and never adopted it."""
+    current = (current_version or "").lower()
+    return lambda info: (info.created, info.version.lower() == current, info.version)
+
+
 @dataclass(frozen=True, slots=True)
 class KeyState:
     """A key (versionless reference) and every version the vault listed, as gathered once.
@@ -475,13 +487,8 @@ class KeyState:
         return next((info for info in self.versions if info.version == version), None)
 
     def order(self, info: KeyVersionInfo) -> tuple[datetime, bool, str]:
-        """How versions order: by creation time; on a tie (Key Vault reports seconds) the vault's current
-        version is the newest, and only then does the version string decide (deterministically).
-
-        Ordering by creation and name alone put two versions made within one second in the order of their
-        random names: a consumer on the older one looked newer than the target the vault says is current,
-        was blocked as "ahead" and never adopted it."""
-        return (info.created, info.version == self.current_version, info.version)
+        """Where ``info`` stands among the key's versions (``version_order``)."""
+        return version_order(self.current_version)(info)
 
     @property
     def latest_enabled(self) -> KeyVersionInfo | None:

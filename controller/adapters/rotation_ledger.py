@@ -246,11 +246,11 @@ class TableRotationLedger:
                    what: str, *, ambiguous: tuple[type[Exception], ...]) -> Mapping[str, Any]:
         """``write`` (the claim row's create or conditional replace) and its answer. When the answer is lost (a
         connection reset after Table storage acted, or the SDK's retry of a write that had landed refused as
-        a conflict), the row is read back: holding ``owner``, the claim is this run's and the read stands for
-        the answer. Without that, the run believed it held nothing while every other run was kept off the
-        consumer until the claim lapsed (10 minutes), with a versionless account left pinned meanwhile.
-        Ours means this very claim (owner and until): an older claim of the same run is not proof; any other
-        row stored answers as a refusal (Conflict) would have."""
+        a conflict), the row is read back: holding this claim (``entity``'s owner and until), it is this run's
+        and the read stands for the answer. Without that, the run believed it held nothing while every other
+        run was kept off the consumer until the claim lapsed (10 minutes), a versionless account left pinned.
+        An older claim of the same run is not proof; any other row stored answers as a refusal (Conflict)
+        would have."""
         try:
             with translated(what):
                 return write()

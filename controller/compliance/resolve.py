@@ -34,6 +34,7 @@ from controller.model import (
     KeyVersionInfo,
     normalise_origin,
     parse_key_id,
+    version_order,
 )
 
 
@@ -277,9 +278,8 @@ def latest_usable(key: VaultKey, now: datetime) -> KeyVersionInfo | None:
 
 
 def key_order(key: VaultKey) -> Callable[[KeyVersionInfo], tuple[datetime, bool, str]]:
-    """How ``key``'s versions order: creation time, then the key's current version, then the name."""
-    current = (key.current_version or "").lower()
-    return lambda info: (info.created, info.version.lower() == current, info.version)
+    """How ``key``'s versions order (model.version_order, with the current version ARM reports)."""
+    return version_order(key.current_version)
 
 
 def find_version(versions: tuple[KeyVersionInfo, ...], version: str) -> KeyVersionInfo | None:

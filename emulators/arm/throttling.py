@@ -215,8 +215,8 @@ class ArmThrottling:
         self._clock = clock
         self._buckets: dict[tuple[str, str, str, OperationKind], _Bucket] = {}
         self._lock = threading.Lock()
-        self.throttled = 0  # 429s answered, for benchmarks and tests
-        self.throttled_by_kind: Counter[str] = Counter()  # the same by operation kind (reads, writes, deletes)
+        #: 429s answered by operation kind (reads, writes, deletes), for benchmarks and tests.
+        self.throttled_by_kind: Counter[str] = Counter()
         #: Every admitted request: (sandbox time, kind, method, lower-case path), for benchmarks and tests.
         self.admitted: list[tuple[float, OperationKind, str, str]] = []
 
@@ -245,7 +245,6 @@ class ArmThrottling:
                     bucket.tokens -= 1.0
                 self.admitted.append((now, kind, method.upper(), path.lower().rstrip("/")))
             else:
-                self.throttled += 1
                 self.throttled_by_kind[kind.value] += 1
             headers = {f"x-ms-ratelimit-remaining-{scope}-{kind.value}": str(max(0, int(bucket.tokens)))
                        for scope, bucket in scoped}
@@ -254,6 +253,12 @@ class ArmThrottling:
             return Admission(kind, headers, retry_after=self._clock.real_seconds(wait), scope=empty[0][0])
         latency = self.settings.latency.get(latency_operation(kind, path), 0.0)
         return Admission(kind, headers, delay=self._clock.real_seconds(latency))
+
+    @property
+    def throttled(self) -> int:
+        """429s answered, all kinds."""
+        with self._lock:
+            return sum(self.throttled_by_kind.values())
 
     def writes_per_resource(self) -> Counter[str]:
         """Admitted writes (PUT, PATCH, POST) per lower-case resource path."""
